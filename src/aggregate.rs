@@ -1,0 +1,467 @@
+//! Records → the counter store of SPEC §4, with the cardinality guard and the self-counters.
+//!
+//! Owns: one counter set per (model, api_key_id, service_id), requests per status class, the
+//! duration histogram per (model, service_id, status_class), the per-label value limits and
+//! `max_series` with `__overflow__` folding, and counts of lines by result. No I/O. Exports and
+//! the server read [`Snapshot`]s, never the store's internals.
+//!
+//! Why ids: each distinct label string is stored once and given a small integer the first time
+//! it is seen; series are keyed by the id triple. Counting a record then costs three lookups
+//! of borrowed strings and one of three integers, and allocates nothing unless a value is new.
+
+use std::collections::HashMap;
+
+use rustc_hash::FxBuildHasher;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::parse::{Record, StatusClass, EXTRA_BIT0};
+
+/// The value a label takes past its limit.
+pub const OVERFLOW: &str = "__overflow__";
+
+/// Upper bounds (seconds) of the `request_duration_seconds` buckets; `+Inf` is implied.
+/// Chosen for LLM calls: embeddings take tens of milliseconds, long generations minutes.
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Why a line was not counted as a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// Not a JSON object (Envoy's own log lines, truncated JSON, …).
+    NotJson,
+    /// A JSON object without a model or any valid token field.
+    NotLlm,
+    /// Longer than `source.max_line_bytes`.
+    TooLong,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 3] = [SkipReason::NotJson, SkipReason::NotLlm, SkipReason::TooLong];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::NotJson => "not_json",
+            SkipReason::NotLlm => "not_llm",
+            SkipReason::TooLong => "too_long",
+        }
+    }
+}
+
+/// Labels that can overflow, in the order of [`SelfStats::overflows`].
+pub const OVERFLOW_LABELS: [&str; 4] = ["model", "api_key_id", "service_id", "series"];
+
+/// Counters about the pipeline itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfStats {
+    pub records: u64,
+    /// Indexed like [`SkipReason::ALL`].
+    pub skipped: [u64; 3],
+    /// Per token field: input, output, total, then the extra fields in name order.
+    pub invalid_fields: Vec<u64>,
+    pub total_mismatches: u64,
+    /// Records whose label was folded, indexed like [`OVERFLOW_LABELS`].
+    pub overflows: [u64; 4],
+}
+
+impl SelfStats {
+    /// Logical lines seen: records plus every skipped line.
+    pub fn lines(&self) -> u64 {
+        self.records + self.skipped.iter().sum::<u64>()
+    }
+}
+
+/// Distinct values of one label, with its limit.
+struct Interner {
+    ids: HashMap<Box<str>, u32, FxBuildHasher>,
+    values: Vec<Box<str>>,
+    limit: usize,
+}
+
+impl Interner {
+    fn new(limit: usize) -> Self {
+        Self {
+            ids: HashMap::default(),
+            values: Vec::new(),
+            limit,
+        }
+    }
+
+    /// The id of `v`, and whether it was folded into `__overflow__`.
+    #[inline]
+    fn intern(&mut self, v: &str) -> (u32, bool) {
+        if let Some(&id) = self.ids.get(v) {
+            return (id, false);
+        }
+        if self.values.len() >= self.limit && v != OVERFLOW {
+            return (self.force(OVERFLOW), true);
+        }
+        (self.force(v), false)
+    }
+
+    /// Interns without checking the limit (the overflow value itself, restored state).
+    fn force(&mut self, v: &str) -> u32 {
+        if let Some(&id) = self.ids.get(v) {
+            return id;
+        }
+        let id = self.values.len() as u32;
+        self.values.push(v.into());
+        self.ids.insert(v.into(), id);
+        id
+    }
+
+    fn get(&self, id: u32) -> &str {
+        &self.values[id as usize]
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Counters {
+    requests: [u64; 5],
+    input: u64,
+    output: u64,
+    total: u64,
+}
+
+/// Duration histogram: per-bucket (not cumulative) counts, the last one `+Inf`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub buckets: [u64; DURATION_BUCKETS.len() + 1],
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        let i = DURATION_BUCKETS.partition_point(|&b| b < seconds);
+        self.buckets[i] += 1;
+        self.sum_seconds += seconds;
+        self.count += 1;
+    }
+
+    /// Cumulative counts per bucket, `+Inf` last, as Prometheus exposes them.
+    pub fn cumulative(&self) -> [u64; DURATION_BUCKETS.len() + 1] {
+        let mut out = self.buckets;
+        for i in 1..out.len() {
+            out[i] += out[i - 1];
+        }
+        out
+    }
+}
+
+/// The counter store.
+pub struct Store {
+    models: Interner,
+    keys: Interner,
+    services: Interner,
+    max_series: usize,
+    n_extra: usize,
+    series_index: HashMap<[u32; 3], u32, FxBuildHasher>,
+    series: Vec<([u32; 3], Counters)>,
+    /// `n_extra` values per series, flat.
+    extras: Vec<u64>,
+    hist_index: HashMap<(u32, u32, StatusClass), u32, FxBuildHasher>,
+    hists: Vec<((u32, u32, StatusClass), Histogram)>,
+    stats: SelfStats,
+}
+
+/// One token series in a snapshot: every counter of one (model, api_key_id, service_id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesSnapshot {
+    pub model: String,
+    pub api_key_id: String,
+    pub service_id: String,
+    /// Indexed like [`StatusClass::ALL`].
+    pub requests: [u64; 5],
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    /// In the order of [`Snapshot::extra_names`].
+    pub extra_tokens: Vec<u64>,
+}
+
+impl SeriesSnapshot {
+    pub fn requests_total(&self) -> u64 {
+        self.requests.iter().sum()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistogramSnapshot {
+    pub model: String,
+    pub service_id: String,
+    pub status_class: String,
+    pub histogram: Histogram,
+}
+
+/// A consistent, owned copy of the store, sorted by labels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub extra_names: Vec<String>,
+    pub series: Vec<SeriesSnapshot>,
+    pub durations: Vec<HistogramSnapshot>,
+    pub stats: SelfStats,
+}
+
+impl Store {
+    pub fn new(config: &Config) -> Self {
+        let lim = &config.limits;
+        let n_extra = config.fields.extra_tokens.len();
+        Store {
+            models: Interner::new(lim.max_values.model),
+            keys: Interner::new(lim.max_values.api_key_id),
+            services: Interner::new(lim.max_values.service_id),
+            max_series: lim.max_series,
+            n_extra,
+            series_index: HashMap::default(),
+            series: Vec::new(),
+            extras: Vec::new(),
+            hist_index: HashMap::default(),
+            hists: Vec::new(),
+            stats: SelfStats {
+                invalid_fields: vec![0; 3 + n_extra],
+                ..SelfStats::default()
+            },
+        }
+    }
+
+    /// Counts one record.
+    pub fn add(&mut self, r: &Record<'_>) {
+        let st = &mut self.stats;
+        st.records += 1;
+        if r.invalid != 0 {
+            for (i, n) in st.invalid_fields.iter_mut().enumerate() {
+                *n += u64::from(r.invalid >> i & 1);
+            }
+        }
+        st.total_mismatches += u64::from(r.total_mismatch);
+
+        let (mut m, of_m) = self.models.intern(&r.model);
+        let (mut k, of_k) = self.keys.intern(&r.api_key_id);
+        let (mut s, of_s) = self.services.intern(&r.service_id);
+        st.overflows[0] += u64::from(of_m);
+        st.overflows[1] += u64::from(of_k);
+        st.overflows[2] += u64::from(of_s);
+
+        let idx = match self.series_index.get(&[m, k, s]) {
+            Some(&i) => i as usize,
+            None => {
+                if self.series.len() >= self.max_series {
+                    // Fold the whole series; the folded series itself may exceed the limit by one.
+                    st.overflows[3] += 1;
+                    m = self.models.force(OVERFLOW);
+                    k = self.keys.force(OVERFLOW);
+                    s = self.services.force(OVERFLOW);
+                }
+                self.series_slot([m, k, s])
+            }
+        };
+        let c = &mut self.series[idx].1;
+        c.requests[r.status_class as usize] += 1;
+        c.input += r.input_tokens;
+        c.output += r.output_tokens;
+        c.total += r.total_tokens;
+        if self.n_extra > 0 {
+            let e = &mut self.extras[idx * self.n_extra..(idx + 1) * self.n_extra];
+            for (slot, v) in e.iter_mut().zip(&r.extra_tokens) {
+                *slot += v;
+            }
+        }
+        if let Some(ms) = r.duration_ms {
+            let key = (m, s, r.status_class);
+            let h = match self.hist_index.get(&key) {
+                Some(&i) => i as usize,
+                None => {
+                    self.hists.push((key, Histogram::default()));
+                    self.hist_index.insert(key, (self.hists.len() - 1) as u32);
+                    self.hists.len() - 1
+                }
+            };
+            self.hists[h].1.observe(ms / 1000.0);
+        }
+    }
+
+    fn series_slot(&mut self, ids: [u32; 3]) -> usize {
+        if let Some(&i) = self.series_index.get(&ids) {
+            return i as usize;
+        }
+        self.series.push((ids, Counters::default()));
+        self.extras.resize(self.extras.len() + self.n_extra, 0);
+        let i = self.series.len() - 1;
+        self.series_index.insert(ids, i as u32);
+        i
+    }
+
+    /// Counts a line that is not a record.
+    pub fn skip(&mut self, reason: SkipReason) {
+        self.stats.skipped[reason as usize] += 1;
+    }
+
+    pub fn stats(&self) -> &SelfStats {
+        &self.stats
+    }
+
+    /// Number of token series (distinct label triples).
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    /// An owned copy, series sorted by (model, api_key_id, service_id).
+    pub fn snapshot(&self, extra_names: &[String]) -> Snapshot {
+        let mut series: Vec<SeriesSnapshot> = self
+            .series
+            .iter()
+            .enumerate()
+            .map(|(i, ([m, k, s], c))| SeriesSnapshot {
+                model: self.models.get(*m).to_string(),
+                api_key_id: self.keys.get(*k).to_string(),
+                service_id: self.services.get(*s).to_string(),
+                requests: c.requests,
+                input_tokens: c.input,
+                output_tokens: c.output,
+                total_tokens: c.total,
+                extra_tokens: self.extras[i * self.n_extra..(i + 1) * self.n_extra].to_vec(),
+            })
+            .collect();
+        series.sort_by(|a, b| {
+            (&a.model, &a.api_key_id, &a.service_id).cmp(&(&b.model, &b.api_key_id, &b.service_id))
+        });
+        let mut durations: Vec<HistogramSnapshot> = self
+            .hists
+            .iter()
+            .map(|((m, s, c), h)| HistogramSnapshot {
+                model: self.models.get(*m).to_string(),
+                service_id: self.services.get(*s).to_string(),
+                status_class: c.as_str().to_string(),
+                histogram: h.clone(),
+            })
+            .collect();
+        durations.sort_by(|a, b| {
+            (&a.model, &a.service_id, &a.status_class).cmp(&(
+                &b.model,
+                &b.service_id,
+                &b.status_class,
+            ))
+        });
+        Snapshot {
+            extra_names: extra_names.to_vec(),
+            series,
+            durations,
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// The field name of each bit of [`Record::invalid`], for `tokenmeter_invalid_fields_total`.
+pub fn invalid_field_names(extra_names: &[String]) -> Vec<String> {
+    let mut v = vec![
+        "input_tokens".to_string(),
+        "output_tokens".into(),
+        "total_tokens".into(),
+    ];
+    v.extend(extra_names.iter().map(|n| format!("{n}_tokens")));
+    debug_assert_eq!(EXTRA_BIT0 as usize, 3);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MAX_EXTRA_TOKENS;
+    use std::borrow::Cow;
+
+    fn record(model: &str, key: &str, svc: &str, input: u64, output: u64) -> Record<'static> {
+        Record {
+            model: Cow::Owned(model.into()),
+            api_key_id: Cow::Owned(key.into()),
+            service_id: Cow::Owned(svc.into()),
+            input_tokens: input,
+            output_tokens: output,
+            total_tokens: input + output,
+            extra_tokens: [0; MAX_EXTRA_TOKENS],
+            status_class: StatusClass::C2xx,
+            duration_ms: Some(1500.0),
+            start_time_ns: None,
+            invalid: 0,
+            total_mismatch: false,
+        }
+    }
+
+    #[test]
+    fn sums_per_series() {
+        let mut s = Store::new(&Config::default());
+        s.add(&record("b", "k", "s", 1, 2));
+        s.add(&record("a", "k", "s", 10, 20));
+        s.add(&record("b", "k", "s", 100, 200));
+        s.skip(SkipReason::NotJson);
+        let snap = s.snapshot(&[]);
+        assert_eq!(snap.series.len(), 2);
+        assert_eq!(snap.series[0].model, "a");
+        assert_eq!(
+            (
+                snap.series[1].input_tokens,
+                snap.series[1].output_tokens,
+                snap.series[1].total_tokens
+            ),
+            (101, 202, 303)
+        );
+        assert_eq!(snap.series[1].requests_total(), 2);
+        assert_eq!(snap.stats.lines(), 4);
+        assert_eq!(snap.durations.len(), 2);
+        assert_eq!(snap.durations[0].histogram.count, 1);
+        // 1.5 s falls in the 2.5 s bucket (index 4).
+        assert_eq!(snap.durations[0].histogram.buckets[4], 1);
+        assert_eq!(snap.durations[0].histogram.cumulative()[11], 1);
+    }
+
+    #[test]
+    fn value_limits_fold_into_overflow() {
+        let mut c = Config::default();
+        c.limits.max_values.api_key_id = 2;
+        let mut s = Store::new(&c);
+        for (i, key) in ["k1", "k2", "k3", "k4", "k1"].iter().enumerate() {
+            s.add(&record("m", key, "s", i as u64 + 1, 0));
+        }
+        let snap = s.snapshot(&[]);
+        let keys: Vec<_> = snap
+            .series
+            .iter()
+            .map(|x| (x.api_key_id.as_str(), x.input_tokens))
+            .collect();
+        // k3 (3) and k4 (4) fold; tokens are never dropped.
+        assert_eq!(keys, vec![(OVERFLOW, 7), ("k1", 1 + 5), ("k2", 2)]);
+        assert_eq!(snap.stats.overflows, [0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn max_series_folds_whole_series() {
+        let mut c = Config::default();
+        c.limits.max_series = 2;
+        let mut s = Store::new(&c);
+        s.add(&record("a", "k", "s", 1, 0));
+        s.add(&record("b", "k", "s", 2, 0));
+        s.add(&record("c", "k", "s", 4, 0));
+        s.add(&record("d", "k", "s", 8, 0));
+        s.add(&record("a", "k", "s", 16, 0));
+        let snap = s.snapshot(&[]);
+        let got: Vec<_> = snap
+            .series
+            .iter()
+            .map(|x| (x.model.as_str(), x.input_tokens))
+            .collect();
+        assert_eq!(got, vec![(OVERFLOW, 12), ("a", 17), ("b", 2)]);
+        assert_eq!(snap.stats.overflows[3], 2);
+    }
+
+    #[test]
+    fn invalid_fields_and_mismatches_are_counted() {
+        let mut s = Store::new(&Config::default());
+        let mut r = record("m", "k", "s", 1, 1);
+        r.invalid = 0b101;
+        r.total_mismatch = true;
+        s.add(&r);
+        assert_eq!(s.stats().invalid_fields, vec![1, 0, 1]);
+        assert_eq!(s.stats().total_mismatches, 1);
+    }
+}

@@ -1,0 +1,178 @@
+//! The command line of SPEC §2. Wiring only: parse arguments, load the config, call the
+//! command, map errors to exit codes (2 for usage/config errors, 1 for runtime failures).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::replay::{replay, summary_json, summary_text, ReplayError};
+
+const ABOUT: &str = "Meters LLM token usage from Envoy AI Gateway access logs.
+
+tokenmeter reads Envoy access-log lines (plain JSON, Kubernetes CRI or docker json-file pod
+logs), counts requests and tokens per model, API key and service, and exports the counters.";
+
+#[derive(Parser, Debug)]
+#[command(name = "tokenmeter", version, about = ABOUT, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The daemon: tail the access logs, aggregate, export, serve /metrics.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Read files once from their start and summarise (or backfill) their token usage.
+    ///
+    /// Each FILE may be plain, CRI or docker json-file, or gzip-compressed (detected by its
+    /// magic bytes, multi-member included). Files are read in the order given. A progress bar
+    /// is drawn on stderr when stderr is a terminal.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only records with an event time at or after this instant (RFC 3339).
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<String>,
+        /// Only records with an event time before this instant (RFC 3339).
+        #[arg(long, value_name = "RFC3339")]
+        to: Option<String>,
+        /// Resolution of emitted samples (default 60s).
+        #[arg(long, value_name = "DURATION")]
+        step: Option<String>,
+        /// Write an OpenMetrics backfill file.
+        #[arg(long, value_name = "OUT")]
+        openmetrics: Option<PathBuf>,
+        /// Push the series over OTLP with their historical timestamps.
+        #[arg(long)]
+        push: bool,
+        /// Forward the lines to Loki with their original timestamps.
+        #[arg(long)]
+        loki: bool,
+        /// The `instance` label of replayed series.
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
+        /// Summary printed on stdout: a readable table, or one JSON object.
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        summary: SummaryFormat,
+        /// Access-log files to read.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Validate the config and print the effective config (defaults filled in, ${ENV} expanded).
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConfigArg {
+    /// Config file (TOML). Default: $TOKENMETER_CONFIG, else built-in defaults.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SummaryFormat {
+    Text,
+    Json,
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version exit 0, usage errors 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging();
+    run(cli)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENMETER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
+    Config::load(arg.config.as_deref()).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::CheckConfig { config } => match load(&config) {
+            Ok(c) => {
+                print!("{}", c.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            if let Err(code) = load(&config) {
+                return code;
+            }
+            eprintln!("error: `tokenmeter run` (the daemon) is not in this build yet; use `tokenmeter replay`");
+            ExitCode::from(1)
+        }
+        Command::Replay {
+            config,
+            from,
+            to,
+            step,
+            openmetrics,
+            push,
+            loki,
+            instance,
+            summary,
+            files,
+        } => {
+            let unsupported = [
+                ("--from", from.is_some()),
+                ("--to", to.is_some()),
+                ("--step", step.is_some()),
+                ("--openmetrics", openmetrics.is_some()),
+                ("--push", push),
+                ("--loki", loki),
+                ("--instance", instance.is_some()),
+            ];
+            if let Some((flag, _)) = unsupported.iter().find(|(_, set)| *set) {
+                eprintln!("error: replay {flag} is not in this build yet");
+                return ExitCode::from(2);
+            }
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match replay(&config, &files, true) {
+                Ok(report) => {
+                    let out = match summary {
+                        SummaryFormat::Json => summary_json(&report.snapshot),
+                        SummaryFormat::Text => summary_text(&report),
+                    };
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e @ (ReplayError::Open(_) | ReplayError::Read(_))) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

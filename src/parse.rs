@@ -1,0 +1,593 @@
+//! One logical line → a borrowed [`Record`] under the rules of SPEC §3.
+//!
+//! Owns: what counts as an LLM record, the token value rules, the total rule, label values,
+//! status class and the record's own time fields, with the key names from `[fields]`.
+//! Pure, no I/O; in the common case (no escapes in the wanted values) it allocates nothing:
+//! label values borrow from the line. Must not count anything: that is `aggregate`'s job.
+//!
+//! Deliberate rules beyond SPEC §3:
+//! - Only top-level keys count; a nested `"model"` is not the model.
+//! - A key that appears twice: the last one wins (as in JavaScript's and Python's JSON).
+
+use std::borrow::Cow;
+
+use crate::config::{Fields, MAX_EXTRA_TOKENS};
+use crate::json::{JsonStr, Scanner, Value};
+use crate::timefmt::parse_rfc3339_nanos;
+
+/// Largest valid token value: 2^53, the largest integer every JSON consumer holds exactly.
+pub const MAX_TOKENS: u64 = 1 << 53;
+/// Label values are cut to this many bytes (on a character boundary).
+pub const MAX_LABEL_BYTES: usize = 256;
+/// The value of a label that is missing, null, `"-"`, `""` or not a string.
+pub const UNKNOWN: &str = "unknown";
+
+/// Status class of a record, from its response code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StatusClass {
+    C2xx = 0,
+    C3xx = 1,
+    C4xx = 2,
+    C5xx = 3,
+    /// Anything else, including 0 (the client went away) and a missing code.
+    Other = 4,
+}
+
+impl StatusClass {
+    pub const ALL: [StatusClass; 5] = [
+        StatusClass::C2xx,
+        StatusClass::C3xx,
+        StatusClass::C4xx,
+        StatusClass::C5xx,
+        StatusClass::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::C2xx => "2xx",
+            StatusClass::C3xx => "3xx",
+            StatusClass::C4xx => "4xx",
+            StatusClass::C5xx => "5xx",
+            StatusClass::Other => "other",
+        }
+    }
+
+    fn from_code(code: u64) -> Self {
+        match code {
+            200..=299 => StatusClass::C2xx,
+            300..=399 => StatusClass::C3xx,
+            400..=499 => StatusClass::C4xx,
+            500..=599 => StatusClass::C5xx,
+            _ => StatusClass::Other,
+        }
+    }
+}
+
+/// A token field's value under SPEC §3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tokens {
+    /// Missing, `null`, `"-"` or `""`: nothing to add.
+    NotMeasured,
+    Valid(u64),
+    /// Present but not a valid count: adds nothing and is counted as an invalid field.
+    Invalid,
+}
+
+impl Tokens {
+    pub fn valid(self) -> Option<u64> {
+        match self {
+            Tokens::Valid(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// Token fields in the order of [`Record::invalid`]'s bits: input, output, total, then extras.
+pub const INPUT_BIT: u32 = 0;
+pub const OUTPUT_BIT: u32 = 1;
+pub const TOTAL_BIT: u32 = 2;
+pub const EXTRA_BIT0: u32 = 3;
+
+/// One LLM record, borrowing from its line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record<'a> {
+    pub model: Cow<'a, str>,
+    pub api_key_id: Cow<'a, str>,
+    pub service_id: Cow<'a, str>,
+    /// Valid values only (0 when not measured or invalid).
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// The total rule applied: the total field when valid, else input + output.
+    pub total_tokens: u64,
+    /// `[fields.extra_tokens]` in name order; 0 when not measured or invalid.
+    pub extra_tokens: [u64; MAX_EXTRA_TOKENS],
+    pub status_class: StatusClass,
+    pub duration_ms: Option<f64>,
+    pub start_time_ns: Option<i64>,
+    /// Bit per token field that held an invalid value (see `INPUT_BIT` …).
+    pub invalid: u32,
+    /// All three of input, output and total were valid and total ≠ input + output.
+    pub total_mismatch: bool,
+}
+
+impl Record<'_> {
+    /// Event time (SPEC §3): the envelope's timestamp, else start + duration, else start.
+    pub fn event_time_ns(&self, envelope_ns: Option<i64>) -> Option<i64> {
+        envelope_ns.or_else(|| {
+            let start = self.start_time_ns?;
+            Some(match self.duration_ms {
+                Some(ms) => start.saturating_add((ms * 1e6) as i64),
+                None => start,
+            })
+        })
+    }
+}
+
+/// What a logical line is. Not boxed: a record is the common case and must not allocate.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Parsed<'a> {
+    Record(Record<'a>),
+    /// A JSON object that is not an LLM record.
+    NotLlm,
+    /// Not a JSON object.
+    NotJson,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Model = 0,
+    Input,
+    Output,
+    Total,
+    ApiKey,
+    Service,
+    Status,
+    StartTime,
+    Duration,
+    Extra0,
+}
+
+const N_SLOTS: usize = Slot::Extra0 as usize + MAX_EXTRA_TOKENS;
+
+/// Wanted keys grouped by length, so most keys are rejected by one length check.
+struct KeyTable {
+    by_len: Vec<Vec<(Box<str>, usize)>>,
+}
+
+impl KeyTable {
+    fn new(keys: &[(String, usize)]) -> Self {
+        let max = keys.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let mut by_len = vec![Vec::new(); max + 1];
+        for (k, slot) in keys {
+            by_len[k.len()].push((k.clone().into_boxed_str(), *slot));
+        }
+        KeyTable { by_len }
+    }
+
+    #[inline]
+    fn lookup(&self, key: &str, mut hit: impl FnMut(usize)) {
+        if let Some(cands) = self.by_len.get(key.len()) {
+            for (k, slot) in cands {
+                if &**k == key {
+                    hit(*slot);
+                }
+            }
+        }
+    }
+}
+
+/// Reusable parser configured with the `[fields]` names.
+pub struct Parser {
+    scanner: Scanner,
+    keys: KeyTable,
+    n_extra: usize,
+}
+
+impl Parser {
+    pub fn new(fields: &Fields) -> Self {
+        let mut keys = vec![
+            (fields.model.clone(), Slot::Model as usize),
+            (fields.input_tokens.clone(), Slot::Input as usize),
+            (fields.output_tokens.clone(), Slot::Output as usize),
+            (fields.total_tokens.clone(), Slot::Total as usize),
+            (fields.api_key_id.clone(), Slot::ApiKey as usize),
+            (fields.service_id.clone(), Slot::Service as usize),
+            (fields.status.clone(), Slot::Status as usize),
+            (fields.start_time.clone(), Slot::StartTime as usize),
+            (fields.duration_ms.clone(), Slot::Duration as usize),
+        ];
+        let n_extra = fields.extra_tokens.len().min(MAX_EXTRA_TOKENS);
+        for (i, key) in fields.extra_tokens.values().take(n_extra).enumerate() {
+            keys.push((key.clone(), Slot::Extra0 as usize + i));
+        }
+        Parser {
+            scanner: Scanner::new(),
+            keys: KeyTable::new(&keys),
+            n_extra,
+        }
+    }
+
+    /// Parses one logical line.
+    pub fn parse<'a>(&mut self, line: &'a str) -> Parsed<'a> {
+        let mut slots: [Option<Value<'a>>; N_SLOTS] = [None; N_SLOTS];
+        let keys = &self.keys;
+        let scanned = self.scanner.scan_object(line, |key: JsonStr<'a>, value| {
+            if key.escaped {
+                let decoded = key.decode();
+                keys.lookup(&decoded, |slot| slots[slot] = Some(value));
+            } else {
+                keys.lookup(key.raw, |slot| slots[slot] = Some(value));
+            }
+        });
+        if scanned.is_err() {
+            return Parsed::NotJson;
+        }
+        self.interpret(&slots)
+    }
+
+    fn interpret<'a>(&self, slots: &[Option<Value<'a>>; N_SLOTS]) -> Parsed<'a> {
+        let get = |s: Slot| slots[s as usize];
+        let model = label(get(Slot::Model));
+        let input = tokens(get(Slot::Input));
+        let output = tokens(get(Slot::Output));
+        let total = tokens(get(Slot::Total));
+        let mut extra = [0u64; MAX_EXTRA_TOKENS];
+        let mut invalid = 0u32;
+        let mut any_valid = false;
+        for (bit, t) in [(INPUT_BIT, input), (OUTPUT_BIT, output), (TOTAL_BIT, total)] {
+            match t {
+                Tokens::Valid(_) => any_valid = true,
+                Tokens::Invalid => invalid |= 1 << bit,
+                Tokens::NotMeasured => {}
+            }
+        }
+        if model.is_none() && !any_valid {
+            return Parsed::NotLlm;
+        }
+        for (i, slot) in extra.iter_mut().enumerate().take(self.n_extra) {
+            match tokens(slots[Slot::Extra0 as usize + i]) {
+                Tokens::Valid(v) => *slot = v,
+                Tokens::Invalid => invalid |= 1 << (EXTRA_BIT0 + i as u32),
+                Tokens::NotMeasured => {}
+            }
+        }
+        let (i, o) = (input.valid(), output.valid());
+        let total_tokens = match total.valid() {
+            Some(t) => t,
+            None => i.unwrap_or(0) + o.unwrap_or(0),
+        };
+        let total_mismatch =
+            matches!((i, o, total.valid()), (Some(i), Some(o), Some(t)) if i + o != t);
+        Parsed::Record(Record {
+            model: model.unwrap_or(Cow::Borrowed(UNKNOWN)),
+            api_key_id: label(get(Slot::ApiKey)).unwrap_or(Cow::Borrowed(UNKNOWN)),
+            service_id: label(get(Slot::Service)).unwrap_or(Cow::Borrowed(UNKNOWN)),
+            input_tokens: i.unwrap_or(0),
+            output_tokens: o.unwrap_or(0),
+            total_tokens,
+            extra_tokens: extra,
+            status_class: status_class(get(Slot::Status)),
+            duration_ms: duration_ms(get(Slot::Duration)),
+            start_time_ns: match get(Slot::StartTime) {
+                Some(Value::Str(s)) => parse_rfc3339_nanos(&s.decode()),
+                _ => None,
+            },
+            invalid,
+            total_mismatch,
+        })
+    }
+}
+
+/// A label value: the string, cut to 256 bytes; `None` for missing, null, `"-"`, `""` or a
+/// non-string (the caller writes `unknown`).
+fn label(v: Option<Value<'_>>) -> Option<Cow<'_, str>> {
+    let Some(Value::Str(s)) = v else {
+        return None;
+    };
+    let s = s.decode();
+    if s.is_empty() || s == "-" {
+        return None;
+    }
+    Some(cut_label(s))
+}
+
+fn cut_label(s: Cow<'_, str>) -> Cow<'_, str> {
+    if s.len() <= MAX_LABEL_BYTES {
+        return s;
+    }
+    let mut end = MAX_LABEL_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(&b[..end]),
+        Cow::Owned(mut o) => {
+            o.truncate(end);
+            Cow::Owned(o)
+        }
+    }
+}
+
+/// The token value rules of SPEC §3.
+pub fn tokens(v: Option<Value<'_>>) -> Tokens {
+    match v {
+        None | Some(Value::Null) => Tokens::NotMeasured,
+        Some(Value::Number(n)) => number_tokens(n),
+        Some(Value::Str(s)) => {
+            let s = s.decode();
+            if s.is_empty() || s == "-" {
+                Tokens::NotMeasured
+            } else if s.bytes().all(|c| c.is_ascii_digit()) {
+                digits(&s).map_or(Tokens::Invalid, Tokens::Valid)
+            } else {
+                Tokens::Invalid
+            }
+        }
+        Some(Value::Bool(_) | Value::Object | Value::Array) => Tokens::Invalid,
+    }
+}
+
+/// A string of ASCII digits as a count ≤ 2^53.
+fn digits(s: &str) -> Option<u64> {
+    let mut v: u64 = 0;
+    for c in s.bytes() {
+        v = v.checked_mul(10)?.checked_add((c - b'0') as u64)?;
+    }
+    (v <= MAX_TOKENS).then_some(v)
+}
+
+/// A JSON number (grammar already checked) as a count: an integer ≥ 0 or a number with no
+/// fractional part (`1e3`, `12.0`), at most 2^53.
+fn number_tokens(n: &str) -> Tokens {
+    if n.bytes().all(|c| c.is_ascii_digit()) {
+        return digits(n).map_or(Tokens::Invalid, Tokens::Valid);
+    }
+    match n.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= MAX_TOKENS as f64 => {
+            Tokens::Valid(x as u64)
+        }
+        _ => Tokens::Invalid,
+    }
+}
+
+fn status_class(v: Option<Value<'_>>) -> StatusClass {
+    let code = match v {
+        Some(Value::Number(n)) => digits(n),
+        Some(Value::Str(s))
+            if !s.escaped && !s.raw.is_empty() && s.raw.bytes().all(|c| c.is_ascii_digit()) =>
+        {
+            digits(s.raw)
+        }
+        _ => None,
+    };
+    code.map_or(StatusClass::Other, StatusClass::from_code)
+}
+
+fn duration_ms(v: Option<Value<'_>>) -> Option<f64> {
+    let text = match v {
+        Some(Value::Number(n)) => n,
+        Some(Value::Str(s)) if !s.escaped => s.raw,
+        _ => return None,
+    };
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Some(x),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parser() -> Parser {
+        let mut f = Fields::default();
+        f.extra_tokens
+            .insert("cached_input".into(), "llm_cached_input_token".into());
+        f.extra_tokens
+            .insert("reasoning".into(), "llm_reasoning_token".into());
+        Parser::new(&f)
+    }
+
+    fn rec(line: &str) -> Record<'static> {
+        let line: &'static str = Box::leak(line.to_string().into_boxed_str());
+        match parser().parse(line) {
+            Parsed::Record(r) => r,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn kind(line: &str) -> &'static str {
+        match parser().parse(line) {
+            Parsed::Record(_) => "record",
+            Parsed::NotLlm => "not_llm",
+            Parsed::NotJson => "not_json",
+        }
+    }
+
+    #[test]
+    fn plain_record() {
+        let r = rec(
+            r#"{"model":"gpt-4o-mini","llm_input_token":15,"llm_output_token":7,"llm_total_token":22,"api_key_id":"k","aim_service_id":"s","response_code":200,"duration":812,"start_time":"2026-03-17T09:14:02.113Z"}"#,
+        );
+        assert_eq!(
+            (
+                r.model.as_ref(),
+                r.api_key_id.as_ref(),
+                r.service_id.as_ref()
+            ),
+            ("gpt-4o-mini", "k", "s")
+        );
+        assert_eq!(
+            (r.input_tokens, r.output_tokens, r.total_tokens),
+            (15, 7, 22)
+        );
+        assert_eq!(r.status_class, StatusClass::C2xx);
+        assert_eq!(r.invalid, 0);
+        assert!(!r.total_mismatch);
+        assert!(
+            matches!(r.model, Cow::Borrowed(_)),
+            "no allocation for clean values"
+        );
+        assert_eq!(
+            r.event_time_ns(None),
+            Some(parse_rfc3339_nanos("2026-03-17T09:14:02.925Z").unwrap())
+        );
+        assert_eq!(r.event_time_ns(Some(7)), Some(7));
+    }
+
+    #[test]
+    fn what_is_a_record() {
+        assert_eq!(kind(r#"{"model":"m"}"#), "record");
+        assert_eq!(kind(r#"{"llm_input_token":3}"#), "record");
+        assert_eq!(kind(r#"{"model":null,"llm_total_token":"5"}"#), "record");
+        assert_eq!(kind(r#"{"model":null,"llm_input_token":null}"#), "not_llm");
+        assert_eq!(kind(r#"{"model":"-","llm_input_token":"-"}"#), "not_llm");
+        assert_eq!(kind(r#"{"model":"","llm_input_token":""}"#), "not_llm");
+        assert_eq!(kind(r#"{"model":7}"#), "not_llm");
+        assert_eq!(kind(r#"{"llm_input_token":-1}"#), "not_llm");
+        assert_eq!(kind(r#"{}"#), "not_llm");
+        assert_eq!(kind(r#"{"other":{"model":"nested"}}"#), "not_llm");
+        assert_eq!(
+            kind("[2026-03-17 09:14:01.202][1][warning][main] text"),
+            "not_json"
+        );
+        assert_eq!(kind(r#"[{"model":"m"}]"#), "not_json");
+        assert_eq!(kind(r#"{"model":"m","llm_input_token":12"#), "not_json");
+        assert_eq!(kind(r#"{"model":"m","llm_input_token":NaN}"#), "not_json");
+        assert_eq!(kind(r#""model""#), "not_json");
+        assert_eq!(kind(r#"{"model":"m"} trailing"#), "not_json");
+    }
+
+    #[test]
+    fn token_value_rules() {
+        use Tokens::*;
+        let t = |json: &str| {
+            let line = format!("{{\"v\":{json}}}");
+            let mut got = None;
+            Scanner::new()
+                .scan_object(&line, |_, v| got = Some(tokens(Some(v))))
+                .unwrap();
+            got.unwrap()
+        };
+        assert_eq!(t("12"), Valid(12));
+        assert_eq!(t("0"), Valid(0));
+        assert_eq!(t("1e3"), Valid(1000));
+        assert_eq!(t("1E+3"), Valid(1000));
+        assert_eq!(t("12.0"), Valid(12));
+        assert_eq!(t("\"123\""), Valid(123));
+        assert_eq!(t("9007199254740992"), Valid(MAX_TOKENS));
+        assert_eq!(t("9007199254740993"), Invalid);
+        assert_eq!(t("\"9007199254740993\""), Invalid);
+        assert_eq!(t("99999999999999999999999"), Invalid);
+        assert_eq!(t("1e300"), Invalid);
+        assert_eq!(t("-1"), Invalid);
+        assert_eq!(t("1.5"), Invalid);
+        assert_eq!(t("\"12.5\""), Invalid);
+        assert_eq!(t("\" 12\""), Invalid);
+        assert_eq!(t("\"-5\""), Invalid);
+        assert_eq!(t("\"abc\""), Invalid);
+        assert_eq!(t("true"), Invalid);
+        assert_eq!(t("{}"), Invalid);
+        assert_eq!(t("[1]"), Invalid);
+        assert_eq!(t("null"), NotMeasured);
+        assert_eq!(t("\"-\""), NotMeasured);
+        assert_eq!(t("\"\""), NotMeasured);
+    }
+
+    #[test]
+    fn total_rule_and_mismatch() {
+        let r = rec(r#"{"model":"m","llm_input_token":10,"llm_output_token":5}"#);
+        assert_eq!(r.total_tokens, 15);
+        let r = rec(
+            r#"{"model":"m","llm_input_token":10,"llm_output_token":"x","llm_total_token":null}"#,
+        );
+        assert_eq!(r.total_tokens, 10);
+        assert_eq!(r.invalid, 1 << OUTPUT_BIT);
+        let r =
+            rec(r#"{"model":"m","llm_input_token":10,"llm_output_token":5,"llm_total_token":20}"#);
+        assert_eq!(r.total_tokens, 20, "the gateway's total is the one counted");
+        assert!(r.total_mismatch);
+        let r = rec(r#"{"model":"m","llm_input_token":10,"llm_total_token":20}"#);
+        assert!(!r.total_mismatch, "only when all three are valid");
+        let r = rec(r#"{"model":"m","llm_total_token":-3}"#);
+        assert_eq!((r.total_tokens, r.invalid), (0, 1 << TOTAL_BIT));
+    }
+
+    #[test]
+    fn labels() {
+        let r = rec(r#"{"model":"m","api_key_id":null,"aim_service_id":"-"}"#);
+        assert_eq!(
+            (r.api_key_id.as_ref(), r.service_id.as_ref()),
+            (UNKNOWN, UNKNOWN)
+        );
+        let r = rec(r#"{"model":"m","api_key_id":42,"aim_service_id":""}"#);
+        assert_eq!(
+            (r.api_key_id.as_ref(), r.service_id.as_ref()),
+            (UNKNOWN, UNKNOWN)
+        );
+        let r = rec(r#"{"llm_input_token":1}"#);
+        assert_eq!(r.model, UNKNOWN);
+        // Cut to 256 bytes on a character boundary: 255 ASCII bytes + a 2-byte char.
+        let long = format!("{}é{}", "a".repeat(255), "b".repeat(10));
+        let r = rec(&format!("{{\"model\":\"{long}\"}}"));
+        assert_eq!(r.model.len(), 255);
+        let r = rec(&format!("{{\"model\":\"{}\"}}", "x".repeat(300)));
+        assert_eq!(r.model.len(), 256);
+    }
+
+    #[test]
+    fn escapes_and_invalid_utf8_in_values() {
+        let r = rec(
+            r#"{"model":"meta-llama\/Llama-3.1-8B","api_key_id":"caf\u00e8","llm_input_token":1}"#,
+        );
+        assert_eq!(r.model, "meta-llama/Llama-3.1-8B");
+        assert_eq!(r.api_key_id, "cafè");
+        // Envoy's octal escape for a byte that is not UTF-8, in a label and elsewhere.
+        let r = rec(r#"{"model":"gpt\377x","user-agent":"bad\377\376","llm_input_token":4}"#);
+        assert_eq!(r.model, "gpt\u{FFFD}x");
+        assert_eq!(r.input_tokens, 4);
+        // Replaced invalid UTF-8 (decode's job) arrives as U+FFFD and is kept.
+        let r = rec("{\"model\":\"m\u{FFFD}\",\"llm_input_token\":1}");
+        assert_eq!(r.model, "m\u{FFFD}");
+    }
+
+    #[test]
+    fn duplicate_keys_last_wins() {
+        let r = rec(r#"{"model":"a","llm_input_token":1,"model":"b","llm_input_token":2}"#);
+        assert_eq!((r.model.as_ref(), r.input_tokens), ("b", 2));
+    }
+
+    #[test]
+    fn status_classes() {
+        let c =
+            |code: &str| rec(&format!("{{\"model\":\"m\",\"response_code\":{code}}}")).status_class;
+        assert_eq!(c("200"), StatusClass::C2xx);
+        assert_eq!(c("301"), StatusClass::C3xx);
+        assert_eq!(c("429"), StatusClass::C4xx);
+        assert_eq!(c("503"), StatusClass::C5xx);
+        assert_eq!(c("0"), StatusClass::Other);
+        assert_eq!(c("\"404\""), StatusClass::C4xx);
+        assert_eq!(c("null"), StatusClass::Other);
+        assert_eq!(c("700"), StatusClass::Other);
+    }
+
+    #[test]
+    fn extra_tokens() {
+        let r = rec(r#"{"model":"m","llm_cached_input_token":4511,"llm_reasoning_token":"x"}"#);
+        assert_eq!(r.extra_tokens[0], 4511);
+        assert_eq!(r.extra_tokens[1], 0);
+        assert_eq!(r.invalid, 1 << (EXTRA_BIT0 + 1));
+    }
+
+    #[test]
+    fn event_time_fallbacks() {
+        let r = rec(r#"{"model":"m","start_time":"2026-03-17T09:14:02.113Z"}"#);
+        assert_eq!(
+            r.event_time_ns(None),
+            parse_rfc3339_nanos("2026-03-17T09:14:02.113Z")
+        );
+        let r = rec(r#"{"model":"m","start_time":"bogus","duration":5}"#);
+        assert_eq!(r.event_time_ns(None), None);
+    }
+}

@@ -1,0 +1,184 @@
+//! The per-line chain shared by `replay` and `run`: physical line → `decode` → `parse` →
+//! `aggregate`, with bad input counted by reason and logged at a rate-limited level.
+//!
+//! Owns: the order of the stages and the per-file event-time fallback. Must not read files
+//! (sources hand it lines) nor export anything (exports read the store's snapshots).
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::aggregate::{invalid_field_names, SkipReason, Store};
+use crate::config::Config;
+use crate::decode::{Decoded, Decoder, LogicalLine};
+use crate::parse::{Parsed, Parser};
+use crate::ratelog::RateLimited;
+use crate::source::Line;
+
+/// Per-file reading context: the decoder's partials and the last event time.
+pub struct FileCursor {
+    pub decoder: Decoder,
+    /// Physical lines read so far (1-based number of the last one), for messages.
+    pub line_no: u64,
+    /// Event time of the previous record (SPEC §3 fallback), initially the file's mtime.
+    pub last_event_ns: Option<i64>,
+}
+
+impl FileCursor {
+    pub fn new(config: &Config, fallback_time_ns: Option<i64>) -> Self {
+        Self {
+            decoder: Decoder::new(config.source.max_line_bytes),
+            line_no: 0,
+            last_event_ns: fallback_time_ns,
+        }
+    }
+}
+
+/// The physical line limit for a logical limit: envelopes (a CRI prefix, docker's JSON
+/// escaping) make physical lines longer than their content.
+pub fn physical_line_limit(max_line_bytes: usize) -> usize {
+    max_line_bytes.saturating_mul(2).saturating_add(64 << 10)
+}
+
+/// Parser, store and warnings: everything that turns lines into counts.
+pub struct Meter {
+    parser: Parser,
+    pub store: Store,
+    extra_names: Vec<String>,
+    invalid_names: Vec<String>,
+    warn: RateLimited,
+}
+
+impl Meter {
+    pub fn new(config: &Config) -> Self {
+        let extra_names: Vec<String> = config.fields.extra_tokens.keys().cloned().collect();
+        Self {
+            parser: Parser::new(&config.fields),
+            store: Store::new(config),
+            invalid_names: invalid_field_names(&extra_names),
+            extra_names,
+            warn: RateLimited::new(Duration::from_secs(10)),
+        }
+    }
+
+    pub fn extra_names(&self) -> &[String] {
+        &self.extra_names
+    }
+
+    /// Feeds one physical line of `path`.
+    pub fn physical(&mut self, path: &Path, cursor: &mut FileCursor, line: Line<'_>) {
+        cursor.line_no += 1;
+        match line {
+            Line::TooLong { .. } => self.skip(path, cursor.line_no, SkipReason::TooLong),
+            Line::Complete { bytes, .. } => match cursor.decoder.decode(bytes) {
+                Decoded::Line(l) => {
+                    let line_no = cursor.line_no;
+                    let event = Self::logical(
+                        &mut self.parser,
+                        &mut self.store,
+                        &mut self.warn,
+                        &self.invalid_names,
+                        path,
+                        line_no,
+                        l,
+                        cursor.last_event_ns,
+                    );
+                    if event.is_some() {
+                        cursor.last_event_ns = event;
+                    }
+                }
+                Decoded::TooLong => self.skip(path, cursor.line_no, SkipReason::TooLong),
+                Decoded::Pending | Decoded::Blank => {}
+            },
+        }
+    }
+
+    /// At the end of a finished file: a partial line that never got its final part counts
+    /// as it is.
+    pub fn end_of_file(&mut self, path: &Path, cursor: &mut FileCursor) {
+        while let Some(d) = cursor.decoder.flush_pending() {
+            match d {
+                Decoded::Line(l) => {
+                    let event = Self::logical(
+                        &mut self.parser,
+                        &mut self.store,
+                        &mut self.warn,
+                        &self.invalid_names,
+                        path,
+                        cursor.line_no,
+                        l,
+                        cursor.last_event_ns,
+                    );
+                    if event.is_some() {
+                        cursor.last_event_ns = event;
+                    }
+                }
+                Decoded::TooLong => {
+                    self.store.skip(SkipReason::TooLong);
+                }
+                Decoded::Pending | Decoded::Blank => {}
+            }
+        }
+    }
+
+    /// Parses and counts one logical line; returns the record's event time.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn logical(
+        parser: &mut Parser,
+        store: &mut Store,
+        warn: &mut RateLimited,
+        invalid_names: &[String],
+        path: &Path,
+        line_no: u64,
+        line: LogicalLine<'_>,
+        previous_event_ns: Option<i64>,
+    ) -> Option<i64> {
+        match parser.parse(line.text) {
+            Parsed::Record(r) => {
+                if r.invalid != 0 {
+                    if let Some(suppressed) = warn.allow("invalid_field") {
+                        let fields: Vec<&str> = invalid_names
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| r.invalid >> i & 1 == 1)
+                            .map(|(_, n)| n.as_str())
+                            .collect();
+                        tracing::warn!(
+                            "{}:{line_no}: invalid token value in {}; the record counts without it ({suppressed} similar warnings suppressed)",
+                            path.display(),
+                            fields.join(", ")
+                        );
+                    }
+                }
+                store.add(&r);
+                r.event_time_ns(line.time_ns).or(previous_event_ns)
+            }
+            Parsed::NotLlm => {
+                store.skip(SkipReason::NotLlm);
+                None
+            }
+            Parsed::NotJson => {
+                store.skip(SkipReason::NotJson);
+                if let Some(suppressed) = warn.allow("not_json") {
+                    tracing::debug!(
+                        "{}:{line_no}: not a JSON object, skipped ({suppressed} similar suppressed)",
+                        path.display()
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn skip(&mut self, path: &Path, line_no: u64, reason: SkipReason) {
+        self.store.skip(reason);
+        if reason == SkipReason::TooLong {
+            if let Some(suppressed) = self.warn.allow("too_long") {
+                tracing::warn!(
+                    "{}:{line_no}: line longer than source.max_line_bytes, skipped ({suppressed} similar warnings suppressed)",
+                    path.display()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Opening a file to replay: plain, or gzip (multi-member) detected by its magic bytes, with a
+//! shared counter of the bytes read from disk for progress reporting.
+
+use std::cell::Cell;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use flate2::read::MultiGzDecoder;
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// An opened file, ready to be read from its start.
+pub struct Input {
+    pub path: PathBuf,
+    /// Size on disk (compressed size for gzip).
+    pub size: u64,
+    pub modified_ns: Option<i64>,
+    pub gzip: bool,
+    file: File,
+}
+
+/// A file that cannot be replayed, with its path.
+#[derive(Debug)]
+pub struct InputError {
+    pub path: PathBuf,
+    pub error: io::Error,
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.error)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// Opens `path` and sniffs its first bytes; fails for a missing, unreadable or non-regular file.
+pub fn open_input(path: &Path) -> Result<Input, InputError> {
+    let err = |error| InputError {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut file = File::open(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    if meta.is_dir() {
+        return Err(err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is a directory",
+        )));
+    }
+    let mut magic = [0u8; 2];
+    let mut got = 0;
+    while got < 2 {
+        match file.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    let gzip = got == 2 && magic == GZIP_MAGIC;
+    let file = File::open(path).map_err(err)?; // start again at byte 0
+    let modified_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i64);
+    Ok(Input {
+        path: path.to_path_buf(),
+        size: meta.len(),
+        modified_ns,
+        gzip,
+        file,
+    })
+}
+
+impl Input {
+    /// The decompressed byte stream; `progress` is advanced by the bytes read from disk.
+    pub fn into_reader(self, progress: Rc<Cell<u64>>) -> Box<dyn Read> {
+        let counted = Counting {
+            inner: self.file,
+            count: progress,
+        };
+        if self.gzip {
+            Box::new(MultiGzDecoder::new(BufReader::with_capacity(
+                256 << 10,
+                counted,
+            )))
+        } else {
+            Box::new(counted)
+        }
+    }
+}
+
+struct Counting<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}

@@ -1,0 +1,11 @@
+//! Sources: where lines come from. Files are read here (replay now, tailing later) and handed
+//! on as physical lines with their end offsets.
+//!
+//! Owns: opening files (plain or gzip by magic bytes), reading bytes, line splitting, offsets.
+//! Knows nothing of JSON or envelopes: that starts in `decode`.
+
+pub mod input;
+pub mod lines;
+
+pub use input::{open_input, Input, InputError};
+pub use lines::{AtEof, Line, LineReader};

@@ -1,0 +1,181 @@
+//! RFC 3339 timestamps to and from Unix nanoseconds, without allocation.
+//!
+//! Owns: the timestamp syntax of CRI/docker envelopes and Envoy's `%START_TIME%`.
+//! Pure; knows nothing of where the text came from.
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` (also with `t`/space as separator and
+/// lowercase `z`) into nanoseconds since the Unix epoch. Fractions beyond nanoseconds are
+/// truncated.
+pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let mut v = 0i64;
+        for &c in b.get(from..from + len)? {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + (c - b'0') as i64;
+        }
+        Some(v)
+    };
+    let year = num(0, 4)?;
+    let month = num(5, 2)?;
+    let day = num(8, 2)?;
+    let hour = num(11, 2)?;
+    let minute = num(14, 2)?;
+    let second = num(17, 2)?;
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        let mut scale = 100_000_000i64;
+        while let Some(&c) = b.get(i) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            nanos += (c - b'0') as i64 * scale;
+            scale /= 10;
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+    }
+    let offset_secs = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        &sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let h = num(i + 1, 2)?;
+            let m = num(i + 4, 2)?;
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let off = h * 3600 + m * 60;
+            if sign == b'+' {
+                off
+            } else {
+                -off
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// Formats nanoseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, milliseconds).
+pub fn format_rfc3339_millis(nanos: i64) -> String {
+    let secs = nanos.div_euclid(1_000_000_000);
+    let millis = nanos.rem_euclid(1_000_000_000) / 1_000_000;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_envoy_and_cri_timestamps() {
+        // 2026-03-17T09:14:02.113Z, checked with `date -u -d ... +%s%N`.
+        assert_eq!(
+            parse_rfc3339_nanos("2026-03-17T09:14:02.113Z"),
+            Some(1_773_738_842_113_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_nanos("2026-03-17T09:14:08.896007972Z"),
+            Some(1_773_738_848_896_007_972)
+        );
+        assert_eq!(parse_rfc3339_nanos("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(
+            parse_rfc3339_nanos("2024-02-29T00:00:00Z"),
+            Some(1_709_164_800_000_000_000)
+        );
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for s in [
+            "",
+            "2026-03-17",
+            "2026-03-17T09:14:02",
+            "2026-13-17T09:14:02Z",
+            "2023-02-29T00:00:00Z",
+            "2026-03-17T09:14:02.Z",
+            "2026-03-17T09:14:02ZZ",
+            "2026-03-17T24:00:00Z",
+            "-",
+        ] {
+            assert_eq!(parse_rfc3339_nanos(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        let n = parse_rfc3339_nanos("2026-11-26T10:15:00.250Z").unwrap();
+        assert_eq!(format_rfc3339_millis(n), "2026-11-26T10:15:00.250Z");
+    }
+}
