@@ -11,7 +11,8 @@
 
 use std::collections::HashMap;
 
-use rustc_hash::FxBuildHasher;
+use hashbrown::HashTable;
+use rustc_hash::{FxBuildHasher, FxHasher};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -114,6 +115,17 @@ impl Interner {
     fn get(&self, id: u32) -> &str {
         &self.values[id as usize]
     }
+
+    /// Each id's position in the sorted order of the values.
+    fn ranks(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.values.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| self.values[a as usize].cmp(&self.values[b as usize]));
+        let mut rank = vec![0u32; order.len()];
+        for (r, id) in order.into_iter().enumerate() {
+            rank[id as usize] = r as u32;
+        }
+        rank
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -158,6 +170,8 @@ pub struct Store {
     max_series: usize,
     n_extra: usize,
     series_index: HashMap<[u32; 3], u32, FxBuildHasher>,
+    /// Series index by the hash of the label text, for series whose labels are not folded.
+    by_text: HashTable<u32>,
     series: Vec<([u32; 3], Counters)>,
     /// `n_extra` values per series, flat.
     extras: Vec<u64>,
@@ -215,6 +229,7 @@ impl Store {
             max_series: lim.max_series,
             n_extra,
             series_index: HashMap::default(),
+            by_text: HashTable::new(),
             series: Vec::new(),
             extras: Vec::new(),
             hist_index: HashMap::default(),
@@ -237,26 +252,22 @@ impl Store {
         }
         st.total_mismatches += u64::from(r.total_mismatch);
 
-        let (mut m, of_m) = self.models.intern(&r.model);
-        let (mut k, of_k) = self.keys.intern(&r.api_key_id);
-        let (mut s, of_s) = self.services.intern(&r.service_id);
-        st.overflows[0] += u64::from(of_m);
-        st.overflows[1] += u64::from(of_k);
-        st.overflows[2] += u64::from(of_s);
-
-        let idx = match self.series_index.get(&[m, k, s]) {
+        // Fast path: one probe keyed by the label text. Only series whose labels are the
+        // record's own text are in this table; folded records take the slow path every time.
+        let hash = text_hash(&r.model, &r.api_key_id, &r.service_id);
+        let (models, keys, services, series) =
+            (&self.models, &self.keys, &self.services, &self.series);
+        let found = self.by_text.find(hash, |&i| {
+            let [m, k, s] = series[i as usize].0;
+            models.get(m) == r.model
+                && keys.get(k) == r.api_key_id
+                && services.get(s) == r.service_id
+        });
+        let idx = match found {
             Some(&i) => i as usize,
-            None => {
-                if self.series.len() >= self.max_series {
-                    // Fold the whole series; the folded series itself may exceed the limit by one.
-                    st.overflows[3] += 1;
-                    m = self.models.force(OVERFLOW);
-                    k = self.keys.force(OVERFLOW);
-                    s = self.services.force(OVERFLOW);
-                }
-                self.series_slot([m, k, s])
-            }
+            None => self.slow_series(r, hash),
         };
+        let [m, _, s] = self.series[idx].0;
         let c = &mut self.series[idx].1;
         c.requests[r.status_class as usize] += 1;
         c.input += r.input_tokens;
@@ -280,6 +291,38 @@ impl Store {
             };
             self.hists[h].1.observe(ms / 1000.0);
         }
+    }
+
+    /// Interns the labels under their limits, folds past `max_series`, and finds or creates
+    /// the series. A series that needed no folding joins the fast-path table.
+    #[cold]
+    fn slow_series(&mut self, r: &Record<'_>, hash: u64) -> usize {
+        let st = &mut self.stats;
+        let (mut m, of_m) = self.models.intern(&r.model);
+        let (mut k, of_k) = self.keys.intern(&r.api_key_id);
+        let (mut s, of_s) = self.services.intern(&r.service_id);
+        st.overflows[0] += u64::from(of_m);
+        st.overflows[1] += u64::from(of_k);
+        st.overflows[2] += u64::from(of_s);
+        let mut folded = of_m || of_k || of_s;
+        if !self.series_index.contains_key(&[m, k, s]) && self.series.len() >= self.max_series {
+            // Fold the whole series; the folded series itself may exceed the limit by one.
+            st.overflows[3] += 1;
+            m = self.models.force(OVERFLOW);
+            k = self.keys.force(OVERFLOW);
+            s = self.services.force(OVERFLOW);
+            folded = true;
+        }
+        let idx = self.series_slot([m, k, s]);
+        if !folded {
+            let (models, keys, services, series) =
+                (&self.models, &self.keys, &self.services, &self.series);
+            self.by_text.insert_unique(hash, idx as u32, |&i| {
+                let [m, k, s] = series[i as usize].0;
+                text_hash(models.get(m), keys.get(k), services.get(s))
+            });
+        }
+        idx
     }
 
     fn series_slot(&mut self, ids: [u32; 3]) -> usize {
@@ -309,24 +352,33 @@ impl Store {
 
     /// An owned copy, series sorted by (model, api_key_id, service_id).
     pub fn snapshot(&self, extra_names: &[String]) -> Snapshot {
-        let mut series: Vec<SeriesSnapshot> = self
-            .series
-            .iter()
-            .enumerate()
-            .map(|(i, ([m, k, s], c))| SeriesSnapshot {
-                model: self.models.get(*m).to_string(),
-                api_key_id: self.keys.get(*k).to_string(),
-                service_id: self.services.get(*s).to_string(),
-                requests: c.requests,
-                input_tokens: c.input,
-                output_tokens: c.output,
-                total_tokens: c.total,
-                extra_tokens: self.extras[i * self.n_extra..(i + 1) * self.n_extra].to_vec(),
+        // Sort by each label's rank among its values: integer compares, not string compares.
+        let (rm, rk, rs) = (
+            self.models.ranks(),
+            self.keys.ranks(),
+            self.services.ranks(),
+        );
+        let mut order: Vec<usize> = (0..self.series.len()).collect();
+        order.sort_unstable_by_key(|&i| {
+            let [m, k, s] = self.series[i].0;
+            (rm[m as usize], rk[k as usize], rs[s as usize])
+        });
+        let series: Vec<SeriesSnapshot> = order
+            .into_iter()
+            .map(|i| {
+                let ([m, k, s], c) = &self.series[i];
+                SeriesSnapshot {
+                    model: self.models.get(*m).to_string(),
+                    api_key_id: self.keys.get(*k).to_string(),
+                    service_id: self.services.get(*s).to_string(),
+                    requests: c.requests,
+                    input_tokens: c.input,
+                    output_tokens: c.output,
+                    total_tokens: c.total,
+                    extra_tokens: self.extras[i * self.n_extra..(i + 1) * self.n_extra].to_vec(),
+                }
             })
             .collect();
-        series.sort_by(|a, b| {
-            (&a.model, &a.api_key_id, &a.service_id).cmp(&(&b.model, &b.api_key_id, &b.service_id))
-        });
         let mut durations: Vec<HistogramSnapshot> = self
             .hists
             .iter()
@@ -351,6 +403,19 @@ impl Store {
             stats: self.stats.clone(),
         }
     }
+}
+
+/// Hash of a label triple's text; the 0xff separators cannot occur in UTF-8.
+#[inline]
+fn text_hash(model: &str, key: &str, service: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = FxHasher::default();
+    h.write(model.as_bytes());
+    h.write_u8(0xff);
+    h.write(key.as_bytes());
+    h.write_u8(0xff);
+    h.write(service.as_bytes());
+    h.finish()
 }
 
 /// The field name of each bit of [`Record::invalid`], for `tokenmeter_invalid_fields_total`.
@@ -382,7 +447,7 @@ mod tests {
             extra_tokens: [0; MAX_EXTRA_TOKENS],
             status_class: StatusClass::C2xx,
             duration_ms: Some(1500.0),
-            start_time_ns: None,
+            start_time: None,
             invalid: 0,
             total_mismatch: false,
         }

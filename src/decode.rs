@@ -7,9 +7,7 @@
 //! knows nothing of access-log fields. Buffers are reused, so a plain or CRI line that needs no
 //! joining and is valid UTF-8 is returned borrowed, without copying.
 
-use std::borrow::Cow;
-
-use crate::json::{Scanner, Value};
+use crate::json::{Kind, Scanner};
 use crate::timefmt::parse_rfc3339_nanos;
 
 /// Which output stream of the container wrote the line.
@@ -89,7 +87,7 @@ pub struct Decoder {
     /// The joined line handed out by the last call (partials are reset before returning).
     joined: Vec<u8>,
     /// Docker `log` value, unescaped.
-    docker: String,
+    docker: Vec<u8>,
     /// A lossily repaired copy when the line is not valid UTF-8.
     repaired: String,
     scanner: Scanner,
@@ -102,7 +100,7 @@ impl Decoder {
             stdout: Partial::default(),
             stderr: Partial::default(),
             joined: Vec::new(),
-            docker: String::new(),
+            docker: Vec::new(),
             repaired: String::new(),
             scanner: Scanner::new(),
         }
@@ -178,7 +176,7 @@ impl Decoder {
 
     fn finish_owned_envelope(
         &mut self,
-        log: String,
+        log: Vec<u8>,
         time_ns: Option<i64>,
         stream: Stream,
         partial: bool,
@@ -186,7 +184,7 @@ impl Decoder {
         let max = self.max_line_bytes;
         let p = self.partial_mut(stream);
         if partial || p.active {
-            p.push(log.as_bytes(), time_ns, max);
+            p.push(&log, time_ns, max);
             self.docker = log;
             if partial {
                 return Decoded::Pending;
@@ -198,7 +196,7 @@ impl Decoder {
             return Decoded::TooLong;
         }
         self.joined.clear();
-        self.joined.extend_from_slice(log.as_bytes());
+        self.joined.extend_from_slice(&log);
         self.docker = log;
         let joined = std::mem::take(&mut self.joined);
         self.emit_joined(joined, time_ns, stream)
@@ -259,30 +257,33 @@ impl Decoder {
     }
 
     /// Parses a docker json-file envelope into `self.docker`; `None` if it is not one.
+    /// Works on bytes: a `log` cut inside a multi-byte character is joined before it is
+    /// checked as UTF-8.
     fn parse_docker(&mut self, physical: &[u8]) -> Option<(Option<i64>, Stream, bool)> {
-        let text: Cow<str> = match simdutf8::basic::from_utf8(physical) {
-            Ok(s) => Cow::Borrowed(s),
-            Err(_) => String::from_utf8_lossy(physical),
-        };
         let mut log = None;
         let mut stream = Stream::Stdout;
-        let mut time_ns = None;
+        let mut time = None;
         self.scanner
-            .scan_object(&text, |k, v| match (k.raw, v) {
-                ("log", Value::Str(s)) => log = Some(s),
-                ("stream", Value::Str(s)) if s.raw == "stderr" => stream = Stream::Stderr,
-                ("time", Value::Str(s)) => time_ns = parse_rfc3339_nanos(s.raw),
+            .scan(physical, |k, v| match (k.raw, v.kind) {
+                (b"log", Kind::Str { escaped }) => log = Some((v.start, v.end, escaped)),
+                (b"stream", Kind::Str { .. }) if &physical[v.start..v.end] == b"stderr" => {
+                    stream = Stream::Stderr
+                }
+                (b"time", Kind::Str { .. }) => time = Some((v.start, v.end)),
                 _ => {}
             })
             .ok()?;
-        let log = log?;
+        let (start, end, escaped) = log?;
+        let time_ns = time
+            .and_then(|(s, e)| std::str::from_utf8(&physical[s..e]).ok())
+            .and_then(parse_rfc3339_nanos);
         self.docker.clear();
-        if log.escaped {
-            crate::json::unescape_into(log.raw, &mut self.docker);
+        if escaped {
+            crate::json::unescape_bytes(&physical[start..end], &mut self.docker);
         } else {
-            self.docker.push_str(log.raw);
+            self.docker.extend_from_slice(&physical[start..end]);
         }
-        let partial = !self.docker.ends_with('\n');
+        let partial = !self.docker.ends_with(b"\n");
         if !partial {
             self.docker.pop();
         }

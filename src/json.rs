@@ -2,16 +2,16 @@
 //!
 //! Owns: the JSON grammar (RFC 8259) plus Envoy's `\NNN` octal escape, string escape decoding,
 //! and the fast path described in `PERF-NOTES.md`. Must not know about access-log fields: callers
-//! get `(key, value)` pairs and decide what they mean. Pure, no I/O; the only heap use is a
-//! reused vector of quote positions.
+//! get `(key, value)` pairs and decide what they mean. Pure, no I/O, no allocation.
 //!
-//! How it is fast: one pass over the line classifies every byte in 16-byte blocks and records
-//! where the quotes are. When the line holds no backslash and no control byte ("clean", nearly
-//! every access-log line), every quote delimits a string, so the end of a string is the next
-//! recorded quote: an array read instead of a byte-by-byte search. Everything between strings
-//! is still walked and validated, so truncated lines, `NaN` and trailing garbage are rejected.
-//! Lines that are not clean take the slow path, which scans strings byte by byte and validates
-//! escapes. Both paths share the same walker, so they cannot disagree on structure.
+//! How it is fast: as the scan moves forward it classifies the line in 64-byte blocks, once
+//! each, into a mask of quotes and a mask of "special" bytes (backslash, control). A string
+//! with no special byte before its closing quote ("clean", nearly every access-log string)
+//! ends at the next quote in the mask: a `trailing_zeros`, not a byte-by-byte search.
+//! Everything between strings is still walked and validated, so truncated lines, `NaN` and
+//! trailing garbage are rejected. A string that is not clean is scanned byte by byte with its
+//! escapes validated (the slow path); the next string is back on the fast path. Both paths
+//! return the same end for the same string, so they cannot disagree on structure.
 
 use std::borrow::Cow;
 
@@ -61,6 +61,64 @@ pub enum Value<'a> {
     Array,
 }
 
+/// A top-level key: its bytes (escapes not decoded) and where they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Key<'b> {
+    pub raw: &'b [u8],
+    pub start: usize,
+    pub end: usize,
+    pub escaped: bool,
+}
+
+/// What kind of value a member holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Str { escaped: bool },
+    Number,
+    True,
+    False,
+    Null,
+    Object,
+    Array,
+}
+
+/// A top-level value as a span of the scanned bytes: for a string the bytes between the
+/// quotes, for a number its text, empty for the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Raw {
+    pub kind: Kind,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Raw {
+    /// A value with no text span (literals and containers).
+    pub const fn empty(kind: Kind) -> Self {
+        Raw {
+            kind,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The value, sliced from the `text` that was scanned.
+    #[inline]
+    pub fn value<'a>(&self, text: &'a str) -> Value<'a> {
+        match self.kind {
+            Kind::Str { escaped } => Value::Str(JsonStr {
+                raw: text.get(self.start..self.end).unwrap_or(""),
+                escaped,
+            }),
+            Kind::Number => Value::Number(text.get(self.start..self.end).unwrap_or("0")),
+            Kind::True => Value::Bool(true),
+            Kind::False => Value::Bool(false),
+            Kind::Null => Value::Null,
+            Kind::Object => Value::Object,
+            Kind::Array => Value::Array,
+        }
+    }
+}
+
 /// Why a text is not a JSON object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScanError {
@@ -68,11 +126,10 @@ pub enum ScanError {
     Invalid,
 }
 
-/// Reusable scanner; keep one per pipeline so the quote vector is allocated once.
+/// The scanner. It holds no state today; it is a type so callers keep one per pipeline and
+/// the scan can gain reusable buffers without changing them.
 #[derive(Default)]
-pub struct Scanner {
-    quotes: Vec<u32>,
-}
+pub struct Scanner {}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -102,145 +159,101 @@ impl Scanner {
     where
         F: FnMut(JsonStr<'a>, Value<'a>),
     {
-        let b = text.as_bytes();
+        self.scan(text.as_bytes(), |key, raw| {
+            let key = JsonStr {
+                raw: &text[key.start..key.end],
+                escaped: key.escaped,
+            };
+            member(key, raw.value(text))
+        })
+    }
+
+    /// The byte-level scan behind [`Scanner::scan_object`]: members come as spans into `b`, so
+    /// a caller that wants a few keys slices only their values. `b` need not be valid UTF-8
+    /// (bytes ≥ 0x80 pass through strings untouched).
+    pub fn scan<F>(&mut self, b: &[u8], mut member: F) -> Result<(), ScanError>
+    where
+        F: FnMut(Key<'_>, Raw),
+    {
         let mut pos = skip_ws(b, 0);
         if b.get(pos) != Some(&b'{') {
             return Err(ScanError::Invalid);
         }
-        let clean = self.classify(b);
-        let mut qi = 0usize; // next unread entry of `quotes` (clean lines only)
-                             // Bit i of `stack` is 1 when nesting level i+1 is an object.
-        let mut stack: u128 = 1;
-        let mut depth: u32 = 1;
-        pos += 1;
-        let mut state = State::KeyOrClose;
-        // The current top-level key, set when depth == 1 and a key is read.
-        let mut key = JsonStr {
-            raw: "",
-            escaped: false,
-        };
-
-        loop {
-            pos = skip_ws(b, pos);
-            let c = *b.get(pos).ok_or(ScanError::Invalid)?;
-            match state {
-                State::KeyOrClose | State::Key => {
-                    if c == b'}' && state == State::KeyOrClose {
-                        pos += 1;
-                        depth -= 1;
-                        if depth == 0 {
-                            break;
-                        }
-                        if depth == 1 {
-                            member(key, Value::Object);
-                        }
-                        state = State::AfterValue;
-                        continue;
-                    }
-                    if c != b'"' {
-                        return Err(ScanError::Invalid);
-                    }
-                    let (end, escaped) = self.string_end(b, pos, clean, &mut qi)?;
-                    if depth == 1 {
-                        key = JsonStr {
-                            raw: &text[pos + 1..end],
-                            escaped,
+        let mut blocks = Blocks::new(b);
+        pos = skip_ws(b, pos + 1);
+        if b.get(pos) == Some(&b'}') {
+            pos += 1;
+        } else {
+            // The top level, written out straight: key, colon, value, comma. Nesting below it
+            // goes to the general walker in `skip_container`.
+            loop {
+                if b.get(pos) != Some(&b'"') {
+                    return Err(ScanError::Invalid);
+                }
+                let (key_end, key_escaped) = blocks.string_end(pos)?;
+                let key_start = pos + 1;
+                pos = skip_ws(b, key_end + 1);
+                if b.get(pos) != Some(&b':') {
+                    return Err(ScanError::Invalid);
+                }
+                pos = skip_ws(b, pos + 1);
+                let c = *b.get(pos).ok_or(ScanError::Invalid)?;
+                let raw = match c {
+                    b'"' => {
+                        let (end, escaped) = blocks.string_end(pos)?;
+                        let raw = Raw {
+                            kind: Kind::Str { escaped },
+                            start: pos + 1,
+                            end,
                         };
+                        pos = end + 1;
+                        raw
                     }
-                    pos = skip_ws(b, end + 1);
-                    if b.get(pos) != Some(&b':') {
-                        return Err(ScanError::Invalid);
+                    b'-' | b'0'..=b'9' => {
+                        let end = number_end(b, pos)?;
+                        let raw = Raw {
+                            kind: Kind::Number,
+                            start: pos,
+                            end,
+                        };
+                        pos = end;
+                        raw
                     }
-                    pos += 1;
-                    state = State::Value;
-                }
-                State::Value | State::ValueOrClose => {
-                    if c == b']' && state == State::ValueOrClose {
+                    b't' => {
+                        pos = literal(b, pos, b"true")?;
+                        Raw::empty(Kind::True)
+                    }
+                    b'f' => {
+                        pos = literal(b, pos, b"false")?;
+                        Raw::empty(Kind::False)
+                    }
+                    b'n' => {
+                        pos = literal(b, pos, b"null")?;
+                        Raw::empty(Kind::Null)
+                    }
+                    b'{' | b'[' => {
+                        pos = skip_container(b, pos, &mut blocks)?;
+                        Raw::empty(if c == b'{' { Kind::Object } else { Kind::Array })
+                    }
+                    _ => return Err(ScanError::Invalid),
+                };
+                member(
+                    Key {
+                        raw: &b[key_start..key_end],
+                        start: key_start,
+                        end: key_end,
+                        escaped: key_escaped,
+                    },
+                    raw,
+                );
+                pos = skip_ws(b, pos);
+                match b.get(pos) {
+                    Some(b',') => pos = skip_ws(b, pos + 1),
+                    Some(b'}') => {
                         pos += 1;
-                        depth -= 1;
-                        if depth == 1 {
-                            member(key, Value::Array);
-                        }
-                        state = State::AfterValue;
-                        continue;
+                        break;
                     }
-                    let value = match c {
-                        b'"' => {
-                            let (end, escaped) = self.string_end(b, pos, clean, &mut qi)?;
-                            let raw = &text[pos + 1..end];
-                            pos = end + 1;
-                            Value::Str(JsonStr { raw, escaped })
-                        }
-                        b'{' | b'[' => {
-                            if depth >= MAX_DEPTH {
-                                return Err(ScanError::Invalid);
-                            }
-                            let is_object = c == b'{';
-                            if is_object {
-                                stack |= 1u128 << depth;
-                            } else {
-                                stack &= !(1u128 << depth);
-                            }
-                            depth += 1;
-                            pos += 1;
-                            state = if is_object {
-                                State::KeyOrClose
-                            } else {
-                                State::ValueOrClose
-                            };
-                            continue;
-                        }
-                        b'-' | b'0'..=b'9' => {
-                            let end = number_end(b, pos)?;
-                            let n = &text[pos..end];
-                            pos = end;
-                            Value::Number(n)
-                        }
-                        b't' => {
-                            pos = literal(b, pos, b"true")?;
-                            Value::Bool(true)
-                        }
-                        b'f' => {
-                            pos = literal(b, pos, b"false")?;
-                            Value::Bool(false)
-                        }
-                        b'n' => {
-                            pos = literal(b, pos, b"null")?;
-                            Value::Null
-                        }
-                        _ => return Err(ScanError::Invalid),
-                    };
-                    if depth == 1 {
-                        member(key, value);
-                    }
-                    state = State::AfterValue;
-                }
-                State::AfterValue => {
-                    let in_object = stack & (1u128 << (depth - 1)) != 0;
-                    match c {
-                        b',' => {
-                            pos += 1;
-                            state = if in_object { State::Key } else { State::Value };
-                        }
-                        b'}' if in_object => {
-                            pos += 1;
-                            depth -= 1;
-                            if depth == 0 {
-                                break;
-                            }
-                            if depth == 1 {
-                                member(key, Value::Object);
-                            }
-                        }
-                        b']' if !in_object => {
-                            pos += 1;
-                            depth -= 1;
-                            if depth == 1 {
-                                member(key, Value::Array);
-                            }
-                        }
-                        _ => return Err(ScanError::Invalid),
-                    }
+                    _ => return Err(ScanError::Invalid),
                 }
             }
         }
@@ -249,44 +262,176 @@ impl Scanner {
         }
         Ok(())
     }
+}
 
-    /// Records the quote positions of `b` and returns whether the line is clean (no backslash,
-    /// no byte below 0x20), in which case every quote delimits a string.
-    fn classify(&mut self, b: &[u8]) -> bool {
-        self.quotes.clear();
-        if b.len() > u32::MAX as usize {
-            return false;
-        }
-        classify_blocks(b, &mut self.quotes)
-    }
-
-    /// Given `b[pos] == '"'`, returns the index of the closing quote and whether the string
-    /// holds escapes.
-    #[inline]
-    fn string_end(
-        &self,
-        b: &[u8],
-        pos: usize,
-        clean: bool,
-        qi: &mut usize,
-    ) -> Result<(usize, bool), ScanError> {
-        if clean {
-            // Every quote seen so far was consumed as a delimiter, so `pos` is quotes[qi].
-            match (self.quotes.get(*qi), self.quotes.get(*qi + 1)) {
-                (Some(&open), Some(&close)) if open as usize == pos => {
-                    *qi += 2;
-                    Ok((close as usize, false))
+/// Validates the object or array starting at `b[pos]` (a `{` or `[` one level below the top)
+/// and returns the position just past its end.
+fn skip_container(b: &[u8], mut pos: usize, blocks: &mut Blocks<'_>) -> Result<usize, ScanError> {
+    // Bit i of `stack` is 1 when nesting level i is an object; level 0 is this container.
+    let mut stack: u128 = 0;
+    let mut depth: u32 = 0;
+    let mut state = State::Value;
+    loop {
+        pos = skip_ws(b, pos);
+        let c = *b.get(pos).ok_or(ScanError::Invalid)?;
+        match state {
+            State::KeyOrClose | State::Key => {
+                if c == b'}' && state == State::KeyOrClose {
+                    pos += 1;
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(pos);
+                    }
+                    state = State::AfterValue;
+                    continue;
                 }
-                _ => Err(ScanError::Invalid),
+                if c != b'"' {
+                    return Err(ScanError::Invalid);
+                }
+                let (end, _) = blocks.string_end(pos)?;
+                pos = skip_ws(b, end + 1);
+                if b.get(pos) != Some(&b':') {
+                    return Err(ScanError::Invalid);
+                }
+                pos += 1;
+                state = State::Value;
             }
-        } else {
-            slow_string_end(b, pos)
+            State::Value | State::ValueOrClose => {
+                if c == b']' && state == State::ValueOrClose {
+                    pos += 1;
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(pos);
+                    }
+                    state = State::AfterValue;
+                    continue;
+                }
+                match c {
+                    b'"' => pos = blocks.string_end(pos)?.0 + 1,
+                    b'{' | b'[' => {
+                        // The top-level object is one level above this container.
+                        if depth + 2 > MAX_DEPTH {
+                            return Err(ScanError::Invalid);
+                        }
+                        let is_object = c == b'{';
+                        if is_object {
+                            stack |= 1u128 << depth;
+                        } else {
+                            stack &= !(1u128 << depth);
+                        }
+                        depth += 1;
+                        pos += 1;
+                        state = if is_object {
+                            State::KeyOrClose
+                        } else {
+                            State::ValueOrClose
+                        };
+                        continue;
+                    }
+                    b'-' | b'0'..=b'9' => pos = number_end(b, pos)?,
+                    b't' => pos = literal(b, pos, b"true")?,
+                    b'f' => pos = literal(b, pos, b"false")?,
+                    b'n' => pos = literal(b, pos, b"null")?,
+                    _ => return Err(ScanError::Invalid),
+                }
+                state = State::AfterValue;
+            }
+            State::AfterValue => {
+                let in_object = stack & (1u128 << (depth - 1)) != 0;
+                match c {
+                    b',' => {
+                        pos += 1;
+                        state = if in_object { State::Key } else { State::Value };
+                    }
+                    b'}' if in_object => {
+                        pos += 1;
+                        depth -= 1;
+                        if depth == 0 {
+                            return Ok(pos);
+                        }
+                    }
+                    b']' if !in_object => {
+                        pos += 1;
+                        depth -= 1;
+                        if depth == 0 {
+                            return Ok(pos);
+                        }
+                    }
+                    _ => return Err(ScanError::Invalid),
+                }
+            }
         }
     }
 }
 
-#[inline]
+/// Classification of the line in aligned 64-byte blocks, computed lazily as the scan moves
+/// forward: where the quotes are, and where a backslash or control byte is.
+struct Blocks<'b> {
+    b: &'b [u8],
+    /// Start of the classified block; `usize::MAX` before the first.
+    base: usize,
+    quote: u64,
+    special: u64,
+}
+
+impl<'b> Blocks<'b> {
+    fn new(b: &'b [u8]) -> Self {
+        Blocks {
+            b,
+            base: usize::MAX,
+            quote: 0,
+            special: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn load(&mut self, base: usize) {
+        if self.base != base {
+            let (q, s) = classify64(self.b, base);
+            self.base = base;
+            self.quote = q;
+            self.special = s;
+        }
+    }
+
+    /// Given `b[pos] == '"'`, the index of the closing quote and whether the string holds
+    /// escapes. A string with neither backslash nor control byte ends at the next quote: one
+    /// mask lookup. Anything else is scanned byte by byte, with escapes validated.
+    #[inline(always)]
+    fn string_end(&mut self, pos: usize) -> Result<(usize, bool), ScanError> {
+        let mut from = pos + 1;
+        loop {
+            if from >= self.b.len() {
+                return Err(ScanError::Invalid);
+            }
+            let base = from & !63;
+            self.load(base);
+            let shift = from - base;
+            let q = self.quote >> shift;
+            let sp = self.special >> shift;
+            if q != 0 {
+                let n = q.trailing_zeros();
+                if sp & ((1u64 << n) - 1) == 0 {
+                    return Ok((from + n as usize, false));
+                }
+                return slow_string_end(self.b, pos);
+            }
+            if sp != 0 {
+                return slow_string_end(self.b, pos);
+            }
+            from = base + 64;
+        }
+    }
+}
+
+#[inline(always)]
 fn skip_ws(b: &[u8], mut pos: usize) -> usize {
+    // Compact JSON has no whitespace: one comparison decides the common case.
+    match b.get(pos) {
+        Some(&c) if c > b' ' => return pos,
+        None => return pos,
+        _ => {}
+    }
     while let Some(&c) = b.get(pos) {
         if c == b' ' || c == b'\t' || c == b'\n' || c == b'\r' {
             pos += 1;
@@ -306,7 +451,7 @@ fn literal(b: &[u8], pos: usize, word: &[u8]) -> Result<usize, ScanError> {
 }
 
 /// End of the JSON number starting at `pos`: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-#[inline]
+#[inline(always)]
 fn number_end(b: &[u8], mut pos: usize) -> Result<usize, ScanError> {
     let digit = |b: &[u8], p: usize| b.get(p).is_some_and(u8::is_ascii_digit);
     if b.get(pos) == Some(&b'-') {
@@ -391,23 +536,30 @@ fn slow_string_end(b: &[u8], pos: usize) -> Result<(usize, bool), ScanError> {
 /// Decodes the escapes of a string already validated by the scanner. Lone surrogates and
 /// Envoy's `\NNN` become U+FFFD: one bad byte must not lose a request.
 pub fn unescape_into(raw: &str, out: &mut String) {
-    let b = raw.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len());
+    unescape_bytes(raw.as_bytes(), &mut bytes);
+    // Valid UTF-8 in, valid UTF-8 out: escapes decode to whole characters.
+    out.push_str(&String::from_utf8_lossy(&bytes));
+}
+
+/// [`unescape_into`] over bytes, for text that may not be valid UTF-8 yet (a docker `log`
+/// split inside a character); bytes ≥ 0x80 are copied as they are.
+pub fn unescape_bytes(raw: &[u8], out: &mut Vec<u8>) {
+    let b = raw;
     let mut i = 0;
     let mut run = 0;
-    while i < b.len() {
-        if b[i] != b'\\' {
-            i += 1;
-            continue;
-        }
-        out.push_str(&raw[run..i]);
+    let mut utf8 = [0u8; 4];
+    while let Some(off) = memchr::memchr(b'\\', &b[i..]) {
+        i += off;
+        out.extend_from_slice(&b[run..i]);
         let esc = b.get(i + 1).copied().unwrap_or(b'\\');
         i += 2;
-        match esc {
-            b'b' => out.push('\u{8}'),
-            b'f' => out.push('\u{c}'),
-            b'n' => out.push('\n'),
-            b'r' => out.push('\r'),
-            b't' => out.push('\t'),
+        let c = match esc {
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
             b'u' => {
                 let hi = hex4(b, i);
                 i += 4;
@@ -429,17 +581,19 @@ pub fn unescape_into(raw: &str, out: &mut String) {
                     Some(h) => char::from_u32(h),
                     None => None,
                 };
-                out.push(c.unwrap_or('\u{FFFD}'));
+                c.unwrap_or('\u{FFFD}')
             }
             b'0'..=b'7' => {
                 i += 2;
-                out.push('\u{FFFD}');
+                '\u{FFFD}'
             }
-            other => out.push(other as char),
-        }
-        run = i.min(b.len());
+            other => other as char,
+        };
+        out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+        i = i.min(b.len());
+        run = i;
     }
-    out.push_str(&raw[run.min(b.len())..]);
+    out.extend_from_slice(&b[run..]);
 }
 
 fn hex4(b: &[u8], i: usize) -> Option<u32> {
@@ -451,76 +605,56 @@ fn hex4(b: &[u8], i: usize) -> Option<u32> {
     Some(v)
 }
 
-/// Pushes the position of every `"` in `b` onto `quotes`; returns false when `b` holds a
-/// backslash or a byte below 0x20.
-fn classify_blocks(b: &[u8], quotes: &mut Vec<u32>) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SSE2 is part of the x86_64 baseline.
-        sse2::classify(b, quotes)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let mut clean = true;
-        for (i, &c) in b.iter().enumerate() {
-            if c == b'"' {
-                quotes.push(i as u32);
-            } else if c == b'\\' || c < 0x20 {
-                clean = false;
-            }
-        }
-        clean
+/// Masks of the quotes and of the special bytes (backslash, bytes below 0x20) in
+/// `b[base..base + 64]`; bytes past the end count as neither.
+#[inline(always)]
+fn classify64(b: &[u8], base: usize) -> (u64, u64) {
+    let rest = &b[base.min(b.len())..];
+    if rest.len() >= 64 {
+        classify_full(&rest[..64])
+    } else {
+        let mut pad = [b' '; 64];
+        pad[..rest.len()].copy_from_slice(rest);
+        classify_full(&pad)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod sse2 {
+#[inline(always)]
+fn classify_full(block: &[u8]) -> (u64, u64) {
     use std::arch::x86_64::*;
-
-    pub fn classify(b: &[u8], quotes: &mut Vec<u32>) -> bool {
-        let mut special = 0u32;
-        let mut base = 0usize;
-        let mut chunks = b.chunks_exact(16);
-        for chunk in &mut chunks {
-            let (q, s) = block(chunk);
-            special |= s;
-            push_bits(q, base, quotes);
-            base += 16;
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut pad = [b' '; 16];
-            pad[..rest.len()].copy_from_slice(rest);
-            let (q, s) = block(&pad);
-            special |= s;
-            push_bits(q, base, quotes);
-        }
-        special == 0
-    }
-
-    #[inline(always)]
-    fn block(chunk: &[u8]) -> (u32, u32) {
-        debug_assert!(chunk.len() >= 16);
-        // SAFETY: `chunk` holds at least 16 bytes (chunks_exact or the padded array), the load
-        // is unaligned, and SSE2 is always available on x86_64.
-        unsafe {
-            let v = _mm_loadu_si128(chunk.as_ptr() as *const __m128i);
-            let q = _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8))) as u32;
-            let bs = _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8))) as u32;
+    assert!(block.len() >= 64);
+    let mut q = 0u64;
+    let mut sp = 0u64;
+    // SAFETY: `block` holds at least 64 bytes (asserted), each load reads 16 of them
+    // unaligned, and SSE2 is part of the x86_64 baseline.
+    unsafe {
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let backslash = _mm_set1_epi8(b'\\' as i8);
+        let lim = _mm_set1_epi8(0x1f);
+        for i in 0..4 {
+            let v = _mm_loadu_si128(block.as_ptr().add(i * 16) as *const __m128i);
+            let qm = _mm_movemask_epi8(_mm_cmpeq_epi8(v, quote)) as u16 as u64;
+            let bs = _mm_movemask_epi8(_mm_cmpeq_epi8(v, backslash)) as u16 as u64;
             // v <= 0x1f (unsigned) exactly when max(v, 0x1f) == 0x1f.
-            let lim = _mm_set1_epi8(0x1f);
-            let ctl = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(v, lim), lim)) as u32;
-            (q, bs | ctl)
+            let ctl = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(v, lim), lim)) as u16 as u64;
+            q |= qm << (i * 16);
+            sp |= (bs | ctl) << (i * 16);
         }
     }
+    (q, sp)
+}
 
-    #[inline(always)]
-    fn push_bits(mut bits: u32, base: usize, quotes: &mut Vec<u32>) {
-        while bits != 0 {
-            quotes.push((base + bits.trailing_zeros() as usize) as u32);
-            bits &= bits - 1;
-        }
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn classify_full(block: &[u8]) -> (u64, u64) {
+    let mut q = 0u64;
+    let mut sp = 0u64;
+    for (i, &c) in block[..64].iter().enumerate() {
+        q |= u64::from(c == b'"') << i;
+        sp |= u64::from(c == b'\\' || c < 0x20) << i;
     }
+    (q, sp)
 }
 
 #[cfg(test)]

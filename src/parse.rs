@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 
 use crate::config::{Fields, MAX_EXTRA_TOKENS};
-use crate::json::{JsonStr, Scanner, Value};
+use crate::json::{JsonStr, Kind, Raw, Scanner, Value};
 use crate::timefmt::parse_rfc3339_nanos;
 
 /// Largest valid token value: 2^53, the largest integer every JSON consumer holds exactly.
@@ -103,7 +103,8 @@ pub struct Record<'a> {
     pub extra_tokens: [u64; MAX_EXTRA_TOKENS],
     pub status_class: StatusClass,
     pub duration_ms: Option<f64>,
-    pub start_time_ns: Option<i64>,
+    /// The start-time field as written; parsed only when the event time is needed.
+    pub start_time: Option<JsonStr<'a>>,
     /// Bit per token field that held an invalid value (see `INPUT_BIT` …).
     pub invalid: u32,
     /// All three of input, output and total were valid and total ≠ input + output.
@@ -114,7 +115,7 @@ impl Record<'_> {
     /// Event time (SPEC §3): the envelope's timestamp, else start + duration, else start.
     pub fn event_time_ns(&self, envelope_ns: Option<i64>) -> Option<i64> {
         envelope_ns.or_else(|| {
-            let start = self.start_time_ns?;
+            let start = parse_rfc3339_nanos(&self.start_time?.decode())?;
             Some(match self.duration_ms {
                 Some(ms) => start.saturating_add((ms * 1e6) as i64),
                 None => start,
@@ -150,28 +151,63 @@ enum Slot {
 
 const N_SLOTS: usize = Slot::Extra0 as usize + MAX_EXTRA_TOKENS;
 
-/// Wanted keys grouped by length, so most keys are rejected by one length check.
+/// Wanted keys grouped by length, so most keys are rejected by one length check and the rest
+/// by comparing two integers (the first and the last 8 bytes), not by a `memcmp` call.
 struct KeyTable {
-    by_len: Vec<Vec<(Box<str>, usize)>>,
+    by_len: Vec<Vec<KeyEntry>>,
+}
+
+struct KeyEntry {
+    head: u64,
+    tail: u64,
+    /// Needed only for keys longer than 16 bytes, whose middle head and tail do not cover.
+    full: Box<[u8]>,
+    slot: usize,
+}
+
+/// The first and last 8 bytes of `k` as integers (zero-padded when shorter).
+#[inline(always)]
+fn head_tail(k: &[u8]) -> (u64, u64) {
+    if k.len() >= 8 {
+        let head = u64::from_le_bytes(k[..8].try_into().unwrap_or([0; 8]));
+        let tail = u64::from_le_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
+        (head, tail)
+    } else {
+        let mut pad = [0u8; 8];
+        pad[..k.len()].copy_from_slice(k);
+        let v = u64::from_le_bytes(pad);
+        (v, v)
+    }
 }
 
 impl KeyTable {
     fn new(keys: &[(String, usize)]) -> Self {
         let max = keys.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        let mut by_len = vec![Vec::new(); max + 1];
+        let mut by_len: Vec<Vec<KeyEntry>> = (0..=max).map(|_| Vec::new()).collect();
         for (k, slot) in keys {
-            by_len[k.len()].push((k.clone().into_boxed_str(), *slot));
+            let (head, tail) = head_tail(k.as_bytes());
+            by_len[k.len()].push(KeyEntry {
+                head,
+                tail,
+                full: k.as_bytes().into(),
+                slot: *slot,
+            });
         }
         KeyTable { by_len }
     }
 
-    #[inline]
-    fn lookup(&self, key: &str, mut hit: impl FnMut(usize)) {
-        if let Some(cands) = self.by_len.get(key.len()) {
-            for (k, slot) in cands {
-                if &**k == key {
-                    hit(*slot);
-                }
+    #[inline(always)]
+    fn lookup(&self, key: &[u8], mut hit: impl FnMut(usize)) {
+        let Some(cands) = self.by_len.get(key.len()) else {
+            return;
+        };
+        if cands.is_empty() {
+            return;
+        }
+        let (head, tail) = head_tail(key);
+        for e in cands {
+            if e.head == head && e.tail == tail && (key.len() <= 16 || *e.full == *key) {
+                hit(e.slot);
             }
         }
     }
@@ -180,6 +216,8 @@ impl KeyTable {
 /// Reusable parser configured with the `[fields]` names.
 pub struct Parser {
     scanner: Scanner,
+    /// Where each wanted key's value is in the current line (valid where `present` says so).
+    slots: [Raw; N_SLOTS],
     keys: KeyTable,
     n_extra: usize,
 }
@@ -203,6 +241,11 @@ impl Parser {
         }
         Parser {
             scanner: Scanner::new(),
+            slots: [Raw {
+                kind: Kind::Null,
+                start: 0,
+                end: 0,
+            }; N_SLOTS],
             keys: KeyTable::new(&keys),
             n_extra,
         }
@@ -210,24 +253,38 @@ impl Parser {
 
     /// Parses one logical line.
     pub fn parse<'a>(&mut self, line: &'a str) -> Parsed<'a> {
-        let mut slots: [Option<Value<'a>>; N_SLOTS] = [None; N_SLOTS];
+        let mut present = 0u32;
         let keys = &self.keys;
-        let scanned = self.scanner.scan_object(line, |key: JsonStr<'a>, value| {
-            if key.escaped {
-                let decoded = key.decode();
-                keys.lookup(&decoded, |slot| slots[slot] = Some(value));
-            } else {
-                keys.lookup(key.raw, |slot| slots[slot] = Some(value));
-            }
-        });
+        let slots = &mut self.slots;
+        let scanned = self.scanner.scan(
+            line.as_bytes(),
+            #[inline(always)]
+            |key, raw| {
+                let mut put = |slot: usize| {
+                    slots[slot] = raw;
+                    present |= 1 << slot;
+                };
+                if key.escaped {
+                    let decoded = JsonStr {
+                        raw: line.get(key.start..key.end).unwrap_or(""),
+                        escaped: true,
+                    }
+                    .decode();
+                    keys.lookup(decoded.as_bytes(), &mut put);
+                } else {
+                    keys.lookup(key.raw, &mut put);
+                }
+            },
+        );
         if scanned.is_err() {
             return Parsed::NotJson;
         }
-        self.interpret(&slots)
+        self.interpret(line, present)
     }
 
-    fn interpret<'a>(&self, slots: &[Option<Value<'a>>; N_SLOTS]) -> Parsed<'a> {
-        let get = |s: Slot| slots[s as usize];
+    fn interpret<'a>(&self, line: &'a str, present: u32) -> Parsed<'a> {
+        let slots = &self.slots;
+        let get = |s: Slot| (present >> s as usize & 1 == 1).then(|| slots[s as usize].value(line));
         let model = label(get(Slot::Model));
         let input = tokens(get(Slot::Input));
         let output = tokens(get(Slot::Output));
@@ -245,9 +302,10 @@ impl Parser {
         if model.is_none() && !any_valid {
             return Parsed::NotLlm;
         }
-        for (i, slot) in extra.iter_mut().enumerate().take(self.n_extra) {
-            match tokens(slots[Slot::Extra0 as usize + i]) {
-                Tokens::Valid(v) => *slot = v,
+        for (i, out) in extra.iter_mut().enumerate().take(self.n_extra) {
+            let slot = Slot::Extra0 as usize + i;
+            match tokens((present >> slot & 1 == 1).then(|| slots[slot].value(line))) {
+                Tokens::Valid(v) => *out = v,
                 Tokens::Invalid => invalid |= 1 << (EXTRA_BIT0 + i as u32),
                 Tokens::NotMeasured => {}
             }
@@ -269,8 +327,8 @@ impl Parser {
             extra_tokens: extra,
             status_class: status_class(get(Slot::Status)),
             duration_ms: duration_ms(get(Slot::Duration)),
-            start_time_ns: match get(Slot::StartTime) {
-                Some(Value::Str(s)) => parse_rfc3339_nanos(&s.decode()),
+            start_time: match get(Slot::StartTime) {
+                Some(Value::Str(s)) => Some(s),
                 _ => None,
             },
             invalid,
@@ -328,11 +386,32 @@ pub fn tokens(v: Option<Value<'_>>) -> Tokens {
     }
 }
 
-/// A string of ASCII digits as a count ≤ 2^53.
+/// A non-empty string of ASCII digits as a count ≤ 2^53.
+#[inline]
 fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    // 2^53 has 16 digits; longer is too large unless it is leading zeros.
+    let s = if s.len() > 16 {
+        let t = s.trim_start_matches('0');
+        if t.is_empty() {
+            return Some(0);
+        }
+        if t.len() > 16 {
+            return None;
+        }
+        t
+    } else {
+        s
+    };
     let mut v: u64 = 0;
     for c in s.bytes() {
-        v = v.checked_mul(10)?.checked_add((c - b'0') as u64)?;
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v * 10 + d as u64;
     }
     (v <= MAX_TOKENS).then_some(v)
 }
@@ -370,6 +449,9 @@ fn duration_ms(v: Option<Value<'_>>) -> Option<f64> {
         Some(Value::Str(s)) if !s.escaped => s.raw,
         _ => return None,
     };
+    if let Some(ms) = digits(text) {
+        return Some(ms as f64); // the usual integer milliseconds, without a float parse
+    }
     match text.parse::<f64>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Some(x),
         _ => None,
@@ -479,6 +561,8 @@ mod tests {
         assert_eq!(t("9007199254740992"), Valid(MAX_TOKENS));
         assert_eq!(t("9007199254740993"), Invalid);
         assert_eq!(t("\"9007199254740993\""), Invalid);
+        assert_eq!(t("\"00000000000000000042\""), Valid(42));
+        assert_eq!(t("\"00000000000000000000\""), Valid(0));
         assert_eq!(t("99999999999999999999999"), Invalid);
         assert_eq!(t("1e300"), Invalid);
         assert_eq!(t("-1"), Invalid);

@@ -46,10 +46,13 @@ pub struct Meter {
     extra_names: Vec<String>,
     invalid_names: Vec<String>,
     warn: RateLimited,
+    /// Whether to work out each record's event time (backfill and Loki need it; a summary
+    /// does not, and parsing timestamps is a tenth of the per-line cost).
+    track_event_time: bool,
 }
 
 impl Meter {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, track_event_time: bool) -> Self {
         let extra_names: Vec<String> = config.fields.extra_tokens.keys().cloned().collect();
         Self {
             parser: Parser::new(&config.fields),
@@ -57,6 +60,7 @@ impl Meter {
             invalid_names: invalid_field_names(&extra_names),
             extra_names,
             warn: RateLimited::new(Duration::from_secs(10)),
+            track_event_time,
         }
     }
 
@@ -80,7 +84,7 @@ impl Meter {
                         path,
                         line_no,
                         l,
-                        cursor.last_event_ns,
+                        self.track_event_time.then_some(cursor.last_event_ns),
                     );
                     if event.is_some() {
                         cursor.last_event_ns = event;
@@ -106,7 +110,7 @@ impl Meter {
                         path,
                         cursor.line_no,
                         l,
-                        cursor.last_event_ns,
+                        self.track_event_time.then_some(cursor.last_event_ns),
                     );
                     if event.is_some() {
                         cursor.last_event_ns = event;
@@ -120,7 +124,8 @@ impl Meter {
         }
     }
 
-    /// Parses and counts one logical line; returns the record's event time.
+    /// Parses and counts one logical line; returns the record's event time when tracked
+    /// (`previous_event_ns` is `None` when event times are not tracked).
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn logical(
@@ -131,7 +136,7 @@ impl Meter {
         path: &Path,
         line_no: u64,
         line: LogicalLine<'_>,
-        previous_event_ns: Option<i64>,
+        previous_event_ns: Option<Option<i64>>,
     ) -> Option<i64> {
         match parser.parse(line.text) {
             Parsed::Record(r) => {
@@ -151,7 +156,8 @@ impl Meter {
                     }
                 }
                 store.add(&r);
-                r.event_time_ns(line.time_ns).or(previous_event_ns)
+                let previous = previous_event_ns?;
+                r.event_time_ns(line.time_ns).or(previous)
             }
             Parsed::NotLlm => {
                 store.skip(SkipReason::NotLlm);

@@ -72,7 +72,7 @@ pub fn replay(
         ProgressBar::hidden()
     };
 
-    let mut meter = Meter::new(config);
+    let mut meter = Meter::new(config, false);
     let read = Rc::new(Cell::new(0u64));
     let limit = physical_line_limit(config.source.max_line_bytes);
     let files = inputs.len();

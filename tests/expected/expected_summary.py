@@ -56,13 +56,14 @@ def logical_lines(data):
             continue
         if raw.startswith(b'{"log":'):
             try:
-                env = json.loads(raw.decode("utf-8", "replace"))
+                # surrogateescape keeps a character cut between two partials as raw bytes
+                env = json.loads(raw.decode("utf-8", "surrogateescape"))
                 log = env["log"]
                 stream = env.get("stream", "stdout").encode()
             except Exception:
                 env = None
             if env is not None and isinstance(log, str):
-                b = log.encode("utf-8", "surrogatepass")
+                b = log.encode("utf-8", "surrogateescape")
                 if not b.endswith(b"\n"):
                     partial.setdefault(stream, bytearray()).extend(b)
                     continue
