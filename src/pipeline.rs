@@ -149,9 +149,10 @@ impl Meter {
                             .map(|(_, n)| n.as_str())
                             .collect();
                         tracing::warn!(
-                            "{}:{line_no}: invalid token value in {}; the record counts without it ({suppressed} similar warnings suppressed)",
+                            "{}:{line_no}: invalid token value in {}; the record counts without it{}",
                             path.display(),
-                            fields.join(", ")
+                            fields.join(", "),
+                            suppressed_note(suppressed)
                         );
                     }
                 }
@@ -167,8 +168,9 @@ impl Meter {
                 store.skip(SkipReason::NotJson);
                 if let Some(suppressed) = warn.allow("not_json") {
                     tracing::debug!(
-                        "{}:{line_no}: not a JSON object, skipped ({suppressed} similar suppressed)",
-                        path.display()
+                        "{}:{line_no}: not a JSON object, skipped{}",
+                        path.display(),
+                        suppressed_note(suppressed)
                     );
                 }
                 None
@@ -181,10 +183,19 @@ impl Meter {
         if reason == SkipReason::TooLong {
             if let Some(suppressed) = self.warn.allow("too_long") {
                 tracing::warn!(
-                    "{}:{line_no}: line longer than source.max_line_bytes, skipped ({suppressed} similar warnings suppressed)",
-                    path.display()
+                    "{}:{line_no}: line longer than source.max_line_bytes, skipped{}",
+                    path.display(),
+                    suppressed_note(suppressed)
                 );
             }
         }
+    }
+}
+
+fn suppressed_note(suppressed: u64) -> String {
+    if suppressed == 0 {
+        String::new()
+    } else {
+        format!(" ({suppressed} similar warnings suppressed)")
     }
 }

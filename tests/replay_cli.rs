@@ -1,0 +1,327 @@
+//! End-to-end tests of `tokenmeter replay` and `check-config`, through the real binary.
+//!
+//! Expected summaries come from `tests/expected/*.json`, written by
+//! `tests/expected/expected_summary.py` (an independent Python reading of SPEC §3 that shares
+//! no code with the implementation; CI re-runs it with `--check`). A few totals are also
+//! written out by hand from `tests/fixtures/gen_fixtures.py` as a second check.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tokenmeter"));
+    c.env_remove("TOKENMETER_CONFIG");
+    c
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+fn replay_json(files: &[&Path]) -> Value {
+    let out = bin()
+        .args(["replay", "--summary", "json"])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "exactly one JSON object on one line: {text}"
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+fn expected(name: &str) -> Value {
+    let path = root().join("tests/expected").join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn sum(summary: &Value, field: &str) -> u64 {
+    summary["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[field].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn every_fixture_matches_the_independent_reference() {
+    for name in [
+        "envoy-ai-access.jsonl",
+        "cri-wrapped.log",
+        "edge-cases.log",
+        "docker-json.log",
+    ] {
+        let got = replay_json(&[&fixture(name)]);
+        assert_eq!(got, expected(name), "{name}");
+        let skipped: u64 = got["skipped"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            got["lines"].as_u64().unwrap(),
+            got["records"].as_u64().unwrap() + skipped,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn fixture_totals_by_hand() {
+    // From the tok tuples of gen_fixtures.py: 18 records with tokens, 8 LLM records without
+    // (errors, a 404 for an unknown model, a client disconnect), 4 lines with no model.
+    let jsonl = replay_json(&[&fixture("envoy-ai-access.jsonl")]);
+    assert_eq!(jsonl["lines"], 30);
+    assert_eq!(jsonl["records"], 26);
+    assert_eq!(jsonl["skipped"]["not_llm"], 4);
+    assert_eq!(sum(&jsonl, "input_tokens"), 155_563);
+    assert_eq!(sum(&jsonl, "output_tokens"), 10_061);
+    assert_eq!(sum(&jsonl, "total_tokens"), 165_624);
+    assert_eq!(sum(&jsonl, "requests"), 26);
+    // The CRI file holds the same 30 lines (one split P,P,F) plus 4 Envoy stderr lines.
+    let cri = replay_json(&[&fixture("cri-wrapped.log")]);
+    assert_eq!(cri["series"], jsonl["series"]);
+    assert_eq!(cri["lines"], 34);
+    assert_eq!(cri["skipped"]["not_json"], 4);
+    // The 36 KiB line (team-eval, 801 + 96) came through the partials whole.
+    let eval: Vec<&Value> = cri["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["api_key_id"] == "team-eval" && s["model"] == "gpt-4o-mini")
+        .collect();
+    assert_eq!(eval.len(), 1);
+    assert_eq!(eval[0]["input_tokens"], 801 + 120_000);
+    assert_eq!(eval[0]["requests"], 2);
+}
+
+#[test]
+fn edge_cases_by_hand() {
+    // tests/fixtures/edge-cases.txt numbers each case; see make_edge_cases.py.
+    let s = replay_json(&[&fixture("edge-cases.log")]);
+    assert_eq!(s["lines"], 25, "three blank lines are not counted");
+    assert_eq!(s["skipped"]["not_json"], 5);
+    assert_eq!(s["skipped"]["not_llm"], 3);
+    let m1 = s["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["model"] == "m1")
+        .unwrap();
+    // input: 10 + (-5 invalid) + (2^53+1 invalid) + 1000 + (2.5 invalid) + 40 + 4 + 10
+    //        + (true invalid) + 11 + 12 + 100 = 1187
+    assert_eq!(m1["input_tokens"], 1187);
+    assert_eq!(m1["requests"], 13);
+    // total: 15 + 3 + 2 + 1000 + 1 + 42 + 4 + 25 (gateway's) + 8 + 11 + 12 + 101 = 1224
+    assert_eq!(m1["total_tokens"], 1224);
+    assert!(s["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["model"] == "m\u{FFFD}2"));
+    assert!(s["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["model"] == "meta-llama/L\u{e8}"));
+}
+
+fn write_gzip_member(out: &mut Vec<u8>, data: &[u8]) {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).unwrap();
+    out.extend(enc.finish().unwrap());
+}
+
+#[test]
+fn multi_member_gzip_equals_the_plain_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = std::fs::read(fixture("envoy-ai-access.jsonl")).unwrap();
+    let b = std::fs::read(fixture("edge-cases.log")).unwrap();
+    let mut gz = Vec::new();
+    write_gzip_member(&mut gz, &a);
+    write_gzip_member(&mut gz, &b);
+    let path = dir.path().join("rotated.log.1.gz"); // the name does not matter, the magic does
+    std::fs::write(&path, gz).unwrap();
+    let plain = dir.path().join("both.log");
+    let mut both = a.clone();
+    both.extend_from_slice(&b);
+    std::fs::write(&plain, both).unwrap();
+    let got = replay_json(&[&path]);
+    assert_eq!(got, replay_json(&[&plain]));
+    assert_eq!(got["lines"], 30 + 25);
+}
+
+#[test]
+fn files_are_replayed_in_order_and_summed() {
+    let got = replay_json(&[
+        &fixture("envoy-ai-access.jsonl"),
+        &fixture("envoy-ai-access.jsonl"),
+    ]);
+    let one = expected("envoy-ai-access.jsonl");
+    assert_eq!(got["lines"], 60);
+    assert_eq!(sum(&got, "total_tokens"), 2 * sum(&one, "total_tokens"));
+}
+
+#[test]
+fn a_two_mib_line_is_skipped_and_the_rest_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.log");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, r#"{{"model":"m","llm_input_token":1}}"#).unwrap();
+    let pad = "x".repeat(2 << 20);
+    writeln!(
+        f,
+        r#"{{"model":"m","llm_input_token":1000,"user-agent":"{pad}"}}"#
+    )
+    .unwrap();
+    write!(f, r#"{{"model":"m","llm_input_token":2}}"#).unwrap(); // no final newline
+    drop(f);
+    let s = replay_json(&[&path]);
+    assert_eq!(s["lines"], 3);
+    assert_eq!(s["records"], 2);
+    assert_eq!(s["skipped"]["too_long"], 1);
+    assert_eq!(sum(&s, "input_tokens"), 3);
+}
+
+#[test]
+fn a_missing_file_stops_before_anything_is_written() {
+    let missing = root().join("tests/fixtures/no-such-file.log");
+    let out: Output = bin()
+        .args(["replay", "--summary", "json"])
+        .arg(fixture("envoy-ai-access.jsonl"))
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-file.log"), "{err}");
+}
+
+#[test]
+fn a_directory_is_refused_by_name() {
+    let out = bin()
+        .args(["replay"])
+        .arg(root().join("tests/fixtures"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tests/fixtures"));
+}
+
+#[test]
+fn text_summary_is_readable() {
+    let out = bin()
+        .args(["replay"])
+        .arg(fixture("cri-wrapped.log"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("top model by total tokens"), "{text}");
+    assert!(text.contains("gpt-4o-mini"), "{text}");
+    assert!(text.contains("not_json"), "{text}");
+    assert!(text.contains("165624"), "{text}");
+    // No progress bar when stderr is not a terminal.
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("ETA"));
+}
+
+#[test]
+fn config_errors_name_the_key_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[source]\nstart_at = \"end\"\nglob_intervall = \"1s\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("glob_intervall") && err.contains("bad.toml"),
+        "{err}"
+    );
+    // The same through $TOKENMETER_CONFIG, for replay.
+    let out = bin()
+        .env("TOKENMETER_CONFIG", &path)
+        .args(["replay"])
+        .arg(fixture("envoy-ai-access.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn check_config_prints_the_effective_config() {
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(root().join("config/tokenmeter.toml"))
+        .env("NODE_NAME", "node-a")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("max_line_bytes = 1048576"), "{text}");
+    assert!(text.contains("interval = \"15s\""), "{text}");
+    // Defaults alone.
+    let out = bin().args(["check-config"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("/var/log/pods/envoy-gateway-system_*/envoy/*.log"));
+}
+
+#[test]
+fn the_local_config_replays_the_sample_logs() {
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(root().join("config/local.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let out = bin().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["run", "replay", "check-config"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+    let out = bin().args(["replay", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--summary"));
+    let out = bin().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("tokenmeter "));
+    let out = bin().arg("replay").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "missing FILE is a usage error");
+}
