@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The project's whole test suite, as CI runs it (`.ci/run` calls this script).
+#   scripts/test.sh              everything: format, lints, reference check, tests, fuzzing
+#   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzzing run (it needs ~5 min to build the first time)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "expected summaries still match the independent Python reference"
+python3 tests/expected/expected_summary.py --check tests/expected \
+  tests/fixtures/envoy-ai-access.jsonl tests/fixtures/cri-wrapped.log \
+  tests/fixtures/edge-cases.log tests/fixtures/docker-json.log
+
+step "cargo test"
+cargo test --all-targets
+
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  step "cargo fuzz: decode + parse for ${FUZZ_SECONDS}s"
+  scripts/fuzz.sh "$FUZZ_SECONDS"
+fi
