@@ -2,16 +2,17 @@
 //!
 //! Owns: the JSON grammar (RFC 8259) plus Envoy's `\NNN` octal escape, string escape decoding,
 //! and the fast path described in `PERF-NOTES.md`. Must not know about access-log fields: callers
-//! get `(key, value)` pairs and decide what they mean. Pure, no I/O, no allocation.
+//! get `(key, value)` pairs and decide what they mean. Pure, no I/O; the only heap use is
+//! the reused vector of quote masks.
 //!
-//! How it is fast: as the scan moves forward it classifies the line in 64-byte blocks, once
-//! each, into a mask of quotes and a mask of "special" bytes (backslash, control). A string
-//! with no special byte before its closing quote ("clean", nearly every access-log string)
-//! ends at the next quote in the mask: a `trailing_zeros`, not a byte-by-byte search.
-//! Everything between strings is still walked and validated, so truncated lines, `NaN` and
-//! trailing garbage are rejected. A string that is not clean is scanned byte by byte with its
-//! escapes validated (the slow path); the next string is back on the fast path. Both paths
-//! return the same end for the same string, so they cannot disagree on structure.
+//! How it is fast: one pass classifies the line in 64-byte blocks (AVX2 when the CPU has it,
+//! else SSE2) into a quote mask per block, and notes whether the line holds any "special" byte
+//! (backslash, control). When it holds none ("clean", nearly every access-log line), every
+//! quote delimits a string, so the end of a string is the next set bit of the quote masks: a
+//! shift and a `trailing_zeros`, not a search. Everything between strings is still walked and
+//! validated, so truncated lines, `NaN` and trailing garbage are rejected. A line that is not
+//! clean scans each string byte by byte with its escapes validated (the slow path); both
+//! paths share the walker, so they cannot disagree on structure.
 
 use std::borrow::Cow;
 
@@ -126,10 +127,11 @@ pub enum ScanError {
     Invalid,
 }
 
-/// The scanner. It holds no state today; it is a type so callers keep one per pipeline and
-/// the scan can gain reusable buffers without changing them.
+/// Reusable scanner; keep one per pipeline so its quote masks are allocated once.
 #[derive(Default)]
-pub struct Scanner {}
+pub struct Scanner {
+    quotes: Vec<u64>,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -179,7 +181,12 @@ impl Scanner {
         if b.get(pos) != Some(&b'{') {
             return Err(ScanError::Invalid);
         }
-        let mut blocks = Blocks::new(b);
+        let clean = index_quotes(b, &mut self.quotes);
+        let mut blocks = Blocks {
+            b,
+            quotes: &self.quotes,
+            clean,
+        };
         pos = skip_ws(b, pos + 1);
         if b.get(pos) == Some(&b'}') {
             pos += 1;
@@ -364,63 +371,158 @@ fn skip_container(b: &[u8], mut pos: usize, blocks: &mut Blocks<'_>) -> Result<u
     }
 }
 
-/// Classification of the line in aligned 64-byte blocks, computed lazily as the scan moves
-/// forward: where the quotes are, and where a backslash or control byte is.
+/// Where the strings of a line end. On a clean line (no backslash, no control byte: nearly
+/// every access-log line) every quote delimits a string, so a string ends at the next quote
+/// bit of the line's quote masks: a shift and a `trailing_zeros`. Other lines scan each string
+/// byte by byte.
 struct Blocks<'b> {
     b: &'b [u8],
-    /// Start of the classified block; `usize::MAX` before the first.
-    base: usize,
-    quote: u64,
-    special: u64,
+    /// Bit i of `quotes[k]` is set when `b[64 * k + i]` is a quote (clean lines only).
+    quotes: &'b [u64],
+    clean: bool,
 }
 
 impl<'b> Blocks<'b> {
-    fn new(b: &'b [u8]) -> Self {
-        Blocks {
-            b,
-            base: usize::MAX,
-            quote: 0,
-            special: 0,
-        }
-    }
-
-    #[inline(always)]
-    fn load(&mut self, base: usize) {
-        if self.base != base {
-            let (q, s) = classify64(self.b, base);
-            self.base = base;
-            self.quote = q;
-            self.special = s;
-        }
-    }
-
     /// Given `b[pos] == '"'`, the index of the closing quote and whether the string holds
-    /// escapes. A string with neither backslash nor control byte ends at the next quote: one
-    /// mask lookup. Anything else is scanned byte by byte, with escapes validated.
+    /// escapes.
     #[inline(always)]
     fn string_end(&mut self, pos: usize) -> Result<(usize, bool), ScanError> {
-        let mut from = pos + 1;
-        loop {
-            if from >= self.b.len() {
-                return Err(ScanError::Invalid);
-            }
-            let base = from & !63;
-            self.load(base);
-            let shift = from - base;
-            let q = self.quote >> shift;
-            let sp = self.special >> shift;
-            if q != 0 {
-                let n = q.trailing_zeros();
-                if sp & ((1u64 << n) - 1) == 0 {
-                    return Ok((from + n as usize, false));
-                }
-                return slow_string_end(self.b, pos);
-            }
-            if sp != 0 {
-                return slow_string_end(self.b, pos);
-            }
-            from = base + 64;
+        if !self.clean {
+            return slow_string_end(self.b, pos);
         }
+        let from = pos + 1;
+        let mut k = from >> 6;
+        let mut q = match self.quotes.get(k) {
+            Some(m) => m >> (from & 63),
+            None => return Err(ScanError::Invalid),
+        };
+        let mut at = from;
+        loop {
+            if q != 0 {
+                return Ok((at + q.trailing_zeros() as usize, false));
+            }
+            k += 1;
+            at = k << 6;
+            q = *self.quotes.get(k).ok_or(ScanError::Invalid)?;
+        }
+    }
+}
+
+/// Classifies `b` in 64-byte blocks into quote masks (written into `masks`, grown to fit);
+/// returns whether the line is clean (no backslash, no byte below 0x20).
+fn index_quotes(b: &[u8], masks: &mut Vec<u64>) -> bool {
+    masks.clear();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { x86::index_avx2(b, masks) };
+        }
+        x86::index_sse2(b, masks)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut clean = true;
+        for chunk in b.chunks(64) {
+            let mut q = 0u64;
+            for (i, &c) in chunk.iter().enumerate() {
+                q |= u64::from(c == b'"') << i;
+                clean &= c != b'\\' && c >= 0x20;
+            }
+            masks.push(q);
+        }
+        clean
+    }
+}
+
+/// The 64-byte block at `b[start..]`, space-padded past the end of `b`.
+#[inline(always)]
+fn tail_block(b: &[u8], start: usize) -> [u8; 64] {
+    let rest = &b[start..];
+    let mut pad = [b' '; 64];
+    pad[..rest.len()].copy_from_slice(rest);
+    pad
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::tail_block;
+    use std::arch::x86_64::*;
+
+    /// SSE2 (the x86_64 baseline): four 16-byte loads per block. The special bytes are only
+    /// OR-ed into a vector; one movemask at the end says whether the line is clean.
+    pub(super) fn index_sse2(b: &[u8], masks: &mut Vec<u64>) -> bool {
+        // SAFETY: SSE2 is part of the x86_64 baseline; every load reads 16 bytes inside a
+        // 64-byte slice (`chunks_exact` or the padded tail).
+        unsafe {
+            let quote = _mm_set1_epi8(b'"' as i8);
+            let backslash = _mm_set1_epi8(b'\\' as i8);
+            let lim = _mm_set1_epi8(0x1f);
+            let mut special = _mm_setzero_si128();
+            let mut block = |p: *const u8, special: &mut __m128i| {
+                let mut q = 0u64;
+                for i in 0..4 {
+                    let v = _mm_loadu_si128(p.add(i * 16) as *const __m128i);
+                    q |= (_mm_movemask_epi8(_mm_cmpeq_epi8(v, quote)) as u16 as u64) << (i * 16);
+                    // v <= 0x1f (unsigned) exactly when max(v, 0x1f) == 0x1f.
+                    let ctl = _mm_cmpeq_epi8(_mm_max_epu8(v, lim), lim);
+                    *special =
+                        _mm_or_si128(*special, _mm_or_si128(ctl, _mm_cmpeq_epi8(v, backslash)));
+                }
+                masks.push(q);
+            };
+            let mut chunks = b.chunks_exact(64);
+            for chunk in &mut chunks {
+                block(chunk.as_ptr(), &mut special);
+            }
+            if !chunks.remainder().is_empty() {
+                let pad = tail_block(b, b.len() - chunks.remainder().len());
+                block(pad.as_ptr(), &mut special);
+            }
+            _mm_movemask_epi8(special) == 0
+        }
+    }
+
+    /// AVX2: two 32-byte loads per block.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn index_avx2(b: &[u8], masks: &mut Vec<u64>) -> bool {
+        let quote = _mm256_set1_epi8(b'"' as i8);
+        let backslash = _mm256_set1_epi8(b'\\' as i8);
+        let lim = _mm256_set1_epi8(0x1f);
+        let mut special = _mm256_setzero_si256();
+        let mut block = |p: *const u8, special: &mut __m256i| {
+            // SAFETY: `p` points at 64 readable bytes (a full chunk or the padded tail).
+            let (v0, v1) = unsafe {
+                (
+                    _mm256_loadu_si256(p as *const __m256i),
+                    _mm256_loadu_si256(p.add(32) as *const __m256i),
+                )
+            };
+            let q0 = _mm256_movemask_epi8(_mm256_cmpeq_epi8(v0, quote)) as u32 as u64;
+            let q1 = _mm256_movemask_epi8(_mm256_cmpeq_epi8(v1, quote)) as u32 as u64;
+            let s0 = _mm256_or_si256(
+                _mm256_cmpeq_epi8(_mm256_max_epu8(v0, lim), lim),
+                _mm256_cmpeq_epi8(v0, backslash),
+            );
+            let s1 = _mm256_or_si256(
+                _mm256_cmpeq_epi8(_mm256_max_epu8(v1, lim), lim),
+                _mm256_cmpeq_epi8(v1, backslash),
+            );
+            *special = _mm256_or_si256(*special, _mm256_or_si256(s0, s1));
+            masks.push(q0 | (q1 << 32));
+        };
+        let mut chunks = b.chunks_exact(64);
+        for chunk in &mut chunks {
+            block(chunk.as_ptr(), &mut special);
+        }
+        if !chunks.remainder().is_empty() {
+            let pad = tail_block(b, b.len() - chunks.remainder().len());
+            block(pad.as_ptr(), &mut special);
+        }
+        _mm256_movemask_epi8(special) == 0
     }
 }
 
@@ -603,58 +705,6 @@ fn hex4(b: &[u8], i: usize) -> Option<u32> {
         v = v * 16 + (c as char).to_digit(16)?;
     }
     Some(v)
-}
-
-/// Masks of the quotes and of the special bytes (backslash, bytes below 0x20) in
-/// `b[base..base + 64]`; bytes past the end count as neither.
-#[inline(always)]
-fn classify64(b: &[u8], base: usize) -> (u64, u64) {
-    let rest = &b[base.min(b.len())..];
-    if rest.len() >= 64 {
-        classify_full(&rest[..64])
-    } else {
-        let mut pad = [b' '; 64];
-        pad[..rest.len()].copy_from_slice(rest);
-        classify_full(&pad)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn classify_full(block: &[u8]) -> (u64, u64) {
-    use std::arch::x86_64::*;
-    assert!(block.len() >= 64);
-    let mut q = 0u64;
-    let mut sp = 0u64;
-    // SAFETY: `block` holds at least 64 bytes (asserted), each load reads 16 of them
-    // unaligned, and SSE2 is part of the x86_64 baseline.
-    unsafe {
-        let quote = _mm_set1_epi8(b'"' as i8);
-        let backslash = _mm_set1_epi8(b'\\' as i8);
-        let lim = _mm_set1_epi8(0x1f);
-        for i in 0..4 {
-            let v = _mm_loadu_si128(block.as_ptr().add(i * 16) as *const __m128i);
-            let qm = _mm_movemask_epi8(_mm_cmpeq_epi8(v, quote)) as u16 as u64;
-            let bs = _mm_movemask_epi8(_mm_cmpeq_epi8(v, backslash)) as u16 as u64;
-            // v <= 0x1f (unsigned) exactly when max(v, 0x1f) == 0x1f.
-            let ctl = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(v, lim), lim)) as u16 as u64;
-            q |= qm << (i * 16);
-            sp |= (bs | ctl) << (i * 16);
-        }
-    }
-    (q, sp)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-fn classify_full(block: &[u8]) -> (u64, u64) {
-    let mut q = 0u64;
-    let mut sp = 0u64;
-    for (i, &c) in block[..64].iter().enumerate() {
-        q |= u64::from(c == b'"') << i;
-        sp |= u64::from(c == b'\\' || c < 0x20) << i;
-    }
-    (q, sp)
 }
 
 #[cfg(test)]

@@ -155,6 +155,8 @@ const N_SLOTS: usize = Slot::Extra0 as usize + MAX_EXTRA_TOKENS;
 /// by comparing two integers (the first and the last 8 bytes), not by a `memcmp` call.
 struct KeyTable {
     by_len: Vec<Vec<KeyEntry>>,
+    /// Bit `n` set when some wanted key has length `n` (< 64): most keys stop here.
+    len_mask: u64,
 }
 
 struct KeyEntry {
@@ -168,10 +170,8 @@ struct KeyEntry {
 /// The first and last 8 bytes of `k` as integers (zero-padded when shorter).
 #[inline(always)]
 fn head_tail(k: &[u8]) -> (u64, u64) {
-    if k.len() >= 8 {
-        let head = u64::from_le_bytes(k[..8].try_into().unwrap_or([0; 8]));
-        let tail = u64::from_le_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
-        (head, tail)
+    if let (Some(head), Some(tail)) = (k.first_chunk::<8>(), k.last_chunk::<8>()) {
+        (u64::from_le_bytes(*head), u64::from_le_bytes(*tail))
     } else {
         let mut pad = [0u8; 8];
         pad[..k.len()].copy_from_slice(k);
@@ -193,11 +193,18 @@ impl KeyTable {
                 slot: *slot,
             });
         }
-        KeyTable { by_len }
+        let len_mask = keys
+            .iter()
+            .map(|(k, _)| if k.len() < 64 { 1u64 << k.len() } else { 0 })
+            .fold(0, |a, b| a | b);
+        KeyTable { by_len, len_mask }
     }
 
     #[inline(always)]
     fn lookup(&self, key: &[u8], mut hit: impl FnMut(usize)) {
+        if key.len() < 64 && self.len_mask >> key.len() & 1 == 0 {
+            return;
+        }
         let Some(cands) = self.by_len.get(key.len()) else {
             return;
         };
