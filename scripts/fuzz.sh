@@ -13,6 +13,14 @@ fi
 mkdir -p fuzz/corpus/decode_parse
 cd fuzz
 # The first corpus folder receives new inputs; the seeds (the fixtures) are only read.
-RUSTC_BOOTSTRAP=1 cargo fuzz run decode_parse -- \
+log=$(mktemp)
+if RUSTC_BOOTSTRAP=1 cargo fuzz run decode_parse -- \
   -max_total_time="$seconds" -max_len=8192 -timeout=10 \
-  corpus/decode_parse seeds
+  corpus/decode_parse seeds >"$log" 2>&1; then
+  tail -n 3 "$log"
+  echo "fuzzing: no crash in ${seconds}s"
+else
+  tail -n 60 "$log"
+  echo "fuzzing found a crash (see fuzz/artifacts/decode_parse)" >&2
+  exit 1
+fi

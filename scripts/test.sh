@@ -20,10 +20,11 @@ python3 tests/expected/expected_summary.py --check tests/expected \
   tests/fixtures/envoy-ai-access.jsonl tests/fixtures/cri-wrapped.log \
   tests/fixtures/edge-cases.log tests/fixtures/docker-json.log
 
-step "cargo test"
-cargo test --all-targets
-
 if [ "$FUZZ_SECONDS" != 0 ]; then
   step "cargo fuzz: decode + parse for ${FUZZ_SECONDS}s"
   scripts/fuzz.sh "$FUZZ_SECONDS"
 fi
+
+# Last, so the test runner's summary closes the output.
+step "cargo test"
+cargo test --all-targets

@@ -336,6 +336,76 @@ impl Store {
         i
     }
 
+    /// Continues from a saved snapshot (the daemon's state after a restart), so exported
+    /// counters do not reset. Values come back as they were saved, folded ones included; the
+    /// limits apply to what comes next. Extra token counters are matched by name.
+    pub fn restore(&mut self, snap: &Snapshot, extra_names: &[String]) {
+        let extra_map: Vec<Option<usize>> = snap
+            .extra_names
+            .iter()
+            .map(|n| extra_names.iter().position(|m| m == n))
+            .collect();
+        for x in &snap.series {
+            let ids = [
+                self.models.force(&x.model),
+                self.keys.force(&x.api_key_id),
+                self.services.force(&x.service_id),
+            ];
+            let idx = self.series_slot(ids);
+            let c = &mut self.series[idx].1;
+            for (a, b) in c.requests.iter_mut().zip(x.requests) {
+                *a += b;
+            }
+            c.input += x.input_tokens;
+            c.output += x.output_tokens;
+            c.total += x.total_tokens;
+            for (i, v) in x.extra_tokens.iter().enumerate() {
+                if let Some(Some(j)) = extra_map.get(i) {
+                    self.extras[idx * self.n_extra + j] += v;
+                }
+            }
+        }
+        for h in &snap.durations {
+            let Some(class) = StatusClass::ALL
+                .iter()
+                .find(|c| c.as_str() == h.status_class)
+            else {
+                continue;
+            };
+            let key = (
+                self.models.force(&h.model),
+                self.services.force(&h.service_id),
+                *class,
+            );
+            let i = match self.hist_index.get(&key) {
+                Some(&i) => i as usize,
+                None => {
+                    self.hists.push((key, Histogram::default()));
+                    self.hist_index.insert(key, (self.hists.len() - 1) as u32);
+                    self.hists.len() - 1
+                }
+            };
+            let dst = &mut self.hists[i].1;
+            for (a, b) in dst.buckets.iter_mut().zip(h.histogram.buckets) {
+                *a += b;
+            }
+            dst.sum_seconds += h.histogram.sum_seconds;
+            dst.count += h.histogram.count;
+        }
+        let st = &snap.stats;
+        self.stats.records += st.records;
+        for (a, b) in self.stats.skipped.iter_mut().zip(st.skipped) {
+            *a += b;
+        }
+        for (a, b) in self.stats.invalid_fields.iter_mut().zip(&st.invalid_fields) {
+            *a += b;
+        }
+        self.stats.total_mismatches += st.total_mismatches;
+        for (a, b) in self.stats.overflows.iter_mut().zip(st.overflows) {
+            *a += b;
+        }
+    }
+
     /// Counts a line that is not a record.
     pub fn skip(&mut self, reason: SkipReason) {
         self.stats.skipped[reason as usize] += 1;
@@ -517,6 +587,33 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(OVERFLOW, 12), ("a", 17), ("b", 2)]);
         assert_eq!(snap.stats.overflows[3], 2);
+    }
+
+    #[test]
+    fn restore_continues_the_counters() {
+        let mut c = Config::default();
+        c.limits.max_values.api_key_id = 2;
+        let mut s = Store::new(&c);
+        s.add(&record("m", "k1", "s", 1, 2));
+        s.add(&record("m", "k2", "s", 3, 4));
+        s.add(&record("m", "k3", "s", 5, 6)); // folded
+        let snap = s.snapshot(&[]);
+        let mut t = Store::new(&c);
+        t.restore(&snap, &[]);
+        assert_eq!(t.snapshot(&[]), snap);
+        t.add(&record("m", "k1", "s", 10, 0));
+        t.add(&record("m", "k4", "s", 100, 0)); // still past the limit: folded
+        let after = t.snapshot(&[]);
+        let get = |k: &str| {
+            after
+                .series
+                .iter()
+                .find(|x| x.api_key_id == k)
+                .unwrap()
+                .input_tokens
+        };
+        assert_eq!((get("k1"), get(OVERFLOW)), (11, 105));
+        assert_eq!(after.stats.overflows[1], 2);
     }
 
     #[test]

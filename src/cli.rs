@@ -125,11 +125,17 @@ fn run(cli: Cli) -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => {
-            if let Err(code) = load(&config) {
-                return code;
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match crate::daemon::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
             }
-            eprintln!("error: `tokenmeter run` (the daemon) is not in this build yet; use `tokenmeter replay`");
-            ExitCode::from(1)
         }
         Command::Replay {
             config,

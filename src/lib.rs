@@ -8,11 +8,15 @@
 pub mod aggregate;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod decode;
+pub mod export;
 pub mod json;
 pub mod parse;
 pub mod pipeline;
 pub mod ratelog;
 pub mod replay;
+pub mod server;
 pub mod source;
+pub mod state;
 pub mod timefmt;

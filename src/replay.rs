@@ -96,7 +96,7 @@ pub fn replay(
             let Some(line) = line else { break };
             meter.physical(&path, &mut cursor, line);
             n = n.wrapping_add(1);
-            if n % 16384 == 0 && !bar.is_hidden() {
+            if n.is_multiple_of(16384) && !bar.is_hidden() {
                 update_bar(&bar, read.get(), meter.store.stats().lines(), started);
             }
         }

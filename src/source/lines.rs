@@ -78,6 +78,10 @@ impl<R: Read> LineReader<R> {
         self.end - self.start
     }
 
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// The inner reader, e.g. to reposition it; call [`LineReader::reset`] after.
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner

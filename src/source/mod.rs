@@ -1,4 +1,4 @@
-//! Sources: where lines come from. Files are read here (replay now, tailing later) and handed
+//! Sources: where lines come from. Files are read here (replayed or tailed) and handed
 //! on as physical lines with their end offsets.
 //!
 //! Owns: opening files (plain or gzip by magic bytes), reading bytes, line splitting, offsets.
@@ -6,6 +6,8 @@
 
 pub mod input;
 pub mod lines;
+pub mod tail;
 
 pub use input::{open_input, Input, InputError};
 pub use lines::{AtEof, Line, LineReader};
+pub use tail::{FileMeta, FileStatus, PodLabels, TailOptions, Tailer};

@@ -1,0 +1,332 @@
+//! `tokenmeter run`: the daemon. Wiring of the tailer, the pipeline, the state file, the HTTP
+//! server and the OTLP exporter, and the shutdown order.
+//!
+//! Threads: one metering thread owns the tailer and is the only writer of the counters, so
+//! the state it saves (offsets + counters, taken between two polls) is a consistent cut. The
+//! tokio runtime serves HTTP and pushes OTLP from snapshots; a slow or dead backend never
+//! blocks reading.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::aggregate::Snapshot;
+use crate::config::Config;
+use crate::export::otlp::{build_request, OtlpClient, OtlpShape, PushOutcome};
+use crate::pipeline::{physical_line_limit, FileCursor, Meter};
+use crate::source::{FileStatus, TailOptions, Tailer};
+use crate::state::{self, Loaded, StateFile, STATE_VERSION};
+
+/// Lines per file per poll: bounds how long the counters' lock is held.
+const POLL_BUDGET: usize = 4096;
+/// Sleep between polls when nothing was read.
+const IDLE_SLEEP: Duration = Duration::from_millis(100);
+
+/// Counts of export attempts by outcome.
+#[derive(Default)]
+pub struct ExportStats {
+    pub success: AtomicU64,
+    pub rejected: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl ExportStats {
+    pub fn record(&self, o: PushOutcome) {
+        let c = match o {
+            PushOutcome::Success => &self.success,
+            PushOutcome::Rejected => &self.rejected,
+            PushOutcome::Failed => &self.failed,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the metering thread publishes and the server and exporters read.
+pub struct Shared {
+    pub config: Config,
+    pub node: String,
+    pub start_time_ns: i64,
+    meter: Mutex<Meter>,
+    files: Mutex<Vec<FileStatus>>,
+    pub bytes_read: AtomicU64,
+    pub checkpoints_ok: AtomicU64,
+    pub checkpoints_failed: AtomicU64,
+    pub otlp: ExportStats,
+    pub otlp_enabled: bool,
+    pub otlp_last_success_ns: AtomicU64,
+    pub ready: AtomicBool,
+    pub stop: AtomicBool,
+}
+
+impl Shared {
+    fn meter(&self) -> MutexGuard<'_, Meter> {
+        // A poisoned lock means a panic mid-update on the metering thread, which aborts the
+        // process anyway; reading what is there is the best a scrape can do.
+        self.meter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let m = self.meter();
+        m.store.snapshot(m.extra_names())
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.meter().store.series_count()
+    }
+
+    pub fn files(&self) -> Vec<FileStatus> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns after the final push and state write.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let node = config.effective_node_name();
+    let state_dir = config.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("state_dir {}: cannot create", state_dir.display()))?;
+    let loaded =
+        state::load(&state_dir).with_context(|| format!("state_dir {}", state_dir.display()))?;
+    let mut meter = Meter::new(&config, false);
+    let (saved_files, start_time_ns) = match loaded {
+        Loaded::Fresh => {
+            tracing::info!("no state in {}: first start", state_dir.display());
+            (None, now_ns())
+        }
+        Loaded::Resumed(s) => {
+            let extra = meter.extra_names().to_vec();
+            meter.store.restore(&s.counters, &extra);
+            tracing::info!(
+                "resumed from {}: {} files, {} series",
+                state::state_path(&state_dir).display(),
+                s.files.len(),
+                s.counters.series.len()
+            );
+            (Some(s.files), s.start_time_ns)
+        }
+        Loaded::Corrupt { error, moved_to } => {
+            tracing::error!(
+                "state file {} is unusable ({error}); moved to {} and starting fresh",
+                state::state_path(&state_dir).display(),
+                moved_to.display()
+            );
+            (None, now_ns())
+        }
+    };
+    let cursor_config = config.clone();
+    let tailer: Tailer<FileCursor> = Tailer::new(
+        TailOptions {
+            include: config.source.include.clone(),
+            exclude: config.source.exclude.clone(),
+            start_at: config.source.start_at,
+            glob_interval: config.source.glob_interval.0,
+            max_line: physical_line_limit(config.source.max_line_bytes),
+        },
+        saved_files,
+        move || FileCursor::new(&cursor_config, None),
+    )
+    .context("source.include / source.exclude")?;
+    let shared = Arc::new(Shared {
+        otlp_enabled: !config.otlp.endpoint.is_empty(),
+        config,
+        node,
+        start_time_ns,
+        meter: Mutex::new(meter),
+        files: Mutex::new(Vec::new()),
+        bytes_read: AtomicU64::new(0),
+        checkpoints_ok: AtomicU64::new(0),
+        checkpoints_failed: AtomicU64::new(0),
+        otlp: ExportStats::default(),
+        otlp_last_success_ns: AtomicU64::new(0),
+        ready: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("tokenmeter-io")
+        .build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&shared.config.server.listen))
+        .with_context(|| format!("server.listen {}: cannot bind", shared.config.server.listen))?;
+    tracing::info!("serving /metrics on http://{}", shared.config.server.listen);
+    let server = runtime.spawn(crate::server::serve(listener, shared.clone()));
+
+    let metering = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("tokenmeter-meter".into())
+            .spawn(move || metering_loop(tailer, &shared, state_dir))?
+    };
+
+    let exporter = shared
+        .otlp_enabled
+        .then(|| OtlpClient::new(&shared.config))
+        .transpose()
+        .context("otlp")?
+        .map(Arc::new);
+    let pusher = exporter
+        .clone()
+        .map(|client| runtime.spawn(otlp_loop(client, shared.clone())));
+
+    runtime.block_on(wait_for_signal());
+    tracing::info!("shutting down: stop reading, push once more, write state");
+    let deadline = Instant::now() + shared.config.shutdown_timeout.0;
+    shared.stop.store(true, Ordering::SeqCst);
+    // The metering thread finishes its poll; its final state write happens after the push
+    // below has had its chance (see `metering_loop`).
+    if let Some(p) = pusher {
+        p.abort();
+    }
+    if let Some(client) = exporter {
+        let shared2 = shared.clone();
+        let left = deadline.saturating_duration_since(Instant::now());
+        runtime.block_on(async move {
+            let req = build_request(
+                &shared2.snapshot(),
+                &OtlpShape::from_config(&shared2.config, &shared2.node),
+                shared2.start_time_ns,
+                now_ns(),
+            );
+            let outcome = client.push(&req, tokio::time::Instant::now() + left).await;
+            shared2.otlp.record(outcome);
+            tracing::info!("final OTLP push: {}", outcome.as_str());
+        });
+    }
+    match metering.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("metering: {e:#}"),
+        Err(_) => tracing::error!("metering thread panicked"),
+    }
+    server.abort();
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn otlp_loop(client: Arc<OtlpClient>, shared: Arc<Shared>) {
+    let interval = shared.config.otlp.interval.0;
+    let shape = OtlpShape::from_config(&shared.config, &shared.node);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let req = build_request(&shared.snapshot(), &shape, shared.start_time_ns, now_ns());
+        // Retry until the next push is due: that one carries the same counts and more.
+        let outcome = client
+            .push(&req, tokio::time::Instant::now() + interval)
+            .await;
+        shared.otlp.record(outcome);
+        if outcome == PushOutcome::Success {
+            shared
+                .otlp_last_success_ns
+                .store(now_ns() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Tails, counts, publishes file statuses and writes the state; on stop, writes it once more.
+fn metering_loop(
+    mut tailer: Tailer<FileCursor>,
+    shared: &Shared,
+    state_dir: PathBuf,
+) -> anyhow::Result<()> {
+    let interval = shared.config.state.interval.0;
+    let mut last_save = Instant::now();
+    let mut last_publish = Instant::now() - Duration::from_secs(1);
+    let mut first = true;
+    loop {
+        let stopping = shared.stop.load(Ordering::SeqCst);
+        if !stopping {
+            let n = {
+                let mut meter = shared.meter();
+                tailer.poll(POLL_BUDGET, |meta, cursor, line| {
+                    meter.physical(&meta.path, cursor, line);
+                    !cursor.decoder.is_pending()
+                })
+            };
+            shared
+                .bytes_read
+                .store(tailer.bytes_read(), Ordering::Relaxed);
+            if first || last_publish.elapsed() >= Duration::from_millis(200) {
+                *shared.files.lock().unwrap_or_else(|e| e.into_inner()) = tailer.statuses();
+                last_publish = Instant::now();
+            }
+            if first {
+                shared.ready.store(true, Ordering::SeqCst);
+                first = false;
+            }
+            if last_save.elapsed() >= interval {
+                save_state(&mut tailer, shared, &state_dir);
+                last_save = Instant::now();
+            }
+            if n == 0 {
+                std::thread::sleep(IDLE_SLEEP);
+            }
+            continue;
+        }
+        // Stop reading; let the final push (on the runtime) take its turn, bounded by
+        // shutdown_timeout, then write the state.
+        let wait = shared
+            .config
+            .shutdown_timeout
+            .0
+            .min(Duration::from_millis(200));
+        std::thread::sleep(wait);
+        save_state(&mut tailer, shared, &state_dir);
+        return Ok(());
+    }
+}
+
+fn save_state(tailer: &mut Tailer<FileCursor>, shared: &Shared, dir: &std::path::Path) {
+    // Between two polls on this thread: the offsets are exactly those of the counted lines.
+    let state = StateFile {
+        version: STATE_VERSION,
+        saved_at_ns: now_ns(),
+        start_time_ns: shared.start_time_ns,
+        files: tailer.positions(),
+        counters: shared.snapshot(),
+    };
+    match state::save(dir, &state) {
+        Ok(()) => {
+            shared.checkpoints_ok.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            shared.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("cannot write state in {}: {e}", dir.display());
+        }
+    }
+}

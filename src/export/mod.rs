@@ -1,0 +1,4 @@
+//! Exports: where counters leave the node. Each exporter reads the aggregation store's
+//! snapshots (never its internals) and never changes counting.
+
+pub mod otlp;

@@ -1,0 +1,401 @@
+//! HTTP endpoints (axum): `/metrics`, `/healthz`, `/readyz`, `/status`.
+//!
+//! Owns: the exposition of the token counters and self-metrics of SPEC §4 through
+//! `prometheus-client`, with one collector that encodes straight from a snapshot of the store
+//! at scrape time. Reads snapshots and published statuses only.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::aggregate::{invalid_field_names, SkipReason, DURATION_BUCKETS, OVERFLOW_LABELS};
+use crate::daemon::Shared;
+use crate::parse::StatusClass;
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StoreCollector {
+        shared: shared.clone(),
+    }));
+    let state = AppState {
+        shared,
+        registry: Arc::new(registry),
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("HTTP server: {e}");
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response(),
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.shared.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let sh = &s.shared;
+    let files: Vec<serde_json::Value> = sh
+        .files()
+        .iter()
+        .map(|f| {
+            json!({
+                "path": f.path,
+                "dev": f.dev,
+                "inode": f.ino,
+                "offset": f.offset,
+                "size": f.size,
+                "lag_bytes": f.lag_bytes(),
+                "draining": f.draining,
+                "namespace": f.labels.as_ref().map(|l| l.namespace.clone()),
+                "pod": f.labels.as_ref().map(|l| l.pod.clone()),
+                "container": f.labels.as_ref().map(|l| l.container.clone()),
+            })
+        })
+        .collect();
+    let stats = sh.snapshot().stats;
+    Json(json!({
+        "node": sh.node,
+        "ready": sh.ready.load(Ordering::SeqCst),
+        "start_time_ns": sh.start_time_ns,
+        "lines": stats.lines(),
+        "records": stats.records,
+        "series": sh.series_count(),
+        "files": files,
+        "exporters": {
+            "otlp": {
+                "enabled": sh.otlp_enabled,
+                "endpoint": sh.config.otlp.endpoint,
+                "success": sh.otlp.success.load(Ordering::Relaxed),
+                "rejected": sh.otlp.rejected.load(Ordering::Relaxed),
+                "failed": sh.otlp.failed.load(Ordering::Relaxed),
+                "last_success_ns": sh.otlp_last_success_ns.load(Ordering::Relaxed),
+            }
+        },
+        "checkpoints": {
+            "ok": sh.checkpoints_ok.load(Ordering::Relaxed),
+            "failed": sh.checkpoints_failed.load(Ordering::Relaxed),
+        },
+    }))
+}
+
+/// Encodes the store's snapshot and the self-metrics at scrape time.
+struct StoreCollector {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StoreCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreCollector")
+    }
+}
+
+type Labels<'a> = Vec<(&'a str, &'a str)>;
+
+fn series_labels<'a>(
+    x: &'a crate::aggregate::SeriesSnapshot,
+    statics: &[(&'a str, &'a str)],
+) -> Labels<'a> {
+    let mut l: Labels<'a> = vec![
+        ("model", x.model.as_str()),
+        ("api_key_id", x.api_key_id.as_str()),
+        ("service_id", x.service_id.as_str()),
+    ];
+    l.extend(statics.iter().copied());
+    l
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels<'_>, u64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        let fam = m.encode_family(labels)?;
+        ConstCounter::new(*v).encode(fam)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels<'_>, i64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        let fam = m.encode_family(labels)?;
+        ConstGauge::new(*v).encode(fam)?;
+    }
+    Ok(())
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let sh = &self.shared;
+        let snap = sh.snapshot();
+        let p = &sh.config.metrics.prefix;
+        let statics: Vec<(&str, &str)> = sh
+            .config
+            .metrics
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let series_labels = |x| series_labels(x, &statics);
+        // Token counters (prometheus-client adds the `_total` suffix to counters).
+        let mut requests = Vec::new();
+        for x in &snap.series {
+            for class in StatusClass::ALL {
+                let n = x.requests[class as usize];
+                if n > 0 {
+                    let mut l = series_labels(x);
+                    l.push(("status_class", class.as_str()));
+                    requests.push((l, n));
+                }
+            }
+        }
+        counter(
+            &mut enc,
+            &format!("{p}_requests"),
+            "LLM requests by status class.",
+            &requests,
+        )?;
+        let rows = |f: fn(&crate::aggregate::SeriesSnapshot) -> u64| -> Vec<(Labels<'_>, u64)> {
+            snap.series
+                .iter()
+                .map(|x| (series_labels(x), f(x)))
+                .collect()
+        };
+        counter(
+            &mut enc,
+            &format!("{p}_input_tokens"),
+            "Input (prompt) tokens.",
+            &rows(|x| x.input_tokens),
+        )?;
+        counter(
+            &mut enc,
+            &format!("{p}_output_tokens"),
+            "Output (completion) tokens.",
+            &rows(|x| x.output_tokens),
+        )?;
+        counter(
+            &mut enc,
+            &format!("{p}_tokens"),
+            "Total tokens.",
+            &rows(|x| x.total_tokens),
+        )?;
+        for (i, name) in snap.extra_names.iter().enumerate() {
+            let r: Vec<(Labels<'_>, u64)> = snap
+                .series
+                .iter()
+                .map(|x| {
+                    (
+                        series_labels(x),
+                        x.extra_tokens.get(i).copied().unwrap_or(0),
+                    )
+                })
+                .collect();
+            counter(
+                &mut enc,
+                &format!("{p}_{name}_tokens"),
+                "Extra token field.",
+                &r,
+            )?;
+        }
+        {
+            let name = format!("{p}_request_duration_seconds");
+            let mut m = enc.encode_descriptor(
+                &name,
+                "Duration of LLM requests.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for h in &snap.durations {
+                let mut l: Vec<(&str, &str)> = vec![
+                    ("model", h.model.as_str()),
+                    ("service_id", h.service_id.as_str()),
+                    ("status_class", h.status_class.as_str()),
+                ];
+                l.extend(statics.iter().copied());
+                let cum = h.histogram.cumulative();
+                let mut buckets: Vec<(f64, u64)> =
+                    DURATION_BUCKETS.iter().copied().zip(cum).collect();
+                buckets.push((f64::INFINITY, h.histogram.count));
+                let mut fam = m.encode_family(&l)?;
+                fam.encode_histogram::<NoLabelSet>(
+                    h.histogram.sum_seconds,
+                    h.histogram.count,
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
+
+        // Self-metrics.
+        let st = &snap.stats;
+        let mut lines = vec![(vec![("result", "record")], st.records)];
+        for r in SkipReason::ALL {
+            lines.push((vec![("result", r.as_str())], st.skipped[r as usize]));
+        }
+        counter(
+            &mut enc,
+            "tokenmeter_lines",
+            "Logical lines read, by result.",
+            &lines,
+        )?;
+        counter(
+            &mut enc,
+            "tokenmeter_bytes_read",
+            "Bytes read from log files.",
+            &[(vec![], sh.bytes_read.load(Ordering::Relaxed))],
+        )?;
+        let files = sh.files();
+        gauge(
+            &mut enc,
+            "tokenmeter_files_watched",
+            "Files being tailed.",
+            &[(vec![], files.len() as i64)],
+        )?;
+        let paths: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
+        let lag: Vec<(Labels<'_>, i64)> = files
+            .iter()
+            .zip(&paths)
+            .map(|(f, path)| {
+                let mut l = vec![("path", path.as_str())];
+                if let Some(pl) = &f.labels {
+                    l.push(("namespace", pl.namespace.as_str()));
+                    l.push(("pod", pl.pod.as_str()));
+                    l.push(("container", pl.container.as_str()));
+                }
+                (l, f.lag_bytes() as i64)
+            })
+            .collect();
+        gauge(
+            &mut enc,
+            "tokenmeter_file_lag_bytes",
+            "Bytes of a file not counted yet.",
+            &lag,
+        )?;
+        let o = &sh.otlp;
+        counter(
+            &mut enc,
+            "tokenmeter_exports",
+            "Export attempts by exporter and outcome.",
+            &[
+                (
+                    vec![("exporter", "otlp"), ("outcome", "success")],
+                    o.success.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("exporter", "otlp"), ("outcome", "rejected")],
+                    o.rejected.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("exporter", "otlp"), ("outcome", "failed")],
+                    o.failed.load(Ordering::Relaxed),
+                ),
+            ],
+        )?;
+        gauge(
+            &mut enc,
+            "tokenmeter_series",
+            "Token series in the store.",
+            &[(vec![], snap.series.len() as i64)],
+        )?;
+        let ovf: Vec<(Labels<'_>, u64)> = OVERFLOW_LABELS
+            .iter()
+            .zip(st.overflows)
+            .map(|(l, n)| (vec![("label", *l)], n))
+            .collect();
+        counter(
+            &mut enc,
+            "tokenmeter_overflow",
+            "Records whose label was folded into __overflow__.",
+            &ovf,
+        )?;
+        let names = invalid_field_names(&snap.extra_names);
+        let inv: Vec<(Labels<'_>, u64)> = names
+            .iter()
+            .zip(&st.invalid_fields)
+            .map(|(n, v)| (vec![("field", n.as_str())], *v))
+            .collect();
+        counter(
+            &mut enc,
+            "tokenmeter_invalid_fields",
+            "Token fields with an invalid value.",
+            &inv,
+        )?;
+        counter(
+            &mut enc,
+            "tokenmeter_total_mismatch",
+            "Records whose total differs from input + output.",
+            &[(vec![], st.total_mismatches)],
+        )?;
+        counter(
+            &mut enc,
+            "tokenmeter_checkpoint_writes",
+            "State file writes by outcome.",
+            &[
+                (
+                    vec![("outcome", "success")],
+                    sh.checkpoints_ok.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("outcome", "failure")],
+                    sh.checkpoints_failed.load(Ordering::Relaxed),
+                ),
+            ],
+        )?;
+        gauge(
+            &mut enc,
+            "tokenmeter_build_info",
+            "Build information.",
+            &[(vec![("version", env!("CARGO_PKG_VERSION"))], 1)],
+        )?;
+        Ok(())
+    }
+}
