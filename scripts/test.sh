@@ -9,6 +9,9 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "install the test backends (VictoriaMetrics, Prometheus, promtool) into .cache/backends"
+scripts/install-backends.sh
+
 step "cargo fmt --check"
 cargo fmt --check
 

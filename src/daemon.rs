@@ -190,7 +190,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(p) = pusher {
         p.abort();
     }
-    if let Some(client) = exporter {
+    if let Some(client) = exporter.filter(|_| shared.ready.load(Ordering::SeqCst)) {
         let shared2 = shared.clone();
         let left = deadline.saturating_duration_since(Instant::now());
         runtime.block_on(async move {
@@ -239,6 +239,9 @@ async fn wait_for_signal() {
 
 async fn otlp_loop(client: Arc<OtlpClient>, shared: Arc<Shared>) {
     let interval = shared.config.otlp.interval.0;
+    while !shared.ready.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let shape = OtlpShape::from_config(&shared.config, &shared.node);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -285,8 +288,15 @@ fn metering_loop(
                 *shared.files.lock().unwrap_or_else(|e| e.into_inner()) = tailer.statuses();
                 last_publish = Instant::now();
             }
-            if first {
+            // Ready once every file has been read to its end once: after a restart the
+            // counters then include everything the previous run had exported, so nothing
+            // exported ever goes backwards (the state may be up to state.interval old).
+            if first && n == 0 {
                 shared.ready.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    "caught up with {} files; serving counters",
+                    tailer.files_watched()
+                );
                 first = false;
             }
             if last_save.elapsed() >= interval {

@@ -51,6 +51,10 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    if !s.shared.ready.load(Ordering::SeqCst) {
+        // Still catching up after a (re)start: partial counters would look like a reset.
+        return (StatusCode::SERVICE_UNAVAILABLE, "catching up\n").into_response();
+    }
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
         Ok(()) => (

@@ -1,0 +1,437 @@
+//! Shared helpers of the end-to-end tests: start the daemon binary and a real VictoriaMetrics,
+//! talk HTTP to them, and write access-log lines whose token sums the tests compute themselves.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.0 client: (status, body). Enough for loopback tests, no extra crates.
+pub fn http(
+    method: &str,
+    addr: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http("GET", addr, path, None)
+}
+
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tokenmeter"))
+}
+
+/// One running `tokenmeter run`.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon with `config` (TOML) written into `dir`, and waits for `/healthz`.
+    pub fn start(dir: &Path, name: &str, config: &str) -> Daemon {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, format!("{config}\n[server]\nlisten = \"{addr}\"\n")).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("TOKENMETER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, addr, log };
+        wait_until("daemon /healthz", Duration::from_secs(20), || {
+            get(&d.addr, "/healthz")
+                .ok()
+                .filter(|(c, _)| *c == 200)
+                .map(|_| ())
+        });
+        d
+    }
+
+    pub fn metrics(&self) -> Option<Metrics> {
+        match get(&self.addr, "/metrics") {
+            Ok((200, body)) => Some(Metrics::parse(&body)),
+            _ => None,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        unsafe_free_sigterm(self.child.id());
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!(
+                    "daemon did not exit after SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_free_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+/// Parsed exposition: (metric name, labels) → value.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let (head, value) = match line.rsplit_once(' ') {
+                Some(x) => x,
+                None => continue,
+            };
+            let (name, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n.to_string(), parse_labels(rest.trim_end_matches('}'))),
+                None => (head.to_string(), BTreeMap::new()),
+            };
+            if let Ok(v) = value.parse::<f64>() {
+                samples.push((name, labels, v));
+            }
+        }
+        Metrics { samples }
+    }
+
+    /// Sum of `name` over samples whose labels include every `(k, v)` of `filter`.
+    pub fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && filter
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// `name` summed by (model, api_key_id, service_id).
+    pub fn by_series(&self, name: &str) -> BTreeMap<SeriesKey, u64> {
+        let mut out = BTreeMap::new();
+        for (n, l, v) in &self.samples {
+            if n == name {
+                let k = (
+                    l.get("model").cloned().unwrap_or_default(),
+                    l.get("api_key_id").cloned().unwrap_or_default(),
+                    l.get("service_id").cloned().unwrap_or_default(),
+                );
+                *out.entry(k).or_insert(0) += *v as u64;
+            }
+        }
+        out
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let mut val = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        val.push(match n {
+                            'n' => '\n',
+                            other => other,
+                        });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => val.push(c),
+            }
+        }
+        out.insert(k.trim_start_matches(',').to_string(), val);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// A real VictoriaMetrics (Debian's package, unpacked by scripts/install-backends.sh).
+pub struct Victoria {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+pub fn backends_root() -> PathBuf {
+    std::env::var_os("TOKENMETER_BACKENDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/backends"))
+        .join("root/usr/bin")
+}
+
+impl Victoria {
+    /// Starts VictoriaMetrics on a free port. Fails (never skips) when it is not installed.
+    pub fn start() -> Victoria {
+        Self::start_on(&format!("127.0.0.1:{}", free_port()))
+    }
+
+    /// Starts VictoriaMetrics listening on `addr`.
+    pub fn start_on(addr: &str) -> Victoria {
+        let addr = addr.to_string();
+        let binary = backends_root().join("victoria-metrics");
+        assert!(
+            binary.exists(),
+            "{} is missing: run scripts/install-backends.sh (the end-to-end tests need a real VictoriaMetrics)",
+            binary.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(binary)
+            .arg(format!("-storageDataPath={}", dir.path().display()))
+            .arg(format!("-httpListenAddr={addr}"))
+            .arg("-opentelemetry.usePrometheusNaming")
+            // Show the newest samples at once (the default hides the last 30 s).
+            .arg("-search.latencyOffset=0s")
+            .arg("-search.disableCache")
+            .arg("-loggerLevel=ERROR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let vm = Victoria {
+            child,
+            addr,
+            _dir: dir,
+        };
+        wait_until("VictoriaMetrics /health", Duration::from_secs(30), || {
+            get(&vm.addr, "/health")
+                .ok()
+                .filter(|(c, _)| *c == 200)
+                .map(|_| ())
+        });
+        vm
+    }
+
+    pub fn otlp_endpoint(&self) -> String {
+        format!("http://{}/opentelemetry/v1/metrics", self.addr)
+    }
+
+    /// Runs an instant PromQL query; returns (labels, value) per result.
+    pub fn query(&self, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let _ = get(&self.addr, "/internal/force_flush");
+        let body = format!("query={}", urlencode(promql));
+        let (code, text) = http("POST", &self.addr, "/api/v1/query", Some(&body)).unwrap();
+        assert_eq!(code, 200, "{promql}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect();
+                let value = r["value"][1].as_str().unwrap().parse().unwrap();
+                (labels, value)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Victoria {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// (model, api_key_id, service_id)
+pub type SeriesKey = (String, String, String);
+
+/// The expected totals, computed by the tests from what they wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// (model, api_key_id, service_id) → (requests, input, output, total)
+    pub series: BTreeMap<SeriesKey, (u64, u64, u64, u64)>,
+}
+
+impl Expected {
+    pub fn total(&self) -> u64 {
+        self.series.values().map(|v| v.3).sum()
+    }
+
+    pub fn column(&self, i: usize) -> BTreeMap<SeriesKey, u64> {
+        self.series
+            .iter()
+            .map(|(k, v)| (k.clone(), [v.0, v.1, v.2, v.3][i]))
+            .collect()
+    }
+}
+
+/// Record `i` of the test workload: its JSON line, and it is added to `expected`.
+/// Tokens: input = i % 97 + 1, output = i % 13, total = input + output; 3 models, 4 keys,
+/// 2 services. Every 10th line is an Envoy text line (not counted).
+pub fn record_line(i: u64, expected: &mut Expected) -> String {
+    if i % 10 == 9 {
+        return format!("[2026-11-26 10:00:00.000][1][warning][main] envoy text line {i}");
+    }
+    let model = [
+        "gpt-4o-mini",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "claude-sonnet-4-5",
+    ][(i % 3) as usize];
+    let key = format!("key-{}", i % 4);
+    let svc = format!("svc-{}", i % 2);
+    let (inp, out) = (i % 97 + 1, i % 13);
+    let e = expected
+        .series
+        .entry((model.to_string(), key.clone(), svc.clone()))
+        .or_default();
+    e.0 += 1;
+    e.1 += inp;
+    e.2 += out;
+    e.3 += inp + out;
+    format!(
+        r#"{{"start_time":"2026-11-26T10:00:00.000Z","model":"{model}","api_key_id":"{key}","aim_service_id":"{svc}","llm_input_token":{inp},"llm_output_token":{out},"llm_total_token":{},"response_code":200,"duration":{}}}"#,
+        inp + out,
+        i % 5000
+    )
+}
+
+/// Wraps content as one CRI line (F).
+pub fn cri(content: &str) -> String {
+    format!("2026-11-26T10:00:00.123456789Z stdout F {content}\n")
+}
+
+pub fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.flush().unwrap();
+}
+
+/// A pod-log directory under `root`: `<root>/<ns>_<pod>_<uid>/envoy/`.
+pub fn pod_dir(root: &Path, pod: &str) -> PathBuf {
+    let d = root
+        .join(format!("envoy-gateway-system_{pod}_0000-{pod}"))
+        .join("envoy");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The daemon config for a test: tail `<root>/*/envoy/*.log`, state in `state`; `top` holds
+/// top-level keys (e.g. `node_name`), `sections` whole tables (e.g. `[otlp]`).
+pub fn config(root: &Path, state: &Path, top: &str, sections: &str) -> String {
+    format!(
+        "{top}\nstate_dir = \"{}\"\n[source]\ninclude = [\"{}/envoy-gateway-system_*/envoy/*.log\"]\nstart_at = \"beginning\"\nglob_interval = \"200ms\"\n[state]\ninterval = \"300ms\"\n{sections}",
+        state.display(),
+        root.display()
+    )
+}
