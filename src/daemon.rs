@@ -73,6 +73,11 @@ impl Shared {
         m.store.snapshot(m.extra_names())
     }
 
+    /// The self-counters alone (cheap: no copy of the series).
+    pub fn stats(&self) -> crate::aggregate::SelfStats {
+        self.meter().store.stats().clone()
+    }
+
     pub fn series_count(&self) -> usize {
         self.meter().store.series_count()
     }

@@ -97,7 +97,7 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    let stats = sh.snapshot().stats;
+    let stats = sh.stats();
     Json(json!({
         "node": sh.node,
         "ready": sh.ready.load(Ordering::SeqCst),
