@@ -15,8 +15,12 @@ use anyhow::Context;
 
 use crate::aggregate::Snapshot;
 use crate::config::Config;
+use crate::export::loki::{
+    stream_labels, Batch, EntryShaper, LokiClient, LokiCursor, LokiStats, PushResult,
+};
 use crate::export::otlp::{build_request, OtlpClient, OtlpShape, PushOutcome};
 use crate::pipeline::{physical_line_limit, FileCursor, Meter};
+use crate::source::FileHandle;
 use crate::source::{FileStatus, TailOptions, Tailer};
 use crate::state::{self, Loaded, StateFile, STATE_VERSION};
 
@@ -59,6 +63,15 @@ pub struct Shared {
     pub otlp_last_success_ns: AtomicU64,
     pub ready: AtomicBool,
     pub stop: AtomicBool,
+    /// Set once the final pushes are done (or given up), so the last state write includes
+    /// the final Loki offsets.
+    pub flushed: AtomicBool,
+    pub loki_enabled: bool,
+    pub loki: LokiStats,
+    /// Files for the Loki forwarder's own cursor, published by the metering thread.
+    loki_handles: Mutex<Vec<FileHandle>>,
+    /// (dev, inode) → offset up to which Loki accepted every line.
+    loki_offsets: Mutex<std::collections::HashMap<(u64, u64), u64>>,
 }
 
 impl Shared {
@@ -144,6 +157,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     .context("source.include / source.exclude")?;
     let shared = Arc::new(Shared {
         otlp_enabled: !config.otlp.endpoint.is_empty(),
+        loki_enabled: !config.loki.endpoint.is_empty(),
         config,
         node,
         start_time_ns,
@@ -156,6 +170,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         otlp_last_success_ns: AtomicU64::new(0),
         ready: AtomicBool::new(false),
         stop: AtomicBool::new(false),
+        flushed: AtomicBool::new(false),
+        loki: LokiStats::default(),
+        loki_handles: Mutex::new(Vec::new()),
+        loki_offsets: Mutex::new(std::collections::HashMap::new()),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -186,10 +204,27 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .clone()
         .map(|client| runtime.spawn(otlp_loop(client, shared.clone())));
 
+    let loki = if shared.loki_enabled {
+        let client = LokiClient::new(&shared.config).context("loki")?;
+        let (shared, rt) = (shared.clone(), runtime.handle().clone());
+        Some(
+            std::thread::Builder::new()
+                .name("tokenmeter-loki".into())
+                .spawn(move || loki_loop(&shared, &client, &rt))?,
+        )
+    } else {
+        None
+    };
+
     runtime.block_on(wait_for_signal());
     tracing::info!("shutting down: stop reading, push once more, write state");
     let deadline = Instant::now() + shared.config.shutdown_timeout.0;
     shared.stop.store(true, Ordering::SeqCst);
+    if let Some(l) = loki {
+        if l.join().is_err() {
+            tracing::error!("Loki forwarder panicked");
+        }
+    }
     // The metering thread finishes its poll; its final state write happens after the push
     // below has had its chance (see `metering_loop`).
     if let Some(p) = pusher {
@@ -210,6 +245,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!("final OTLP push: {}", outcome.as_str());
         });
     }
+    shared.flushed.store(true, Ordering::SeqCst);
     match metering.join() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("metering: {e:#}"),
@@ -291,6 +327,12 @@ fn metering_loop(
                 .store(tailer.bytes_read(), Ordering::Relaxed);
             if first || last_publish.elapsed() >= Duration::from_millis(200) {
                 *shared.files.lock().unwrap_or_else(|e| e.into_inner()) = tailer.statuses();
+                if shared.loki_enabled {
+                    *shared
+                        .loki_handles
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = tailer.handles();
+                }
                 last_publish = Instant::now();
             }
             // Ready once every file has been read to its end once: after a restart the
@@ -328,11 +370,24 @@ fn metering_loop(
 
 fn save_state(tailer: &mut Tailer<FileCursor>, shared: &Shared, dir: &std::path::Path) {
     // Between two polls on this thread: the offsets are exactly those of the counted lines.
+    let mut files = tailer.positions();
+    if shared.loki_enabled {
+        let loki = shared
+            .loki_offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for f in &mut files {
+            // Files the forwarder has not opened yet keep the offset they were saved with.
+            if let Some(o) = loki.get(&(f.identity.dev, f.identity.ino)) {
+                f.loki_offset = Some(*o);
+            }
+        }
+    }
     let state = StateFile {
         version: STATE_VERSION,
         saved_at_ns: now_ns(),
         start_time_ns: shared.start_time_ns,
-        files: tailer.positions(),
+        files,
         counters: shared.snapshot(),
     };
     match state::save(dir, &state) {
@@ -344,4 +399,124 @@ fn save_state(tailer: &mut Tailer<FileCursor>, shared: &Shared, dir: &std::path:
             tracing::error!("cannot write state in {}: {e}", dir.display());
         }
     }
+}
+
+/// The Loki forwarder: its own cursor per file, batches by size and age, one request in
+/// flight, offsets advanced only when Loki answers. Runs until stop, then tries the batch in
+/// hand once more (bounded by shutdown_timeout).
+fn loki_loop(shared: &Shared, client: &LokiClient, rt: &tokio::runtime::Handle) {
+    let cfg = &shared.config;
+    let mut shaper = EntryShaper::new(cfg);
+    let mut cursors: Vec<LokiCursor> = Vec::new();
+    let batch_bytes = cfg.loki.batch_bytes;
+    let batch_wait = cfg.loki.batch_wait.0;
+    let stats = &shared.loki;
+    loop {
+        // Follow the tailer's files; a file it let go stays until it is delivered.
+        let handles = shared
+            .loki_handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for c in &mut cursors {
+            c.present = handles
+                .iter()
+                .any(|h| (h.dev, h.ino) == (c.handle.dev, c.handle.ino));
+        }
+        for h in handles {
+            if !cursors
+                .iter()
+                .any(|c| (c.handle.dev, c.handle.ino) == (h.dev, h.ino))
+            {
+                let labels = stream_labels(cfg, &shared.node, h.meta.labels.as_ref());
+                cursors.push(LokiCursor::new(h, labels, cfg.source.max_line_bytes));
+            }
+        }
+        cursors.retain(|c| c.present || !(c.at_end() && c.acked == c.batched));
+        publish_loki(shared, &cursors);
+
+        let stopping = shared.stop.load(Ordering::SeqCst);
+        let mut batch = Batch::default();
+        loop {
+            let before = batch.entries;
+            for c in &mut cursors {
+                c.fill(&mut batch, &mut shaper, stats, batch_bytes, 2048, now_ns());
+            }
+            let full = batch.bytes >= batch_bytes;
+            let old = batch.started.is_some_and(|t| t.elapsed() >= batch_wait);
+            if full || old || stopping || shared.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if batch.entries == before {
+                if batch.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if batch.is_empty() {
+            if stopping {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let body = batch.encode();
+        let deadline = Instant::now() + cfg.shutdown_timeout.0;
+        let give_up =
+            || shared.stop.load(Ordering::SeqCst) && (stopping || Instant::now() >= deadline);
+        let result = rt.block_on(client.push(body.clone(), stats, &give_up));
+        match result {
+            Some(PushResult::Accepted) => {
+                stats
+                    .entries_sent
+                    .fetch_add(batch.entries as u64, Ordering::Relaxed);
+                stats
+                    .bytes_sent
+                    .fetch_add(body.len() as u64, Ordering::Relaxed);
+                stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(PushResult::Rejected { status, message }) => {
+                tracing::error!(
+                    "Loki rejected a batch of {} entries: {status}: {}",
+                    batch.entries,
+                    message.trim().chars().take(1000).collect::<String>()
+                );
+                stats
+                    .entries_dropped_rejected
+                    .fetch_add(batch.entries as u64, Ordering::Relaxed);
+            }
+            None => {
+                tracing::warn!("shutting down with {} entries not delivered to Loki; they are sent after the restart", batch.entries);
+                return;
+            }
+        }
+        for c in &mut cursors {
+            c.acked = c.batched;
+        }
+        publish_loki(shared, &cursors);
+        if stopping {
+            return;
+        }
+    }
+}
+
+fn publish_loki(shared: &Shared, cursors: &[LokiCursor]) {
+    let mut offsets = shared
+        .loki_offsets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for c in cursors {
+        offsets.insert((c.handle.dev, c.handle.ino), c.acked);
+    }
+    drop(offsets);
+    *shared.loki.lag.lock().unwrap_or_else(|e| e.into_inner()) = cursors
+        .iter()
+        .map(|c| {
+            (
+                c.handle.meta.path.display().to_string(),
+                c.size().saturating_sub(c.acked),
+            )
+        })
+        .collect();
 }

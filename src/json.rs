@@ -84,7 +84,7 @@ pub enum Kind {
 }
 
 /// A top-level value as a span of the scanned bytes: for a string the bytes between the
-/// quotes, for a number its text, empty for the rest.
+/// quotes, for a number its text, for a literal, object or array its whole text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Raw {
     pub kind: Kind,
@@ -227,20 +227,40 @@ impl Scanner {
                         raw
                     }
                     b't' => {
+                        let start = pos;
                         pos = literal(b, pos, b"true")?;
-                        Raw::empty(Kind::True)
+                        Raw {
+                            kind: Kind::True,
+                            start,
+                            end: pos,
+                        }
                     }
                     b'f' => {
+                        let start = pos;
                         pos = literal(b, pos, b"false")?;
-                        Raw::empty(Kind::False)
+                        Raw {
+                            kind: Kind::False,
+                            start,
+                            end: pos,
+                        }
                     }
                     b'n' => {
+                        let start = pos;
                         pos = literal(b, pos, b"null")?;
-                        Raw::empty(Kind::Null)
+                        Raw {
+                            kind: Kind::Null,
+                            start,
+                            end: pos,
+                        }
                     }
                     b'{' | b'[' => {
+                        let start = pos;
                         pos = skip_container(b, pos, &mut blocks)?;
-                        Raw::empty(if c == b'{' { Kind::Object } else { Kind::Array })
+                        Raw {
+                            kind: if c == b'{' { Kind::Object } else { Kind::Array },
+                            start,
+                            end: pos,
+                        }
                     }
                     _ => return Err(ScanError::Invalid),
                 };

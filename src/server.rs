@@ -114,6 +114,14 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
                 "rejected": sh.otlp.rejected.load(Ordering::Relaxed),
                 "failed": sh.otlp.failed.load(Ordering::Relaxed),
                 "last_success_ns": sh.otlp_last_success_ns.load(Ordering::Relaxed),
+            },
+            "loki": {
+                "enabled": sh.loki_enabled,
+                "endpoint": sh.config.loki.endpoint,
+                "entries_sent": sh.loki.entries_sent.load(Ordering::Relaxed),
+                "entries_rejected": sh.loki.entries_dropped_rejected.load(Ordering::Relaxed),
+                "retries": sh.loki.retries.load(Ordering::Relaxed),
+                "lag_bytes": sh.loki.lag.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|x| x.1).sum::<u64>(),
             }
         },
         "checkpoints": {
@@ -350,6 +358,72 @@ impl Collector for StoreCollector {
             "Token series in the store.",
             &[(vec![], snap.series.len() as i64)],
         )?;
+        if sh.loki_enabled {
+            let l = &sh.loki;
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            counter(
+                &mut enc,
+                "tokenmeter_loki_entries",
+                "Log entries forwarded to Loki, by outcome.",
+                &[
+                    (vec![("outcome", "sent")], load(&l.entries_sent)),
+                    (
+                        vec![("outcome", "rejected")],
+                        load(&l.entries_dropped_rejected),
+                    ),
+                ],
+            )?;
+            counter(
+                &mut enc,
+                "tokenmeter_loki_bytes",
+                "Request bytes accepted by Loki (compressed).",
+                &[(vec![], load(&l.bytes_sent))],
+            )?;
+            counter(
+                &mut enc,
+                "tokenmeter_loki_retries",
+                "Loki push attempts that will be retried.",
+                &[(vec![], load(&l.retries))],
+            )?;
+            counter(
+                &mut enc,
+                "tokenmeter_loki_dropped",
+                "Entries dropped, by reason (rejected: Loki answered 4xx; Loki stored the valid ones).",
+                &[(vec![("reason", "rejected")], load(&l.entries_dropped_rejected))],
+            )?;
+            counter(
+                &mut enc,
+                "tokenmeter_loki_truncated_lines",
+                "Lines cut to loki.max_line_bytes.",
+                &[(vec![], load(&l.lines_truncated))],
+            )?;
+            let lost = l
+                .lost_bytes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let rows: Vec<(Labels<'_>, u64)> = lost
+                .iter()
+                .map(|(p, n)| (vec![("path", p.as_str())], *n))
+                .collect();
+            counter(
+                &mut enc,
+                "tokenmeter_loki_lost_bytes",
+                "Bytes that could not be forwarded (file gone or truncated first), by file.",
+                &rows,
+            )?;
+            let lag = l.lag.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let rows: Vec<(Labels<'_>, i64)> = lag
+                .iter()
+                .map(|(p, n)| (vec![("path", p.as_str())], *n as i64))
+                .collect();
+            gauge(
+                &mut enc,
+                "tokenmeter_loki_lag_bytes",
+                "Bytes of a file not yet delivered to Loki.",
+                &rows,
+            )?;
+        }
         let ovf: Vec<(Labels<'_>, u64)> = OVERFLOW_LABELS
             .iter()
             .zip(st.overflows)

@@ -37,6 +37,9 @@ pub struct FileState {
     pub identity: FileIdentity,
     /// Offset just past the last line whose counts are in `counters`.
     pub offset: u64,
+    /// Offset just past the last line the Loki forwarder had delivered (2xx), when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loki_offset: Option<u64>,
 }
 
 /// Everything the daemon needs to continue exactly where it stopped.
@@ -149,6 +152,7 @@ mod tests {
                     fingerprint_len: 4,
                 },
                 offset: 5,
+                loki_offset: Some(3),
             }],
             counters: Snapshot {
                 extra_names: vec![],

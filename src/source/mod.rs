@@ -10,4 +10,4 @@ pub mod tail;
 
 pub use input::{open_input, Input, InputError};
 pub use lines::{AtEof, Line, LineReader};
-pub use tail::{FileMeta, FileStatus, PodLabels, TailOptions, Tailer};
+pub use tail::{FileHandle, FileMeta, FileStatus, PodLabels, TailOptions, Tailer};

@@ -19,6 +19,7 @@ use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -101,6 +102,21 @@ struct Tracked<T> {
     size: u64,
     gone_since: Option<Instant>,
     sink: T,
+    /// A second handle for an independent reader (Loki), valid after rename or delete.
+    handle: Arc<File>,
+    /// Where that reader starts: its saved offset, else where this reader started.
+    second_start: u64,
+}
+
+/// A file as a second, independent reader (the Loki forwarder) sees it: its own handle, read
+/// with positional reads so it never moves this reader's position.
+#[derive(Clone, Debug)]
+pub struct FileHandle {
+    pub meta: FileMeta,
+    pub dev: u64,
+    pub ino: u64,
+    pub file: Arc<File>,
+    pub start: u64,
 }
 
 pub struct Tailer<T> {
@@ -240,12 +256,27 @@ impl<T> Tailer<T> {
                     path: f.meta.path.clone(),
                     identity: f.identity.clone(),
                     offset: f.committed,
+                    loki_offset: None,
                 }
             })
             .collect();
         // Saved files not found yet (e.g. a directory that is briefly missing) keep their place.
         out.extend(self.saved.iter().cloned());
         out
+    }
+
+    /// Handles of every open file for a second reader.
+    pub fn handles(&self) -> Vec<FileHandle> {
+        self.files
+            .iter()
+            .map(|f| FileHandle {
+                meta: f.meta.clone(),
+                dev: f.identity.dev,
+                ino: f.identity.ino,
+                file: f.handle.clone(),
+                start: f.second_start,
+            })
+            .collect()
     }
 
     pub fn statuses(&self) -> Vec<FileStatus> {
@@ -374,6 +405,10 @@ impl<T> Tailer<T> {
                 .position(|s| same_file(&s.identity, &file, &identity))?;
             Some(self.saved.swap_remove(i))
         });
+        let second_saved = saved
+            .as_ref()
+            .and_then(|s| s.loki_offset)
+            .filter(|o| *o <= len);
         let start = match saved {
             Some(s) if s.offset <= len => s.offset,
             Some(s) => {
@@ -393,6 +428,7 @@ impl<T> Tailer<T> {
             None => 0,
         };
         file.seek(SeekFrom::Start(start))?;
+        let handle = Arc::new(file.try_clone()?);
         tracing::info!("{}: tailing from offset {start}", path.display());
         self.files.push(Tracked {
             meta: FileMeta {
@@ -405,6 +441,8 @@ impl<T> Tailer<T> {
             size: len,
             gone_since: None,
             sink: (self.make)(),
+            handle,
+            second_start: second_saved.unwrap_or(start),
         });
         Ok(())
     }

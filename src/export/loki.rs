@@ -1,0 +1,585 @@
+//! Loki export (SPEC §6): every logical line, LLM record or not, to `POST /loki/api/v1/push`
+//! as a `logproto.PushRequest` (protobuf, raw snappy), at least once from the file.
+//!
+//! Owns: the wire messages, the shape of an entry (redaction, Envoy-escape repair, truncation,
+//! structured metadata, event time), stream labels, batching, and the push with its retry
+//! policy. The forwarder reads the files through its own cursor (a second handle, positional
+//! reads), so a slow or dead Loki never slows metering; its offsets are saved beside the
+//! metering offsets and advance only when Loki accepts a batch.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+
+use crate::config::Config;
+use crate::decode::{Decoded, Decoder, LogicalLine};
+use crate::json::{Kind, Scanner};
+use crate::parse::{Parsed, Parser};
+use crate::source::{AtEof, FileHandle, Line, LineReader, PodLabels};
+
+/// `logproto.PushRequest` and friends, field for field from Loki's `pkg/push/push.proto`.
+#[allow(missing_docs)]
+pub mod proto {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PushRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub streams: Vec<StreamAdapter>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StreamAdapter {
+        #[prost(string, tag = "1")]
+        pub labels: String,
+        #[prost(message, repeated, tag = "2")]
+        pub entries: Vec<EntryAdapter>,
+        #[prost(uint64, tag = "3")]
+        pub hash: u64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct EntryAdapter {
+        #[prost(message, optional, tag = "1")]
+        pub timestamp: Option<Timestamp>,
+        #[prost(string, tag = "2")]
+        pub line: String,
+        #[prost(message, repeated, tag = "3")]
+        pub structured_metadata: Vec<LabelPairAdapter>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LabelPairAdapter {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+
+    /// `google.protobuf.Timestamp`.
+    #[derive(Clone, Copy, PartialEq, prost::Message)]
+    pub struct Timestamp {
+        #[prost(int64, tag = "1")]
+        pub seconds: i64,
+        #[prost(int32, tag = "2")]
+        pub nanos: i32,
+    }
+}
+
+use proto::{EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp};
+
+/// Turns a logical line into what Loki receives.
+pub struct EntryShaper {
+    parser: Parser,
+    scanner: Scanner,
+    redact: Vec<String>,
+    metadata: Vec<String>,
+    max_line: usize,
+}
+
+/// A shaped entry.
+pub struct Shaped {
+    pub line: String,
+    pub metadata: Vec<LabelPairAdapter>,
+    pub truncated: bool,
+    /// start_time + duration (or start_time) of an LLM record, for the event time.
+    pub record_time_ns: Option<i64>,
+}
+
+impl EntryShaper {
+    pub fn new(config: &Config) -> Self {
+        EntryShaper {
+            parser: Parser::new(&config.fields),
+            scanner: Scanner::new(),
+            redact: config.loki.redact.clone(),
+            metadata: config.loki.structured_metadata.clone(),
+            max_line: config.loki.max_line_bytes,
+        }
+    }
+
+    pub fn shape(&mut self, text: &str) -> Shaped {
+        let mut line = repair_envoy_escapes(text);
+        if !self.redact.is_empty() {
+            line = redact(&mut self.scanner, &line, &self.redact);
+        }
+        let mut metadata = Vec::new();
+        let mut record_time_ns = None;
+        if let Parsed::Record(r) = self.parser.parse(text) {
+            record_time_ns = r.event_time_ns(None);
+            for name in &self.metadata {
+                let value = match name.as_str() {
+                    "model" => Some(r.model.to_string()),
+                    "api_key_id" => Some(r.api_key_id.to_string()),
+                    "service_id" => Some(r.service_id.to_string()),
+                    other => top_level_string(&mut self.scanner, text, other),
+                };
+                if let Some(value) = value {
+                    metadata.push(LabelPairAdapter {
+                        name: name.clone(),
+                        value,
+                    });
+                }
+            }
+        }
+        let truncated = line.len() > self.max_line;
+        if truncated {
+            let mut end = self.max_line;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+        }
+        Shaped {
+            line,
+            metadata,
+            truncated,
+            record_time_ns,
+        }
+    }
+}
+
+fn top_level_string(scanner: &mut Scanner, text: &str, key: &str) -> Option<String> {
+    let mut out = None;
+    scanner
+        .scan_object(text, |k, v| {
+            if k.eq_str(key) {
+                if let crate::json::Value::Str(s) = v {
+                    out = Some(s.decode().into_owned());
+                }
+            }
+        })
+        .ok()?;
+    out
+}
+
+/// Envoy writes a byte that is not UTF-8 as `\NNN`, which is not JSON; Loki gets `\ufffd`
+/// instead, so the line stays valid JSON.
+pub fn repair_envoy_escapes(text: &str) -> String {
+    let b = text.as_bytes();
+    if memchr::memchr(b'\\', b).is_none() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut run = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            let octal = b.len() >= i + 4
+                && (b'0'..=b'3').contains(&b[i + 1])
+                && (b'0'..=b'7').contains(&b[i + 2])
+                && (b'0'..=b'7').contains(&b[i + 3]);
+            if octal {
+                out.push_str(&text[run..i]);
+                out.push_str("\\ufffd");
+                i += 4;
+                run = i;
+                continue;
+            }
+            i += 2; // any other escape, including `\\`, stays as it is
+            continue;
+        }
+        i += 1;
+    }
+    out.push_str(&text[run.min(text.len())..]);
+    out
+}
+
+/// Replaces the values of the top-level `fields` with `"[REDACTED]"`; a line that is not a
+/// JSON object is returned unchanged.
+pub fn redact(scanner: &mut Scanner, line: &str, fields: &[String]) -> String {
+    let mut spans = Vec::new();
+    let ok = scanner
+        .scan(line.as_bytes(), |k, v| {
+            if fields.iter().any(|f| f.as_bytes() == k.raw) {
+                let (s, e) = match v.kind {
+                    Kind::Str { .. } => (v.start - 1, v.end + 1), // include the quotes
+                    _ => (v.start, v.end),
+                };
+                spans.push((s, e));
+            }
+        })
+        .is_ok();
+    if !ok || spans.is_empty() {
+        return line.to_string();
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut at = 0;
+    for (s, e) in spans {
+        out.push_str(&line[at..s]);
+        out.push_str("\"[REDACTED]\"");
+        at = e;
+    }
+    out.push_str(&line[at..]);
+    out
+}
+
+/// The stream selector of a file's lines: few, fixed labels (Loki indexes labels; per-request
+/// values such as model or API key would explode its streams).
+pub fn stream_labels(config: &Config, node: &str, pod: Option<&PodLabels>) -> String {
+    let mut l: BTreeMap<&str, &str> = config
+        .loki
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    l.insert("node", node);
+    if let Some(p) = pod {
+        l.insert("namespace", &p.namespace);
+        l.insert("pod", &p.pod);
+        l.insert("container", &p.container);
+    }
+    let parts: Vec<String> = l
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// Entries waiting to be sent, grouped by stream, in file order.
+#[derive(Default)]
+pub struct Batch {
+    streams: BTreeMap<String, Vec<EntryAdapter>>,
+    pub bytes: usize,
+    pub entries: usize,
+    pub started: Option<Instant>,
+}
+
+impl Batch {
+    pub fn push(&mut self, labels: &str, time_ns: i64, shaped: Shaped) {
+        self.bytes += shaped.line.len() + 32;
+        self.entries += 1;
+        self.started.get_or_insert_with(Instant::now);
+        let entry = EntryAdapter {
+            timestamp: Some(Timestamp {
+                seconds: time_ns.div_euclid(1_000_000_000),
+                nanos: time_ns.rem_euclid(1_000_000_000) as i32,
+            }),
+            line: shaped.line,
+            structured_metadata: shaped.metadata,
+        };
+        match self.streams.get_mut(labels) {
+            Some(v) => v.push(entry),
+            None => {
+                self.streams.insert(labels.to_string(), vec![entry]);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// The request body: protobuf, then raw (block) snappy, as Loki expects.
+    pub fn encode(&self) -> Vec<u8> {
+        let req = PushRequest {
+            streams: self
+                .streams
+                .iter()
+                .map(|(labels, entries)| StreamAdapter {
+                    labels: labels.clone(),
+                    entries: entries.clone(),
+                    hash: 0,
+                })
+                .collect(),
+        };
+        let raw = req.encode_to_vec();
+        snap::raw::Encoder::new()
+            .compress_vec(&raw)
+            .unwrap_or_default()
+    }
+}
+
+/// What Loki said to one batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushResult {
+    Accepted,
+    /// 400 (or another 4xx but 429): Loki stored the valid entries; the rest is dropped.
+    Rejected {
+        status: u16,
+        message: String,
+    },
+}
+
+/// Counters of the Loki forwarder, for `/metrics` and `/status`.
+#[derive(Default)]
+pub struct LokiStats {
+    pub entries_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub batches_sent: AtomicU64,
+    pub retries: AtomicU64,
+    pub entries_dropped_rejected: AtomicU64,
+    pub lines_truncated: AtomicU64,
+    /// path → bytes that could not be forwarded (file deleted or truncated before Loki caught up).
+    pub lost_bytes: Mutex<BTreeMap<String, u64>>,
+    /// path → bytes not yet delivered.
+    pub lag: Mutex<Vec<(String, u64)>>,
+}
+
+pub struct LokiClient {
+    http: reqwest::Client,
+    endpoint: String,
+    headers: Vec<(String, String)>,
+    bearer_token_file: String,
+    basic_auth: Option<(String, String)>,
+}
+
+impl LokiClient {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let l = &config.loki;
+        let mut builder = reqwest::Client::builder()
+            .timeout(l.timeout.0)
+            .user_agent(concat!("tokenmeter/", env!("CARGO_PKG_VERSION")));
+        if !l.tls.ca_file.is_empty() {
+            let pem = std::fs::read(&l.tls.ca_file)
+                .map_err(|e| anyhow::anyhow!("loki.tls.ca_file {}: {e}", l.tls.ca_file))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if l.tls.insecure_skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let basic_auth = if l.basic_auth.username.is_empty() {
+            None
+        } else {
+            let password = if l.basic_auth.password_file.is_empty() {
+                String::new()
+            } else {
+                std::fs::read_to_string(&l.basic_auth.password_file)
+                    .map_err(|e| anyhow::anyhow!("loki.basic_auth.password_file: {e}"))?
+                    .trim_end()
+                    .to_string()
+            };
+            Some((l.basic_auth.username.clone(), password))
+        };
+        Ok(LokiClient {
+            http: builder.build()?,
+            endpoint: l.endpoint.clone(),
+            headers: l
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            bearer_token_file: l.bearer_token_file.clone(),
+            basic_auth,
+        })
+    }
+
+    /// Sends one batch until Loki accepts or rejects it: connection errors, 429 and 5xx are
+    /// retried with exponential backoff (0.5 s to 5 min) and jitter, honouring `Retry-After`.
+    /// `stop` ends the retrying early (shutdown); then `None` is returned.
+    pub async fn push(
+        &self,
+        body: Vec<u8>,
+        stats: &LokiStats,
+        stop: &dyn Fn() -> bool,
+    ) -> Option<PushResult> {
+        let mut backoff = Duration::from_millis(500);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut r = self
+                .http
+                .post(&self.endpoint)
+                .header("Content-Type", "application/x-protobuf")
+                .body(body.clone());
+            for (k, v) in &self.headers {
+                r = r.header(k, v);
+            }
+            if !self.bearer_token_file.is_empty() {
+                if let Ok(t) = std::fs::read_to_string(&self.bearer_token_file) {
+                    r = r.bearer_auth(t.trim());
+                }
+            }
+            if let Some((u, p)) = &self.basic_auth {
+                r = r.basic_auth(u, Some(p));
+            }
+            let wait = match r.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    if (200..300).contains(&status) {
+                        return Some(PushResult::Accepted);
+                    }
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let message = resp.text().await.unwrap_or_default();
+                    if status != 429 && (400..500).contains(&status) {
+                        return Some(PushResult::Rejected { status, message });
+                    }
+                    if attempt == 1 || attempt.is_power_of_two() {
+                        tracing::warn!(
+                            "Loki push: {status} {}; retrying (attempt {attempt})",
+                            message.trim()
+                        );
+                    }
+                    retry_after.unwrap_or(backoff)
+                }
+                Err(e) => {
+                    if attempt == 1 || attempt.is_power_of_two() {
+                        tracing::warn!(
+                            "Loki push to {}: {e}; retrying (attempt {attempt})",
+                            self.endpoint
+                        );
+                    }
+                    backoff
+                }
+            };
+            stats.retries.fetch_add(1, Ordering::Relaxed);
+            let until = Instant::now() + crate::export::otlp::jitter(wait);
+            while Instant::now() < until {
+                if stop() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(300));
+        }
+    }
+}
+
+/// A `Read` over a shared handle at its own position (`pread`): never moves anyone else's.
+pub struct PositionalReader {
+    file: Arc<File>,
+    pos: u64,
+}
+
+impl Read for PositionalReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The forwarder's cursor in one file.
+pub struct LokiCursor {
+    pub handle: FileHandle,
+    pub labels: String,
+    reader: LineReader<PositionalReader>,
+    decoder: Decoder,
+    /// Delivered: every line before it was accepted by Loki.
+    pub acked: u64,
+    /// End of the last complete logical line put into the current batch.
+    pub batched: u64,
+    last_time_ns: Option<i64>,
+    max_line_bytes: usize,
+    /// Still published by the tailer.
+    pub present: bool,
+}
+
+impl LokiCursor {
+    pub fn new(handle: FileHandle, labels: String, max_line_bytes: usize) -> Self {
+        let start = handle.start;
+        let reader = LineReader::new(
+            PositionalReader {
+                file: handle.file.clone(),
+                pos: start,
+            },
+            start,
+            crate::pipeline::physical_line_limit(max_line_bytes),
+            AtEof::KeepPartial,
+        );
+        LokiCursor {
+            handle,
+            labels,
+            reader,
+            decoder: Decoder::new(max_line_bytes),
+            acked: start,
+            batched: start,
+            last_time_ns: None,
+            max_line_bytes,
+            present: true,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.handle.file.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether everything in the file has been batched (nothing more to read now).
+    pub fn at_end(&self) -> bool {
+        self.reader.offset() + self.reader.pending_bytes() as u64 >= self.size()
+    }
+
+    /// Reads up to `max_lines` lines into `batch`, stopping early when the batch is full.
+    pub fn fill(
+        &mut self,
+        batch: &mut Batch,
+        shaper: &mut EntryShaper,
+        stats: &LokiStats,
+        batch_bytes: usize,
+        max_lines: usize,
+        now_ns: i64,
+    ) {
+        // Copytruncate: what was not forwarded before the truncation is gone.
+        let size = self.size();
+        if size < self.reader.offset() {
+            let lost = self.reader.offset().saturating_sub(self.batched);
+            let path = self.handle.meta.path.display().to_string();
+            *stats
+                .lost_bytes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(path)
+                .or_insert(0) += lost;
+            self.reader = LineReader::new(
+                PositionalReader {
+                    file: self.handle.file.clone(),
+                    pos: 0,
+                },
+                0,
+                crate::pipeline::physical_line_limit(self.max_line_bytes),
+                AtEof::KeepPartial,
+            );
+            self.decoder.reset();
+            self.acked = 0;
+            self.batched = 0;
+        }
+        let mut n = 0;
+        while n < max_lines && batch.bytes < batch_bytes {
+            let line = match self.reader.next_line() {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    self.reader.clear_eof();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("{}: Loki reader: {e}", self.handle.meta.path.display());
+                    self.reader.clear_eof();
+                    break;
+                }
+            };
+            n += 1;
+            let (end, bytes) = match line {
+                Line::Complete { bytes, end } => (end, Some(bytes)),
+                Line::TooLong { end } => (end, None),
+            };
+            if let Some(bytes) = bytes {
+                if let Decoded::Line(l) = self.decoder.decode(bytes) {
+                    let LogicalLine { text, time_ns, .. } = l;
+                    let shaped = shaper.shape(text);
+                    if shaped.truncated {
+                        stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let t = time_ns
+                        .or(shaped.record_time_ns)
+                        .or(self.last_time_ns)
+                        .unwrap_or(now_ns);
+                    self.last_time_ns = Some(t);
+                    batch.push(&self.labels, t, shaped);
+                }
+            }
+            if !self.decoder.is_pending() {
+                self.batched = end;
+            }
+        }
+    }
+}

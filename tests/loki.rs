@@ -1,0 +1,317 @@
+//! End-to-end tests of the Loki export: the daemon binary forwarding real files to a receiver
+//! that decodes Loki's wire format and applies Loki's validation (see `common/loki.rs`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::loki::{Behavior, LokiReceiver, Received};
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn loki_section(r: &LokiReceiver, extra: &str) -> String {
+    format!(
+        "[loki]\nendpoint = \"{}\"\nbatch_wait = \"200ms\"\nbatch_bytes = 65536\n{extra}",
+        r.endpoint()
+    )
+}
+
+/// Entries by line, with how often each arrived.
+fn counts(entries: &[Received]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for e in entries {
+        *m.entry(e.line.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+fn wait_entries(r: &LokiReceiver, n: usize, d: &Daemon) -> Vec<Received> {
+    let start = std::time::Instant::now();
+    loop {
+        let e = r.entries();
+        if e.len() >= n {
+            // A moment more, to catch duplicates that would arrive late.
+            std::thread::sleep(Duration::from_millis(700));
+            return r.entries();
+        }
+        if start.elapsed() > WAIT {
+            panic!(
+                "only {} of {n} entries arrived; log:\n{}",
+                e.len(),
+                d.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cri_fixture_arrives_exactly_once_through_503_and_429() {
+    let r = LokiReceiver::start();
+    // The fixture is from 2026-03-17: the receiver's clock is set an hour later, so Loki's
+    // 7-day age limit applies as it would have then.
+    r.set_now_ns(1_773_738_842_000_000_000 + 3_600_000_000_000);
+    r.script(Behavior::Status(503));
+    r.script(Behavior::Status(429));
+    r.script(Behavior::Status(503));
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let dir = pod_dir(&root, "gw-fixture");
+    let fixture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cri-wrapped.log"
+    ))
+    .unwrap();
+    std::fs::write(dir.join("0.log"), &fixture).unwrap();
+    let cfg = config(
+        &root,
+        &tmp.path().join("state"),
+        "node_name = \"node-l\"",
+        &loki_section(&r, ""),
+    );
+    let d = Daemon::start(tmp.path(), "loki-fixture", &cfg);
+    let entries = wait_entries(&r, 34, &d);
+    assert!(r.requests() >= 4, "the scripted failures were retried");
+
+    // Every logical line of the fixture exactly once: 30 access-log lines (one joined from
+    // three CRI partials) and 4 Envoy stderr lines, envelope removed.
+    let mut expected_lines: Vec<String> = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/envoy-ai-access.jsonl"
+    ))
+    .unwrap()
+    .lines()
+    .map(String::from)
+    .collect();
+    for l in fixture.lines().filter(|l| l.contains(" stderr F ")) {
+        expected_lines.push(l.split_once(" stderr F ").unwrap().1.to_string());
+    }
+    let got = counts(&entries);
+    assert_eq!(got.len(), 34);
+    for l in &expected_lines {
+        assert_eq!(
+            got.get(l),
+            Some(&1),
+            "line not delivered exactly once: {}",
+            &l[..80.min(l.len())]
+        );
+    }
+    // Labels: few and fixed; never per-request values.
+    for e in &entries {
+        let keys: Vec<&str> = e.labels.keys().map(String::as_str).collect();
+        assert_eq!(keys, vec!["container", "job", "namespace", "node", "pod"]);
+        assert_eq!(e.labels["job"], "envoy-access");
+        assert_eq!(e.labels["namespace"], "envoy-gateway-system");
+        assert_eq!(e.labels["pod"], "gw-fixture");
+        assert_eq!(e.labels["container"], "envoy");
+        assert_eq!(e.labels["node"], "node-l");
+    }
+    // Timestamps are the CRI envelope's (first line of the file, computed with `date -d`).
+    let first = entries
+        .iter()
+        .find(|e| e.line.contains("deprecated runtime key"))
+        .unwrap();
+    assert_eq!(first.ts_ns, 1_773_738_841_202_232_361);
+    let rec = entries
+        .iter()
+        .find(|e| e.line.contains("eb84ccae-cb47-468a-98c0-d7f3e0416894"))
+        .unwrap();
+    assert_eq!(rec.ts_ns, 1_773_738_848_896_007_972);
+    // Structured metadata on LLM records, none on the others.
+    assert_eq!(rec.metadata["model"], "gpt-4o-mini");
+    assert_eq!(rec.metadata["api_key_id"], "team-search-prod");
+    assert_eq!(rec.metadata["service_id"], "aim-svc-0042");
+    assert!(first.metadata.is_empty());
+    // Within a stream, entries are in file order (timestamps never go back).
+    let ts: Vec<i64> = entries.iter().map(|e| e.ts_ns).collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+}
+
+fn outage(kill_during: bool) {
+    let r = LokiReceiver::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let dir = pod_dir(&root, if kill_during { "gw-kill" } else { "gw-down" });
+    let log = dir.join("0.log");
+    let cfg = config(&root, &tmp.path().join("state"), "", &loki_section(&r, ""));
+    let mut d = Daemon::start(tmp.path(), "loki-outage", &cfg);
+    let mut exp = Expected::default();
+    let mut lines = Vec::new();
+    r.set_down(true);
+    // 50,000 lines over the outage, in bursts; metering stays exact and on time.
+    let started = std::time::Instant::now();
+    for burst in 0..10u64 {
+        let mut text = String::new();
+        for i in burst * 5000..(burst + 1) * 5000 {
+            let l = record_line(i, &mut exp);
+            text.push_str(&cri(&l));
+            lines.push(l);
+        }
+        append(&log, &text);
+        let t = std::time::Instant::now();
+        wait_until(
+            "metering during the Loki outage",
+            Duration::from_secs(5),
+            || {
+                let m = d.metrics()?;
+                (m.by_series("llm_tokens_total") == exp.column(3)).then_some(())
+            },
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "metering fell behind: {:?}",
+            t.elapsed()
+        );
+        if kill_during && burst == 5 {
+            d.kill9();
+            d = Daemon::start(tmp.path(), "loki-outage", &cfg);
+        }
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    assert!(d.peak_rss_mib() < 32.0, "peak RSS {} MiB", d.peak_rss_mib());
+    let remaining = Duration::from_secs(30).saturating_sub(started.elapsed());
+    std::thread::sleep(remaining);
+    assert!(r.entries().is_empty());
+    r.set_down(false);
+    let entries = wait_entries(&r, lines.len(), &d);
+    let got = counts(&entries);
+    assert_eq!(entries.len(), lines.len(), "no duplicates");
+    for l in &lines {
+        assert_eq!(got.get(l), Some(&1));
+    }
+    // Nothing was delivered before the (re)start of the process that delivered all of it.
+    let m = d.metrics().unwrap();
+    assert_eq!(
+        m.sum("tokenmeter_loki_entries_total", &[("outcome", "sent")]) as usize,
+        lines.len()
+    );
+    wait_exact(&d, &exp);
+}
+
+fn wait_exact(d: &Daemon, exp: &Expected) {
+    wait_until("exact metering", WAIT, || {
+        (d.metrics()?.by_series("llm_tokens_total") == exp.column(3)).then_some(())
+    });
+}
+
+#[test]
+fn loki_down_30s_while_50k_lines_are_appended() {
+    outage(false);
+}
+
+#[test]
+fn loki_down_30s_with_a_kill9_of_the_daemon() {
+    outage(true);
+}
+
+#[test]
+fn a_400_batch_is_counted_and_dropped_and_the_next_batches_go_through() {
+    let r = LokiReceiver::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let dir = pod_dir(&root, "gw-400");
+    let log = dir.join("0.log");
+    let cfg = config(&root, &tmp.path().join("state"), "", &loki_section(&r, ""));
+    let d = Daemon::start(tmp.path(), "loki-400", &cfg);
+    // Lines stamped 8 days ago: Loki rejects them (reject_old_samples_max_age = 7 d) with 400.
+    let old = "2026-11-18T10:00:00.000000000Z stdout F {\"model\":\"m\",\"llm_input_token\":1}\n";
+    append(&log, &old.repeat(5));
+    wait_until("the old batch rejected", WAIT, || {
+        let m = d.metrics()?;
+        (m.sum("tokenmeter_loki_dropped_total", &[("reason", "rejected")]) == 5.0).then_some(())
+    });
+    assert!(
+        d.log_text().contains("timestamp too old"),
+        "Loki's message is logged:\n{}",
+        d.log_text()
+    );
+    let mut exp = Expected::default();
+    let mut text = String::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for i in 0..20 {
+        // Fresh lines: plain envelope-less JSON with a current start_time would also do; CRI
+        // with "now" keeps the stream in order.
+        let l = record_line(i, &mut exp);
+        text.push_str(&format!("{} stdout F {l}\n", rfc3339(now)));
+    }
+    append(&log, &text);
+    let entries = wait_entries(&r, 20, &d);
+    assert_eq!(entries.len(), 20);
+    assert_eq!(r.rejections().len(), 1);
+}
+
+fn rfc3339(secs: u64) -> String {
+    // Days-from-civil inverse, enough for a test timestamp.
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000000000Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[test]
+fn redaction_and_truncation() {
+    let r = LokiReceiver::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let dir = pod_dir(&root, "gw-redact");
+    let extra = "redact = [\"x-forwarded-for\", \"user-agent\"]\nmax_line_bytes = 600\n";
+    let cfg = config(
+        &root,
+        &tmp.path().join("state"),
+        "",
+        &loki_section(&r, extra),
+    );
+    let d = Daemon::start(tmp.path(), "loki-redact", &cfg);
+    let short = r#"{"model":"m","x-forwarded-for":"203.0.113.7","user-agent":"curl/8","llm_input_token":3}"#;
+    let long = format!(
+        r#"{{"model":"m","note":"{}","x-forwarded-for":"198.51.100.1","llm_input_token":4}}"#,
+        "n".repeat(1000)
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    append(
+        &dir.join("0.log"),
+        &format!(
+            "{} stdout F {short}\n{} stdout F {long}\n",
+            rfc3339(now),
+            rfc3339(now)
+        ),
+    );
+    let entries = wait_entries(&r, 2, &d);
+    let first = entries
+        .iter()
+        .find(|e| e.line.starts_with(r#"{"model":"m","x-forwarded-for""#))
+        .unwrap();
+    assert_eq!(
+        first.line,
+        r#"{"model":"m","x-forwarded-for":"[REDACTED]","user-agent":"[REDACTED]","llm_input_token":3}"#
+    );
+    serde_json::from_str::<serde_json::Value>(&first.line).expect("still valid JSON");
+    let second = entries.iter().find(|e| e.line.contains("nnnn")).unwrap();
+    assert_eq!(second.line.len(), 600, "truncated to loki.max_line_bytes");
+    assert!(!second.line.contains("198.51.100.1"));
+    let m = d.metrics().unwrap();
+    assert_eq!(m.sum("tokenmeter_loki_truncated_lines_total", &[]), 1.0);
+    // Metering is not affected by what Loki gets.
+    assert_eq!(m.sum("llm_input_tokens_total", &[]), 7.0);
+}
