@@ -241,8 +241,8 @@ impl Store {
         }
     }
 
-    /// Counts one record.
-    pub fn add(&mut self, r: &Record<'_>) {
+    /// Counts one record; returns the index of the series it went to.
+    pub fn add(&mut self, r: &Record<'_>) -> usize {
         let st = &mut self.stats;
         st.records += 1;
         if r.invalid != 0 {
@@ -291,6 +291,13 @@ impl Store {
             };
             self.hists[h].1.observe(ms / 1000.0);
         }
+        idx
+    }
+
+    /// The labels of series `idx` (as [`Store::add`] returned it).
+    pub fn series_labels(&self, idx: usize) -> Option<(&str, &str, &str)> {
+        let [m, k, s] = self.series.get(idx)?.0;
+        Some((self.models.get(m), self.keys.get(k), self.services.get(s)))
     }
 
     /// Interns the labels under their limits, folds past `max_series`, and finds or creates

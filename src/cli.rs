@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
-use crate::replay::{replay, summary_json, summary_text, ReplayError};
+use crate::replay::{replay_with, summary_json, summary_text, ReplayError, ReplayOptions};
 
 const ABOUT: &str = "Meters LLM token usage from Envoy AI Gateway access logs.
 
@@ -149,30 +149,65 @@ fn run(cli: Cli) -> ExitCode {
             summary,
             files,
         } => {
-            let unsupported = [
-                ("--from", from.is_some()),
-                ("--to", to.is_some()),
-                ("--step", step.is_some()),
-                ("--openmetrics", openmetrics.is_some()),
-                ("--push", push),
-                ("--loki", loki),
-                ("--instance", instance.is_some()),
-            ];
-            if let Some((flag, _)) = unsupported.iter().find(|(_, set)| *set) {
-                eprintln!("error: replay {flag} is not in this build yet");
-                return ExitCode::from(2);
+            let parse_time = |flag: &str, v: &Option<String>| -> Result<Option<i64>, ExitCode> {
+                match v {
+                    None => Ok(None),
+                    Some(t) => crate::timefmt::parse_rfc3339_nanos(t).map(Some).ok_or_else(|| {
+                        eprintln!("error: {flag} {t:?} is not an RFC 3339 time such as 2026-11-26T10:00:00Z");
+                        ExitCode::from(2)
+                    }),
+                }
+            };
+            let (from_ns, to_ns) = match (parse_time("--from", &from), parse_time("--to", &to)) {
+                (Ok(f), Ok(t)) => (f, t),
+                (Err(c), _) | (_, Err(c)) => return c,
+            };
+            if let (Some(f), Some(t)) = (from_ns, to_ns) {
+                if f >= t {
+                    eprintln!("error: --from must be before --to");
+                    return ExitCode::from(2);
+                }
             }
+            let step_ns = match step.as_deref().map(|s| humantime::parse_duration(s.trim())) {
+                None => 60_000_000_000,
+                Some(Ok(d)) if d.as_secs() >= 1 => d.as_nanos() as i64,
+                Some(_) => {
+                    eprintln!("error: --step {:?} must be a duration of at least 1s, such as \"60s\" or \"5m\"", step.unwrap_or_default());
+                    return ExitCode::from(2);
+                }
+            };
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match replay(&config, &files, true) {
+            let opts = ReplayOptions {
+                from_ns,
+                to_ns,
+                step_ns,
+                openmetrics,
+                push,
+                loki,
+                instance: instance.unwrap_or_else(|| "replay".into()),
+                progress: true,
+            };
+            match replay_with(&config, &files, &opts) {
                 Ok(report) => {
                     let out = match summary {
-                        SummaryFormat::Json => summary_json(&report.snapshot),
+                        SummaryFormat::Json => summary_json(&report),
                         SummaryFormat::Text => summary_text(&report),
                     };
                     print!("{out}");
+                    let push_failed = report
+                        .pushed
+                        .as_ref()
+                        .is_some_and(|p| p.keys().any(|k| *k != "success"));
+                    if push_failed {
+                        eprintln!(
+                            "error: some OTLP pushes did not succeed: {:?}",
+                            report.pushed
+                        );
+                        return ExitCode::from(1);
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e @ (ReplayError::Open(_) | ReplayError::Read(_))) => {

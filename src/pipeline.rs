@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::aggregate::{invalid_field_names, SkipReason, Store};
 use crate::config::Config;
 use crate::decode::{Decoded, Decoder, LogicalLine};
-use crate::parse::{Parsed, Parser};
+use crate::parse::{Parsed, Parser, Record};
 use crate::ratelog::RateLimited;
 use crate::source::Line;
 
@@ -32,6 +32,30 @@ impl FileCursor {
         }
     }
 }
+
+struct LineCtx<'p> {
+    path: &'p Path,
+    line_no: u64,
+    /// `Some(fallback)` when event times are tracked.
+    previous_event_ns: Option<Option<i64>>,
+}
+
+/// What a replay or exporter does with lines besides counting them. Event times are `None`
+/// unless the meter tracks them.
+pub trait LineSink {
+    /// Every logical line, record or not, in file order.
+    fn line(&mut self, _path: &Path, _text: &str, _event_ns: Option<i64>) {}
+    /// Whether to count this record (`replay --from/--to`).
+    fn accept(&mut self, _record: &Record<'_>, _event_ns: Option<i64>) -> bool {
+        true
+    }
+    /// The record was counted into the store's series `series`.
+    fn counted(&mut self, _series: usize, _record: &Record<'_>, _event_ns: Option<i64>) {}
+}
+
+/// Counts only.
+pub struct NoSink;
+impl LineSink for NoSink {}
 
 /// The physical line limit for a logical limit: envelopes (a CRI prefix, docker's JSON
 /// escaping) make physical lines longer than their content.
@@ -70,22 +94,28 @@ impl Meter {
 
     /// Feeds one physical line of `path`.
     pub fn physical(&mut self, path: &Path, cursor: &mut FileCursor, line: Line<'_>) {
+        self.physical_with(path, cursor, line, &mut NoSink);
+    }
+
+    /// [`Meter::physical`], showing every logical line and record to `sink`.
+    pub fn physical_with(
+        &mut self,
+        path: &Path,
+        cursor: &mut FileCursor,
+        line: Line<'_>,
+        sink: &mut dyn LineSink,
+    ) {
         cursor.line_no += 1;
         match line {
             Line::TooLong { .. } => self.skip(path, cursor.line_no, SkipReason::TooLong),
             Line::Complete { bytes, .. } => match cursor.decoder.decode(bytes) {
                 Decoded::Line(l) => {
-                    let line_no = cursor.line_no;
-                    let event = Self::logical(
-                        &mut self.parser,
-                        &mut self.store,
-                        &mut self.warn,
-                        &self.invalid_names,
+                    let ctx = LineCtx {
                         path,
-                        line_no,
-                        l,
-                        self.track_event_time.then_some(cursor.last_event_ns),
-                    );
+                        line_no: cursor.line_no,
+                        previous_event_ns: self.track_event_time.then_some(cursor.last_event_ns),
+                    };
+                    let event = self.logical(&ctx, l, sink);
                     if event.is_some() {
                         cursor.last_event_ns = event;
                     }
@@ -98,81 +128,88 @@ impl Meter {
 
     /// At the end of a finished file: a partial line that never got its final part counts
     /// as it is.
-    pub fn end_of_file(&mut self, path: &Path, cursor: &mut FileCursor) {
-        while let Some(d) = cursor.decoder.flush_pending() {
+    pub fn end_of_file(&mut self, path: &Path, cursor: &mut FileCursor, sink: &mut dyn LineSink) {
+        loop {
+            let previous_event_ns = self.track_event_time.then_some(cursor.last_event_ns);
+            let line_no = cursor.line_no;
+            let Some(d) = cursor.decoder.flush_pending() else {
+                break;
+            };
             match d {
                 Decoded::Line(l) => {
-                    let event = Self::logical(
-                        &mut self.parser,
-                        &mut self.store,
-                        &mut self.warn,
-                        &self.invalid_names,
+                    let ctx = LineCtx {
                         path,
-                        cursor.line_no,
-                        l,
-                        self.track_event_time.then_some(cursor.last_event_ns),
-                    );
+                        line_no,
+                        previous_event_ns,
+                    };
+                    let event = self.logical(&ctx, l, sink);
                     if event.is_some() {
                         cursor.last_event_ns = event;
                     }
                 }
-                Decoded::TooLong => {
-                    self.store.skip(SkipReason::TooLong);
-                }
+                Decoded::TooLong => self.store.skip(SkipReason::TooLong),
                 Decoded::Pending | Decoded::Blank => {}
             }
         }
     }
 
-    /// Parses and counts one logical line; returns the record's event time when tracked
-    /// (`previous_event_ns` is `None` when event times are not tracked).
-    #[allow(clippy::too_many_arguments)]
+    /// Parses and counts one logical line; returns its event time when tracked.
     #[inline]
     fn logical(
-        parser: &mut Parser,
-        store: &mut Store,
-        warn: &mut RateLimited,
-        invalid_names: &[String],
-        path: &Path,
-        line_no: u64,
+        &mut self,
+        ctx: &LineCtx<'_>,
         line: LogicalLine<'_>,
-        previous_event_ns: Option<Option<i64>>,
+        sink: &mut dyn LineSink,
     ) -> Option<i64> {
-        match parser.parse(line.text) {
+        match self.parser.parse(line.text) {
             Parsed::Record(r) => {
+                let event = match ctx.previous_event_ns {
+                    Some(previous) => r.event_time_ns(line.time_ns).or(previous),
+                    None => None,
+                };
+                sink.line(ctx.path, line.text, event);
+                if !sink.accept(&r, event) {
+                    return event;
+                }
                 if r.invalid != 0 {
-                    if let Some(suppressed) = warn.allow("invalid_field") {
-                        let fields: Vec<&str> = invalid_names
+                    if let Some(suppressed) = self.warn.allow("invalid_field") {
+                        let fields: Vec<&str> = self
+                            .invalid_names
                             .iter()
                             .enumerate()
                             .filter(|(i, _)| r.invalid >> i & 1 == 1)
                             .map(|(_, n)| n.as_str())
                             .collect();
                         tracing::warn!(
-                            "{}:{line_no}: invalid token value in {}; the record counts without it{}",
-                            path.display(),
+                            "{}:{}: invalid token value in {}; the record counts without it{}",
+                            ctx.path.display(),
+                            ctx.line_no,
                             fields.join(", "),
                             suppressed_note(suppressed)
                         );
                     }
                 }
-                store.add(&r);
-                let previous = previous_event_ns?;
-                r.event_time_ns(line.time_ns).or(previous)
+                let series = self.store.add(&r);
+                sink.counted(series, &r, event);
+                event
             }
-            Parsed::NotLlm => {
-                store.skip(SkipReason::NotLlm);
-                None
-            }
-            Parsed::NotJson => {
-                store.skip(SkipReason::NotJson);
-                if let Some(suppressed) = warn.allow("not_json") {
-                    tracing::debug!(
-                        "{}:{line_no}: not a JSON object, skipped{}",
-                        path.display(),
-                        suppressed_note(suppressed)
-                    );
+            parsed => {
+                let event = ctx.previous_event_ns.and_then(|p| line.time_ns.or(p));
+                sink.line(ctx.path, line.text, event);
+                if parsed == Parsed::NotLlm {
+                    self.store.skip(SkipReason::NotLlm);
+                } else {
+                    self.store.skip(SkipReason::NotJson);
+                    if let Some(suppressed) = self.warn.allow("not_json") {
+                        tracing::debug!(
+                            "{}:{}: not a JSON object, skipped{}",
+                            ctx.path.display(),
+                            ctx.line_no,
+                            suppressed_note(suppressed)
+                        );
+                    }
                 }
+                // Only records move the per-file event-time fallback.
                 None
             }
         }

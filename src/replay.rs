@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,36 @@ use serde::Serialize;
 
 use crate::aggregate::{invalid_field_names, SkipReason, Snapshot, OVERFLOW_LABELS};
 use crate::config::Config;
-use crate::pipeline::{physical_line_limit, FileCursor, Meter};
-use crate::source::{open_input, AtEof, InputError, LineReader};
+use crate::export::loki::{stream_labels, Batch, EntryShaper, LokiClient, LokiStats, PushResult};
+use crate::export::openmetrics::{otlp_requests, write_openmetrics, Backfill, Emitted};
+use crate::export::otlp::OtlpClient;
+use crate::parse::Record;
+use crate::pipeline::{physical_line_limit, FileCursor, LineSink, Meter};
+use crate::source::{expand_inputs, open_input, AtEof, InputError, LineReader, PodLabels};
+
+/// What to do besides summarising (SPEC §2 `replay` flags).
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    pub from_ns: Option<i64>,
+    pub to_ns: Option<i64>,
+    /// `--step`: resolution of backfill samples.
+    pub step_ns: i64,
+    pub openmetrics: Option<PathBuf>,
+    pub push: bool,
+    pub loki: bool,
+    pub instance: String,
+    pub progress: bool,
+}
+
+impl ReplayOptions {
+    fn needs_event_time(&self) -> bool {
+        self.from_ns.is_some()
+            || self.to_ns.is_some()
+            || self.openmetrics.is_some()
+            || self.push
+            || self.loki
+    }
+}
 
 /// What a replay read and counted.
 pub struct ReplayReport {
@@ -26,6 +54,22 @@ pub struct ReplayReport {
     pub files: usize,
     pub bytes_read: u64,
     pub elapsed: Duration,
+    /// Backfill samples written or pushed.
+    pub emitted: Option<Emitted>,
+    /// `--push`: OTLP requests by outcome.
+    pub pushed: Option<BTreeMap<&'static str, u64>>,
+    /// `--loki`: what Loki accepted and rejected.
+    pub loki: Option<LokiReport>,
+    /// Records left out by `--from`/`--to`.
+    pub outside_range: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LokiReport {
+    pub sent: u64,
+    pub rejected: u64,
+    /// Loki's messages for rejected batches (first 10).
+    pub messages: Vec<String>,
 }
 
 /// Why a replay stopped.
@@ -33,7 +77,7 @@ pub struct ReplayReport {
 pub enum ReplayError {
     /// A file could not be opened; nothing was read.
     Open(InputError),
-    /// Reading failed part-way (I/O error, corrupt gzip).
+    /// Reading failed part-way (I/O error, corrupt gzip), or an output could not be written.
     Read(anyhow::Error),
 }
 
@@ -48,20 +92,165 @@ impl std::fmt::Display for ReplayError {
 
 impl std::error::Error for ReplayError {}
 
+/// Forwards replayed lines to Loki with their original timestamps, in file order.
+struct LokiReplay {
+    config: Config,
+    shaper: EntryShaper,
+    batch: Batch,
+    client: LokiClient,
+    rt: tokio::runtime::Runtime,
+    stats: LokiStats,
+    node: String,
+    labels: BTreeMap<PathBuf, String>,
+    from_ns: Option<i64>,
+    to_ns: Option<i64>,
+    report: LokiReport,
+}
+
+impl LokiReplay {
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let result = self
+            .rt
+            .block_on(self.client.push(batch.encode(), &self.stats, &|| false));
+        match result {
+            Some(PushResult::Accepted) => self.report.sent += batch.entries as u64,
+            Some(PushResult::Rejected { status, message }) => {
+                self.report.rejected += batch.entries as u64;
+                tracing::warn!(
+                    "Loki rejected a batch of {} entries: {status}: {}",
+                    batch.entries,
+                    message.trim()
+                );
+                if self.report.messages.len() < 10 {
+                    self.report
+                        .messages
+                        .push(format!("{status}: {}", message.trim()));
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+impl LineSink for LokiReplay {
+    fn line(&mut self, path: &Path, text: &str, event_ns: Option<i64>) {
+        let t = event_ns.unwrap_or(0);
+        if self.from_ns.is_some_and(|f| t < f) || self.to_ns.is_some_and(|e| t >= e) {
+            return;
+        }
+        let labels = match self.labels.get(path) {
+            Some(l) => l.clone(),
+            None => {
+                let l = stream_labels(
+                    &self.config,
+                    &self.node,
+                    PodLabels::from_path(path).as_ref(),
+                );
+                self.labels.insert(path.to_path_buf(), l.clone());
+                l
+            }
+        };
+        let shaped = self.shaper.shape(text);
+        self.batch.push(&labels, t, shaped);
+        if self.batch.bytes >= self.config.loki.batch_bytes {
+            self.flush();
+        }
+    }
+}
+
+/// Backfill and Loki together, as one sink.
+struct Sinks<'a> {
+    backfill: Option<&'a mut Backfill>,
+    loki: Option<&'a mut LokiReplay>,
+}
+
+impl LineSink for Sinks<'_> {
+    fn line(&mut self, path: &Path, text: &str, event_ns: Option<i64>) {
+        if let Some(l) = self.loki.as_deref_mut() {
+            l.line(path, text, event_ns);
+        }
+    }
+    fn accept(&mut self, record: &Record<'_>, event_ns: Option<i64>) -> bool {
+        match self.backfill.as_deref_mut() {
+            Some(b) => b.accept(record, event_ns),
+            None => true,
+        }
+    }
+    fn counted(&mut self, series: usize, record: &Record<'_>, event_ns: Option<i64>) {
+        if let Some(b) = self.backfill.as_deref_mut() {
+            b.counted(series, record, event_ns);
+        }
+    }
+}
+
 /// Replays `paths` in order. `progress` draws a bar on stderr (only when it is a terminal).
 pub fn replay(
     config: &Config,
     paths: &[PathBuf],
     progress: bool,
 ) -> Result<ReplayReport, ReplayError> {
+    replay_with(
+        config,
+        paths,
+        &ReplayOptions {
+            progress,
+            step_ns: 60_000_000_000,
+            instance: "replay".into(),
+            ..Default::default()
+        },
+    )
+}
+
+/// Replays with the backfill and forwarding options of SPEC §2.
+pub fn replay_with(
+    config: &Config,
+    args: &[PathBuf],
+    opts: &ReplayOptions,
+) -> Result<ReplayReport, ReplayError> {
     let started = Instant::now();
+    let paths = expand_inputs(args).map_err(ReplayError::Open)?;
     let inputs = paths
         .iter()
         .map(|p| open_input(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ReplayError::Open)?;
+    let mut loki = if opts.loki {
+        if config.loki.endpoint.is_empty() {
+            return Err(ReplayError::Read(anyhow::anyhow!(
+                "--loki needs loki.endpoint in the config"
+            )));
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Some(LokiReplay {
+            config: config.clone(),
+            shaper: EntryShaper::new(config),
+            batch: Batch::default(),
+            client: LokiClient::new(config).map_err(ReplayError::Read)?,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ReplayError::Read(e.into()))?,
+            stats: LokiStats::default(),
+            node: config.effective_node_name(),
+            labels: BTreeMap::new(),
+            from_ns: opts.from_ns,
+            to_ns: opts.to_ns,
+            report: LokiReport::default(),
+        })
+    } else {
+        None
+    };
+    if opts.push && config.otlp.endpoint.is_empty() {
+        return Err(ReplayError::Read(anyhow::anyhow!(
+            "--push needs otlp.endpoint in the config"
+        )));
+    }
     let total: u64 = inputs.iter().map(|i| i.size).sum();
-    let bar = if progress && std::io::stderr().is_terminal() {
+    let bar = if opts.progress && std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(total);
         bar.set_style(
             ProgressStyle::with_template("{bar:32} {bytes}/{total_bytes} {msg} ETA {eta}")
@@ -72,7 +261,10 @@ pub fn replay(
         ProgressBar::hidden()
     };
 
-    let mut meter = Meter::new(config, false);
+    let mut meter = Meter::new(config, opts.needs_event_time());
+    let mut backfill =
+        (opts.from_ns.is_some() || opts.to_ns.is_some() || opts.openmetrics.is_some() || opts.push)
+            .then(|| Backfill::new(opts.step_ns, opts.from_ns, opts.to_ns));
     let read = Rc::new(Cell::new(0u64));
     let limit = physical_line_limit(config.source.max_line_bytes);
     let files = inputs.len();
@@ -85,6 +277,10 @@ pub fn replay(
             limit,
             AtEof::EmitPartial,
         );
+        let mut sinks = Sinks {
+            backfill: backfill.as_mut(),
+            loki: loki.as_mut(),
+        };
         let mut n = 0u32;
         loop {
             let line = reader
@@ -94,22 +290,141 @@ pub fn replay(
                 })
                 .map_err(ReplayError::Read)?;
             let Some(line) = line else { break };
-            meter.physical(&path, &mut cursor, line);
+            meter.physical_with(&path, &mut cursor, line, &mut sinks);
             n = n.wrapping_add(1);
             if n.is_multiple_of(16384) && !bar.is_hidden() {
                 update_bar(&bar, read.get(), meter.store.stats().lines(), started);
             }
         }
-        meter.end_of_file(&path, &mut cursor);
+        meter.end_of_file(&path, &mut cursor, &mut sinks);
     }
     update_bar(&bar, read.get(), meter.store.stats().lines(), started);
     bar.finish_and_clear();
+
+    let mut emitted = None;
+    let mut pushed = None;
+    let mut outside_range = 0;
+    if let Some(b) = &backfill {
+        outside_range = b.outside;
+        let n_extra = meter.extra_names().len();
+        let samples = b.samples(&meter.store, n_extra);
+        if let Some(out) = &opts.openmetrics {
+            emitted = Some(write_openmetrics_file(
+                out,
+                &samples,
+                config,
+                meter.extra_names(),
+                &opts.instance,
+            )?);
+        }
+        if opts.push {
+            let (e, p) = push_samples(config, &samples, meter.extra_names(), &opts.instance)?;
+            emitted.get_or_insert(e);
+            pushed = Some(p);
+        }
+        if emitted.is_none() {
+            emitted = Some(Emitted {
+                series: samples.len(),
+                samples: 0,
+                first_sample: None,
+                last_sample: None,
+            });
+        }
+    }
+    let loki_report = loki.as_mut().map(|l| {
+        l.flush();
+        l.report.clone()
+    });
+    // With --from/--to the summary covers the records inside the range.
     Ok(ReplayReport {
         snapshot: meter.store.snapshot(meter.extra_names()),
         files,
         bytes_read: read.get(),
         elapsed: started.elapsed(),
+        emitted,
+        pushed,
+        loki: loki_report,
+        outside_range,
     })
+}
+
+/// Writes the OpenMetrics file through a temp file and a rename: a failed replay never
+/// leaves half a backfill file behind.
+fn write_openmetrics_file(
+    out: &Path,
+    samples: &[crate::export::openmetrics::SeriesSamples],
+    config: &Config,
+    extra_names: &[String],
+    instance: &str,
+) -> Result<Emitted, ReplayError> {
+    let tmp = out.with_extension("tmp-tokenmeter");
+    let write = || -> std::io::Result<Emitted> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let e = write_openmetrics(
+            &mut f,
+            samples,
+            &config.metrics.prefix,
+            extra_names,
+            &config.metrics.labels,
+            instance,
+        )?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, out)?;
+        Ok(e)
+    };
+    write().map_err(|e| ReplayError::Read(anyhow::anyhow!("writing {}: {e}", out.display())))
+}
+
+fn push_samples(
+    config: &Config,
+    samples: &[crate::export::openmetrics::SeriesSamples],
+    extra_names: &[String],
+    instance: &str,
+) -> Result<(Emitted, BTreeMap<&'static str, u64>), ReplayError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = OtlpClient::new(config).map_err(ReplayError::Read)?;
+    let mut resource = vec![
+        ("service.name".to_string(), "tokenmeter".to_string()),
+        ("service.instance.id".to_string(), instance.to_string()),
+    ];
+    for (k, v) in &config.otlp.resource_attributes {
+        resource.retain(|(rk, _)| rk != k);
+        resource.push((k.clone(), v.clone()));
+    }
+    let requests = otlp_requests(
+        samples,
+        &config.metrics.prefix,
+        extra_names,
+        &config.metrics.labels,
+        &resource,
+        5000,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ReplayError::Read(e.into()))?;
+    let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for req in &requests {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let o = rt.block_on(client.push(req, deadline));
+        *outcomes.entry(o.as_str()).or_insert(0) += 1;
+    }
+    let n: usize = samples.iter().map(|s| s.points.len()).sum();
+    let emitted = Emitted {
+        series: samples.len(),
+        samples: n,
+        first_sample: samples
+            .iter()
+            .filter_map(|s| s.points.first().map(|p| p.0))
+            .min()
+            .map(crate::timefmt::format_rfc3339_millis),
+        last_sample: samples
+            .iter()
+            .filter_map(|s| s.points.last().map(|p| p.0))
+            .max()
+            .map(crate::timefmt::format_rfc3339_millis),
+    };
+    Ok((emitted, outcomes))
 }
 
 fn update_bar(bar: &ProgressBar, bytes: u64, lines: u64, started: Instant) {
@@ -124,6 +439,15 @@ struct JsonSummary<'a> {
     records: u64,
     skipped: BTreeMap<&'static str, u64>,
     series: Vec<JsonSeries<'a>>,
+    /// Only with --openmetrics/--push/--from/--to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    emitted: Option<&'a Emitted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outside_range: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pushed: Option<&'a BTreeMap<&'static str, u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loki: Option<&'a LokiReport>,
 }
 
 #[derive(Serialize)]
@@ -138,9 +462,15 @@ struct JsonSeries<'a> {
 }
 
 /// The `--summary json` object of SPEC §2 (one line, then `\n`). Every skip reason is present,
-/// zero or not, so scripts can rely on the keys.
-pub fn summary_json(s: &Snapshot) -> String {
+/// zero or not, so scripts can rely on the keys. Backfill and Loki results are added under
+/// their own keys only when those flags were given.
+pub fn summary_json(r: &ReplayReport) -> String {
+    let s = &r.snapshot;
     let summary = JsonSummary {
+        emitted: r.emitted.as_ref(),
+        outside_range: r.emitted.as_ref().map(|_| r.outside_range),
+        pushed: r.pushed.as_ref(),
+        loki: r.loki.as_ref(),
         lines: s.stats.lines(),
         records: s.stats.records,
         skipped: SkipReason::ALL
@@ -227,6 +557,30 @@ pub fn summary_text(r: &ReplayReport) -> String {
                 "overflow {:<11}{n:>9} records folded into __overflow__",
                 OVERFLOW_LABELS[i]
             );
+        }
+    }
+    if let Some(e) = &r.emitted {
+        let _ = writeln!(
+            out,
+            "backfill: {} series, {} samples, {} .. {} ({} records outside --from/--to)",
+            e.series,
+            e.samples,
+            e.first_sample.as_deref().unwrap_or("-"),
+            e.last_sample.as_deref().unwrap_or("-"),
+            r.outside_range
+        );
+    }
+    if let Some(p) = &r.pushed {
+        let _ = writeln!(out, "OTLP push requests: {p:?}");
+    }
+    if let Some(l) = &r.loki {
+        let _ = writeln!(
+            out,
+            "Loki: {} entries accepted, {} rejected",
+            l.sent, l.rejected
+        );
+        for m in &l.messages {
+            let _ = writeln!(out, "  rejected: {m}");
         }
     }
     type LabelOf = fn(&crate::aggregate::SeriesSnapshot) -> &str;

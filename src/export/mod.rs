@@ -2,4 +2,5 @@
 //! snapshots (never its internals) and never changes counting.
 
 pub mod loki;
+pub mod openmetrics;
 pub mod otlp;

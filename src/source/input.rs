@@ -37,6 +37,54 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
+/// Expands replay arguments: a directory becomes its files, a glob (`*`, `?`, `[`) the files
+/// it matches, each in name order; anything else stays as it is (and fails later, by name, if
+/// it cannot be opened).
+pub fn expand_inputs(args: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
+    let mut out = Vec::new();
+    for a in args {
+        let text = a.to_string_lossy();
+        if a.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(a)
+                .map_err(|error| InputError {
+                    path: a.clone(),
+                    error,
+                })?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else if !a.exists() && text.contains(['*', '?', '[']) {
+            let matcher = super::tail::glob(&text)
+                .map_err(|e| InputError {
+                    path: a.clone(),
+                    error: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+                })?
+                .compile_matcher();
+            let (root, depth) = super::tail::literal_root(&text);
+            let mut files = Vec::new();
+            super::tail::walk(&root, depth, &mut |p| {
+                if matcher.is_match(p) {
+                    files.push(p.to_path_buf());
+                }
+            });
+            if files.is_empty() {
+                return Err(InputError {
+                    path: a.clone(),
+                    error: io::Error::new(io::ErrorKind::NotFound, "no file matches this pattern"),
+                });
+            }
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Opens `path` and sniffs its first bytes; fails for a missing, unreadable or non-regular file.
 pub fn open_input(path: &Path) -> Result<Input, InputError> {
     let err = |error| InputError {

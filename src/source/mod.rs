@@ -8,6 +8,6 @@ pub mod input;
 pub mod lines;
 pub mod tail;
 
-pub use input::{open_input, Input, InputError};
+pub use input::{expand_inputs, open_input, Input, InputError};
 pub use lines::{AtEof, Line, LineReader};
 pub use tail::{FileHandle, FileMeta, FileStatus, PodLabels, TailOptions, Tailer};

@@ -137,7 +137,7 @@ pub struct Tailer<T> {
     make: Box<dyn Fn() -> T + Send>,
 }
 
-fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+pub(crate) fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
     GlobBuilder::new(pattern).literal_separator(true).build()
 }
 
@@ -540,7 +540,7 @@ fn last_line_boundary(file: &File, len: u64) -> io::Result<u64> {
 
 /// The directory part of a glob before its first wildcard, and how deep below it matches
 /// can be.
-fn literal_root(pattern: &str) -> (PathBuf, usize) {
+pub(crate) fn literal_root(pattern: &str) -> (PathBuf, usize) {
     let mut root = PathBuf::new();
     let mut depth = 0;
     let mut wild = false;
@@ -571,7 +571,7 @@ fn literal_root(pattern: &str) -> (PathBuf, usize) {
     (root, depth.min(MAX_WALK_DEPTH))
 }
 
-fn walk(dir: &Path, depth: usize, found: &mut dyn FnMut(&Path)) {
+pub(crate) fn walk(dir: &Path, depth: usize, found: &mut dyn FnMut(&Path)) {
     if depth == 0 {
         return;
     }

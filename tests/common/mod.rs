@@ -321,8 +321,16 @@ impl Victoria {
 
     /// Runs an instant PromQL query; returns (labels, value) per result.
     pub fn query(&self, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        self.query_body(format!("query={}", urlencode(promql)), promql)
+    }
+
+    /// An instant query at unix time `t` (seconds).
+    pub fn query_at(&self, promql: &str, t: i64) -> Vec<(BTreeMap<String, String>, f64)> {
+        self.query_body(format!("query={}&time={t}", urlencode(promql)), promql)
+    }
+
+    fn query_body(&self, body: String, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
         let _ = get(&self.addr, "/internal/force_flush");
-        let body = format!("query={}", urlencode(promql));
         let (code, text) = http("POST", &self.addr, "/api/v1/query", Some(&body)).unwrap();
         assert_eq!(code, 200, "{promql}: {text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -1,0 +1,341 @@
+//! Backfill end to end: `replay --openmetrics` into the real `promtool` and a real Prometheus
+//! 2.53, `replay --push` into a real VictoriaMetrics, `replay --loki` into the Loki receiver.
+//! The workload's cumulative values are computed by the test from what it generated.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::loki::LokiReceiver;
+use common::*;
+
+const STEP: i64 = 60;
+
+/// A dense workload: one record every 5 s for `hours` hours from `start` (unix seconds), plain
+/// Envoy JSON (event time = start_time + duration), 3 models × 2 keys = 6 series, so every
+/// series has data in every 60 s step. Returns the file text and, per model, the tokens with
+/// their event times (seconds).
+fn workload(start: i64, hours: i64) -> (String, BTreeMap<String, Vec<(i64, u64)>>) {
+    let mut text = String::new();
+    let mut by_model: BTreeMap<String, Vec<(i64, u64)>> = BTreeMap::new();
+    let models = [
+        "gpt-4o-mini",
+        "claude-sonnet-4-5",
+        "meta-llama/Llama-3.1-8B-Instruct",
+    ];
+    let n = hours * 3600 / 5;
+    for i in 0..n {
+        let t = start + i * 5;
+        let model = models[(i % 3) as usize];
+        let key = ["key-a", "key-b"][((i / 3) % 2) as usize];
+        let (inp, out) = (i % 211 + 1, i % 17);
+        // duration 0: the event time is the start time exactly.
+        text.push_str(&format!(
+            "{{\"start_time\":\"{}\",\"duration\":0,\"model\":\"{model}\",\"api_key_id\":\"{key}\",\"aim_service_id\":\"svc\",\"llm_input_token\":{inp},\"llm_output_token\":{out},\"response_code\":200}}\n",
+            iso(t)
+        ));
+        by_model
+            .entry(model.to_string())
+            .or_default()
+            .push((t, (inp + out) as u64));
+    }
+    (text, by_model)
+}
+
+fn iso(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Cumulative tokens of `model` counting events strictly before `t` (a step end).
+fn cumulative(by_model: &BTreeMap<String, Vec<(i64, u64)>>, model: &str, t: i64) -> u64 {
+    by_model[model]
+        .iter()
+        .filter(|(e, _)| *e < t)
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn replay(args: &[&str], config: Option<&Path>) -> serde_json::Value {
+    let mut c = Command::new(bin());
+    c.env_remove("TOKENMETER_CONFIG")
+        .arg("replay")
+        .args(["--summary", "json"]);
+    if let Some(cfg) = config {
+        c.arg("--config").arg(cfg);
+    }
+    let out = c.args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn tool(name: &str) -> std::path::PathBuf {
+    let p = backends_root().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-backends.sh",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn openmetrics_into_promtool_and_prometheus_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Three hours on 2026-11-20, aligned to the hour.
+    let start = 1_795_651_200; // 2026-11-20T00:00:00Z
+    let (text, by_model) = workload(start, 3);
+    let log = tmp.path().join("access.log");
+    std::fs::write(&log, &text).unwrap();
+    let om = tmp.path().join("backfill.om");
+    let summary = replay(
+        &["--openmetrics", om.to_str().unwrap(), log.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(summary["records"], 3 * 3600 / 5);
+    assert_eq!(summary["emitted"]["series"], 6);
+    let body = std::fs::read_to_string(&om).unwrap();
+    assert!(body.ends_with("# EOF\n"));
+    // Timestamps are seconds (10 digits), never milliseconds.
+    let ts: i64 = body
+        .lines()
+        .nth(2)
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ts, start + STEP);
+
+    let blocks = tmp.path().join("blocks");
+    let out = Command::new(tool("promtool"))
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&om)
+        .arg(&blocks)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut prom = Command::new(tool("prometheus"))
+        .arg(format!(
+            "--config.file={}",
+            write_prom_config(tmp.path()).display()
+        ))
+        .arg(format!("--storage.tsdb.path={}", blocks.display()))
+        .arg("--storage.tsdb.retention.time=100y")
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("Prometheus ready", Duration::from_secs(60), || {
+        get(&addr, "/-/ready")
+            .ok()
+            .filter(|(c, _)| *c == 200)
+            .map(|_| ())
+    });
+    let query = |q: &str, t: i64| -> BTreeMap<String, f64> {
+        let body = format!("query={}&time={t}", urlencode(q));
+        let (code, text) = http("POST", &addr, "/api/v1/query", Some(&body)).unwrap();
+        assert_eq!(code, 200, "{q}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["metric"]["model"].as_str().unwrap_or("").to_string(),
+                    r["value"][1].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect()
+    };
+    for t in [start + 3600, start + 5400 + 60, start + 3 * 3600] {
+        let got = query("sum by (model) (last_over_time(llm_tokens_total[10m]))", t);
+        for model in by_model.keys() {
+            assert_eq!(
+                got[model],
+                cumulative(&by_model, model, t) as f64,
+                "{model} at {t}"
+            );
+        }
+    }
+    // increase over the second hour: samples exist at both ends of the window, so Prometheus
+    // does not extrapolate and the answer is exact.
+    let t = start + 2 * 3600;
+    let got = query("sum by (model) (increase(llm_tokens_total[1h]))", t);
+    for model in by_model.keys() {
+        let want = cumulative(&by_model, model, t) - cumulative(&by_model, model, t - 3600);
+        assert_eq!(got[model], want as f64, "{model}");
+    }
+    let _ = prom.kill();
+    let _ = prom.wait();
+}
+
+fn write_prom_config(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("prometheus.yml");
+    std::fs::write(&p, "global:\n  scrape_interval: 1h\n").unwrap();
+    p
+}
+
+#[test]
+fn push_three_hours_ago_into_victoriametrics() {
+    let vm = Victoria::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let start = (now - 3 * 3600) / 3600 * 3600 - 3600; // whole hour, 3-4 hours ago
+    let (text, by_model) = workload(start, 2);
+    let log = tmp.path().join("old.log");
+    std::fs::write(&log, &text).unwrap();
+    let cfg = tmp.path().join("push.toml");
+    std::fs::write(
+        &cfg,
+        format!("[otlp]\nendpoint = \"{}\"\n", vm.otlp_endpoint()),
+    )
+    .unwrap();
+    let summary = replay(
+        &["--push", "--instance", "backfill-1", log.to_str().unwrap()],
+        Some(&cfg),
+    );
+    assert_eq!(
+        summary["pushed"]["success"].as_u64().map(|n| n > 0),
+        Some(true),
+        "{summary}"
+    );
+    for t in [start + 1800, start + 3600, start + 2 * 3600] {
+        let results = vm.query_at(
+            "sum by (model) (llm_tokens_total{service_instance_id=\"backfill-1\"})",
+            t,
+        );
+        for model in by_model.keys() {
+            let got = results
+                .iter()
+                .find(|(l, _)| l.get("model") == Some(model))
+                .map(|x| x.1);
+            assert_eq!(
+                got,
+                Some(cumulative(&by_model, model, t) as f64),
+                "{model} at {t}"
+            );
+        }
+    }
+}
+
+#[test]
+fn same_input_same_bytes_and_from_to_cut_at_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let start = 1_795_651_200;
+    let (text, _) = workload(start, 1);
+    let log = tmp.path().join("a.log");
+    std::fs::write(&log, &text).unwrap();
+    let (a, b) = (tmp.path().join("a.om"), tmp.path().join("b.om"));
+    replay(
+        &["--openmetrics", a.to_str().unwrap(), log.to_str().unwrap()],
+        None,
+    );
+    replay(
+        &["--openmetrics", b.to_str().unwrap(), log.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // Records at 00:10:00 .. 00:19:55 are 120 records: --from is inclusive, --to exclusive,
+    // and both fall exactly on record times.
+    let s = replay(
+        &[
+            "--from",
+            &iso(start + 600),
+            "--to",
+            &iso(start + 1200),
+            log.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(s["records"], 120);
+    assert_eq!(s["outside_range"], 720 - 120);
+    // A directory expands in name order, gzip included.
+    let dir = tmp.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("2.log"), &text).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
+    std::fs::write(dir.join("1.log.gz"), gz.finish().unwrap()).unwrap();
+    let s = replay(&[dir.to_str().unwrap()], None);
+    assert_eq!(s["records"], 2 * 720);
+}
+
+#[test]
+fn replay_loki_forwards_original_timestamps_and_reports_rejections() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cri-wrapped.log"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    // As if replayed an hour after the fixture was written: everything is accepted.
+    let r = LokiReceiver::start();
+    r.set_now_ns(1_773_738_842_000_000_000 + 3_600_000_000_000);
+    let cfg = tmp.path().join("loki.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node_name = \"replayer\"\n[loki]\nendpoint = \"{}\"\n",
+            r.endpoint()
+        ),
+    )
+    .unwrap();
+    let s = replay(&["--loki", fixture], Some(&cfg));
+    assert_eq!(s["loki"]["sent"], 34);
+    assert_eq!(s["loki"]["rejected"], 0);
+    let entries = r.entries();
+    assert_eq!(entries.len(), 34);
+    let first = entries
+        .iter()
+        .find(|e| e.line.contains("deprecated runtime key"))
+        .unwrap();
+    assert_eq!(first.ts_ns, 1_773_738_841_202_232_361);
+    // Today, Loki rejects samples older than 7 days: the summary says so.
+    let r2 = LokiReceiver::start();
+    std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r2.endpoint())).unwrap();
+    let s = replay(&["--loki", fixture], Some(&cfg));
+    assert_eq!(s["loki"]["rejected"], 34);
+    assert!(
+        s["loki"]["messages"][0]
+            .as_str()
+            .unwrap()
+            .contains("too old"),
+        "{s}"
+    );
+}
