@@ -23,6 +23,24 @@ python3 tests/expected/expected_summary.py --check tests/expected \
   tests/fixtures/envoy-ai-access.jsonl tests/fixtures/cri-wrapped.log \
   tests/fixtures/edge-cases.log tests/fixtures/docker-json.log
 
+step "alert and recording rules: promtool check rules, promtool test rules"
+promtool=.cache/backends/root/usr/bin/promtool
+"$promtool" check rules config/prometheus/tokenmeter-rules.yaml
+(cd config/prometheus && "../../$promtool" test rules tokenmeter-rules.test.yaml)
+
+step "dashboards are what dashboards/generate.py writes"
+gen=$(mktemp -d)
+cp -r dashboards/. "$gen/"
+python3 "$gen/generate.py"
+diff -r -q dashboards "$gen" >/dev/null || { echo "dashboards/*.json differ from dashboards/generate.py output; run it" >&2; exit 1; }
+rm -rf "$gen"
+
+step "LogQL of the Loki panels parses (@grafana/lezer-logql)"
+scripts/check-logql.sh
+
+step "Kubernetes manifests validate (kubernetes-validate, strict)"
+scripts/check-manifests.sh
+
 if [ "$FUZZ_SECONDS" != 0 ]; then
   step "cargo fuzz: decode + parse for ${FUZZ_SECONDS}s"
   scripts/fuzz.sh "$FUZZ_SECONDS"

@@ -281,6 +281,11 @@ impl Victoria {
 
     /// Starts VictoriaMetrics listening on `addr`.
     pub fn start_on(addr: &str) -> Victoria {
+        Self::start_with(addr, &[])
+    }
+
+    /// Starts VictoriaMetrics on `addr` with extra flags (e.g. `-promscrape.config=…`).
+    pub fn start_with(addr: &str, extra: &[String]) -> Victoria {
         let addr = addr.to_string();
         let binary = backends_root().join("victoria-metrics");
         assert!(
@@ -297,6 +302,7 @@ impl Victoria {
             .arg("-search.latencyOffset=0s")
             .arg("-search.disableCache")
             .arg("-loggerLevel=ERROR")
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Writes the Grafana dashboards in this folder from the compact definitions below.
+
+    dashboards/generate.py          # rewrites dashboards/*.json
+
+Every dashboard declares its data sources in `__inputs` (DS_PROMETHEUS, and DS_LOKI for logs)
+and refers to them only as ${DS_...}, so it imports as is into any Grafana. Queries use the
+metric names of SPEC §4 exactly as Mimir stores them with its default OTLP settings, and sum
+over agents (instance / service_instance_id), so the panels work on Mimir, Prometheus and
+VictoriaMetrics alike.
+"""
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROM = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+LOKI = {"type": "loki", "uid": "${DS_LOKI}"}
+SEL = 'model=~"$model", api_key_id=~"$api_key_id", service_id=~"$service_id"'
+MSEL = 'model=~"$model"'
+
+
+def inputs(loki=False):
+    out = [{"name": "DS_PROMETHEUS", "label": "Prometheus / Mimir", "description": "Where the llm_* and tokenmeter_* metrics are",
+            "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"}]
+    if loki:
+        out.append({"name": "DS_LOKI", "label": "Loki", "description": "Where the access-log lines are",
+                    "type": "datasource", "pluginId": "loki", "pluginName": "Loki"})
+    return out
+
+
+def var(name, label, query, multi=True):
+    return {"name": name, "label": label, "type": "query", "datasource": PROM,
+            "query": {"query": query, "refId": f"var-{name}"}, "definition": query,
+            "refresh": 2, "multi": multi, "includeAll": True, "allValue": ".*",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "sort": 1}
+
+
+def textbox(name, label, value):
+    return {"name": name, "label": label, "type": "textbox", "query": value,
+            "current": {"text": value, "value": value}}
+
+
+class Panels:
+    def __init__(self):
+        self.items = []
+        self.y = 0
+        self.x = 0
+        self.row_h = 0
+
+    def add(self, kind, title, targets, w=12, h=8, unit=None, description="", ds=PROM, options=None, field=None):
+        if self.x + w > 24:
+            self.x = 0
+            self.y += self.row_h
+            self.row_h = 0
+        panel = {
+            "id": len(self.items) + 1, "type": kind, "title": title, "description": description,
+            "datasource": ds, "gridPos": {"x": self.x, "y": self.y, "w": w, "h": h},
+            "targets": [dict(t, datasource=ds, refId=chr(ord("A") + i)) for i, t in enumerate(targets)],
+            "fieldConfig": {"defaults": dict({"unit": unit} if unit else {}, **(field or {})), "overrides": []},
+            "options": options or {},
+        }
+        self.items.append(panel)
+        self.x += w
+        self.row_h = max(self.row_h, h)
+
+
+def q(expr, legend="", instant=False, fmt="time_series"):
+    t = {"expr": expr, "legendFormat": legend, "format": fmt}
+    if instant:
+        t["instant"] = True
+        t["range"] = False
+    return t
+
+
+def dashboard(uid, title, description, panels, variables, loki=False, tags=("tokenmeter", "llm")):
+    return {
+        "__inputs": inputs(loki),
+        "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.4.0"}],
+        "uid": uid, "title": title, "description": description, "tags": list(tags),
+        "schemaVersion": 39, "version": 1, "editable": True, "graphTooltip": 1,
+        "time": {"from": "now-24h", "to": "now"}, "refresh": "1m", "timezone": "",
+        "templating": {"list": variables}, "annotations": {"list": []}, "links": [],
+        "panels": panels.items,
+    }
+
+
+def overview():
+    p = Panels()
+    p.add("timeseries", "Tokens/s by model", [q(f'sum by (model) (rate(llm_tokens_total{{{MSEL}}}[$__rate_interval]))', "{{model}}")],
+          unit="short", description="Total tokens per second, summed over every agent.")
+    p.add("timeseries", "Requests/s by model", [q(f'sum by (model) (rate(llm_requests_total{{{MSEL}}}[$__rate_interval]))', "{{model}}")],
+          unit="reqps")
+    p.add("timeseries", "Input vs output tokens/s", [
+        q(f'sum(rate(llm_input_tokens_total{{{MSEL}}}[$__rate_interval]))', "input"),
+        q(f'sum(rate(llm_output_tokens_total{{{MSEL}}}[$__rate_interval]))', "output")], unit="short")
+    p.add("timeseries", "Error ratio by status class", [q(
+        f'sum by (status_class) (rate(llm_requests_total{{{MSEL}, status_class=~"4xx|5xx|other"}}[$__rate_interval]))'
+        f' / scalar(sum(rate(llm_requests_total{{{MSEL}}}[$__rate_interval])))', "{{status_class}}")], unit="percentunit",
+        description="Share of requests answered 4xx, 5xx or not at all (other: e.g. the client went away).")
+    p.add("bargauge", "Top 10 API keys by tokens (selected range)", [q(
+        f'topk(10, sum by (api_key_id) (increase(llm_tokens_total{{{MSEL}}}[$__range])))', "{{api_key_id}}", instant=True)],
+        unit="short", options={"orientation": "horizontal", "displayMode": "basic"})
+    p.add("bargauge", "Top services by tokens (selected range)", [q(
+        f'topk(10, sum by (service_id) (increase(llm_tokens_total{{{MSEL}}}[$__range])))', "{{service_id}}", instant=True)],
+        unit="short", options={"orientation": "horizontal", "displayMode": "basic"})
+    p.add("timeseries", "Request duration p50 / p95 / p99 by model", [
+        q(f'histogram_quantile({x}, sum by (model, le) (rate(llm_request_duration_seconds_bucket{{{MSEL}}}[$__rate_interval])))',
+          f"p{int(x * 100)} {{{{model}}}}") for x in (0.5, 0.95, 0.99)], w=24, unit="s")
+    p.add("table", "Chargeback: tokens per model × API key × service (selected range)", [
+        q(f'sum by (model, api_key_id, service_id) (increase(llm_tokens_total{{{MSEL}}}[$__range]))', instant=True, fmt="table"),
+        q(f'sum by (model, api_key_id, service_id) (increase(llm_requests_total{{{MSEL}}}[$__range]))', instant=True, fmt="table")],
+        w=24, h=12, unit="short", description="Export with the panel menu (Inspect > Data) for chargeback.",
+        options={"showHeader": True})
+    return dashboard("tokenmeter-overview", "LLM token usage overview",
+                     "Who used how many tokens of which model: rates, top keys and services, errors, latency, chargeback table.",
+                     p, [var("model", "Model", "label_values(llm_tokens_total, model)")])
+
+
+def drilldown():
+    p = Panels()
+    p.add("timeseries", "Tokens per hour by API key", [q(
+        f'sum by (api_key_id) (increase(llm_tokens_total{{{SEL}}}[1h]))', "{{api_key_id}}")], unit="short")
+    p.add("timeseries", "Tokens in the last 24 h vs budget", [
+        q(f'sum by (api_key_id) (increase(llm_tokens_total{{{SEL}}}[1d]))', "{{api_key_id}}"),
+        q('vector($budget)', "budget")], unit="short",
+        description="Rolling 24 h usage per key against the budget variable (set it at the top).")
+    p.add("timeseries", "Tokens/s by model", [q(f'sum by (model) (rate(llm_tokens_total{{{SEL}}}[$__rate_interval]))', "{{model}}")], unit="short")
+    p.add("timeseries", "Input vs output tokens/s", [
+        q(f'sum(rate(llm_input_tokens_total{{{SEL}}}[$__rate_interval]))', "input"),
+        q(f'sum(rate(llm_output_tokens_total{{{SEL}}}[$__rate_interval]))', "output")], unit="short")
+    p.add("timeseries", "Requests/s by status class", [q(
+        f'sum by (status_class) (rate(llm_requests_total{{{SEL}}}[$__rate_interval]))', "{{status_class}}")], unit="reqps")
+    p.add("table", "Totals for the selection (selected range)", [q(
+        f'sum by (model, api_key_id, service_id) (increase(llm_tokens_total{{{SEL}}}[$__range]))', instant=True, fmt="table")],
+        unit="short")
+    return dashboard("tokenmeter-drilldown", "LLM tokens: API key / service drill-down",
+                     "Usage of selected API keys and services over time, against an optional daily budget.",
+                     p, [var("model", "Model", "label_values(llm_tokens_total, model)"),
+                         var("api_key_id", "API key", 'label_values(llm_tokens_total{model=~"$model"}, api_key_id)'),
+                         var("service_id", "Service", 'label_values(llm_tokens_total{model=~"$model"}, service_id)'),
+                         textbox("budget", "Daily budget (tokens)", "10000000")])
+
+
+def health():
+    p = Panels()
+    p.add("timeseries", "Lines/s by result", [q('sum by (result) (rate(tokenmeter_lines_total[$__rate_interval]))', "{{result}}")],
+          unit="short", description="record: counted; not_json, not_llm, too_long: skipped (see the next panel).")
+    p.add("timeseries", "Skipped lines/s by reason", [q(
+        'sum by (result) (rate(tokenmeter_lines_total{result!="record"}[$__rate_interval]))', "{{result}}")], unit="short")
+    p.add("timeseries", "Unread bytes per node", [q('sum by (instance) (tokenmeter_file_lag_bytes)', "{{instance}}")], unit="bytes",
+          description="Growing lag means the agent cannot keep up (CPU limit) or a file is stuck.")
+    p.add("timeseries", "Exports by exporter and outcome", [q(
+        'sum by (exporter, outcome) (rate(tokenmeter_exports_total[$__rate_interval]))', "{{exporter}} {{outcome}}")], unit="reqps")
+    p.add("timeseries", "Loki: bytes not yet delivered per node", [q('sum by (instance) (tokenmeter_loki_lag_bytes)', "{{instance}}")],
+          unit="bytes")
+    p.add("timeseries", "Loki entries/s by outcome", [q(
+        'sum by (outcome) (rate(tokenmeter_loki_entries_total[$__rate_interval]))', "{{outcome}}")], unit="short")
+    p.add("timeseries", "Series per agent", [q('sum by (instance) (tokenmeter_series)', "{{instance}}")], unit="short")
+    p.add("timeseries", "Overflowed records/s by label", [q(
+        'sum by (label) (rate(tokenmeter_overflow_total[$__rate_interval]))', "{{label}}")], unit="short",
+          description="Non-zero: a label passed its limit and values are folded into __overflow__.")
+    p.add("timeseries", "Invalid token fields/s", [q('sum by (field) (rate(tokenmeter_invalid_fields_total[$__rate_interval]))', "{{field}}")],
+          unit="short")
+    p.add("timeseries", "State writes/s by outcome", [q(
+        'sum by (outcome) (rate(tokenmeter_checkpoint_writes_total[$__rate_interval]))', "{{outcome}}")], unit="short")
+    return dashboard("tokenmeter-health", "tokenmeter agent health",
+                     "The agents themselves: lines read by result, lag, exports, Loki delivery, series and overflows.", p, [],
+                     tags=("tokenmeter",))
+
+
+def logs():
+    p = Panels()
+    p.add("timeseries", "Access-log lines/s (Loki)", [{
+        "expr": 'sum(rate({job="envoy-access"} | model=~"$model" | api_key_id=~"$api_key_id" [$__auto]))', "legendFormat": "lines/s"}],
+        w=24, h=6, ds=LOKI)
+    p.add("logs", "Access-log lines for the selected model and API key", [{
+        "expr": '{job="envoy-access"} | model=~"$model" | api_key_id=~"$api_key_id"'}],
+        w=24, h=16, ds=LOKI, options={"showTime": True, "wrapLogMessage": False, "sortOrder": "Descending"},
+        description="model and api_key_id are structured metadata on each line (not stream labels), filtered after the selector.")
+    return dashboard("tokenmeter-logs", "LLM access logs", "The raw Envoy AI Gateway access-log lines in Loki.", p,
+                     [var("model", "Model", "label_values(llm_tokens_total, model)"),
+                      var("api_key_id", "API key", 'label_values(llm_tokens_total{model=~"$model"}, api_key_id)')], loki=True)
+
+
+def main():
+    for name, d in [("token-usage-overview", overview()), ("api-key-drilldown", drilldown()),
+                    ("agent-health", health()), ("access-logs", logs())]:
+        with open(os.path.join(HERE, f"{name}.json"), "w") as f:
+            json.dump(d, f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

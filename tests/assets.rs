@@ -1,0 +1,348 @@
+//! The dashboards and rules against real backends: every PromQL expression in
+//! `dashboards/*.json` and `config/prometheus/tokenmeter-rules.yaml` runs against a
+//! VictoriaMetrics fed by the daemon (OTLP for the token counters, a scrape of `/metrics` for the
+//! self-metrics) and against a Prometheus 2.53 loaded with `replay --openmetrics` blocks; each
+//! must parse, and return data where that backend holds the metrics it reads. The dashboards'
+//! structure is checked too. (`promtool test rules` and the LogQL check run in scripts/test.sh.)
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::loki::LokiReceiver;
+use common::*;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn dashboards() -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root().join("dashboards"))
+        .unwrap()
+        .flatten()
+    {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            out.push((p.file_name().unwrap().to_string_lossy().into_owned(), v));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(out.len(), 4, "four dashboards");
+    out
+}
+
+/// (where, expression) for every PromQL query: panel targets, variable queries, rules.
+fn promql() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (file, d) in dashboards() {
+        for p in d["panels"].as_array().unwrap() {
+            if p["datasource"]["type"] != "prometheus" {
+                continue;
+            }
+            for t in p["targets"].as_array().unwrap() {
+                out.push((
+                    format!("{file} panel {}", p["id"]),
+                    t["expr"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+        for v in d["templating"]["list"].as_array().unwrap() {
+            if v["type"] == "query" {
+                // label_values(selector, label) → a query over the same selector.
+                let def = v["definition"].as_str().unwrap();
+                let inner = def
+                    .strip_prefix("label_values(")
+                    .and_then(|x| x.strip_suffix(')'))
+                    .unwrap();
+                let (selector, label) = inner.rsplit_once(',').unwrap();
+                out.push((
+                    format!("{file} variable {}", v["name"]),
+                    format!("count by ({}) ({selector})", label.trim()),
+                ));
+            }
+        }
+    }
+    let rules =
+        std::fs::read_to_string(root().join("config/prometheus/tokenmeter-rules.yaml")).unwrap();
+    for line in rules.lines() {
+        if let Some(expr) = line.trim().strip_prefix("expr: ") {
+            out.push(("rules".into(), expr.to_string()));
+        }
+    }
+    out
+}
+
+/// Grafana variables as Grafana would interpolate them for "All".
+fn interpolate(expr: &str) -> String {
+    expr.replace("$__rate_interval", "5m")
+        .replace("$__range", "1h")
+        .replace("$__interval", "1m")
+        .replace("$budget", "10000000")
+        .replace("$model", ".*")
+        .replace("$api_key_id", ".*")
+        .replace("$service_id", ".*")
+}
+
+#[test]
+fn dashboards_are_well_formed() {
+    for (file, d) in dashboards() {
+        let inputs: BTreeSet<String> = d["__inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| format!("${{{}}}", i["name"].as_str().unwrap()))
+            .collect();
+        assert!(inputs.contains("${DS_PROMETHEUS}"), "{file}");
+        let vars: BTreeSet<String> = d["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+        let mut ids = BTreeSet::new();
+        for p in d["panels"].as_array().unwrap() {
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{file}: duplicate panel id {}",
+                p["id"]
+            );
+            let uid = p["datasource"]["uid"].as_str().unwrap();
+            assert!(
+                inputs.contains(uid),
+                "{file}: panel {} uses {uid}, not a declared input",
+                p["id"]
+            );
+            for t in p["targets"].as_array().unwrap() {
+                assert_eq!(t["datasource"]["uid"], p["datasource"]["uid"], "{file}");
+                let expr = t["expr"].as_str().unwrap();
+                // Every $variable used is defined (Grafana's own $__… aside).
+                for part in expr.split('$').skip(1) {
+                    let name: String = part
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if !name.starts_with("__") {
+                        assert!(
+                            vars.contains(&name),
+                            "{file}: panel {} uses undefined ${name}",
+                            p["id"]
+                        );
+                    }
+                }
+            }
+        }
+        for v in d["templating"]["list"].as_array().unwrap() {
+            if v["type"] == "query" {
+                assert_eq!(v["datasource"]["uid"], "${DS_PROMETHEUS}", "{file}");
+            }
+        }
+        // No hard-coded data source anywhere.
+        let text = d.to_string();
+        assert!(
+            !text.contains("\"uid\":\"prometheus\"") && !text.contains("\"uid\":\"loki\""),
+            "{file}"
+        );
+    }
+}
+
+fn needs_self_metrics(expr: &str) -> bool {
+    expr.contains("tokenmeter_") || expr.contains("up{")
+}
+
+#[test]
+fn every_promql_expression_runs_on_victoriametrics_fed_by_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root_dir = tmp.path().join("pods");
+    let dir = pod_dir(&root_dir, "gw-assets");
+    let log = dir.join("0.log");
+    std::fs::copy(root().join("tests/fixtures/cri-wrapped.log"), &log).unwrap();
+    let loki = LokiReceiver::start();
+    let vm_addr = format!("127.0.0.1:{}", free_port());
+    let sections = format!(
+        "[otlp]\nendpoint = \"http://{vm_addr}/opentelemetry/v1/metrics\"\ninterval = \"1s\"\n[loki]\nendpoint = \"{}\"\nbatch_wait = \"200ms\"\n",
+        loki.endpoint()
+    );
+    let d = Daemon::start(
+        tmp.path(),
+        "assets",
+        &config(
+            &root_dir,
+            &tmp.path().join("state"),
+            "node_name = \"node-a\"",
+            &sections,
+        ),
+    );
+    let scrape = tmp.path().join("scrape.yml");
+    std::fs::write(
+        &scrape,
+        format!("scrape_configs:\n  - job_name: tokenmeter\n    scrape_interval: 1s\n    static_configs:\n      - targets: [\"{}\"]\n", d.addr),
+    )
+    .unwrap();
+    let vm = Victoria::start_with(
+        &vm_addr,
+        &[format!("-promscrape.config={}", scrape.display())],
+    );
+    // Keep traffic flowing so rates are not zero.
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (done, log) = (done.clone(), log.clone());
+        std::thread::spawn(move || {
+            let mut exp = Expected::default();
+            let mut i = 0;
+            while !done.load(Ordering::SeqCst) {
+                append(&log, &cri(&record_line(i, &mut exp)));
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    wait_until(
+        "self-metrics and token counters in VictoriaMetrics",
+        Duration::from_secs(60),
+        || {
+            let a = vm.query("tokenmeter_lines_total");
+            let b = vm.query("llm_request_duration_seconds_bucket");
+            (!a.is_empty() && !b.is_empty()).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let mut failures = Vec::new();
+    for (at, expr) in promql() {
+        let q = interpolate(&expr);
+        let body = format!("query={}", urlencode(&q));
+        let (code, text) = http("POST", &vm.addr, "/api/v1/query", Some(&body)).unwrap();
+        if code != 200 {
+            failures.push(format!("{at}: {q}: HTTP {code}: {text}"));
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let empty = v["data"]["result"].as_array().is_none_or(|r| r.is_empty());
+        // Alert expressions hold only when something is wrong; recording rules and panels
+        // must show data.
+        let is_alert = at == "rules" && (expr.contains(" > ") || expr.contains(" == "));
+        if empty && !is_alert {
+            failures.push(format!("{at}: no data: {q}"));
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_promql_expression_runs_on_prometheus_with_backfilled_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An hour of dense traffic ending now, replayed into OpenMetrics and promtool blocks.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let start = now / 60 * 60 - 3600;
+    let mut text = String::new();
+    let mut exp = Expected::default();
+    for i in 0..720 {
+        let line = record_line(i as u64, &mut exp);
+        let t = start + i * 5;
+        let mut line = line
+            .replacen("2026-11-26T10:00:00.000Z", &iso(t), 1)
+            .replacen("\"duration\":", "\"duration_unused\":", 1);
+        if i % 7 == 0 {
+            line = line.replacen("\"response_code\":200", "\"response_code\":503", 1);
+            // some errors
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let log = tmp.path().join("a.log");
+    std::fs::write(&log, text).unwrap();
+    let om = tmp.path().join("a.om");
+    let out = Command::new(bin())
+        .args(["replay", "--summary", "json", "--openmetrics"])
+        .arg(&om)
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blocks = tmp.path().join("blocks");
+    let st = Command::new(backends_root().join("promtool"))
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&om)
+        .arg(&blocks)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = tmp.path().join("prometheus.yml");
+    std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n").unwrap();
+    let mut prom = Command::new(backends_root().join("prometheus"))
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", blocks.display()))
+        .arg("--storage.tsdb.retention.time=100y")
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("Prometheus ready", Duration::from_secs(60), || {
+        get(&addr, "/-/ready")
+            .ok()
+            .filter(|(c, _)| *c == 200)
+            .map(|_| ())
+    });
+    let t = start + 3600;
+    let mut failures = Vec::new();
+    for (at, expr) in promql() {
+        let q = interpolate(&expr);
+        let body = format!("query={}&time={t}", urlencode(&q));
+        let (code, text) = http("POST", &addr, "/api/v1/query", Some(&body)).unwrap();
+        if code != 200 {
+            failures.push(format!("{at}: {q}: HTTP {code}: {text}"));
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let empty = v["data"]["result"].as_array().is_none_or(|r| r.is_empty());
+        // Backfilled blocks hold the token counters only (no self-metrics, no histogram).
+        let applicable =
+            !needs_self_metrics(&expr) && !expr.contains("_bucket") && !expr.contains(':');
+        let is_alert = at == "rules" && (expr.contains(" > ") || expr.contains(" == "));
+        if empty && applicable && !is_alert {
+            failures.push(format!("{at}: no data: {q}"));
+        }
+    }
+    let _ = prom.kill();
+    let _ = prom.wait();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn iso(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
