@@ -93,15 +93,6 @@ pub struct Raw {
 }
 
 impl Raw {
-    /// A value with no text span (literals and containers).
-    pub const fn empty(kind: Kind) -> Self {
-        Raw {
-            kind,
-            start: 0,
-            end: 0,
-        }
-    }
-
     /// The value, sliced from the `text` that was scanned.
     #[inline]
     pub fn value<'a>(&self, text: &'a str) -> Value<'a> {
