@@ -216,14 +216,16 @@ fn a_missing_file_stops_before_anything_is_written() {
 }
 
 #[test]
-fn a_directory_is_refused_by_name() {
+fn a_glob_that_matches_nothing_stops_the_replay_by_name() {
+    let pattern = root().join("tests/fixtures/*.nothing-matches");
     let out = bin()
-        .args(["replay"])
-        .arg(root().join("tests/fixtures"))
+        .args(["replay", "--summary", "json"])
+        .arg(&pattern)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tests/fixtures"));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing-matches"));
 }
 
 #[test]
