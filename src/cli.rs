@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
-use crate::replay::{replay_with, summary_json, summary_text, ReplayError, ReplayOptions};
+use crate::replay::{replay, summary_json, summary_text, ReplayError, ReplayOptions};
 
 const ABOUT: &str = "Meters LLM token usage from Envoy AI Gateway access logs.
 
@@ -190,7 +190,7 @@ fn run(cli: Cli) -> ExitCode {
                 instance: instance.unwrap_or_else(|| "replay".into()),
                 progress: true,
             };
-            match replay_with(&config, &files, &opts) {
+            match replay(&config, &files, &opts) {
                 Ok(report) => {
                     let out = match summary {
                         SummaryFormat::Json => summary_json(&report),

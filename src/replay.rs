@@ -187,26 +187,9 @@ impl LineSink for Sinks<'_> {
     }
 }
 
-/// Replays `paths` in order. `progress` draws a bar on stderr (only when it is a terminal).
+/// Replays `args` (files, directories, globs) in order, with the backfill and forwarding
+/// options of SPEC §2. The progress bar is drawn on stderr only when it is a terminal.
 pub fn replay(
-    config: &Config,
-    paths: &[PathBuf],
-    progress: bool,
-) -> Result<ReplayReport, ReplayError> {
-    replay_with(
-        config,
-        paths,
-        &ReplayOptions {
-            progress,
-            step_ns: 60_000_000_000,
-            instance: "replay".into(),
-            ..Default::default()
-        },
-    )
-}
-
-/// Replays with the backfill and forwarding options of SPEC §2.
-pub fn replay_with(
     config: &Config,
     args: &[PathBuf],
     opts: &ReplayOptions,
