@@ -237,33 +237,12 @@ fn a_400_batch_is_counted_and_dropped_and_the_next_batches_go_through() {
         // Fresh lines: plain envelope-less JSON with a current start_time would also do; CRI
         // with "now" keeps the stream in order.
         let l = record_line(i, &mut exp);
-        text.push_str(&format!("{} stdout F {l}\n", rfc3339(now)));
+        text.push_str(&format!("{} stdout F {l}\n", iso(now as i64)));
     }
     append(&log, &text);
     let entries = wait_entries(&r, 20, &d);
     assert_eq!(entries.len(), 20);
     assert_eq!(r.rejections().len(), 1);
-}
-
-fn rfc3339(secs: u64) -> String {
-    // Days-from-civil inverse, enough for a test timestamp.
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000000000Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[test]
@@ -293,8 +272,8 @@ fn redaction_and_truncation() {
         &dir.join("0.log"),
         &format!(
             "{} stdout F {short}\n{} stdout F {long}\n",
-            rfc3339(now),
-            rfc3339(now)
+            iso(now as i64),
+            iso(now as i64)
         ),
     );
     let entries = wait_entries(&r, 2, &d);

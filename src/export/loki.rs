@@ -19,6 +19,7 @@ use prost::Message;
 
 use crate::config::Config;
 use crate::decode::{Decoded, Decoder, LogicalLine};
+use crate::export::http::{retry_after, HttpTarget};
 use crate::json::{Kind, Scanner};
 use crate::parse::{Parsed, Parser};
 use crate::source::{AtEof, FileHandle, Line, LineReader, PodLabels};
@@ -320,52 +321,22 @@ pub struct LokiStats {
 }
 
 pub struct LokiClient {
-    http: reqwest::Client,
-    endpoint: String,
-    headers: Vec<(String, String)>,
-    bearer_token_file: String,
-    basic_auth: Option<(String, String)>,
+    target: HttpTarget,
 }
 
 impl LokiClient {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let l = &config.loki;
-        let mut builder = reqwest::Client::builder()
-            .timeout(l.timeout.0)
-            .user_agent(concat!("tokenmeter/", env!("CARGO_PKG_VERSION")));
-        if !l.tls.ca_file.is_empty() {
-            let pem = std::fs::read(&l.tls.ca_file)
-                .map_err(|e| anyhow::anyhow!("loki.tls.ca_file {}: {e}", l.tls.ca_file))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if l.tls.insecure_skip_verify {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        let basic_auth = if l.basic_auth.username.is_empty() {
-            None
-        } else {
-            let password = if l.basic_auth.password_file.is_empty() {
-                String::new()
-            } else {
-                std::fs::read_to_string(&l.basic_auth.password_file)
-                    .map_err(|e| anyhow::anyhow!("loki.basic_auth.password_file: {e}"))?
-                    .trim_end()
-                    .to_string()
-            };
-            Some((l.basic_auth.username.clone(), password))
-        };
         Ok(LokiClient {
-            http: builder.build()?,
-            endpoint: l.endpoint.clone(),
-            headers: l
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            bearer_token_file: l.bearer_token_file.clone(),
-            basic_auth,
+            target: HttpTarget::new(
+                "loki",
+                &l.endpoint,
+                l.timeout.0,
+                &l.headers,
+                &l.bearer_token_file,
+                &l.basic_auth,
+                &l.tls,
+            )?,
         })
     }
 
@@ -382,34 +353,14 @@ impl LokiClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let mut r = self
-                .http
-                .post(&self.endpoint)
-                .header("Content-Type", "application/x-protobuf")
-                .body(body.clone());
-            for (k, v) in &self.headers {
-                r = r.header(k, v);
-            }
-            if !self.bearer_token_file.is_empty() {
-                if let Ok(t) = std::fs::read_to_string(&self.bearer_token_file) {
-                    r = r.bearer_auth(t.trim());
-                }
-            }
-            if let Some((u, p)) = &self.basic_auth {
-                r = r.basic_auth(u, Some(p));
-            }
+            let r = self.target.post("application/x-protobuf", body.clone());
             let wait = match r.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     if (200..300).contains(&status) {
                         return Some(PushResult::Accepted);
                     }
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    let retry_after = retry_after(&resp);
                     let message = resp.text().await.unwrap_or_default();
                     if status != 429 && (400..500).contains(&status) {
                         return Some(PushResult::Rejected { status, message });
@@ -426,7 +377,7 @@ impl LokiClient {
                     if attempt == 1 || attempt.is_power_of_two() {
                         tracing::warn!(
                             "Loki push to {}: {e}; retrying (attempt {attempt})",
-                            self.endpoint
+                            self.target.url()
                         );
                     }
                     backoff

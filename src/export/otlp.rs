@@ -22,6 +22,7 @@ use prost::Message;
 
 use crate::aggregate::{Snapshot, DURATION_BUCKETS};
 use crate::config::{Compression, Config};
+use crate::export::http::{retry_after, HttpTarget};
 use crate::parse::StatusClass;
 
 /// What the request is built from, besides the snapshot.
@@ -241,55 +242,23 @@ impl PushOutcome {
 
 /// Sends requests to one OTLP endpoint.
 pub struct OtlpClient {
-    http: reqwest::Client,
-    endpoint: String,
-    headers: Vec<(String, String)>,
-    bearer_token_file: String,
-    basic_auth: Option<(String, String)>,
+    target: HttpTarget,
     gzip: bool,
 }
 
 impl OtlpClient {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let o = &config.otlp;
-        let mut builder = reqwest::Client::builder()
-            .timeout(o.timeout.0)
-            .user_agent(concat!("tokenmeter/", env!("CARGO_PKG_VERSION")));
-        if !o.tls.ca_file.is_empty() {
-            let pem = std::fs::read(&o.tls.ca_file)
-                .map_err(|e| anyhow::anyhow!("otlp.tls.ca_file {}: {e}", o.tls.ca_file))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| anyhow::anyhow!("otlp.tls.ca_file {}: {e}", o.tls.ca_file))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if o.tls.insecure_skip_verify {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        let basic_auth = if o.basic_auth.username.is_empty() {
-            None
-        } else {
-            let password = if o.basic_auth.password_file.is_empty() {
-                String::new()
-            } else {
-                std::fs::read_to_string(&o.basic_auth.password_file)
-                    .map_err(|e| anyhow::anyhow!("otlp.basic_auth.password_file: {e}"))?
-                    .trim_end()
-                    .to_string()
-            };
-            Some((o.basic_auth.username.clone(), password))
-        };
         Ok(OtlpClient {
-            http: builder.build()?,
-            endpoint: o.endpoint.clone(),
-            headers: o
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            bearer_token_file: o.bearer_token_file.clone(),
-            basic_auth,
+            target: HttpTarget::new(
+                "otlp",
+                &o.endpoint,
+                o.timeout.0,
+                &o.headers,
+                &o.bearer_token_file,
+                &o.basic_auth,
+                &o.tls,
+            )?,
             gzip: o.compression == Compression::Gzip,
         })
     }
@@ -321,28 +290,9 @@ impl OtlpClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let mut r = self
-                .http
-                .post(&self.endpoint)
-                .header("Content-Type", "application/x-protobuf")
-                .body(body.clone());
+            let mut r = self.target.post("application/x-protobuf", body.clone());
             if self.gzip {
                 r = r.header("Content-Encoding", "gzip");
-            }
-            for (k, v) in &self.headers {
-                r = r.header(k, v);
-            }
-            if !self.bearer_token_file.is_empty() {
-                // Read at every push: the token may be rotated on disk.
-                match std::fs::read_to_string(&self.bearer_token_file) {
-                    Ok(t) => r = r.bearer_auth(t.trim()),
-                    Err(e) => {
-                        tracing::warn!("otlp.bearer_token_file {}: {e}", self.bearer_token_file)
-                    }
-                }
-            }
-            if let Some((u, p)) = &self.basic_auth {
-                r = r.basic_auth(u, Some(p));
             }
             let wait = match r.send().await {
                 Ok(resp) => {
@@ -350,37 +300,32 @@ impl OtlpClient {
                     if status.is_success() {
                         return PushOutcome::Success;
                     }
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    let retry_after = retry_after(&resp);
                     let text = resp.text().await.unwrap_or_default();
                     let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
                     if !retryable {
                         tracing::error!(
                             "OTLP push to {} rejected: {status}: {}",
-                            self.endpoint,
+                            self.target.url(),
                             text.chars().take(1000).collect::<String>()
                         );
                         return PushOutcome::Rejected;
                     }
                     if attempt == 1 {
-                        tracing::warn!("OTLP push to {}: {status}; retrying", self.endpoint);
+                        tracing::warn!("OTLP push to {}: {status}; retrying", self.target.url());
                     }
                     retry_after.unwrap_or(backoff)
                 }
                 Err(e) => {
                     if attempt == 1 {
-                        tracing::warn!("OTLP push to {}: {e}; retrying", self.endpoint);
+                        tracing::warn!("OTLP push to {}: {e}; retrying", self.target.url());
                     }
                     backoff
                 }
             };
             let wait = jitter(wait);
             if tokio::time::Instant::now() + wait > deadline {
-                tracing::warn!("OTLP push to {} failed after {attempt} attempts; the next push carries the same counts", self.endpoint);
+                tracing::warn!("OTLP push to {} failed after {attempt} attempts; the next push carries the same counts", self.target.url());
                 return PushOutcome::Failed;
             }
             tokio::time::sleep(wait).await;
