@@ -16,7 +16,8 @@
 
 use std::borrow::Cow;
 
-/// Nesting deeper than this is rejected (serde_json uses the same limit).
+/// Nesting this deep is rejected: at most 127 levels, the top-level object included, exactly
+/// where serde_json's recursion limit draws the line.
 const MAX_DEPTH: u32 = 128;
 
 /// A JSON string as it appears in the text, quotes removed.
@@ -328,7 +329,8 @@ fn skip_container(b: &[u8], mut pos: usize, blocks: &mut Blocks<'_>) -> Result<u
                     b'"' => pos = blocks.string_end(pos)?.0 + 1,
                     b'{' | b'[' => {
                         // The top-level object is one level above this container.
-                        if depth + 2 > MAX_DEPTH {
+                        // This opens level depth + 2 (the top-level object is level 1).
+                        if depth + 2 >= MAX_DEPTH {
                             return Err(ScanError::Invalid);
                         }
                         let is_object = c == b'{';
@@ -822,6 +824,27 @@ mod tests {
         assert_eq!(members(&deep), Err(ScanError::Invalid));
         let ok = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
         assert!(members(&ok).is_ok());
+    }
+
+    #[test]
+    fn nesting_limit_matches_serde_json() {
+        // serde_json accepts 127 levels and rejects 128; the scanner must draw the same line.
+        for levels in [126usize, 127, 128, 129] {
+            let text = format!(
+                "{{\"a\":{}{}}}",
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            );
+            let theirs = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+            assert_eq!(members(&text).is_ok(), theirs, "{levels} levels");
+        }
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_valid_json() {
+        // RFC 8259 puts no limit on a number's size; serde_json refuses what f64 cannot hold,
+        // the scanner accepts it (and `parse` calls it an invalid token count).
+        assert!(members(r#"{"a":1e400,"b":-1e99999}"#).is_ok());
     }
 
     #[test]

@@ -572,6 +572,7 @@ mod tests {
         assert_eq!(t("\"00000000000000000000\""), Valid(0));
         assert_eq!(t("99999999999999999999999"), Invalid);
         assert_eq!(t("1e300"), Invalid);
+        assert_eq!(t("1e400"), Invalid); // beyond f64: still a JSON number, not a count
         assert_eq!(t("-1"), Invalid);
         assert_eq!(t("1.5"), Invalid);
         assert_eq!(t("\"12.5\""), Invalid);

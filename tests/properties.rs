@@ -2,8 +2,8 @@
 //! - cutting a line into CRI (or docker) partials at arbitrary byte positions gives the same
 //!   record as the whole line;
 //! - arbitrary bytes never panic and always end in a counted result;
-//! - the scanner accepts exactly the JSON objects `serde_json` accepts (apart from the two
-//!   documented leniencies) and reads the same top-level values, over real lines mutated at
+//! - the scanner accepts exactly the JSON objects `serde_json` accepts (apart from the
+//!   documented leniencies: `\NNN`, lone surrogates, numbers beyond f64) and reads the same top-level values, over real lines mutated at
 //!   random, so the fast path can never guess.
 
 use proptest::prelude::*;

@@ -1,7 +1,7 @@
 //! Fuzzes decode + parse: any bytes, split into physical lines, through the CRI/docker/plain
 //! decoder (partials included) and the record parser. Nothing may panic, and what the scanner
 //! accepts as a JSON object must also be accepted by serde_json (minus the documented
-//! leniencies: Envoy's `\NNN` escape and lone surrogates).
+//! leniencies: Envoy's `\NNN` escape, lone surrogates, and numbers beyond f64's range).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -20,8 +20,12 @@ fuzz_target!(|data: &[u8]| {
             let ours = scanner.scan_object(l.text, |_, _| {}).is_ok();
             let lenient = l.text.contains('\\');
             if ours && !lenient {
-                let theirs: Result<serde_json::Value, _> = serde_json::from_str(l.text);
-                assert!(matches!(theirs, Ok(serde_json::Value::Object(_))), "{:?}", l.text);
+                match serde_json::from_str::<serde_json::Value>(l.text) {
+                    Ok(serde_json::Value::Object(_)) => {}
+                    // RFC 8259 allows any number size; serde_json refuses what f64 cannot hold.
+                    Err(e) if e.to_string().starts_with("number out of range") => {}
+                    other => panic!("scanner accepted {:?}, serde_json: {other:?}", l.text),
+                }
             }
         }
     }
