@@ -183,103 +183,200 @@ impl Scanner {
         if b.get(pos) == Some(&b'}') {
             pos += 1;
         } else {
-            // The top level, written out straight: key, colon, value, comma. Nesting below it
-            // goes to the general walker in `skip_container`.
-            loop {
-                if b.get(pos) != Some(&b'"') {
-                    return Err(ScanError::Invalid);
-                }
-                let (key_end, key_escaped) = blocks.string_end(pos)?;
-                let key_start = pos + 1;
-                pos = skip_ws(b, key_end + 1);
-                if b.get(pos) != Some(&b':') {
-                    return Err(ScanError::Invalid);
-                }
-                pos = skip_ws(b, pos + 1);
-                let c = *b.get(pos).ok_or(ScanError::Invalid)?;
-                let raw = match c {
-                    b'"' => {
-                        let (end, escaped) = blocks.string_end(pos)?;
-                        let raw = Raw {
-                            kind: Kind::Str { escaped },
-                            start: pos + 1,
-                            end,
-                        };
-                        pos = end + 1;
-                        raw
-                    }
-                    b'-' | b'0'..=b'9' => {
-                        let end = number_end(b, pos)?;
-                        let raw = Raw {
-                            kind: Kind::Number,
-                            start: pos,
-                            end,
-                        };
-                        pos = end;
-                        raw
-                    }
-                    b't' => {
-                        let start = pos;
-                        pos = literal(b, pos, b"true")?;
-                        Raw {
-                            kind: Kind::True,
-                            start,
-                            end: pos,
-                        }
-                    }
-                    b'f' => {
-                        let start = pos;
-                        pos = literal(b, pos, b"false")?;
-                        Raw {
-                            kind: Kind::False,
-                            start,
-                            end: pos,
-                        }
-                    }
-                    b'n' => {
-                        let start = pos;
-                        pos = literal(b, pos, b"null")?;
-                        Raw {
-                            kind: Kind::Null,
-                            start,
-                            end: pos,
-                        }
-                    }
-                    b'{' | b'[' => {
-                        let start = pos;
-                        pos = skip_container(b, pos, &mut blocks)?;
-                        Raw {
-                            kind: if c == b'{' { Kind::Object } else { Kind::Array },
-                            start,
-                            end: pos,
-                        }
-                    }
-                    _ => return Err(ScanError::Invalid),
+            if clean && b.get(pos) == Some(&b'"') {
+                // Compact members go through the fast loop; whatever it does not vouch for
+                // (whitespace, containers, literals, anything invalid) the general walk
+                // takes over from that member on, so only the general walk ever rejects.
+                pos = match compact_members(b, &self.quotes, pos, &mut member) {
+                    Compact::Done(end) => end,
+                    Compact::Resume(at) => general_members(b, at, &mut blocks, &mut member)?,
                 };
-                member(
-                    Key {
-                        raw: &b[key_start..key_end],
-                        start: key_start,
-                        end: key_end,
-                        escaped: key_escaped,
-                    },
-                    raw,
-                );
-                pos = skip_ws(b, pos);
-                match b.get(pos) {
-                    Some(b',') => pos = skip_ws(b, pos + 1),
-                    Some(b'}') => {
-                        pos += 1;
-                        break;
-                    }
-                    _ => return Err(ScanError::Invalid),
-                }
+            } else {
+                pos = general_members(b, pos, &mut blocks, &mut member)?;
             }
         }
         if skip_ws(b, pos) != b.len() {
             return Err(ScanError::Invalid);
         }
         Ok(())
+    }
+}
+
+/// How far [`compact_members`] got.
+enum Compact {
+    /// Every member was read and the object closed: the position just past its `}`.
+    Done(usize),
+    /// Members before this position were reported; the general walk continues here (at a
+    /// key's opening quote, or just after a comma).
+    Resume(usize),
+}
+
+/// The fast loop over the top-level members of a clean line written compactly, as access
+/// logs are: `"key":"value",` or `"key":123,` then `}`. On a clean line every quote
+/// delimits a string, so a string ends at the next quote bit. A member is reported only after
+/// the byte following it (`,` or `}`) is checked, so the general walk never sees it twice.
+#[inline(always)]
+fn compact_members<F>(b: &[u8], quotes: &[u64], mut pos: usize, member: &mut F) -> Compact
+where
+    F: FnMut(Key<'_>, Raw),
+{
+    // Invariant: b[pos] == '"', a key's opening quote.
+    loop {
+        let key_start = pos + 1;
+        let Some(key_end) = next_quote(quotes, key_start) else {
+            return Compact::Resume(pos);
+        };
+        let (raw, after) = match b.get(key_end + 1..key_end + 3) {
+            Some([b':', b'"']) => {
+                let start = key_end + 3;
+                let Some(end) = next_quote(quotes, start) else {
+                    return Compact::Resume(pos);
+                };
+                let raw = Raw {
+                    kind: Kind::Str { escaped: false },
+                    start,
+                    end,
+                };
+                (raw, end + 1)
+            }
+            Some([b':', b'-' | b'0'..=b'9']) => {
+                let start = key_end + 2;
+                let Ok(end) = number_end(b, start) else {
+                    return Compact::Resume(pos);
+                };
+                let raw = Raw {
+                    kind: Kind::Number,
+                    start,
+                    end,
+                };
+                (raw, end)
+            }
+            _ => return Compact::Resume(pos),
+        };
+        let last = match b.get(after) {
+            Some(b',') => false,
+            Some(b'}') => true,
+            _ => return Compact::Resume(pos),
+        };
+        member(
+            Key {
+                raw: &b[key_start..key_end],
+                start: key_start,
+                end: key_end,
+                escaped: false,
+            },
+            raw,
+        );
+        pos = after + 1;
+        if last {
+            return Compact::Done(pos);
+        }
+        if b.get(pos) != Some(&b'"') {
+            return Compact::Resume(pos);
+        }
+    }
+}
+
+/// Index of the first quote at or after `from`, from a clean line's quote masks.
+#[inline(always)]
+fn next_quote(quotes: &[u64], from: usize) -> Option<usize> {
+    let mut k = from >> 6;
+    let mut q = quotes.get(k)? >> (from & 63);
+    let mut at = from;
+    while q == 0 {
+        k += 1;
+        q = *quotes.get(k)?;
+        at = k << 6;
+    }
+    Some(at + q.trailing_zeros() as usize)
+}
+
+/// The general walk of the top-level members from `pos` (a key, whitespace allowed before
+/// it) to the object's closing `}`; returns the position just past it. Nesting below the top
+/// level goes to [`skip_container`].
+fn general_members<F>(
+    b: &[u8],
+    mut pos: usize,
+    blocks: &mut Blocks<'_>,
+    member: &mut F,
+) -> Result<usize, ScanError>
+where
+    F: FnMut(Key<'_>, Raw),
+{
+    pos = skip_ws(b, pos);
+    loop {
+        if b.get(pos) != Some(&b'"') {
+            return Err(ScanError::Invalid);
+        }
+        let (key_end, key_escaped) = blocks.string_end(pos)?;
+        let key_start = pos + 1;
+        pos = skip_ws(b, key_end + 1);
+        if b.get(pos) != Some(&b':') {
+            return Err(ScanError::Invalid);
+        }
+        pos = skip_ws(b, pos + 1);
+        let c = *b.get(pos).ok_or(ScanError::Invalid)?;
+        let raw = match c {
+            b'"' => {
+                let (end, escaped) = blocks.string_end(pos)?;
+                let raw = Raw {
+                    kind: Kind::Str { escaped },
+                    start: pos + 1,
+                    end,
+                };
+                pos = end + 1;
+                raw
+            }
+            b'-' | b'0'..=b'9' => {
+                let end = number_end(b, pos)?;
+                let raw = Raw {
+                    kind: Kind::Number,
+                    start: pos,
+                    end,
+                };
+                pos = end;
+                raw
+            }
+            b't' | b'f' | b'n' => {
+                let (word, kind): (&[u8], _) = match c {
+                    b't' => (b"true", Kind::True),
+                    b'f' => (b"false", Kind::False),
+                    _ => (b"null", Kind::Null),
+                };
+                let start = pos;
+                pos = literal(b, pos, word)?;
+                Raw {
+                    kind,
+                    start,
+                    end: pos,
+                }
+            }
+            b'{' | b'[' => {
+                let start = pos;
+                pos = skip_container(b, pos, blocks)?;
+                Raw {
+                    kind: if c == b'{' { Kind::Object } else { Kind::Array },
+                    start,
+                    end: pos,
+                }
+            }
+            _ => return Err(ScanError::Invalid),
+        };
+        member(
+            Key {
+                raw: &b[key_start..key_end],
+                start: key_start,
+                end: key_end,
+                escaped: key_escaped,
+            },
+            raw,
+        );
+        pos = skip_ws(b, pos);
+        match b.get(pos) {
+            Some(b',') => pos = skip_ws(b, pos + 1),
+            Some(b'}') => return Ok(pos + 1),
+            _ => return Err(ScanError::Invalid),
+        }
     }
 }
 
@@ -403,21 +500,9 @@ impl<'b> Blocks<'b> {
         if !self.clean {
             return slow_string_end(self.b, pos);
         }
-        let from = pos + 1;
-        let mut k = from >> 6;
-        let mut q = match self.quotes.get(k) {
-            Some(m) => m >> (from & 63),
-            None => return Err(ScanError::Invalid),
-        };
-        let mut at = from;
-        loop {
-            if q != 0 {
-                return Ok((at + q.trailing_zeros() as usize, false));
-            }
-            k += 1;
-            at = k << 6;
-            q = *self.quotes.get(k).ok_or(ScanError::Invalid)?;
-        }
+        next_quote(self.quotes, pos + 1)
+            .map(|end| (end, false))
+            .ok_or(ScanError::Invalid)
     }
 }
 
@@ -506,7 +591,7 @@ mod x86 {
         let backslash = _mm256_set1_epi8(b'\\' as i8);
         let lim = _mm256_set1_epi8(0x1f);
         let mut special = _mm256_setzero_si256();
-        let mut block = |p: *const u8, special: &mut __m256i| {
+        let block = |p: *const u8, special: &mut __m256i| {
             // SAFETY: `p` points at 64 readable bytes (a full chunk or the padded tail).
             let (v0, v1) = unsafe {
                 (
@@ -525,15 +610,18 @@ mod x86 {
                 _mm256_cmpeq_epi8(v1, backslash),
             );
             *special = _mm256_or_si256(*special, _mm256_or_si256(s0, s1));
-            masks.push(q0 | (q1 << 32));
+            q0 | (q1 << 32)
         };
+        // Sized once, written in place: a `push` per block costs more than the block.
+        masks.resize(b.len().div_ceil(64), 0);
         let mut chunks = b.chunks_exact(64);
-        for chunk in &mut chunks {
-            block(chunk.as_ptr(), &mut special);
+        let mut out = masks.iter_mut();
+        for (chunk, m) in (&mut chunks).zip(&mut out) {
+            *m = block(chunk.as_ptr(), &mut special);
         }
-        if !chunks.remainder().is_empty() {
+        if let Some(m) = out.next() {
             let pad = tail_block(b, b.len() - chunks.remainder().len());
-            block(pad.as_ptr(), &mut special);
+            *m = block(pad.as_ptr(), &mut special);
         }
         _mm256_movemask_epi8(special) == 0
     }

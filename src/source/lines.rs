@@ -9,7 +9,7 @@ use std::io::{self, Read};
 
 /// Initial (and usual) buffer size; it grows only to hold a line longer than this, up to the
 /// limit, and shrinks back afterwards.
-const BUF_SIZE: usize = 1 << 20;
+const BUF_SIZE: usize = 1 << 17;
 
 /// One physical line.
 #[derive(Debug, PartialEq, Eq)]
