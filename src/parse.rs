@@ -151,18 +151,22 @@ enum Slot {
 
 const N_SLOTS: usize = Slot::Extra0 as usize + MAX_EXTRA_TOKENS;
 
-/// Wanted keys grouped by length, so most keys are rejected by one length check and the rest
-/// by comparing two integers (the first and the last 8 bytes), not by a `memcmp` call.
+/// Wanted keys in a small open-addressed table indexed by a hash of the key's length and first
+/// 8 bytes. Most keys of a line are not wanted and stop at one empty bucket; a candidate is
+/// confirmed by comparing two integers (the first and last 8 bytes), and the whole key only
+/// when it is longer than 16 bytes.
 struct KeyTable {
-    by_len: Vec<Vec<KeyEntry>>,
-    /// Bit `n` set when some wanted key has length `n` (< 64): most keys stop here.
-    len_mask: u64,
+    /// Entry index + 1 per bucket; 0 is empty. Linear probing, never deleted from.
+    buckets: [u8; KEY_BUCKETS],
+    entries: Vec<KeyEntry>,
 }
 
+const KEY_BUCKETS: usize = 256;
+
 struct KeyEntry {
+    len: usize,
     head: u64,
     tail: u64,
-    /// Needed only for keys longer than 16 bytes, whose middle head and tail do not cover.
     full: Box<[u8]>,
     slot: usize,
 }
@@ -180,42 +184,57 @@ fn head_tail(k: &[u8]) -> (u64, u64) {
     }
 }
 
+#[inline(always)]
+fn bucket(len: usize, head: u64) -> usize {
+    (head
+        .wrapping_add(len as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        >> 56) as usize
+}
+
 impl KeyTable {
     fn new(keys: &[(String, usize)]) -> Self {
-        let max = keys.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        let mut by_len: Vec<Vec<KeyEntry>> = (0..=max).map(|_| Vec::new()).collect();
-        for (k, slot) in keys {
+        let mut table = KeyTable {
+            buckets: [0; KEY_BUCKETS],
+            entries: Vec::new(),
+        };
+        // At most 9 + MAX_EXTRA_TOKENS keys: the table never fills.
+        for (k, slot) in keys.iter().take(KEY_BUCKETS / 2) {
             let (head, tail) = head_tail(k.as_bytes());
-            by_len[k.len()].push(KeyEntry {
+            table.entries.push(KeyEntry {
+                len: k.len(),
                 head,
                 tail,
                 full: k.as_bytes().into(),
                 slot: *slot,
             });
+            let mut h = bucket(k.len(), head);
+            while table.buckets[h] != 0 {
+                h = (h + 1) % KEY_BUCKETS;
+            }
+            table.buckets[h] = table.entries.len() as u8;
         }
-        let len_mask = keys
-            .iter()
-            .map(|(k, _)| if k.len() < 64 { 1u64 << k.len() } else { 0 })
-            .fold(0, |a, b| a | b);
-        KeyTable { by_len, len_mask }
+        table
     }
 
+    /// Calls `hit` with the slot of every wanted key equal to `key`.
     #[inline(always)]
     fn lookup(&self, key: &[u8], mut hit: impl FnMut(usize)) {
-        if key.len() < 64 && self.len_mask >> key.len() & 1 == 0 {
-            return;
-        }
-        let Some(cands) = self.by_len.get(key.len()) else {
-            return;
-        };
-        if cands.is_empty() {
-            return;
-        }
         let (head, tail) = head_tail(key);
-        for e in cands {
-            if e.head == head && e.tail == tail && (key.len() <= 16 || *e.full == *key) {
+        let mut h = bucket(key.len(), head);
+        loop {
+            let i = self.buckets[h] as usize;
+            let Some(e) = i.checked_sub(1).and_then(|i| self.entries.get(i)) else {
+                return;
+            };
+            if e.head == head
+                && e.tail == tail
+                && e.len == key.len()
+                && (key.len() <= 16 || *e.full == *key)
+            {
                 hit(e.slot);
             }
+            h = (h + 1) % KEY_BUCKETS;
         }
     }
 }
@@ -292,10 +311,11 @@ impl Parser {
     fn interpret<'a>(&self, line: &'a str, present: u32) -> Parsed<'a> {
         let slots = &self.slots;
         let get = |s: Slot| (present >> s as usize & 1 == 1).then(|| slots[s as usize].value(line));
-        let model = label(get(Slot::Model));
-        let input = tokens(get(Slot::Input));
-        let output = tokens(get(Slot::Output));
-        let total = tokens(get(Slot::Total));
+        let raw = |s: usize| (present >> s & 1 == 1).then(|| slots[s]);
+        let model = raw_label(line, raw(Slot::Model as usize));
+        let input = raw_tokens(line, raw(Slot::Input as usize));
+        let output = raw_tokens(line, raw(Slot::Output as usize));
+        let total = raw_tokens(line, raw(Slot::Total as usize));
         let mut extra = [0u64; MAX_EXTRA_TOKENS];
         let mut invalid = 0u32;
         let mut any_valid = false;
@@ -311,7 +331,7 @@ impl Parser {
         }
         for (i, out) in extra.iter_mut().enumerate().take(self.n_extra) {
             let slot = Slot::Extra0 as usize + i;
-            match tokens((present >> slot & 1 == 1).then(|| slots[slot].value(line))) {
+            match raw_tokens(line, raw(slot)) {
                 Tokens::Valid(v) => *out = v,
                 Tokens::Invalid => invalid |= 1 << (EXTRA_BIT0 + i as u32),
                 Tokens::NotMeasured => {}
@@ -326,8 +346,10 @@ impl Parser {
             matches!((i, o, total.valid()), (Some(i), Some(o), Some(t)) if i + o != t);
         Parsed::Record(Record {
             model: model.unwrap_or(Cow::Borrowed(UNKNOWN)),
-            api_key_id: label(get(Slot::ApiKey)).unwrap_or(Cow::Borrowed(UNKNOWN)),
-            service_id: label(get(Slot::Service)).unwrap_or(Cow::Borrowed(UNKNOWN)),
+            api_key_id: raw_label(line, raw(Slot::ApiKey as usize))
+                .unwrap_or(Cow::Borrowed(UNKNOWN)),
+            service_id: raw_label(line, raw(Slot::Service as usize))
+                .unwrap_or(Cow::Borrowed(UNKNOWN)),
             input_tokens: i.unwrap_or(0),
             output_tokens: o.unwrap_or(0),
             total_tokens,
@@ -342,6 +364,46 @@ impl Parser {
             total_mismatch,
         })
     }
+}
+
+/// [`label`] straight from a value's span: an unescaped string (nearly every label) is
+/// sliced from the line without building a [`Value`].
+#[inline(always)]
+fn raw_label(line: &str, raw: Option<Raw>) -> Option<Cow<'_, str>> {
+    let raw = raw?;
+    if raw.kind != (Kind::Str { escaped: false }) {
+        return label(Some(raw.value(line)));
+    }
+    let s = line.get(raw.start..raw.end)?;
+    if s.is_empty() || s == "-" {
+        return None;
+    }
+    Some(cut_label(Cow::Borrowed(s)))
+}
+
+/// [`tokens`] straight from a value's span: a plain integer of up to 15 digits (far below
+/// 2^53), as a number or an unescaped string, is read in one pass.
+#[inline(always)]
+fn raw_tokens(line: &str, raw: Option<Raw>) -> Tokens {
+    let Some(raw) = raw else {
+        return Tokens::NotMeasured;
+    };
+    let text = line.as_bytes().get(raw.start..raw.end).unwrap_or_default();
+    if matches!(raw.kind, Kind::Number | Kind::Str { escaped: false })
+        && (1..=15).contains(&text.len())
+    {
+        let mut v = 0u64;
+        let mut plain = true;
+        for &c in text {
+            let d = c.wrapping_sub(b'0');
+            plain &= d <= 9;
+            v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+        }
+        if plain {
+            return Tokens::Valid(v);
+        }
+    }
+    tokens(Some(raw.value(line)))
 }
 
 /// A label value: the string, cut to 256 bytes; `None` for missing, null, `"-"`, `""` or a
