@@ -11,8 +11,13 @@
 //! quote delimits a string, so the end of a string is the next set bit of the quote masks: a
 //! shift and a `trailing_zeros`, not a search. Everything between strings is still walked and
 //! validated, so truncated lines, `NaN` and trailing garbage are rejected. A line that is not
-//! clean scans each string byte by byte with its escapes validated (the slow path); both
-//! paths share the walker, so they cannot disagree on structure.
+//! clean scans each string byte by byte with its escapes validated (the slow path).
+//!
+//! Two walkers read the top level. The compact loop takes members written the way access logs
+//! write them (`"key":"value",`, `"key":123,`, no whitespace) and reports one only after the
+//! byte that follows it checks out; at the first thing it does not vouch for (whitespace, a
+//! container, a literal, anything invalid) the general walker takes over from that member. Only
+//! the general walker ever rejects a line, so the two cannot disagree on what is valid.
 
 use std::borrow::Cow;
 
