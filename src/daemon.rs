@@ -22,7 +22,7 @@ use crate::export::otlp::{build_request, OtlpClient, OtlpShape, PushOutcome};
 use crate::pipeline::{physical_line_limit, FileCursor, Meter};
 use crate::source::FileHandle;
 use crate::source::{FileStatus, TailOptions, Tailer};
-use crate::state::{self, Loaded, StateFile, STATE_VERSION};
+use crate::state::{self, FileState, Loaded, StateFile, STATE_VERSION};
 
 /// Lines per file per poll: bounds how long the counters' lock is held.
 const POLL_BUDGET: usize = 4096;
@@ -68,8 +68,14 @@ pub struct Shared {
     pub flushed: AtomicBool,
     pub loki_enabled: bool,
     pub loki: LokiStats,
-    /// Files for the Loki forwarder's own cursor, published by the metering thread.
+    /// Files for the Loki forwarder's own cursor, published by the metering thread. A file
+    /// stays listed until the forwarder has taken it, even if the tailer let go of it first
+    /// (the forwarder may be busy retrying a push for longer than the tailer's grace).
     loki_handles: Mutex<Vec<FileHandle>>,
+    /// Every file the forwarder has a cursor for, by (dev, inode). One the tailer let go of
+    /// (rotated away, deleted) while Loki is behind is saved from here, so a restart finds it
+    /// again by identity and forwards the rest.
+    loki_taken: Mutex<std::collections::HashMap<(u64, u64), FileHandle>>,
     /// (dev, inode) → offset up to which Loki accepted every line.
     loki_offsets: Mutex<std::collections::HashMap<(u64, u64), u64>>,
 }
@@ -173,6 +179,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         flushed: AtomicBool::new(false),
         loki: LokiStats::default(),
         loki_handles: Mutex::new(Vec::new()),
+        loki_taken: Mutex::new(std::collections::HashMap::new()),
         loki_offsets: Mutex::new(std::collections::HashMap::new()),
     });
 
@@ -328,10 +335,7 @@ fn metering_loop(
             if first || last_publish.elapsed() >= Duration::from_millis(200) {
                 *shared.files.lock().unwrap_or_else(|e| e.into_inner()) = tailer.statuses();
                 if shared.loki_enabled {
-                    *shared
-                        .loki_handles
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = tailer.handles();
+                    publish_handles(shared, tailer.handles());
                 }
                 last_publish = Instant::now();
             }
@@ -368,6 +372,22 @@ fn metering_loop(
     }
 }
 
+/// Publishes the tailer's files for the Loki forwarder, keeping those it has not taken yet.
+fn publish_handles(shared: &Shared, mut handles: Vec<FileHandle>) {
+    let taken = shared.loki_taken.lock().unwrap_or_else(|e| e.into_inner());
+    let mut published = shared
+        .loki_handles
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for h in published.drain(..) {
+        let listed = handles.iter().any(|n| (n.dev, n.ino) == (h.dev, h.ino));
+        if !listed && !taken.contains_key(&(h.dev, h.ino)) {
+            handles.push(h);
+        }
+    }
+    *published = handles;
+}
+
 fn save_state(tailer: &mut Tailer<FileCursor>, shared: &Shared, dir: &std::path::Path) {
     // Between two polls on this thread: the offsets are exactly those of the counted lines.
     let mut files = tailer.positions();
@@ -377,10 +397,38 @@ fn save_state(tailer: &mut Tailer<FileCursor>, shared: &Shared, dir: &std::path:
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         for f in &mut files {
-            // Files the forwarder has not opened yet keep the offset they were saved with.
+            // Files the forwarder has not opened yet keep where it would start (their saved
+            // Loki offset, else where metering started them).
             if let Some(o) = loki.get(&(f.identity.dev, f.identity.ino)) {
                 f.loki_offset = Some(*o);
             }
+        }
+        // Files the tailer let go of while the forwarder is still behind: metering is done
+        // (offset = size), forwarding resumes from what Loki accepted.
+        let taken = shared.loki_taken.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, h) in taken.iter() {
+            if files
+                .iter()
+                .any(|f| (f.identity.dev, f.identity.ino) == *id)
+            {
+                continue;
+            }
+            let Ok(meta) = h.file.metadata() else {
+                continue;
+            };
+            let acked = loki.get(id).copied().unwrap_or(h.start);
+            if acked < meta.len() {
+                files.push(FileState {
+                    path: h.meta.path.clone(),
+                    identity: h.identity.clone(),
+                    offset: meta.len(),
+                    loki_offset: Some(acked),
+                });
+            }
+        }
+    } else {
+        for f in &mut files {
+            f.loki_offset = None;
         }
     }
     let state = StateFile {
@@ -428,11 +476,32 @@ fn loki_loop(shared: &Shared, client: &LokiClient, rt: &tokio::runtime::Handle) 
                 .iter()
                 .any(|c| (c.handle.dev, c.handle.ino) == (h.dev, h.ino))
             {
+                shared
+                    .loki_taken
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((h.dev, h.ino), h.clone());
                 let labels = stream_labels(cfg, &shared.node, h.meta.labels.as_ref());
                 cursors.push(LokiCursor::new(h, labels, cfg.source.max_line_bytes));
             }
         }
-        cursors.retain(|c| c.present || !(c.at_end() && c.acked == c.batched));
+        cursors.retain(|c| {
+            let keep = c.present || !(c.at_end() && c.acked == c.batched);
+            if !keep {
+                let id = (c.handle.dev, c.handle.ino);
+                shared
+                    .loki_taken
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                shared
+                    .loki_offsets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            }
+            keep
+        });
         publish_loki(shared, &cursors);
 
         let stopping = shared.stop.load(Ordering::SeqCst);

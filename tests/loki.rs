@@ -297,3 +297,53 @@ fn redaction_and_truncation() {
     // Metering is not affected by what Loki gets.
     assert_eq!(m.sum("llm_input_tokens_total", &[]), 7.0);
 }
+
+/// Kubelet rotates a file while Loki is down; the tailer meters it to its end and lets it go,
+/// then the daemon is killed. The state still holds the rotated file (metering done, Loki
+/// behind), so the restarted daemon finds it by identity and forwards the rest: every line
+/// exactly once, nothing metered twice.
+#[test]
+fn a_rotated_file_behind_in_loki_survives_a_kill9() {
+    let r = LokiReceiver::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let dir = pod_dir(&root, "gw-rotate");
+    let log = dir.join("0.log");
+    let cfg = config(&root, &tmp.path().join("state"), "", &loki_section(&r, ""));
+    let mut d = Daemon::start(tmp.path(), "loki-rotate", &cfg);
+    r.set_down(true);
+    let mut exp = Expected::default();
+    let mut lines = Vec::new();
+    let mut write = |range: std::ops::Range<u64>, exp: &mut Expected| {
+        let mut text = String::new();
+        for i in range {
+            let l = record_line(i, exp);
+            text.push_str(&cri(&l));
+            lines.push(l);
+        }
+        append(&log, &text);
+    };
+    write(0..1000, &mut exp);
+    wait_exact(&d, &exp);
+    std::fs::rename(&log, dir.join("0.log.20261127-101500")).unwrap();
+    write(1000..1500, &mut exp);
+    wait_exact(&d, &exp);
+    wait_until("the tailer lets go of the rotated file", WAIT, || {
+        d.log_text()
+            .contains("rotated away or deleted, read to its end")
+            .then_some(())
+    });
+    // Two state intervals, so a state written after the let-go is on disk.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(r.entries().is_empty());
+    d.kill9();
+    r.set_down(false);
+    let d = Daemon::start(tmp.path(), "loki-rotate", &cfg);
+    let entries = wait_entries(&r, lines.len(), &d);
+    let got = counts(&entries);
+    assert_eq!(entries.len(), lines.len(), "no duplicates");
+    for l in &lines {
+        assert_eq!(got.get(l), Some(&1), "{l}");
+    }
+    wait_exact(&d, &exp);
+}

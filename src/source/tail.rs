@@ -115,6 +115,8 @@ pub struct FileHandle {
     pub meta: FileMeta,
     pub dev: u64,
     pub ino: u64,
+    /// The whole identity, so a second reader behind at shutdown can be saved and found again.
+    pub identity: FileIdentity,
     pub file: Arc<File>,
     pub start: u64,
 }
@@ -256,7 +258,9 @@ impl<T> Tailer<T> {
                     path: f.meta.path.clone(),
                     identity: f.identity.clone(),
                     offset: f.committed,
-                    loki_offset: None,
+                    // Where a second reader that has not taken the file yet would start; the
+                    // daemon replaces it with what Loki accepted, or clears it without Loki.
+                    loki_offset: Some(f.second_start),
                 }
             })
             .collect();
@@ -273,6 +277,7 @@ impl<T> Tailer<T> {
                 meta: f.meta.clone(),
                 dev: f.identity.dev,
                 ino: f.identity.ino,
+                identity: f.identity.clone(),
                 file: f.handle.clone(),
                 start: f.second_start,
             })
