@@ -171,7 +171,10 @@ pub struct Store {
     n_extra: usize,
     series_index: HashMap<[u32; 3], u32, FxBuildHasher>,
     /// Series index by the hash of the label text, for series whose labels are not folded.
-    by_text: HashTable<u32>,
+    /// Each entry holds the series index and its label ids, so confirming a probe reads the
+    /// (hot, small) interners and not the series vector: the series' counters can then be
+    /// fetched while the labels are compared, instead of after.
+    by_text: HashTable<(u32, [u32; 3])>,
     series: Vec<([u32; 3], Counters)>,
     /// `n_extra` values per series, flat.
     extras: Vec<u64>,
@@ -255,16 +258,14 @@ impl Store {
         // Fast path: one probe keyed by the label text. Only series whose labels are the
         // record's own text are in this table; folded records take the slow path every time.
         let hash = text_hash(&r.model, &r.api_key_id, &r.service_id);
-        let (models, keys, services, series) =
-            (&self.models, &self.keys, &self.services, &self.series);
-        let found = self.by_text.find(hash, |&i| {
-            let [m, k, s] = series[i as usize].0;
+        let (models, keys, services) = (&self.models, &self.keys, &self.services);
+        let found = self.by_text.find(hash, |&(_, [m, k, s])| {
             models.get(m) == r.model
                 && keys.get(k) == r.api_key_id
                 && services.get(s) == r.service_id
         });
         let idx = match found {
-            Some(&i) => i as usize,
+            Some(&(i, _)) => i as usize,
             None => self.slow_series(r, hash),
         };
         let [m, _, s] = self.series[idx].0;
@@ -322,12 +323,11 @@ impl Store {
         }
         let idx = self.series_slot([m, k, s]);
         if !folded {
-            let (models, keys, services, series) =
-                (&self.models, &self.keys, &self.services, &self.series);
-            self.by_text.insert_unique(hash, idx as u32, |&i| {
-                let [m, k, s] = series[i as usize].0;
-                text_hash(models.get(m), keys.get(k), services.get(s))
-            });
+            let (models, keys, services) = (&self.models, &self.keys, &self.services);
+            self.by_text
+                .insert_unique(hash, (idx as u32, [m, k, s]), |&(_, [m, k, s])| {
+                    text_hash(models.get(m), keys.get(k), services.get(s))
+                });
         }
         idx
     }
