@@ -284,30 +284,14 @@ fn every_promql_expression_runs_on_prometheus_with_backfilled_blocks() {
         .status()
         .unwrap();
     assert!(st.success());
-    let addr = format!("127.0.0.1:{}", free_port());
-    let cfg = tmp.path().join("prometheus.yml");
-    std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n").unwrap();
-    let mut prom = Command::new(backends_root().join("prometheus"))
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", blocks.display()))
-        .arg("--storage.tsdb.retention.time=100y")
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("Prometheus ready", Duration::from_secs(60), || {
-        get(&addr, "/-/ready")
-            .ok()
-            .filter(|(c, _)| *c == 200)
-            .map(|_| ())
-    });
+    let prom = Prometheus::start_on_blocks(&blocks);
+    let addr = &prom.addr;
     let t = start + 3600;
     let mut failures = Vec::new();
     for (at, expr) in promql() {
         let q = interpolate(&expr);
         let body = format!("query={}&time={t}", urlencode(&q));
-        let (code, text) = http("POST", &addr, "/api/v1/query", Some(&body)).unwrap();
+        let (code, text) = http("POST", addr, "/api/v1/query", Some(&body)).unwrap();
         if code != 200 {
             failures.push(format!("{at}: {q}: HTTP {code}: {text}"));
             continue;
@@ -322,7 +306,5 @@ fn every_promql_expression_runs_on_prometheus_with_backfilled_blocks() {
             failures.push(format!("{at}: no data: {q}"));
         }
     }
-    let _ = prom.kill();
-    let _ = prom.wait();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

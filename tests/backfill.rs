@@ -6,8 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::loki::LokiReceiver;
 use common::*;
@@ -124,41 +123,11 @@ fn openmetrics_into_promtool_and_prometheus_exact() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut prom = Command::new(tool("prometheus"))
-        .arg(format!(
-            "--config.file={}",
-            write_prom_config(tmp.path()).display()
-        ))
-        .arg(format!("--storage.tsdb.path={}", blocks.display()))
-        .arg("--storage.tsdb.retention.time=100y")
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("Prometheus ready", Duration::from_secs(60), || {
-        get(&addr, "/-/ready")
-            .ok()
-            .filter(|(c, _)| *c == 200)
-            .map(|_| ())
-    });
+    let prom = Prometheus::start_on_blocks(&blocks);
     let query = |q: &str, t: i64| -> BTreeMap<String, f64> {
-        let body = format!("query={}&time={t}", urlencode(q));
-        let (code, text) = http("POST", &addr, "/api/v1/query", Some(&body)).unwrap();
-        assert_eq!(code, 200, "{q}: {text}");
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        v["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["metric"]["model"].as_str().unwrap_or("").to_string(),
-                    r["value"][1].as_str().unwrap().parse().unwrap(),
-                )
-            })
+        prom.query_at(q, t)
+            .into_iter()
+            .map(|(labels, v)| (labels.get("model").cloned().unwrap_or_default(), v))
             .collect()
     };
     for t in [start + 3600, start + 5400 + 60, start + 3 * 3600] {
@@ -179,14 +148,6 @@ fn openmetrics_into_promtool_and_prometheus_exact() {
         let want = cumulative(&by_model, model, t) - cumulative(&by_model, model, t - 3600);
         assert_eq!(got[model], want as f64, "{model}");
     }
-    let _ = prom.kill();
-    let _ = prom.wait();
-}
-
-fn write_prom_config(dir: &Path) -> std::path::PathBuf {
-    let p = dir.join("prometheus.yml");
-    std::fs::write(&p, "global:\n  scrape_interval: 1h\n").unwrap();
-    p
 }
 
 #[test]

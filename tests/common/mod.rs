@@ -337,24 +337,91 @@ impl Victoria {
 
     fn query_body(&self, body: String, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
         let _ = get(&self.addr, "/internal/force_flush");
-        let (code, text) = http("POST", &self.addr, "/api/v1/query", Some(&body)).unwrap();
-        assert_eq!(code, 200, "{promql}: {text}");
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        v["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let labels = r["metric"]
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect();
-                let value = r["value"][1].as_str().unwrap().parse().unwrap();
-                (labels, value)
-            })
-            .collect()
+        instant_query(&self.addr, &body, promql)
+    }
+}
+
+/// A PromQL instant query (`body` is the form: `query=…[&time=…]`) against VictoriaMetrics or
+/// Prometheus, which share the API: each result's labels and value.
+pub fn instant_query(addr: &str, body: &str, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let (code, text) = http("POST", addr, "/api/v1/query", Some(body)).unwrap();
+    assert_eq!(code, 200, "{promql}: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let labels = r["metric"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect();
+            let value = r["value"][1].as_str().unwrap().parse().unwrap();
+            (labels, value)
+        })
+        .collect()
+}
+
+/// A real Prometheus 2.53 (Debian's package) serving TSDB blocks made by promtool.
+pub struct Prometheus {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus on the blocks in `blocks`, with nothing to scrape, and waits until it
+    /// is ready. Fails (never skips) when it is not installed.
+    pub fn start_on_blocks(blocks: &Path) -> Prometheus {
+        let binary = backends_root().join("prometheus");
+        assert!(
+            binary.exists(),
+            "{} is missing: run scripts/install-backends.sh",
+            binary.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n").unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", blocks.display()))
+            .arg("--storage.tsdb.retention.time=100y")
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let prom = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        wait_until("Prometheus ready", Duration::from_secs(60), || {
+            get(&prom.addr, "/-/ready")
+                .ok()
+                .filter(|(c, _)| *c == 200)
+                .map(|_| ())
+        });
+        prom
+    }
+
+    /// An instant query at unix time `t` (seconds).
+    pub fn query_at(&self, promql: &str, t: i64) -> Vec<(BTreeMap<String, String>, f64)> {
+        instant_query(
+            &self.addr,
+            &format!("query={}&time={t}", urlencode(promql)),
+            promql,
+        )
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
