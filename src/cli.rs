@@ -133,7 +133,12 @@ fn run(cli: Cli) -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    ExitCode::from(1)
+                    // Another agent on the same state_dir is a setup error, not a failure.
+                    let held = matches!(
+                        e.downcast_ref::<crate::state::LockError>(),
+                        Some(crate::state::LockError::Held { .. })
+                    );
+                    ExitCode::from(if held { 2 } else { 1 })
                 }
             }
         }

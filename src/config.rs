@@ -75,6 +75,27 @@ pub struct Source {
     pub start_at: StartAt,
     pub glob_interval: Dur,
     pub max_line_bytes: usize,
+    /// Most descriptors held for tailed files at once; 0 = half the soft `RLIMIT_NOFILE`
+    /// read at start, at most 8192 (see [`Source::effective_max_open_files`]).
+    pub max_open_files: usize,
+    /// How long a file that left the globs is remembered (identity and offset), so it
+    /// continues at its offset if it comes back; always while it still exists.
+    pub remember_for: Dur,
+}
+
+impl Source {
+    /// `max_open_files` resolved against the process's descriptor limit: `0` means half the
+    /// soft limit (at most 8192, at least 8); an explicit value above the limit less 32 (kept
+    /// for sockets, the state file and the runtime) is lowered to it.
+    pub fn effective_max_open_files(&self, soft_limit: u64) -> usize {
+        let room = soft_limit.saturating_sub(32).max(8);
+        let n = if self.max_open_files == 0 {
+            (soft_limit / 2).clamp(8, 8192)
+        } else {
+            self.max_open_files as u64
+        };
+        usize::try_from(n.min(room)).unwrap_or(usize::MAX)
+    }
 }
 
 impl Default for Source {
@@ -85,6 +106,8 @@ impl Default for Source {
             start_at: StartAt::End,
             glob_interval: Dur::secs(1),
             max_line_bytes: 1 << 20,
+            max_open_files: 0,
+            remember_for: Dur::secs(3600),
         }
     }
 }
@@ -466,6 +489,7 @@ impl Config {
         }
         for (key, d) in [
             ("source.glob_interval", self.source.glob_interval),
+            ("source.remember_for", self.source.remember_for),
             ("state.interval", self.state.interval),
             ("otlp.interval", self.otlp.interval),
             ("otlp.timeout", self.otlp.timeout),

@@ -1,129 +1,63 @@
-//! `tokenmeter run`: the daemon. Wiring of the tailer, the pipeline, the state file, the HTTP
-//! server and the OTLP exporter, and the shutdown order.
+//! `tokenmeter run`: the daemon. Wiring of the registry, the pipeline, the state file, the
+//! HTTP server, the OTLP exporter and the Loki forwarder, and the shutdown order.
 //!
-//! Threads: one metering thread owns the tailer and is the only writer of the counters, so
-//! the state it saves (offsets + counters, taken between two polls) is a consistent cut. The
-//! tokio runtime serves HTTP and pushes OTLP from snapshots; a slow or dead backend never
-//! blocks reading.
+//! Threads: one metering thread owns the [`Registry`] and is the only writer of the counters,
+//! so the state it saves (offsets + counters, taken between two reads) is a consistent cut.
+//! The Loki forwarder runs on its own thread, fed by the registry's file events. The tokio
+//! runtime serves HTTP and pushes OTLP from snapshots; a slow or dead backend never blocks
+//! reading.
+//!
+//! Shutdown (two phases, one deadline = `shutdown_timeout` from the first signal):
+//! 1. reading stops and the state is written at once, so a SIGKILL during the flush costs
+//!    nothing;
+//! 2. the OTLP push in flight is dropped (the final push carries newer cumulative values) and
+//!    the final push gets what is left of the deadline; the Loki forwarder sends what is left
+//!    in the files until the deadline and cancels its request in flight then (its lines are
+//!    still in the files, its saved offsets say where to resume); then the state is written
+//!    again with the forwarder's final offsets. A second signal moves the deadline to now.
+//!    Exit 1 if that last write failed.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::aggregate::Snapshot;
 use crate::config::Config;
-use crate::export::loki::{
-    stream_labels, Batch, EntryShaper, LokiClient, LokiCursor, LokiStats, PushResult,
-};
+use crate::export::loki::LokiClient;
 use crate::export::otlp::{build_request, OtlpClient, OtlpShape, PushOutcome};
-use crate::pipeline::{physical_line_limit, FileCursor, Meter};
-use crate::source::FileHandle;
-use crate::source::{FileStatus, TailOptions, Tailer};
-use crate::state::{self, FileState, Loaded, StateFile, STATE_VERSION};
+use crate::forwarder::{Forwarder, ForwarderStatus};
+use crate::health::{AgentStatus, MeterHandle};
+use crate::pipeline::Meter;
+use crate::server::ServerContext;
+use crate::shutdown::Shutdown;
+use crate::source::{FilePosition, Registry, RegistryOptions};
+use crate::state::{self, Loaded, StateFile, STATE_VERSION};
+use crate::timefmt::now_ns;
 
-/// Lines per file per poll: bounds how long the counters' lock is held.
+/// Lines per file per read: bounds how long the counters' lock is held.
 const POLL_BUDGET: usize = 4096;
-/// Sleep between polls when nothing was read.
+/// Sleep between reads when nothing was read.
 const IDLE_SLEEP: Duration = Duration::from_millis(100);
+/// How often file statuses are published for `/status` and the metrics while idle.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// The forwarder's name in the state file.
+const LOKI: &str = "loki";
 
-/// Counts of export attempts by outcome.
-#[derive(Default)]
-pub struct ExportStats {
-    pub success: AtomicU64,
-    pub rejected: AtomicU64,
-    pub failed: AtomicU64,
-}
-
-impl ExportStats {
-    pub fn record(&self, o: PushOutcome) {
-        let c = match o {
-            PushOutcome::Success => &self.success,
-            PushOutcome::Rejected => &self.rejected,
-            PushOutcome::Failed => &self.failed,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// What the metering thread publishes and the server and exporters read.
-pub struct Shared {
-    pub config: Config,
-    pub node: String,
-    pub start_time_ns: i64,
-    meter: Mutex<Meter>,
-    files: Mutex<Vec<FileStatus>>,
-    pub bytes_read: AtomicU64,
-    pub checkpoints_ok: AtomicU64,
-    pub checkpoints_failed: AtomicU64,
-    pub otlp: ExportStats,
-    pub otlp_enabled: bool,
-    pub otlp_last_success_ns: AtomicU64,
-    pub ready: AtomicBool,
-    pub stop: AtomicBool,
-    /// Set once the final pushes are done (or given up), so the last state write includes
-    /// the final Loki offsets.
-    pub flushed: AtomicBool,
-    pub loki_enabled: bool,
-    pub loki: LokiStats,
-    /// Files for the Loki forwarder's own cursor, published by the metering thread. A file
-    /// stays listed until the forwarder has taken it, even if the tailer let go of it first
-    /// (the forwarder may be busy retrying a push for longer than the tailer's grace).
-    loki_handles: Mutex<Vec<FileHandle>>,
-    /// Every file the forwarder has a cursor for, by (dev, inode). One the tailer let go of
-    /// (rotated away, deleted) while Loki is behind is saved from here, so a restart finds it
-    /// again by identity and forwards the rest.
-    loki_taken: Mutex<std::collections::HashMap<(u64, u64), FileHandle>>,
-    /// (dev, inode) → offset up to which Loki accepted every line.
-    loki_offsets: Mutex<std::collections::HashMap<(u64, u64), u64>>,
-}
-
-impl Shared {
-    fn meter(&self) -> MutexGuard<'_, Meter> {
-        // A poisoned lock means a panic mid-update on the metering thread, which aborts the
-        // process anyway; reading what is there is the best a scrape can do.
-        self.meter.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        let m = self.meter();
-        m.store.snapshot(m.extra_names())
-    }
-
-    /// The self-counters alone (cheap: no copy of the series).
-    pub fn stats(&self) -> crate::aggregate::SelfStats {
-        self.meter().store.stats().clone()
-    }
-
-    pub fn series_count(&self) -> usize {
-        self.meter().store.series_count()
-    }
-
-    pub fn files(&self) -> Vec<FileStatus> {
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-/// Runs the daemon until SIGTERM/SIGINT; returns after the final push and state write.
+/// Runs the daemon until SIGTERM/SIGINT; returns after the final state write.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let node = config.effective_node_name();
     let state_dir = config.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("state_dir {}: cannot create", state_dir.display()))?;
+    let _lock = state::lock(&state_dir)?;
     let loaded =
         state::load(&state_dir).with_context(|| format!("state_dir {}", state_dir.display()))?;
     let mut meter = Meter::new(&config, false);
-    let (saved_files, start_time_ns) = match loaded {
+    let (saved, start_time_ns) = match loaded {
         Loaded::Fresh => {
             tracing::info!("no state in {}: first start", state_dir.display());
             (None, now_ns())
@@ -137,7 +71,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 s.files.len(),
                 s.counters.series.len()
             );
-            (Some(s.files), s.start_time_ns)
+            let start = s.start_time_ns;
+            (Some(*s), start)
         }
         Loaded::Corrupt { error, moved_to } => {
             tracing::error!(
@@ -148,40 +83,37 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             (None, now_ns())
         }
     };
-    let cursor_config = config.clone();
-    let tailer: Tailer<FileCursor> = Tailer::new(
-        TailOptions {
+    let (saved_files, mut saved_forwarders) = match saved {
+        Some(s) => (Some(s.files), s.forwarders),
+        None => (None, Default::default()),
+    };
+
+    let soft_limit = raise_nofile_limit();
+    let max_open_files = config.source.effective_max_open_files(soft_limit);
+    tracing::info!(
+        "descriptor limit {soft_limit}: at most {max_open_files} log files open at once"
+    );
+    let loki_enabled = !config.loki.endpoint.is_empty();
+    let (events_tx, events_rx) = mpsc::channel();
+    let registry = Registry::new(
+        RegistryOptions {
             include: config.source.include.clone(),
             exclude: config.source.exclude.clone(),
             start_at: config.source.start_at,
             glob_interval: config.source.glob_interval.0,
-            max_line: physical_line_limit(config.source.max_line_bytes),
+            max_line_bytes: config.source.max_line_bytes,
+            max_open_files,
+            remember_for: config.source.remember_for.0,
         },
         saved_files,
-        move || FileCursor::new(&cursor_config, None),
+        loki_enabled.then_some(events_tx),
     )
     .context("source.include / source.exclude")?;
-    let shared = Arc::new(Shared {
-        otlp_enabled: !config.otlp.endpoint.is_empty(),
-        loki_enabled: !config.loki.endpoint.is_empty(),
-        config,
-        node,
-        start_time_ns,
-        meter: Mutex::new(meter),
-        files: Mutex::new(Vec::new()),
-        bytes_read: AtomicU64::new(0),
-        checkpoints_ok: AtomicU64::new(0),
-        checkpoints_failed: AtomicU64::new(0),
-        otlp: ExportStats::default(),
-        otlp_last_success_ns: AtomicU64::new(0),
-        ready: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        flushed: AtomicBool::new(false),
-        loki: LokiStats::default(),
-        loki_handles: Mutex::new(Vec::new()),
-        loki_taken: Mutex::new(std::collections::HashMap::new()),
-        loki_offsets: Mutex::new(std::collections::HashMap::new()),
-    });
+
+    let meter = MeterHandle::new(meter);
+    let status = Arc::new(AgentStatus::new(node.clone(), start_time_ns));
+    let shutdown = Arc::new(Shutdown::default());
+    let loki_status = loki_enabled.then(|| Arc::new(ForwarderStatus::default()));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -189,403 +121,297 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("tokenmeter-io")
         .build()?;
     let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(&shared.config.server.listen))
-        .with_context(|| format!("server.listen {}: cannot bind", shared.config.server.listen))?;
-    tracing::info!("serving /metrics on http://{}", shared.config.server.listen);
-    let server = runtime.spawn(crate::server::serve(listener, shared.clone()));
+        .block_on(tokio::net::TcpListener::bind(&config.server.listen))
+        .with_context(|| format!("server.listen {}: cannot bind", config.server.listen))?;
+    tracing::info!("serving /metrics on http://{}", config.server.listen);
+    let server = runtime.spawn(crate::server::serve(
+        listener,
+        ServerContext {
+            meter: meter.clone(),
+            status: status.clone(),
+            loki: loki_status.clone(),
+            metrics: config.metrics.clone(),
+            otlp_endpoint: config.otlp.endpoint.clone(),
+            loki_endpoint: config.loki.endpoint.clone(),
+        },
+    ));
 
+    let flushed = Arc::new(AtomicBool::new(false));
     let metering = {
-        let shared = shared.clone();
+        let saver = StateSaver {
+            dir: state_dir,
+            meter: meter.clone(),
+            status: status.clone(),
+            loki: loki_status.clone(),
+        };
+        let (status, shutdown, flushed) = (status.clone(), shutdown.clone(), flushed.clone());
+        let interval = config.state.interval.0;
         std::thread::Builder::new()
             .name("tokenmeter-meter".into())
-            .spawn(move || metering_loop(tailer, &shared, state_dir))?
+            .spawn(move || {
+                metering_loop(registry, &saver, &status, &shutdown, &flushed, interval)
+            })?
     };
 
-    let exporter = shared
-        .otlp_enabled
-        .then(|| OtlpClient::new(&shared.config))
-        .transpose()
-        .context("otlp")?
-        .map(Arc::new);
-    let pusher = exporter
-        .clone()
-        .map(|client| runtime.spawn(otlp_loop(client, shared.clone())));
-
-    let loki = if shared.loki_enabled {
-        let client = LokiClient::new(&shared.config).context("loki")?;
-        let (shared, rt) = (shared.clone(), runtime.handle().clone());
-        Some(
-            std::thread::Builder::new()
-                .name("tokenmeter-loki".into())
-                .spawn(move || loki_loop(&shared, &client, &rt))?,
-        )
-    } else {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let pusher = if config.otlp.endpoint.is_empty() {
         None
+    } else {
+        let client = OtlpClient::new(&config).context("otlp")?;
+        Some(runtime.spawn(otlp_loop(
+            client,
+            OtlpShape::from_config(&config, &node),
+            config.otlp.interval.0,
+            meter.clone(),
+            status.clone(),
+            shutdown.clone(),
+            stop_rx,
+        )))
+    };
+
+    let forwarder = match &loki_status {
+        Some(loki_status) => {
+            let client = LokiClient::new(&config).context("loki")?;
+            let forwarder = Forwarder::new(
+                &config,
+                &node,
+                client,
+                events_rx,
+                saved_forwarders.remove(LOKI).unwrap_or_default(),
+                loki_status.clone(),
+            );
+            let (shutdown, rt) = (shutdown.clone(), runtime.handle().clone());
+            Some(
+                std::thread::Builder::new()
+                    .name("tokenmeter-loki".into())
+                    .spawn(move || forwarder.run(&shutdown, &rt))?,
+            )
+        }
+        None => None,
     };
 
     runtime.block_on(wait_for_signal());
-    tracing::info!("shutting down: stop reading, push once more, write state");
-    let deadline = Instant::now() + shared.config.shutdown_timeout.0;
-    shared.stop.store(true, Ordering::SeqCst);
-    if let Some(l) = loki {
-        if l.join().is_err() {
+    let timeout = config.shutdown_timeout.0;
+    tracing::info!(
+        "shutting down: reading stops, exports flush within {}",
+        humantime::format_duration(timeout)
+    );
+    shutdown.begin(timeout);
+    let _ = stop_tx.send(true);
+    {
+        let shutdown = shutdown.clone();
+        runtime.spawn(async move {
+            wait_for_signal().await;
+            tracing::warn!("second signal: writing the state and exiting now");
+            shutdown.begin(Duration::ZERO);
+        });
+    }
+    // Phase 2: the exports, bounded by the deadline.
+    if let Some(p) = pusher {
+        while !p.is_finished() && !shutdown.deadline_passed() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        p.abort();
+    }
+    if let Some(f) = forwarder {
+        if f.join().is_err() {
             tracing::error!("Loki forwarder panicked");
         }
     }
-    // The metering thread finishes its poll; its final state write happens after the push
-    // below has had its chance (see `metering_loop`).
-    if let Some(p) = pusher {
-        p.abort();
-    }
-    if let Some(client) = exporter.filter(|_| shared.ready.load(Ordering::SeqCst)) {
-        let shared2 = shared.clone();
-        let left = deadline.saturating_duration_since(Instant::now());
-        runtime.block_on(async move {
-            let req = build_request(
-                &shared2.snapshot(),
-                &OtlpShape::from_config(&shared2.config, &shared2.node),
-                shared2.start_time_ns,
-                now_ns(),
-            );
-            let outcome = client.push(&req, tokio::time::Instant::now() + left).await;
-            shared2.otlp.record(outcome);
-            tracing::info!("final OTLP push: {}", outcome.as_str());
-        });
-    }
-    shared.flushed.store(true, Ordering::SeqCst);
-    match metering.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("metering: {e:#}"),
-        Err(_) => tracing::error!("metering thread panicked"),
-    }
+    flushed.store(true, Ordering::SeqCst);
+    let final_write = metering.join();
     server.abort();
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    Ok(())
+    runtime.shutdown_background();
+    match final_write {
+        Ok(true) => Ok(()),
+        Ok(false) => anyhow::bail!("the final state could not be written (see above)"),
+        Err(_) => anyhow::bail!("the metering thread panicked; the state is the last one written"),
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (as most agents do) and returns it.
+fn raise_nofile_limit() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return 1024;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                rl.rlim_cur = rl.rlim_max;
+            }
+        }
+    }
+    rl.rlim_cur
 }
 
 async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
-async fn otlp_loop(client: Arc<OtlpClient>, shared: Arc<Shared>) {
-    let interval = shared.config.otlp.interval.0;
-    while !shared.ready.load(Ordering::SeqCst) {
+/// Pushes every `interval` once ready. On stop, the push in flight is dropped and one final
+/// push gets what is left of the shutdown deadline.
+async fn otlp_loop(
+    client: OtlpClient,
+    shape: OtlpShape,
+    interval: Duration,
+    meter: MeterHandle,
+    status: Arc<AgentStatus>,
+    shutdown: Arc<Shutdown>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    while !status.is_ready() {
+        if shutdown.stopping() {
+            return; // never caught up: partial counters must not be pushed
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let shape = OtlpShape::from_config(&shared.config, &shared.node);
+    let start = status.start_time_ns;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let req = build_request(&shared.snapshot(), &shape, shared.start_time_ns, now_ns());
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let req = build_request(&meter.snapshot(), &shape, start, now_ns());
         // Retry until the next push is due: that one carries the same counts and more.
-        let outcome = client
-            .push(&req, tokio::time::Instant::now() + interval)
-            .await;
-        shared.otlp.record(outcome);
-        if outcome == PushOutcome::Success {
-            shared
-                .otlp_last_success_ns
-                .store(now_ns() as u64, Ordering::Relaxed);
+        let push = client.push(&req, tokio::time::Instant::now() + interval);
+        tokio::select! {
+            outcome = push => {
+                status.otlp.record(outcome);
+                if outcome == PushOutcome::Success {
+                    status
+                        .otlp_last_success_ns
+                        .store(now_ns().max(0) as u64, Ordering::Relaxed);
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    let left = shutdown.remaining();
+    let req = build_request(&meter.snapshot(), &shape, start, now_ns());
+    let deadline = tokio::time::Instant::now() + left;
+    match tokio::time::timeout_at(deadline, client.push(&req, deadline)).await {
+        Ok(outcome) => {
+            status.otlp.record(outcome);
+            tracing::info!("final OTLP push: {}", outcome.as_str());
+        }
+        Err(_) => {
+            status.otlp.record(PushOutcome::Failed);
+            tracing::warn!(
+                "final OTLP push cancelled at the shutdown deadline; the next start pushes the same counts"
+            );
         }
     }
 }
 
-/// Tails, counts, publishes file statuses and writes the state; on stop, writes it once more.
+/// Writes the consistent cut: the registry's positions and the counters, taken on the
+/// metering thread between two reads, plus the forwarder's acknowledged offsets.
+struct StateSaver {
+    dir: PathBuf,
+    meter: MeterHandle,
+    status: Arc<AgentStatus>,
+    loki: Option<Arc<ForwarderStatus>>,
+}
+
+impl StateSaver {
+    fn save(&self, files: Vec<FilePosition>) -> bool {
+        let mut forwarders = std::collections::BTreeMap::new();
+        if let Some(loki) = &self.loki {
+            forwarders.insert(LOKI.to_string(), loki.positions());
+        }
+        let state = StateFile {
+            version: STATE_VERSION,
+            saved_at_ns: now_ns(),
+            start_time_ns: self.status.start_time_ns,
+            files,
+            forwarders,
+            counters: self.meter.snapshot(),
+        };
+        match state::save(&self.dir, &state) {
+            Ok(()) => {
+                self.status.checkpoints_ok.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                self.status
+                    .checkpoints_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!("cannot write state in {}: {e}", self.dir.display());
+                false
+            }
+        }
+    }
+}
+
+/// Reads, counts, publishes file statuses and writes the state; on stop, writes it at once,
+/// and again once the exports are flushed (or the deadline passed). Returns whether that
+/// last write succeeded.
 fn metering_loop(
-    mut tailer: Tailer<FileCursor>,
-    shared: &Shared,
-    state_dir: PathBuf,
-) -> anyhow::Result<()> {
-    let interval = shared.config.state.interval.0;
+    mut registry: Registry,
+    saver: &StateSaver,
+    status: &AgentStatus,
+    shutdown: &Shutdown,
+    flushed: &AtomicBool,
+    interval: Duration,
+) -> bool {
     let mut last_save = Instant::now();
-    let mut last_publish = Instant::now() - Duration::from_secs(1);
-    let mut first = true;
-    loop {
-        let stopping = shared.stop.load(Ordering::SeqCst);
-        if !stopping {
-            let n = {
-                let mut meter = shared.meter();
-                tailer.poll(POLL_BUDGET, |meta, cursor, line| {
-                    meter.physical(&meta.path, cursor, line);
-                    !cursor.decoder.is_pending()
-                })
-            };
-            shared
-                .bytes_read
-                .store(tailer.bytes_read(), Ordering::Relaxed);
-            if first || last_publish.elapsed() >= Duration::from_millis(200) {
-                *shared.files.lock().unwrap_or_else(|e| e.into_inner()) = tailer.statuses();
-                if shared.loki_enabled {
-                    publish_handles(shared, tailer.handles());
-                }
-                last_publish = Instant::now();
-            }
-            // Ready once every file has been read to its end once: after a restart the
-            // counters then include everything the previous run had exported, so nothing
-            // exported ever goes backwards (the state may be up to state.interval old).
-            if first && n == 0 {
-                shared.ready.store(true, Ordering::SeqCst);
-                tracing::info!(
-                    "caught up with {} files; serving counters",
-                    tailer.files_watched()
-                );
-                first = false;
-            }
-            if last_save.elapsed() >= interval {
-                save_state(&mut tailer, shared, &state_dir);
-                last_save = Instant::now();
-            }
-            if n == 0 {
-                std::thread::sleep(IDLE_SLEEP);
-            }
-            continue;
+    let mut last_publish: Option<Instant> = None;
+    while !shutdown.stopping() {
+        registry.maintain();
+        let n = {
+            let mut meter = saver.meter.lock();
+            registry.read(POLL_BUDGET, |file, line_no, decoded| {
+                meter.decoded(&file.path, line_no, decoded)
+            })
+        };
+        if n > 0 || last_publish.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) {
+            status.publish_files(registry.statuses(), registry.summary());
+            last_publish = Some(Instant::now());
         }
-        // Stop reading; let the final push (on the runtime) take its turn, bounded by
-        // shutdown_timeout, then write the state.
-        let wait = shared
-            .config
-            .shutdown_timeout
-            .0
-            .min(Duration::from_millis(200));
-        std::thread::sleep(wait);
-        save_state(&mut tailer, shared, &state_dir);
-        return Ok(());
-    }
-}
-
-/// Publishes the tailer's files for the Loki forwarder, keeping those it has not taken yet.
-fn publish_handles(shared: &Shared, mut handles: Vec<FileHandle>) {
-    let taken = shared.loki_taken.lock().unwrap_or_else(|e| e.into_inner());
-    let mut published = shared
-        .loki_handles
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    for h in published.drain(..) {
-        let listed = handles.iter().any(|n| (n.dev, n.ino) == (h.dev, h.ino));
-        if !listed && !taken.contains_key(&(h.dev, h.ino)) {
-            handles.push(h);
+        // Ready once every file has been read to its end once: after a restart the
+        // counters then include everything the previous run had exported, so nothing
+        // exported ever goes backwards (the state may be up to state.interval old).
+        if !status.is_ready() && n == 0 && !registry.waiting_for_descriptor() {
+            status.ready.store(true, Ordering::SeqCst);
+            tracing::info!(
+                "caught up with {} files; serving counters",
+                registry.files_watched()
+            );
+        }
+        if last_save.elapsed() >= interval {
+            saver.save(registry.positions());
+            last_save = Instant::now();
+        }
+        if n == 0 {
+            std::thread::sleep(IDLE_SLEEP);
         }
     }
-    *published = handles;
-}
-
-fn save_state(tailer: &mut Tailer<FileCursor>, shared: &Shared, dir: &std::path::Path) {
-    // Between two polls on this thread: the offsets are exactly those of the counted lines.
-    let mut files = tailer.positions();
-    if shared.loki_enabled {
-        let loki = shared
-            .loki_offsets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for f in &mut files {
-            // Files the forwarder has not opened yet keep where it would start (their saved
-            // Loki offset, else where metering started them).
-            if let Some(o) = loki.get(&(f.identity.dev, f.identity.ino)) {
-                f.loki_offset = Some(*o);
-            }
-        }
-        // Files the tailer let go of while the forwarder is still behind: metering is done
-        // (offset = size), forwarding resumes from what Loki accepted.
-        let taken = shared.loki_taken.lock().unwrap_or_else(|e| e.into_inner());
-        for (id, h) in taken.iter() {
-            if files
-                .iter()
-                .any(|f| (f.identity.dev, f.identity.ino) == *id)
-            {
-                continue;
-            }
-            let Ok(meta) = h.file.metadata() else {
-                continue;
-            };
-            let acked = loki.get(id).copied().unwrap_or(h.start);
-            if acked < meta.len() {
-                files.push(FileState {
-                    path: h.meta.path.clone(),
-                    identity: h.identity.clone(),
-                    offset: meta.len(),
-                    loki_offset: Some(acked),
-                });
-            }
-        }
-    } else {
-        for f in &mut files {
-            f.loki_offset = None;
-        }
+    // Phase 1: reading has stopped; save now, so a SIGKILL during the flush costs nothing.
+    saver.save(registry.positions());
+    status.publish_files(registry.statuses(), registry.summary());
+    while !flushed.load(Ordering::SeqCst) && !shutdown.deadline_passed() {
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let state = StateFile {
-        version: STATE_VERSION,
-        saved_at_ns: now_ns(),
-        start_time_ns: shared.start_time_ns,
-        files,
-        counters: shared.snapshot(),
-    };
-    match state::save(dir, &state) {
-        Ok(()) => {
-            shared.checkpoints_ok.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            shared.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!("cannot write state in {}: {e}", dir.display());
-        }
-    }
-}
-
-/// The Loki forwarder: its own cursor per file, batches by size and age, one request in
-/// flight, offsets advanced only when Loki answers. Runs until stop, then tries the batch in
-/// hand once more (bounded by shutdown_timeout).
-fn loki_loop(shared: &Shared, client: &LokiClient, rt: &tokio::runtime::Handle) {
-    let cfg = &shared.config;
-    let mut shaper = EntryShaper::new(cfg);
-    let mut cursors: Vec<LokiCursor> = Vec::new();
-    let batch_bytes = cfg.loki.batch_bytes;
-    let batch_wait = cfg.loki.batch_wait.0;
-    let stats = &shared.loki;
-    loop {
-        // Follow the tailer's files; a file it let go stays until it is delivered.
-        let handles = shared
-            .loki_handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for c in &mut cursors {
-            c.present = handles
-                .iter()
-                .any(|h| (h.dev, h.ino) == (c.handle.dev, c.handle.ino));
-        }
-        for h in handles {
-            if !cursors
-                .iter()
-                .any(|c| (c.handle.dev, c.handle.ino) == (h.dev, h.ino))
-            {
-                shared
-                    .loki_taken
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((h.dev, h.ino), h.clone());
-                let labels = stream_labels(cfg, &shared.node, h.meta.labels.as_ref());
-                cursors.push(LokiCursor::new(h, labels, cfg.source.max_line_bytes));
-            }
-        }
-        cursors.retain(|c| {
-            let keep = c.present || !(c.at_end() && c.acked == c.batched);
-            if !keep {
-                let id = (c.handle.dev, c.handle.ino);
-                shared
-                    .loki_taken
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                shared
-                    .loki_offsets
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-            }
-            keep
-        });
-        publish_loki(shared, &cursors);
-
-        let stopping = shared.stop.load(Ordering::SeqCst);
-        let mut batch = Batch::default();
-        loop {
-            let before = batch.entries;
-            for c in &mut cursors {
-                c.fill(&mut batch, &mut shaper, stats, batch_bytes, 2048, now_ns());
-            }
-            let full = batch.bytes >= batch_bytes;
-            let old = batch.started.is_some_and(|t| t.elapsed() >= batch_wait);
-            if full || old || stopping || shared.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            if batch.entries == before {
-                if batch.is_empty() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        if batch.is_empty() {
-            if stopping {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        let body = batch.encode();
-        let deadline = Instant::now() + cfg.shutdown_timeout.0;
-        let give_up =
-            || shared.stop.load(Ordering::SeqCst) && (stopping || Instant::now() >= deadline);
-        let result = rt.block_on(client.push(body.clone(), stats, &give_up));
-        match result {
-            Some(PushResult::Accepted) => {
-                stats
-                    .entries_sent
-                    .fetch_add(batch.entries as u64, Ordering::Relaxed);
-                stats
-                    .bytes_sent
-                    .fetch_add(body.len() as u64, Ordering::Relaxed);
-                stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(PushResult::Rejected { status, message }) => {
-                tracing::error!(
-                    "Loki rejected a batch of {} entries: {status}: {}",
-                    batch.entries,
-                    message.trim().chars().take(1000).collect::<String>()
-                );
-                stats
-                    .entries_dropped_rejected
-                    .fetch_add(batch.entries as u64, Ordering::Relaxed);
-            }
-            None => {
-                tracing::warn!("shutting down with {} entries not delivered to Loki; they are sent after the restart", batch.entries);
-                return;
-            }
-        }
-        for c in &mut cursors {
-            c.acked = c.batched;
-        }
-        publish_loki(shared, &cursors);
-        if stopping {
-            return;
-        }
-    }
-}
-
-fn publish_loki(shared: &Shared, cursors: &[LokiCursor]) {
-    let mut offsets = shared
-        .loki_offsets
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    for c in cursors {
-        offsets.insert((c.handle.dev, c.handle.ino), c.acked);
-    }
-    drop(offsets);
-    *shared.loki.lag.lock().unwrap_or_else(|e| e.into_inner()) = cursors
-        .iter()
-        .map(|c| {
-            (
-                c.handle.meta.path.display().to_string(),
-                c.size().saturating_sub(c.acked),
-            )
-        })
-        .collect();
+    saver.save(registry.positions())
 }

@@ -4,6 +4,10 @@
 //! `source` (files → physical lines) → `decode` (envelopes, partials) → `parse` (a borrowed
 //! record) → `aggregate` (counters) → exports. `pipeline` chains the stages for one line;
 //! `replay` drives them over whole files; `cli` is wiring only.
+//!
+//! The daemon side: `source::registry` owns every tailed file's fate, `forwarder` forwards the
+//! same files to Loki (fed by the registry's events), `health` holds the handles the server
+//! reads, `shutdown` the one deadline, `daemon` wires them, `server` exposes them.
 
 pub mod aggregate;
 pub mod cli;
@@ -11,12 +15,15 @@ pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod export;
+pub mod forwarder;
+pub mod health;
 pub mod json;
 pub mod parse;
 pub mod pipeline;
 pub mod ratelog;
 pub mod replay;
 pub mod server;
+pub mod shutdown;
 pub mod source;
 pub mod state;
 pub mod timefmt;

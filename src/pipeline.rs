@@ -63,6 +63,14 @@ pub fn physical_line_limit(max_line_bytes: usize) -> usize {
     max_line_bytes.saturating_mul(2).saturating_add(64 << 10)
 }
 
+/// The one event-time rule (SPEC §3): the envelope's timestamp when there is one, else the
+/// record's `start_time` + `duration`, else its `start_time`. `None` leaves the fallback to the
+/// caller: `run` takes the time of reading, `replay` the previous record's event time.
+#[inline]
+pub fn event_time_ns(envelope_ns: Option<i64>, record: Option<&Record<'_>>) -> Option<i64> {
+    envelope_ns.or_else(|| record.and_then(|r| r.event_time_ns(None)))
+}
+
 /// Parser, store and warnings: everything that turns lines into counts.
 pub struct Meter {
     parser: Parser,
@@ -126,6 +134,23 @@ impl Meter {
         }
     }
 
+    /// Feeds one line as a tailed file's cursor hands it out (already decoded). Tailing does
+    /// not track event times (counters only).
+    pub fn decoded(&mut self, path: &Path, line_no: u64, decoded: Decoded<'_>) {
+        match decoded {
+            Decoded::Line(l) => {
+                let ctx = LineCtx {
+                    path,
+                    line_no,
+                    previous_event_ns: None,
+                };
+                self.logical(&ctx, l, &mut NoSink);
+            }
+            Decoded::TooLong => self.skip(path, line_no, SkipReason::TooLong),
+            Decoded::Pending | Decoded::Blank => {}
+        }
+    }
+
     /// At the end of a finished file: a partial line that never got its final part counts
     /// as it is.
     pub fn end_of_file(&mut self, path: &Path, cursor: &mut FileCursor, sink: &mut dyn LineSink) {
@@ -164,7 +189,7 @@ impl Meter {
         match self.parser.parse(line.text) {
             Parsed::Record(r) => {
                 let event = match ctx.previous_event_ns {
-                    Some(previous) => r.event_time_ns(line.time_ns).or(previous),
+                    Some(previous) => event_time_ns(line.time_ns, Some(&r)).or(previous),
                     None => None,
                 };
                 sink.line(ctx.path, line.text, event);
@@ -194,7 +219,9 @@ impl Meter {
                 event
             }
             parsed => {
-                let event = ctx.previous_event_ns.and_then(|p| line.time_ns.or(p));
+                let event = ctx
+                    .previous_event_ns
+                    .and_then(|p| event_time_ns(line.time_ns, None).or(p));
                 sink.line(ctx.path, line.text, event);
                 if parsed == Parsed::NotLlm {
                     self.store.skip(SkipReason::NotLlm);

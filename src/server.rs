@@ -2,7 +2,8 @@
 //!
 //! Owns: the exposition of the token counters and self-metrics of SPEC §4 through
 //! `prometheus-client`, with one collector that encodes straight from a snapshot of the store
-//! at scrape time. Reads snapshots and published statuses only.
+//! at scrape time. Reads snapshots and published statuses only, through the narrow handles of
+//! [`ServerContext`]; it never sees the daemon.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,16 +22,30 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::aggregate::{invalid_field_names, SkipReason, DURATION_BUCKETS, OVERFLOW_LABELS};
-use crate::daemon::Shared;
+use crate::forwarder::ForwarderStatus;
+use crate::health::{AgentStatus, MeterHandle};
 use crate::parse::StatusClass;
+use crate::source::{ErrorReason, FATE_NAMES};
+
+/// What the server reads: snapshots and statuses, nothing it could change.
+pub struct ServerContext {
+    pub meter: MeterHandle,
+    pub status: Arc<AgentStatus>,
+    /// The Loki forwarder's status, when it runs.
+    pub loki: Option<Arc<ForwarderStatus>>,
+    pub metrics: crate::config::Metrics,
+    pub otlp_endpoint: String,
+    pub loki_endpoint: String,
+}
 
 #[derive(Clone)]
 struct AppState {
-    shared: Arc<Shared>,
+    shared: Arc<ServerContext>,
     registry: Arc<Registry>,
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: tokio::net::TcpListener, ctx: ServerContext) {
+    let shared = Arc::new(ctx);
     let mut registry = Registry::default();
     registry.register_collector(Box::new(StoreCollector {
         shared: shared.clone(),
@@ -51,7 +66,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    if !s.shared.ready.load(Ordering::SeqCst) {
+    if !s.shared.status.is_ready() {
         // Still catching up after a (re)start: partial counters would look like a reset.
         return (StatusCode::SERVICE_UNAVAILABLE, "catching up\n").into_response();
     }
@@ -70,7 +85,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    if s.shared.ready.load(Ordering::SeqCst) {
+    if s.shared.status.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
@@ -79,61 +94,72 @@ async fn readyz(State(s): State<AppState>) -> Response {
 
 async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
     let sh = &s.shared;
-    let files: Vec<serde_json::Value> = sh
-        .files()
+    let st = &sh.status;
+    let (files, summary) = st.files();
+    let files: Vec<serde_json::Value> = files
         .iter()
         .map(|f| {
             json!({
                 "path": f.path,
-                "dev": f.dev,
-                "inode": f.ino,
+                "dev": f.id.map(|i| i.dev),
+                "inode": f.id.map(|i| i.ino),
                 "offset": f.offset,
                 "size": f.size,
                 "lag_bytes": f.lag_bytes(),
-                "draining": f.draining,
+                "state": f.state,
+                "draining": f.state == "draining",
+                "error": f.error.as_ref().map(|(reason, message, count)| json!({
+                    "reason": reason.as_str(),
+                    "message": message,
+                    "count": count,
+                })),
                 "namespace": f.labels.as_ref().map(|l| l.namespace.clone()),
                 "pod": f.labels.as_ref().map(|l| l.pod.clone()),
                 "container": f.labels.as_ref().map(|l| l.container.clone()),
             })
         })
         .collect();
-    let stats = sh.stats();
+    let stats = sh.meter.stats();
+    let loki = sh.loki.as_deref();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     Json(json!({
-        "node": sh.node,
-        "ready": sh.ready.load(Ordering::SeqCst),
-        "start_time_ns": sh.start_time_ns,
+        "node": st.node,
+        "ready": st.is_ready(),
+        "start_time_ns": st.start_time_ns,
         "lines": stats.lines(),
         "records": stats.records,
-        "series": sh.series_count(),
+        "series": sh.meter.series_count(),
+        "open_files": summary.open_descriptors,
+        "max_open_files": summary.max_open_files,
         "files": files,
         "exporters": {
             "otlp": {
-                "enabled": sh.otlp_enabled,
-                "endpoint": sh.config.otlp.endpoint,
-                "success": sh.otlp.success.load(Ordering::Relaxed),
-                "rejected": sh.otlp.rejected.load(Ordering::Relaxed),
-                "failed": sh.otlp.failed.load(Ordering::Relaxed),
-                "last_success_ns": sh.otlp_last_success_ns.load(Ordering::Relaxed),
+                "enabled": !sh.otlp_endpoint.is_empty(),
+                "endpoint": sh.otlp_endpoint,
+                "success": load(&st.otlp.success),
+                "rejected": load(&st.otlp.rejected),
+                "failed": load(&st.otlp.failed),
+                "last_success_ns": load(&st.otlp_last_success_ns),
             },
             "loki": {
-                "enabled": sh.loki_enabled,
-                "endpoint": sh.config.loki.endpoint,
-                "entries_sent": sh.loki.entries_sent.load(Ordering::Relaxed),
-                "entries_rejected": sh.loki.entries_dropped_rejected.load(Ordering::Relaxed),
-                "retries": sh.loki.retries.load(Ordering::Relaxed),
-                "lag_bytes": sh.loki.lag.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|x| x.1).sum::<u64>(),
+                "enabled": loki.is_some(),
+                "endpoint": sh.loki_endpoint,
+                "entries_sent": loki.map(|l| load(&l.stats.entries_sent)),
+                "entries_rejected": loki.map(|l| load(&l.stats.entries_dropped_rejected)),
+                "retries": loki.map(|l| load(&l.stats.retries)),
+                "lag_bytes": loki.map(|l| l.stats.lag.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|x| x.1).sum::<u64>()),
             }
         },
         "checkpoints": {
-            "ok": sh.checkpoints_ok.load(Ordering::Relaxed),
-            "failed": sh.checkpoints_failed.load(Ordering::Relaxed),
+            "ok": load(&st.checkpoints_ok),
+            "failed": load(&st.checkpoints_failed),
         },
     }))
 }
 
 /// Encodes the store's snapshot and the self-metrics at scrape time.
 struct StoreCollector {
-    shared: Arc<Shared>,
+    shared: Arc<ServerContext>,
 }
 
 impl std::fmt::Debug for StoreCollector {
@@ -188,10 +214,9 @@ fn gauge(
 impl Collector for StoreCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let sh = &self.shared;
-        let snap = sh.snapshot();
-        let p = &sh.config.metrics.prefix;
+        let snap = sh.meter.snapshot();
+        let p = &sh.metrics.prefix;
         let statics: Vec<(&str, &str)> = sh
-            .config
             .metrics
             .labels
             .iter()
@@ -288,6 +313,7 @@ impl Collector for StoreCollector {
         }
 
         // Self-metrics.
+        let (files, summary) = sh.status.files();
         let st = &snap.stats;
         let mut lines = vec![(vec![("result", "record")], st.records)];
         for r in SkipReason::ALL {
@@ -303,15 +329,55 @@ impl Collector for StoreCollector {
             &mut enc,
             "tokenmeter_bytes_read",
             "Bytes read from log files.",
-            &[(vec![], sh.bytes_read.load(Ordering::Relaxed))],
+            &[(vec![], summary.bytes_read)],
         )?;
-        let files = sh.files();
         gauge(
             &mut enc,
             "tokenmeter_files_watched",
-            "Files being tailed.",
-            &[(vec![], files.len() as i64)],
+            "Files being tailed (reading or draining).",
+            &[(vec![], (summary.by_state[0] + summary.by_state[1]) as i64)],
         )?;
+        let by_state: Vec<(Labels<'_>, i64)> = FATE_NAMES
+            .iter()
+            .zip(summary.by_state)
+            .map(|(s, n)| (vec![("state", *s)], n as i64))
+            .collect();
+        gauge(
+            &mut enc,
+            "tokenmeter_files",
+            "Known files by state: reading, draining (left the globs, read to its end), idle (closed to save descriptors), waiting (unread bytes, no descriptor yet), remembered (let go; identity and offset kept).",
+            &by_state,
+        )?;
+        gauge(
+            &mut enc,
+            "tokenmeter_files_unreadable",
+            "Files, paths and directories whose last stat, open, read or listing failed.",
+            &[(vec![], summary.unreadable as i64)],
+        )?;
+        let errors: Vec<(Labels<'_>, u64)> = ErrorReason::ALL
+            .iter()
+            .zip(summary.errors)
+            .map(|(r, n)| (vec![("reason", r.as_str())], n))
+            .collect();
+        counter(
+            &mut enc,
+            "tokenmeter_file_errors",
+            "Failed file operations (listing, stat, open, read), by reason: permission, descriptors, io, other.",
+            &errors,
+        )?;
+        gauge(
+            &mut enc,
+            "tokenmeter_open_files",
+            "Descriptors of log files held (by the reader and the Loki forwarder).",
+            &[(vec![], summary.open_descriptors as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "tokenmeter_open_files_limit",
+            "Most log files held open at once (source.max_open_files, resolved).",
+            &[(vec![], summary.max_open_files as i64)],
+        )?;
+        let files: Vec<_> = files.iter().filter(|f| f.id.is_some()).collect();
         let paths: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
         let lag: Vec<(Labels<'_>, i64)> = files
             .iter()
@@ -332,7 +398,7 @@ impl Collector for StoreCollector {
             "Bytes of a file not counted yet.",
             &lag,
         )?;
-        let o = &sh.otlp;
+        let o = &sh.status.otlp;
         counter(
             &mut enc,
             "tokenmeter_exports",
@@ -358,8 +424,8 @@ impl Collector for StoreCollector {
             "Token series in the store.",
             &[(vec![], snap.series.len() as i64)],
         )?;
-        if sh.loki_enabled {
-            let l = &sh.loki;
+        if let Some(loki) = sh.loki.as_deref() {
+            let l = &loki.stats;
             let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
             counter(
                 &mut enc,
@@ -460,11 +526,11 @@ impl Collector for StoreCollector {
             &[
                 (
                     vec![("outcome", "success")],
-                    sh.checkpoints_ok.load(Ordering::Relaxed),
+                    sh.status.checkpoints_ok.load(Ordering::Relaxed),
                 ),
                 (
                     vec![("outcome", "failure")],
-                    sh.checkpoints_failed.load(Ordering::Relaxed),
+                    sh.status.checkpoints_failed.load(Ordering::Relaxed),
                 ),
             ],
         )?;

@@ -4,43 +4,25 @@
 //! Owns: the on-disk format and its atomic replacement (write a temp file, fsync it, rename it
 //! over the old one, fsync the directory), and recovery from a corrupt or unreadable file
 //! (reported and moved aside, never silently ignored). Must not decide what is in the cut: the
-//! daemon takes it under one lock so offsets and counters agree.
+//! daemon takes it under one lock so offsets and counters agree. Also owns the lock that keeps
+//! a second agent off the same directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Snapshot;
+use crate::source::{FileIdentity, FilePosition};
 
-/// Bump when the format changes incompatibly; older files are then moved aside, not misread.
-pub const STATE_VERSION: u32 = 1;
+/// Bump when the format changes incompatibly; older versions are migrated where known
+/// (version 1), others are moved aside, never misread.
+pub const STATE_VERSION: u32 = 2;
 pub const STATE_FILE: &str = "state.json";
-
-/// A file's identity: device and inode, plus a fingerprint of its first bytes so a reused inode
-/// is not mistaken for the old file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileIdentity {
-    pub dev: u64,
-    pub ino: u64,
-    /// Hash of the first `fingerprint_len` bytes (FNV-1a, 64 bit).
-    pub fingerprint: u64,
-    pub fingerprint_len: u32,
-}
-
-/// Where reading of one file stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileState {
-    /// Last path the file was seen under (informational; identity decides).
-    pub path: PathBuf,
-    pub identity: FileIdentity,
-    /// Offset just past the last line whose counts are in `counters`.
-    pub offset: u64,
-    /// Offset just past the last line the Loki forwarder had delivered (2xx), when it runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loki_offset: Option<u64>,
-}
+pub const LOCK_FILE: &str = "lock";
 
 /// Everything the daemon needs to continue exactly where it stopped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,8 +32,70 @@ pub struct StateFile {
     /// Start time of every cumulative series (OTLP `start_time_unix_nano`): kept across
     /// restarts so exported counters continue instead of resetting.
     pub start_time_ns: i64,
-    pub files: Vec<FileState>,
+    /// Every identity the registry knows (tailed, closed, or let go and remembered) with the
+    /// offset up to which its lines are in `counters`.
+    pub files: Vec<FilePosition>,
+    /// Other readers of the same files, by name (e.g. `loki`), with the offsets up to which
+    /// they have delivered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forwarders: BTreeMap<String, Vec<FilePosition>>,
     pub counters: Snapshot,
+}
+
+/// Version 1 (before the registry remembered let-go files): one `loki_offset` per file.
+#[derive(Deserialize)]
+struct StateFileV1 {
+    saved_at_ns: i64,
+    start_time_ns: i64,
+    files: Vec<FileStateV1>,
+    counters: Snapshot,
+}
+
+#[derive(Deserialize)]
+struct FileStateV1 {
+    path: PathBuf,
+    identity: FileIdentity,
+    offset: u64,
+    #[serde(default)]
+    loki_offset: Option<u64>,
+}
+
+impl From<StateFileV1> for StateFile {
+    fn from(v1: StateFileV1) -> StateFile {
+        let loki: Vec<FilePosition> = v1
+            .files
+            .iter()
+            .filter_map(|f| {
+                Some(FilePosition {
+                    path: f.path.clone(),
+                    identity: f.identity.clone(),
+                    offset: f.loki_offset?,
+                    let_go_ns: None,
+                })
+            })
+            .collect();
+        let mut forwarders = BTreeMap::new();
+        if !loki.is_empty() {
+            forwarders.insert("loki".to_string(), loki);
+        }
+        StateFile {
+            version: STATE_VERSION,
+            saved_at_ns: v1.saved_at_ns,
+            start_time_ns: v1.start_time_ns,
+            files: v1
+                .files
+                .into_iter()
+                .map(|f| FilePosition {
+                    path: f.path,
+                    identity: f.identity,
+                    offset: f.offset,
+                    let_go_ns: None,
+                })
+                .collect(),
+            forwarders,
+            counters: v1.counters,
+        }
+    }
 }
 
 /// What loading found.
@@ -80,12 +124,27 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Fresh),
         Err(e) => return move_aside(&path, format!("cannot read: {e}")),
     };
-    match serde_json::from_slice::<StateFile>(&bytes) {
-        Ok(s) if s.version == STATE_VERSION => Ok(Loaded::Resumed(Box::new(s))),
-        Ok(s) => move_aside(
-            &path,
-            format!("version {} (this build reads {STATE_VERSION})", s.version),
-        ),
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let parsed = match serde_json::from_slice::<Version>(&bytes) {
+        Ok(Version { version: 1 }) => {
+            serde_json::from_slice::<StateFileV1>(&bytes).map(StateFile::from)
+        }
+        Ok(Version {
+            version: STATE_VERSION,
+        }) => serde_json::from_slice::<StateFile>(&bytes),
+        Ok(Version { version }) => {
+            return move_aside(
+                &path,
+                format!("version {version} (this build reads 1 and {STATE_VERSION})"),
+            )
+        }
+        Err(e) => Err(e),
+    };
+    match parsed {
+        Ok(s) => Ok(Loaded::Resumed(Box::new(s))),
         Err(e) => move_aside(&path, format!("not a valid state file: {e}")),
     }
 }
@@ -123,14 +182,75 @@ pub fn save(dir: &Path, state: &StateFile) -> io::Result<()> {
     Ok(())
 }
 
-/// FNV-1a over `bytes`: a cheap, stable fingerprint (not a security measure).
-pub fn fingerprint(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// The exclusive lock on a state directory, held for the daemon's lifetime (released by the
+/// kernel when the process ends, however it ends, so a killed daemon leaves no stale lock).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+/// Why the state directory could not be locked.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process holds it; its pid as it wrote it into the lock file.
+    Held {
+        path: PathBuf,
+        pid: Option<u32>,
+    },
+    Io {
+        path: PathBuf,
+        error: io::Error,
+    },
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Held { path, pid } => write!(
+                f,
+                "{} is locked by another tokenmeter ({}); one agent per state_dir",
+                path.display(),
+                match pid {
+                    Some(p) => format!("pid {p}"),
+                    None => "pid unknown".to_string(),
+                }
+            ),
+            LockError::Io { path, error } => write!(f, "{}: cannot lock: {error}", path.display()),
+        }
     }
-    h
+}
+
+impl std::error::Error for LockError {}
+
+/// Takes the lock on `dir` (`flock` on `dir/lock`) without waiting, and writes this
+/// process's pid into the lock file for the message a second daemon prints.
+pub fn lock(dir: &Path) -> Result<StateLock, LockError> {
+    let path = dir.join(LOCK_FILE);
+    let io_err = |error| LockError::Io {
+        path: path.clone(),
+        error,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let pid = fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            return Err(LockError::Held { path, pid });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+    }
+    file.set_len(0).map_err(io_err)?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())
+        .map_err(io_err)?;
+    Ok(StateLock { _file: file })
 }
 
 #[cfg(test)]
@@ -138,22 +258,37 @@ mod tests {
     use super::*;
     use crate::aggregate::{SelfStats, Snapshot};
 
+    fn identity() -> FileIdentity {
+        FileIdentity {
+            dev: 1,
+            ino: 2,
+            fingerprint: 3,
+            fingerprint_len: 4,
+        }
+    }
+
     fn sample() -> StateFile {
+        let mut forwarders = BTreeMap::new();
+        forwarders.insert(
+            "loki".to_string(),
+            vec![FilePosition {
+                path: "/var/log/pods/a/envoy/0.log".into(),
+                identity: identity(),
+                offset: 3,
+                let_go_ns: None,
+            }],
+        );
         StateFile {
             version: STATE_VERSION,
             saved_at_ns: 2,
             start_time_ns: 1,
-            files: vec![FileState {
+            files: vec![FilePosition {
                 path: "/var/log/pods/a/envoy/0.log".into(),
-                identity: FileIdentity {
-                    dev: 1,
-                    ino: 2,
-                    fingerprint: 3,
-                    fingerprint_len: 4,
-                },
+                identity: identity(),
                 offset: 5,
-                loki_offset: Some(3),
+                let_go_ns: Some(7),
             }],
+            forwarders,
             counters: Snapshot {
                 extra_names: vec![],
                 series: vec![],
@@ -161,6 +296,36 @@ mod tests {
                 stats: SelfStats::default(),
             },
         }
+    }
+
+    /// The version 2 format, byte for byte: a change here must bump the version.
+    const GOLDEN_V2: &str = r#"{"version":2,"saved_at_ns":2,"start_time_ns":1,"files":[{"path":"/var/log/pods/a/envoy/0.log","identity":{"dev":1,"ino":2,"fingerprint":3,"fingerprint_len":4},"offset":5,"let_go_ns":7}],"forwarders":{"loki":[{"path":"/var/log/pods/a/envoy/0.log","identity":{"dev":1,"ino":2,"fingerprint":3,"fingerprint_len":4},"offset":3}]},"counters":{"extra_names":[],"series":[],"durations":[],"stats":"#;
+
+    #[test]
+    fn version_2_golden_format() {
+        let text = serde_json::to_string(&sample()).unwrap();
+        assert!(text.starts_with(GOLDEN_V2), "{text}");
+    }
+
+    #[test]
+    fn version_1_is_migrated_with_its_loki_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = serde_json::to_value(sample()).unwrap();
+        let v1 = format!(
+            r#"{{"version":1,"saved_at_ns":2,"start_time_ns":1,"files":[{{"path":"/var/log/pods/a/envoy/0.log","identity":{{"dev":1,"ino":2,"fingerprint":3,"fingerprint_len":4}},"offset":5,"loki_offset":3}},{{"path":"/b.log","identity":{{"dev":1,"ino":9,"fingerprint":3,"fingerprint_len":4}},"offset":8}}],"counters":{}}}"#,
+            v2["counters"]
+        );
+        fs::write(state_path(dir.path()), v1).unwrap();
+        let Loaded::Resumed(s) = load(dir.path()).unwrap() else {
+            panic!("not migrated")
+        };
+        assert_eq!(s.version, STATE_VERSION);
+        assert_eq!(s.files.len(), 2);
+        assert_eq!((s.files[0].offset, s.files[1].offset), (5, 8));
+        assert_eq!(s.files[0].let_go_ns, None);
+        let loki = &s.forwarders["loki"];
+        assert_eq!(loki.len(), 1, "only files that had a Loki offset");
+        assert_eq!((loki[0].identity.ino, loki[0].offset), (2, 3));
     }
 
     #[test]
@@ -178,7 +343,7 @@ mod tests {
     #[test]
     fn corrupt_state_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(state_path(dir.path()), b"{\"version\":1,\"trunc").unwrap();
+        fs::write(state_path(dir.path()), b"{\"version\":2,\"trunc").unwrap();
         match load(dir.path()).unwrap() {
             Loaded::Corrupt { moved_to, error } => {
                 assert!(moved_to.exists(), "{error}");
@@ -197,5 +362,17 @@ mod tests {
         s.version = 99;
         fs::write(state_path(dir.path()), serde_json::to_vec(&s).unwrap()).unwrap();
         assert!(matches!(load(dir.path()).unwrap(), Loaded::Corrupt { .. }));
+    }
+
+    #[test]
+    fn a_second_lock_names_the_holder_and_a_released_lock_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock(dir.path()).unwrap();
+        match lock(dir.path()) {
+            Err(LockError::Held { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("{other:?}"),
+        }
+        drop(first);
+        lock(dir.path()).expect("released when its holder is gone");
     }
 }

@@ -3,6 +3,14 @@
 //! Owns: the timestamp syntax of CRI/docker envelopes and Envoy's `%START_TIME%`.
 //! Pure; knows nothing of where the text came from.
 
+/// Now, in nanoseconds since the epoch (0 if the clock is before it).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` (also with `t`/space as separator and
 /// lowercase `z`) into nanoseconds since the Unix epoch. Fractions beyond nanoseconds are
 /// truncated.

@@ -3,26 +3,21 @@
 //!
 //! Owns: the wire messages, the shape of an entry (redaction, Envoy-escape repair, truncation,
 //! structured metadata, event time), stream labels, batching, and the push with its retry
-//! policy. The forwarder reads the files through its own cursor (a second handle, positional
-//! reads), so a slow or dead Loki never slows metering; its offsets are saved beside the
-//! metering offsets and advance only when Loki accepts a batch.
+//! policy. Which lines are read and which offsets are saved is the forwarder's business
+//! (`crate::forwarder` for `run`, `crate::replay` for `replay --loki`).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prost::Message;
 
 use crate::config::Config;
-use crate::decode::{Decoded, Decoder, LogicalLine};
 use crate::export::http::{retry_after, HttpTarget};
 use crate::json::{Kind, Scanner};
 use crate::parse::{Parsed, Parser};
-use crate::source::{AtEof, FileHandle, Line, LineReader, PodLabels};
+use crate::source::PodLabels;
 
 /// `logproto.PushRequest` and friends, field for field from Loki's `pkg/push/push.proto`.
 #[allow(missing_docs)]
@@ -87,7 +82,8 @@ pub struct Shaped {
     pub line: String,
     pub metadata: Vec<LabelPairAdapter>,
     pub truncated: bool,
-    /// start_time + duration (or start_time) of an LLM record, for the event time.
+    /// The event time a record carries itself ([`crate::pipeline::event_time_ns`] without an
+    /// envelope); the envelope's time, when there is one, comes first.
     pub record_time_ns: Option<i64>,
 }
 
@@ -110,7 +106,7 @@ impl EntryShaper {
         let mut metadata = Vec::new();
         let mut record_time_ns = None;
         if let Parsed::Record(r) = self.parser.parse(text) {
-            record_time_ns = r.event_time_ns(None);
+            record_time_ns = crate::pipeline::event_time_ns(None, Some(&r));
             for name in &self.metadata {
                 let value = match name.as_str() {
                     "model" => Some(r.model.to_string()),
@@ -347,7 +343,7 @@ impl LokiClient {
         &self,
         body: Vec<u8>,
         stats: &LokiStats,
-        stop: &dyn Fn() -> bool,
+        stop: &(dyn Fn() -> bool + Sync),
     ) -> Option<PushResult> {
         let mut backoff = Duration::from_millis(500);
         let mut attempt = 0u32;
@@ -392,145 +388,6 @@ impl LokiClient {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             backoff = (backoff * 2).min(Duration::from_secs(300));
-        }
-    }
-}
-
-/// A `Read` over a shared handle at its own position (`pread`): never moves anyone else's.
-pub struct PositionalReader {
-    file: Arc<File>,
-    pos: u64,
-}
-
-impl Read for PositionalReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-/// The forwarder's cursor in one file.
-pub struct LokiCursor {
-    pub handle: FileHandle,
-    pub labels: String,
-    reader: LineReader<PositionalReader>,
-    decoder: Decoder,
-    /// Delivered: every line before it was accepted by Loki.
-    pub acked: u64,
-    /// End of the last complete logical line put into the current batch.
-    pub batched: u64,
-    last_time_ns: Option<i64>,
-    max_line_bytes: usize,
-    /// Still published by the tailer.
-    pub present: bool,
-}
-
-impl LokiCursor {
-    pub fn new(handle: FileHandle, labels: String, max_line_bytes: usize) -> Self {
-        let start = handle.start;
-        let reader = LineReader::new(
-            PositionalReader {
-                file: handle.file.clone(),
-                pos: start,
-            },
-            start,
-            crate::pipeline::physical_line_limit(max_line_bytes),
-            AtEof::KeepPartial,
-        );
-        LokiCursor {
-            handle,
-            labels,
-            reader,
-            decoder: Decoder::new(max_line_bytes),
-            acked: start,
-            batched: start,
-            last_time_ns: None,
-            max_line_bytes,
-            present: true,
-        }
-    }
-
-    pub fn size(&self) -> u64 {
-        self.handle.file.metadata().map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Whether everything in the file has been batched (nothing more to read now).
-    pub fn at_end(&self) -> bool {
-        self.reader.offset() + self.reader.pending_bytes() as u64 >= self.size()
-    }
-
-    /// Reads up to `max_lines` lines into `batch`, stopping early when the batch is full.
-    pub fn fill(
-        &mut self,
-        batch: &mut Batch,
-        shaper: &mut EntryShaper,
-        stats: &LokiStats,
-        batch_bytes: usize,
-        max_lines: usize,
-        now_ns: i64,
-    ) {
-        // Copytruncate: what was not forwarded before the truncation is gone.
-        let size = self.size();
-        if size < self.reader.offset() {
-            let lost = self.reader.offset().saturating_sub(self.batched);
-            let path = self.handle.meta.path.display().to_string();
-            *stats
-                .lost_bytes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(path)
-                .or_insert(0) += lost;
-            self.reader = LineReader::new(
-                PositionalReader {
-                    file: self.handle.file.clone(),
-                    pos: 0,
-                },
-                0,
-                crate::pipeline::physical_line_limit(self.max_line_bytes),
-                AtEof::KeepPartial,
-            );
-            self.decoder.reset();
-            self.acked = 0;
-            self.batched = 0;
-        }
-        let mut n = 0;
-        while n < max_lines && batch.bytes < batch_bytes {
-            let line = match self.reader.next_line() {
-                Ok(Some(l)) => l,
-                Ok(None) => {
-                    self.reader.clear_eof();
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!("{}: Loki reader: {e}", self.handle.meta.path.display());
-                    self.reader.clear_eof();
-                    break;
-                }
-            };
-            n += 1;
-            let (end, bytes) = match line {
-                Line::Complete { bytes, end } => (end, Some(bytes)),
-                Line::TooLong { end } => (end, None),
-            };
-            if let Some(bytes) = bytes {
-                if let Decoded::Line(l) = self.decoder.decode(bytes) {
-                    let LogicalLine { text, time_ns, .. } = l;
-                    let shaped = shaper.shape(text);
-                    if shaped.truncated {
-                        stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let t = time_ns
-                        .or(shaped.record_time_ns)
-                        .or(self.last_time_ns)
-                        .unwrap_or(now_ns);
-                    self.last_time_ns = Some(t);
-                    batch.push(&self.labels, t, shaped);
-                }
-            }
-            if !self.decoder.is_pending() {
-                self.batched = end;
-            }
         }
     }
 }

@@ -57,15 +57,15 @@ pub fn expand_inputs(args: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
             files.sort();
             out.extend(files);
         } else if !a.exists() && text.contains(['*', '?', '[']) {
-            let matcher = super::tail::glob(&text)
+            let matcher = super::discover::glob(&text)
                 .map_err(|e| InputError {
                     path: a.clone(),
                     error: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
                 })?
                 .compile_matcher();
-            let (root, depth) = super::tail::literal_root(&text);
+            let (root, depth) = super::discover::literal_root(&text);
             let mut files = Vec::new();
-            super::tail::walk(&root, depth, &mut |p| {
+            super::discover::walk(&root, depth, &mut |p| {
                 if matcher.is_match(p) {
                     files.push(p.to_path_buf());
                 }

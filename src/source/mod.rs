@@ -1,13 +1,25 @@
-//! Sources: where lines come from. Files are read here (replayed or tailed) and handed
-//! on as physical lines with their end offsets.
+//! Sources: where lines come from. Files are read here (replayed or tailed) and handed on as
+//! physical lines, or, for tailed files, as decoded logical lines with committed offsets.
 //!
-//! Owns: opening files (plain or gzip by magic bytes), reading bytes, line splitting, offsets.
-//! Knows nothing of JSON or envelopes: that starts in `decode`.
+//! Rooms: `input` (opening a file to replay: plain or gzip), `lines` (splitting bytes into
+//! physical lines), `discover` (globs, directory walk, pod labels), `cursor` (file identity,
+//! the shared descriptor, one reader's place in a tailed file), `registry` (the one owner of
+//! every tailed file's fate). Knows nothing of JSON: the cursor hands the envelope decoder's
+//! output on without looking into it.
 
+pub mod cursor;
+pub mod discover;
 pub mod input;
 pub mod lines;
-pub mod tail;
+pub mod registry;
 
+pub use cursor::{
+    fingerprint, DescriptorCount, FileId, FileIdentity, SharedFile, TailCursor, Truncation,
+};
+pub use discover::PodLabels;
 pub use input::{expand_inputs, open_input, Input, InputError};
 pub use lines::{AtEof, Line, LineReader};
-pub use tail::{FileHandle, FileMeta, FileStatus, PodLabels, TailOptions, Tailer};
+pub use registry::{
+    ErrorReason, FileEvent, FileMeta, FilePosition, FileStatus, Registry, RegistryOptions,
+    RegistrySummary, FATE_NAMES,
+};

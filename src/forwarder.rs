@@ -1,0 +1,514 @@
+//! The Loki forwarder: every logical line of the tailed files to Loki, at least once from
+//! the file, beside metering and never in its way.
+//!
+//! Owns: its own place in every file ([`TailCursor`] over the registry's descriptor, so no
+//! second descriptor), an explicit per-file state ([`Forwarding`]) keyed by [`FileId`], fed
+//! by the registry's [`FileEvent`]s, the batch being filled, the one request in flight, and
+//! the acknowledged offsets it publishes for the state file. A file's acknowledged offset
+//! moves only when Loki answers 2xx (or 4xx: rejected, counted, dropped).
+//!
+//! Must not: decide which files exist (the registry does), read the counters, or block
+//! metering: it runs on its own thread, pushes on the async runtime, and keeps taking
+//! events while a push is retried, so its lag covers every file.
+//!
+//! Shutdown: after stop it reads the files to their ends and sends what is left until the
+//! deadline; a request still in flight then is cancelled (its lines are in the files and
+//! the saved offsets say where to resume).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::decode::{Decoded, LogicalLine};
+use crate::export::loki::{stream_labels, Batch, EntryShaper, LokiClient, LokiStats, PushResult};
+use crate::shutdown::Shutdown;
+use crate::source::{FileEvent, FileId, FileIdentity, FilePosition, PodLabels, TailCursor};
+
+/// Lines read per file per round, so one busy file does not starve the others.
+const LINES_PER_ROUND: usize = 2048;
+/// How long the loop waits for an event when there is nothing to do.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+
+/// One file's forwarding state.
+enum Forwarding {
+    /// Holds the file's descriptor and reads it. `release`: the registry closed the file
+    /// (idle or let go); the descriptor is dropped once everything read is delivered.
+    Open {
+        cursor: Box<TailCursor>,
+        /// End of the last line put into the batch being filled or in flight.
+        batched: u64,
+        release: bool,
+        /// Forgotten by the registry (deleted): removed once delivered.
+        forgotten: bool,
+    },
+    /// No descriptor: everything read was delivered, up to `acked`.
+    Parked,
+}
+
+struct FileFwd {
+    identity: FileIdentity,
+    path: PathBuf,
+    stream: String,
+    /// Every line before it was accepted by Loki.
+    acked: u64,
+    /// Size last seen, for the lag of a parked file.
+    size: u64,
+    /// Bumped when the file is read again from 0, so an answer for lines of the old
+    /// content does not move the new offset.
+    generation: u32,
+    state: Forwarding,
+}
+
+/// What the state writer and the server read.
+#[derive(Default)]
+pub struct ForwarderStatus {
+    pub stats: LokiStats,
+    positions: Mutex<Vec<FilePosition>>,
+}
+
+impl ForwarderStatus {
+    /// Where Loki has accepted every line, per file: saved beside the metering offsets.
+    pub fn positions(&self) -> Vec<FilePosition> {
+        self.positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A request on its way: the task, and the offset each file reaches when it is accepted.
+struct InFlight {
+    task: tokio::task::JoinHandle<Option<PushResult>>,
+    entries: usize,
+    bytes: usize,
+    marks: Vec<(FileId, u32, u64)>,
+}
+
+pub struct Forwarder {
+    files: BTreeMap<FileId, FileFwd>,
+    events: Receiver<FileEvent>,
+    status: Arc<ForwarderStatus>,
+    client: Arc<LokiClient>,
+    shaper: EntryShaper,
+    config: Config,
+    node: String,
+    batch: Batch,
+    in_flight: Option<InFlight>,
+}
+
+impl Forwarder {
+    /// `saved`: the acknowledged offsets of the state file.
+    pub fn new(
+        config: &Config,
+        node: &str,
+        client: LokiClient,
+        events: Receiver<FileEvent>,
+        saved: Vec<FilePosition>,
+        status: Arc<ForwarderStatus>,
+    ) -> Self {
+        let files = saved
+            .into_iter()
+            .map(|p| {
+                let labels = PodLabels::from_path(&p.path);
+                (
+                    p.identity.id(),
+                    FileFwd {
+                        stream: stream_labels(config, node, labels.as_ref()),
+                        identity: p.identity,
+                        path: p.path,
+                        acked: p.offset,
+                        size: p.offset,
+                        generation: 0,
+                        state: Forwarding::Parked,
+                    },
+                )
+            })
+            .collect();
+        Forwarder {
+            files,
+            events,
+            status,
+            client: Arc::new(client),
+            shaper: EntryShaper::new(config),
+            config: config.clone(),
+            node: node.to_string(),
+            batch: Batch::default(),
+            in_flight: None,
+        }
+    }
+
+    /// Runs until shutdown is complete (everything delivered or the deadline passed).
+    pub fn run(mut self, shutdown: &Shutdown, rt: &tokio::runtime::Handle) {
+        let mut last_publish = Instant::now() - Duration::from_secs(1);
+        loop {
+            let stopping = shutdown.stopping();
+            let mut busy = self.take_events();
+            busy |= self.finish_push(rt);
+            if stopping && shutdown.deadline_passed() {
+                if let Some(f) = self.in_flight.take() {
+                    f.task.abort();
+                    tracing::warn!(
+                        "shutdown deadline: a Loki batch of {} entries was not confirmed; it is sent again after the restart",
+                        f.entries
+                    );
+                }
+                self.publish();
+                return;
+            }
+            if self.in_flight.is_none() {
+                busy |= self.fill();
+                let full = self.batch.bytes >= self.config.loki.batch_bytes;
+                let old = self
+                    .batch
+                    .started
+                    .is_some_and(|t| t.elapsed() >= self.config.loki.batch_wait.0);
+                if !self.batch.is_empty() && (full || old || stopping) {
+                    self.send(rt);
+                    busy = true;
+                } else if stopping && self.batch.is_empty() && self.all_read() {
+                    self.publish();
+                    return;
+                }
+            }
+            if last_publish.elapsed() >= Duration::from_millis(200) || stopping {
+                self.publish();
+                last_publish = Instant::now();
+            }
+            if !busy {
+                match self.events.recv_timeout(IDLE_WAIT) {
+                    Ok(ev) => self.apply(ev),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAIT),
+                }
+            }
+        }
+    }
+
+    fn take_events(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(ev) = self.events.try_recv() {
+            self.apply(ev);
+            any = true;
+        }
+        any
+    }
+
+    fn apply(&mut self, ev: FileEvent) {
+        match ev {
+            FileEvent::Opened {
+                identity,
+                path,
+                labels,
+                file,
+                committed,
+            } => {
+                let id = identity.id();
+                let stream = stream_labels(&self.config, &self.node, labels.as_ref());
+                let max = self.config.source.max_line_bytes;
+                match self.files.get_mut(&id) {
+                    Some(f)
+                        if f.identity.matches(file.file())
+                            || matches!(f.state, Forwarding::Open { .. }) =>
+                    {
+                        f.path = path;
+                        f.stream = stream;
+                        f.identity = identity;
+                        match &mut f.state {
+                            Forwarding::Open {
+                                release, forgotten, ..
+                            } => {
+                                *release = false;
+                                *forgotten = false;
+                            }
+                            Forwarding::Parked => {
+                                let len = file.size().unwrap_or(0);
+                                if f.acked > len {
+                                    // Shrank while no descriptor was held: what was past
+                                    // `acked` is unknown; the new content is read from 0.
+                                    f.acked = 0;
+                                    f.generation = f.generation.wrapping_add(1);
+                                }
+                                f.state = Forwarding::Open {
+                                    cursor: Box::new(TailCursor::new(file, f.acked, max)),
+                                    batched: f.acked,
+                                    release: false,
+                                    forgotten: false,
+                                };
+                            }
+                        }
+                    }
+                    _ => {
+                        // New to the forwarder (or a reused inode): start where metering
+                        // starts.
+                        self.files.insert(
+                            id,
+                            FileFwd {
+                                identity,
+                                path,
+                                stream,
+                                acked: committed,
+                                size: committed,
+                                generation: 0,
+                                state: Forwarding::Open {
+                                    cursor: Box::new(TailCursor::new(file, committed, max)),
+                                    batched: committed,
+                                    release: false,
+                                    forgotten: false,
+                                },
+                            },
+                        );
+                    }
+                }
+            }
+            FileEvent::Closed { id, .. } => {
+                if let Some(f) = self.files.get_mut(&id) {
+                    if let Forwarding::Open { release, .. } = &mut f.state {
+                        *release = true;
+                    }
+                }
+                self.release_delivered();
+            }
+            FileEvent::Truncated { id } => {
+                let Some(f) = self.files.get_mut(&id) else {
+                    return;
+                };
+                let read_to = match &f.state {
+                    Forwarding::Open { cursor, .. } => cursor.read_to(),
+                    Forwarding::Parked => f.size,
+                };
+                let lost = read_to.max(f.size).saturating_sub(f.acked);
+                let path = f.path.display().to_string();
+                f.acked = 0;
+                f.size = 0;
+                f.generation = f.generation.wrapping_add(1);
+                if let Forwarding::Open {
+                    cursor, batched, ..
+                } = &mut f.state
+                {
+                    cursor.restart(0);
+                    *batched = 0;
+                    if let Ok(identity) = FileIdentity::read(cursor.file().file()) {
+                        f.identity = identity;
+                    }
+                }
+                self.lost(&path, lost);
+            }
+            FileEvent::Forgotten { id } => {
+                let remove = match self.files.get_mut(&id) {
+                    Some(FileFwd {
+                        state:
+                            Forwarding::Open {
+                                forgotten, release, ..
+                            },
+                        ..
+                    }) => {
+                        *forgotten = true;
+                        *release = true;
+                        false
+                    }
+                    Some(_) => true,
+                    None => false,
+                };
+                if remove {
+                    self.files.remove(&id);
+                }
+                self.release_delivered();
+            }
+        }
+    }
+
+    fn lost(&self, path: &str, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let mut lost = self
+            .status
+            .stats
+            .lost_bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = lost.entry(path.to_string()).or_insert(0);
+        *n = n.saturating_add(bytes);
+    }
+
+    /// Drops the descriptors the registry closed once everything in them is delivered.
+    fn release_delivered(&mut self) {
+        let mut remove = Vec::new();
+        for (id, f) in self.files.iter_mut() {
+            let Forwarding::Open {
+                cursor,
+                batched,
+                release: true,
+                forgotten,
+            } = &f.state
+            else {
+                continue;
+            };
+            let size = cursor.file().size().unwrap_or(0);
+            if cursor.read_to() >= size && f.acked == *batched && cursor.committed() == *batched {
+                f.size = size;
+                if *forgotten {
+                    remove.push(*id);
+                } else {
+                    f.state = Forwarding::Parked;
+                }
+            }
+        }
+        for id in remove {
+            self.files.remove(&id);
+        }
+    }
+
+    /// Reads lines into the batch until it is full or every file is read.
+    fn fill(&mut self) -> bool {
+        let batch_bytes = self.config.loki.batch_bytes;
+        let now = crate::timefmt::now_ns();
+        let mut any = false;
+        for f in self.files.values_mut() {
+            if self.batch.bytes >= batch_bytes {
+                break;
+            }
+            let Forwarding::Open {
+                cursor, batched, ..
+            } = &mut f.state
+            else {
+                continue;
+            };
+            let (shaper, batch, stats, stream) = (
+                &mut self.shaper,
+                &mut self.batch,
+                &self.status.stats,
+                &f.stream,
+            );
+            let result = cursor.read(LINES_PER_ROUND, |_, d| {
+                if let Decoded::Line(LogicalLine { text, time_ns, .. }) = d {
+                    let shaped = shaper.shape(text);
+                    if shaped.truncated {
+                        stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // SPEC §3 event time; `run` falls back to the time of reading.
+                    let t = time_ns.or(shaped.record_time_ns).unwrap_or(now);
+                    batch.push(stream, t, shaped);
+                }
+            });
+            match result {
+                Ok(n) => any |= n > 0,
+                Err(e) => tracing::warn!("{}: Loki reader: {e}", f.path.display()),
+            }
+            *batched = cursor.committed();
+        }
+        any
+    }
+
+    fn all_read(&self) -> bool {
+        self.files.values().all(|f| match &f.state {
+            Forwarding::Open { cursor, .. } => cursor.at_end(),
+            Forwarding::Parked => true,
+        })
+    }
+
+    fn send(&mut self, rt: &tokio::runtime::Handle) {
+        let batch = std::mem::take(&mut self.batch);
+        let body = batch.encode();
+        let marks = self
+            .files
+            .iter()
+            .filter_map(|(id, f)| match &f.state {
+                Forwarding::Open { batched, .. } if *batched != f.acked => {
+                    Some((*id, f.generation, *batched))
+                }
+                _ => None,
+            })
+            .collect();
+        let client = self.client.clone();
+        let status = self.status.clone();
+        let bytes = body.len();
+        let task = rt.spawn(async move { client.push(body, &status.stats, &|| false).await });
+        self.in_flight = Some(InFlight {
+            task,
+            entries: batch.entries,
+            bytes,
+            marks,
+        });
+    }
+
+    /// Applies the answer to the request in flight, once there is one.
+    fn finish_push(&mut self, rt: &tokio::runtime::Handle) -> bool {
+        if !self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.task.is_finished())
+        {
+            return false;
+        }
+        let Some(f) = self.in_flight.take() else {
+            return false;
+        };
+        let stats = &self.status.stats;
+        match rt.block_on(f.task) {
+            Ok(Some(PushResult::Accepted)) => {
+                stats
+                    .entries_sent
+                    .fetch_add(f.entries as u64, Ordering::Relaxed);
+                stats
+                    .bytes_sent
+                    .fetch_add(f.bytes as u64, Ordering::Relaxed);
+                stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Some(PushResult::Rejected { status, message })) => {
+                tracing::error!(
+                    "Loki rejected a batch of {} entries: {status}: {}",
+                    f.entries,
+                    message.trim().chars().take(1000).collect::<String>()
+                );
+                stats
+                    .entries_dropped_rejected
+                    .fetch_add(f.entries as u64, Ordering::Relaxed);
+            }
+            Ok(None) | Err(_) => return true, // cancelled: nothing acknowledged
+        }
+        for (id, generation, end) in f.marks {
+            if let Some(file) = self.files.get_mut(&id) {
+                if file.generation == generation {
+                    file.acked = file.acked.max(end);
+                }
+            }
+        }
+        self.release_delivered();
+        true
+    }
+
+    /// Publishes the acknowledged offsets and the lag: every undelivered byte in the files.
+    fn publish(&self) {
+        let mut positions = Vec::with_capacity(self.files.len());
+        let mut lag = Vec::with_capacity(self.files.len());
+        for f in self.files.values() {
+            let size = match &f.state {
+                Forwarding::Open { cursor, .. } => cursor.file().size().unwrap_or(f.size),
+                Forwarding::Parked => f.size,
+            };
+            positions.push(FilePosition {
+                path: f.path.clone(),
+                identity: f.identity.clone(),
+                offset: f.acked,
+                let_go_ns: None,
+            });
+            lag.push((f.path.display().to_string(), size.saturating_sub(f.acked)));
+        }
+        *self
+            .status
+            .positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = positions;
+        *self
+            .status
+            .stats
+            .lag
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = lag;
+    }
+}

@@ -1,0 +1,71 @@
+//! The shutdown sequence's shared clock: whether to stop, and the one deadline every step
+//! after reading stops is bounded by.
+//!
+//! Owns: the stop flag, the deadline (`shutdown_timeout` from the first signal), and the
+//! "now" flag of a second signal. Components poll it; none waits on another past the
+//! deadline.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    stop: AtomicBool,
+    deadline: OnceLock<Instant>,
+    /// A second signal: the deadline is now.
+    urgent: AtomicBool,
+}
+
+impl Shutdown {
+    /// Starts the shutdown: reading stops, everything else must be done within `timeout`.
+    /// A second call (a second signal) moves the deadline to now.
+    pub fn begin(&self, timeout: Duration) {
+        if self.deadline.set(Instant::now() + timeout).is_err() {
+            // Already stopping: a second signal means now.
+            self.urgent.store(true, Ordering::SeqCst);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    pub fn deadline_passed(&self) -> bool {
+        self.urgent.load(Ordering::SeqCst)
+            || self.deadline.get().is_some_and(|d| Instant::now() >= *d)
+    }
+
+    /// Time left until the deadline (zero when not stopping or past it).
+    pub fn remaining(&self) -> Duration {
+        if self.urgent.load(Ordering::SeqCst) {
+            return Duration::ZERO;
+        }
+        self.deadline
+            .get()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::ZERO)
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.get().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_signal_moves_the_deadline_to_now() {
+        let s = Shutdown::default();
+        assert!(!s.stopping() && !s.deadline_passed());
+        s.begin(Duration::from_secs(3600));
+        assert!(s.stopping() && !s.deadline_passed());
+        assert!(s.remaining() > Duration::from_secs(3500));
+        s.begin(Duration::from_secs(3600));
+        assert!(s.deadline_passed());
+        assert_eq!(s.remaining(), Duration::ZERO);
+    }
+}
