@@ -104,6 +104,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             max_line_bytes: config.source.max_line_bytes,
             max_open_files,
             remember_for: config.source.remember_for.0,
+            let_go_after: (config.source.glob_interval.0 * 2).max(Duration::from_secs(2)),
+            retry_first: Duration::from_millis(500),
         },
         saved_files,
         loki_enabled.then_some(events_tx),

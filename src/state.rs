@@ -264,6 +264,7 @@ mod tests {
             ino: 2,
             fingerprint: 3,
             fingerprint_len: 4,
+            born_ns: Some(6),
         }
     }
 
@@ -299,7 +300,7 @@ mod tests {
     }
 
     /// The version 2 format, byte for byte: a change here must bump the version.
-    const GOLDEN_V2: &str = r#"{"version":2,"saved_at_ns":2,"start_time_ns":1,"files":[{"path":"/var/log/pods/a/envoy/0.log","identity":{"dev":1,"ino":2,"fingerprint":3,"fingerprint_len":4},"offset":5,"let_go_ns":7}],"forwarders":{"loki":[{"path":"/var/log/pods/a/envoy/0.log","identity":{"dev":1,"ino":2,"fingerprint":3,"fingerprint_len":4},"offset":3}]},"counters":{"extra_names":[],"series":[],"durations":[],"stats":"#;
+    const GOLDEN_V2: &str = r#"{"version":2,"saved_at_ns":2,"start_time_ns":1,"files":[{"path":"/var/log/pods/a/envoy/0.log","identity":{"dev":1,"ino":2,"fingerprint":3,"fingerprint_len":4,"born_ns":6},"offset":5,"let_go_ns":7}],"forwarders":{"loki":[{"path":"/var/log/pods/a/envoy/0.log","identity":{"dev":1,"ino":2,"fingerprint":3,"fingerprint_len":4,"born_ns":6},"offset":3}]},"counters":{"extra_names":[],"series":[],"durations":[],"stats":"#;
 
     #[test]
     fn version_2_golden_format() {
@@ -326,6 +327,10 @@ mod tests {
         let loki = &s.forwarders["loki"];
         assert_eq!(loki.len(), 1, "only files that had a Loki offset");
         assert_eq!((loki[0].identity.ino, loki[0].offset), (2, 3));
+        assert_eq!(
+            loki[0].identity.born_ns, None,
+            "version 1 had no birth time"
+        );
     }
 
     #[test]

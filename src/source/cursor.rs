@@ -42,8 +42,9 @@ impl FileId {
     }
 }
 
-/// A file's identity: device and inode, plus a fingerprint of its first bytes so a reused
-/// inode is not mistaken for the old file.
+/// A file's identity: device and inode, plus its birth time (where the file system keeps
+/// one) and a fingerprint of its first bytes, so a reused inode is not mistaken for the old
+/// file. The birth time settles what the fingerprint cannot: a file that was still empty.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileIdentity {
     pub dev: u64,
@@ -51,6 +52,15 @@ pub struct FileIdentity {
     /// Hash of the first `fingerprint_len` bytes (FNV-1a, 64 bit).
     pub fingerprint: u64,
     pub fingerprint_len: u32,
+    /// Creation time (`statx` btime) in ns since the epoch, when the file system has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born_ns: Option<i64>,
+}
+
+fn born_ns(meta: &std::fs::Metadata) -> Option<i64> {
+    let t = meta.created().ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_nanos()).ok()
 }
 
 impl FileIdentity {
@@ -70,17 +80,24 @@ impl FileIdentity {
             ino: meta.ino(),
             fingerprint,
             fingerprint_len: len as u32,
+            born_ns: born_ns(&meta),
         })
     }
 
-    /// Whether `file` is this identity: same device and inode, and the same first bytes.
-    /// The one rule every reader uses before it trusts a saved offset.
+    /// Whether `file` is this identity: same device and inode, the same birth time where
+    /// both are known, and the same first bytes. The one rule every reader uses before it
+    /// trusts a saved offset.
     pub fn matches(&self, file: &File) -> bool {
         let Ok(meta) = file.metadata() else {
             return false;
         };
         if (meta.dev(), meta.ino()) != (self.dev, self.ino) {
             return false;
+        }
+        if let (Some(saved), Some(now)) = (self.born_ns, born_ns(&meta)) {
+            if saved != now {
+                return false;
+            }
         }
         match read_fingerprint(file, self.fingerprint_len as usize) {
             Ok((fp, len)) => len == self.fingerprint_len as usize && fp == self.fingerprint,
@@ -159,12 +176,16 @@ impl std::fmt::Debug for SharedFile {
 
 impl SharedFile {
     pub fn open(path: &Path, count: &DescriptorCount) -> io::Result<SharedFile> {
-        let file = File::open(path)?;
+        Ok(SharedFile::new(File::open(path)?, count))
+    }
+
+    /// Takes an open file, counting its descriptor until the last reader drops it.
+    pub fn new(file: File, count: &DescriptorCount) -> SharedFile {
         count.0.fetch_add(1, Ordering::Relaxed);
-        Ok(SharedFile(Arc::new(CountedFile {
+        SharedFile(Arc::new(CountedFile {
             file,
             count: count.clone(),
-        })))
+        }))
     }
 
     pub fn file(&self) -> &File {

@@ -4,8 +4,9 @@
 //! list, so an unreadable directory is never mistaken for an empty one), and pod labels from
 //! paths. Must not open files or keep state between scans: the registry does.
 
-use std::fs;
+use std::fs::{self, File, Metadata};
 use std::io;
+use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -41,6 +42,49 @@ impl PodLabels {
 pub(crate) fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
     GlobBuilder::new(pattern).literal_separator(true).build()
 }
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct DirItem {
+    pub path: PathBuf,
+    pub is_dir: bool,
+    pub ino: u64,
+}
+
+/// The file-system calls the registry makes by path, injected so tests can make them fail
+/// (EACCES, EMFILE, EIO) where a test cannot otherwise cause the fault (e.g. as root).
+/// Reads through an open descriptor are not in it: they go to the file itself.
+pub trait FileSystem: Send {
+    fn open(&self, path: &Path) -> io::Result<File> {
+        File::open(path)
+    }
+    fn metadata(&self, path: &Path) -> io::Result<Metadata> {
+        fs::metadata(path)
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirItem>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let path = if dir == Path::new(".") {
+                PathBuf::from(e.file_name())
+            } else {
+                e.path()
+            };
+            // A type that cannot be read counts as a file; its stat decides later.
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            out.push(DirItem {
+                path,
+                is_dir,
+                ino: e.ino(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The real file system.
+pub struct RealFs;
+impl FileSystem for RealFs {}
 
 /// The include and exclude globs of `source`, with the directories to walk.
 pub struct Globs {
@@ -86,10 +130,11 @@ impl Globs {
         })
     }
 
-    pub fn scan(&self) -> Scan {
+    pub fn scan(&self, fs: &dyn FileSystem) -> Scan {
         let mut scan = Scan::default();
         for (root, depth) in &self.roots {
             walk_reporting(
+                fs,
                 root,
                 *depth,
                 &mut |p| {
@@ -148,12 +193,13 @@ pub(crate) fn literal_root(pattern: &str) -> (PathBuf, usize) {
 /// Calls `found` for every non-directory entry below `dir`, `depth` levels deep. Directories
 /// that cannot be listed are skipped silently (replay's glob expansion).
 pub(crate) fn walk(dir: &Path, depth: usize, found: &mut dyn FnMut(&Path)) {
-    walk_reporting(dir, depth, found, &mut Vec::new());
+    walk_reporting(&RealFs, dir, depth, found, &mut Vec::new());
 }
 
 /// [`walk`], collecting the directories that exist but could not be listed. A missing
-/// directory (ENOENT, e.g. no pod yet) is not a failure.
+/// directory (ENOENT, e.g. no pod yet, or ENOTDIR) is not a failure.
 fn walk_reporting(
+    fs: &dyn FileSystem,
     dir: &Path,
     depth: usize,
     found: &mut dyn FnMut(&Path),
@@ -162,32 +208,23 @@ fn walk_reporting(
     if depth == 0 {
         return;
     }
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => return, // ENOTDIR
+    let items = match fs.read_dir(dir) {
+        Ok(items) => items,
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            return
+        }
         Err(e) => {
             failed.push((dir.to_path_buf(), e));
             return;
         }
     };
-    for e in entries {
-        let e = match e {
-            Ok(e) => e,
-            Err(err) => {
-                failed.push((dir.to_path_buf(), err));
-                continue;
-            }
-        };
-        let path = if dir == Path::new(".") {
-            PathBuf::from(e.file_name())
+    for item in items {
+        if item.is_dir {
+            walk_reporting(fs, &item.path, depth - 1, found, failed);
         } else {
-            e.path()
-        };
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_dir() {
-            walk_reporting(&path, depth - 1, found, failed);
-        } else {
-            found(&path);
+            found(&item.path);
         }
     }
 }

@@ -16,7 +16,7 @@ pub mod registry;
 pub use cursor::{
     fingerprint, DescriptorCount, FileId, FileIdentity, SharedFile, TailCursor, Truncation,
 };
-pub use discover::PodLabels;
+pub use discover::{DirItem, FileSystem, PodLabels, RealFs};
 pub use input::{expand_inputs, open_input, Input, InputError};
 pub use lines::{AtEof, Line, LineReader};
 pub use registry::{

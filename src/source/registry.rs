@@ -32,20 +32,18 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use super::cursor::{DescriptorCount, FileId, FileIdentity, SharedFile, TailCursor, Truncation};
-use super::discover::{Globs, PodLabels, Scan};
+use super::discover::{FileSystem, Globs, PodLabels, RealFs, Scan};
 use crate::config::StartAt;
 use crate::decode::Decoded;
 
 /// How often a warning about the same failing path is repeated while it keeps failing.
 const WARN_EVERY: Duration = Duration::from_secs(300);
-/// Retry delays for a path that failed to open: doubling from the first to the last.
-const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest delay between two attempts to open a failing file.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct RegistryOptions {
@@ -59,6 +57,11 @@ pub struct RegistryOptions {
     pub max_open_files: usize,
     /// How long a let-go identity is remembered (longer while it still exists).
     pub remember_for: Duration,
+    /// How long a file that left the globs stays quiet at its end before it is let go (a
+    /// runtime may still write a last line to a renamed file).
+    pub let_go_after: Duration,
+    /// First delay before a file that failed to open is tried again; it doubles up to 30 s.
+    pub retry_first: Duration,
 }
 
 /// Where a file was when the state was saved (one entry of the state file).
@@ -198,6 +201,10 @@ struct Entry {
     retry_delay: Duration,
     /// Last time lines were read (or the file was opened): idle files close first.
     active: Instant,
+    /// Modification time when it was closed idle: unchanged size and mtime mean untouched.
+    idle_mtime: Option<std::time::SystemTime>,
+    /// Loaded from the state file and not yet found (in the globs or in its directory).
+    from_state: bool,
 }
 
 /// A matched path not opened yet (new, or waiting for a descriptor, or failing to open).
@@ -253,6 +260,7 @@ pub struct RegistrySummary {
 }
 
 pub struct Registry {
+    fs: Box<dyn FileSystem>,
     globs: Globs,
     opts: RegistryOptions,
     entries: BTreeMap<FileId, Entry>,
@@ -301,12 +309,15 @@ impl Registry {
                     },
                     error: None,
                     retry_at: None,
-                    retry_delay: RETRY_FIRST,
+                    retry_delay: opts.retry_first,
                     active: Instant::now(),
+                    idle_mtime: None,
+                    from_state: true,
                 },
             );
         }
         Ok(Registry {
+            fs: Box::new(RealFs),
             globs,
             opts,
             entries,
@@ -320,6 +331,12 @@ impl Registry {
             errors: [0; 4],
             events,
         })
+    }
+
+    /// Replaces the file-system calls (tests inject faults through it).
+    pub fn with_fs(mut self, fs: Box<dyn FileSystem>) -> Self {
+        self.fs = fs;
+        self
     }
 
     /// The descriptor count other holders of [`SharedFile`]s share with the registry.
@@ -355,7 +372,7 @@ impl Registry {
             .last_scan
             .is_none_or(|t| t.elapsed() >= self.opts.glob_interval);
         if due {
-            let scan = self.globs.scan();
+            let scan = self.globs.scan(self.fs.as_ref());
             self.apply_scan(&scan);
             self.check_truncations();
             self.open_wanted();
@@ -446,7 +463,7 @@ impl Registry {
         let mut seen = std::collections::HashSet::new();
         let mut unknown_paths: Vec<PathBuf> = Vec::new();
         for path in &scan.paths {
-            let meta = match fs::metadata(path) {
+            let meta = match self.fs.metadata(path) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
@@ -459,7 +476,7 @@ impl Registry {
                         at_first_start: first_scan && self.first_start,
                         error: None,
                         retry_at: None,
-                        retry_delay: RETRY_FIRST,
+                        retry_delay: self.opts.retry_first,
                     });
                     record_error(&mut self.errors, &mut p.error, path, "stat", &e);
                     continue;
@@ -480,13 +497,15 @@ impl Registry {
                     let len = meta.len();
                     e.fate = match std::mem::replace(&mut e.fate, Fate::Idle) {
                         Fate::Draining { cursor, .. } => Fate::Reading(cursor),
-                        Fate::Idle if len == e.committed => Fate::Idle,
-                        // Back in the globs, nothing new: no descriptor needed (after a
-                        // restart it is opened once, so every reader of it resumes).
-                        Fate::Remembered { since_ns } if !first_scan && len == e.committed => {
-                            let _ = since_ns;
+                        // Closed by us and untouched since (same size and mtime: an inode
+                        // reused by a new file would differ).
+                        Fate::Idle
+                            if len == e.committed && e.idle_mtime == meta.modified().ok() =>
+                        {
                             Fate::Idle
                         }
+                        // Otherwise it is opened and its identity checked before its offset
+                        // is trusted.
                         Fate::Idle | Fate::Remembered { .. } | Fate::Waiting { .. } => {
                             Fate::Waiting { left: false }
                         }
@@ -495,6 +514,7 @@ impl Registry {
                     if e.fate.cursor().is_none() {
                         e.size = len;
                     }
+                    e.from_state = false;
                     self.pending.remove(path);
                 }
                 None => {
@@ -502,7 +522,7 @@ impl Registry {
                         at_first_start: first_scan && self.first_start,
                         error: None,
                         retry_at: None,
-                        retry_delay: RETRY_FIRST,
+                        retry_delay: self.opts.retry_first,
                     });
                 }
             }
@@ -521,15 +541,16 @@ impl Registry {
                 // Cannot tell: an error is not a deletion.
                 continue;
             }
+            let from_state = std::mem::take(&mut e.from_state);
             e.fate = match std::mem::replace(&mut e.fate, Fate::Idle) {
                 Fate::Reading(cursor) => Fate::Draining { cursor, since: now },
                 d @ Fate::Draining { .. } => d,
-                Fate::Remembered { since_ns } if !first_scan => Fate::Remembered { since_ns },
+                Fate::Remembered { since_ns } if !from_state => Fate::Remembered { since_ns },
                 // Closed and now outside the globs (or saved and not matched at the first
                 // scan: renamed while the daemon was down): look for it in its directory.
                 // Found, it is opened once more and read to its end, so what was appended
                 // after it was closed is counted and other readers can finish it too.
-                other => match find_in_dir(&e.meta.path, *id) {
+                other => match find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity) {
                     Some((path, len)) => {
                         if path != e.meta.path {
                             tracing::info!(
@@ -541,7 +562,8 @@ impl Registry {
                             e.meta.path = path;
                         }
                         e.size = len;
-                        if first_scan || len != e.committed {
+                        if from_state || len != e.committed || matches!(other, Fate::Waiting { .. })
+                        {
                             Fate::Waiting { left: true }
                         } else {
                             Fate::Remembered { since_ns: now_ns }
@@ -549,7 +571,7 @@ impl Registry {
                     }
                     None => match other {
                         Fate::Remembered { since_ns } => {
-                            if first_scan {
+                            if from_state {
                                 tracing::info!(
                                     "{}: not found since the last run (deleted or moved away); its identity is remembered at offset {}",
                                     e.meta.path.display(),
@@ -662,6 +684,11 @@ impl Registry {
             return false;
         };
         if let Some(e) = self.entries.get_mut(&id) {
+            e.idle_mtime = e
+                .fate
+                .cursor()
+                .and_then(|c| c.file().file().metadata().ok())
+                .and_then(|m| m.modified().ok());
             e.fate = Fate::Idle;
             send(&self.events, FileEvent::Closed { id, left: false });
         }
@@ -675,12 +702,16 @@ impl Registry {
             return false;
         };
         let left = matches!(e.fate, Fate::Waiting { left: true });
-        let file = match SharedFile::open(&e.meta.path, &self.descriptors) {
+        let file = match self
+            .fs
+            .open(&e.meta.path)
+            .map(|f| SharedFile::new(f, &self.descriptors))
+        {
             Ok(f) => f,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 // Moved or deleted since the scan: look for it by identity next to its path;
                 // the next scan decides about it.
-                if let Some((path, _)) = find_in_dir(&e.meta.path, id) {
+                if let Some((path, _)) = find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity) {
                     e.meta.labels = PodLabels::from_path(&path);
                     e.meta.path = path;
                 }
@@ -701,6 +732,17 @@ impl Registry {
             }) != id
             {
                 // Another file now has this path; the scan will find ours (or not) later.
+                return false;
+            }
+            if left {
+                // Outside the globs, same inode, other first bytes: our file was deleted and
+                // its inode reused by a file we were never asked to read.
+                tracing::info!(
+                    "{}: not the file it was (inode reused); forgotten",
+                    e.meta.path.display()
+                );
+                self.entries.remove(&id);
+                send(&self.events, FileEvent::Forgotten { id });
                 return false;
             }
             tracing::info!(
@@ -728,7 +770,7 @@ impl Registry {
         clear_error(&mut e.error, "open", &e.meta.path);
         clear_error(&mut e.error, "stat", &e.meta.path);
         e.retry_at = None;
-        e.retry_delay = RETRY_FIRST;
+        e.retry_delay = self.opts.retry_first;
         e.committed = start;
         e.size = len;
         e.active = Instant::now();
@@ -760,7 +802,10 @@ impl Registry {
         let Some(p) = self.pending.get_mut(path) else {
             return Ok(());
         };
-        let opened = SharedFile::open(path, &self.descriptors)
+        let opened = self
+            .fs
+            .open(path)
+            .map(|f| SharedFile::new(f, &self.descriptors))
             .and_then(|f| Ok((FileIdentity::read(f.file())?, f.size()?, f)));
         let (identity, len, file) = match opened {
             Ok(x) => x,
@@ -820,8 +865,10 @@ impl Registry {
                 fate: Fate::Reading(TailCursor::new(file, start, self.opts.max_line_bytes)),
                 error: None,
                 retry_at: None,
-                retry_delay: RETRY_FIRST,
+                retry_delay: self.opts.retry_first,
                 active: Instant::now(),
+                idle_mtime: None,
+                from_state: false,
             },
         );
         Ok(())
@@ -830,7 +877,7 @@ impl Registry {
     /// Draining files read to their end and quiet for the grace: deleted ones are
     /// forgotten, the others remembered.
     fn let_go_drained(&mut self) {
-        let grace = (self.opts.glob_interval * 2).max(Duration::from_secs(2));
+        let grace = self.opts.let_go_after;
         let now_ns = crate::timefmt::now_ns();
         let mut forget = Vec::new();
         for (id, e) in self.entries.iter_mut() {
@@ -882,7 +929,7 @@ impl Registry {
             if now_ns.saturating_sub(*since_ns) < limit {
                 continue;
             }
-            if find_in_dir(&e.meta.path, *id).is_some() {
+            if find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity).is_some() {
                 *since_ns = now_ns;
             } else {
                 forget.push(*id);
@@ -1034,25 +1081,35 @@ fn backoff(retry_at: &mut Option<Instant>, delay: &mut Duration) {
     *delay = (*delay * 2).min(RETRY_MAX);
 }
 
-/// Looks for `id` in the directory of `path` (a file renamed within its directory, as
-/// kubelet rotates). Returns its path and size.
-fn find_in_dir(path: &Path, id: FileId) -> Option<(PathBuf, u64)> {
+/// Looks for `identity` in the directory of `path` (a file renamed within its directory, as
+/// kubelet rotates). Returns its path and size. A file with the same inode but other first
+/// bytes is a reused inode, not ours; one that cannot be opened to check is taken as ours.
+fn find_in_dir(
+    fs: &dyn FileSystem,
+    path: &Path,
+    identity: &FileIdentity,
+) -> Option<(PathBuf, u64)> {
+    let id = identity.id();
+    let ours = |p: &Path| match fs.open(p) {
+        Ok(f) => identity.matches(&f),
+        Err(_) => true,
+    };
+    if let Ok(m) = fs.metadata(path) {
+        if m.is_file() && FileId::of(&m) == id {
+            return ours(path).then(|| (path.to_path_buf(), m.len()));
+        }
+    }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    if let Ok(m) = fs::metadata(path) {
-        if m.is_file() && FileId::of(&m) == id {
-            return Some((path.to_path_buf(), m.len()));
-        }
-    }
-    for entry in fs::read_dir(dir).ok()?.flatten() {
-        if entry.ino() != id.ino {
+    for item in fs.read_dir(dir).ok()? {
+        if item.ino != id.ino || item.is_dir {
             continue;
         }
-        if let Ok(m) = entry.metadata() {
-            if m.is_file() && m.dev() == id.dev {
-                return Some((entry.path(), m.len()));
+        if let Ok(m) = fs.metadata(&item.path) {
+            if m.is_file() && FileId::of(&m) == id {
+                return ours(&item.path).then(|| (item.path.clone(), m.len()));
             }
         }
     }
@@ -1076,3 +1133,7 @@ fn last_line_boundary(file: &fs::File, len: u64) -> io::Result<u64> {
     }
     Ok(0)
 }
+
+#[cfg(test)]
+#[path = "registry_model.rs"]
+mod model;
