@@ -27,24 +27,57 @@ fn counts(entries: &[Received]) -> BTreeMap<String, usize> {
     m
 }
 
+/// The daemon's Loki counters: (entries sent + rejected, undelivered bytes, state writes).
+/// Per process: they start at 0 after a restart.
+fn loki_progress(d: &Daemon) -> Option<(f64, f64, f64)> {
+    let m = d.metrics()?;
+    Some((
+        m.sum("tokenmeter_loki_entries_total", &[]),
+        m.sum("tokenmeter_loki_lag_bytes", &[]),
+        m.sum(
+            "tokenmeter_checkpoint_writes_total",
+            &[("outcome", "success")],
+        ),
+    ))
+}
+
+/// Waits until at least `n` entries arrived and the daemon has delivered all it read: nothing
+/// undelivered, and every entry the receiver holds answered (sent or rejected, as counted by
+/// this daemon process, so no earlier process may have delivered any). Then, to catch
+/// duplicates that would arrive late, waits a moment more (700 ms, and two more state writes
+/// of the daemon, so a slow daemon has had its turns) during which nothing may arrive.
 fn wait_entries(r: &LokiReceiver, n: usize, d: &Daemon) -> Vec<Received> {
     let start = std::time::Instant::now();
-    loop {
-        let e = r.entries();
-        if e.len() >= n {
-            // A moment more, to catch duplicates that would arrive late.
-            std::thread::sleep(Duration::from_millis(700));
-            return r.entries();
+    let (got, writes) = loop {
+        let got = r.entries().len();
+        let progress = loki_progress(d);
+        if let Some((answered, lag, writes)) = progress {
+            if got >= n && lag == 0.0 && answered >= got as f64 {
+                break (got, writes);
+            }
         }
         if start.elapsed() > WAIT {
             panic!(
-                "only {} of {n} entries arrived; log:\n{}",
-                e.len(),
-                d.log_text()
+                "only {got} of {n} entries arrived, or not all answered: (answered, lag, state \
+                 writes) = {progress:?}\n{}",
+                cond_daemon_report(d, 40)
             );
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    let t = std::time::Instant::now();
+    cond_wait(d, "two more state writes", WAIT, || {
+        let (_, _, w) = loki_progress(d)?;
+        (w >= writes + 2.0 && t.elapsed() >= Duration::from_millis(700)).then_some(())
+    });
+    let (answered, lag, _) = loki_progress(d).unwrap();
+    let entries = r.entries();
+    assert_eq!(
+        (entries.len(), lag),
+        (got, 0.0),
+        "entries arrived after the daemon had delivered everything ({answered} answered)"
+    );
+    entries
 }
 
 #[test]
@@ -165,14 +198,29 @@ fn outage(kill_during: bool) {
             t.elapsed()
         );
         if kill_during && burst == 5 {
-            d.kill9();
+            cond_kill9_reported(
+                &mut d,
+                &format!(
+                    "loki outage (deterministic, no seed): after burst {burst}, {} lines \
+                     written and metered, Loki down for {:?}",
+                    lines.len(),
+                    started.elapsed()
+                ),
+            );
             d = Daemon::start(tmp.path(), "loki-outage", &cfg);
         }
+        // The bursts are spread over the outage.
         std::thread::sleep(Duration::from_millis(2500));
     }
     assert!(d.peak_rss_mib() < 32.0, "peak RSS {} MiB", d.peak_rss_mib());
+    // The outage lasts 30 s, and the daemon (the restarted one, if killed) has seen it: its
+    // pushes failed and are being retried.
     let remaining = Duration::from_secs(30).saturating_sub(started.elapsed());
     std::thread::sleep(remaining);
+    cond_wait(&d, "Loki pushes retried during the outage", WAIT, || {
+        let m = d.metrics()?;
+        (m.sum("tokenmeter_loki_retries_total", &[]) >= 1.0).then_some(())
+    });
     assert!(r.entries().is_empty());
     r.set_down(false);
     let entries = wait_entries(&r, lines.len(), &d);
@@ -325,18 +373,37 @@ fn a_rotated_file_behind_in_loki_survives_a_kill9() {
     };
     write(0..1000, &mut exp);
     wait_exact(&d, &exp);
-    std::fs::rename(&log, dir.join("0.log.20261127-101500")).unwrap();
+    let rotated = dir.join("0.log.20261127-101500");
+    std::fs::rename(&log, &rotated).unwrap();
     write(1000..1500, &mut exp);
     wait_exact(&d, &exp);
-    wait_until("the tailer lets go of the rotated file", WAIT, || {
-        d.log_text()
-            .contains("rotated away or deleted, read to its end")
-            .then_some(())
+    cond_wait(
+        &d,
+        "the registry to let go of the rotated file",
+        WAIT,
+        || (cond_status_of(&d, &rotated)?["state"] == "remembered").then_some(()),
+    );
+    // Two state writes after the let-go was seen, so a state written after it is on disk.
+    let writes = |d: &Daemon| {
+        d.metrics().map(|m| {
+            m.sum(
+                "tokenmeter_checkpoint_writes_total",
+                &[("outcome", "success")],
+            )
+        })
+    };
+    let w0 = cond_wait(&d, "/metrics", WAIT, || writes(&d));
+    cond_wait(&d, "two state writes after the let-go", WAIT, || {
+        (writes(&d)? >= w0 + 2.0).then_some(())
     });
-    // Two state intervals, so a state written after the let-go is on disk.
-    std::thread::sleep(Duration::from_millis(1000));
     assert!(r.entries().is_empty());
-    d.kill9();
+    let context = format!(
+        "rotated file behind in Loki (deterministic, no seed): {} lines written and \
+         metered, 0.log rotated after line 1000, let go, {} state writes since",
+        lines.len(),
+        writes(&d).unwrap_or(0.0) - w0
+    );
+    cond_kill9_reported(&mut d, &context);
     r.set_down(false);
     let d = Daemon::start(tmp.path(), "loki-rotate", &cfg);
     let entries = wait_entries(&r, lines.len(), &d);
@@ -346,4 +413,54 @@ fn a_rotated_file_behind_in_loki_survives_a_kill9() {
         assert_eq!(got.get(l), Some(&1), "{l}");
     }
     wait_exact(&d, &exp);
+}
+
+#[test]
+fn loki_lag_is_every_undelivered_byte_in_the_files_while_loki_is_down() {
+    let r = LokiReceiver::start();
+    r.set_down(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let cfg = config(&root, &tmp.path().join("state"), "", &loki_section(&r, ""));
+    let d = Daemon::start(tmp.path(), "loki-lag", &cfg);
+    let mut exp = Expected::default();
+    let mut files = Vec::new();
+    let mut lines = 0usize;
+    // Four pods, ~1.2 MB each: far more than one batch (64 KiB here), and one file is rotated
+    // away while undelivered, so the backlog sits in files the forwarder has not batched yet.
+    for (p, pod) in ["gw-l1", "gw-l2", "gw-l3", "gw-l4"].iter().enumerate() {
+        let log = pod_dir(&root, pod).join("0.log");
+        let mut text = String::new();
+        for i in 0..5000u64 {
+            text.push_str(&cri(&record_line(p as u64 * 100_000 + i, &mut exp)));
+            lines += 1;
+        }
+        append(&log, &text);
+        files.push(log);
+    }
+    // Metered (so the daemon holds it) before it is rotated away undelivered.
+    cond_wait_read_to_end(&d, &files[0], WAIT);
+    let rotated = files[0].with_file_name("0.log.20261130-120000");
+    std::fs::rename(&files[0], &rotated).unwrap();
+    files[0] = rotated;
+    let on_disk: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(on_disk > 4_000_000, "{on_disk}");
+    cond_wait(
+        &d,
+        "tokenmeter_loki_lag_bytes to sum to every byte written",
+        WAIT,
+        || {
+            let m = d.metrics()?;
+            (m.sum("tokenmeter_loki_lag_bytes", &[]) as u64 == on_disk).then_some(())
+        },
+    );
+    r.set_down(false);
+    let entries = wait_entries(&r, lines, &d);
+    assert_eq!(entries.len(), lines, "each line once");
+    let m = d.metrics().unwrap();
+    assert_eq!(m.sum("tokenmeter_loki_lag_bytes", &[]), 0.0);
+    assert_eq!(m.by_series("llm_tokens_total"), exp.column(3));
 }

@@ -543,7 +543,16 @@ impl Registry {
             }
             let from_state = std::mem::take(&mut e.from_state);
             e.fate = match std::mem::replace(&mut e.fate, Fate::Idle) {
-                Fate::Reading(cursor) => Fate::Draining { cursor, since: now },
+                Fate::Reading(cursor) => {
+                    // Renamed within its directory (rotation): show it under its new name.
+                    if let Some((path, _)) =
+                        find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity)
+                    {
+                        e.meta.labels = PodLabels::from_path(&path).or(e.meta.labels.take());
+                        e.meta.path = path;
+                    }
+                    Fate::Draining { cursor, since: now }
+                }
                 d @ Fate::Draining { .. } => d,
                 Fate::Remembered { since_ns } if !from_state => Fate::Remembered { since_ns },
                 // Closed and now outside the globs (or saved and not matched at the first

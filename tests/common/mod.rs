@@ -553,3 +553,125 @@ pub fn iso(secs: i64) -> String {
         rem % 60
     )
 }
+
+// --- Waiting on what the daemon shows instead of sleeping, and saying what it was doing when
+// it was killed. Names start with `cond_`.
+
+/// The `files` of the daemon's `/status`; `None` while it does not answer.
+pub fn cond_status_files(d: &Daemon) -> Option<Vec<serde_json::Value>> {
+    let (code, body) = get(&d.addr, "/status").ok()?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["files"].as_array().cloned()
+}
+
+/// The `/status` entry of the file now at `path`, found by device and inode (a renamed or
+/// replaced file is never taken for it).
+pub fn cond_status_of(d: &Daemon, path: &Path) -> Option<serde_json::Value> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    cond_status_files(d)?
+        .into_iter()
+        .find(|f| f["inode"].as_u64() == Some(meta.ino()) && f["dev"].as_u64() == Some(meta.dev()))
+}
+
+/// The committed offset (`/status` files[].offset) of the file now at `path`.
+pub fn cond_offset_of(d: &Daemon, path: &Path) -> Option<u64> {
+    cond_status_of(d, path)?["offset"].as_u64()
+}
+
+/// Polls `f` until it gives a value; on timeout, panics with `what` and what the daemon was
+/// doing (`/status`, log tail).
+pub fn cond_wait<T>(
+    d: &Daemon,
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                cond_daemon_report(d, 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the daemon has counted every byte of the file now at `path`: its `/status`
+/// offset equals the file's size on disk.
+pub fn cond_wait_read_to_end(d: &Daemon, path: &Path, timeout: Duration) {
+    let what = format!("{}: /status offset = size on disk", path.display());
+    cond_wait(d, &what, timeout, || {
+        let len = std::fs::metadata(path).ok()?.len();
+        (cond_offset_of(d, path)? == len).then_some(())
+    });
+}
+
+/// What the daemon is doing now, for a test's output: each `/status` file (offset against its
+/// size on disk), the exporter and checkpoint counts, and the last `log_lines` of its log.
+pub fn cond_daemon_report(d: &Daemon, log_lines: usize) -> String {
+    let mut out = format!("daemon pid {} at {}\n", d.child.id(), d.addr);
+    match get(&d.addr, "/status") {
+        Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(v) => {
+                for f in v["files"].as_array().into_iter().flatten() {
+                    let path = f["path"].as_str().unwrap_or("?");
+                    let disk = std::fs::metadata(path)
+                        .map(|m| m.len().to_string())
+                        .unwrap_or_else(|_| "gone".into());
+                    let state = f.get("state").or_else(|| f.get("draining"));
+                    out.push_str(&format!(
+                        "  file {path} inode {} offset {} size {} on disk {disk} state {}\n",
+                        f["inode"],
+                        f["offset"],
+                        f["size"],
+                        state.map(|s| s.to_string()).unwrap_or_default(),
+                    ));
+                }
+                for k in ["lines", "records", "checkpoints", "exporters"] {
+                    if let Some(x) = v.get(k) {
+                        out.push_str(&format!("  {k}: {x}\n"));
+                    }
+                }
+            }
+            Err(e) => out.push_str(&format!("  /status not JSON ({e}): {body}\n")),
+        },
+        other => out.push_str(&format!("  /status: {other:?}\n")),
+    }
+    let log = d.log_text();
+    let lines: Vec<&str> = log.lines().collect();
+    out.push_str(&format!(
+        "  last {} lines of its log:\n",
+        log_lines.min(lines.len())
+    ));
+    for l in &lines[lines.len().saturating_sub(log_lines)..] {
+        out.push_str(&format!("    {l}\n"));
+    }
+    out
+}
+
+/// The seed of a randomized test: `TOKENMETER_TEST_SEED` when set, else `default`.
+pub fn cond_test_seed(default: u64) -> u64 {
+    match std::env::var("TOKENMETER_TEST_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("TOKENMETER_TEST_SEED={s:?} is not a u64")),
+        Err(_) => default,
+    }
+}
+
+/// SIGKILL, after printing (to stderr: cargo shows it when the test fails) `context` (seed,
+/// iteration, what was written) and what the daemon was doing right before the kill.
+pub fn cond_kill9_reported(d: &mut Daemon, context: &str) {
+    eprintln!("--- kill -9: {context}\n{}", cond_daemon_report(d, 15));
+    d.kill9();
+}
