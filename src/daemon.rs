@@ -112,6 +112,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     )
     .context("source.include / source.exclude")?;
 
+    let descriptors = (registry.descriptors(), max_open_files);
     let meter = MeterHandle::new(meter);
     let status = Arc::new(AgentStatus::new(node.clone(), start_time_ns));
     let shutdown = Arc::new(Shutdown::default());
@@ -181,6 +182,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 events_rx,
                 saved_forwarders.remove(LOKI).unwrap_or_default(),
                 loki_status.clone(),
+                descriptors,
             );
             let (shutdown, rt) = (shutdown.clone(), runtime.handle().clone());
             Some(

@@ -26,7 +26,9 @@ use crate::config::Config;
 use crate::decode::{Decoded, LogicalLine};
 use crate::export::loki::{stream_labels, Batch, EntryShaper, LokiClient, LokiStats, PushResult};
 use crate::shutdown::Shutdown;
-use crate::source::{FileEvent, FileId, FileIdentity, FilePosition, PodLabels, TailCursor};
+use crate::source::{
+    DescriptorCount, FileEvent, FileId, FileIdentity, FilePosition, PodLabels, TailCursor,
+};
 
 /// Lines read per file per round, so one busy file does not starve the others.
 const LINES_PER_ROUND: usize = 2048;
@@ -39,14 +41,15 @@ enum Forwarding {
     /// (idle or let go); the descriptor is dropped once everything read is delivered.
     Open {
         cursor: Box<TailCursor>,
-        /// End of the last line put into the batch being filled or in flight.
-        batched: u64,
         release: bool,
         /// Forgotten by the registry (deleted): removed once delivered.
         forgotten: bool,
     },
-    /// No descriptor: everything read was delivered, up to `acked`.
-    Parked,
+    /// No descriptor. Everything read was delivered up to `acked`, or (`behind`) the registry
+    /// closed an idle file before Loki had all of it: the forwarder then reopens it by path
+    /// and identity itself when a descriptor is free, so a Loki outage never holds
+    /// descriptors that metering needs.
+    Parked { behind: bool },
 }
 
 struct FileFwd {
@@ -55,6 +58,9 @@ struct FileFwd {
     stream: String,
     /// Every line before it was accepted by Loki.
     acked: u64,
+    /// End of the last line put into the batch being filled or in flight (a committed
+    /// offset of the file; reading resumes there).
+    batched: u64,
     /// Size last seen, for the lag of a parked file.
     size: u64,
     /// Bumped when the file is read again from 0, so an answer for lines of the old
@@ -98,10 +104,14 @@ pub struct Forwarder {
     node: String,
     batch: Batch,
     in_flight: Option<InFlight>,
+    /// The registry's descriptor count and ceiling, which the forwarder's own reopens obey.
+    descriptors: DescriptorCount,
+    max_open_files: usize,
 }
 
 impl Forwarder {
-    /// `saved`: the acknowledged offsets of the state file.
+    /// `saved`: the acknowledged offsets of the state file; `descriptors` and
+    /// `max_open_files`: the registry's, shared.
     pub fn new(
         config: &Config,
         node: &str,
@@ -109,6 +119,7 @@ impl Forwarder {
         events: Receiver<FileEvent>,
         saved: Vec<FilePosition>,
         status: Arc<ForwarderStatus>,
+        (descriptors, max_open_files): (DescriptorCount, usize),
     ) -> Self {
         let files = saved
             .into_iter()
@@ -121,9 +132,10 @@ impl Forwarder {
                         identity: p.identity,
                         path: p.path,
                         acked: p.offset,
+                        batched: p.offset,
                         size: p.offset,
                         generation: 0,
-                        state: Forwarding::Parked,
+                        state: Forwarding::Parked { behind: false },
                     },
                 )
             })
@@ -138,6 +150,8 @@ impl Forwarder {
             node: node.to_string(),
             batch: Batch::default(),
             in_flight: None,
+            descriptors,
+            max_open_files,
         }
     }
 
@@ -224,17 +238,17 @@ impl Forwarder {
                                 *release = false;
                                 *forgotten = false;
                             }
-                            Forwarding::Parked => {
+                            Forwarding::Parked { .. } => {
                                 let len = file.size().unwrap_or(0);
-                                if f.acked > len {
+                                if f.batched > len {
                                     // Shrank while no descriptor was held: what was past
                                     // `acked` is unknown; the new content is read from 0.
                                     f.acked = 0;
+                                    f.batched = 0;
                                     f.generation = f.generation.wrapping_add(1);
                                 }
                                 f.state = Forwarding::Open {
-                                    cursor: Box::new(TailCursor::new(file, f.acked, max)),
-                                    batched: f.acked,
+                                    cursor: Box::new(TailCursor::new(file, f.batched, max)),
                                     release: false,
                                     forgotten: false,
                                 };
@@ -251,11 +265,11 @@ impl Forwarder {
                                 path,
                                 stream,
                                 acked: committed,
+                                batched: committed,
                                 size: committed,
                                 generation: 0,
                                 state: Forwarding::Open {
                                     cursor: Box::new(TailCursor::new(file, committed, max)),
-                                    batched: committed,
                                     release: false,
                                     forgotten: false,
                                 },
@@ -264,10 +278,24 @@ impl Forwarder {
                     }
                 }
             }
-            FileEvent::Closed { id, .. } => {
+            FileEvent::Closed { id, left } => {
                 if let Some(f) = self.files.get_mut(&id) {
-                    if let Forwarding::Open { release, .. } = &mut f.state {
-                        *release = true;
+                    if let Forwarding::Open {
+                        release, cursor, ..
+                    } = &mut f.state
+                    {
+                        if left {
+                            // Rotated away or deleted: the descriptor may be the only way
+                            // left to its lines; kept until they are delivered.
+                            *release = true;
+                        } else {
+                            // Closed to free a descriptor: give it back now, resume where
+                            // the batch ends later.
+                            f.size = cursor.file().size().unwrap_or(f.size);
+                            f.state = Forwarding::Parked {
+                                behind: f.batched < f.size,
+                            };
+                        }
                     }
                 }
                 self.release_delivered();
@@ -278,19 +306,16 @@ impl Forwarder {
                 };
                 let read_to = match &f.state {
                     Forwarding::Open { cursor, .. } => cursor.read_to(),
-                    Forwarding::Parked => f.size,
+                    Forwarding::Parked { .. } => f.size,
                 };
                 let lost = read_to.max(f.size).saturating_sub(f.acked);
                 let path = f.path.display().to_string();
                 f.acked = 0;
+                f.batched = 0;
                 f.size = 0;
                 f.generation = f.generation.wrapping_add(1);
-                if let Forwarding::Open {
-                    cursor, batched, ..
-                } = &mut f.state
-                {
+                if let Forwarding::Open { cursor, .. } = &mut f.state {
                     cursor.restart(0);
-                    *batched = 0;
                     if let Ok(identity) = FileIdentity::read(cursor.file().file()) {
                         f.identity = identity;
                     }
@@ -341,7 +366,6 @@ impl Forwarder {
         for (id, f) in self.files.iter_mut() {
             let Forwarding::Open {
                 cursor,
-                batched,
                 release: true,
                 forgotten,
             } = &f.state
@@ -349,12 +373,12 @@ impl Forwarder {
                 continue;
             };
             let size = cursor.file().size().unwrap_or(0);
-            if cursor.read_to() >= size && f.acked == *batched && cursor.committed() == *batched {
+            if cursor.read_to() >= size && f.acked == f.batched && cursor.committed() == f.batched {
                 f.size = size;
                 if *forgotten {
                     remove.push(*id);
                 } else {
-                    f.state = Forwarding::Parked;
+                    f.state = Forwarding::Parked { behind: false };
                 }
             }
         }
@@ -363,8 +387,39 @@ impl Forwarder {
         }
     }
 
+    /// Reopens, by path and identity, files the registry closed while Loki was behind on
+    /// them, as long as descriptors are free under the ceiling.
+    fn reopen_behind(&mut self) {
+        let max = self.config.source.max_line_bytes;
+        let mut wanted = 0;
+        for f in self.files.values_mut() {
+            if !matches!(f.state, Forwarding::Parked { behind: true }) {
+                continue;
+            }
+            if self.descriptors.open() >= self.max_open_files {
+                // The registry closes idle files for us at its next scan.
+                wanted += 1;
+                continue;
+            }
+            let Ok(file) = std::fs::File::open(&f.path) else {
+                continue; // moved or gone: the registry's next event says where it is
+            };
+            if !f.identity.matches(&file) {
+                continue;
+            }
+            let file = crate::source::SharedFile::new(file, &self.descriptors);
+            f.state = Forwarding::Open {
+                cursor: Box::new(TailCursor::new(file, f.batched, max)),
+                release: true,
+                forgotten: false,
+            };
+        }
+        self.descriptors.set_wanted(wanted);
+    }
+
     /// Reads lines into the batch until it is full or every file is read.
     fn fill(&mut self) -> bool {
+        self.reopen_behind();
         let batch_bytes = self.config.loki.batch_bytes;
         let now = crate::timefmt::now_ns();
         let mut any = false;
@@ -372,10 +427,7 @@ impl Forwarder {
             if self.batch.bytes >= batch_bytes {
                 break;
             }
-            let Forwarding::Open {
-                cursor, batched, ..
-            } = &mut f.state
-            else {
+            let Forwarding::Open { cursor, .. } = &mut f.state else {
                 continue;
             };
             let (shaper, batch, stats, stream) = (
@@ -399,7 +451,7 @@ impl Forwarder {
                 Ok(n) => any |= n > 0,
                 Err(e) => tracing::warn!("{}: Loki reader: {e}", f.path.display()),
             }
-            *batched = cursor.committed();
+            f.batched = cursor.committed();
         }
         any
     }
@@ -407,7 +459,8 @@ impl Forwarder {
     fn all_read(&self) -> bool {
         self.files.values().all(|f| match &f.state {
             Forwarding::Open { cursor, .. } => cursor.at_end(),
-            Forwarding::Parked => true,
+            // Not reopened at shutdown: saved offsets say where to resume.
+            Forwarding::Parked { .. } => true,
         })
     }
 
@@ -417,12 +470,8 @@ impl Forwarder {
         let marks = self
             .files
             .iter()
-            .filter_map(|(id, f)| match &f.state {
-                Forwarding::Open { batched, .. } if *batched != f.acked => {
-                    Some((*id, f.generation, *batched))
-                }
-                _ => None,
-            })
+            .filter(|(_, f)| f.batched != f.acked)
+            .map(|(id, f)| (*id, f.generation, f.batched))
             .collect();
         let client = self.client.clone();
         let status = self.status.clone();
@@ -489,7 +538,7 @@ impl Forwarder {
         for f in self.files.values() {
             let size = match &f.state {
                 Forwarding::Open { cursor, .. } => cursor.file().size().unwrap_or(f.size),
-                Forwarding::Parked => f.size,
+                Forwarding::Parked { .. } => f.size,
             };
             positions.push(FilePosition {
                 path: f.path.clone(),

@@ -464,3 +464,50 @@ fn loki_lag_is_every_undelivered_byte_in_the_files_while_loki_is_down() {
     assert_eq!(m.sum("tokenmeter_loki_lag_bytes", &[]), 0.0);
     assert_eq!(m.by_series("llm_tokens_total"), exp.column(3));
 }
+
+#[test]
+fn a_loki_outage_with_more_files_than_descriptors_does_not_stall_metering() {
+    let r = LokiReceiver::start();
+    r.set_down(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let cfg = config(&root, &tmp.path().join("state"), "", &loki_section(&r, ""))
+        .replace("[source]\n", "[source]\nmax_open_files = 8\n");
+    let d = Daemon::start(tmp.path(), "loki-fds", &cfg);
+    let mut exp = Expected::default();
+    let mut lines = 0usize;
+    // 24 pods, three times the ceiling, written in three rounds: while Loki is down, the
+    // forwarder must give back the descriptors of files the registry closes, or the later
+    // files could never be opened for metering.
+    for round in 0..3u64 {
+        for p in 0..24u64 {
+            let log = pod_dir(&root, &format!("gw-f{p}")).join("0.log");
+            let mut text = String::new();
+            for i in 0..50u64 {
+                text.push_str(&cri(&record_line(
+                    round * 1_000_000 + p * 1000 + i,
+                    &mut exp,
+                )));
+                lines += 1;
+            }
+            append(&log, &text);
+        }
+        cond_wait(
+            &d,
+            "metering of every file while Loki is down",
+            WAIT,
+            || {
+                let m = d.metrics()?;
+                (m.by_series("llm_tokens_total") == exp.column(3)).then_some(())
+            },
+        );
+    }
+    let m = d.metrics().unwrap();
+    assert!(m.sum("tokenmeter_open_files", &[]) <= 8.0);
+    assert_eq!(m.sum("tokenmeter_open_files_limit", &[]), 8.0);
+    assert!(r.entries().is_empty());
+    r.set_down(false);
+    let entries = wait_entries(&r, lines, &d);
+    assert_eq!(entries.len(), lines, "each line once");
+    assert!(counts(&entries).values().all(|n| *n == 1));
+}

@@ -142,13 +142,30 @@ fn read_fingerprint(file: &File, n: usize) -> io::Result<(u64, usize)> {
     Ok((fingerprint(&buf[..got]), got))
 }
 
-/// Counts the descriptors of tailed files that are open, whoever holds them.
+/// Counts the descriptors of tailed files that are open, whoever holds them, and how many
+/// more another reader (the Loki forwarder) is waiting for: the registry, which keeps the
+/// ceiling, closes that many idle files for it.
 #[derive(Clone, Debug, Default)]
-pub struct DescriptorCount(Arc<AtomicUsize>);
+pub struct DescriptorCount(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    open: AtomicUsize,
+    wanted: AtomicUsize,
+}
 
 impl DescriptorCount {
     pub fn open(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.0.open.load(Ordering::Relaxed)
+    }
+
+    /// Descriptors another reader is waiting for.
+    pub fn wanted(&self) -> usize {
+        self.0.wanted.load(Ordering::Relaxed)
+    }
+
+    pub fn set_wanted(&self, n: usize) {
+        self.0.wanted.store(n, Ordering::Relaxed);
     }
 }
 
@@ -159,7 +176,7 @@ struct CountedFile {
 
 impl Drop for CountedFile {
     fn drop(&mut self) {
-        self.count.0.fetch_sub(1, Ordering::Relaxed);
+        self.count.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -181,7 +198,7 @@ impl SharedFile {
 
     /// Takes an open file, counting its descriptor until the last reader drops it.
     pub fn new(file: File, count: &DescriptorCount) -> SharedFile {
-        count.0.fetch_add(1, Ordering::Relaxed);
+        count.0.open.fetch_add(1, Ordering::Relaxed);
         SharedFile(Arc::new(CountedFile {
             file,
             count: count.clone(),

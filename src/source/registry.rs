@@ -672,6 +672,13 @@ impl Registry {
                 return;
             }
         }
+        // Another reader (the Loki forwarder) waits for descriptors: close idle files for it
+        // (metering's own waiting files came first).
+        for _ in 0..self.descriptors.wanted() {
+            if self.descriptors.open() < self.opts.max_open_files || !self.close_idle() {
+                return;
+            }
+        }
     }
 
     /// Whether a descriptor may be opened now, closing the longest-idle file if needed.
@@ -679,6 +686,12 @@ impl Registry {
         if self.descriptors.open() < self.opts.max_open_files {
             return true;
         }
+        self.close_idle() && self.descriptors.open() < self.opts.max_open_files
+    }
+
+    /// Closes the longest-idle file (read to its end, quiet for a glob interval). Returns
+    /// whether there was one. Another reader may still hold its descriptor a while.
+    fn close_idle(&mut self) -> bool {
         let quiet = self.opts.glob_interval;
         let victim = self
             .entries
@@ -701,8 +714,7 @@ impl Registry {
             e.fate = Fate::Idle;
             send(&self.events, FileEvent::Closed { id, left: false });
         }
-        // Another reader may still hold the descriptor; then there is no room yet.
-        self.descriptors.open() < self.opts.max_open_files
+        true
     }
 
     /// Opens a known identity again (idle, remembered, or waiting). Returns whether it opened.
