@@ -992,3 +992,125 @@ fn a_second_daemon_on_the_same_state_dir_exits_2_naming_the_first_pid() {
         "third daemon, after the first was killed",
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. A second signal, and a state that cannot be written.
+
+#[test]
+fn a_second_sigterm_writes_the_state_and_exits_at_once() {
+    let mut hung = HungServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let log = pod_dir(&root, "gw-twice").join("0.log");
+    let state = tmp.path().join("state");
+    let exp = new_exp();
+    let sections = format!(
+        "[loki]\nendpoint = \"http://{}/loki/api/v1/push\"\nbatch_wait = \"200ms\"\ntimeout = \"60s\"\n",
+        hung.addr
+    );
+    // A long deadline: only the second signal can make the exit quick.
+    let cfg = config(&root, &state, "shutdown_timeout = \"60s\"", &sections);
+    let mut d = start(tmp.path(), "twice", &cfg, &[], &bin());
+    write_records(&log, 0..300, &exp);
+    wait_offsets_at_end(&d, std::slice::from_ref(&log), "before the signals");
+    wait_exact(&d, &exp, "before the signals");
+    wait_until("a Loki push to hang", WAIT, || {
+        hung.saw("/loki/api/v1/push").then_some(())
+    });
+    sigterm(d.child.id());
+    // The first signal was taken (reading stopped, first state write) before the second.
+    wait_until("the shutdown to begin", WAIT, || {
+        d.log_text().contains("shutting down").then_some(())
+    });
+    let t = Instant::now();
+    sigterm(d.child.id());
+    let exited = wait_exit(&mut d, Duration::from_secs(20));
+    let took = t.elapsed();
+    if exited.is_none() {
+        d.kill9();
+    }
+    assert!(
+        took < Duration::from_secs(3),
+        "second SIGTERM: {exited:?} after {took:?} (shutdown_timeout 60 s); log:\n{}",
+        log_tail(&d)
+    );
+    assert_eq!(exited.and_then(|s| s.code()), Some(0), "{}", log_tail(&d));
+    drop(d);
+    hung.stop();
+    // The state it wrote: a restart is exact, and grows exactly.
+    let cfg = config(&root, &state, "", "");
+    let d = start(tmp.path(), "twice-after", &cfg, &[], &bin());
+    write_records(&log, 300..350, &exp);
+    wait_offsets_at_end(&d, std::slice::from_ref(&log), "after the restart");
+    assert_final(
+        &d,
+        &exp,
+        std::slice::from_ref(&log),
+        "after a second SIGTERM",
+    );
+}
+
+#[test]
+fn a_state_that_cannot_be_written_is_reported_exits_1_and_costs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let log = pod_dir(&root, "gw-state").join("0.log");
+    let state = tmp.path().join("state");
+    let exp = new_exp();
+    let cfg = config(&root, &state, "", "");
+    let mut d = start(tmp.path(), "nostate", &cfg, &[], &bin());
+    write_records(&log, 0..200, &exp);
+    wait_offsets_at_end(&d, std::slice::from_ref(&log), "before the fault");
+    wait_exact(&d, &exp, "before the fault");
+    let good = wait_until("a successful state write", WAIT, || {
+        let m = d.metrics()?;
+        let ok = m.sum(
+            "tokenmeter_checkpoint_writes_total",
+            &[("outcome", "success")],
+        );
+        (ok >= 1.0).then_some(ok)
+    });
+    let _ = good;
+    // The temp file's name taken by a directory: every write fails, even as root (as a full
+    // or read-only file system would make it fail).
+    let blocker = state.join("state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    write_records(&log, 200..300, &exp);
+    wait_offsets_at_end(&d, std::slice::from_ref(&log), "during the fault");
+    wait_exact(
+        &d,
+        &exp,
+        "counting goes on while the state cannot be written",
+    );
+    wait_until("failed state writes reported", WAIT, || {
+        let m = d.metrics()?;
+        (m.sum(
+            "tokenmeter_checkpoint_writes_total",
+            &[("outcome", "failure")],
+        ) >= 1.0)
+            .then_some(())
+    });
+    assert_eq!(
+        terminate(&mut d),
+        Some(1),
+        "exit 1 when the final state cannot be written; log:\n{}",
+        log_tail(&d)
+    );
+    assert!(
+        d.log_text().contains("cannot write state"),
+        "{}",
+        log_tail(&d)
+    );
+    drop(d);
+    std::fs::remove_dir(&blocker).unwrap();
+    // From the last state that was written: the lines after it are read again, once.
+    let d = start(tmp.path(), "nostate-after", &cfg, &[], &bin());
+    write_records(&log, 300..320, &exp);
+    wait_offsets_at_end(&d, std::slice::from_ref(&log), "after the restart");
+    assert_final(
+        &d,
+        &exp,
+        std::slice::from_ref(&log),
+        "after failed state writes",
+    );
+}
