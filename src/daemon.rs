@@ -389,14 +389,14 @@ fn metering_loop(
                 meter.decoded(&file.path, line_no, decoded)
             })
         };
-        if n > 0 || last_publish.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) {
+        if last_publish.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) {
             status.publish_files(registry.statuses(), registry.summary());
             last_publish = Some(Instant::now());
         }
         // Ready once every file has been read to its end once: after a restart the
         // counters then include everything the previous run had exported, so nothing
         // exported ever goes backwards (the state may be up to state.interval old).
-        if !status.is_ready() && n == 0 && !registry.waiting_for_descriptor() {
+        if !status.is_ready() && n == 0 && !registry.restoring() {
             status.ready.store(true, Ordering::SeqCst);
             tracing::info!(
                 "caught up with {} files; serving counters",

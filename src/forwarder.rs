@@ -545,6 +545,7 @@ impl Forwarder {
                 identity: f.identity.clone(),
                 offset: f.acked,
                 let_go_ns: None,
+                align: false,
             });
             lag.push((f.path.display().to_string(), size.saturating_sub(f.acked)));
         }

@@ -69,7 +69,8 @@ pub struct AgentStatus {
     pub start_time_ns: i64,
     /// State loaded and every file read to its end once: counters may be served.
     pub ready: AtomicBool,
-    files: Mutex<(Vec<FileStatus>, RegistrySummary)>,
+    /// Shared, so a reader takes it without copying thousands of paths.
+    files: Mutex<(Arc<Vec<FileStatus>>, RegistrySummary)>,
     pub checkpoints_ok: AtomicU64,
     pub checkpoints_failed: AtomicU64,
     pub otlp: ExportStats,
@@ -82,7 +83,7 @@ impl AgentStatus {
             node,
             start_time_ns,
             ready: AtomicBool::new(false),
-            files: Mutex::new((Vec::new(), RegistrySummary::default())),
+            files: Mutex::new((Arc::new(Vec::new()), RegistrySummary::default())),
             checkpoints_ok: AtomicU64::new(0),
             checkpoints_failed: AtomicU64::new(0),
             otlp: ExportStats::default(),
@@ -95,10 +96,10 @@ impl AgentStatus {
     }
 
     pub fn publish_files(&self, files: Vec<FileStatus>, summary: RegistrySummary) {
-        *self.files.lock().unwrap_or_else(|e| e.into_inner()) = (files, summary);
+        *self.files.lock().unwrap_or_else(|e| e.into_inner()) = (Arc::new(files), summary);
     }
 
-    pub fn files(&self) -> (Vec<FileStatus>, RegistrySummary) {
+    pub fn files(&self) -> (Arc<Vec<FileStatus>>, RegistrySummary) {
         self.files.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 

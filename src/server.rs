@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -92,37 +92,68 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
+/// One file in `/status`, serialized straight from the published status (no JSON tree: with
+/// thousands of files `/status` is polled cheaply).
+#[derive(serde::Serialize)]
+struct FileJson<'a> {
+    path: &'a std::path::Path,
+    dev: Option<u64>,
+    inode: Option<u64>,
+    offset: u64,
+    size: u64,
+    lag_bytes: u64,
+    state: &'static str,
+    draining: bool,
+    error: Option<ErrorJson<'a>>,
+    namespace: Option<&'a str>,
+    pod: Option<&'a str>,
+    container: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorJson<'a> {
+    reason: &'static str,
+    message: &'a str,
+    count: u64,
+}
+
+/// `/status`: the small parts as a JSON value, the files typed (see [`FileJson`]).
+#[derive(serde::Serialize)]
+struct StatusJson<'a> {
+    #[serde(flatten)]
+    head: serde_json::Value,
+    files: Vec<FileJson<'a>>,
+}
+
+async fn status(State(s): State<AppState>) -> Response {
     let sh = &s.shared;
     let st = &sh.status;
     let (files, summary) = st.files();
-    let files: Vec<serde_json::Value> = files
+    let files: Vec<FileJson<'_>> = files
         .iter()
-        .map(|f| {
-            json!({
-                "path": f.path,
-                "dev": f.id.map(|i| i.dev),
-                "inode": f.id.map(|i| i.ino),
-                "offset": f.offset,
-                "size": f.size,
-                "lag_bytes": f.lag_bytes(),
-                "state": f.state,
-                "draining": f.state == "draining",
-                "error": f.error.as_ref().map(|(reason, message, count)| json!({
-                    "reason": reason.as_str(),
-                    "message": message,
-                    "count": count,
-                })),
-                "namespace": f.labels.as_ref().map(|l| l.namespace.clone()),
-                "pod": f.labels.as_ref().map(|l| l.pod.clone()),
-                "container": f.labels.as_ref().map(|l| l.container.clone()),
-            })
+        .map(|f| FileJson {
+            path: &f.path,
+            dev: f.id.map(|i| i.dev),
+            inode: f.id.map(|i| i.ino),
+            offset: f.offset,
+            size: f.size,
+            lag_bytes: f.lag_bytes(),
+            state: f.state,
+            draining: f.state == "draining",
+            error: f.error.as_ref().map(|(reason, message, count)| ErrorJson {
+                reason: reason.as_str(),
+                message,
+                count: *count,
+            }),
+            namespace: f.labels.as_ref().map(|l| l.namespace.as_str()),
+            pod: f.labels.as_ref().map(|l| l.pod.as_str()),
+            container: f.labels.as_ref().map(|l| l.container.as_str()),
         })
         .collect();
     let stats = sh.meter.stats();
     let loki = sh.loki.as_deref();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    Json(json!({
+    let head = json!({
         "node": st.node,
         "ready": st.is_ready(),
         "start_time_ns": st.start_time_ns,
@@ -131,7 +162,6 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "series": sh.meter.series_count(),
         "open_files": summary.open_descriptors,
         "max_open_files": summary.max_open_files,
-        "files": files,
         "exporters": {
             "otlp": {
                 "enabled": !sh.otlp_endpoint.is_empty(),
@@ -154,7 +184,11 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
             "ok": load(&st.checkpoints_ok),
             "failed": load(&st.checkpoints_failed),
         },
-    }))
+    });
+    match serde_json::to_string(&StatusJson { head, files }) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response(),
+    }
 }
 
 /// Encodes the store's snapshot and the self-metrics at scrape time.

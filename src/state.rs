@@ -71,6 +71,7 @@ impl From<StateFileV1> for StateFile {
                     identity: f.identity.clone(),
                     offset: f.loki_offset?,
                     let_go_ns: None,
+                    align: false,
                 })
             })
             .collect();
@@ -90,6 +91,7 @@ impl From<StateFileV1> for StateFile {
                     identity: f.identity,
                     offset: f.offset,
                     let_go_ns: None,
+                    align: false,
                 })
                 .collect(),
             forwarders,
@@ -277,6 +279,7 @@ mod tests {
                 identity: identity(),
                 offset: 3,
                 let_go_ns: None,
+                align: false,
             }],
         );
         StateFile {
@@ -288,6 +291,7 @@ mod tests {
                 identity: identity(),
                 offset: 5,
                 let_go_ns: Some(7),
+                align: false,
             }],
             forwarders,
             counters: Snapshot {

@@ -57,13 +57,26 @@ pub struct FileIdentity {
     pub born_ns: Option<i64>,
 }
 
-fn born_ns(meta: &std::fs::Metadata) -> Option<i64> {
-    let t = meta.created().ok()?;
-    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-    i64::try_from(d.as_nanos()).ok()
-}
-
 impl FileIdentity {
+    /// Birth time from `statx`, where the file system keeps one.
+    pub fn born_ns(meta: &std::fs::Metadata) -> Option<i64> {
+        let t = meta.created().ok()?;
+        let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+        i64::try_from(d.as_nanos()).ok()
+    }
+
+    /// The identity of a file seen but not opened: device, inode and birth time; the
+    /// fingerprint (of nothing yet) is taken when it is opened.
+    pub fn unopened(meta: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            fingerprint: fingerprint(&[]),
+            fingerprint_len: 0,
+            born_ns: Self::born_ns(meta),
+        }
+    }
+
     pub fn id(&self) -> FileId {
         FileId {
             dev: self.dev,
@@ -80,7 +93,7 @@ impl FileIdentity {
             ino: meta.ino(),
             fingerprint,
             fingerprint_len: len as u32,
-            born_ns: born_ns(&meta),
+            born_ns: Self::born_ns(&meta),
         })
     }
 
@@ -94,7 +107,7 @@ impl FileIdentity {
         if (meta.dev(), meta.ino()) != (self.dev, self.ino) {
             return false;
         }
-        if let (Some(saved), Some(now)) = (self.born_ns, born_ns(&meta)) {
+        if let (Some(saved), Some(now)) = (self.born_ns, Self::born_ns(&meta)) {
             if saved != now {
                 return false;
             }

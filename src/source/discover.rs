@@ -55,8 +55,21 @@ pub struct DirItem {
 /// (EACCES, EMFILE, EIO) where a test cannot otherwise cause the fault (e.g. as root).
 /// Reads through an open descriptor are not in it: they go to the file itself.
 pub trait FileSystem: Send {
+    /// Opens a regular file for reading. Never blocks: a FIFO or device put where a log was
+    /// is opened non-blocking and refused, so it cannot wedge the reader.
     fn open(&self, path: &Path) -> io::Result<File> {
-        File::open(path)
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(file)
     }
     fn metadata(&self, path: &Path) -> io::Result<Metadata> {
         fs::metadata(path)

@@ -43,6 +43,10 @@ use crate::decode::Decoded;
 
 /// How often a warning about the same failing path is repeated while it keeps failing.
 const WARN_EVERY: Duration = Duration::from_secs(300);
+/// A file with no new lines for this long is no longer polled between scans: the scan's
+/// `stat` wakes it when its size changes (so thousands of quiet files cost one `stat` per
+/// scan each, not a `read` every 100 ms).
+const DORMANT_AFTER: Duration = Duration::from_secs(10);
 /// Longest delay between two attempts to open a failing file.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -75,6 +79,10 @@ pub struct FilePosition {
     /// When the file was let go (ns since the epoch), for a remembered file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub let_go_ns: Option<i64>,
+    /// Never opened yet, and present at the very first start with `start_at = "end"`: `offset`
+    /// is its size then, and reading begins at the last line boundary at or before it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub align: bool,
 }
 
 /// What other readers of the tailed files are told.
@@ -205,15 +213,48 @@ struct Entry {
     idle_mtime: Option<std::time::SystemTime>,
     /// Loaded from the state file and not yet found (in the globs or in its directory).
     from_state: bool,
+    /// Loaded from the state file and not opened (or let go) since: readiness waits for it.
+    restored: bool,
+    /// Never opened yet: where reading will begin (its identity is then only device, inode
+    /// and birth time; the fingerprint is taken at the first open).
+    first_open: Option<FirstOpen>,
 }
 
-/// A matched path not opened yet (new, or waiting for a descriptor, or failing to open).
-struct Pending {
-    /// Matched at the very first scan of a first start: begins at `start_at`.
-    at_first_start: bool,
-    error: Option<FileError>,
-    retry_at: Option<Instant>,
-    retry_delay: Duration,
+/// Where reading begins in a file that was never opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FirstOpen {
+    FromStart,
+    /// `start_at = "end"` at the very first start: the last line boundary at or before this
+    /// size (its size when it was first seen), so lines written after the start are counted
+    /// even when the file could only be opened later.
+    LineBefore(u64),
+}
+
+impl Entry {
+    /// The one reaction to a truncation or rewrite of an open file: read it again from 0
+    /// under its new identity, and tell the other readers.
+    fn restart_truncated(&mut self, id: FileId, t: Truncation, events: &Option<Sender<FileEvent>>) {
+        let (Fate::Reading(cursor) | Fate::Draining { cursor, .. }) = &mut self.fate else {
+            return;
+        };
+        tracing::info!(
+            "{}: {}; reading from 0",
+            self.meta.path.display(),
+            match t {
+                Truncation::Shrunk { size } =>
+                    format!("truncated (size {size} < read {})", cursor.read_to()),
+                Truncation::Rewritten => "rewritten (its first bytes changed)".into(),
+            }
+        );
+        cursor.restart(0);
+        self.active = Instant::now();
+        self.committed = 0;
+        if let Ok(identity) = FileIdentity::read(cursor.file().file()) {
+            self.identity = identity;
+        }
+        self.size = cursor.file().size().unwrap_or(0);
+        send(events, FileEvent::Truncated { id });
+    }
 }
 
 /// What the caller learns about the file a line came from.
@@ -248,7 +289,7 @@ impl FileStatus {
 /// Counts for the self-metrics, taken with [`Registry::summary`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RegistrySummary {
-    /// Files per state, in [`FATE_NAMES`] order (pending paths count as waiting).
+    /// Files per state, in [`FATE_NAMES`] order.
     pub by_state: [u64; 5],
     /// Files, paths and directories whose last operation failed.
     pub unreadable: u64,
@@ -264,12 +305,19 @@ pub struct Registry {
     globs: Globs,
     opts: RegistryOptions,
     entries: BTreeMap<FileId, Entry>,
-    pending: BTreeMap<PathBuf, Pending>,
+    /// Matched paths whose `stat` failed (no identity known): reported, nothing else.
+    stat_errors: BTreeMap<PathBuf, FileError>,
+    /// Paths skipped because they are not UTF-8 (labels and the state need text), warned once.
+    non_utf8: std::collections::HashSet<PathBuf>,
     /// Directories that could not be listed at the last scan.
     dir_errors: BTreeMap<PathBuf, FileError>,
     descriptors: DescriptorCount,
-    /// No state existed: files present at the first scan start at `start_at`.
+    /// No state existed: files present at the first start begin at `start_at`.
     first_start: bool,
+    /// When this registry was made (ns since the epoch): on a first start, a file found later
+    /// whose birth time is before it was present at the start (e.g. in a directory that
+    /// could not be listed then).
+    started_ns: i64,
     first_scan_done: bool,
     last_scan: Option<Instant>,
     bytes_read: u64,
@@ -291,6 +339,7 @@ impl Registry {
         let mut entries = BTreeMap::new();
         for s in saved.unwrap_or_default() {
             let id = s.identity.id();
+            let first_open = s.align.then_some(FirstOpen::LineBefore(s.offset));
             entries.insert(
                 id,
                 Entry {
@@ -313,6 +362,8 @@ impl Registry {
                     active: Instant::now(),
                     idle_mtime: None,
                     from_state: true,
+                    restored: true,
+                    first_open,
                 },
             );
         }
@@ -321,10 +372,12 @@ impl Registry {
             globs,
             opts,
             entries,
-            pending: BTreeMap::new(),
+            stat_errors: BTreeMap::new(),
+            non_utf8: Default::default(),
             dir_errors: BTreeMap::new(),
             descriptors: DescriptorCount::default(),
             first_start,
+            started_ns: now_ns,
             first_scan_done: false,
             last_scan: None,
             bytes_read: 0,
@@ -356,13 +409,22 @@ impl Registry {
             .count()
     }
 
-    /// Whether some file has unread bytes and is waiting for a descriptor it could get (not
-    /// one that fails to open).
-    pub fn waiting_for_descriptor(&self) -> bool {
+    /// Files waiting for a descriptor they could get (not failing to open).
+    pub fn waiting(&self) -> usize {
         self.entries
             .values()
-            .any(|e| matches!(e.fate, Fate::Waiting { .. }) && e.error.is_none())
-            || self.pending.values().any(|p| p.error.is_none())
+            .filter(|e| matches!(e.fate, Fate::Waiting { .. }) && e.error.is_none())
+            .count()
+    }
+
+    /// Whether a file known from the state is still waiting to be read again (for a descriptor
+    /// it can get: not one that fails). Until none is, the counters may be behind what the
+    /// previous run exported. Files new since then do not hold readiness back, so a ceiling
+    /// lower than the number of busy files cannot keep the agent unready.
+    pub fn restoring(&self) -> bool {
+        self.entries
+            .values()
+            .any(|e| e.restored && matches!(e.fate, Fate::Waiting { .. }) && e.error.is_none())
     }
 
     /// Rescans the globs when due: new paths, files that left or came back, truncations,
@@ -389,7 +451,30 @@ impl Registry {
     {
         let mut total = 0;
         let now = Instant::now();
-        for e in self.entries.values_mut() {
+        for (id, e) in self.entries.iter_mut() {
+            let dormant = now.duration_since(e.active) >= DORMANT_AFTER;
+            let cursor = match &mut e.fate {
+                Fate::Reading(c) if !dormant => c,
+                Fate::Draining { cursor: c, .. } => c,
+                _ => continue,
+            };
+            // New bytes? One `fstat`. Checked before reading, so a file truncated and written
+            // past the old offset since the last read is read from 0, never at the old offset.
+            match cursor.file().size() {
+                Ok(len) if len == cursor.read_to() => continue,
+                Ok(_) => match cursor.truncation(&e.identity) {
+                    Ok(Some(t)) => e.restart_truncated(*id, t, &self.events),
+                    Ok(None) => {}
+                    Err(err) => {
+                        record_error(&mut self.errors, &mut e.error, &e.meta.path, "read", &err);
+                        continue;
+                    }
+                },
+                Err(err) => {
+                    record_error(&mut self.errors, &mut e.error, &e.meta.path, "read", &err);
+                    continue;
+                }
+            }
             let Entry {
                 meta,
                 fate,
@@ -462,6 +547,7 @@ impl Registry {
 
         let mut seen = std::collections::HashSet::new();
         let mut unknown_paths: Vec<PathBuf> = Vec::new();
+        let mut stat_errors = BTreeMap::new();
         for path in &scan.paths {
             let meta = match self.fs.metadata(path) {
                 Ok(m) => m,
@@ -472,17 +558,22 @@ impl Registry {
                         record_error(&mut self.errors, &mut known.error, path, "stat", &e);
                         continue;
                     }
-                    let p = self.pending.entry(path.clone()).or_insert(Pending {
-                        at_first_start: first_scan && self.first_start,
-                        error: None,
-                        retry_at: None,
-                        retry_delay: self.opts.retry_first,
-                    });
-                    record_error(&mut self.errors, &mut p.error, path, "stat", &e);
+                    let mut slot = self.stat_errors.remove(path);
+                    record_error(&mut self.errors, &mut slot, path, "stat", &e);
+                    stat_errors.extend(slot.map(|s| (path.clone(), s)));
                     continue;
                 }
             };
             if !meta.is_file() {
+                continue; // a FIFO, socket or device in the log directory is never opened
+            }
+            if path.to_str().is_none() {
+                if self.non_utf8.insert(path.clone()) {
+                    tracing::warn!(
+                        "{}: the file name is not UTF-8; skipped (labels and the state need text)",
+                        path.display()
+                    );
+                }
                 continue;
             }
             let id = FileId::of(&meta);
@@ -495,6 +586,9 @@ impl Registry {
                         e.meta.path = path.clone();
                     }
                     let len = meta.len();
+                    if matches!(e.fate, Fate::Reading(_)) && len != e.size {
+                        e.active = Instant::now(); // wakes a dormant file
+                    }
                     e.fate = match std::mem::replace(&mut e.fate, Fate::Idle) {
                         Fate::Draining { cursor, .. } => Fate::Reading(cursor),
                         // Closed by us and untouched since (same size and mtime: an inode
@@ -515,24 +609,56 @@ impl Registry {
                         e.size = len;
                     }
                     e.from_state = false;
-                    self.pending.remove(path);
                 }
                 None => {
-                    self.pending.entry(path.clone()).or_insert(Pending {
-                        at_first_start: first_scan && self.first_start,
-                        error: None,
-                        retry_at: None,
-                        retry_delay: self.opts.retry_first,
-                    });
+                    // A new file: an entry at once, keyed by its identity, so it is followed
+                    // if it is renamed before it gets a descriptor.
+                    let len = meta.len();
+                    let born = FileIdentity::born_ns(&meta);
+                    let present_at_start = self.first_start
+                        && (first_scan || born.is_some_and(|b| b < self.started_ns));
+                    let first_open = if present_at_start && self.opts.start_at == StartAt::End {
+                        FirstOpen::LineBefore(len)
+                    } else {
+                        FirstOpen::FromStart
+                    };
+                    self.entries.insert(
+                        id,
+                        Entry {
+                            identity: FileIdentity::unopened(&meta),
+                            meta: FileMeta {
+                                path: path.clone(),
+                                labels: PodLabels::from_path(path),
+                            },
+                            committed: match first_open {
+                                FirstOpen::LineBefore(n) => n,
+                                FirstOpen::FromStart => 0,
+                            },
+                            size: len,
+                            fate: Fate::Waiting { left: false },
+                            error: None,
+                            retry_at: None,
+                            retry_delay: self.opts.retry_first,
+                            active: Instant::now(),
+                            idle_mtime: None,
+                            from_state: false,
+                            restored: false,
+                            first_open: Some(first_open),
+                        },
+                    );
                 }
             }
         }
-        // Pending paths that are no longer matched were never opened: nothing to keep.
-        self.pending
-            .retain(|p, _| scan.paths.binary_search(p).is_ok() || scan.unknown(p));
+        for path in self.stat_errors.keys() {
+            if !stat_errors.contains_key(path) {
+                tracing::info!("{}: stat works again (or it is gone)", path.display());
+            }
+        }
+        self.stat_errors = stat_errors;
 
         let now = Instant::now();
         let now_ns = crate::timefmt::now_ns();
+        let mut forget = Vec::new();
         for (id, e) in self.entries.iter_mut() {
             if seen.contains(id) {
                 continue;
@@ -541,11 +667,33 @@ impl Registry {
                 // Cannot tell: an error is not a deletion.
                 continue;
             }
-            let from_state = std::mem::take(&mut e.from_state);
-            e.fate = match std::mem::replace(&mut e.fate, Fate::Idle) {
-                Fate::Reading(cursor) => {
+            let from_state = e.from_state;
+            let found = match &e.fate {
+                Fate::Draining { .. } => continue,
+                Fate::Remembered { .. } if !from_state => continue,
+                Fate::Reading(_) => None,
+                // Closed and now outside the globs (or saved and not matched at the first
+                // scan: renamed while the daemon was down): look for it in its directory.
+                _ => match find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity) {
+                    Ok(found) => Some(found),
+                    Err(err) => {
+                        // Cannot tell: an error is not a deletion.
+                        record_error(
+                            &mut self.errors,
+                            &mut e.error,
+                            &e.meta.path,
+                            "list directory",
+                            &err,
+                        );
+                        continue;
+                    }
+                },
+            };
+            e.from_state = false;
+            e.fate = match (std::mem::replace(&mut e.fate, Fate::Idle), found) {
+                (Fate::Reading(cursor), _) => {
                     // Renamed within its directory (rotation): show it under its new name.
-                    if let Some((path, _)) =
+                    if let Ok(Some((path, _))) =
                         find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity)
                     {
                         e.meta.labels = PodLabels::from_path(&path).or(e.meta.labels.take());
@@ -553,76 +701,59 @@ impl Registry {
                     }
                     Fate::Draining { cursor, since: now }
                 }
-                d @ Fate::Draining { .. } => d,
-                Fate::Remembered { since_ns } if !from_state => Fate::Remembered { since_ns },
-                // Closed and now outside the globs (or saved and not matched at the first
-                // scan: renamed while the daemon was down): look for it in its directory.
-                // Found, it is opened once more and read to its end, so what was appended
-                // after it was closed is counted and other readers can finish it too.
-                other => match find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity) {
-                    Some((path, len)) => {
-                        if path != e.meta.path {
-                            tracing::info!(
-                                "{}: renamed to {}; reading it to its end",
-                                e.meta.path.display(),
-                                path.display()
-                            );
-                            e.meta.labels = PodLabels::from_path(&path);
-                            e.meta.path = path;
-                        }
-                        e.size = len;
-                        if from_state || len != e.committed || matches!(other, Fate::Waiting { .. })
-                        {
-                            Fate::Waiting { left: true }
-                        } else {
-                            Fate::Remembered { since_ns: now_ns }
-                        }
+                // Found: opened once more and read to its end (with the let-go grace), so
+                // what was appended after it was closed is counted and other readers can
+                // finish it too.
+                (_, Some(Some((path, len)))) => {
+                    if path != e.meta.path {
+                        tracing::info!(
+                            "{}: renamed to {}; reading it to its end",
+                            e.meta.path.display(),
+                            path.display()
+                        );
+                        e.meta.labels = PodLabels::from_path(&path);
+                        e.meta.path = path;
                     }
-                    None => match other {
-                        Fate::Remembered { since_ns } => {
-                            if from_state {
+                    e.size = len;
+                    Fate::Waiting { left: true }
+                }
+                (other, _) => {
+                    if e.first_open.is_some() {
+                        // Never opened and gone: nothing of it was counted.
+                        forget.push(*id);
+                        other
+                    } else {
+                        e.restored = false;
+                        match other {
+                            Fate::Remembered { since_ns } => {
                                 tracing::info!(
                                     "{}: not found since the last run (deleted or moved away); its identity is remembered at offset {}",
                                     e.meta.path.display(),
                                     e.committed
                                 );
+                                Fate::Remembered { since_ns }
                             }
-                            Fate::Remembered { since_ns }
+                            _ => Fate::Remembered { since_ns: now_ns },
                         }
-                        _ => Fate::Remembered { since_ns: now_ns },
-                    },
-                },
+                    }
+                }
             };
+        }
+        for id in forget {
+            self.entries.remove(&id);
+            send(&self.events, FileEvent::Forgotten { id });
         }
     }
 
-    /// Copytruncate and rewrites of open files: read again from 0.
+    /// Copytruncate and rewrites of open files that did not grow: read again from 0.
     fn check_truncations(&mut self) {
         for (id, e) in self.entries.iter_mut() {
-            let cursor = match &mut e.fate {
-                Fate::Reading(c) | Fate::Draining { cursor: c, .. } => c,
-                _ => continue,
+            let Some(cursor) = e.fate.cursor() else {
+                continue;
             };
             match cursor.truncation(&e.identity) {
                 Ok(None) => {}
-                Ok(Some(t)) => {
-                    tracing::info!(
-                        "{}: {}; reading from 0",
-                        e.meta.path.display(),
-                        match t {
-                            Truncation::Shrunk { size } =>
-                                format!("truncated (size {size} < read {})", cursor.read_to()),
-                            Truncation::Rewritten => "rewritten (its first bytes changed)".into(),
-                        }
-                    );
-                    cursor.restart(0);
-                    e.committed = 0;
-                    if let Ok(identity) = FileIdentity::read(cursor.file().file()) {
-                        e.identity = identity;
-                    }
-                    e.size = cursor.file().size().unwrap_or(0);
-                    send(&self.events, FileEvent::Truncated { id: *id });
-                }
+                Ok(Some(t)) => e.restart_truncated(*id, t, &self.events),
                 Err(err) => {
                     record_error(&mut self.errors, &mut e.error, &e.meta.path, "stat", &err)
                 }
@@ -630,45 +761,31 @@ impl Registry {
         }
     }
 
-    /// Gives descriptors to waiting files and new paths, oldest first, within the ceiling;
-    /// closes idle files to make room when something waits.
+    /// Gives descriptors to waiting files, those read before first, then new ones in the
+    /// order they were found (the newest wait longest), within the ceiling; closes idle files
+    /// to make room when something waits.
     fn open_wanted(&mut self) {
         let now = Instant::now();
-        let mut known: Vec<FileId> = self
+        let mut waiting: Vec<(bool, Instant, FileId)> = self
             .entries
             .iter()
             .filter(|(_, e)| matches!(e.fate, Fate::Waiting { .. }))
             .filter(|(_, e)| e.retry_at.is_none_or(|t| now >= t))
-            .map(|(id, _)| *id)
+            .map(|(id, e)| (e.first_open.is_some(), e.active, *id))
             .collect();
-        known.sort_by_key(|id| self.entries.get(id).map(|e| e.active));
-        let fresh: Vec<PathBuf> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.retry_at.is_none_or(|t| now >= t))
-            .map(|(p, _)| p.clone())
-            .collect();
-        for id in known {
+        waiting.sort();
+        for (_, _, id) in waiting {
             if !self.make_room() {
                 return;
             }
-            if !self.reopen(id) {
-                // Out of descriptors: nothing else will open now either.
-                if self
+            if !self.reopen(id)
+                && self
                     .entries
                     .get(&id)
                     .and_then(|e| e.error.as_ref())
                     .is_some_and(|e| e.reason == ErrorReason::Descriptors)
-                {
-                    return;
-                }
-            }
-        }
-        for path in fresh {
-            if !self.make_room() {
-                return;
-            }
-            if let Err(ErrorReason::Descriptors) = self.open_new(&path) {
+            {
+                // Out of descriptors: nothing else will open now either.
                 return;
             }
         }
@@ -732,7 +849,9 @@ impl Registry {
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 // Moved or deleted since the scan: look for it by identity next to its path;
                 // the next scan decides about it.
-                if let Some((path, _)) = find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity) {
+                if let Ok(Some((path, _))) =
+                    find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity)
+                {
                     e.meta.labels = PodLabels::from_path(&path);
                     e.meta.path = path;
                 }
@@ -746,7 +865,20 @@ impl Registry {
         };
         let len = file.size().unwrap_or(0);
         let same = e.identity.matches(file.file());
-        let start = if !same {
+        let start = if let (Some(first), true) = (e.first_open, same) {
+            // Never opened: its identity so far is device, inode and birth time.
+            match first {
+                FirstOpen::FromStart => 0,
+                FirstOpen::LineBefore(n) => match last_line_boundary(file.file(), n.min(len)) {
+                    Ok(o) => o,
+                    Err(err) => {
+                        record_error(&mut self.errors, &mut e.error, &e.meta.path, "read", &err);
+                        backoff(&mut e.retry_at, &mut e.retry_delay);
+                        return false;
+                    }
+                },
+            }
+        } else if !same {
             if FileId::of(&match file.file().metadata() {
                 Ok(m) => m,
                 Err(_) => return false,
@@ -783,11 +915,15 @@ impl Registry {
         } else {
             e.committed
         };
-        if start == 0 {
+        if start == 0 || e.first_open.is_some() {
             if let Ok(identity) = FileIdentity::read(file.file()) {
                 e.identity = identity;
             }
         }
+        if e.first_open.take().is_some() {
+            tracing::info!("{}: tailing from offset {start}", e.meta.path.display());
+        }
+        e.restored = false;
         clear_error(&mut e.error, "open", &e.meta.path);
         clear_error(&mut e.error, "stat", &e.meta.path);
         e.retry_at = None;
@@ -816,83 +952,6 @@ impl Registry {
             },
         );
         true
-    }
-
-    /// Opens a path seen for the first time.
-    fn open_new(&mut self, path: &Path) -> Result<(), ErrorReason> {
-        let Some(p) = self.pending.get_mut(path) else {
-            return Ok(());
-        };
-        let opened = self
-            .fs
-            .open(path)
-            .map(|f| SharedFile::new(f, &self.descriptors))
-            .and_then(|f| Ok((FileIdentity::read(f.file())?, f.size()?, f)));
-        let (identity, len, file) = match opened {
-            Ok(x) => x,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                self.pending.remove(path);
-                return Ok(());
-            }
-            Err(err) => {
-                let reason = ErrorReason::of(&err);
-                record_error(&mut self.errors, &mut p.error, path, "open", &err);
-                backoff(&mut p.retry_at, &mut p.retry_delay);
-                return Err(reason);
-            }
-        };
-        let at_first_start = p.at_first_start;
-        self.pending.remove(path);
-        let id = identity.id();
-        if self.entries.contains_key(&id) {
-            // Known identity under a new path between scans (renamed): the next scan moves
-            // the entry; this descriptor is not needed.
-            return Ok(());
-        }
-        let start = if at_first_start && self.opts.start_at == StartAt::End {
-            match last_line_boundary(file.file(), len) {
-                Ok(o) => o,
-                Err(err) => {
-                    let mut error = None;
-                    record_error(&mut self.errors, &mut error, path, "read", &err);
-                    return Err(ErrorReason::of(&err));
-                }
-            }
-        } else {
-            0
-        };
-        tracing::info!("{}: tailing from offset {start}", path.display());
-        let meta = FileMeta {
-            path: path.to_path_buf(),
-            labels: PodLabels::from_path(path),
-        };
-        send(
-            &self.events,
-            FileEvent::Opened {
-                identity: identity.clone(),
-                path: meta.path.clone(),
-                labels: meta.labels.clone(),
-                file: file.clone(),
-                committed: start,
-            },
-        );
-        self.entries.insert(
-            id,
-            Entry {
-                identity,
-                meta,
-                committed: start,
-                size: len,
-                fate: Fate::Reading(TailCursor::new(file, start, self.opts.max_line_bytes)),
-                error: None,
-                retry_at: None,
-                retry_delay: self.opts.retry_first,
-                active: Instant::now(),
-                idle_mtime: None,
-                from_state: false,
-            },
-        );
-        Ok(())
     }
 
     /// Draining files read to their end and quiet for the grace: deleted ones are
@@ -950,10 +1009,10 @@ impl Registry {
             if now_ns.saturating_sub(*since_ns) < limit {
                 continue;
             }
-            if find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity).is_some() {
-                *since_ns = now_ns;
-            } else {
-                forget.push(*id);
+            match find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity) {
+                Ok(Some(_)) => *since_ns = now_ns,
+                Ok(None) => forget.push(*id),
+                Err(_) => {} // cannot tell: asked again at the next scan
             }
         }
         for id in forget {
@@ -974,11 +1033,12 @@ impl Registry {
                     Fate::Remembered { since_ns } => Some(since_ns),
                     _ => None,
                 },
+                align: matches!(e.first_open, Some(FirstOpen::LineBefore(_))),
             })
             .collect()
     }
 
-    /// Every file and pending path, sorted by path.
+    /// Every file, and the paths and directories that cannot be looked at, sorted by path.
     pub fn statuses(&self) -> Vec<FileStatus> {
         let err =
             |e: &Option<FileError>| e.as_ref().map(|e| (e.reason, e.message.clone(), e.count));
@@ -995,14 +1055,14 @@ impl Registry {
                 error: err(&e.error),
             })
             .collect();
-        out.extend(self.pending.iter().map(|(path, p)| FileStatus {
+        out.extend(self.stat_errors.iter().map(|(path, e)| FileStatus {
             path: path.clone(),
             labels: PodLabels::from_path(path),
             id: None,
             offset: 0,
             size: 0,
-            state: "waiting",
-            error: err(&p.error),
+            state: "unknown",
+            error: err(&Some(e.clone())),
         }));
         out.extend(self.dir_errors.iter().map(|(path, e)| FileStatus {
             path: path.clone(),
@@ -1033,8 +1093,7 @@ impl Registry {
             s.by_state[i] += 1;
             s.unreadable += e.error.is_some() as u64;
         }
-        s.by_state[3] += self.pending.len() as u64;
-        s.unreadable += self.pending.values().filter(|p| p.error.is_some()).count() as u64;
+        s.unreadable += self.stat_errors.len() as u64;
         s.unreadable += self.dir_errors.len() as u64;
         s
     }
@@ -1109,7 +1168,7 @@ fn find_in_dir(
     fs: &dyn FileSystem,
     path: &Path,
     identity: &FileIdentity,
-) -> Option<(PathBuf, u64)> {
+) -> io::Result<Option<(PathBuf, u64)>> {
     let id = identity.id();
     let ours = |p: &Path| match fs.open(p) {
         Ok(f) => identity.matches(&f),
@@ -1117,24 +1176,30 @@ fn find_in_dir(
     };
     if let Ok(m) = fs.metadata(path) {
         if m.is_file() && FileId::of(&m) == id {
-            return ours(path).then(|| (path.to_path_buf(), m.len()));
+            return Ok(ours(path).then(|| (path.to_path_buf(), m.len())));
         }
     }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    for item in fs.read_dir(dir).ok()? {
+    let items = match fs.read_dir(dir) {
+        Ok(items) => items,
+        // The directory itself is gone: so is the file, as far as anyone can find it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for item in items {
         if item.ino != id.ino || item.is_dir {
             continue;
         }
         if let Ok(m) = fs.metadata(&item.path) {
             if m.is_file() && FileId::of(&m) == id {
-                return ours(&item.path).then(|| (item.path.clone(), m.len()));
+                return Ok(ours(&item.path).then(|| (item.path.clone(), m.len())));
             }
         }
     }
-    None
+    Ok(None)
 }
 
 /// Start for `start_at = "end"`: just past the last `\n`, so a line being written when the

@@ -3,7 +3,11 @@
 //! injected faults, with the registry polled in between. Invariants:
 //! - after every step, no line has been handed out twice (whatever happened);
 //! - at the end, with the faults cleared, every line of every file the globs match has been
-//!   handed out exactly once.
+//!   handed out exactly once;
+//! - and so has every line the registry could see (in a matched file at a scan without
+//!   faults) that still exists, under whatever name (rotated `.1`, held `.hold`), unless its
+//!   file was truncated, deleted or overwritten: a file that waited for a descriptor and was
+//!   rotated before it got one is still read.
 //!
 //! Every line is unique (`L<n>`), so a duplicate or a gap names the line. Scans run at every
 //! poll and nothing waits on a clock (glob interval and let-go grace are zero), so a case
@@ -116,6 +120,12 @@ struct Harness {
     next_line: u64,
     delivered: BTreeMap<String, u32>,
     max_open: usize,
+    /// Lines that were in a matched file when the registry scanned without faults.
+    visible: HashSet<String>,
+    /// Lines whose file was truncated, deleted or overwritten since (may be lost).
+    lost_ok: HashSet<String>,
+    /// The let-go grace (zero but where a test needs a writer's last lines after a rename).
+    let_go_after: Duration,
 }
 
 impl Harness {
@@ -129,6 +139,9 @@ impl Harness {
             next_line: 0,
             delivered: BTreeMap::new(),
             max_open,
+            visible: HashSet::new(),
+            lost_ok: HashSet::new(),
+            let_go_after: Duration::ZERO,
         };
         h.registry = Some(h.make(None));
         h
@@ -151,7 +164,7 @@ impl Harness {
             max_line_bytes: 1 << 20,
             max_open_files: self.max_open,
             remember_for: Duration::from_secs(3600),
-            let_go_after: Duration::ZERO,
+            let_go_after: self.let_go_after,
             retry_first: Duration::ZERO,
         };
         Registry::new(opts, saved, None)
@@ -175,6 +188,30 @@ impl Harness {
             .unwrap()
             .write_all(text.as_bytes())
             .unwrap();
+    }
+
+    fn lines_of(path: &Path) -> Vec<String> {
+        fs::read_to_string(path)
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    fn mark_lost(&mut self, path: &Path) {
+        if path.is_file() {
+            self.lost_ok.extend(Self::lines_of(path));
+        }
+    }
+
+    /// After a poll without faults, every line in a matched file was visible to the scan.
+    fn note_visible(&mut self) {
+        let f = *self.faults.lock().unwrap();
+        if f.dir_locked || f.no_descriptors {
+            return;
+        }
+        for i in 0..NAMES.len() {
+            let p = self.path(i, "");
+            self.visible.extend(Self::lines_of(&p));
+        }
     }
 
     fn poll(&mut self) -> usize {
@@ -218,12 +255,15 @@ impl Harness {
             Action::Rotate(i) => {
                 let p = self.path(i, "");
                 if p.is_file() {
+                    self.mark_lost(&self.path(i, ".1"));
                     fs::rename(p, self.path(i, ".1")).unwrap();
                 }
             }
             Action::CopyTruncate(i) => {
                 let p = self.path(i, "");
                 if p.is_file() {
+                    self.mark_lost(&self.path(i, ".1"));
+                    self.mark_lost(&p);
                     fs::copy(&p, self.path(i, ".1")).unwrap();
                     OpenOptions::new()
                         .write(true)
@@ -236,6 +276,7 @@ impl Harness {
             Action::Delete(i) => {
                 let p = self.path(i, "");
                 if p.is_file() {
+                    self.mark_lost(&p);
                     fs::remove_file(p).unwrap();
                 }
             }
@@ -280,7 +321,7 @@ impl Harness {
         for _ in 0..200 {
             if self.poll() == 0 {
                 quiet += 1;
-                if quiet >= 3 && !self.registry.as_ref().unwrap().waiting_for_descriptor() {
+                if quiet >= 3 && self.registry.as_ref().unwrap().waiting() == 0 {
                     break;
                 }
             } else {
@@ -298,6 +339,22 @@ impl Harness {
             .filter(|l| !self.delivered.contains_key(*l))
             .collect();
         assert!(missing.is_empty(), "never delivered: {missing:?}");
+        let mut existing = HashSet::new();
+        for i in 0..NAMES.len() {
+            for suffix in ["", ".1", ".hold"] {
+                existing.extend(Self::lines_of(&self.path(i, suffix)));
+            }
+        }
+        let lost: Vec<_> = self
+            .visible
+            .iter()
+            .filter(|l| existing.contains(*l) && !self.lost_ok.contains(*l))
+            .filter(|l| !self.delivered.contains_key(*l))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "seen by the registry, still on disk, never delivered: {lost:?}"
+        );
         let twice: Vec<_> = self.delivered.iter().filter(|(_, n)| **n > 1).collect();
         assert!(twice.is_empty(), "delivered more than once: {twice:?}");
         let r = self.registry.as_ref().unwrap();
@@ -314,6 +371,7 @@ fn run(actions: &[Action], max_open: usize) {
     for (step, a) in actions.iter().enumerate() {
         h.apply(a);
         h.poll();
+        h.note_visible();
         h.assert_at_most_once(step, a);
         let open = h.registry.as_ref().unwrap().summary().open_descriptors;
         assert!(
@@ -490,4 +548,45 @@ fn same_size_is_not_same_content() {
         ],
         1,
     );
+}
+
+/// From the review: a file waiting for a descriptor is rotated before it gets one; it is
+/// followed by identity and read (it was an entry keyed by path before).
+#[test]
+fn a_waiting_file_rotated_before_it_gets_a_descriptor_is_still_read() {
+    use Action::*;
+    run(
+        &[
+            Append(0, 3),
+            Append(1, 3),
+            Rotate(1),
+            Append(1, 2),
+            Poll,
+            Poll,
+        ],
+        1,
+    );
+}
+
+/// From the review: an idle-closed file renamed away is drained with the let-go grace, so
+/// what its writer appends after the rename is read.
+#[test]
+fn an_idle_file_renamed_away_is_read_to_its_end() {
+    let mut h = Harness::new(1);
+    h.let_go_after = Duration::from_secs(3600);
+    h.registry = Some(h.make(None));
+    let (a, b) = (h.path(0, ""), h.path(1, ""));
+    h.append(&a, 3);
+    h.poll();
+    h.append(&b, 3);
+    h.poll(); // a is closed for b
+    h.poll();
+    let held = h.path(0, ".hold");
+    fs::rename(&a, &held).unwrap();
+    h.poll(); // found by identity, size unchanged: drained with the grace, not let go at once
+    h.append(&held, 2);
+    h.settle_and_check();
+    for l in Harness::lines_of(&held) {
+        assert_eq!(h.delivered.get(&l), Some(&1), "{l}");
+    }
 }
