@@ -87,6 +87,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Some(s) => (Some(s.files), s.forwarders),
         None => (None, Default::default()),
     };
+    // A forwarder's position is only worth keeping for a file the registry still knows: the
+    // others were forgotten (deleted, or remembered long enough) and can never be read again.
+    if let Some(files) = &saved_files {
+        let known: std::collections::HashSet<_> = files.iter().map(|f| f.identity.id()).collect();
+        for positions in saved_forwarders.values_mut() {
+            positions.retain(|p| known.contains(&p.identity.id()));
+        }
+    }
 
     let soft_limit = raise_nofile_limit();
     let max_open_files = config.source.effective_max_open_files(soft_limit);

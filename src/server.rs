@@ -411,19 +411,29 @@ impl Collector for StoreCollector {
             "Most log files held open at once (source.max_open_files, resolved).",
             &[(vec![], summary.max_open_files as i64)],
         )?;
-        let files: Vec<_> = files.iter().filter(|f| f.id.is_some()).collect();
-        let paths: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
-        let lag: Vec<(Labels<'_>, i64)> = files
+        // One series per path (a remembered identity and a new file can share a path: their
+        // lags are summed); remembered files are left out (nothing to read).
+        let mut by_path: std::collections::BTreeMap<String, (&crate::source::FileStatus, u64)> =
+            Default::default();
+        for f in files
             .iter()
-            .zip(&paths)
-            .map(|(f, path)| {
+            .filter(|f| f.id.is_some() && f.state != "remembered")
+        {
+            let slot = by_path
+                .entry(f.path.display().to_string())
+                .or_insert((f, 0));
+            slot.1 = slot.1.saturating_add(f.lag_bytes());
+        }
+        let lag: Vec<(Labels<'_>, i64)> = by_path
+            .iter()
+            .map(|(path, (f, lag))| {
                 let mut l = vec![("path", path.as_str())];
                 if let Some(pl) = &f.labels {
                     l.push(("namespace", pl.namespace.as_str()));
                     l.push(("pod", pl.pod.as_str()));
                     l.push(("container", pl.container.as_str()));
                 }
-                (l, f.lag_bytes() as i64)
+                (l, i64::try_from(*lag).unwrap_or(i64::MAX))
             })
             .collect();
         gauge(
@@ -512,10 +522,19 @@ impl Collector for StoreCollector {
                 "Bytes that could not be forwarded (file gone or truncated first), by file.",
                 &rows,
             )?;
-            let lag = l.lag.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut lag: std::collections::BTreeMap<String, u64> = Default::default();
+            for (p, n) in l.lag.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let slot = lag.entry(p.clone()).or_insert(0);
+                *slot = slot.saturating_add(*n);
+            }
             let rows: Vec<(Labels<'_>, i64)> = lag
                 .iter()
-                .map(|(p, n)| (vec![("path", p.as_str())], *n as i64))
+                .map(|(p, n)| {
+                    (
+                        vec![("path", p.as_str())],
+                        i64::try_from(*n).unwrap_or(i64::MAX),
+                    )
+                })
                 .collect();
             gauge(
                 &mut enc,
