@@ -149,6 +149,13 @@ def health():
         'sum by (result) (rate(tokenmeter_lines_total{result!="record"}[$__rate_interval]))', "{{result}}")], unit="short")
     p.add("timeseries", "Unread bytes per node", [q('sum by (instance) (tokenmeter_file_lag_bytes)', "{{instance}}")], unit="bytes",
           description="Growing lag means the agent cannot keep up (CPU limit) or a file is stuck.")
+    p.add("timeseries", "Log files by state", [q('sum by (state) (tokenmeter_files)', "{{state}}")], unit="short",
+          description="reading/draining hold a descriptor; idle: closed to save descriptors; waiting: unread bytes and "
+                      "no descriptor yet (ceiling source.max_open_files, or opening fails); remembered: let go, identity "
+                      "and offset kept. Waiting for long: see the TokenmeterFilesUnreadable alert.")
+    p.add("timeseries", "File errors/s by reason", [q(
+        'sum by (reason) (rate(tokenmeter_file_errors_total[$__rate_interval]))', "{{reason}}")], unit="short",
+          description="Failed listings, stats, opens and reads (permission, descriptors, io, other); /status names the file.")
     p.add("timeseries", "Exports by exporter and outcome", [q(
         'sum by (exporter, outcome) (rate(tokenmeter_exports_total[$__rate_interval]))', "{{exporter}} {{outcome}}")], unit="reqps")
     p.add("timeseries", "Loki: bytes not yet delivered per node", [q('sum by (instance) (tokenmeter_loki_lag_bytes)', "{{instance}}")],
