@@ -745,12 +745,20 @@ impl Registry {
         }
     }
 
-    /// Copytruncate and rewrites of open files that did not grow: read again from 0.
+    /// Copytruncate and rewrites of open files that did not grow: read again from 0. Dormant
+    /// files are left to the read path, which checks before it reads the bytes that woke
+    /// them (only a rewrite to exactly the same size goes unnoticed until the file grows).
     fn check_truncations(&mut self) {
+        let now = Instant::now();
         for (id, e) in self.entries.iter_mut() {
             let Some(cursor) = e.fate.cursor() else {
                 continue;
             };
+            if matches!(e.fate, Fate::Reading(_))
+                && now.duration_since(e.active) >= DORMANT_AFTER
+            {
+                continue;
+            }
             match cursor.truncation(&e.identity) {
                 Ok(None) => {}
                 Ok(Some(t)) => e.restart_truncated(*id, t, &self.events),
