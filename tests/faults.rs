@@ -20,7 +20,7 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -68,42 +68,9 @@ fn write_records(path: &Path, range: std::ops::Range<u64>, exp: &Exp) {
 // ---------------------------------------------------------------------------------------------
 // Starting the daemon under a wrapper (`setpriv`, `prlimit`), without waiting for it.
 
-/// Starts `binary run --config <dir>/<name>.toml` under `wrapper` (a command that execs its
-/// arguments, so the child's pid is the daemon's), stderr to `<dir>/<name>.log`. Does not wait.
-fn spawn(dir: &Path, name: &str, config: &str, wrapper: &[&str], binary: &Path) -> Daemon {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(&cfg, format!("{config}\n[server]\nlisten = \"{addr}\"\n")).unwrap();
-    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let log = dir.join(format!("{name}.log"));
-    let logf = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let mut cmd = match wrapper.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(binary);
-            c
-        }
-        None => Command::new(binary),
-    };
-    let child = cmd
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("TOKENMETER_LOG", "info")
-        .env_remove("TOKENMETER_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {wrapper:?} {}: {e}", binary.display()));
-    Daemon { child, addr, log }
-}
-
 /// `spawn`, then waits for `/healthz` 200; fails at once if the process exits first.
 fn start(dir: &Path, name: &str, config: &str, wrapper: &[&str], binary: &Path) -> Daemon {
-    let mut d = spawn(dir, name, config, wrapper, binary);
+    let mut d = Daemon::spawn(dir, name, config, wrapper, binary);
     let t = Instant::now();
     loop {
         if let Ok(Some(status)) = d.child.try_wait() {
@@ -954,7 +921,7 @@ fn a_second_daemon_on_the_same_state_dir_exits_2_naming_the_first_pid() {
     wait_exact(&first, &exp, "first daemon");
     let first_pid = first.child.id();
 
-    let mut second = spawn(tmp.path(), "second", &cfg, &[], &bin());
+    let mut second = Daemon::spawn(tmp.path(), "second", &cfg, &[], &bin());
     let exited = wait_exit(&mut second, Duration::from_secs(10));
     let healthy = matches!(get(&second.addr, "/healthz"), Ok((200, _)));
     if exited.is_none() {

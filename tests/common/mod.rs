@@ -80,25 +80,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon with `config` (TOML) written into `dir`, and waits for `/healthz`.
     pub fn start(dir: &Path, name: &str, config: &str) -> Daemon {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, format!("{config}\n[server]\nlisten = \"{addr}\"\n")).unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("TOKENMETER_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, addr, log };
+        let d = Daemon::spawn(dir, name, config, &[], &bin());
         wait_until("daemon /healthz", Duration::from_secs(20), || {
             get(&d.addr, "/healthz")
                 .ok()
@@ -106,6 +88,42 @@ impl Daemon {
                 .map(|_| ())
         });
         d
+    }
+
+    /// Starts `binary run --config <dir>/<name>.toml` under `wrapper` (a command that execs
+    /// its arguments, e.g. `setpriv` or `prlimit`, so the child's pid is the daemon's), stderr
+    /// to `<dir>/<name>.log`. Does not wait.
+    pub fn spawn(dir: &Path, name: &str, config: &str, wrapper: &[&str], binary: &Path) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        let addr = format!("127.0.0.1:{}", free_port());
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, format!("{config}\n[server]\nlisten = \"{addr}\"\n")).unwrap();
+        // Readable by an unprivileged daemon (the permission tests run it as another user).
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = cmd
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("TOKENMETER_LOG", "info")
+            .env_remove("TOKENMETER_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {wrapper:?} {}: {e}", binary.display()));
+        Daemon { child, addr, log }
     }
 
     pub fn metrics(&self) -> Option<Metrics> {
