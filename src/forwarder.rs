@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::decode::{Decoded, LogicalLine};
 use crate::export::loki::{stream_labels, Batch, EntryShaper, LokiClient, LokiStats, PushResult};
 use crate::shutdown::Shutdown;
+use crate::source::FileSystem;
 use crate::source::{
     DescriptorCount, FileEvent, FileId, FileIdentity, FilePosition, PodLabels, TailCursor,
 };
@@ -278,25 +279,42 @@ impl Forwarder {
                     }
                 }
             }
-            FileEvent::Closed { id, left } => {
+            FileEvent::Closed { id, left, path } => {
+                let held_deleted = self.held_deleted();
+                let limit = self.max_open_files / 2;
+                let mut lost = None;
                 if let Some(f) = self.files.get_mut(&id) {
+                    f.path = path;
                     if let Forwarding::Open {
                         release, cursor, ..
                     } = &mut f.state
                     {
-                        if left {
-                            // Rotated away or deleted: the descriptor may be the only way
-                            // left to its lines; kept until they are delivered.
+                        f.size = cursor.file().size().unwrap_or(f.size);
+                        let deleted = left && cursor.file().links().is_ok_and(|n| n == 0);
+                        if deleted && f.acked < f.size && held_deleted < limit {
+                            // Deleted: its descriptor is the only way left to its lines; kept
+                            // until they are delivered (at most half the ceiling is held so).
                             *release = true;
+                        } else if deleted && f.acked < f.size {
+                            lost = Some((f.path.display().to_string(), f.size - f.acked));
+                            f.acked = f.size;
+                            f.batched = f.size;
+                            f.state = Forwarding::Parked { behind: false };
                         } else {
-                            // Closed to free a descriptor: give it back now, resume where
-                            // the batch ends later.
-                            f.size = cursor.file().size().unwrap_or(f.size);
+                            // Closed to free a descriptor, or let go while it still exists:
+                            // give the descriptor back now and reopen it by identity later,
+                            // so a Loki outage never holds descriptors metering needs.
                             f.state = Forwarding::Parked {
                                 behind: f.batched < f.size,
                             };
                         }
                     }
+                }
+                if let Some((path, bytes)) = lost {
+                    tracing::warn!(
+                        "{path}: deleted before Loki had {bytes} bytes of it, and too many deleted files are held already; counted as lost"
+                    );
+                    self.lost(&path, bytes);
                 }
                 self.release_delivered();
             }
@@ -346,6 +364,17 @@ impl Forwarder {
         }
     }
 
+    /// Deleted files whose descriptor the forwarder holds to deliver the rest.
+    fn held_deleted(&self) -> usize {
+        self.files
+            .values()
+            .filter(|f| {
+                matches!(&f.state, Forwarding::Open { release: true, cursor, .. }
+                    if cursor.file().links().is_ok_and(|n| n == 0))
+            })
+            .count()
+    }
+
     fn lost(&self, path: &str, bytes: u64) {
         if bytes == 0 {
             return;
@@ -391,23 +420,44 @@ impl Forwarder {
     /// them, as long as descriptors are free under the ceiling.
     fn reopen_behind(&mut self) {
         let max = self.config.source.max_line_bytes;
+        // At most a quarter of the ceiling is held by the forwarder's own reopens, so even
+        // while a push keeps failing metering keeps the rest.
+        let share = (self.max_open_files / 4).max(1);
+        let mut own = self
+            .files
+            .values()
+            .filter(|f| matches!(f.state, Forwarding::Open { release: true, .. }))
+            .count();
         let mut wanted = 0;
         for f in self.files.values_mut() {
             if !matches!(f.state, Forwarding::Parked { behind: true }) {
                 continue;
+            }
+            if own >= share {
+                break;
             }
             if self.descriptors.open() >= self.max_open_files {
                 // The registry closes idle files for us at its next scan.
                 wanted += 1;
                 continue;
             }
-            let Ok(file) = std::fs::File::open(&f.path) else {
-                continue; // moved or gone: the registry's next event says where it is
+            let fs = crate::source::RealFs;
+            let file = match fs.open(&f.path) {
+                Ok(file) if f.identity.matches(&file) => file,
+                // Moved on (rotated again): look for it next to where it was.
+                _ => match crate::source::registry::find_in_dir(&fs, &f.path, &f.identity) {
+                    Ok(Some((path, _))) => match fs.open(&path) {
+                        Ok(file) => {
+                            f.path = path;
+                            file
+                        }
+                        Err(_) => continue,
+                    },
+                    _ => continue, // gone, or cannot tell now: tried again later
+                },
             };
-            if !f.identity.matches(&file) {
-                continue;
-            }
             let file = crate::source::SharedFile::new(file, &self.descriptors);
+            own += 1;
             f.state = Forwarding::Open {
                 cursor: Box::new(TailCursor::new(file, f.batched, max)),
                 release: true,
@@ -545,6 +595,7 @@ impl Forwarder {
                 identity: f.identity.clone(),
                 offset: f.acked,
                 let_go_ns: None,
+                unopened: false,
                 align: false,
             });
             lag.push((f.path.display().to_string(), size.saturating_sub(f.acked)));

@@ -71,6 +71,7 @@ impl From<StateFileV1> for StateFile {
                     identity: f.identity.clone(),
                     offset: f.loki_offset?,
                     let_go_ns: None,
+                    unopened: false,
                     align: false,
                 })
             })
@@ -91,6 +92,7 @@ impl From<StateFileV1> for StateFile {
                     identity: f.identity,
                     offset: f.offset,
                     let_go_ns: None,
+                    unopened: false,
                     align: false,
                 })
                 .collect(),
@@ -279,6 +281,7 @@ mod tests {
                 identity: identity(),
                 offset: 3,
                 let_go_ns: None,
+                unopened: false,
                 align: false,
             }],
         );
@@ -291,6 +294,7 @@ mod tests {
                 identity: identity(),
                 offset: 5,
                 let_go_ns: Some(7),
+                unopened: false,
                 align: false,
             }],
             forwarders,

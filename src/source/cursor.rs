@@ -101,21 +101,23 @@ impl FileIdentity {
     /// both are known, and the same first bytes. The one rule every reader uses before it
     /// trusts a saved offset.
     pub fn matches(&self, file: &File) -> bool {
-        let Ok(meta) = file.metadata() else {
-            return false;
-        };
+        self.check(file).unwrap_or(false)
+    }
+
+    /// [`FileIdentity::matches`], telling "cannot read it now" (an error: retry) from "not
+    /// this file" (`false`), so a transient read error is never taken for a rewrite.
+    pub fn check(&self, file: &File) -> io::Result<bool> {
+        let meta = file.metadata()?;
         if (meta.dev(), meta.ino()) != (self.dev, self.ino) {
-            return false;
+            return Ok(false);
         }
         if let (Some(saved), Some(now)) = (self.born_ns, Self::born_ns(&meta)) {
             if saved != now {
-                return false;
+                return Ok(false);
             }
         }
-        match read_fingerprint(file, self.fingerprint_len as usize) {
-            Ok((fp, len)) => len == self.fingerprint_len as usize && fp == self.fingerprint,
-            Err(_) => false,
-        }
+        let (fp, len) = read_fingerprint(file, self.fingerprint_len as usize)?;
+        Ok(len == self.fingerprint_len as usize && fp == self.fingerprint)
     }
 
     /// Extends a short fingerprint once the file has grown past it (a file created empty is

@@ -43,10 +43,6 @@ use crate::decode::Decoded;
 
 /// How often a warning about the same failing path is repeated while it keeps failing.
 const WARN_EVERY: Duration = Duration::from_secs(300);
-/// A file with no new lines for this long is no longer polled between scans: the scan's
-/// `stat` wakes it when its size changes (so thousands of quiet files cost one `stat` per
-/// scan each, not a `read` every 100 ms).
-const DORMANT_AFTER: Duration = Duration::from_secs(10);
 /// Longest delay between two attempts to open a failing file.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -66,6 +62,10 @@ pub struct RegistryOptions {
     pub let_go_after: Duration,
     /// First delay before a file that failed to open is tried again; it doubles up to 30 s.
     pub retry_first: Duration,
+    /// A file with no new lines for this long is no longer read between scans: each scan
+    /// wakes it (`fstat` on its descriptor) when its size changed, so thousands of quiet files
+    /// cost one `fstat` per scan each instead of a read every 100 ms.
+    pub dormant_after: Duration,
 }
 
 /// Where a file was when the state was saved (one entry of the state file).
@@ -79,8 +79,13 @@ pub struct FilePosition {
     /// When the file was let go (ns since the epoch), for a remembered file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub let_go_ns: Option<i64>,
-    /// Never opened yet, and present at the very first start with `start_at = "end"`: `offset`
-    /// is its size then, and reading begins at the last line boundary at or before it.
+    /// Never opened yet: the identity is device, inode and birth time only (the fingerprint
+    /// is taken at the first open), and reading begins at 0, or (`align`) at the last line
+    /// boundary at or before `offset`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unopened: bool,
+    /// Present at the very first start with `start_at = "end"` (with `unopened`): `offset` is
+    /// its size then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub align: bool,
 }
@@ -97,8 +102,12 @@ pub enum FileEvent {
         committed: u64,
     },
     /// The registry dropped its descriptor: idle (`left` = false), or let go after leaving
-    /// the globs (`left` = true).
-    Closed { id: FileId, left: bool },
+    /// the globs (`left` = true); `path` is where it is now (for a reader that reopens it).
+    Closed {
+        id: FileId,
+        left: bool,
+        path: PathBuf,
+    },
     /// The file was truncated or rewritten: it is read again from 0.
     Truncated { id: FileId },
     /// The identity is forgotten: deleted, or remembered long enough.
@@ -209,12 +218,15 @@ struct Entry {
     retry_delay: Duration,
     /// Last time lines were read (or the file was opened): idle files close first.
     active: Instant,
-    /// Modification time when it was closed idle: unchanged size and mtime mean untouched.
-    idle_mtime: Option<std::time::SystemTime>,
+    /// Read position and modification time when it was closed idle: the same size and
+    /// mtime later mean untouched (a pending partial line does not count as new).
+    idle_at: Option<(u64, std::time::SystemTime)>,
     /// Loaded from the state file and not yet found (in the globs or in its directory).
     from_state: bool,
     /// Loaded from the state file and not opened (or let go) since: readiness waits for it.
     restored: bool,
+    /// Its size changed since the last read: read it even if it is dormant.
+    wake: bool,
     /// Never opened yet: where reading will begin (its identity is then only device, inode
     /// and birth time; the fingerprint is taken at the first open).
     first_open: Option<FirstOpen>,
@@ -248,6 +260,7 @@ impl Entry {
         );
         cursor.restart(0);
         self.active = Instant::now();
+        self.wake = true;
         self.committed = 0;
         if let Ok(identity) = FileIdentity::read(cursor.file().file()) {
             self.identity = identity;
@@ -339,7 +352,11 @@ impl Registry {
         let mut entries = BTreeMap::new();
         for s in saved.unwrap_or_default() {
             let id = s.identity.id();
-            let first_open = s.align.then_some(FirstOpen::LineBefore(s.offset));
+            let first_open = match (s.unopened || s.align, s.align) {
+                (false, _) => None,
+                (true, true) => Some(FirstOpen::LineBefore(s.offset)),
+                (true, false) => Some(FirstOpen::FromStart),
+            };
             entries.insert(
                 id,
                 Entry {
@@ -360,9 +377,10 @@ impl Registry {
                     retry_at: None,
                     retry_delay: opts.retry_first,
                     active: Instant::now(),
-                    idle_mtime: None,
+                    idle_at: None,
                     from_state: true,
                     restored: true,
+                    wake: false,
                     first_open,
                 },
             );
@@ -436,6 +454,7 @@ impl Registry {
         if due {
             let scan = self.globs.scan(self.fs.as_ref());
             self.apply_scan(&scan);
+            self.wake_grown();
             self.check_truncations();
             self.open_wanted();
             self.expire_remembered();
@@ -452,9 +471,10 @@ impl Registry {
         let mut total = 0;
         let now = Instant::now();
         for (id, e) in self.entries.iter_mut() {
-            let dormant = now.duration_since(e.active) >= DORMANT_AFTER;
+            let dormant = now.duration_since(e.active) >= self.opts.dormant_after;
+            let wake = std::mem::take(&mut e.wake);
             let cursor = match &mut e.fate {
-                Fate::Reading(c) if !dormant => c,
+                Fate::Reading(c) if !dormant || wake => c,
                 Fate::Draining { cursor: c, .. } => c,
                 _ => continue,
             };
@@ -587,15 +607,13 @@ impl Registry {
                     }
                     let len = meta.len();
                     if matches!(e.fate, Fate::Reading(_)) && len != e.size {
-                        e.active = Instant::now(); // wakes a dormant file
+                        e.wake = true;
                     }
                     e.fate = match std::mem::replace(&mut e.fate, Fate::Idle) {
                         Fate::Draining { cursor, .. } => Fate::Reading(cursor),
                         // Closed by us and untouched since (same size and mtime: an inode
                         // reused by a new file would differ).
-                        Fate::Idle
-                            if len == e.committed && e.idle_mtime == meta.modified().ok() =>
-                        {
+                        Fate::Idle if meta.modified().ok().map(|m| (len, m)) == e.idle_at => {
                             Fate::Idle
                         }
                         // Otherwise it is opened and its identity checked before its offset
@@ -640,9 +658,10 @@ impl Registry {
                             retry_at: None,
                             retry_delay: self.opts.retry_first,
                             active: Instant::now(),
-                            idle_mtime: None,
+                            idle_at: None,
                             from_state: false,
                             restored: false,
+                            wake: false,
                             first_open: Some(first_open),
                         },
                     );
@@ -704,6 +723,15 @@ impl Registry {
                 // Found: opened once more and read to its end (with the let-go grace), so
                 // what was appended after it was closed is counted and other readers can
                 // finish it too.
+                // Empty when it was last read, and now outside the globs: nothing of its
+                // content can confirm it is still the file it was (a copy may have been
+                // written into it), so it is not read again: never count a line twice.
+                (Fate::Remembered { since_ns }, Some(Some(_)))
+                    if e.identity.fingerprint_len == 0 && e.first_open.is_none() =>
+                {
+                    e.restored = false;
+                    Fate::Remembered { since_ns }
+                }
                 (_, Some(Some((path, len)))) => {
                     if path != e.meta.path {
                         tracing::info!(
@@ -745,6 +773,27 @@ impl Registry {
         }
     }
 
+    /// Wakes dormant open files whose size changed, through the descriptor they hold (so a
+    /// path that cannot be looked at, e.g. under an unlistable directory, still wakes).
+    fn wake_grown(&mut self) {
+        let now = Instant::now();
+        for e in self.entries.values_mut() {
+            let Fate::Reading(cursor) = &e.fate else {
+                continue;
+            };
+            if now.duration_since(e.active) < self.opts.dormant_after {
+                continue;
+            }
+            if cursor
+                .file()
+                .size()
+                .is_ok_and(|len| len != cursor.read_to())
+            {
+                e.wake = true;
+            }
+        }
+    }
+
     /// Copytruncate and rewrites of open files that did not grow: read again from 0. Dormant
     /// files are left to the read path, which checks before it reads the bytes that woke
     /// them (only a rewrite to exactly the same size goes unnoticed until the file grows).
@@ -755,7 +804,7 @@ impl Registry {
                 continue;
             };
             if matches!(e.fate, Fate::Reading(_))
-                && now.duration_since(e.active) >= DORMANT_AFTER
+                && now.duration_since(e.active) >= self.opts.dormant_after
             {
                 continue;
             }
@@ -817,7 +866,13 @@ impl Registry {
     /// Closes the longest-idle file (read to its end, quiet for a glob interval). Returns
     /// whether there was one. Another reader may still hold its descriptor a while.
     fn close_idle(&mut self) -> bool {
-        let quiet = self.opts.glob_interval;
+        // While files known from the state still wait to be read again (readiness waits for
+        // them), any file read to its end may be closed for them, quiet or not.
+        let quiet = if self.restoring() {
+            Duration::ZERO
+        } else {
+            self.opts.glob_interval
+        };
         let victim = self
             .entries
             .iter()
@@ -831,13 +886,19 @@ impl Registry {
             return false;
         };
         if let Some(e) = self.entries.get_mut(&id) {
-            e.idle_mtime = e
-                .fate
-                .cursor()
-                .and_then(|c| c.file().file().metadata().ok())
-                .and_then(|m| m.modified().ok());
+            e.idle_at = e.fate.cursor().and_then(|c| {
+                let modified = c.file().file().metadata().ok()?.modified().ok()?;
+                Some((c.read_to(), modified))
+            });
             e.fate = Fate::Idle;
-            send(&self.events, FileEvent::Closed { id, left: false });
+            send(
+                &self.events,
+                FileEvent::Closed {
+                    id,
+                    left: false,
+                    path: e.meta.path.clone(),
+                },
+            );
         }
         true
     }
@@ -872,7 +933,15 @@ impl Registry {
             }
         };
         let len = file.size().unwrap_or(0);
-        let same = e.identity.matches(file.file());
+        let same = match e.identity.check(file.file()) {
+            Ok(same) => same,
+            Err(err) => {
+                // Cannot tell now: retried, never taken for a rewrite.
+                record_error(&mut self.errors, &mut e.error, &e.meta.path, "read", &err);
+                backoff(&mut e.retry_at, &mut e.retry_delay);
+                return false;
+            }
+        };
         let start = if let (Some(first), true) = (e.first_open, same) {
             // Never opened: its identity so far is device, inode and birth time.
             match first {
@@ -939,6 +1008,7 @@ impl Registry {
         e.committed = start;
         e.size = len;
         e.active = Instant::now();
+        e.wake = true; // read at once, whatever came before
         tracing::debug!("{}: tailing from offset {start}", e.meta.path.display());
         let cursor = TailCursor::new(file.clone(), start, self.opts.max_line_bytes);
         e.fate = if left {
@@ -981,6 +1051,7 @@ impl Registry {
                 FileEvent::Closed {
                     id: *id,
                     left: true,
+                    path: e.meta.path.clone(),
                 },
             );
             if deleted {
@@ -1041,6 +1112,7 @@ impl Registry {
                     Fate::Remembered { since_ns } => Some(since_ns),
                     _ => None,
                 },
+                unopened: e.first_open.is_some(),
                 align: matches!(e.first_open, Some(FirstOpen::LineBefore(_))),
             })
             .collect()
@@ -1172,7 +1244,7 @@ fn backoff(retry_at: &mut Option<Instant>, delay: &mut Duration) {
 /// Looks for `identity` in the directory of `path` (a file renamed within its directory, as
 /// kubelet rotates). Returns its path and size. A file with the same inode but other first
 /// bytes is a reused inode, not ours; one that cannot be opened to check is taken as ours.
-fn find_in_dir(
+pub(crate) fn find_in_dir(
     fs: &dyn FileSystem,
     path: &Path,
     identity: &FileIdentity,
