@@ -1081,3 +1081,56 @@ fn a_state_that_cannot_be_written_is_reported_exits_1_and_costs_nothing() {
         "after failed state writes",
     );
 }
+
+#[test]
+fn after_a_restart_more_busy_files_than_descriptors_still_become_ready_and_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let files: Vec<PathBuf> = ["gw-b1", "gw-b2", "gw-b3"]
+        .iter()
+        .map(|p| pod_dir(&root, p).join("0.log"))
+        .collect();
+    let state = tmp.path().join("state");
+    let exp = new_exp();
+    let cfg = config(&root, &state, "", "").replace("[source]\n", "[source]\nmax_open_files = 2\n");
+    let mut d = start(tmp.path(), "busy", &cfg, &[], &bin());
+    // Three files written all the time, two descriptors.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, files, exp) = (stop.clone(), files.clone(), exp.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                for (k, f) in files.iter().enumerate() {
+                    write_records(
+                        f,
+                        (k as u64 + 1) * 1_000_000 + i..(k as u64 + 1) * 1_000_000 + i + 3,
+                        &exp,
+                    );
+                }
+                i += 3;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    wait_until("the first run to be ready", WAIT, || {
+        matches!(get(&d.addr, "/readyz"), Ok((200, _))).then_some(())
+    });
+    assert_eq!(terminate(&mut d), Some(0), "{}", log_tail(&d));
+    drop(d);
+    let d = start(tmp.path(), "busy-again", &cfg, &[], &bin());
+    wait_until(
+        "the restarted daemon to become ready while three busy files share two descriptors",
+        WAIT,
+        || matches!(get(&d.addr, "/readyz"), Ok((200, _))).then_some(()),
+    );
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    wait_offsets_at_end(&d, &files, "after the writer stopped");
+    assert_final(
+        &d,
+        &exp,
+        &files,
+        "three busy files, two descriptors, a restart",
+    );
+}

@@ -511,3 +511,48 @@ fn a_loki_outage_with_more_files_than_descriptors_does_not_stall_metering() {
     assert_eq!(entries.len(), lines, "each line once");
     assert!(counts(&entries).values().all(|n| *n == 1));
 }
+
+#[test]
+fn rotations_during_a_loki_outage_do_not_hold_descriptors_metering_needs() {
+    let r = LokiReceiver::start();
+    r.set_down(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let cfg = config(&root, &tmp.path().join("state"), "", &loki_section(&r, ""))
+        .replace("[source]\n", "[source]\nmax_open_files = 2\n");
+    let d = Daemon::start(tmp.path(), "loki-rot", &cfg);
+    let dir = pod_dir(&root, "gw-rot");
+    let log = dir.join("0.log");
+    let mut exp = Expected::default();
+    let mut lines = 0usize;
+    // kubelet rotates four times while Loki is down: every rotated file is undelivered, yet
+    // each new 0.log must get a descriptor and be counted.
+    for round in 0..5u64 {
+        let mut text = String::new();
+        for i in 0..40u64 {
+            text.push_str(&cri(&record_line(round * 1000 + i, &mut exp)));
+            lines += 1;
+        }
+        append(&log, &text);
+        cond_wait(
+            &d,
+            "metering of every rotation while Loki is down",
+            WAIT,
+            || {
+                let m = d.metrics()?;
+                (m.by_series("llm_tokens_total") == exp.column(3)).then_some(())
+            },
+        );
+        if round < 4 {
+            cond_wait_read_to_end(&d, &log, WAIT);
+            std::fs::rename(&log, dir.join(format!("0.log.2026113012000{round}"))).unwrap();
+        }
+    }
+    let m = d.metrics().unwrap();
+    assert!(m.sum("tokenmeter_open_files", &[]) <= 2.0);
+    assert!(r.entries().is_empty());
+    r.set_down(false);
+    let entries = wait_entries(&r, lines, &d);
+    assert_eq!(entries.len(), lines, "each line once");
+    assert!(counts(&entries).values().all(|n| *n == 1));
+}
