@@ -3,11 +3,21 @@
 
     dashboards/generate.py          # rewrites dashboards/*.json
 
-Every dashboard declares its data sources in `__inputs` (DS_PROMETHEUS, and DS_LOKI for logs)
-and refers to them only as ${DS_...}, so it imports as is into any Grafana. Queries use the
-metric names of SPEC §4 exactly as Mimir stores them with its default OTLP settings, and sum
-over agents (instance / service_instance_id), so the panels work on Mimir, Prometheus and
-VictoriaMetrics alike.
+Data sources: every dashboard has a data-source template variable, DS_PROMETHEUS (type
+datasource, query prometheus; and DS_LOKI, query loki, for the logs one), and every panel and
+query variable refers to its data source only as ${DS_PROMETHEUS} / ${DS_LOKI}. So the files
+work as they are with file or sidecar provisioning (the variable resolves, defaulting to the
+default data source of that type) and can be switched at the top of the dashboard; the same
+names are also declared in `__inputs`, so a UI import (Dashboards > Import) asks for them and
+wires them in. No data source is hard-coded.
+
+Queries use the metric names of SPEC §4 exactly as Mimir stores them with its default OTLP
+settings and sum over agents, so the panels work on Mimir, Prometheus and VictoriaMetrics
+alike. Token counters are read with {pod=""}, as the recording rules do: a token counter has no
+`pod` label of its own, so a copy that also arrives by a Kubernetes scrape (which adds the
+target's `pod`) is left out and nothing is counted twice. The fixed long windows (tokens per
+hour, rolling 24 h) read the recording rules of config/prometheus/tokenmeter-rules.yaml, with
+the raw counters as fallback where the rules are not loaded (or before they were).
 """
 import json
 import os
@@ -15,8 +25,13 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROM = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 LOKI = {"type": "loki", "uid": "${DS_LOKI}"}
-SEL = 'model=~"$model", api_key_id=~"$api_key_id", service_id=~"$service_id"'
-MSEL = 'model=~"$model"'
+# Label matchers of the token counters: the OTLP copy only (see above), and the selection.
+RSEL = 'model=~"$model", api_key_id=~"$api_key_id", service_id=~"$service_id"'
+SEL = 'pod="", ' + RSEL
+MSEL = 'pod="", model=~"$model"'
+# Units: Grafana's custom count unit scales (K, M, B) and names the thing counted.
+TOKENS = "count:tokens"
+TOKENS_S = "count:tokens/s"
 
 
 def inputs(loki=False):
@@ -26,6 +41,12 @@ def inputs(loki=False):
         out.append({"name": "DS_LOKI", "label": "Loki", "description": "Where the access-log lines are",
                     "type": "datasource", "pluginId": "loki", "pluginName": "Loki"})
     return out
+
+
+def datasource_var(name, label, plugin):
+    """A data-source variable named like the `__inputs` entry its panels refer to."""
+    return {"name": name, "label": label, "type": "datasource", "query": plugin, "regex": "",
+            "hide": 0, "refresh": 1, "multi": False, "includeAll": False, "current": {}}
 
 
 def var(name, label, query, multi=True):
@@ -47,7 +68,8 @@ class Panels:
         self.x = 0
         self.row_h = 0
 
-    def add(self, kind, title, targets, w=12, h=8, unit=None, description="", ds=PROM, options=None, field=None):
+    def add(self, kind, title, targets, w=12, h=8, unit=None, description="", ds=PROM, options=None, field=None,
+            overrides=None, transformations=None):
         if self.x + w > 24:
             self.x = 0
             self.y += self.row_h
@@ -56,9 +78,11 @@ class Panels:
             "id": len(self.items) + 1, "type": kind, "title": title, "description": description,
             "datasource": ds, "gridPos": {"x": self.x, "y": self.y, "w": w, "h": h},
             "targets": [dict(t, datasource=ds, refId=chr(ord("A") + i)) for i, t in enumerate(targets)],
-            "fieldConfig": {"defaults": dict({"unit": unit} if unit else {}, **(field or {})), "overrides": []},
+            "fieldConfig": {"defaults": dict({"unit": unit} if unit else {}, **(field or {})), "overrides": overrides or []},
             "options": options or {},
         }
+        if transformations:
+            panel["transformations"] = transformations
         self.items.append(panel)
         self.x += w
         self.row_h = max(self.row_h, h)
@@ -79,65 +103,99 @@ def dashboard(uid, title, description, panels, variables, loki=False, tags=("tok
         "uid": uid, "title": title, "description": description, "tags": list(tags),
         "schemaVersion": 39, "version": 1, "editable": True, "graphTooltip": 1,
         "time": {"from": "now-24h", "to": "now"}, "refresh": "1m", "timezone": "",
-        "templating": {"list": variables}, "annotations": {"list": []}, "links": [],
+        "templating": {"list": [datasource_var("DS_PROMETHEUS", "Metrics", "prometheus")]
+                       + ([datasource_var("DS_LOKI", "Logs", "loki")] if loki else []) + variables}, "annotations": {"list": []}, "links": [],
         "panels": panels.items,
     }
+
+
+def table(columns):
+    """Transformations that join instant table queries (refIds A, B, ...) on their labels into one
+    table: one row per label set, one column per query, named by `columns`."""
+    rename = {f"Value #{chr(ord('A') + i)}": c for i, c in enumerate(columns)}
+    return [
+        {"id": "merge", "options": {}},
+        {"id": "organize", "options": {"excludeByName": {"Time": True}, "renameByName": rename,
+                                       "indexByName": {"model": 0, "api_key_id": 1, "service_id": 2}}},
+        {"id": "sortBy", "options": {"sort": [{"field": columns[0], "desc": True}]}},
+    ]
+
+
+def column_units(columns):
+    """Exact integers in the table (chargeback is exported as CSV), header names the unit."""
+    return [{"matcher": {"id": "byName", "options": c}, "properties": [{"id": "unit", "value": "none"}, {"id": "decimals", "value": 0}]}
+            for c in columns]
+
+
+def per_key_table(sel, by="model, api_key_id, service_id"):
+    cols = ["Tokens", "Input tokens", "Output tokens", "Requests"]
+    targets = [q(f'sum by ({by}) (increase({m}{{{sel}}}[$__range]))', instant=True, fmt="table")
+               for m in ("llm_tokens_total", "llm_input_tokens_total", "llm_output_tokens_total", "llm_requests_total")]
+    return cols, targets
 
 
 def overview():
     p = Panels()
     p.add("timeseries", "Tokens/s by model", [q(f'sum by (model) (rate(llm_tokens_total{{{MSEL}}}[$__rate_interval]))', "{{model}}")],
-          unit="short", description="Total tokens per second, summed over every agent.")
+          unit=TOKENS_S, description="Total tokens per second, summed over every agent.")
     p.add("timeseries", "Requests/s by model", [q(f'sum by (model) (rate(llm_requests_total{{{MSEL}}}[$__rate_interval]))', "{{model}}")],
           unit="reqps")
     p.add("timeseries", "Input vs output tokens/s", [
         q(f'sum(rate(llm_input_tokens_total{{{MSEL}}}[$__rate_interval]))', "input"),
-        q(f'sum(rate(llm_output_tokens_total{{{MSEL}}}[$__rate_interval]))', "output")], unit="short")
+        q(f'sum(rate(llm_output_tokens_total{{{MSEL}}}[$__rate_interval]))', "output")], unit=TOKENS_S)
     p.add("timeseries", "Error ratio by status class", [q(
         f'sum by (status_class) (rate(llm_requests_total{{{MSEL}, status_class=~"4xx|5xx|other"}}[$__rate_interval]))'
         f' / scalar(sum(rate(llm_requests_total{{{MSEL}}}[$__rate_interval])))', "{{status_class}}")], unit="percentunit",
         description="Share of requests answered 4xx, 5xx or not at all (other: e.g. the client went away).")
     p.add("bargauge", "Top 10 API keys by tokens (selected range)", [q(
         f'topk(10, sum by (api_key_id) (increase(llm_tokens_total{{{MSEL}}}[$__range])))', "{{api_key_id}}", instant=True)],
-        unit="short", options={"orientation": "horizontal", "displayMode": "basic"})
+        unit=TOKENS, options={"orientation": "horizontal", "displayMode": "basic"})
     p.add("bargauge", "Top services by tokens (selected range)", [q(
         f'topk(10, sum by (service_id) (increase(llm_tokens_total{{{MSEL}}}[$__range])))', "{{service_id}}", instant=True)],
-        unit="short", options={"orientation": "horizontal", "displayMode": "basic"})
+        unit=TOKENS, options={"orientation": "horizontal", "displayMode": "basic"})
     p.add("timeseries", "Request duration p50 / p95 / p99 by model", [
         q(f'histogram_quantile({x}, sum by (model, le) (rate(llm_request_duration_seconds_bucket{{{MSEL}}}[$__rate_interval])))',
           f"p{int(x * 100)} {{{{model}}}}") for x in (0.5, 0.95, 0.99)], w=24, unit="s")
-    p.add("table", "Chargeback: tokens per model × API key × service (selected range)", [
-        q(f'sum by (model, api_key_id, service_id) (increase(llm_tokens_total{{{MSEL}}}[$__range]))', instant=True, fmt="table"),
-        q(f'sum by (model, api_key_id, service_id) (increase(llm_requests_total{{{MSEL}}}[$__range]))', instant=True, fmt="table")],
-        w=24, h=12, unit="short", description="Export with the panel menu (Inspect > Data) for chargeback.",
-        options={"showHeader": True})
+    cols, targets = per_key_table(MSEL)
+    p.add("table", "Chargeback: tokens and requests per model × API key × service (selected range)", targets,
+          w=24, h=12, description="One row per model, API key and service; Inspect > Data > Download CSV exports it.",
+          options={"showHeader": True, "sortBy": [{"displayName": "Tokens", "desc": True}]},
+          overrides=column_units(cols), transformations=table(cols))
     return dashboard("tokenmeter-overview", "LLM token usage overview",
                      "Who used how many tokens of which model: rates, top keys and services, errors, latency, chargeback table.",
-                     p, [var("model", "Model", "label_values(llm_tokens_total, model)")])
+                     p, [var("model", "Model", 'label_values(llm_tokens_total{pod=""}, model)')])
 
 
 def drilldown():
     p = Panels()
     p.add("timeseries", "Tokens per hour by API key", [q(
-        f'sum by (api_key_id) (increase(llm_tokens_total{{{SEL}}}[1h]))', "{{api_key_id}}")], unit="short")
+        f'sum by (api_key_id) (model_api_key_id_service_id:llm_tokens:increase1h{{{RSEL}}})'
+        f' or sum by (api_key_id) (increase(llm_tokens_total{{{SEL}}}[1h]))', "{{api_key_id}}")], unit=TOKENS,
+        description="Tokens in the hour before each point, from the recording rule "
+                    "model_api_key_id_service_id:llm_tokens:increase1h (raw counters where it is not loaded).")
     p.add("timeseries", "Tokens in the last 24 h vs budget", [
-        q(f'sum by (api_key_id) (increase(llm_tokens_total{{{SEL}}}[1d]))', "{{api_key_id}}"),
-        q('vector($budget)', "budget")], unit="short",
-        description="Rolling 24 h usage per key against the budget variable (set it at the top).")
-    p.add("timeseries", "Tokens/s by model", [q(f'sum by (model) (rate(llm_tokens_total{{{SEL}}}[$__rate_interval]))', "{{model}}")], unit="short")
+        q(f'sum by (api_key_id) (model_api_key_id_service_id:llm_tokens:increase1d{{{RSEL}}})'
+          f' or sum by (api_key_id) (increase(llm_tokens_total{{{SEL}}}[1d]))', "{{api_key_id}}"),
+        q('vector($budget)', "budget")], unit=TOKENS,
+        description="Rolling 24 h usage per key (recording rule model_api_key_id_service_id:llm_tokens:increase1d, "
+                    "raw counters where it is not loaded) against the budget variable (set it at the top).")
+    p.add("timeseries", "Tokens/s by model", [q(f'sum by (model) (rate(llm_tokens_total{{{SEL}}}[$__rate_interval]))', "{{model}}")],
+          unit=TOKENS_S)
     p.add("timeseries", "Input vs output tokens/s", [
         q(f'sum(rate(llm_input_tokens_total{{{SEL}}}[$__rate_interval]))', "input"),
-        q(f'sum(rate(llm_output_tokens_total{{{SEL}}}[$__rate_interval]))', "output")], unit="short")
+        q(f'sum(rate(llm_output_tokens_total{{{SEL}}}[$__rate_interval]))', "output")], unit=TOKENS_S)
     p.add("timeseries", "Requests/s by status class", [q(
         f'sum by (status_class) (rate(llm_requests_total{{{SEL}}}[$__rate_interval]))', "{{status_class}}")], unit="reqps")
-    p.add("table", "Totals for the selection (selected range)", [q(
-        f'sum by (model, api_key_id, service_id) (increase(llm_tokens_total{{{SEL}}}[$__range]))', instant=True, fmt="table")],
-        unit="short")
+    cols, targets = per_key_table(SEL)
+    p.add("table", "Totals for the selection (selected range)", targets,
+          description="One row per model, API key and service; Inspect > Data > Download CSV exports it.",
+          options={"showHeader": True, "sortBy": [{"displayName": "Tokens", "desc": True}]},
+          overrides=column_units(cols), transformations=table(cols))
     return dashboard("tokenmeter-drilldown", "LLM tokens: API key / service drill-down",
                      "Usage of selected API keys and services over time, against an optional daily budget.",
-                     p, [var("model", "Model", "label_values(llm_tokens_total, model)"),
-                         var("api_key_id", "API key", 'label_values(llm_tokens_total{model=~"$model"}, api_key_id)'),
-                         var("service_id", "Service", 'label_values(llm_tokens_total{model=~"$model"}, service_id)'),
+                     p, [var("model", "Model", 'label_values(llm_tokens_total{pod=""}, model)'),
+                         var("api_key_id", "API key", 'label_values(llm_tokens_total{pod="", model=~"$model"}, api_key_id)'),
+                         var("service_id", "Service", 'label_values(llm_tokens_total{pod="", model=~"$model"}, service_id)'),
                          textbox("budget", "Daily budget (tokens)", "10000000")])
 
 
@@ -185,8 +243,8 @@ def logs():
         w=24, h=16, ds=LOKI, options={"showTime": True, "wrapLogMessage": False, "sortOrder": "Descending"},
         description="model and api_key_id are structured metadata on each line (not stream labels), filtered after the selector.")
     return dashboard("tokenmeter-logs", "LLM access logs", "The raw Envoy AI Gateway access-log lines in Loki.", p,
-                     [var("model", "Model", "label_values(llm_tokens_total, model)"),
-                      var("api_key_id", "API key", 'label_values(llm_tokens_total{model=~"$model"}, api_key_id)')], loki=True)
+                     [var("model", "Model", 'label_values(llm_tokens_total{pod=""}, model)'),
+                      var("api_key_id", "API key", 'label_values(llm_tokens_total{pod="", model=~"$model"}, api_key_id)')], loki=True)
 
 
 def main():
