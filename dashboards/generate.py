@@ -113,10 +113,11 @@ def table(columns):
     """Transformations that join instant table queries (refIds A, B, ...) on their labels into one
     table: one row per label set, one column per query, named by `columns`."""
     rename = {f"Value #{chr(ord('A') + i)}": c for i, c in enumerate(columns)}
+    order = dict({"model": 0, "api_key_id": 1, "service_id": 2}, **{v: 3 + i for i, v in enumerate(rename)})
     return [
         {"id": "merge", "options": {}},
         {"id": "organize", "options": {"excludeByName": {"Time": True}, "renameByName": rename,
-                                       "indexByName": {"model": 0, "api_key_id": 1, "service_id": 2}}},
+                                       "indexByName": order}},
         {"id": "sortBy", "options": {"sort": [{"field": columns[0], "desc": True}]}},
     ]
 
