@@ -134,6 +134,8 @@ struct Counters {
     input: u64,
     output: u64,
     total: u64,
+    /// When the series was created (the store's clock then), ns since the epoch; 0 unknown.
+    start_ns: i64,
 }
 
 /// Duration histogram: per-bucket (not cumulative) counts, the last one `+Inf`.
@@ -181,6 +183,8 @@ pub struct Store {
     hist_index: HashMap<(u32, u32, StatusClass), u32, FxBuildHasher>,
     hists: Vec<((u32, u32, StatusClass), Histogram)>,
     stats: SelfStats,
+    /// The time new series are stamped with (set by the caller between reads; 0 in replay).
+    clock_ns: i64,
 }
 
 /// One token series in a snapshot: every counter of one (model, api_key_id, service_id).
@@ -196,6 +200,15 @@ pub struct SeriesSnapshot {
     pub total_tokens: u64,
     /// In the order of [`Snapshot::extra_names`].
     pub extra_tokens: Vec<u64>,
+    /// When the series was created (ns since the epoch): the start of its cumulative
+    /// counters, and the time of the 0 its first OTLP pushes carry. 0: unknown (a state of
+    /// an older version, or replay); exporters then use the agent's start time.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_ns: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl SeriesSnapshot {
@@ -241,6 +254,7 @@ impl Store {
                 invalid_fields: vec![0; 3 + n_extra],
                 ..SelfStats::default()
             },
+            clock_ns: 0,
         }
     }
 
@@ -336,11 +350,23 @@ impl Store {
         if let Some(&i) = self.series_index.get(&ids) {
             return i as usize;
         }
-        self.series.push((ids, Counters::default()));
+        self.series.push((
+            ids,
+            Counters {
+                start_ns: self.clock_ns,
+                ..Counters::default()
+            },
+        ));
         self.extras.resize(self.extras.len() + self.n_extra, 0);
         let i = self.series.len() - 1;
         self.series_index.insert(ids, i as u32);
         i
+    }
+
+    /// The time new series are stamped with from now on (the daemon calls it between reads;
+    /// one clock read per read, not per record).
+    pub fn set_clock(&mut self, now_ns: i64) {
+        self.clock_ns = now_ns;
     }
 
     /// Continues from a saved snapshot (the daemon's state after a restart), so exported
@@ -366,6 +392,9 @@ impl Store {
             c.input += x.input_tokens;
             c.output += x.output_tokens;
             c.total += x.total_tokens;
+            if x.start_ns != 0 {
+                c.start_ns = x.start_ns;
+            }
             for (i, v) in x.extra_tokens.iter().enumerate() {
                 if let Some(Some(j)) = extra_map.get(i) {
                     self.extras[idx * self.n_extra + j] += v;
@@ -453,6 +482,7 @@ impl Store {
                     output_tokens: c.output,
                     total_tokens: c.total,
                     extra_tokens: self.extras[i * self.n_extra..(i + 1) * self.n_extra].to_vec(),
+                    start_ns: c.start_ns,
                 }
             })
             .collect();

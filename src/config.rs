@@ -257,6 +257,9 @@ pub struct Otlp {
     pub basic_auth: BasicAuth,
     pub tls: Tls,
     pub resource_attributes: BTreeMap<String, String>,
+    /// Push the `tokenmeter_*` self-metrics too (same names and labels as on `/metrics`), so
+    /// a push-only install has its agent-health dashboard and alerts.
+    pub self_metrics: bool,
 }
 
 impl Default for Otlp {
@@ -271,6 +274,7 @@ impl Default for Otlp {
             basic_auth: BasicAuth::default(),
             tls: Tls::default(),
             resource_attributes: BTreeMap::new(),
+            self_metrics: true,
         }
     }
 }

@@ -27,10 +27,11 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::export::loki::LokiClient;
-use crate::export::otlp::{build_request, OtlpClient, OtlpShape, PushOutcome};
+use crate::export::otlp::{OtlpClient, OtlpShape, PushOutcome, Requests, Zeros};
 use crate::forwarder::{Forwarder, ForwarderStatus};
-use crate::health::{AgentStatus, MeterHandle};
+use crate::health::{agent_view, AgentStatus, MeterHandle};
 use crate::pipeline::Meter;
+use crate::schema::View;
 use crate::server::ServerContext;
 use crate::shutdown::Shutdown;
 use crate::source::{FilePosition, Registry, RegistryOptions};
@@ -170,12 +171,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None
     } else {
         let client = OtlpClient::new(&config).context("otlp")?;
+        let source = OtlpSource {
+            meter: meter.clone(),
+            status: status.clone(),
+            loki: loki_status.clone(),
+            shape: OtlpShape::from_config(&config, &node),
+            self_metrics: config.otlp.self_metrics,
+            announced: Default::default(),
+            since_ns: now_ns(),
+        };
         Some(runtime.spawn(otlp_loop(
             client,
-            OtlpShape::from_config(&config, &node),
+            source,
             config.otlp.interval.0,
-            meter.clone(),
-            status.clone(),
             shutdown.clone(),
             stop_rx,
         )))
@@ -281,24 +289,82 @@ async fn wait_for_signal() {
     }
 }
 
+/// What an OTLP push reads: the counters, the agent's status for the self-metrics, and the
+/// request shape.
+struct OtlpSource {
+    meter: MeterHandle,
+    status: Arc<AgentStatus>,
+    loki: Option<Arc<ForwarderStatus>>,
+    shape: OtlpShape,
+    self_metrics: bool,
+    /// Series whose 0 went out in an accepted request (see `export::otlp::Zeros`).
+    announced: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// This process's start: older series had their 0 sent by an earlier run.
+    since_ns: i64,
+}
+
+impl OtlpSource {
+    /// One push: a snapshot, sent as requests of bounded size one after the other (each
+    /// encoded just before it is sent). A failed request ends the push (the next one carries
+    /// the same cumulative values); a rejected one is counted and the others still go.
+    async fn push(&self, client: &OtlpClient, deadline: tokio::time::Instant) -> PushOutcome {
+        let snap = self.meter.snapshot();
+        let agent = agent_view(&self.status, self.loki.as_deref());
+        let view = View::new(&snap, &self.shape.static_labels, Some(&agent));
+        let start = self.status.start_time_ns;
+        let announced = self
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let zeros = Zeros {
+            since_ns: self.since_ns,
+            announced: &announced,
+        };
+        let mut outcome = PushOutcome::Success;
+        let mut accepted = Vec::new();
+        let requests = Requests::new(
+            &view,
+            &self.shape,
+            start,
+            now_ns(),
+            self.self_metrics,
+            zeros,
+        );
+        for (req, keys) in requests {
+            match client.push(&req, deadline).await {
+                PushOutcome::Success => accepted.extend(keys),
+                PushOutcome::Rejected => outcome = PushOutcome::Rejected,
+                PushOutcome::Failed => {
+                    outcome = PushOutcome::Failed;
+                    break;
+                }
+            }
+        }
+        self.announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(accepted);
+        outcome
+    }
+}
+
 /// Pushes every `interval` once ready. On stop, the push in flight is dropped and one final
 /// push gets what is left of the shutdown deadline.
 async fn otlp_loop(
     client: OtlpClient,
-    shape: OtlpShape,
+    source: OtlpSource,
     interval: Duration,
-    meter: MeterHandle,
-    status: Arc<AgentStatus>,
     shutdown: Arc<Shutdown>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let status = source.status.clone();
     while !status.is_ready() {
         if shutdown.stopping() {
             return; // never caught up: partial counters must not be pushed
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let start = status.start_time_ns;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -306,9 +372,8 @@ async fn otlp_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => break,
         }
-        let req = build_request(&meter.snapshot(), &shape, start, now_ns());
         // Retry until the next push is due: that one carries the same counts and more.
-        let push = client.push(&req, tokio::time::Instant::now() + interval);
+        let push = source.push(&client, tokio::time::Instant::now() + interval);
         tokio::select! {
             outcome = push => {
                 status.otlp.record(outcome);
@@ -321,10 +386,8 @@ async fn otlp_loop(
             _ = stop.changed() => break,
         }
     }
-    let left = shutdown.remaining();
-    let req = build_request(&meter.snapshot(), &shape, start, now_ns());
-    let deadline = tokio::time::Instant::now() + left;
-    match tokio::time::timeout_at(deadline, client.push(&req, deadline)).await {
+    let deadline = tokio::time::Instant::now() + shutdown.remaining();
+    match tokio::time::timeout_at(deadline, source.push(&client, deadline)).await {
         Ok(outcome) => {
             status.otlp.record(outcome);
             tracing::info!("final OTLP push: {}", outcome.as_str());
@@ -394,6 +457,7 @@ fn metering_loop(
         registry.maintain();
         let n = {
             let mut meter = saver.meter.lock();
+            meter.store.set_clock(now_ns());
             registry.read(POLL_BUDGET, |file, line_no, decoded| {
                 meter.decoded(&file.path, line_no, decoded)
             })

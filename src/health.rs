@@ -111,3 +111,46 @@ impl AgentStatus {
             .clone()
     }
 }
+
+/// The self-metrics' view of the agent, taken once per scrape or push.
+pub fn agent_view(
+    status: &AgentStatus,
+    loki: Option<&crate::forwarder::ForwarderStatus>,
+) -> crate::schema::AgentView {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let (files, registry) = status.files();
+    crate::schema::AgentView {
+        files,
+        registry,
+        otlp: [
+            load(&status.otlp.success),
+            load(&status.otlp.rejected),
+            load(&status.otlp.failed),
+        ],
+        checkpoints: [
+            load(&status.checkpoints_ok),
+            load(&status.checkpoints_failed),
+        ],
+        loki: loki.map(|l| {
+            let s = &l.stats;
+            let mut lag = std::collections::BTreeMap::new();
+            for (p, n) in s.lag.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let slot: &mut u64 = lag.entry(p.clone()).or_insert(0);
+                *slot = slot.saturating_add(*n);
+            }
+            crate::schema::LokiView {
+                entries_sent: load(&s.entries_sent),
+                entries_rejected: load(&s.entries_dropped_rejected),
+                bytes_sent: load(&s.bytes_sent),
+                retries: load(&s.retries),
+                lines_truncated: load(&s.lines_truncated),
+                lost_bytes: s
+                    .lost_bytes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+                lag,
+            }
+        }),
+    }
+}

@@ -22,6 +22,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod ratelog;
 pub mod replay;
+pub mod schema;
 pub mod server;
 pub mod shutdown;
 pub mod source;

@@ -508,3 +508,65 @@ fn corrupt_state_is_reported_moved_aside_and_the_daemon_starts() {
     assert!(moved);
     assert_eq!(get(&d.addr, "/readyz").unwrap().0, 200);
 }
+
+#[test]
+fn a_new_series_reaches_victoriametrics_starting_with_a_zero_at_its_start() {
+    let vm = Victoria::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let a = pod_dir(&root, "gw-zero");
+    let mut exp = Expected::default();
+    let sections = format!(
+        "[otlp]\nendpoint = \"{}\"\ninterval = \"300ms\"\n",
+        vm.otlp_endpoint()
+    );
+    let cfg = config(
+        &root,
+        &tmp.path().join("state"),
+        "node_name = \"node-z\"",
+        &sections,
+    );
+    let d = Daemon::start(tmp.path(), "zero", &cfg);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // One burst for a key never seen before.
+    write_records(&a.join("0.log"), 0..50, &mut exp);
+    wait_exact(&d, &exp);
+    let want = exp.column(3);
+    let (key, total) = want.iter().next().map(|(k, v)| (k.clone(), *v)).unwrap();
+    let selector = format!(
+        r#"llm_tokens_total{{model="{}",api_key_id="{}",service_id="{}"}}"#,
+        key.0, key.1, key.2
+    );
+    let samples = wait_until("the series' samples in VictoriaMetrics", WAIT, || {
+        let s = vm.raw_samples(&selector);
+        let (_, points) = s.into_iter().next()?;
+        (points.last()?.1 as u64 == total).then_some(points)
+    });
+    let (t0, v0) = samples[0];
+    assert_eq!(
+        v0, 0.0,
+        "the first sample is the 0 at the series' start: {samples:?}"
+    );
+    // (Each push within the first minutes repeats the 0 at the same time: VictoriaMetrics
+    // keeps the copies without deduplication, Mimir and Prometheus drop them.)
+    let first_value = samples.iter().position(|s| s.1 != 0.0).unwrap();
+    assert!(
+        samples[..first_value].iter().all(|s| *s == (t0, 0.0)),
+        "{samples:?}"
+    );
+    assert!(
+        t0 >= before - 1000 && t0 < samples[first_value].0,
+        "the 0 is at the series' start (after the daemon started, before its value): {samples:?}"
+    );
+    // So PromQL's increase() over the whole history sees the burst.
+    let end = samples.last().unwrap().0 / 1000 + 1;
+    let inc = vm.query_at(&format!("sum(increase({selector}[1h]))"), end);
+    assert_eq!(
+        inc.first().map(|x| x.1.round() as u64),
+        Some(total),
+        "{inc:?}"
+    );
+}

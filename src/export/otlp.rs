@@ -14,16 +14,16 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, AggregationTemporality, Histogram, HistogramDataPoint, Metric,
-    NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use crate::aggregate::{Snapshot, DURATION_BUCKETS};
+use crate::aggregate::DURATION_BUCKETS;
 use crate::config::{Compression, Config};
 use crate::export::http::{retry_after, HttpTarget};
-use crate::parse::StatusClass;
+use crate::schema::{families, Family, Kind, Point, Value, View};
 
 /// What the request is built from, besides the snapshot.
 pub struct OtlpShape {
@@ -66,158 +66,264 @@ fn kv(k: &str, v: &str) -> KeyValue {
     }
 }
 
-fn sum(name: String, description: &str, unit: &str, points: Vec<NumberDataPoint>) -> Metric {
-    Metric {
-        name,
-        description: description.to_string(),
-        unit: unit.to_string(),
-        data: Some(metric::Data::Sum(Sum {
-            data_points: points,
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: true,
-        })),
-        ..Default::default()
+/// Data points per request: bounds the memory of a push whatever the number of series
+/// (~100 B a point encoded; a request stays well under 1 MB).
+pub const MAX_POINTS: usize = 5000;
+/// A counter series created by this process carries a 0 at its start time until a request
+/// with it is accepted, so the 0 → value step of its first records reaches Mimir with its
+/// default settings and PromQL's `increase()` sees it; not once it is older than this
+/// (Mimir would refuse a sample that old).
+pub const ZERO_WINDOW_NS: i64 = 10 * 60 * 1_000_000_000;
+
+/// Which counter series get their 0: those created by this process (started at or after
+/// `since_ns`: older ones had their chance before a restart), younger than
+/// [`ZERO_WINDOW_NS`], and not yet in an accepted request (a 0 sent again after the value
+/// would be an out-of-order sample).
+pub struct Zeros<'a> {
+    pub since_ns: i64,
+    pub announced: &'a std::collections::HashSet<u64>,
+}
+
+/// The identity of one OTLP series (family and labels), for [`Zeros::announced`].
+pub fn series_key(family: &str, labels: &[(&str, &str)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    family.hash(&mut h);
+    labels.hash(&mut h);
+    h.finish()
+}
+
+/// The requests of one push: the schema's families over `view`, at most [`MAX_POINTS`] data
+/// points each, built one at a time as they are sent. `default_start_ns` is the start of
+/// series without their own (the agent's); `time_ns` the push time; `self_metrics` whether
+/// the `tokenmeter_*` families go too.
+pub struct Requests<'v> {
+    view: &'v View<'v>,
+    families: Vec<Family>,
+    shape: &'v OtlpShape,
+    default_start_ns: i64,
+    time_ns: i64,
+    self_metrics: bool,
+    zeros: Zeros<'v>,
+    max_points: usize,
+    next_family: usize,
+    /// Points of the family being sent, and how many of them are sent.
+    buf: Vec<Point<'v>>,
+    sent: usize,
+}
+
+impl<'v> Requests<'v> {
+    pub fn new(
+        view: &'v View<'v>,
+        shape: &'v OtlpShape,
+        default_start_ns: i64,
+        time_ns: i64,
+        self_metrics: bool,
+        zeros: Zeros<'v>,
+    ) -> Self {
+        Requests {
+            zeros,
+            families: families(&shape.prefix, &view.snap.extra_names),
+            view,
+            shape,
+            default_start_ns,
+            time_ns,
+            self_metrics,
+            max_points: MAX_POINTS,
+            next_family: 0,
+            buf: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// Smaller requests (tests).
+    pub fn with_max_points(mut self, n: usize) -> Self {
+        self.max_points = n.max(1);
+        self
+    }
+
+    fn data_point(
+        &self,
+        p: &Point<'_>,
+        zero: Option<u64>,
+        announced: &mut Vec<u64>,
+    ) -> (Option<NumberDataPoint>, NumberDataPoint) {
+        let start = if p.start_ns > 0 {
+            p.start_ns
+        } else {
+            self.default_start_ns
+        };
+        let attrs = || p.labels.iter().map(|(k, v)| kv(k, v)).collect::<Vec<_>>();
+        let int = |n: u64| {
+            Some(number_data_point::Value::AsInt(
+                i64::try_from(n).unwrap_or(i64::MAX),
+            ))
+        };
+        let value = match p.value {
+            Value::Int(n) => int(n),
+            Value::Gauge(n) => Some(number_data_point::Value::AsInt(n)),
+            Value::Histogram(_) => None,
+        };
+        // The 0 at the start, and the value strictly after it.
+        let first = zero.is_some_and(|key| {
+            p.start_ns >= self.zeros.since_ns
+                && p.start_ns > 0
+                && self.time_ns.saturating_sub(start) < ZERO_WINDOW_NS
+                && !self.zeros.announced.contains(&key)
+        });
+        if let (true, Some(key)) = (first, zero) {
+            announced.push(key);
+        }
+        let time = if first {
+            self.time_ns.max(start.saturating_add(1))
+        } else {
+            self.time_ns
+        };
+        let zero_point = first.then(|| NumberDataPoint {
+            attributes: attrs(),
+            start_time_unix_nano: nanos(start),
+            time_unix_nano: nanos(start),
+            value: int(0),
+            ..Default::default()
+        });
+        (
+            zero_point,
+            NumberDataPoint {
+                attributes: attrs(),
+                start_time_unix_nano: nanos(start),
+                time_unix_nano: nanos(time),
+                value,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn metric(&self, family: &Family, points: &[Point<'_>], announced: &mut Vec<u64>) -> Metric {
+        let data = match family.kind {
+            Kind::Counter => {
+                let mut data_points = Vec::with_capacity(points.len());
+                for p in points {
+                    let key = series_key(&family.name, &p.labels);
+                    let (zero, value) = self.data_point(p, Some(key), announced);
+                    data_points.extend(zero);
+                    data_points.push(value);
+                }
+                metric::Data::Sum(Sum {
+                    data_points,
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    is_monotonic: true,
+                })
+            }
+            Kind::Gauge => metric::Data::Gauge(Gauge {
+                data_points: points
+                    .iter()
+                    .map(|p| self.data_point(p, None, announced).1)
+                    .collect(),
+            }),
+            Kind::Histogram => metric::Data::Histogram(Histogram {
+                data_points: points
+                    .iter()
+                    .filter_map(|p| {
+                        let Value::Histogram(h) = p.value else {
+                            return None;
+                        };
+                        let start = if p.start_ns > 0 {
+                            p.start_ns
+                        } else {
+                            self.default_start_ns
+                        };
+                        Some(HistogramDataPoint {
+                            attributes: p.labels.iter().map(|(k, v)| kv(k, v)).collect(),
+                            start_time_unix_nano: nanos(start),
+                            time_unix_nano: nanos(self.time_ns),
+                            count: h.count,
+                            sum: Some(h.sum_seconds),
+                            bucket_counts: h.buckets.to_vec(),
+                            explicit_bounds: DURATION_BUCKETS.to_vec(),
+                            ..Default::default()
+                        })
+                    })
+                    .collect(),
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            }),
+        };
+        Metric {
+            name: family.full_name(),
+            description: family.help.to_string(),
+            unit: family.unit.to_string(),
+            data: Some(data),
+            ..Default::default()
+        }
+    }
+
+    fn request(&self, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: self.shape.resource.iter().map(|(k, v)| kv(k, v)).collect(),
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "tokenmeter".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
     }
 }
 
-/// Builds the request: one data point per series and counter, every point with the series'
-/// start time (from the state, so counters continue across restarts) and `time_ns`.
-pub fn build_request(
-    snap: &Snapshot,
-    shape: &OtlpShape,
-    start_time_ns: i64,
-    time_ns: i64,
-) -> ExportMetricsServiceRequest {
-    let start = start_time_ns.max(0) as u64;
-    let time = time_ns.max(0) as u64;
-    let point = |attrs: Vec<KeyValue>, v: u64| NumberDataPoint {
-        attributes: attrs,
-        start_time_unix_nano: start,
-        time_unix_nano: time,
-        value: Some(number_data_point::Value::AsInt(
-            v.min(i64::MAX as u64) as i64
-        )),
-        ..Default::default()
-    };
-    let base = |model: &str, key: Option<&str>, service: &str| {
-        let mut a = vec![kv("model", model)];
-        if let Some(k) = key {
-            a.push(kv("api_key_id", k));
-        }
-        a.push(kv("service_id", service));
-        for (k, v) in &shape.static_labels {
-            a.push(kv(k, v));
-        }
-        a
-    };
-    let p = &shape.prefix;
-    let mut requests = Vec::new();
-    let (mut input, mut output, mut total) = (Vec::new(), Vec::new(), Vec::new());
-    let mut extras: Vec<Vec<NumberDataPoint>> = vec![Vec::new(); snap.extra_names.len()];
-    for s in &snap.series {
-        let labels = base(&s.model, Some(&s.api_key_id), &s.service_id);
-        for class in StatusClass::ALL {
-            let n = s.requests[class as usize];
-            if n > 0 {
-                let mut a = labels.clone();
-                a.push(kv("status_class", class.as_str()));
-                requests.push(point(a, n));
+impl Iterator for Requests<'_> {
+    /// A request, and the keys of the series whose 0 it carries (announced once accepted).
+    type Item = (ExportMetricsServiceRequest, Vec<u64>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut metrics = Vec::new();
+        let mut announced = Vec::new();
+        let mut budget = self.max_points;
+        while budget > 0 {
+            if self.sent == self.buf.len() {
+                // The next family with points.
+                let Some(family) = self.families.get(self.next_family) else {
+                    break;
+                };
+                self.next_family += 1;
+                if !family.token && !self.self_metrics {
+                    continue;
+                }
+                self.buf.clear();
+                self.sent = 0;
+                let buf = &mut self.buf;
+                family.points(self.view, &mut |p| buf.push(p));
+                continue;
             }
-        }
-        input.push(point(labels.clone(), s.input_tokens));
-        output.push(point(labels.clone(), s.output_tokens));
-        for (i, v) in s.extra_tokens.iter().enumerate() {
-            if let Some(e) = extras.get_mut(i) {
-                e.push(point(labels.clone(), *v));
+            let family = &self.families[self.next_family - 1];
+            // A counter point may carry its 0: it counts twice against the budget.
+            let cost = if family.kind == Kind::Counter { 2 } else { 1 };
+            let take = (budget / cost).min(self.buf.len() - self.sent);
+            if take == 0 {
+                break;
             }
+            let m = self.metric(
+                family,
+                &self.buf[self.sent..self.sent + take],
+                &mut announced,
+            );
+            self.sent += take;
+            budget -= take * cost;
+            metrics.push(m);
         }
-        total.push(point(labels, s.total_tokens));
+        (!metrics.is_empty()).then(|| (self.request(metrics), announced))
     }
-    let mut metrics = vec![
-        sum(
-            format!("{p}_requests_total"),
-            "LLM requests by status class.",
-            "{request}",
-            requests,
-        ),
-        sum(
-            format!("{p}_input_tokens_total"),
-            "Input (prompt) tokens.",
-            "{token}",
-            input,
-        ),
-        sum(
-            format!("{p}_output_tokens_total"),
-            "Output (completion) tokens.",
-            "{token}",
-            output,
-        ),
-        sum(
-            format!("{p}_tokens_total"),
-            "Total tokens.",
-            "{token}",
-            total,
-        ),
-    ];
-    for (name, points) in snap.extra_names.iter().zip(extras) {
-        metrics.push(sum(
-            format!("{p}_{name}_tokens_total"),
-            "Extra token field.",
-            "{token}",
-            points,
-        ));
-    }
-    let hist_points = snap
-        .durations
-        .iter()
-        .map(|h| {
-            let mut a = base(&h.model, None, &h.service_id);
-            a.push(kv("status_class", &h.status_class));
-            HistogramDataPoint {
-                attributes: a,
-                start_time_unix_nano: start,
-                time_unix_nano: time,
-                count: h.histogram.count,
-                sum: Some(h.histogram.sum_seconds),
-                bucket_counts: h.histogram.buckets.to_vec(),
-                explicit_bounds: DURATION_BUCKETS.to_vec(),
-                ..Default::default()
-            }
-        })
-        .collect();
-    metrics.push(Metric {
-        name: format!("{p}_request_duration_seconds"),
-        description: "Duration of LLM requests.".into(),
-        unit: "s".into(),
-        data: Some(metric::Data::Histogram(Histogram {
-            data_points: hist_points,
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-        })),
-        ..Default::default()
-    });
-    metrics.retain(|m| match &m.data {
-        Some(metric::Data::Sum(s)) => !s.data_points.is_empty(),
-        Some(metric::Data::Histogram(h)) => !h.data_points.is_empty(),
-        _ => false,
-    });
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: shape.resource.iter().map(|(k, v)| kv(k, v)).collect(),
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: "tokenmeter".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+}
+
+fn nanos(t: i64) -> u64 {
+    u64::try_from(t).unwrap_or(0)
 }
 
 /// How a push ended.
@@ -348,27 +454,63 @@ pub fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Store;
+    use crate::aggregate::{Snapshot, Store};
     use crate::config::Fields;
     use crate::parse::{Parsed, Parser};
+    use crate::schema::AgentView;
 
-    #[test]
-    fn request_shape() {
-        let mut config = Config::default();
-        config.metrics.labels.insert("cluster".into(), "c1".into());
-        let mut store = Store::new(&config);
+    fn store(config: &Config, lines: &[String]) -> Snapshot {
+        let mut store = Store::new(config);
+        store.set_clock(100); // the series are created at t = 100 ns
         let mut parser = Parser::new(&Fields::default());
-        for line in [
-            r#"{"model":"m","api_key_id":"k","aim_service_id":"s","llm_input_token":3,"llm_output_token":4,"response_code":200,"duration":1500}"#,
-            r#"{"model":"m","api_key_id":"k","aim_service_id":"s","llm_input_token":10,"response_code":503}"#,
-        ] {
+        for line in lines {
             if let Parsed::Record(r) = parser.parse(line) {
                 store.add(&r);
             }
         }
+        store.snapshot(&[])
+    }
+
+    fn points(req: &ExportMetricsServiceRequest) -> usize {
+        req.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .map(|m| match &m.data {
+                Some(metric::Data::Sum(s)) => s.data_points.len(),
+                Some(metric::Data::Gauge(g)) => g.data_points.len(),
+                Some(metric::Data::Histogram(h)) => h.data_points.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn request_shape_and_the_zero_before_a_new_series() {
+        let mut config = Config::default();
+        config.metrics.labels.insert("cluster".into(), "c1".into());
+        let snap = store(
+            &config,
+            &[
+                r#"{"model":"m","api_key_id":"k","aim_service_id":"s","llm_input_token":3,"llm_output_token":4,"response_code":200,"duration":1500}"#.into(),
+                r#"{"model":"m","api_key_id":"k","aim_service_id":"s","llm_input_token":10,"response_code":503}"#.into(),
+            ],
+        );
         let shape = OtlpShape::from_config(&config, "node-a");
-        let req = build_request(&store.snapshot(&[]), &shape, 100, 200);
-        let rm = &req.resource_metrics[0];
+        let view = View::new(&snap, &shape.static_labels, None);
+        let none = std::collections::HashSet::new();
+        let zeros = || Zeros {
+            since_ns: 0,
+            announced: &none,
+        };
+        let all: Vec<_> = Requests::new(&view, &shape, 1, 200, false, zeros()).collect();
+        assert_eq!(
+            all[0].1.len(),
+            5,
+            "the 0s of 5 counter series are announced with it"
+        );
+        let reqs: Vec<_> = all.into_iter().map(|r| r.0).collect();
+        assert_eq!(reqs.len(), 1);
+        let rm = &reqs[0].resource_metrics[0];
         let res = &rm.resource.as_ref().unwrap().attributes;
         assert!(res.iter().any(|a| a.key == "service.instance.id"));
         let metrics = &rm.scope_metrics[0].metrics;
@@ -391,19 +533,24 @@ mod tests {
             s.aggregation_temporality,
             AggregationTemporality::Cumulative as i32
         );
+        // A series younger than the window: its 0 at its start, then its value.
+        let (zero, value) = (&s.data_points[0], &s.data_points[1]);
+        assert_eq!(zero.value, Some(number_data_point::Value::AsInt(0)));
+        assert_eq!((zero.start_time_unix_nano, zero.time_unix_nano), (100, 100));
+        assert_eq!(value.value, Some(number_data_point::Value::AsInt(17)));
         assert_eq!(
-            s.data_points[0].value,
-            Some(number_data_point::Value::AsInt(17))
+            (value.start_time_unix_nano, value.time_unix_nano),
+            (100, 200)
         );
-        assert_eq!(s.data_points[0].start_time_unix_nano, 100);
-        assert!(s.data_points[0]
-            .attributes
-            .iter()
-            .any(|a| a.key == "cluster"));
+        assert!(value.attributes.iter().any(|a| a.key == "cluster"));
         let Some(metric::Data::Sum(r)) = &metrics[0].data else {
             panic!()
         };
-        assert_eq!(r.data_points.len(), 2, "one point per status class seen");
+        assert_eq!(
+            r.data_points.len(),
+            4,
+            "one point (and its 0) per status class seen"
+        );
         let Some(metric::Data::Histogram(h)) = &metrics[4].data else {
             panic!()
         };
@@ -411,6 +558,114 @@ mod tests {
         assert_eq!(
             h.data_points[0].bucket_counts.len(),
             DURATION_BUCKETS.len() + 1
+        );
+        // Announced (accepted once), or older than the window: no 0 any more.
+        let announced: std::collections::HashSet<u64> =
+            Requests::new(&view, &shape, 1, 200, false, zeros())
+                .flat_map(|r| r.1)
+                .collect();
+        let again: Vec<_> = Requests::new(
+            &view,
+            &shape,
+            1,
+            300,
+            false,
+            Zeros {
+                since_ns: 0,
+                announced: &announced,
+            },
+        )
+        .collect();
+        assert_eq!(points(&again[0].0), 6, "{:?}", again[0].1);
+        // A series from before this process started: no 0 either.
+        let old: Vec<_> = Requests::new(
+            &view,
+            &shape,
+            1,
+            300,
+            false,
+            Zeros {
+                since_ns: 101,
+                announced: &none,
+            },
+        )
+        .collect();
+        assert_eq!(points(&old[0].0), 6);
+        let reqs: Vec<_> = Requests::new(&view, &shape, 100, 100 + ZERO_WINDOW_NS, false, zeros())
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(
+            points(&reqs[0]),
+            6,
+            "two status classes, input, output, total, one histogram"
+        );
+    }
+
+    #[test]
+    fn many_series_are_split_into_bounded_requests_with_every_point_once() {
+        let config = Config::default();
+        let lines: Vec<String> = (0..997)
+            .map(|i| format!(r#"{{"model":"m{}","api_key_id":"k{i}","aim_service_id":"s","llm_input_token":{i},"llm_output_token":1,"response_code":200}}"#, i % 7))
+            .collect();
+        let snap = store(&config, &lines);
+        let shape = OtlpShape::from_config(&config, "node-a");
+        let view = View::new(&snap, &shape.static_labels, None);
+        let none = std::collections::HashSet::new();
+        let zeros = || Zeros {
+            since_ns: 0,
+            announced: &none,
+        };
+        let whole: usize = Requests::new(&view, &shape, 1, i64::MAX / 2, false, zeros())
+            .with_max_points(usize::MAX)
+            .map(|r| points(&r.0))
+            .sum();
+        let parts: Vec<_> = Requests::new(&view, &shape, 1, i64::MAX / 2, false, zeros())
+            .with_max_points(100)
+            .map(|r| r.0)
+            .collect();
+        assert!(parts.iter().all(|r| points(r) <= 100));
+        assert_eq!(parts.iter().map(points).sum::<usize>(), whole);
+        // 997 series × 4 counters + 7 duration series... none here (no duration field).
+        assert_eq!(whole, 997 * 4);
+        assert!(parts.len() >= 40);
+    }
+
+    #[test]
+    fn self_metrics_go_with_the_same_names_as_on_the_scrape_path() {
+        let config = Config::default();
+        let snap = store(&config, &[]);
+        let shape = OtlpShape::from_config(&config, "node-a");
+        let agent = AgentView::default();
+        let view = View::new(&snap, &shape.static_labels, Some(&agent));
+        let none = std::collections::HashSet::new();
+        let zeros = || Zeros {
+            since_ns: 0,
+            announced: &none,
+        };
+        let names: Vec<String> = Requests::new(&view, &shape, 1, 2, true, zeros())
+            .map(|r| r.0)
+            .flat_map(|r| {
+                r.resource_metrics[0].scope_metrics[0]
+                    .metrics
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for want in [
+            "tokenmeter_lines_total",
+            "tokenmeter_files",
+            "tokenmeter_file_errors_total",
+            "tokenmeter_exports_total",
+            "tokenmeter_checkpoint_writes_total",
+            "tokenmeter_build_info",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
+        let without: usize = Requests::new(&view, &shape, 1, 2, false, zeros()).count();
+        assert_eq!(
+            without, 0,
+            "no token series and no self-metrics: nothing to send"
         );
     }
 }

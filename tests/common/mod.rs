@@ -353,11 +353,46 @@ impl Victoria {
         self.query_body(format!("query={}&time={t}", urlencode(promql)), promql)
     }
 
+    /// The raw samples of the series matching `selector` (VictoriaMetrics' `/api/v1/export`):
+    /// per series, its labels and its (timestamp ms, value) pairs in time order.
+    pub fn raw_samples(&self, selector: &str) -> Vec<RawSeries> {
+        let _ = get(&self.addr, "/internal/force_flush");
+        let body = format!("match[]={}", urlencode(selector));
+        let (code, text) = http("POST", &self.addr, "/api/v1/export", Some(&body)).unwrap();
+        assert_eq!(code, 200, "{selector}: {text}");
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let labels = v["metric"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect();
+                let ts = v["timestamps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_i64().unwrap());
+                let vals = v["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap());
+                (labels, ts.zip(vals).collect())
+            })
+            .collect()
+    }
+
     fn query_body(&self, body: String, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
         let _ = get(&self.addr, "/internal/force_flush");
         instant_query(&self.addr, &body, promql)
     }
 }
+
+/// One series' labels and its (timestamp ms, value) samples.
+pub type RawSeries = (BTreeMap<String, String>, Vec<(i64, f64)>);
 
 /// A PromQL instant query (`body` is the form: `query=…[&time=…]`) against VictoriaMetrics or
 /// Prometheus, which share the API: each result's labels and value.

@@ -1,0 +1,607 @@
+//! The one metric schema (SPEC §4 "One schema"): every family's name, help, unit, type and
+//! label names, and how its points are read from a [`View`]. `/metrics` (`server`) and the
+//! live OTLP request (`export::otlp`) are formatters over [`families`]; neither defines a
+//! family, a help string or a label itself.
+//!
+//! Owns: the list of families and their points. Must not: format anything (text, protobuf),
+//! or read shared state itself (the caller builds the [`View`] from snapshots).
+
+use std::collections::BTreeMap;
+
+use crate::aggregate::{
+    invalid_field_names, Histogram, SeriesSnapshot, SkipReason, Snapshot, DURATION_BUCKETS,
+    OVERFLOW_LABELS,
+};
+use crate::parse::StatusClass;
+use crate::source::{ErrorReason, FileStatus, RegistrySummary, FATE_NAMES};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic, cumulative. The name given here has no `_total`: each formatter adds it the
+    /// way its format wants (OpenMetrics after the family name, OTLP in the metric name).
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// A point's value.
+#[derive(Clone, Copy, Debug)]
+pub enum Value<'a> {
+    Int(u64),
+    Gauge(i64),
+    Histogram(&'a Histogram),
+}
+
+/// The label pairs of one point.
+pub type Labels<'a> = Vec<(&'a str, &'a str)>;
+
+/// One point: its labels, value, and the start of its series (ns since the epoch; 0 where
+/// the series has no start of its own and the agent's start time applies).
+pub struct Point<'a> {
+    pub labels: Labels<'a>,
+    pub value: Value<'a>,
+    pub start_ns: i64,
+}
+
+/// Hands out the points of one family.
+type Points = Box<dyn for<'v> Fn(&'v View<'v>, &mut dyn FnMut(Point<'v>)) + Send + Sync>;
+
+pub struct Family {
+    pub name: String,
+    pub help: &'static str,
+    /// The OTLP unit (UCUM, with `{...}` annotations for counted things).
+    pub unit: &'static str,
+    pub kind: Kind,
+    /// The label names of its points, in order (`metrics.labels` follow on token families).
+    pub labels: &'static [&'static str],
+    /// A token family (`metrics.prefix`), as opposed to a `tokenmeter_*` self-metric.
+    pub token: bool,
+    points: Points,
+}
+
+impl Family {
+    /// Calls `f` for every point of this family in `view`.
+    pub fn points<'v>(&self, view: &'v View<'v>, f: &mut dyn FnMut(Point<'v>)) {
+        (self.points)(view, f)
+    }
+
+    /// The exposition name: counters end in `_total`.
+    pub fn full_name(&self) -> String {
+        match self.kind {
+            Kind::Counter => format!("{}_total", self.name),
+            _ => self.name.clone(),
+        }
+    }
+}
+
+/// The agent's own state, for the self-metrics (absent in backfill).
+#[derive(Clone, Debug, Default)]
+pub struct AgentView {
+    pub files: std::sync::Arc<Vec<FileStatus>>,
+    pub registry: RegistrySummary,
+    /// OTLP pushes by outcome: success, rejected, failed.
+    pub otlp: [u64; 3],
+    /// State writes: success, failure.
+    pub checkpoints: [u64; 2],
+    pub loki: Option<LokiView>,
+}
+
+/// The Loki forwarder's counters.
+#[derive(Clone, Debug, Default)]
+pub struct LokiView {
+    pub entries_sent: u64,
+    pub entries_rejected: u64,
+    pub bytes_sent: u64,
+    pub retries: u64,
+    pub lines_truncated: u64,
+    pub lost_bytes: BTreeMap<String, u64>,
+    /// Undelivered bytes per path (summed over identities sharing a path).
+    pub lag: BTreeMap<String, u64>,
+}
+
+/// What the points are read from.
+pub struct View<'a> {
+    pub snap: &'a Snapshot,
+    /// `metrics.labels`: on every token point.
+    pub static_labels: Vec<(&'a str, &'a str)>,
+    pub agent: Option<&'a AgentView>,
+    /// Label values of `tokenmeter_invalid_fields`, in the order of the snapshot's counts.
+    invalid_names: Vec<String>,
+}
+
+impl<'a> View<'a> {
+    pub fn new(
+        snap: &'a Snapshot,
+        static_labels: &'a BTreeMap<String, String>,
+        agent: Option<&'a AgentView>,
+    ) -> Self {
+        View {
+            snap,
+            static_labels: static_labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            agent,
+            invalid_names: invalid_field_names(&snap.extra_names),
+        }
+    }
+}
+
+fn series_labels<'v>(v: &'v View<'v>, x: &'v SeriesSnapshot) -> Labels<'v> {
+    let mut l = vec![
+        ("model", x.model.as_str()),
+        ("api_key_id", x.api_key_id.as_str()),
+        ("service_id", x.service_id.as_str()),
+    ];
+    l.extend(v.static_labels.iter().copied());
+    l
+}
+
+fn token(name: String, help: &'static str, unit: &'static str, points: Points) -> Family {
+    Family {
+        name,
+        help,
+        unit,
+        kind: Kind::Counter,
+        labels: &["model", "api_key_id", "service_id"],
+        token: true,
+        points,
+    }
+}
+
+fn per_series(read: fn(&SeriesSnapshot) -> u64) -> Points {
+    Box::new(move |v, f| {
+        for x in &v.snap.series {
+            f(Point {
+                labels: series_labels(v, x),
+                value: Value::Int(read(x)),
+                start_ns: x.start_ns,
+            });
+        }
+    })
+}
+
+/// A self-metric's points: labels and value (its series start at the agent's start).
+type AgentPoints =
+    Box<dyn for<'v> Fn(&'v View<'v>, &mut dyn FnMut(Labels<'v>, Value<'v>)) + Send + Sync>;
+
+fn agent_metric(
+    name: &str,
+    help: &'static str,
+    unit: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    points: AgentPoints,
+) -> Family {
+    Family {
+        name: name.to_string(),
+        help,
+        unit,
+        kind,
+        labels,
+        token: false,
+        points: Box::new(move |v, f| {
+            points(v, &mut |labels, value| {
+                f(Point {
+                    labels,
+                    value,
+                    start_ns: 0,
+                })
+            })
+        }),
+    }
+}
+
+/// Every family, in exposition order: the token counters of `prefix` (with one family per
+/// extra token field), the duration histogram, then the self-metrics.
+pub fn families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
+    let p = prefix;
+    let mut out = vec![
+        Family {
+            labels: &["model", "api_key_id", "service_id", "status_class"],
+            ..token(
+                format!("{p}_requests"),
+                "LLM requests by status class.",
+                "{request}",
+                Box::new(|v, f| {
+                    for x in &v.snap.series {
+                        for class in StatusClass::ALL {
+                            let n = x.requests[class as usize];
+                            if n > 0 {
+                                let mut l = series_labels(v, x);
+                                l.push(("status_class", class.as_str()));
+                                f(Point {
+                                    labels: l,
+                                    value: Value::Int(n),
+                                    start_ns: x.start_ns,
+                                });
+                            }
+                        }
+                    }
+                }),
+            )
+        },
+        token(
+            format!("{p}_input_tokens"),
+            "Input (prompt) tokens.",
+            "{token}",
+            per_series(|x| x.input_tokens),
+        ),
+        token(
+            format!("{p}_output_tokens"),
+            "Output (completion) tokens.",
+            "{token}",
+            per_series(|x| x.output_tokens),
+        ),
+        token(
+            format!("{p}_tokens"),
+            "Total tokens.",
+            "{token}",
+            per_series(|x| x.total_tokens),
+        ),
+    ];
+    for (i, name) in extra_names.iter().enumerate() {
+        out.push(token(
+            format!("{p}_{name}_tokens"),
+            "Extra token field.",
+            "{token}",
+            Box::new(move |v, f| {
+                for x in &v.snap.series {
+                    let n = x.extra_tokens.get(i).copied().unwrap_or(0);
+                    f(Point {
+                        labels: series_labels(v, x),
+                        value: Value::Int(n),
+                        start_ns: x.start_ns,
+                    });
+                }
+            }),
+        ));
+    }
+    out.push(Family {
+        name: format!("{p}_request_duration_seconds"),
+        help: "Duration of LLM requests.",
+        unit: "s",
+        kind: Kind::Histogram,
+        labels: &["model", "service_id", "status_class"],
+        token: true,
+        points: Box::new(|v, f| {
+            for h in &v.snap.durations {
+                let mut l = vec![
+                    ("model", h.model.as_str()),
+                    ("service_id", h.service_id.as_str()),
+                    ("status_class", h.status_class.as_str()),
+                ];
+                l.extend(v.static_labels.iter().copied());
+                f(Point {
+                    labels: l,
+                    value: Value::Histogram(&h.histogram),
+                    start_ns: 0,
+                });
+            }
+        }),
+    });
+    out.extend(self_metrics());
+    out
+}
+
+/// Runs `f` with the agent view, when there is one.
+fn with_agent<'v>(v: &'v View<'v>, f: impl FnOnce(&'v AgentView)) {
+    if let Some(a) = v.agent {
+        f(a)
+    }
+}
+
+fn self_metrics() -> Vec<Family> {
+    use Kind::{Counter, Gauge};
+    vec![
+        agent_metric(
+            "tokenmeter_lines",
+            "Logical lines read, by result.",
+            "{line}",
+            Counter,
+            &["result"],
+            Box::new(|v, f| {
+                let st = &v.snap.stats;
+                f(vec![("result", "record")], Value::Int(st.records));
+                for r in SkipReason::ALL {
+                    f(vec![("result", r.as_str())], Value::Int(st.skipped[r as usize]));
+                }
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_bytes_read",
+            "Bytes read from log files.",
+            "By",
+            Counter,
+            &[],
+            Box::new(|v, f| with_agent(v, |a| f(vec![], Value::Int(a.registry.bytes_read)))),
+        ),
+        agent_metric(
+            "tokenmeter_files_watched",
+            "Files being tailed (reading or draining).",
+            "{file}",
+            Gauge,
+            &[],
+            Box::new(|v, f| {
+                with_agent(v, |a| {
+                    let n = a.registry.by_state[0] + a.registry.by_state[1];
+                    f(vec![], Value::Gauge(gauge(n)))
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_files",
+            "Known files by state: reading, draining (left the globs, read to its end), idle (closed to save descriptors), waiting (unread bytes, no descriptor yet), remembered (let go; identity and offset kept).",
+            "{file}",
+            Gauge,
+            &["state"],
+            Box::new(|v, f| {
+                with_agent(v, |a| {
+                    for (s, n) in FATE_NAMES.iter().zip(a.registry.by_state) {
+                        f(vec![("state", *s)], Value::Gauge(gauge(n)));
+                    }
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_files_unreadable",
+            "Files, paths and directories whose last stat, open, read or listing failed.",
+            "{file}",
+            Gauge,
+            &[],
+            Box::new(|v, f| {
+                with_agent(v, |a| f(vec![], Value::Gauge(gauge(a.registry.unreadable))))
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_file_errors",
+            "Failed file operations (listing, stat, open, read), by reason: permission, descriptors, io, other.",
+            "{error}",
+            Counter,
+            &["reason"],
+            Box::new(|v, f| {
+                with_agent(v, |a| {
+                    for (r, n) in ErrorReason::ALL.iter().zip(a.registry.errors) {
+                        f(vec![("reason", r.as_str())], Value::Int(n));
+                    }
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_open_files",
+            "Descriptors of log files held (by the reader and the Loki forwarder).",
+            "{file}",
+            Gauge,
+            &[],
+            Box::new(|v, f| {
+                with_agent(v, |a| {
+                    f(vec![], Value::Gauge(gauge(a.registry.open_descriptors)))
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_open_files_limit",
+            "Most log files held open at once (source.max_open_files, resolved).",
+            "{file}",
+            Gauge,
+            &[],
+            Box::new(|v, f| {
+                with_agent(v, |a| {
+                    f(vec![], Value::Gauge(gauge(a.registry.max_open_files)))
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_file_lag_bytes",
+            "Bytes of a file not counted yet.",
+            "By",
+            Gauge,
+            &["path", "namespace", "pod", "container"],
+            Box::new(|v, f| with_agent(v, |a| file_lag(a, f))),
+        ),
+        agent_metric(
+            "tokenmeter_exports",
+            "Export attempts by exporter and outcome.",
+            "{request}",
+            Counter,
+            &["exporter", "outcome"],
+            Box::new(|v, f| {
+                with_agent(v, |a| {
+                    for (outcome, n) in ["success", "rejected", "failed"].iter().zip(a.otlp) {
+                        f(
+                            vec![("exporter", "otlp"), ("outcome", *outcome)],
+                            Value::Int(n),
+                        );
+                    }
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_series",
+            "Token series in the store.",
+            "{series}",
+            Gauge,
+            &[],
+            Box::new(|v, f| f(vec![], Value::Gauge(gauge(v.snap.series.len() as u64)))),
+        ),
+        agent_metric(
+            "tokenmeter_loki_entries",
+            "Log entries forwarded to Loki, by outcome.",
+            "{entry}",
+            Counter,
+            &["outcome"],
+            Box::new(|v, f| {
+                with_loki(v, |l| {
+                    f(vec![("outcome", "sent")], Value::Int(l.entries_sent));
+                    f(vec![("outcome", "rejected")], Value::Int(l.entries_rejected));
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_loki_bytes",
+            "Request bytes accepted by Loki (compressed).",
+            "By",
+            Counter,
+            &[],
+            Box::new(|v, f| with_loki(v, |l| f(vec![], Value::Int(l.bytes_sent)))),
+        ),
+        agent_metric(
+            "tokenmeter_loki_retries",
+            "Loki push attempts that will be retried.",
+            "{request}",
+            Counter,
+            &[],
+            Box::new(|v, f| with_loki(v, |l| f(vec![], Value::Int(l.retries)))),
+        ),
+        agent_metric(
+            "tokenmeter_loki_dropped",
+            "Entries dropped, by reason (rejected: Loki answered 4xx; Loki stored the valid ones).",
+            "{entry}",
+            Counter,
+            &["reason"],
+            Box::new(|v, f| {
+                with_loki(v, |l| {
+                    f(vec![("reason", "rejected")], Value::Int(l.entries_rejected))
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_loki_truncated_lines",
+            "Lines cut to loki.max_line_bytes.",
+            "{line}",
+            Counter,
+            &[],
+            Box::new(|v, f| with_loki(v, |l| f(vec![], Value::Int(l.lines_truncated)))),
+        ),
+        agent_metric(
+            "tokenmeter_loki_lost_bytes",
+            "Bytes that could not be forwarded (file gone or truncated first), by file.",
+            "By",
+            Counter,
+            &["path"],
+            Box::new(|v, f| {
+                with_loki(v, |l| {
+                    for (p, n) in &l.lost_bytes {
+                        f(vec![("path", p.as_str())], Value::Int(*n));
+                    }
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_loki_lag_bytes",
+            "Bytes of a file not yet delivered to Loki.",
+            "By",
+            Gauge,
+            &["path"],
+            Box::new(|v, f| {
+                with_loki(v, |l| {
+                    for (p, n) in &l.lag {
+                        f(vec![("path", p.as_str())], Value::Gauge(gauge(*n)));
+                    }
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_overflow",
+            "Records whose label was folded into __overflow__.",
+            "{record}",
+            Counter,
+            &["label"],
+            Box::new(|v, f| {
+                for (l, n) in OVERFLOW_LABELS.iter().zip(v.snap.stats.overflows) {
+                    f(vec![("label", *l)], Value::Int(n));
+                }
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_invalid_fields",
+            "Token fields with an invalid value.",
+            "{field}",
+            Counter,
+            &["field"],
+            Box::new(|v, f| {
+                for (name, n) in v.invalid_names.iter().zip(&v.snap.stats.invalid_fields) {
+                    f(vec![("field", name.as_str())], Value::Int(*n));
+                }
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_total_mismatch",
+            "Records whose total differs from input + output.",
+            "{record}",
+            Counter,
+            &[],
+            Box::new(|v, f| f(vec![], Value::Int(v.snap.stats.total_mismatches))),
+        ),
+        agent_metric(
+            "tokenmeter_checkpoint_writes",
+            "State file writes by outcome.",
+            "{write}",
+            Counter,
+            &["outcome"],
+            Box::new(|v, f| {
+                with_agent(v, |a| {
+                    f(vec![("outcome", "success")], Value::Int(a.checkpoints[0]));
+                    f(vec![("outcome", "failure")], Value::Int(a.checkpoints[1]));
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_build_info",
+            "Build information.",
+            "1",
+            Gauge,
+            &["version"],
+            Box::new(|v, f| {
+                with_agent(v, |_| {
+                    f(vec![("version", env!("CARGO_PKG_VERSION"))], Value::Gauge(1))
+                })
+            }),
+        ),
+    ]
+}
+
+fn with_loki<'v>(v: &'v View<'v>, f: impl FnOnce(&'v LokiView)) {
+    if let Some(l) = v.agent.and_then(|a| a.loki.as_ref()) {
+        f(l)
+    }
+}
+
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// One series per path (a remembered identity and a new file can share a path: their lags
+/// are summed); remembered files are left out (nothing to read).
+fn file_lag<'v>(a: &'v AgentView, f: &mut dyn FnMut(Labels<'v>, Value<'v>)) {
+    let mut by_path: BTreeMap<&std::path::Path, (&FileStatus, u64)> = BTreeMap::new();
+    for s in a
+        .files
+        .iter()
+        .filter(|s| s.id.is_some() && s.state != "remembered")
+    {
+        let slot = by_path.entry(&s.path).or_insert((s, 0));
+        slot.1 = slot.1.saturating_add(s.lag_bytes());
+    }
+    for (path, (s, lag)) in by_path {
+        let Some(path) = path.to_str() else { continue };
+        let mut l = vec![("path", path)];
+        if let Some(pl) = &s.labels {
+            l.push(("namespace", pl.namespace.as_str()));
+            l.push(("pod", pl.pod.as_str()));
+            l.push(("container", pl.container.as_str()));
+        }
+        f(l, Value::Gauge(gauge(lag)));
+    }
+}
+
+/// Cumulative bucket counts with the `+Inf` bucket, as text formats want them.
+pub fn cumulative_buckets(h: &Histogram) -> Vec<(f64, u64)> {
+    let mut b: Vec<(f64, u64)> = DURATION_BUCKETS
+        .iter()
+        .copied()
+        .zip(h.cumulative())
+        .collect();
+    b.push((f64::INFINITY, h.count));
+    b
+}
