@@ -1,7 +1,8 @@
 //! The dashboards and rules against real backends: every PromQL expression in
 //! `dashboards/*.json` and `config/prometheus/tokenmeter-rules.yaml` runs against a
-//! VictoriaMetrics fed by the daemon (OTLP for the token counters, a scrape of `/metrics` for the
-//! self-metrics) and against a Prometheus 2.53 loaded with `replay --openmetrics` blocks; each
+//! VictoriaMetrics fed by the daemon only by its OTLP push (token counters and self-metrics, as a
+//! push-only install has them: no scraper) and against a Prometheus 2.53 loaded with
+//! `replay --openmetrics` blocks; each
 //! must parse, and return data where that backend holds the metrics it reads. The dashboards'
 //! structure is checked too. (`promtool test rules` and the LogQL check run in scripts/test.sh.)
 
@@ -158,7 +159,7 @@ fn needs_self_metrics(expr: &str) -> bool {
 }
 
 #[test]
-fn every_promql_expression_runs_on_victoriametrics_fed_by_the_daemon() {
+fn every_promql_expression_runs_on_victoriametrics_fed_only_by_otlp() {
     let tmp = tempfile::tempdir().unwrap();
     let root_dir = tmp.path().join("pods");
     let dir = pod_dir(&root_dir, "gw-assets");
@@ -170,7 +171,8 @@ fn every_promql_expression_runs_on_victoriametrics_fed_by_the_daemon() {
         "[otlp]\nendpoint = \"http://{vm_addr}/opentelemetry/v1/metrics\"\ninterval = \"1s\"\n[loki]\nendpoint = \"{}\"\nbatch_wait = \"200ms\"\n",
         loki.endpoint()
     );
-    let d = Daemon::start(
+    // Kept running for the whole test (dropped at its end).
+    let _daemon = Daemon::start(
         tmp.path(),
         "assets",
         &config(
@@ -180,16 +182,7 @@ fn every_promql_expression_runs_on_victoriametrics_fed_by_the_daemon() {
             &sections,
         ),
     );
-    let scrape = tmp.path().join("scrape.yml");
-    std::fs::write(
-        &scrape,
-        format!("scrape_configs:\n  - job_name: tokenmeter\n    scrape_interval: 1s\n    static_configs:\n      - targets: [\"{}\"]\n", d.addr),
-    )
-    .unwrap();
-    let vm = Victoria::start_with(
-        &vm_addr,
-        &[format!("-promscrape.config={}", scrape.display())],
-    );
+    let vm = Victoria::start_on(&vm_addr);
     // Keep traffic flowing so rates are not zero.
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
