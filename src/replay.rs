@@ -366,22 +366,9 @@ fn push_samples(
 ) -> Result<(Emitted, BTreeMap<&'static str, u64>), ReplayError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = OtlpClient::new(config).map_err(ReplayError::Read)?;
-    let mut resource = vec![
-        ("service.name".to_string(), "tokenmeter".to_string()),
-        ("service.instance.id".to_string(), instance.to_string()),
-    ];
-    for (k, v) in &config.otlp.resource_attributes {
-        resource.retain(|(rk, _)| rk != k);
-        resource.push((k.clone(), v.clone()));
-    }
-    let requests = otlp_requests(
-        samples,
-        &config.metrics.prefix,
-        extra_names,
-        &config.metrics.labels,
-        &resource,
-        5000,
-    );
+    // The resource as a live agent sends it, with the replay's instance as its identity.
+    let shape = crate::export::otlp::OtlpShape::from_config(config, instance);
+    let requests = otlp_requests(samples, extra_names, &shape, 5000);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

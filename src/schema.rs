@@ -110,6 +110,19 @@ pub struct View<'a> {
 }
 
 impl<'a> View<'a> {
+    /// A view for the token families alone (backfill): no agent, no self-metric labels.
+    pub fn tokens(snap: &'a Snapshot, static_labels: &'a BTreeMap<String, String>) -> Self {
+        View {
+            snap,
+            static_labels: static_labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            agent: None,
+            invalid_names: Vec::new(),
+        }
+    }
+
     pub fn new(
         snap: &'a Snapshot,
         static_labels: &'a BTreeMap<String, String>,

@@ -97,17 +97,17 @@ fn openmetrics_into_promtool_and_prometheus_exact() {
     assert_eq!(summary["emitted"]["series"], 6);
     let body = std::fs::read_to_string(&om).unwrap();
     assert!(body.ends_with("# EOF\n"));
-    // Timestamps are seconds (10 digits), never milliseconds.
-    let ts: i64 = body
-        .lines()
-        .nth(2)
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(ts, start + STEP);
+    // Timestamps are seconds (10 digits), never milliseconds; each series starts with a 0 one
+    // step before its first value (first increments, SPEC §4).
+    let sample = |n: usize| -> (String, i64) {
+        let line = body.lines().nth(n).unwrap();
+        let mut parts = line.rsplitn(3, ' ');
+        let ts = parts.next().unwrap().parse().unwrap();
+        (parts.next().unwrap().to_string(), ts)
+    };
+    assert_eq!(sample(2), ("0".to_string(), start));
+    assert_eq!(sample(3).1, start + STEP);
+    assert_ne!(sample(3).0, "0");
 
     let blocks = tmp.path().join("blocks");
     let out = Command::new(tool("promtool"))
@@ -139,6 +139,16 @@ fn openmetrics_into_promtool_and_prometheus_exact() {
                 "{model} at {t}"
             );
         }
+    }
+    // increase over the first hour sees the first increments: every series starts at 0.
+    let t = start + 3600;
+    let got = query("sum by (model) (increase(llm_tokens_total[1h]))", t);
+    for model in by_model.keys() {
+        assert_eq!(
+            got[model],
+            cumulative(&by_model, model, t) as f64,
+            "{model} first hour"
+        );
     }
     // increase over the second hour: samples exist at both ends of the window, so Prometheus
     // does not extrapolate and the answer is exact.

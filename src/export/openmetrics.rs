@@ -17,10 +17,12 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use crate::aggregate::Store;
+use crate::aggregate::{SelfStats, SeriesSnapshot, Snapshot, Store};
 use crate::config::MAX_EXTRA_TOKENS;
-use crate::parse::{Record, StatusClass};
+use crate::export::otlp::OtlpShape;
+use crate::parse::Record;
 use crate::pipeline::LineSink;
+use crate::schema::{families, Family, Kind, Value, View};
 
 /// Per-step additions of one series.
 #[derive(Clone, Debug, Default)]
@@ -163,8 +165,82 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Writes the OpenMetrics text: per metric family a `# TYPE` line, each series' samples in
-/// time order with timestamps in seconds, `job="tokenmeter"` and `instance`, then `# EOF`.
+/// One series at one step end, as the schema reads it.
+fn step_snapshot(s: &SeriesSamples, c: &Cumulative, extra_names: &[String]) -> Snapshot {
+    Snapshot {
+        extra_names: extra_names.to_vec(),
+        series: vec![SeriesSnapshot {
+            model: s.model.clone(),
+            api_key_id: s.api_key_id.clone(),
+            service_id: s.service_id.clone(),
+            requests: c.requests,
+            input_tokens: c.input,
+            output_tokens: c.output,
+            total_tokens: c.total,
+            extra_tokens: c.extra.clone(),
+            start_ns: s.start_ns,
+        }],
+        durations: Vec::new(),
+        stats: SelfStats::default(),
+    }
+}
+
+/// The points of one token counter family for one series over all its steps, grouped by
+/// label set (each group in time order, groups sorted by labels): (labels, [(time ns, value)]).
+/// Linear in the steps: one snapshot per series, label sets told apart by a hash and copied
+/// once.
+fn family_series(
+    family: &Family,
+    s: &SeriesSamples,
+    extra_names: &[String],
+    static_labels: &BTreeMap<String, String>,
+) -> Vec<(Vec<(String, String)>, Vec<(i64, u64)>)> {
+    type Group = (Vec<(String, String)>, Vec<(i64, u64)>);
+    let mut groups: rustc_hash::FxHashMap<u64, Group> = Default::default();
+    let Some((_, first)) = s.points.first() else {
+        return Vec::new();
+    };
+    // One snapshot per series, its counters overwritten step by step (labels cloned once).
+    let mut snap = step_snapshot(s, first, extra_names);
+    for (t, c) in &s.points {
+        let x = &mut snap.series[0];
+        x.requests = c.requests;
+        x.input_tokens = c.input;
+        x.output_tokens = c.output;
+        x.total_tokens = c.total;
+        x.extra_tokens.clone_from(&c.extra);
+        let view = View::tokens(&snap, static_labels);
+        family.points(&view, &mut |p| {
+            if let Value::Int(v) = p.value {
+                let key = crate::export::otlp::series_key("", &p.labels);
+                groups
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let labels = p.labels.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+                        (labels.collect(), Vec::new())
+                    })
+                    .1
+                    .push((*t, v));
+            }
+        });
+    }
+    let mut out: Vec<Group> = groups.into_values().collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The token counter families of the schema (backfill has no histogram and no self-metrics).
+fn backfill_families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
+    families(prefix, extra_names)
+        .into_iter()
+        .filter(|f| f.token && f.kind == Kind::Counter)
+        .collect()
+}
+
+/// Writes the OpenMetrics text: per metric family of the schema a `# TYPE` and `# HELP` line,
+/// each series' samples in time order with timestamps in seconds, `job="tokenmeter"` and
+/// `instance`, then `# EOF`. Each series starts with a 0 one step before its first value, so
+/// PromQL's `increase()` sees its first increment (SPEC §4 "First increments").
 pub fn write_openmetrics(
     out: &mut dyn Write,
     series: &[SeriesSamples],
@@ -173,89 +249,30 @@ pub fn write_openmetrics(
     static_labels: &BTreeMap<String, String>,
     instance: &str,
 ) -> io::Result<Emitted> {
-    let mut emitted = Emitted {
-        series: 0,
-        ..Default::default()
-    };
-    let statics: String = static_labels
-        .iter()
-        .map(|(k, v)| format!(",{k}=\"{}\"", escape(v)))
-        .collect();
-    let tail = format!(
-        "{statics},job=\"tokenmeter\",instance=\"{}\"",
-        escape(instance)
-    );
-    let labels = |s: &SeriesSamples| {
-        format!(
-            "model=\"{}\",api_key_id=\"{}\",service_id=\"{}\"",
-            escape(&s.model),
-            escape(&s.api_key_id),
-            escape(&s.service_id)
-        )
-    };
+    let mut emitted = Emitted::default();
+    let tail = format!(",job=\"tokenmeter\",instance=\"{}\"", escape(instance));
     let mut first = i64::MAX;
     let mut last = i64::MIN;
-    let mut sample = |out: &mut dyn Write, name: &str, l: &str, v: u64, t: i64| -> io::Result<()> {
-        emitted.samples += 1;
-        first = first.min(t);
-        last = last.max(t);
-        // Timestamps in seconds: promtool and mimirtool read OpenMetrics seconds, not ms.
-        writeln!(out, "{name}{{{l}{tail}}} {v} {}", t / 1_000_000_000)
-    };
-    // requests_total per status class
-    writeln!(out, "# TYPE {prefix}_requests counter")?;
-    writeln!(
-        out,
-        "# HELP {prefix}_requests LLM requests by status class."
-    )?;
-    for s in series {
-        for class in StatusClass::ALL {
-            if s.points
-                .iter()
-                .all(|(_, c)| c.requests[class as usize] == 0)
-            {
-                continue;
-            }
-            let l = format!("{},status_class=\"{}\"", labels(s), class.as_str());
-            for (t, c) in &s.points {
-                sample(
-                    out,
-                    &format!("{prefix}_requests_total"),
-                    &l,
-                    c.requests[class as usize],
-                    *t,
-                )?;
-            }
-        }
-    }
-    type Pick = fn(&Cumulative) -> u64;
-    let families: [(&str, &str, Pick); 3] = [
-        ("input_tokens", "Input (prompt) tokens.", |c| c.input),
-        ("output_tokens", "Output (completion) tokens.", |c| c.output),
-        ("tokens", "Total tokens.", |c| c.total),
-    ];
-    for (name, help, pick) in families {
-        writeln!(out, "# TYPE {prefix}_{name} counter")?;
-        writeln!(out, "# HELP {prefix}_{name} {help}")?;
+    for family in backfill_families(prefix, extra_names) {
+        writeln!(out, "# TYPE {} counter", family.name)?;
+        writeln!(out, "# HELP {} {}", family.name, family.help)?;
+        let name = family.full_name();
         for s in series {
-            let l = labels(s);
-            for (t, c) in &s.points {
-                sample(out, &format!("{prefix}_{name}_total"), &l, pick(c), *t)?;
-            }
-        }
-    }
-    for (i, name) in extra_names.iter().enumerate() {
-        writeln!(out, "# TYPE {prefix}_{name}_tokens counter")?;
-        for s in series {
-            let l = labels(s);
-            for (t, c) in &s.points {
-                sample(
-                    out,
-                    &format!("{prefix}_{name}_tokens_total"),
-                    &l,
-                    c.extra.get(i).copied().unwrap_or(0),
-                    *t,
-                )?;
+            let step = s.points.first().map_or(0, |(t, _)| t - s.start_ns);
+            for (labels, samples) in family_series(&family, s, extra_names, static_labels) {
+                let labels = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let zero = samples.first().map(|(t, _)| t - step);
+                for (t, v) in zero.map(|t| (t, 0)).into_iter().chain(samples) {
+                    emitted.samples += 1;
+                    first = first.min(t);
+                    last = last.max(t);
+                    // Timestamps in seconds: promtool and mimirtool read OpenMetrics seconds.
+                    writeln!(out, "{name}{{{labels}{tail}}} {v} {}", t / 1_000_000_000)?;
+                }
             }
         }
     }
@@ -269,13 +286,13 @@ pub fn write_openmetrics(
 }
 
 /// The same samples as OTLP requests, in time order, at most `max_points` points each; every
-/// point carries its series' start time so the backend sees one continuous counter.
+/// point carries its series' start time so the backend sees one continuous counter, and each
+/// series starts with a 0 at that start. `shape` carries the resource attributes (built in
+/// one place for live pushes and backfill) and `metrics.labels`. Linear in the points.
 pub fn otlp_requests(
     series: &[SeriesSamples],
-    prefix: &str,
     extra_names: &[String],
-    static_labels: &BTreeMap<String, String>,
-    resource: &[(String, String)],
+    shape: &OtlpShape,
     max_points: usize,
 ) -> Vec<ExportMetricsServiceRequest> {
     let kv = |k: &str, v: &str| KeyValue {
@@ -284,103 +301,165 @@ pub fn otlp_requests(
             value: Some(any_value::Value::StringValue(v.to_string())),
         }),
     };
-    // All points, then sorted by time so each request moves forward in time.
-    let mut points: Vec<(i64, String, NumberDataPoint)> = Vec::new();
-    for s in series {
-        let mut base = vec![
-            kv("model", &s.model),
-            kv("api_key_id", &s.api_key_id),
-            kv("service_id", &s.service_id),
-        ];
-        for (k, v) in static_labels {
-            base.push(kv(k, v));
-        }
-        let point = |attrs: Vec<KeyValue>, t: i64, v: u64| NumberDataPoint {
-            attributes: attrs,
-            start_time_unix_nano: s.start_ns.max(0) as u64,
-            time_unix_nano: t.max(0) as u64,
-            value: Some(number_data_point::Value::AsInt(
-                v.min(i64::MAX as u64) as i64
-            )),
-            ..Default::default()
-        };
-        for (t, c) in &s.points {
-            for class in StatusClass::ALL {
-                if s.points.iter().any(|(_, x)| x.requests[class as usize] > 0) {
-                    let mut a = base.clone();
-                    a.push(kv("status_class", class.as_str()));
+    let families = backfill_families(&shape.prefix, extra_names);
+    // (time, family index, point), sorted by time so each request moves forward in time.
+    let mut points: Vec<(i64, usize, NumberDataPoint)> = Vec::new();
+    for (fi, family) in families.iter().enumerate() {
+        for s in series {
+            for (labels, samples) in family_series(family, s, extra_names, &shape.static_labels) {
+                let attrs: Vec<KeyValue> = labels.iter().map(|(k, v)| kv(k, v)).collect();
+                let start = u64::try_from(s.start_ns).unwrap_or(0);
+                let zero = samples.first().map(|_| (s.start_ns, 0));
+                for (t, v) in zero.into_iter().chain(samples) {
                     points.push((
-                        *t,
-                        format!("{prefix}_requests_total"),
-                        point(a, *t, c.requests[class as usize]),
+                        t,
+                        fi,
+                        NumberDataPoint {
+                            attributes: attrs.clone(),
+                            start_time_unix_nano: start,
+                            time_unix_nano: u64::try_from(t).unwrap_or(0),
+                            value: Some(number_data_point::Value::AsInt(
+                                i64::try_from(v).unwrap_or(i64::MAX),
+                            )),
+                            ..Default::default()
+                        },
                     ));
                 }
             }
-            points.push((
-                *t,
-                format!("{prefix}_input_tokens_total"),
-                point(base.clone(), *t, c.input),
-            ));
-            points.push((
-                *t,
-                format!("{prefix}_output_tokens_total"),
-                point(base.clone(), *t, c.output),
-            ));
-            points.push((
-                *t,
-                format!("{prefix}_tokens_total"),
-                point(base.clone(), *t, c.total),
-            ));
-            for (i, name) in extra_names.iter().enumerate() {
-                let v = c.extra.get(i).copied().unwrap_or(0);
-                points.push((
-                    *t,
-                    format!("{prefix}_{name}_tokens_total"),
-                    point(base.clone(), *t, v),
-                ));
-            }
         }
     }
-    points.sort_by_key(|p| p.0);
+    points.sort_by_key(|p| (p.0, p.1));
     let resource = Resource {
-        attributes: resource.iter().map(|(k, v)| kv(k, v)).collect(),
+        attributes: shape.resource.iter().map(|(k, v)| kv(k, v)).collect(),
         ..Default::default()
     };
-    points
-        .chunks(max_points.max(1))
-        .map(|chunk| {
-            let mut by_name: BTreeMap<&str, Vec<NumberDataPoint>> = BTreeMap::new();
-            for (_, name, p) in chunk {
-                by_name.entry(name.as_str()).or_default().push(p.clone());
-            }
-            let metrics = by_name
-                .into_iter()
-                .map(|(name, data_points)| Metric {
-                    name: name.to_string(),
-                    unit: if name.ends_with("requests_total") {
-                        "{request}"
-                    } else {
-                        "{token}"
-                    }
-                    .into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        data_points,
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                        is_monotonic: true,
-                    })),
-                    ..Default::default()
-                })
-                .collect();
-            ExportMetricsServiceRequest {
-                resource_metrics: vec![ResourceMetrics {
-                    resource: Some(resource.clone()),
-                    scope_metrics: vec![ScopeMetrics {
-                        metrics,
-                        ..Default::default()
-                    }],
+    let mut requests = Vec::new();
+    let mut rest = points.into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut by_family: BTreeMap<usize, Vec<NumberDataPoint>> = BTreeMap::new();
+        for (_, fi, p) in rest.by_ref().take(max_points.max(1)) {
+            by_family.entry(fi).or_default().push(p);
+        }
+        let metrics = by_family
+            .into_iter()
+            .map(|(fi, data_points)| Metric {
+                name: families[fi].full_name(),
+                description: families[fi].help.to_string(),
+                unit: families[fi].unit.to_string(),
+                data: Some(metric::Data::Sum(Sum {
+                    data_points,
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    is_monotonic: true,
+                })),
+                ..Default::default()
+            })
+            .collect();
+        requests.push(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(resource.clone()),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
                     ..Default::default()
                 }],
-            }
-        })
-        .collect()
+                ..Default::default()
+            }],
+        });
+    }
+    requests
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_series(points: usize) -> SeriesSamples {
+        let step = 60_000_000_000i64;
+        SeriesSamples {
+            model: "m".into(),
+            api_key_id: "k".into(),
+            service_id: "s".into(),
+            start_ns: 1_700_000_000_000_000_000,
+            points: (0..points as i64)
+                .map(|i| {
+                    (
+                        1_700_000_000_000_000_000 + (i + 1) * step,
+                        Cumulative {
+                            requests: [i as u64 + 1, 0, 0, 0, 0],
+                            input: 10 * i as u64,
+                            output: i as u64,
+                            total: 11 * i as u64,
+                            extra: vec![],
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// 30 days at 60 s for one series: linear (it took 5.2 s when it was quadratic). The
+    /// bound is loose for debug builds on a slow machine; BENCHMARKS.md has the release time.
+    #[test]
+    fn otlp_backfill_of_43200_points_is_linear() {
+        let s = one_series(43_200);
+        let shape = OtlpShape::from_config(&crate::config::Config::default(), "replay");
+        let t = std::time::Instant::now();
+        let reqs = otlp_requests(std::slice::from_ref(&s), &[], &shape, 5000);
+        let took = t.elapsed();
+        let points: usize = reqs
+            .iter()
+            .flat_map(|r| &r.resource_metrics[0].scope_metrics[0].metrics)
+            .map(|m| match &m.data {
+                Some(metric::Data::Sum(s)) => s.data_points.len(),
+                _ => 0,
+            })
+            .sum();
+        // requests (one class), input, output, total: each 43,200 values and a leading 0.
+        assert_eq!(points, 4 * 43_201);
+        assert!(reqs.iter().all(|r| {
+            r.resource_metrics[0].scope_metrics[0]
+                .metrics
+                .iter()
+                .map(|m| match &m.data {
+                    Some(metric::Data::Sum(s)) => s.data_points.len(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+                <= 5000
+        }));
+        eprintln!("43,200-point OTLP backfill built in {took:?}");
+        assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    }
+
+    #[test]
+    fn openmetrics_golden_for_one_small_series() {
+        let s = one_series(2);
+        let mut out = Vec::new();
+        let mut labels = BTreeMap::new();
+        labels.insert("cluster".to_string(), "c1".to_string());
+        write_openmetrics(&mut out, &[s], "llm", &[], &labels, "node-a").unwrap();
+        let want = "\
+# TYPE llm_requests counter
+# HELP llm_requests LLM requests by status class.
+llm_requests_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",status_class=\"2xx\",job=\"tokenmeter\",instance=\"node-a\"} 0 1700000000
+llm_requests_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",status_class=\"2xx\",job=\"tokenmeter\",instance=\"node-a\"} 1 1700000060
+llm_requests_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",status_class=\"2xx\",job=\"tokenmeter\",instance=\"node-a\"} 2 1700000120
+# TYPE llm_input_tokens counter
+# HELP llm_input_tokens Input (prompt) tokens.
+llm_input_tokens_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",job=\"tokenmeter\",instance=\"node-a\"} 0 1700000000
+llm_input_tokens_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",job=\"tokenmeter\",instance=\"node-a\"} 0 1700000060
+llm_input_tokens_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",job=\"tokenmeter\",instance=\"node-a\"} 10 1700000120
+# TYPE llm_output_tokens counter
+# HELP llm_output_tokens Output (completion) tokens.
+llm_output_tokens_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",job=\"tokenmeter\",instance=\"node-a\"} 0 1700000000
+llm_output_tokens_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",job=\"tokenmeter\",instance=\"node-a\"} 0 1700000060
+llm_output_tokens_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",job=\"tokenmeter\",instance=\"node-a\"} 1 1700000120
+# TYPE llm_tokens counter
+# HELP llm_tokens Total tokens.
+llm_tokens_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",job=\"tokenmeter\",instance=\"node-a\"} 0 1700000000
+llm_tokens_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",job=\"tokenmeter\",instance=\"node-a\"} 0 1700000060
+llm_tokens_total{model=\"m\",api_key_id=\"k\",service_id=\"s\",cluster=\"c1\",job=\"tokenmeter\",instance=\"node-a\"} 11 1700000120
+# EOF
+";
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
 }
