@@ -185,6 +185,9 @@ fn step_snapshot(s: &SeriesSamples, c: &Cumulative, extra_names: &[String]) -> S
     }
 }
 
+/// One label set's samples: its labels and its (time ns, value) pairs in time order.
+type LabelSamples = (Vec<(String, String)>, Vec<(i64, u64)>);
+
 /// The points of one token counter family for one series over all its steps, grouped by
 /// label set (each group in time order, groups sorted by labels): (labels, [(time ns, value)]).
 /// Linear in the steps: one snapshot per series, label sets told apart by a hash and copied
@@ -194,9 +197,8 @@ fn family_series(
     s: &SeriesSamples,
     extra_names: &[String],
     static_labels: &BTreeMap<String, String>,
-) -> Vec<(Vec<(String, String)>, Vec<(i64, u64)>)> {
-    type Group = (Vec<(String, String)>, Vec<(i64, u64)>);
-    let mut groups: rustc_hash::FxHashMap<u64, Group> = Default::default();
+) -> Vec<LabelSamples> {
+    let mut groups: rustc_hash::FxHashMap<u64, LabelSamples> = Default::default();
     let Some((_, first)) = s.points.first() else {
         return Vec::new();
     };
@@ -224,7 +226,7 @@ fn family_series(
             }
         });
     }
-    let mut out: Vec<Group> = groups.into_values().collect();
+    let mut out: Vec<LabelSamples> = groups.into_values().collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
