@@ -618,3 +618,51 @@ pub fn cumulative_buckets(h: &Histogram) -> Vec<(f64, u64)> {
     b.push((f64::INFINITY, h.count));
     b
 }
+
+/// The `/metrics` row of the README's endpoint table, from the schema (the README is checked
+/// against it: `cargo test --lib schema`).
+pub fn readme_metrics_row() -> String {
+    let names: Vec<String> = families("llm", &["<extra>".to_string()])
+        .iter()
+        .map(|f| {
+            if f.labels.is_empty() {
+                format!("`{}`", f.full_name())
+            } else {
+                format!("`{}{{{}}}`", f.full_name(), f.labels.join(","))
+            }
+        })
+        .collect();
+    format!(
+        "| `GET /metrics` | OpenMetrics text, every family of the one schema (`src/schema.rs`; the same names, labels and help go over OTLP): {} |",
+        names.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_lists_exactly_the_schema() {
+        let readme = include_str!("../README.md");
+        let row = readme_metrics_row();
+        assert!(
+            readme.lines().any(|l| l == row),
+            "README.md's /metrics row differs from the schema; it should read:\n{row}"
+        );
+    }
+
+    #[test]
+    fn names_are_unique_and_counters_end_in_total_once() {
+        let fams = families("llm", &["reasoning".to_string()]);
+        let mut names: Vec<String> = fams.iter().map(Family::full_name).collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        for f in &fams {
+            assert!(!f.name.ends_with("_total"), "{}", f.name);
+            assert!(f.token == f.name.starts_with("llm_"), "{}", f.name);
+        }
+    }
+}
