@@ -608,15 +608,15 @@ fn file_lag<'v>(a: &'v AgentView, f: &mut dyn FnMut(Labels<'v>, Value<'v>)) {
     }
 }
 
-/// Cumulative bucket counts with the `+Inf` bucket, as text formats want them.
-pub fn cumulative_buckets(h: &Histogram) -> Vec<(f64, u64)> {
-    let mut b: Vec<(f64, u64)> = DURATION_BUCKETS
+/// Per-bucket (not cumulative) counts with their upper bounds, the last one `+Inf`: what
+/// `prometheus-client` takes (it sums them up into the cumulative `le` buckets itself).
+pub fn bucket_counts(h: &Histogram) -> Vec<(f64, u64)> {
+    DURATION_BUCKETS
         .iter()
         .copied()
-        .zip(h.cumulative())
-        .collect();
-    b.push((f64::INFINITY, h.count));
-    b
+        .chain([f64::INFINITY])
+        .zip(h.buckets)
+        .collect()
 }
 
 /// The `/metrics` row of the README's endpoint table, from the schema (the README is checked

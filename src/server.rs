@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::forwarder::ForwarderStatus;
 use crate::health::{agent_view, AgentStatus, MeterHandle};
-use crate::schema::{cumulative_buckets, families, Kind, Value, View};
+use crate::schema::{bucket_counts, families, Kind, Value, View};
 
 /// What the server reads: snapshots and statuses, nothing it could change.
 pub struct ServerContext {
@@ -207,32 +207,92 @@ impl Collector for StoreCollector {
         let snap = sh.meter.snapshot();
         let agent = agent_view(&sh.status, sh.loki.as_deref());
         let view = View::new(&snap, &sh.metrics.labels, Some(&agent));
-        for family in families(&sh.metrics.prefix, &snap.extra_names) {
-            let mut points = Vec::new();
-            family.points(&view, &mut |p| points.push((p.labels, p.value)));
-            if points.is_empty() {
-                continue;
-            }
-            let ty = match family.kind {
-                Kind::Counter => MetricType::Counter, // prometheus-client adds `_total`
-                Kind::Gauge => MetricType::Gauge,
-                Kind::Histogram => MetricType::Histogram,
-            };
-            let mut m = enc.encode_descriptor(&family.name, family.help, None, ty)?;
-            for (labels, value) in &points {
-                let mut fam = m.encode_family(labels)?;
-                match value {
-                    Value::Int(n) => ConstCounter::new(*n).encode(fam)?,
-                    Value::Gauge(n) => ConstGauge::new(*n).encode(fam)?,
-                    Value::Histogram(h) => fam.encode_histogram::<NoLabelSet>(
-                        h.sum_seconds,
-                        h.count,
-                        &cumulative_buckets(h),
-                        None,
-                    )?,
-                }
+        encode_view(&view, &sh.metrics.prefix, &mut enc)
+    }
+}
+
+/// The OpenMetrics formatter over the one schema: every family with points, in order.
+fn encode_view(view: &View<'_>, prefix: &str, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+    for family in families(prefix, &view.snap.extra_names) {
+        let mut points = Vec::new();
+        family.points(view, &mut |p| points.push((p.labels, p.value)));
+        if points.is_empty() {
+            continue;
+        }
+        let ty = match family.kind {
+            Kind::Counter => MetricType::Counter, // prometheus-client adds `_total`
+            Kind::Gauge => MetricType::Gauge,
+            Kind::Histogram => MetricType::Histogram,
+        };
+        let mut m = enc.encode_descriptor(&family.name, family.help, None, ty)?;
+        for (labels, value) in &points {
+            let mut fam = m.encode_family(labels)?;
+            match value {
+                Value::Int(n) => ConstCounter::new(*n).encode(fam)?,
+                Value::Gauge(n) => ConstGauge::new(*n).encode(fam)?,
+                Value::Histogram(h) => fam.encode_histogram::<NoLabelSet>(
+                    h.sum_seconds,
+                    h.count,
+                    &bucket_counts(h),
+                    None,
+                )?,
             }
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Store;
+    use crate::config::{Config, Fields};
+    use crate::parse::{Parsed, Parser};
+    use crate::schema::AgentView;
+
+    /// A fixed snapshot and agent view, encoded as a scrape would.
+    #[derive(Debug)]
+    struct Fixed(
+        crate::aggregate::Snapshot,
+        AgentView,
+        std::collections::BTreeMap<String, String>,
+    );
+
+    impl Collector for Fixed {
+        fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+            let view = View::new(&self.0, &self.2, Some(&self.1));
+            encode_view(&view, "llm", &mut enc)
+        }
+    }
+
+    #[test]
+    fn metrics_text_golden() {
+        let config = Config::default();
+        let mut store = Store::new(&config);
+        let mut parser = Parser::new(&Fields::default());
+        let line = r#"{"model":"m","api_key_id":"k","aim_service_id":"s","llm_input_token":3,"llm_output_token":4,"response_code":200,"duration":1500}"#;
+        if let Parsed::Record(r) = parser.parse(line) {
+            store.add(&r);
+        }
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("cluster".to_string(), "c1".to_string());
+        let agent = AgentView {
+            otlp: [5, 1, 2],
+            checkpoints: [7, 0],
+            ..AgentView::default()
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed(store.snapshot(&[]), agent, labels)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/expected/metrics-golden.txt"
+        );
+        if std::env::var_os("TOKENMETER_BLESS").is_some() {
+            std::fs::write(path, &text).unwrap();
+        }
+        let want = std::fs::read_to_string(path).unwrap();
+        assert_eq!(text, want, "run with TOKENMETER_BLESS=1 to accept a change");
     }
 }
