@@ -668,4 +668,40 @@ mod tests {
             "no token series and no self-metrics: nothing to send"
         );
     }
+
+    /// The exact request for a fixed snapshot (its prost structure, printed), so a change of
+    /// any name, unit, label, time or value shows. `TOKENMETER_BLESS=1` accepts a change.
+    #[test]
+    fn otlp_request_golden() {
+        let mut config = Config::default();
+        config.metrics.labels.insert("cluster".into(), "c1".into());
+        let snap = store(
+            &config,
+            &[r#"{"model":"m","api_key_id":"k","aim_service_id":"s","llm_input_token":3,"llm_output_token":4,"response_code":200,"duration":1500}"#.into()],
+        );
+        let shape = OtlpShape::from_config(&config, "node-a");
+        let agent = AgentView {
+            otlp: [5, 1, 2],
+            ..AgentView::default()
+        };
+        let view = View::new(&snap, &shape.static_labels, Some(&agent));
+        let none = std::collections::HashSet::new();
+        let zeros = Zeros {
+            since_ns: 0,
+            announced: &none,
+        };
+        let reqs: Vec<_> = Requests::new(&view, &shape, 50, 200, true, zeros)
+            .map(|r| r.0)
+            .collect();
+        let text = format!("{reqs:#?}\n").replace(env!("CARGO_PKG_VERSION"), "VERSION");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/expected/otlp-golden.txt"
+        );
+        if std::env::var_os("TOKENMETER_BLESS").is_some() {
+            std::fs::write(path, &text).unwrap();
+        }
+        let want = std::fs::read_to_string(path).unwrap();
+        assert_eq!(text, want, "run with TOKENMETER_BLESS=1 to accept a change");
+    }
 }
