@@ -251,6 +251,8 @@ pub struct Otlp {
     pub endpoint: String,
     pub interval: Dur,
     pub timeout: Dur,
+    /// Longest wait between two attempts, `Retry-After` included (a peer cannot ask for more).
+    pub max_backoff: Dur,
     pub compression: Compression,
     pub headers: BTreeMap<String, String>,
     pub bearer_token_file: String,
@@ -268,6 +270,7 @@ impl Default for Otlp {
             endpoint: String::new(),
             interval: Dur::secs(15),
             timeout: Dur::secs(10),
+            max_backoff: Dur::secs(30),
             compression: Compression::Gzip,
             headers: BTreeMap::new(),
             bearer_token_file: String::new(),
@@ -290,6 +293,8 @@ pub struct Loki {
     pub batch_wait: Dur,
     pub max_line_bytes: usize,
     pub timeout: Dur,
+    /// Longest wait between two attempts, `Retry-After` included (a peer cannot ask for more).
+    pub max_backoff: Dur,
     pub headers: BTreeMap<String, String>,
     pub bearer_token_file: String,
     pub basic_auth: BasicAuth,
@@ -307,6 +312,7 @@ impl Default for Loki {
             batch_wait: Dur::secs(1),
             max_line_bytes: 256 << 10,
             timeout: Dur::secs(10),
+            max_backoff: Dur::secs(300),
             headers: BTreeMap::new(),
             bearer_token_file: String::new(),
             basic_auth: BasicAuth::default(),
@@ -423,6 +429,19 @@ impl Config {
                 "must be greater than 0".into(),
             ));
         }
+        for (key, patterns) in [
+            ("source.include", &self.source.include),
+            ("source.exclude", &self.source.exclude),
+        ] {
+            for (i, p) in patterns.iter().enumerate() {
+                if let Err(e) = crate::source::discover::glob(p) {
+                    return Err(err(
+                        &format!("{key}[{i}]"),
+                        format!("{p:?} is not a valid glob: {e}"),
+                    ));
+                }
+            }
+        }
         if self.source.include.is_empty() {
             return Err(err("source.include", "must name at least one glob".into()));
         }
@@ -499,6 +518,8 @@ impl Config {
             ("otlp.timeout", self.otlp.timeout),
             ("loki.batch_wait", self.loki.batch_wait),
             ("loki.timeout", self.loki.timeout),
+            ("otlp.max_backoff", self.otlp.max_backoff),
+            ("loki.max_backoff", self.loki.max_backoff),
         ] {
             if d.0.is_zero() {
                 return Err(err(key, "must be longer than 0s".into()));
@@ -690,6 +711,29 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("metrics.labels.model"), "{e}");
         let e = Config::from_toml("[source]\nmax_line_bytes = -1\n", &no_env).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("source.max_line_bytes"), "{e}");
+        // An invalid glob is a config error (exit 2) found by check-config, not by run.
+        let e = Config::from_toml("[source]\ninclude = [\"/a/*.log\", \"[.log\"]\n", &no_env)
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("source.include[1]"), "{e}");
+    }
+
+    #[test]
+    fn max_open_files_is_resolved_against_the_descriptor_limit() {
+        let mut s = Source::default();
+        assert_eq!(s.effective_max_open_files(256), 128, "auto: half");
+        assert_eq!(
+            s.effective_max_open_files(1 << 20),
+            8192,
+            "auto: at most 8192"
+        );
+        assert_eq!(s.effective_max_open_files(4), 8, "at least 8");
+        s.max_open_files = 500;
+        assert_eq!(
+            s.effective_max_open_files(256),
+            224,
+            "never above the limit less 32"
+        );
+        assert_eq!(s.effective_max_open_files(100_000), 500);
     }
 
     #[test]

@@ -556,3 +556,36 @@ fn rotations_during_a_loki_outage_do_not_hold_descriptors_metering_needs() {
     assert_eq!(entries.len(), lines, "each line once");
     assert!(counts(&entries).values().all(|n| *n == 1));
 }
+
+#[test]
+fn a_retry_after_of_a_day_waits_no_longer_than_max_backoff() {
+    let r = LokiReceiver::start();
+    r.script(Behavior::RetryAfter("86400"));
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let log = pod_dir(&root, "gw-ra").join("0.log");
+    let cfg = config(
+        &root,
+        &tmp.path().join("state"),
+        "",
+        &loki_section(&r, "max_backoff = \"2s\"\n"),
+    );
+    let d = Daemon::start(tmp.path(), "loki-ra", &cfg);
+    let mut exp = Expected::default();
+    let lines: Vec<String> = (0..20).map(|i| record_line(i, &mut exp)).collect();
+    append(&log, &lines.iter().map(|l| cri(l)).collect::<String>());
+    // The first push is told to come back in a day; the agent comes back after at most
+    // max_backoff (2 s, ±25 % jitter), so the lines arrive well within the wait below.
+    let t = std::time::Instant::now();
+    let entries = wait_entries(&r, lines.len(), &d);
+    assert_eq!(entries.len(), lines.len());
+    assert!(
+        r.requests() >= 2,
+        "the 429 was answered, then the batch went again"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+}

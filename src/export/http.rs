@@ -102,10 +102,77 @@ impl HttpTarget {
 }
 
 /// The `Retry-After` of a response, in seconds form.
-pub fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    resp.headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+pub fn retry_after(resp: &reqwest::Response, max: Duration) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    parse_retry_after(v, std::time::SystemTime::now(), max)
+}
+
+/// `Retry-After` as seconds or an HTTP date, never more than `max` (a peer cannot make the
+/// agent wait longer than its own backoff limit) and never a panic, whatever the value.
+pub fn parse_retry_after(
+    value: &str,
+    now: std::time::SystemTime,
+    max: Duration,
+) -> Option<Duration> {
+    let v = value.trim();
+    let wait = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = httpdate::parse_http_date(v).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn retry_after_is_capped_and_reads_both_forms() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let max = Duration::from_secs(300);
+        assert_eq!(
+            parse_retry_after("120", now, max),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("86400", now, max),
+            Some(max),
+            "a day is capped"
+        );
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now, max),
+            Some(max)
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&later, now, max),
+            Some(Duration::from_secs(90))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&past, now, max), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now, max), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_retry_after_value_is_bounded_and_never_panics(v in ".{0,64}", secs in any::<u64>()) {
+            let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            let max = Duration::from_secs(30);
+            for value in [v.clone(), secs.to_string(), format!(" {secs} ")] {
+                if let Some(d) = parse_retry_after(&value, now, max) {
+                    prop_assert!(d <= max);
+                    // and the jitter on top of it cannot overflow
+                    let _ = crate::export::otlp::jitter(d);
+                }
+            }
+        }
+    }
 }

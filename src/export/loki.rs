@@ -318,6 +318,7 @@ pub struct LokiStats {
 
 pub struct LokiClient {
     target: HttpTarget,
+    max_backoff: Duration,
 }
 
 impl LokiClient {
@@ -333,11 +334,13 @@ impl LokiClient {
                 &l.basic_auth,
                 &l.tls,
             )?,
+            max_backoff: l.max_backoff.0,
         })
     }
 
     /// Sends one batch until Loki accepts or rejects it: connection errors, 429 and 5xx are
-    /// retried with exponential backoff (0.5 s to 5 min) and jitter, honouring `Retry-After`.
+    /// retried with exponential backoff (0.5 s to `loki.max_backoff`, 5 min) and jitter,
+    /// honouring `Retry-After` up to that same limit.
     /// `stop` ends the retrying early (shutdown); then `None` is returned.
     pub async fn push(
         &self,
@@ -356,7 +359,7 @@ impl LokiClient {
                     if (200..300).contains(&status) {
                         return Some(PushResult::Accepted);
                     }
-                    let retry_after = retry_after(&resp);
+                    let retry_after = retry_after(&resp, self.max_backoff);
                     let message = resp.text().await.unwrap_or_default();
                     if status != 429 && (400..500).contains(&status) {
                         return Some(PushResult::Rejected { status, message });
@@ -387,7 +390,7 @@ impl LokiClient {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(300));
+            backoff = backoff.saturating_mul(2).min(self.max_backoff);
         }
     }
 }

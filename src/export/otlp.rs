@@ -350,6 +350,7 @@ impl PushOutcome {
 pub struct OtlpClient {
     target: HttpTarget,
     gzip: bool,
+    max_backoff: Duration,
 }
 
 impl OtlpClient {
@@ -366,6 +367,7 @@ impl OtlpClient {
                 &o.tls,
             )?,
             gzip: o.compression == Compression::Gzip,
+            max_backoff: o.max_backoff.0,
         })
     }
 
@@ -406,7 +408,7 @@ impl OtlpClient {
                     if status.is_success() {
                         return PushOutcome::Success;
                     }
-                    let retry_after = retry_after(&resp);
+                    let retry_after = retry_after(&resp, self.max_backoff);
                     let text = resp.text().await.unwrap_or_default();
                     let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
                     if !retryable {
@@ -435,7 +437,7 @@ impl OtlpClient {
                 return PushOutcome::Failed;
             }
             tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = backoff.saturating_mul(2).min(self.max_backoff);
         }
     }
 }

@@ -23,7 +23,29 @@ pub struct PodLabels {
 }
 
 impl PodLabels {
+    /// From either kubelet layout: `/var/log/pods/<ns>_<pod>_<uid>/<container>/N.log`, or the
+    /// `/var/log/containers/<pod>_<ns>_<container>-<64 hex id>.log` symlinks.
     pub fn from_path(path: &Path) -> Option<PodLabels> {
+        Self::from_pods_path(path).or_else(|| Self::from_containers_path(path))
+    }
+
+    fn from_containers_path(path: &Path) -> Option<PodLabels> {
+        let stem = path.file_name()?.to_str()?.strip_suffix(".log")?;
+        let mut parts = stem.splitn(3, '_');
+        let (pod, namespace, rest) = (parts.next()?, parts.next()?, parts.next()?);
+        let (container, id) = rest.rsplit_once('-')?;
+        let hex_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        if pod.is_empty() || namespace.is_empty() || container.is_empty() || !hex_id {
+            return None;
+        }
+        Some(PodLabels {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            container: container.to_string(),
+        })
+    }
+
+    fn from_pods_path(path: &Path) -> Option<PodLabels> {
         let container = path.parent()?;
         let pod_dir = container.parent()?.file_name()?.to_str()?;
         let mut parts = pod_dir.splitn(3, '_');
@@ -257,6 +279,27 @@ mod tests {
         assert_eq!(l.container, "envoy");
         assert_eq!(
             PodLabels::from_path(Path::new("/var/log/envoy/access.log")),
+            None
+        );
+        let id = "0123456789abcdef".repeat(4);
+        let l = PodLabels::from_path(Path::new(&format!(
+            "/var/log/containers/envoy-default-gw-5d8f_envoy-gateway-system_envoy-{id}.log"
+        )))
+        .unwrap();
+        assert_eq!(
+            (l.namespace.as_str(), l.pod.as_str(), l.container.as_str()),
+            ("envoy-gateway-system", "envoy-default-gw-5d8f", "envoy")
+        );
+        let l = PodLabels::from_path(Path::new(&format!(
+            "/var/log/containers/gw_ns_shutdown-manager-{id}.log"
+        )))
+        .unwrap();
+        assert_eq!(
+            l.container, "shutdown-manager",
+            "dashes stay in the container name"
+        );
+        assert_eq!(
+            PodLabels::from_path(Path::new("/var/log/containers/a_b_c-notanid.log")),
             None
         );
     }

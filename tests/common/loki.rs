@@ -75,6 +75,8 @@ pub struct Received {
 pub enum Behavior {
     Status(u16),
     Hang(Duration),
+    /// 429 with this `Retry-After` header value.
+    RetryAfter(&'static str),
 }
 
 #[derive(Default)]
@@ -216,6 +218,14 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) {
             return respond(&mut conn, 429, "Retry-After: 1\r\n", "rate limited\n")
         }
         Some(Behavior::Status(code)) => return respond(&mut conn, code, "", "scripted failure\n"),
+        Some(Behavior::RetryAfter(v)) => {
+            return respond(
+                &mut conn,
+                429,
+                &format!("Retry-After: {v}\r\n"),
+                "rate limited\n",
+            )
+        }
         Some(Behavior::Hang(d)) => {
             std::thread::sleep(d);
             return;
