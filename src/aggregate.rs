@@ -73,6 +73,31 @@ impl SelfStats {
     }
 }
 
+/// Longest label value kept, in bytes (longer ones are cut on a character boundary).
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// A label value as it may become a series: control characters (NUL and the other C0
+/// controls, DEL) replaced by U+FFFD, at most [`MAX_LABEL_BYTES`]. Borrowed when clean.
+pub fn label_value(v: &str) -> std::borrow::Cow<'_, str> {
+    let dirty = v.len() > MAX_LABEL_BYTES || v.bytes().any(|b| b < 0x20 || b == 0x7f);
+    if !dirty {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len().min(MAX_LABEL_BYTES));
+    for c in v.chars() {
+        let c = if (c as u32) < 0x20 || c == '\u{7f}' {
+            '\u{fffd}'
+        } else {
+            c
+        };
+        if out.len() + c.len_utf8() > MAX_LABEL_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Distinct values of one label, with its limit.
 struct Interner {
     ids: HashMap<Box<str>, u32, FxBuildHasher>,
@@ -95,10 +120,14 @@ impl Interner {
         if let Some(&id) = self.ids.get(v) {
             return (id, false);
         }
-        if self.values.len() >= self.limit && v != OVERFLOW {
+        let clean = label_value(v);
+        if let Some(&id) = self.ids.get(clean.as_ref()) {
+            return (id, false);
+        }
+        if self.values.len() >= self.limit && clean != OVERFLOW {
             return (self.force(OVERFLOW), true);
         }
-        (self.force(v), false)
+        (self.force(&clean), false)
     }
 
     /// Interns without checking the limit (the overflow value itself, restored state).
@@ -662,5 +691,33 @@ mod tests {
         s.add(&r);
         assert_eq!(s.stats().invalid_fields, vec![1, 0, 1]);
         assert_eq!(s.stats().total_mismatches, 1);
+    }
+
+    #[test]
+    fn label_values_never_carry_control_characters_or_unbounded_length() {
+        assert_eq!(label_value("gpt-4o"), "gpt-4o");
+        assert_eq!(
+            label_value("a\u{0}b\nc\u{7f}"),
+            "a\u{fffd}b\u{fffd}c\u{fffd}"
+        );
+        let long = "é".repeat(200);
+        let v = label_value(&long);
+        assert!(v.len() <= MAX_LABEL_BYTES && v.chars().all(|c| c == 'é'));
+        // In the store: a NUL in a model becomes U+FFFD, the same series as the clean text.
+        let config = Config::default();
+        let mut store = Store::new(&config);
+        let mut parser = crate::parse::Parser::new(&config.fields);
+        for line in [
+            r#"{"model":"m\u0000x","api_key_id":"k","aim_service_id":"s","llm_input_token":1,"response_code":200}"#,
+            r#"{"model":"m\u0000x","api_key_id":"k","aim_service_id":"s","llm_input_token":2,"response_code":200}"#,
+        ] {
+            if let crate::parse::Parsed::Record(r) = parser.parse(line) {
+                store.add(&r);
+            }
+        }
+        let snap = store.snapshot(&[]);
+        assert_eq!(snap.series.len(), 1);
+        assert_eq!(snap.series[0].model, "m\u{fffd}x");
+        assert_eq!(snap.series[0].input_tokens, 3);
     }
 }
