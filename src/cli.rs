@@ -120,6 +120,18 @@ fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig { config } => match load(&config) {
             Ok(c) => {
                 print!("{}", c.to_toml());
+                // A warning, not an error: the pods may simply not be there yet.
+                if let Ok(globs) =
+                    crate::source::discover::Globs::new(&c.source.include, &c.source.exclude)
+                {
+                    let scan = globs.scan(&crate::source::RealFs);
+                    for i in globs.unmatched(&scan.paths) {
+                        eprintln!(
+                            "warning: source.include[{i}] {:?} matches no file on this machine",
+                            c.source.include[i]
+                        );
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -159,6 +159,7 @@ async fn status(State(s): State<AppState>) -> Response {
         "records": stats.records,
         "series": sh.meter.series_count(),
         "open_files": summary.open_descriptors,
+        "unmatched_globs": summary.unmatched_globs,
         "max_open_files": summary.max_open_files,
         "exporters": {
             "otlp": {

@@ -327,3 +327,42 @@ fn help_and_version() {
     let out = bin().arg("replay").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "missing FILE is a usage error");
 }
+
+#[test]
+fn check_config_refuses_an_invalid_glob_and_warns_about_one_that_matches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[source]\ninclude = [\"/var/log/pods/[.log\"]\n").unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an invalid glob is a config error"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("source.include[0]"), "{err}");
+
+    let empty = dir.path().join("logs");
+    std::fs::create_dir(&empty).unwrap();
+    let none = dir.path().join("none.toml");
+    std::fs::write(
+        &none,
+        format!("[source]\ninclude = [\"{}/*.log\"]\n", empty.display()),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&none)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "matching nothing is only a warning");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: source.include[0]") && err.contains("matches no file"),
+        "{err}"
+    );
+}

@@ -185,6 +185,20 @@ impl Globs {
         scan
     }
 
+    /// The include patterns (by index) that match none of `paths`.
+    pub fn unmatched(&self, paths: &[PathBuf]) -> Vec<usize> {
+        let mut hit = vec![false; self.include.len()];
+        for p in paths {
+            for i in self.include.matches(p) {
+                hit[i] = true;
+            }
+            if hit.iter().all(|h| *h) {
+                break;
+            }
+        }
+        (0..hit.len()).filter(|i| !hit[*i]).collect()
+    }
+
     fn excluded(&self, p: &Path) -> bool {
         self.exclude.is_match(p)
             || p.file_name()

@@ -311,6 +311,8 @@ pub struct RegistrySummary {
     pub open_descriptors: u64,
     pub max_open_files: u64,
     pub bytes_read: u64,
+    /// Include patterns that matched no file at the last scan.
+    pub unmatched_globs: Vec<String>,
 }
 
 pub struct Registry {
@@ -336,6 +338,9 @@ pub struct Registry {
     bytes_read: u64,
     errors: [u64; 4],
     events: Option<Sender<FileEvent>>,
+    /// Include patterns that matched no file at the last scan (warned about once each).
+    unmatched: Vec<usize>,
+    warned_unmatched: std::collections::HashSet<usize>,
 }
 
 impl Registry {
@@ -401,6 +406,8 @@ impl Registry {
             bytes_read: 0,
             errors: [0; 4],
             events,
+            unmatched: Vec::new(),
+            warned_unmatched: Default::default(),
         })
     }
 
@@ -453,6 +460,15 @@ impl Registry {
             .is_none_or(|t| t.elapsed() >= self.opts.glob_interval);
         if due {
             let scan = self.globs.scan(self.fs.as_ref());
+            self.unmatched = self.globs.unmatched(&scan.paths);
+            for i in &self.unmatched {
+                if self.warned_unmatched.insert(*i) {
+                    tracing::warn!(
+                        "source.include {:?} matches no file (yet); it is looked at again at every scan",
+                        self.opts.include.get(*i).map(String::as_str).unwrap_or("")
+                    );
+                }
+            }
             self.apply_scan(&scan);
             self.wake_grown();
             self.check_truncations();
@@ -1163,6 +1179,11 @@ impl Registry {
             open_descriptors: self.descriptors.open() as u64,
             max_open_files: self.opts.max_open_files as u64,
             bytes_read: self.bytes_read,
+            unmatched_globs: self
+                .unmatched
+                .iter()
+                .filter_map(|i| self.opts.include.get(*i).cloned())
+                .collect(),
             ..Default::default()
         };
         for e in self.entries.values() {
