@@ -68,6 +68,9 @@ pub enum Command {
     CheckConfig {
         #[command(flatten)]
         config: ConfigArg,
+        /// Print header values and endpoint credentials as they are (masked by default).
+        #[arg(long)]
+        show_secrets: bool,
     },
 }
 
@@ -117,9 +120,13 @@ fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
 
 fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::CheckConfig { config } => match load(&config) {
+        Command::CheckConfig {
+            config,
+            show_secrets,
+        } => match load(&config) {
             Ok(c) => {
-                print!("{}", c.to_toml());
+                let shown = if show_secrets { c.clone() } else { c.masked() };
+                print!("{}", shown.to_toml());
                 // A warning, not an error: the pods may simply not be there yet.
                 if let Ok(globs) =
                     crate::source::discover::Globs::new(&c.source.include, &c.source.exclude)

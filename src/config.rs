@@ -542,10 +542,8 @@ impl Config {
                 || endpoint.starts_with("http://")
                 || endpoint.starts_with("https://");
             if !ok {
-                return Err(err(
-                    key,
-                    format!("{endpoint:?} must start with http:// or https://"),
-                ));
+                // The value itself is not repeated: it may hold credentials.
+                return Err(err(key, "must start with http:// or https://".to_string()));
             }
         }
         for name in self.loki.labels.keys() {
@@ -584,6 +582,21 @@ impl Config {
     }
 
     /// The effective config as TOML, as `check-config` prints it.
+    /// The config with every secret replaced by `"<redacted>"`: header values, and the
+    /// userinfo and query of endpoints (what `check-config` prints unless `--show-secrets`).
+    pub fn masked(&self) -> Config {
+        let mut c = self.clone();
+        for headers in [&mut c.otlp.headers, &mut c.loki.headers] {
+            for v in headers.values_mut() {
+                *v = "<redacted>".to_string();
+            }
+        }
+        for e in [&mut c.otlp.endpoint, &mut c.loki.endpoint] {
+            *e = crate::export::http::display_endpoint(e);
+        }
+        c
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }

@@ -144,8 +144,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             status: status.clone(),
             loki: loki_status.clone(),
             metrics: config.metrics.clone(),
-            otlp_endpoint: config.otlp.endpoint.clone(),
-            loki_endpoint: config.loki.endpoint.clone(),
+            otlp_endpoint: crate::export::http::display_endpoint(&config.otlp.endpoint),
+            loki_endpoint: crate::export::http::display_endpoint(&config.loki.endpoint),
         },
     ));
 

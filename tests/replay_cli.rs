@@ -366,3 +366,50 @@ fn check_config_refuses_an_invalid_glob_and_warns_about_one_that_matches_nothing
         "{err}"
     );
 }
+
+#[test]
+fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[otlp]\nendpoint = \"https://agent:pa55w0rd@mimir:8080/otlp/v1/metrics?token=q5ecret\"\nheaders = { \"Authorization\" = \"Bearer ${TOKEN}\" }\n[loki]\nendpoint = \"http://loki/loki/api/v1/push\"\nheaders = { \"X-Scope-OrgID\" = \"tenant-s3cret\" }\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = bin()
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .args(extra)
+            .env("TOKEN", "tok-from-env-123")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let text = run(&[]);
+    for secret in [
+        "tok-from-env-123",
+        "pa55w0rd",
+        "q5ecret",
+        "tenant-s3cret",
+        "agent:",
+    ] {
+        assert!(!text.contains(secret), "{secret} shown:\n{text}");
+    }
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(
+        text.contains("https://mimir:8080/otlp/v1/metrics"),
+        "{text}"
+    );
+    let shown = run(&["--show-secrets"]);
+    assert!(shown.contains("Bearer tok-from-env-123"), "{shown}");
+}

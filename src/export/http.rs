@@ -69,8 +69,9 @@ impl HttpTarget {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The endpoint as it may be shown (logs, `/status`): without userinfo or query.
+    pub fn url(&self) -> String {
+        display_endpoint(&self.url)
     }
 
     /// A POST of `body` with the configured headers and authentication. The bearer token file
@@ -102,6 +103,24 @@ impl HttpTarget {
 }
 
 /// The `Retry-After` of a response, in seconds form.
+/// An endpoint as it may be shown in logs, `/status` and `check-config`: user, password and
+/// query string (where tokens hide) removed; the text is withheld if it does not parse.
+pub fn display_endpoint(endpoint: &str) -> String {
+    if endpoint.is_empty() {
+        return String::new();
+    }
+    match reqwest::Url::parse(endpoint) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "<redacted: not a URL>".to_string(),
+    }
+}
+
 pub fn retry_after(resp: &reqwest::Response, max: Duration) -> Option<Duration> {
     let v = resp
         .headers()
@@ -133,6 +152,23 @@ pub fn parse_retry_after(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn endpoints_are_shown_without_userinfo_or_query() {
+        assert_eq!(
+            display_endpoint("https://user:s3cr3t@mimir.example:8080/otlp/v1/metrics?token=abc#x"),
+            "https://mimir.example:8080/otlp/v1/metrics"
+        );
+        assert_eq!(
+            display_endpoint("http://loki/loki/api/v1/push"),
+            "http://loki/loki/api/v1/push"
+        );
+        assert_eq!(
+            display_endpoint("not a url with s3cr3t"),
+            "<redacted: not a URL>"
+        );
+        assert_eq!(display_endpoint(""), "");
+    }
 
     #[test]
     fn retry_after_is_capped_and_reads_both_forms() {
