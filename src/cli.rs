@@ -57,6 +57,10 @@ pub enum Command {
         /// The `instance` label of replayed series.
         #[arg(long, value_name = "NAME")]
         instance: Option<String>,
+        /// How long `--push` and `--loki` retry a backend that does not answer before giving
+        /// up (exit 1; the summary says what was delivered).
+        #[arg(long, value_name = "DURATION", default_value = "5m")]
+        retry_for: String,
         /// Summary printed on stdout: a readable table, or one JSON object.
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
         summary: SummaryFormat,
@@ -170,9 +174,17 @@ fn run(cli: Cli) -> ExitCode {
             push,
             loki,
             instance,
+            retry_for,
             summary,
             files,
         } => {
+            let retry_for = match humantime::parse_duration(retry_for.trim()) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    eprintln!("error: --retry-for {retry_for:?} must be a duration such as \"30s\" or \"5m\"");
+                    return ExitCode::from(2);
+                }
+            };
             let parse_time = |flag: &str, v: &Option<String>| -> Result<Option<i64>, ExitCode> {
                 match v {
                     None => Ok(None),
@@ -213,6 +225,7 @@ fn run(cli: Cli) -> ExitCode {
                 loki,
                 instance: instance.unwrap_or_else(|| "replay".into()),
                 progress: true,
+                retry_for,
             };
             match replay(&config, &files, &opts) {
                 Ok(report) => {
@@ -229,6 +242,13 @@ fn run(cli: Cli) -> ExitCode {
                         eprintln!(
                             "error: some OTLP pushes did not succeed: {:?}",
                             report.pushed
+                        );
+                        return ExitCode::from(1);
+                    }
+                    if let Some(l) = report.loki.as_ref().filter(|l| l.undelivered > 0) {
+                        eprintln!(
+                            "error: {} lines were not delivered to Loki ({} were)",
+                            l.undelivered, l.sent
                         );
                         return ExitCode::from(1);
                     }

@@ -36,6 +36,8 @@ pub struct ReplayOptions {
     pub loki: bool,
     pub instance: String,
     pub progress: bool,
+    /// `--retry-for`: how long a push to Loki or OTLP is retried before the replay gives up.
+    pub retry_for: Duration,
 }
 
 impl ReplayOptions {
@@ -68,6 +70,8 @@ pub struct ReplayReport {
 pub struct LokiReport {
     pub sent: u64,
     pub rejected: u64,
+    /// Entries not delivered: Loki could not be reached within `--retry-for`.
+    pub undelivered: u64,
     /// Loki's messages for rejected batches (first 10).
     pub messages: Vec<String>,
 }
@@ -105,6 +109,9 @@ struct LokiReplay {
     from_ns: Option<i64>,
     to_ns: Option<i64>,
     report: LokiReport,
+    retry_for: Duration,
+    /// A batch could not be delivered within `retry_for`: the rest is not tried.
+    gave_up: bool,
 }
 
 impl LokiReplay {
@@ -113,9 +120,15 @@ impl LokiReplay {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
+        if self.gave_up {
+            self.report.undelivered += batch.entries as u64;
+            return;
+        }
+        let deadline = std::time::Instant::now() + self.retry_for;
+        let give_up = || std::time::Instant::now() >= deadline;
         let result = self
             .rt
-            .block_on(self.client.push(batch.encode(), &self.stats, &|| false));
+            .block_on(self.client.push(batch.encode(), &self.stats, &give_up));
         match result {
             Some(PushResult::Accepted) => self.report.sent += batch.entries as u64,
             Some(PushResult::Rejected { status, message }) => {
@@ -131,7 +144,14 @@ impl LokiReplay {
                         .push(format!("{status}: {}", message.trim()));
                 }
             }
-            None => {}
+            None => {
+                tracing::error!(
+                    "Loki could not be reached within --retry-for {}; the remaining lines are not forwarded",
+                    humantime::format_duration(self.retry_for)
+                );
+                self.gave_up = true;
+                self.report.undelivered += batch.entries as u64;
+            }
         }
     }
 }
@@ -223,6 +243,8 @@ pub fn replay(
             from_ns: opts.from_ns,
             to_ns: opts.to_ns,
             report: LokiReport::default(),
+            retry_for: opts.retry_for,
+            gave_up: false,
         })
     } else {
         None
@@ -301,7 +323,13 @@ pub fn replay(
             )?);
         }
         if opts.push {
-            let (e, p) = push_samples(config, &samples, meter.extra_names(), &opts.instance)?;
+            let (e, p) = push_samples(
+                config,
+                &samples,
+                meter.extra_names(),
+                &opts.instance,
+                opts.retry_for,
+            )?;
             emitted.get_or_insert(e);
             pushed = Some(p);
         }
@@ -363,6 +391,7 @@ fn push_samples(
     samples: &[crate::export::openmetrics::SeriesSamples],
     extra_names: &[String],
     instance: &str,
+    retry_for: Duration,
 ) -> Result<(Emitted, BTreeMap<&'static str, u64>), ReplayError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = OtlpClient::new(config).map_err(ReplayError::Read)?;
@@ -375,7 +404,7 @@ fn push_samples(
         .map_err(|e| ReplayError::Read(e.into()))?;
     let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
     for req in &requests {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let deadline = tokio::time::Instant::now() + retry_for;
         let o = rt.block_on(client.push(req, deadline));
         *outcomes.entry(o.as_str()).or_insert(0) += 1;
     }

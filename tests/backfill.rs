@@ -290,3 +290,46 @@ fn replay_loki_forwards_original_timestamps_and_reports_rejections() {
         "{s}"
     );
 }
+
+#[test]
+fn replay_loki_against_a_loki_that_is_down_gives_up_after_retry_for_with_exit_1() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cri-wrapped.log"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let r = LokiReceiver::start();
+    r.set_down(true);
+    let cfg = tmp.path().join("loki.toml");
+    std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r.endpoint())).unwrap();
+    let t = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenmeter"))
+        .args([
+            "replay",
+            "--summary",
+            "json",
+            "--loki",
+            "--retry-for",
+            "2s",
+            "--config",
+        ])
+        .arg(&cfg)
+        .arg(fixture)
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "gave up after {took:?}"
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["loki"]["sent"], 0);
+    assert_eq!(s["loki"]["undelivered"], 34, "{s}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not delivered to Loki"));
+}
