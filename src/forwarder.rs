@@ -492,6 +492,9 @@ impl Forwarder {
                     if shaped.truncated {
                         stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
                     }
+                    if shaped.redaction_failed {
+                        stats.redaction_failures.fetch_add(1, Ordering::Relaxed);
+                    }
                     // SPEC §3 event time; `run` falls back to the time of reading.
                     let t = time_ns.or(shaped.record_time_ns).unwrap_or(now);
                     batch.push(stream, t, shaped);

@@ -144,6 +144,7 @@ pub fn agent_view(
                 bytes_sent: load(&s.bytes_sent),
                 retries: load(&s.retries),
                 lines_truncated: load(&s.lines_truncated),
+                redaction_failures: load(&s.redaction_failures),
                 lost_bytes: s
                     .lost_bytes
                     .lock()

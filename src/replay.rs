@@ -175,6 +175,11 @@ impl LineSink for LokiReplay {
             }
         };
         let shaped = self.shaper.shape(text);
+        if shaped.redaction_failed {
+            self.stats
+                .redaction_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.batch.push(&labels, t, shaped);
         if self.batch.bytes >= self.config.loki.batch_bytes {
             self.flush();

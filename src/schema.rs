@@ -94,6 +94,7 @@ pub struct LokiView {
     pub bytes_sent: u64,
     pub retries: u64,
     pub lines_truncated: u64,
+    pub redaction_failures: u64,
     pub lost_bytes: BTreeMap<String, u64>,
     /// Undelivered bytes per path (summed over identities sharing a path).
     pub lag: BTreeMap<String, u64>,
@@ -485,6 +486,14 @@ fn self_metrics() -> Vec<Family> {
             Counter,
             &[],
             Box::new(|v, f| with_loki(v, |l| f(vec![], Value::Int(l.lines_truncated)))),
+        ),
+        agent_metric(
+            "tokenmeter_loki_redaction_failures",
+            "Lines sent as a placeholder because loki.redact could not be applied with certainty.",
+            "{line}",
+            Counter,
+            &[],
+            Box::new(|v, f| with_loki(v, |l| f(vec![], Value::Int(l.redaction_failures)))),
         ),
         agent_metric(
             "tokenmeter_loki_lost_bytes",

@@ -589,3 +589,53 @@ fn a_retry_after_of_a_day_waits_no_longer_than_max_backoff() {
         t.elapsed()
     );
 }
+
+#[test]
+fn redaction_fails_closed_on_malformed_and_escaped_lines() {
+    let r = LokiReceiver::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let dir = pod_dir(&root, "gw-redact2");
+    let extra = "redact = [\"x-forwarded-for\"]\n";
+    let cfg = config(
+        &root,
+        &tmp.path().join("state"),
+        "",
+        &loki_section(&r, extra),
+    );
+    let d = Daemon::start(tmp.path(), "loki-redact2", &cfg);
+    // Not JSON (a trailing comma), then a key spelled with an escape the byte scan cannot see.
+    let malformed = r#"{"model":"m","x-forwarded-for":"203.0.113.9","llm_input_token":3,}"#;
+    let escaped = r#"{"model":"m","x\u002dforwarded-for":"203.0.113.10","llm_input_token":4}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    append(
+        &dir.join("0.log"),
+        &format!(
+            "{} stdout F {malformed}\n{} stdout F {escaped}\n",
+            iso(now),
+            iso(now)
+        ),
+    );
+    let entries = wait_entries(&r, 2, &d);
+    for e in &entries {
+        assert!(!e.line.contains("203.0.113."), "{}", e.line);
+    }
+    assert!(entries
+        .iter()
+        .any(|e| e.line == r#"{"model":"m","x-forwarded-for":"[REDACTED]","llm_input_token":3,}"#));
+    assert!(
+        entries.iter().any(|e| e.line.starts_with("[line withheld")),
+        "the escaped one is a placeholder"
+    );
+    let m = d.metrics().unwrap();
+    assert_eq!(m.sum("tokenmeter_loki_redaction_failures_total", &[]), 1.0);
+    // Both still counted.
+    assert_eq!(
+        m.sum("llm_input_tokens_total", &[]),
+        4.0,
+        "the malformed line is not a record"
+    );
+}

@@ -15,7 +15,7 @@ use prost::Message;
 
 use crate::config::Config;
 use crate::export::http::{retry_after, HttpTarget};
-use crate::json::{Kind, Scanner};
+use crate::json::Scanner;
 use crate::parse::{Parsed, Parser};
 use crate::source::PodLabels;
 
@@ -82,6 +82,8 @@ pub struct Shaped {
     pub line: String,
     pub metadata: Vec<LabelPairAdapter>,
     pub truncated: bool,
+    /// Redaction could not be done with certainty: the line is a placeholder.
+    pub redaction_failed: bool,
     /// The event time a record carries itself ([`crate::pipeline::event_time_ns`] without an
     /// envelope); the envelope's time, when there is one, comes first.
     pub record_time_ns: Option<i64>,
@@ -100,14 +102,31 @@ impl EntryShaper {
 
     pub fn shape(&mut self, text: &str) -> Shaped {
         let mut line = repair_envoy_escapes(text);
+        let mut redaction_failed = false;
         if !self.redact.is_empty() {
-            line = redact(&mut self.scanner, &line, &self.redact);
+            // Before truncation, never after: a cut could hide a field from the scan.
+            match redact(&mut self.scanner, &line, &self.redact) {
+                Some(clean) => line = clean,
+                None => {
+                    redaction_failed = true;
+                    line = REDACTION_PLACEHOLDER.to_string();
+                }
+            }
         }
         let mut metadata = Vec::new();
+        if redaction_failed {
+            metadata.push(LabelPairAdapter {
+                name: "redaction_failed".into(),
+                value: "true".into(),
+            });
+        }
         let mut record_time_ns = None;
         if let Parsed::Record(r) = self.parser.parse(text) {
             record_time_ns = crate::pipeline::event_time_ns(None, Some(&r));
             for name in &self.metadata {
+                if self.redact.contains(name) {
+                    continue; // a redacted field never leaves as metadata either
+                }
                 let value = match name.as_str() {
                     "model" => Some(r.model.to_string()),
                     "api_key_id" => Some(r.api_key_id.to_string()),
@@ -134,6 +153,7 @@ impl EntryShaper {
             line,
             metadata,
             truncated,
+            redaction_failed,
             record_time_ns,
         }
     }
@@ -185,33 +205,117 @@ pub fn repair_envoy_escapes(text: &str) -> String {
     out
 }
 
-/// Replaces the values of the top-level `fields` with `"[REDACTED]"`; a line that is not a
-/// JSON object is returned unchanged.
-pub fn redact(scanner: &mut Scanner, line: &str, fields: &[String]) -> String {
-    let mut spans = Vec::new();
-    let ok = scanner
-        .scan(line.as_bytes(), |k, v| {
-            if fields.iter().any(|f| f.as_bytes() == k.raw) {
-                let (s, e) = match v.kind {
-                    Kind::Str { .. } => (v.start - 1, v.end + 1), // include the quotes
-                    _ => (v.start, v.end),
-                };
-                spans.push((s, e));
+/// What goes to Loki instead of a line whose redaction could not be done with certainty.
+pub const REDACTION_PLACEHOLDER: &str = "[line withheld: redaction of loki.redact fields failed]";
+
+/// Replaces the value of every `"<field>": <value>` of `fields`, wherever it appears (nested,
+/// or in a line that is not valid JSON: a trailing comma, a cut line), with `"[REDACTED]"`,
+/// by a byte-level scan of the raw text. A value whose end cannot be found (an unterminated
+/// string, unbalanced brackets) is removed to the end of the line. Returns `None` when it
+/// cannot be certain that no listed field is left: a field name still appears elsewhere in
+/// the line, or a key may be spelled with `\u` escapes the scan cannot see. Fails closed:
+/// the caller then sends a placeholder.
+pub fn redact(scanner: &mut Scanner, line: &str, fields: &[String]) -> Option<String> {
+    const MASK: &str = "\"[REDACTED]\"";
+    let mut out = line.to_string();
+    for field in fields {
+        let key = format!("\"{field}\"");
+        let mut from = 0;
+        let mut replaced = 0usize;
+        while let Some(rel) = out[from..].find(&key) {
+            let at = from + rel;
+            let b = out.as_bytes();
+            let mut i = skip_ws(b, at + key.len());
+            if b.get(i) != Some(&b':') {
+                from = at + 1;
+                continue;
             }
-        })
-        .is_ok();
-    if !ok || spans.is_empty() {
-        return line.to_string();
+            i = skip_ws(b, i + 1);
+            let end = value_end(b, i).unwrap_or(b.len());
+            // `end` is on a char boundary: values end before an ASCII delimiter or at the end.
+            let end = (end..=b.len())
+                .find(|e| out.is_char_boundary(*e))
+                .unwrap_or(b.len());
+            out.replace_range(i..end, MASK);
+            from = i + MASK.len();
+            replaced += 1;
+        }
+        // Certainty: the name appears nowhere but in the keys just masked.
+        if out.matches(field.as_str()).count() != replaced {
+            return None;
+        }
     }
-    let mut out = String::with_capacity(line.len());
-    let mut at = 0;
-    for (s, e) in spans {
-        out.push_str(&line[at..s]);
-        out.push_str("\"[REDACTED]\"");
-        at = e;
+    // A key spelled with escapes (`"x\u002dforwarded-for"`) is invisible to the byte scan:
+    // decode the top-level keys of such a line, and give up if it cannot be decoded.
+    if out.contains("\\u") {
+        let mut escaped_key = false;
+        let parsed = scanner.scan_object(&out, |k, _| {
+            if fields.iter().any(|f| k.eq_str(f)) {
+                escaped_key = true;
+            }
+        });
+        if parsed.is_err() || escaped_key {
+            return None;
+        }
     }
-    out.push_str(&line[at..]);
-    out
+    Some(out)
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the JSON value starting at `i` (exclusive); `None` if it does not end.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')
+            {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+/// The end (past the closing quote) of the string starting at `i`.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    None
 }
 
 /// The stream selector of a file's lines: few, fixed labels (Loki indexes labels; per-request
@@ -310,6 +414,8 @@ pub struct LokiStats {
     pub retries: AtomicU64,
     pub entries_dropped_rejected: AtomicU64,
     pub lines_truncated: AtomicU64,
+    /// Lines replaced by a placeholder because redaction could not be done with certainty.
+    pub redaction_failures: AtomicU64,
     /// path → bytes that could not be forwarded (file deleted or truncated before Loki caught up).
     pub lost_bytes: Mutex<BTreeMap<String, u64>>,
     /// path → bytes not yet delivered.
@@ -391,6 +497,91 @@ impl LokiClient {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             backoff = backoff.saturating_mul(2).min(self.max_backoff);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fields() -> Vec<String> {
+        vec!["x-forwarded-for".to_string(), "authorization".to_string()]
+    }
+
+    fn r(line: &str) -> Option<String> {
+        redact(&mut Scanner::new(), line, &fields())
+    }
+
+    #[test]
+    fn redaction_on_valid_malformed_nested_and_cut_lines() {
+        assert_eq!(
+            r(r#"{"a":1,"x-forwarded-for":"10.1.2.3","b":2}"#).as_deref(),
+            Some(r#"{"a":1,"x-forwarded-for":"[REDACTED]","b":2}"#)
+        );
+        // Trailing comma: not JSON, still redacted.
+        assert_eq!(
+            r(r#"{"x-forwarded-for" : "10.1.2.3",}"#).as_deref(),
+            Some(r#"{"x-forwarded-for" : "[REDACTED]",}"#)
+        );
+        // Nested, and every value type.
+        assert_eq!(
+            r(r#"{"h":{"authorization":{"k":["s3cret"]}},"x-forwarded-for":123}"#).as_deref(),
+            Some(r#"{"h":{"authorization":"[REDACTED]"},"x-forwarded-for":"[REDACTED]"}"#)
+        );
+        // Cut inside the value: removed to the end of the line.
+        assert_eq!(
+            r(r#"{"a":1,"x-forwarded-for":"10.1.2"#).as_deref(),
+            Some(r#"{"a":1,"x-forwarded-for":"[REDACTED]""#)
+        );
+        // Not sure: the name elsewhere, or a key spelled with an escape.
+        assert_eq!(r(r#"{"path":"/x-forwarded-for"}"#), None);
+        assert_eq!(r(r#"{"x\u002dforwarded-for":"10.1.2.3"}"#), None);
+        // Nothing listed: unchanged.
+        assert_eq!(r(r#"{"a":"b"}"#).as_deref(), Some(r#"{"a":"b"}"#));
+    }
+
+    #[test]
+    fn a_line_that_cannot_be_redacted_becomes_a_placeholder_with_metadata() {
+        let mut config = Config::default();
+        config.loki.redact = fields();
+        config.loki.structured_metadata = vec!["model".into(), "x-forwarded-for".into()];
+        let mut shaper = EntryShaper::new(&config);
+        let shaped =
+            shaper.shape(r#"{"model":"m","llm_input_token":1,"x\u002dforwarded-for":"10.9.9.9"}"#);
+        assert!(shaped.redaction_failed);
+        assert_eq!(shaped.line, REDACTION_PLACEHOLDER);
+        assert!(shaped
+            .metadata
+            .iter()
+            .any(|m| m.name == "redaction_failed" && m.value == "true"));
+        assert!(shaped.metadata.iter().all(|m| m.name != "x-forwarded-for"));
+    }
+
+    proptest! {
+        /// Arbitrary text around a listed field: the value never leaves, whatever the line
+        /// looks like and wherever Loki's cut falls.
+        #[test]
+        fn a_listed_fields_value_never_leaves(
+            prefix in ".{0,40}",
+            suffix in ".{0,40}",
+            secret in "[A-Za-z0-9]{12}",
+            ws in "[ \t]{0,2}",
+            quoted in any::<bool>(),
+            max_line in 1usize..200,
+        ) {
+            let value = if quoted { format!("\"{secret}\"") } else { secret.clone() };
+            let line = format!("{prefix}\"x-forwarded-for\"{ws}:{ws}{value}{suffix}");
+            prop_assume!(!prefix.contains(&secret) && !suffix.contains(&secret));
+            let mut config = Config::default();
+            config.loki.redact = fields();
+            config.loki.max_line_bytes = max_line;
+            let shaped = EntryShaper::new(&config).shape(&line);
+            prop_assert!(!shaped.line.contains(&secret), "{:?} -> {:?}", line, shaped.line);
+            for m in &shaped.metadata {
+                prop_assert!(!m.value.contains(&secret));
+            }
         }
     }
 }
