@@ -3,6 +3,7 @@
 
     scripts/bench-daemon.py [--rate 5000] [--seconds 60] [--series 10000] [--files 1]
                             [--idle-seconds 10] [--binary PATH] [--max-open-files N]
+                            [--otlp [--otlp-interval 5s]] [--loki]
 
 Appends `--rate` CRI lines per second (in 20 batches a second) for `--seconds`, spread over
 `--series` distinct (model, api_key_id, service_id) series and round-robin over `--files` pod
@@ -14,17 +15,29 @@ logs (one pod directory each), and measures:
   * descriptors: the most the daemon held (all, and those of log files), sampled every second;
   * idle CPU: `--idle-seconds` with no writes after the load (no /status polling then).
 `--binary` runs another build (e.g. the previous release, as the baseline of the same run).
+`--otlp` starts a real VictoriaMetrics (from .cache/backends, see scripts/install-backends.sh,
+run if missing) on a loopback port as `[otlp] endpoint`, pushed to every `--otlp-interval`;
+after the idle period it checks that VictoriaMetrics holds `count(llm_tokens_total)` = the
+number of distinct series written and `sum(llm_requests_total)` = the lines written.
+`--loki` starts a minimal Loki stand-in in this script (a threaded HTTP server on 127.0.0.1
+that reads each body and answers 204) as `[loki] endpoint`.
+`limits.max_series` and `limits.max_values.api_key_id` are raised above `--series` when it
+exceeds their defaults (50,000 and 10,000), so no series is folded into `__overflow__`.
+Every process started here is stopped at the end (terminate, then kill after 30 s).
 Prints a Markdown table row for BENCHMARKS.md.
 """
 import argparse
+import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +66,65 @@ def proc_mem(pid, key):
     return 0.0
 
 
+class LokiSink(http.server.BaseHTTPRequestHandler):
+    """Loki stand-in: reads the push body and answers 204; counts requests and bytes."""
+    stats = {"requests": 0, "bytes": 0}
+    lock = threading.Lock()
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        with self.lock:
+            self.stats["requests"] += 1
+            self.stats["bytes"] += len(body)
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def start_victoria(tmp):
+    """A real VictoriaMetrics on a loopback port, flags as tests/common/mod.rs Victoria::start_with."""
+    root = os.environ.get("TOKENMETER_BACKENDS") or os.path.join(ROOT, ".cache", "backends")
+    binary = os.path.join(root, "root", "usr", "bin", "victoria-metrics")
+    if not os.access(binary, os.X_OK):
+        subprocess.run([os.path.join(ROOT, "scripts", "install-backends.sh")], cwd=ROOT, check=True)
+    addr = f"127.0.0.1:{free_port()}"
+    data = os.path.join(tmp, "victoria")
+    vm = subprocess.Popen([binary, f"-storageDataPath={data}", f"-httpListenAddr={addr}",
+                           "-opentelemetry.usePrometheusNaming", "-search.latencyOffset=0s",
+                           "-search.disableCache", "-loggerLevel=ERROR"],
+                          stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "victoria.log"), "w"))
+    for _ in range(300):
+        try:
+            if urllib.request.urlopen(f"http://{addr}/health", timeout=1).status == 200:
+                return vm, addr, data
+        except OSError:
+            time.sleep(0.1)
+    vm.kill()
+    raise SystemExit("VictoriaMetrics did not become healthy in 30 s")
+
+
+def promql(addr, q):
+    urllib.request.urlopen(f"http://{addr}/internal/force_flush", timeout=10).read()
+    body = urllib.parse.urlencode({"query": q}).encode()
+    r = json.loads(urllib.request.urlopen(f"http://{addr}/api/v1/query", data=body, timeout=60).read())
+    res = r["data"]["result"]
+    return float(res[0]["value"][1]) if res else 0.0
+
+
+def stop_proc(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def line(i, series):
     k = i % series
     return ('2026-11-26T10:00:00.123456789Z stdout F {"start_time":"2026-11-26T10:00:00.000Z","method":"POST",'
@@ -73,6 +145,9 @@ def main():
     ap.add_argument("--idle-seconds", type=int, default=10)
     ap.add_argument("--binary")
     ap.add_argument("--max-open-files", type=int)
+    ap.add_argument("--otlp", action="store_true", help="push OTLP to a real VictoriaMetrics")
+    ap.add_argument("--otlp-interval", default="5s")
+    ap.add_argument("--loki", action="store_true", help="forward lines to a local 204 sink")
     a = ap.parse_args()
     if a.binary:
         binary = a.binary
@@ -86,14 +161,43 @@ def main():
         os.makedirs(pods)
         logs.append(os.path.join(pods, "0.log"))
         open(logs[-1], "w").close()
+    procs, sinks = [], []  # everything started here, stopped in `finally`
+    try:
+        return run(a, binary, tmp, logs, procs, sinks)
+    finally:
+        for s in sinks:
+            s.shutdown()
+            s.server_close()
+        for proc in reversed(procs):
+            stop_proc(proc)
+        shutil.rmtree(os.path.join(tmp, "victoria"), ignore_errors=True)
+
+
+def run(a, binary, tmp, logs, procs, sinks):
     port = free_port()
     cfg = os.path.join(tmp, "bench.toml")
     extra = f"max_open_files = {a.max_open_files}\n" if a.max_open_files else ""
+    limits = f"[limits]\nmax_series = {max(50000, a.series + 1000)}\n"
+    if a.series > 10000:
+        limits += f"[limits.max_values]\napi_key_id = {a.series + 1000}\n"
+    exports = ""
+    vm_addr = None
+    if a.otlp:
+        vm, vm_addr, _ = start_victoria(tmp)
+        procs.append(vm)
+        exports += f'[otlp]\nendpoint = "http://{vm_addr}/opentelemetry/v1/metrics"\ninterval = "{a.otlp_interval}"\n'
+    if a.loki:
+        sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LokiSink)
+        sink.daemon_threads = True
+        threading.Thread(target=sink.serve_forever, daemon=True).start()
+        sinks.append(sink)
+        exports += f'[loki]\nendpoint = "http://127.0.0.1:{sink.server_address[1]}/loki/api/v1/push"\n'
     with open(cfg, "w") as f:
         f.write(f'state_dir = "{tmp}/state"\nnode_name = "bench"\n[source]\n'
                 f'include = ["{tmp}/pods/envoy-gateway-system_*/envoy/*.log"]\nstart_at = "beginning"\n{extra}'
-                f'[limits]\nmax_series = 50000\n[server]\nlisten = "127.0.0.1:{port}"\n')
+                f'{limits}[server]\nlisten = "127.0.0.1:{port}"\n{exports}')
     daemon = subprocess.Popen([binary, "run", "--config", cfg], stderr=open(os.path.join(tmp, "daemon.log"), "w"))
+    procs.append(daemon)
     status_url = f"http://127.0.0.1:{port}/status"
     for _ in range(100):
         try:
@@ -171,8 +275,26 @@ def main():
     idle0 = proc_cpu(daemon.pid)
     time.sleep(a.idle_seconds)
     idle = (proc_cpu(daemon.pid) - idle0) / max(a.idle_seconds, 1)
-    daemon.terminate()
-    daemon.wait(timeout=30)
+    exports_seen = []
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+        exports_seen = [x for x in text.splitlines() if x.startswith("tokenmeter_exports_total")]
+    except OSError:
+        pass
+    vm_check = None
+    if vm_addr:
+        want_series = min(a.series, i)
+        # The last push may still be under way: wait up to two intervals plus 30 s for it.
+        deadline = time.monotonic() + 60
+        while True:
+            got_series = promql(vm_addr, "count(llm_tokens_total)")
+            got_requests = promql(vm_addr, "sum(llm_requests_total)")
+            if (got_series == want_series and got_requests == i) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        vm_check = (got_series, want_series, got_requests)
+    peak_after = proc_mem(daemon.pid, "VmHWM")
+    stop_proc(daemon)
 
     delays = []
     for wt, n in written:
@@ -185,7 +307,20 @@ def main():
     size = sum(os.path.getsize(x) for x in logs)
     print(f"binary {binary}; workload: {a.rate} lines/s for {a.seconds} s ({i} lines, {a.series} series, "
           f"{a.files} files), {size / 1e6:.0f} MB; /status polled every 50 ms")
-    print(f"counted {final} of {i} lines\n")
+    print(f"counted {final} of {i} lines")
+    if a.otlp or a.loki:
+        print(f"exports: otlp {'on, every ' + a.otlp_interval if a.otlp else 'off'}, loki {'on' if a.loki else 'off'}; "
+              f"peak RSS after the idle period and the export check: {peak_after:.1f} MiB")
+        for x in exports_seen:
+            print("  " + x)
+    if vm_check:
+        got_series, want_series, got_requests = vm_check
+        ok = "OK" if got_series == want_series and got_requests == i else "MISMATCH"
+        print(f"VictoriaMetrics: count(llm_tokens_total) = {got_series:.0f} (want {want_series}), "
+              f"sum(llm_requests_total) = {got_requests:.0f} (want {i}): {ok}")
+    if a.loki:
+        print(f"Loki sink: {LokiSink.stats['requests']} pushes, {LokiSink.stats['bytes'] / 1e6:.1f} MB")
+    print()
     print("| files | CPU (% of one core) | idle CPU | peak RSS | RSS every 10 s (MiB) | delay p50 | delay p99 | delay max | fds (all / log files) |")
     print("|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     print(f"| {a.files} | {100 * cpu / elapsed:.1f} % | {100 * idle:.2f} % | {peak:.1f} MiB | {' '.join(f'{r:.1f}' for r in rss_samples)} | "
