@@ -384,10 +384,59 @@ impl Config {
             key: None,
             message: format!("cannot read: {e}"),
         })?;
-        Config::from_toml(&text, &|k| std::env::var(k).ok()).map_err(|mut e| {
+        let config = Config::from_toml(&text, &|k| std::env::var(k).ok()).map_err(|mut e| {
             e.file = Some(path.clone());
             e
-        })
+        })?;
+        config.check_files().map_err(|mut e| {
+            e.file = Some(path.clone());
+            e
+        })?;
+        Ok(config)
+    }
+
+    /// The files an enabled exporter reads (CA, bearer token, password) must be readable now:
+    /// found by `check-config` (exit 2, naming the key) rather than when `run` starts. The
+    /// content is not shown.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let exporters = [
+            (
+                "otlp",
+                &self.otlp.endpoint,
+                &self.otlp.tls.ca_file,
+                &self.otlp.bearer_token_file,
+                &self.otlp.basic_auth.password_file,
+            ),
+            (
+                "loki",
+                &self.loki.endpoint,
+                &self.loki.tls.ca_file,
+                &self.loki.bearer_token_file,
+                &self.loki.basic_auth.password_file,
+            ),
+        ];
+        for (section, endpoint, ca, token, password) in exporters {
+            if endpoint.is_empty() {
+                continue;
+            }
+            for (key, path) in [
+                ("tls.ca_file", ca),
+                ("bearer_token_file", token),
+                ("basic_auth.password_file", password),
+            ] {
+                if path.is_empty() {
+                    continue;
+                }
+                if let Err(e) = std::fs::File::open(path) {
+                    return Err(ConfigError {
+                        file: None,
+                        key: Some(format!("{section}.{key}")),
+                        message: format!("{path}: cannot read: {e}"),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Parses TOML text; `env` looks up variables for `${VAR}` expansion.

@@ -413,3 +413,30 @@ fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
     let shown = run(&["--show-secrets"]);
     assert!(shown.contains("Bearer tok-from-env-123"), "{shown}");
 }
+
+#[test]
+fn check_config_refuses_an_unreadable_token_file_of_an_enabled_exporter() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[otlp]\nendpoint = \"http://mimir/otlp/v1/metrics\"\nbearer_token_file = \"/nonexistent/token\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("otlp.bearer_token_file"), "{err}");
+    // The same key without an endpoint: the exporter is off, nothing to read.
+    std::fs::write(&cfg, "[otlp]\nbearer_token_file = \"/nonexistent/token\"\n").unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
