@@ -308,7 +308,7 @@ impl OtlpSource {
     /// encoded just before it is sent). A failed request ends the push (the next one carries
     /// the same cumulative values); a rejected one is counted and the others still go.
     async fn push(&self, client: &OtlpClient, deadline: tokio::time::Instant) -> PushOutcome {
-        let snap = self.meter.snapshot();
+        let snap = self.meter.shared_snapshot();
         let agent = agent_view(&self.status, self.loki.as_deref());
         let view = View::new(&snap, &self.shape.static_labels, Some(&agent));
         let start = self.status.start_time_ns;

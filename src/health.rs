@@ -14,12 +14,38 @@ use crate::pipeline::Meter;
 use crate::source::{FileStatus, RegistrySummary};
 
 /// The counters: written by the metering thread only, read as snapshots by everyone else.
+/// Readers share one immutable snapshot while the counters have not moved, so concurrent
+/// scrapes and pushes do not each copy every series.
 #[derive(Clone)]
-pub struct MeterHandle(Arc<Mutex<Meter>>);
+pub struct MeterHandle(Arc<Mutex<Meter>>, Arc<Mutex<SharedSnapshot>>);
+
+/// The last snapshot handed out, with the generation it was taken at.
+type SharedSnapshot = Option<(u64, Arc<Snapshot>)>;
 
 impl MeterHandle {
     pub fn new(meter: Meter) -> Self {
-        MeterHandle(Arc::new(Mutex::new(meter)))
+        MeterHandle(Arc::new(Mutex::new(meter)), Arc::new(Mutex::new(None)))
+    }
+
+    /// How far the counters have moved (lines counted so far): equal generations, equal
+    /// snapshots.
+    pub fn generation(&self) -> u64 {
+        self.lock().store.stats().lines()
+    }
+
+    /// A snapshot shared by every reader of the same generation.
+    pub fn shared_snapshot(&self) -> Arc<Snapshot> {
+        let m = self.lock();
+        let generation = m.store.stats().lines();
+        let mut cached = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((g, s)) = cached.as_ref() {
+            if *g == generation {
+                return s.clone();
+            }
+        }
+        let s = Arc::new(m.store.snapshot(m.extra_names()));
+        *cached = Some((generation, s.clone()));
+        s
     }
 
     /// For the one writer (the metering thread).

@@ -40,6 +40,17 @@ pub struct ServerContext {
 struct AppState {
     shared: Arc<ServerContext>,
     registry: Arc<Registry>,
+    body: Arc<tokio::sync::Mutex<BodyCache>>,
+}
+
+/// The last `/metrics` body, for every scrape of the same counters within the same second
+/// (self-metrics are at most that old): concurrent scrapes wait for one encode and share its
+/// bytes instead of each holding a copy.
+#[derive(Default)]
+struct BodyCache {
+    key: Option<(u64, u64)>,
+    plain: bytes::Bytes,
+    gzip: Option<bytes::Bytes>,
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, ctx: ServerContext) {
@@ -51,6 +62,7 @@ pub async fn serve(listener: tokio::net::TcpListener, ctx: ServerContext) {
     let state = AppState {
         shared,
         registry: Arc::new(registry),
+        body: Default::default(),
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -63,23 +75,61 @@ pub async fn serve(listener: tokio::net::TcpListener, ctx: ServerContext) {
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     if !s.shared.status.is_ready() {
         // Still catching up after a (re)start: partial counters would look like a reset.
         return (StatusCode::SERVICE_UNAVAILABLE, "catching up\n").into_response();
     }
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response(),
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut cache = s.body.lock().await;
+    let key = (s.shared.meter.generation(), second);
+    if cache.key != Some(key) {
+        // Encoding 50,000 series takes a while: off the runtime's only worker, so /healthz
+        // and pushes go on meanwhile.
+        let registry = s.registry.clone();
+        let encoded = tokio::task::spawn_blocking(move || {
+            let mut body = String::new();
+            prometheus_client::encoding::text::encode(&mut body, &registry).map(|()| body)
+        })
+        .await;
+        let Ok(Ok(body)) = encoded else {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
+        };
+        *cache = BodyCache {
+            key: Some(key),
+            plain: bytes::Bytes::from(body),
+            gzip: None,
+        };
     }
+    let content_type = (
+        header::CONTENT_TYPE,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    );
+    if gzip {
+        if cache.gzip.is_none() {
+            let plain = cache.plain.clone();
+            let gz = tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                enc.write_all(&plain).and_then(|()| enc.finish())
+            })
+            .await;
+            if let Ok(Ok(gz)) = gz {
+                cache.gzip = Some(bytes::Bytes::from(gz));
+            }
+        }
+        if let Some(gz) = cache.gzip.clone() {
+            return ([content_type, (header::CONTENT_ENCODING, "gzip")], gz).into_response();
+        }
+    }
+    ([content_type], cache.plain.clone()).into_response()
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
@@ -205,7 +255,7 @@ impl std::fmt::Debug for StoreCollector {
 impl Collector for StoreCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let sh = &self.shared;
-        let snap = sh.meter.snapshot();
+        let snap = sh.meter.shared_snapshot();
         let agent = agent_view(&sh.status, sh.loki.as_deref());
         let view = View::new(&snap, &sh.metrics.labels, Some(&agent));
         encode_view(&view, &sh.metrics.prefix, &mut enc)

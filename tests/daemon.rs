@@ -570,3 +570,55 @@ fn a_new_series_reaches_victoriametrics_starting_with_a_zero_at_its_start() {
         "{inc:?}"
     );
 }
+
+#[test]
+fn concurrent_scrapes_share_one_body_and_gzip_is_served_when_asked() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let a = pod_dir(&root, "gw-scrape");
+    let mut exp = Expected::default();
+    write_records(&a.join("0.log"), 0..300, &mut exp);
+    let cfg = config(&root, &tmp.path().join("state"), "", "");
+    let d = Daemon::start(tmp.path(), "scrape", &cfg);
+    wait_exact(&d, &exp);
+    // 16 scrapes at once: every one answers with the exact counters.
+    let bodies: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|_| s.spawn(|| get(&d.addr, "/metrics").unwrap()))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .map(|(c, b)| {
+                assert_eq!(c, 200);
+                b
+            })
+            .collect()
+    });
+    for b in &bodies {
+        assert_eq!(
+            Metrics::parse(b).by_series("llm_tokens_total"),
+            exp.column(3)
+        );
+    }
+    // Accept-Encoding: gzip gives the same text, compressed.
+    let mut s = std::net::TcpStream::connect(&d.addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&resp[..split]).to_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&resp[split + 4..])
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(
+        Metrics::parse(&text).by_series("llm_tokens_total"),
+        exp.column(3)
+    );
+}
