@@ -622,3 +622,30 @@ fn concurrent_scrapes_share_one_body_and_gzip_is_served_when_asked() {
         exp.column(3)
     );
 }
+
+#[test]
+fn endpoint_credentials_never_reach_the_log_or_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let a = pod_dir(&root, "gw-secret");
+    let mut exp = Expected::default();
+    write_records(&a.join("0.log"), 0..10, &mut exp);
+    // Nothing listens there: every push fails and is logged.
+    let port = free_port();
+    let sections = format!(
+        "[otlp]\nendpoint = \"http://agent:pa55w0rd@127.0.0.1:{port}/otlp/v1/metrics?token=q5ecret\"\ninterval = \"300ms\"\n[loki]\nendpoint = \"http://agent:pa55w0rd@127.0.0.1:{port}/loki/api/v1/push?token=q5ecret\"\nbatch_wait = \"100ms\"\n"
+    );
+    let cfg = config(&root, &tmp.path().join("state"), "", &sections);
+    let d = Daemon::start(tmp.path(), "secret", &cfg);
+    wait_until("both failed pushes logged", WAIT, || {
+        let log = d.log_text();
+        (log.contains("OTLP push to") && log.contains("Loki push to")).then_some(())
+    });
+    let (_, status) = get(&d.addr, "/status").unwrap();
+    for text in [d.log_text(), status] {
+        assert!(
+            !text.contains("pa55w0rd") && !text.contains("q5ecret"),
+            "{text}"
+        );
+    }
+}

@@ -480,6 +480,8 @@ impl LokiClient {
                 }
                 Err(e) => {
                     if attempt == 1 || attempt.is_power_of_two() {
+                        // The error's own text would repeat the URL with its credentials.
+                        let e = e.without_url();
                         tracing::warn!(
                             "Loki push to {}: {e}; retrying (attempt {attempt})",
                             self.target.url()

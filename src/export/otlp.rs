@@ -426,6 +426,8 @@ impl OtlpClient {
                 }
                 Err(e) => {
                     if attempt == 1 {
+                        // The error's own text would repeat the URL with its credentials.
+                        let e = e.without_url();
                         tracing::warn!("OTLP push to {}: {e}; retrying", self.target.url());
                     }
                     backoff
