@@ -128,14 +128,6 @@ impl AgentStatus {
     pub fn files(&self) -> (Arc<Vec<FileStatus>>, RegistrySummary) {
         self.files.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-
-    pub fn summary(&self) -> RegistrySummary {
-        self.files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .clone()
-    }
 }
 
 /// The self-metrics' view of the agent, taken once per scrape or push.

@@ -322,26 +322,19 @@ fn self_metrics() -> Vec<Family> {
                 }
             }),
         ),
-        agent_metric(
+        agent_scalar(
             "tokenmeter_bytes_read",
             "Bytes read from log files.",
             "By",
             Counter,
-            &[],
-            Box::new(|v, f| with_agent(v, |a| f(vec![], Value::Int(a.registry.bytes_read)))),
+            |a| a.registry.bytes_read,
         ),
-        agent_metric(
+        agent_scalar(
             "tokenmeter_files_watched",
             "Files being tailed (reading or draining).",
             "{file}",
             Gauge,
-            &[],
-            Box::new(|v, f| {
-                with_agent(v, |a| {
-                    let n = a.registry.by_state[0] + a.registry.by_state[1];
-                    f(vec![], Value::Gauge(gauge(n)))
-                })
-            }),
+            |a| a.registry.by_state[0] + a.registry.by_state[1],
         ),
         agent_metric(
             "tokenmeter_files",
@@ -357,15 +350,12 @@ fn self_metrics() -> Vec<Family> {
                 })
             }),
         ),
-        agent_metric(
+        agent_scalar(
             "tokenmeter_files_unreadable",
             "Files, paths and directories whose last stat, open, read or listing failed.",
             "{file}",
             Gauge,
-            &[],
-            Box::new(|v, f| {
-                with_agent(v, |a| f(vec![], Value::Gauge(gauge(a.registry.unreadable))))
-            }),
+            |a| a.registry.unreadable,
         ),
         agent_metric(
             "tokenmeter_file_errors",
@@ -381,29 +371,19 @@ fn self_metrics() -> Vec<Family> {
                 })
             }),
         ),
-        agent_metric(
+        agent_scalar(
             "tokenmeter_open_files",
             "Descriptors of log files held (by the reader and the Loki forwarder).",
             "{file}",
             Gauge,
-            &[],
-            Box::new(|v, f| {
-                with_agent(v, |a| {
-                    f(vec![], Value::Gauge(gauge(a.registry.open_descriptors)))
-                })
-            }),
+            |a| a.registry.open_descriptors,
         ),
-        agent_metric(
+        agent_scalar(
             "tokenmeter_open_files_limit",
             "Most log files held open at once (source.max_open_files, resolved).",
             "{file}",
             Gauge,
-            &[],
-            Box::new(|v, f| {
-                with_agent(v, |a| {
-                    f(vec![], Value::Gauge(gauge(a.registry.max_open_files)))
-                })
-            }),
+            |a| a.registry.max_open_files,
         ),
         agent_metric(
             "tokenmeter_file_lag_bytes",
@@ -451,21 +431,17 @@ fn self_metrics() -> Vec<Family> {
                 })
             }),
         ),
-        agent_metric(
+        loki_counter(
             "tokenmeter_loki_bytes",
             "Request bytes accepted by Loki (compressed).",
             "By",
-            Counter,
-            &[],
-            Box::new(|v, f| with_loki(v, |l| f(vec![], Value::Int(l.bytes_sent)))),
+            |l| l.bytes_sent,
         ),
-        agent_metric(
+        loki_counter(
             "tokenmeter_loki_retries",
             "Loki push attempts that will be retried.",
             "{request}",
-            Counter,
-            &[],
-            Box::new(|v, f| with_loki(v, |l| f(vec![], Value::Int(l.retries)))),
+            |l| l.retries,
         ),
         agent_metric(
             "tokenmeter_loki_dropped",
@@ -479,21 +455,17 @@ fn self_metrics() -> Vec<Family> {
                 })
             }),
         ),
-        agent_metric(
+        loki_counter(
             "tokenmeter_loki_truncated_lines",
             "Lines cut to loki.max_line_bytes.",
             "{line}",
-            Counter,
-            &[],
-            Box::new(|v, f| with_loki(v, |l| f(vec![], Value::Int(l.lines_truncated)))),
+            |l| l.lines_truncated,
         ),
-        agent_metric(
+        loki_counter(
             "tokenmeter_loki_redaction_failures",
             "Lines sent as a placeholder because loki.redact could not be applied with certainty.",
             "{line}",
-            Counter,
-            &[],
-            Box::new(|v, f| with_loki(v, |l| f(vec![], Value::Int(l.redaction_failures)))),
+            |l| l.redaction_failures,
         ),
         agent_metric(
             "tokenmeter_loki_lost_bytes",
@@ -581,6 +553,52 @@ fn self_metrics() -> Vec<Family> {
             }),
         ),
     ]
+}
+
+/// A self-metric with one unlabelled point read from the agent view.
+fn agent_scalar(
+    name: &str,
+    help: &'static str,
+    unit: &'static str,
+    kind: Kind,
+    read: fn(&AgentView) -> u64,
+) -> Family {
+    agent_metric(
+        name,
+        help,
+        unit,
+        kind,
+        &[],
+        Box::new(move |v, f| {
+            with_agent(v, |a| {
+                let n = read(a);
+                f(
+                    vec![],
+                    match kind {
+                        Kind::Gauge => Value::Gauge(gauge(n)),
+                        _ => Value::Int(n),
+                    },
+                )
+            })
+        }),
+    )
+}
+
+/// A Loki counter with one unlabelled point (absent without the forwarder).
+fn loki_counter(
+    name: &str,
+    help: &'static str,
+    unit: &'static str,
+    read: fn(&LokiView) -> u64,
+) -> Family {
+    agent_metric(
+        name,
+        help,
+        unit,
+        Kind::Counter,
+        &[],
+        Box::new(move |v, f| with_loki(v, |l| f(vec![], Value::Int(read(l))))),
+    )
 }
 
 fn with_loki<'v>(v: &'v View<'v>, f: impl FnOnce(&'v LokiView)) {

@@ -47,10 +47,6 @@ impl Shutdown {
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::ZERO)
     }
-
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline.get().copied()
-    }
 }
 
 #[cfg(test)]
