@@ -3,7 +3,8 @@
 
     scripts/bench-daemon.py [--rate 5000] [--seconds 60] [--series 10000] [--files 1]
                             [--idle-seconds 10] [--binary PATH] [--max-open-files N]
-                            [--otlp [--otlp-interval 5s]] [--loki]
+                            [--otlp [--otlp-interval 5s]] [--loki] [--prefill]
+                            [--scrapers 16 [--scrape-seconds 10] [--scrape-gzip]]
 
 Appends `--rate` CRI lines per second (in 20 batches a second) for `--seconds`, spread over
 `--series` distinct (model, api_key_id, service_id) series and round-robin over `--files` pod
@@ -21,6 +22,13 @@ after the idle period it checks that VictoriaMetrics holds `count(llm_tokens_tot
 number of distinct series written and `sum(llm_requests_total)` = the lines written.
 `--loki` starts a minimal Loki stand-in in this script (a threaded HTTP server on 127.0.0.1
 that reads each body and answers 204) as `[loki] endpoint`.
+`--prefill` writes one line of every series before the daemon starts, so it holds all
+`--series` from the first second.
+`--scrapers N` runs N threads that each GET /metrics back to back (the whole body read) for
+`--scrape-seconds`, starting 5 s into the load (`--scrape-gzip`: with `Accept-Encoding: gzip`,
+as Prometheus sends), while /healthz is requested every 20 ms; it reports scrapes done, body
+size, and /healthz latency p50/p99/max during the scrape window; the delay columns then cover
+the whole run, scrapes included.
 `limits.max_series` and `limits.max_values.api_key_id` are raised above `--series` when it
 exceeds their defaults (50,000 and 10,000), so no series is folded into `__overflow__`.
 Every process started here is stopped at the end (terminate, then kill after 30 s).
@@ -148,6 +156,10 @@ def main():
     ap.add_argument("--otlp", action="store_true", help="push OTLP to a real VictoriaMetrics")
     ap.add_argument("--otlp-interval", default="5s")
     ap.add_argument("--loki", action="store_true", help="forward lines to a local 204 sink")
+    ap.add_argument("--prefill", action="store_true", help="one line per series before the start")
+    ap.add_argument("--scrapers", type=int, default=0, help="concurrent /metrics scrapers")
+    ap.add_argument("--scrape-seconds", type=int, default=10)
+    ap.add_argument("--scrape-gzip", action="store_true")
     a = ap.parse_args()
     if a.binary:
         binary = a.binary
@@ -161,6 +173,9 @@ def main():
         os.makedirs(pods)
         logs.append(os.path.join(pods, "0.log"))
         open(logs[-1], "w").close()
+    if a.prefill:
+        with open(logs[0], "w") as f:
+            f.write("".join(line(j, a.series) for j in range(a.series)))
     procs, sinks = [], []  # everything started here, stopped in `finally`
     try:
         return run(a, binary, tmp, logs, procs, sinks)
@@ -206,6 +221,19 @@ def run(a, binary, tmp, logs, procs, sinks):
         except OSError:
             time.sleep(0.05)
 
+    prefilled = a.series if a.prefill else 0
+    if prefilled:
+        # Wait until the prefill is counted (and the daemon ready), so the load starts at
+        # full size.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                s = json.loads(urllib.request.urlopen(status_url, timeout=2).read())
+                if s["lines"] >= prefilled and s["ready"]:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
     written = []  # (time, cumulative lines written)
     counted = []  # (time, lines counted)
     stop = threading.Event()
@@ -214,7 +242,7 @@ def run(a, binary, tmp, logs, procs, sinks):
         while not stop.is_set():
             try:
                 s = json.loads(urllib.request.urlopen(status_url, timeout=2).read())
-                counted.append((time.monotonic(), s["lines"]))
+                counted.append((time.monotonic(), s["lines"] - prefilled))
             except OSError:
                 pass
             time.sleep(0.05)
@@ -237,6 +265,37 @@ def run(a, binary, tmp, logs, procs, sinks):
                 pass
             time.sleep(1)
 
+    scrape = {"done": 0, "failed": 0, "bytes": 0, "health": []}
+    scrape_window = threading.Event()
+
+    def scraper():
+        scrape_window.wait()
+        headers = {"Accept-Encoding": "gzip"} if a.scrape_gzip else {}
+        while scrape_window.is_set():
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
+                body = urllib.request.urlopen(req, timeout=30).read()
+                scrape["done"] += 1
+                scrape["bytes"] = len(body)
+            except OSError:
+                scrape["failed"] += 1
+
+    def health_prober():
+        scrape_window.wait()
+        while scrape_window.is_set():
+            t0 = time.monotonic()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read()
+                scrape["health"].append(time.monotonic() - t0)
+            except OSError:
+                scrape["health"].append(float("inf"))
+            time.sleep(0.02)
+
+    scrapers = [threading.Thread(target=scraper) for _ in range(a.scrapers)]
+    if a.scrapers:
+        scrapers.append(threading.Thread(target=health_prober))
+    for x in scrapers:
+        x.start()
     t = threading.Thread(target=poller)
     t.start()
     fs = threading.Thread(target=fd_sampler)
@@ -261,10 +320,22 @@ def run(a, binary, tmp, logs, procs, sinks):
                 h.flush()
         i += batch
         written.append((time.monotonic(), i))
+        if a.scrapers and not scrape_window.is_set() and time.monotonic() - start >= 5 \
+                and time.monotonic() - start < 5 + a.scrape_seconds:
+            scrape_window.set()
+        if scrape_window.is_set() and time.monotonic() - start >= 5 + a.scrape_seconds:
+            scrape_window.clear()
         if i % (a.rate * 10) == 0:
             rss_samples.append(proc_mem(daemon.pid, "VmRSS"))
     for h in handles:
         h.close()
+    if scrape_window.is_set():
+        scrape_window.clear()
+    elif a.scrapers:  # a run shorter than the window: release the threads
+        scrape_window.set()
+        scrape_window.clear()
+    for x in scrapers:
+        x.join()
     elapsed = time.monotonic() - start
     time.sleep(2)
     cpu = proc_cpu(daemon.pid) - cpu0
@@ -304,8 +375,16 @@ def run(a, binary, tmp, logs, procs, sinks):
     delays.sort()
     p = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))] if delays else float("nan")
     final = counted[-1][1] if counted else 0
+    if a.scrapers:
+        h = sorted(scrape["health"])
+        hq = lambda q: h[min(len(h) - 1, int(q * len(h)))] * 1000 if h else float("nan")
+        print(f"scrapes: {a.scrapers} concurrent for {a.scrape_seconds} s{' (gzip)' if a.scrape_gzip else ''}: "
+              f"{scrape['done']} done, {scrape['failed']} failed, body {scrape['bytes'] / 1e6:.1f} MB; "
+              f"/healthz during them: {len(h)} probes, p50 {hq(0.5):.1f} ms, p99 {hq(0.99):.1f} ms, "
+              f"max {h[-1] * 1000 if h else float('nan'):.1f} ms")
     size = sum(os.path.getsize(x) for x in logs)
-    print(f"binary {binary}; workload: {a.rate} lines/s for {a.seconds} s ({i} lines, {a.series} series, "
+    print(f"binary {binary}; workload: {a.rate} lines/s for {a.seconds} s ({i} lines, {a.series} series"
+          f"{', prefilled' if prefilled else ''}, "
           f"{a.files} files), {size / 1e6:.0f} MB; /status polled every 50 ms")
     print(f"counted {final} of {i} lines")
     if a.otlp or a.loki:

@@ -308,7 +308,7 @@ impl OtlpSource {
     /// encoded just before it is sent). A failed request ends the push (the next one carries
     /// the same cumulative values); a rejected one is counted and the others still go.
     async fn push(&self, client: &OtlpClient, deadline: tokio::time::Instant) -> PushOutcome {
-        let snap = self.meter.shared_snapshot();
+        let snap = self.meter.snapshot().await;
         let agent = agent_view(&self.status, self.loki.as_deref());
         let view = View::new(&snap, &self.shape.static_labels, Some(&agent));
         let start = self.status.start_time_ns;
@@ -422,7 +422,7 @@ impl StateSaver {
             start_time_ns: self.status.start_time_ns,
             files,
             forwarders,
-            counters: self.meter.snapshot(),
+            counters: self.meter.snapshot_now(),
         };
         match state::save(&self.dir, &state) {
             Ok(()) => {
@@ -458,9 +458,11 @@ fn metering_loop(
         let n = {
             let mut meter = saver.meter.lock();
             meter.store.set_clock(now_ns());
-            registry.read(POLL_BUDGET, |file, line_no, decoded| {
+            let n = registry.read(POLL_BUDGET, |file, line_no, decoded| {
                 meter.decoded(&file.path, line_no, decoded)
-            })
+            });
+            saver.meter.publish(&meter, false);
+            n
         };
         if last_publish.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) {
             status.publish_files(registry.statuses(), registry.summary());
@@ -470,6 +472,8 @@ fn metering_loop(
         // counters then include everything the previous run had exported, so nothing
         // exported ever goes backwards (the state may be up to state.interval old).
         if !status.is_ready() && n == 0 && !registry.restoring() {
+            // The first snapshot readers may serve is the caught-up one.
+            saver.meter.publish(&saver.meter.lock(), true);
             status.ready.store(true, Ordering::SeqCst);
             tracing::info!(
                 "caught up with {} files; serving counters",
@@ -488,6 +492,8 @@ fn metering_loop(
     saver.save(registry.positions());
     status.publish_files(registry.statuses(), registry.summary());
     while !flushed.load(Ordering::SeqCst) && !shutdown.deadline_passed() {
+        // The final push reads what was counted before reading stopped.
+        saver.meter.publish(&saver.meter.lock(), false);
         std::thread::sleep(Duration::from_millis(10));
     }
     saver.save(registry.positions())

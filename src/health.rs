@@ -8,65 +8,122 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use arc_swap::ArcSwap;
+
 use crate::aggregate::{SelfStats, Snapshot};
 use crate::export::otlp::PushOutcome;
 use crate::pipeline::Meter;
 use crate::source::{FileStatus, RegistrySummary};
 
-/// The counters: written by the metering thread only, read as snapshots by everyone else.
-/// Readers share one immutable snapshot while the counters have not moved, so concurrent
-/// scrapes and pushes do not each copy every series.
+/// The counters: written by the metering thread only, read as published, immutable copies by
+/// everyone else, so a reader never waits on (or holds) the lock the metering thread reads
+/// files under.
+///
+/// After every poll the metering thread publishes the cheap facts ([`Published`]: lines,
+/// self-counters, series count). The full [`Snapshot`] (a copy of every series, ~10 ms at
+/// 50,000 series) is built on demand: a reader that finds the published one older than the
+/// counters asks for a new one and waits for the next poll (at most [`SNAPSHOT_WAIT`], then
+/// takes the last one published). Every reader of the same generation shares one copy.
 #[derive(Clone)]
-pub struct MeterHandle(Arc<Mutex<Meter>>, Arc<Mutex<SharedSnapshot>>);
+pub struct MeterHandle {
+    meter: Arc<Mutex<Meter>>,
+    shared: Arc<Publication>,
+}
 
-/// The last snapshot handed out, with the generation it was taken at.
-type SharedSnapshot = Option<(u64, Arc<Snapshot>)>;
+/// How long a reader waits for the metering thread to publish a fresher snapshot before it
+/// serves the last one (a poll is 100 ms apart; a slow disk can make one longer).
+pub const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+struct Publication {
+    facts: ArcSwap<Published>,
+    snapshot: tokio::sync::watch::Sender<Arc<Snapshot>>,
+    /// A reader is waiting for a snapshot of the current generation.
+    wanted: AtomicBool,
+}
+
+/// What the metering thread publishes after every poll.
+#[derive(Clone, Debug, Default)]
+pub struct Published {
+    /// How far the counters have moved (lines counted so far): equal generations, equal
+    /// snapshots.
+    pub generation: u64,
+    pub stats: SelfStats,
+    pub series: usize,
+}
 
 impl MeterHandle {
     pub fn new(meter: Meter) -> Self {
-        MeterHandle(Arc::new(Mutex::new(meter)), Arc::new(Mutex::new(None)))
-    }
-
-    /// How far the counters have moved (lines counted so far): equal generations, equal
-    /// snapshots.
-    pub fn generation(&self) -> u64 {
-        self.lock().store.stats().lines()
-    }
-
-    /// A snapshot shared by every reader of the same generation.
-    pub fn shared_snapshot(&self) -> Arc<Snapshot> {
-        let m = self.lock();
-        let generation = m.store.stats().lines();
-        let mut cached = self.1.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((g, s)) = cached.as_ref() {
-            if *g == generation {
-                return s.clone();
-            }
+        let facts = Published {
+            generation: meter.store.stats().lines(),
+            stats: meter.store.stats().clone(),
+            series: meter.store.series_count(),
+        };
+        let snapshot = Arc::new(meter.store.snapshot(meter.extra_names()));
+        MeterHandle {
+            meter: Arc::new(Mutex::new(meter)),
+            shared: Arc::new(Publication {
+                facts: ArcSwap::from_pointee(facts),
+                snapshot: tokio::sync::watch::Sender::new(snapshot),
+                wanted: AtomicBool::new(false),
+            }),
         }
-        let s = Arc::new(m.store.snapshot(m.extra_names()));
-        *cached = Some((generation, s.clone()));
-        s
+    }
+
+    /// The facts of the last poll (no lock).
+    pub fn published(&self) -> Arc<Published> {
+        self.shared.facts.load_full()
+    }
+
+    /// A snapshot of the counters as of the last poll, shared by every reader of the same
+    /// generation. Waits at most [`SNAPSHOT_WAIT`] for the metering thread.
+    pub async fn snapshot(&self) -> Arc<Snapshot> {
+        let mut rx = self.shared.snapshot.subscribe();
+        let want = self.published().generation;
+        if rx.borrow_and_update().stats.lines() == want {
+            return rx.borrow().clone();
+        }
+        // Subscribed before asking: the publication that answers is seen by `changed`.
+        self.shared.wanted.store(true, Ordering::SeqCst);
+        let _ = tokio::time::timeout(SNAPSHOT_WAIT, rx.changed()).await;
+        let snap = rx.borrow().clone();
+        snap
     }
 
     /// For the one writer (the metering thread).
     pub(crate) fn lock(&self) -> MutexGuard<'_, Meter> {
         // A poisoned lock means a panic mid-update on the metering thread, which aborts the
         // process anyway; reading what is there is the best a scrape can do.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.meter.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    /// For the metering thread, after a poll: publishes the cheap facts and, when a reader
+    /// asked, a snapshot (`force`: whether or not anyone asked, e.g. when the counters first
+    /// become servable).
+    pub(crate) fn publish(&self, m: &Meter, force: bool) {
+        let generation = m.store.stats().lines();
+        if self.shared.facts.load().generation != generation || force {
+            self.shared.facts.store(Arc::new(Published {
+                generation,
+                stats: m.store.stats().clone(),
+                series: m.store.series_count(),
+            }));
+        }
+        if self.shared.wanted.swap(false, Ordering::SeqCst) || force {
+            let fresh = self.shared.snapshot.borrow().stats.lines() == generation;
+            if fresh && !force {
+                // Wake the readers: what is published is already current.
+                self.shared.snapshot.send_modify(|_| ());
+            } else {
+                let snap = Arc::new(m.store.snapshot(m.extra_names()));
+                self.shared.snapshot.send_replace(snap);
+            }
+        }
+    }
+
+    /// A copy taken now, for the metering thread itself (the state file).
+    pub(crate) fn snapshot_now(&self) -> Snapshot {
         let m = self.lock();
         m.store.snapshot(m.extra_names())
-    }
-
-    /// The self-counters alone (cheap: no copy of the series).
-    pub fn stats(&self) -> SelfStats {
-        self.lock().store.stats().clone()
-    }
-
-    pub fn series_count(&self) -> usize {
-        self.lock().store.series_count()
     }
 }
 

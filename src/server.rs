@@ -39,7 +39,6 @@ pub struct ServerContext {
 #[derive(Clone)]
 struct AppState {
     shared: Arc<ServerContext>,
-    registry: Arc<Registry>,
     body: Arc<tokio::sync::Mutex<BodyCache>>,
 }
 
@@ -54,14 +53,8 @@ struct BodyCache {
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, ctx: ServerContext) {
-    let shared = Arc::new(ctx);
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(StoreCollector {
-        shared: shared.clone(),
-    }));
     let state = AppState {
-        shared,
-        registry: Arc::new(registry),
+        shared: Arc::new(ctx),
         body: Default::default(),
     };
     let app = Router::new()
@@ -88,12 +81,15 @@ async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> R
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut cache = s.body.lock().await;
-    let key = (s.shared.meter.generation(), second);
-    if cache.key != Some(key) {
+    if cache.key != Some((s.shared.meter.published().generation, second)) {
+        let snap = s.shared.meter.snapshot().await;
+        let key = (snap.stats.lines(), second);
         // Encoding 50,000 series takes a while: off the runtime's only worker, so /healthz
         // and pushes go on meanwhile.
-        let registry = s.registry.clone();
+        let shared = s.shared.clone();
         let encoded = tokio::task::spawn_blocking(move || {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(SnapshotCollector { shared, snap }));
             let mut body = String::new();
             prometheus_client::encoding::text::encode(&mut body, &registry).map(|()| body)
         })
@@ -198,7 +194,8 @@ async fn status(State(s): State<AppState>) -> Response {
             container: f.labels.as_ref().map(|l| l.container.as_str()),
         })
         .collect();
-    let stats = sh.meter.stats();
+    let published = sh.meter.published();
+    let stats = &published.stats;
     let loki = sh.loki.as_deref();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let head = json!({
@@ -207,7 +204,7 @@ async fn status(State(s): State<AppState>) -> Response {
         "start_time_ns": st.start_time_ns,
         "lines": stats.lines(),
         "records": stats.records,
-        "series": sh.meter.series_count(),
+        "series": published.series,
         "open_files": summary.open_descriptors,
         "unmatched_globs": summary.unmatched_globs,
         "max_open_files": summary.max_open_files,
@@ -240,24 +237,24 @@ async fn status(State(s): State<AppState>) -> Response {
     }
 }
 
-/// Encodes the store's snapshot and the self-metrics at scrape time, family by family from
+/// Encodes one published snapshot and the self-metrics at scrape time, family by family from
 /// the one schema.
-struct StoreCollector {
+struct SnapshotCollector {
     shared: Arc<ServerContext>,
+    snap: Arc<crate::aggregate::Snapshot>,
 }
 
-impl std::fmt::Debug for StoreCollector {
+impl std::fmt::Debug for SnapshotCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StoreCollector")
+        f.write_str("SnapshotCollector")
     }
 }
 
-impl Collector for StoreCollector {
+impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let sh = &self.shared;
-        let snap = sh.meter.shared_snapshot();
         let agent = agent_view(&sh.status, sh.loki.as_deref());
-        let view = View::new(&snap, &sh.metrics.labels, Some(&agent));
+        let view = View::new(&self.snap, &sh.metrics.labels, Some(&agent));
         encode_view(&view, &sh.metrics.prefix, &mut enc)
     }
 }
