@@ -37,6 +37,7 @@ Prints a Markdown table row for BENCHMARKS.md.
 import argparse
 import http.server
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -142,6 +143,21 @@ def line(i, series):
             '"model":"model-%d","llm_input_token":%d,"llm_output_token":%d,"llm_total_token":%d,'
             '"api_key_id":"key-%05d","aim_service_id":"svc-%02d"}\n'
             % (100 + i % 900, i, k % 20, 10 + i % 500, i % 100, 10 + i % 500 + i % 100, k, k % 15))
+
+
+def health_prober(port, go, stop, out):
+    """GET /healthz every 20 ms between `go` and `stop`; sends the latencies (s) to `out`."""
+    go.wait()
+    got = []
+    while not stop.is_set():
+        t0 = time.monotonic()
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read()
+            got.append(time.monotonic() - t0)
+        except OSError:
+            got.append(float("inf"))
+        time.sleep(0.02)
+    out.put(got)
 
 
 def main():
@@ -280,20 +296,14 @@ def run(a, binary, tmp, logs, procs, sinks):
             except OSError:
                 scrape["failed"] += 1
 
-    def health_prober():
-        scrape_window.wait()
-        while scrape_window.is_set():
-            t0 = time.monotonic()
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read()
-                scrape["health"].append(time.monotonic() - t0)
-            except OSError:
-                scrape["health"].append(float("inf"))
-            time.sleep(0.02)
+    # /healthz from its own process: in a thread it would wait for the scrapers' GIL.
+    health_go, health_stop = multiprocessing.Event(), multiprocessing.Event()
+    health_out = multiprocessing.Queue()
+    prober = multiprocessing.Process(target=health_prober, args=(port, health_go, health_stop, health_out))
+    if a.scrapers:
+        prober.start()
 
     scrapers = [threading.Thread(target=scraper) for _ in range(a.scrapers)]
-    if a.scrapers:
-        scrapers.append(threading.Thread(target=health_prober))
     for x in scrapers:
         x.start()
     t = threading.Thread(target=poller)
@@ -323,8 +333,10 @@ def run(a, binary, tmp, logs, procs, sinks):
         if a.scrapers and not scrape_window.is_set() and time.monotonic() - start >= 5 \
                 and time.monotonic() - start < 5 + a.scrape_seconds:
             scrape_window.set()
+            health_go.set()
         if scrape_window.is_set() and time.monotonic() - start >= 5 + a.scrape_seconds:
             scrape_window.clear()
+            health_stop.set()
         if i % (a.rate * 10) == 0:
             rss_samples.append(proc_mem(daemon.pid, "VmRSS"))
     for h in handles:
@@ -336,6 +348,11 @@ def run(a, binary, tmp, logs, procs, sinks):
         scrape_window.clear()
     for x in scrapers:
         x.join()
+    if a.scrapers:
+        health_go.set()
+        health_stop.set()
+        scrape["health"] = health_out.get(timeout=60)
+        prober.join()
     elapsed = time.monotonic() - start
     time.sleep(2)
     cpu = proc_cpu(daemon.pid) - cpu0

@@ -120,10 +120,18 @@ impl MeterHandle {
         }
     }
 
-    /// A copy taken now, for the metering thread itself (the state file).
-    pub(crate) fn snapshot_now(&self) -> Snapshot {
+    /// The counters as they are now, for the metering thread itself (the state file): the
+    /// published snapshot when it is current, else a new one, which is published too.
+    pub(crate) fn snapshot_now(&self) -> Arc<Snapshot> {
         let m = self.lock();
-        m.store.snapshot(m.extra_names())
+        let generation = m.store.stats().lines();
+        let published = self.shared.snapshot.borrow().clone();
+        if published.stats.lines() == generation {
+            return published;
+        }
+        let snap = Arc::new(m.store.snapshot(m.extra_names()));
+        self.shared.snapshot.send_replace(snap.clone());
+        snap
     }
 }
 

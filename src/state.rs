@@ -39,7 +39,7 @@ pub struct StateFile {
     /// they have delivered.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub forwarders: BTreeMap<String, Vec<FilePosition>>,
-    pub counters: Snapshot,
+    pub counters: std::sync::Arc<Snapshot>,
 }
 
 /// Version 1 (before the registry remembered let-go files): one `loki_offset` per file.
@@ -97,7 +97,7 @@ impl From<StateFileV1> for StateFile {
                 })
                 .collect(),
             forwarders,
-            counters: v1.counters,
+            counters: v1.counters.into(),
         }
     }
 }
@@ -168,15 +168,17 @@ pub fn save(dir: &Path, state: &StateFile) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let path = state_path(dir);
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
     {
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
+        // Streamed: at 50,000 series the JSON is ~10 MB that need not be in memory at once.
+        let mut w = io::BufWriter::with_capacity(256 * 1024, f);
+        serde_json::to_writer(&mut w, state).map_err(io::Error::other)?;
+        w.flush()?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     fs::rename(&tmp, &path)?;
     // The rename itself must reach the disk before we rely on it.
@@ -303,7 +305,8 @@ mod tests {
                 series: vec![],
                 durations: vec![],
                 stats: SelfStats::default(),
-            },
+            }
+            .into(),
         }
     }
 
