@@ -18,8 +18,11 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "expected summaries still match the independent Python reference"
+step "expected summaries (plain and priced) still match the independent Python reference"
 python3 tests/expected/expected_summary.py --check tests/expected \
+  tests/fixtures/envoy-ai-access.jsonl tests/fixtures/cri-wrapped.log \
+  tests/fixtures/edge-cases.log tests/fixtures/docker-json.log
+python3 tests/expected/expected_summary.py --config tests/fixtures/pricing.toml --check tests/expected \
   tests/fixtures/envoy-ai-access.jsonl tests/fixtures/cri-wrapped.log \
   tests/fixtures/edge-cases.log tests/fixtures/docker-json.log
 

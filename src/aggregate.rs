@@ -10,13 +10,15 @@
 //! of borrowed strings and one of three integers, and allocates nothing unless a value is new.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 use rustc_hash::{FxBuildHasher, FxHasher};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::parse::{Record, StatusClass, EXTRA_BIT0};
+use crate::parse::{Record, StatusClass, EXTRA_BIT0, INPUT_BIT, OUTPUT_BIT, TOTAL_BIT};
+use crate::pricing::{EntryId, PriceTable, TypeCounts};
 
 /// The value a label takes past its limit.
 pub const OVERFLOW: &str = "__overflow__";
@@ -64,6 +66,10 @@ pub struct SelfStats {
     pub total_mismatches: u64,
     /// Records whose label was folded, indexed like [`OVERFLOW_LABELS`].
     pub overflows: [u64; 4],
+    /// Per token type (input, output, total, extras): records whose count of that type was
+    /// above its nearest priced ancestor's (SPEC §10 arithmetic). Empty without pricing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub child_exceeds: Vec<u64>,
 }
 
 impl SelfStats {
@@ -214,6 +220,43 @@ pub struct Store {
     stats: SelfStats,
     /// The time new series are stamped with (set by the caller between reads; 0 in replay).
     clock_ns: i64,
+    /// Cost per series in units of 10^-12 currency (SPEC §10), indexed like `series`.
+    cost: Vec<u128>,
+    /// The price table in force (`None`: pricing off) and its currency.
+    pricing: Option<Arc<PriceTable>>,
+    /// Per (model, service_id) label ids: unpriced and unmetered requests and the price
+    /// selection cache.
+    pair_index: HashMap<[u32; 2], u32, FxBuildHasher>,
+    pairs: Vec<Pair>,
+    /// Cost restored from a state saved in this currency (see [`Store::restore`]).
+    currency: Option<String>,
+    /// The cost of the record counted last (for backfill's per-step sums).
+    last_cost: u128,
+}
+
+/// Counters and the cached price selection of one (model, service_id).
+#[derive(Clone, Debug, Default)]
+struct Pair {
+    ids: [u32; 2],
+    unpriced: u64,
+    unmetered: u64,
+    start_ns: i64,
+    /// The entry selected for this pair's own label text, and the event-time interval over
+    /// which that selection holds (until the next `from` boundary).
+    selection: Option<(Option<EntryId>, i64, i64)>,
+}
+
+/// The unpriced and unmetered requests of one (model, service_id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairSnapshot {
+    pub model: String,
+    pub service_id: String,
+    #[serde(default)]
+    pub unpriced: u64,
+    #[serde(default)]
+    pub unmetered: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_ns: i64,
 }
 
 /// One token series in a snapshot: every counter of one (model, api_key_id, service_id).
@@ -234,9 +277,16 @@ pub struct SeriesSnapshot {
     /// an older version, or replay); exporters then use the agent's start time.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub start_ns: i64,
+    /// Cost in units of 10^-12 of the snapshot's currency (0 without pricing).
+    #[serde(default, skip_serializing_if = "is_zero_units")]
+    pub cost_units: u128,
 }
 
 fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+fn is_zero_units(n: &u128) -> bool {
     *n == 0
 }
 
@@ -261,6 +311,13 @@ pub struct Snapshot {
     pub series: Vec<SeriesSnapshot>,
     pub durations: Vec<HistogramSnapshot>,
     pub stats: SelfStats,
+    /// Unpriced and unmetered requests per (model, service_id), sorted; only pairs that have
+    /// had either.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<PairSnapshot>,
+    /// The currency of `cost_units` when pricing is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 impl Store {
@@ -284,11 +341,53 @@ impl Store {
                 ..SelfStats::default()
             },
             clock_ns: 0,
+            cost: Vec::new(),
+            pricing: None,
+            pair_index: HashMap::default(),
+            pairs: Vec::new(),
+            currency: None,
+            last_cost: 0,
         }
     }
 
-    /// Counts one record; returns the index of the series it went to.
+    /// The cost of the record [`Store::add_at`] counted last, in units of 10^-12 currency.
+    pub fn last_cost(&self) -> u128 {
+        self.last_cost
+    }
+
+    /// Sets the price table for the records counted from now on (`None`: pricing off). Cost
+    /// already counted is never re-priced; cached selections are dropped.
+    pub fn set_pricing(&mut self, table: Option<Arc<PriceTable>>) {
+        let n_types = 3 + self.n_extra;
+        if table.is_some() && self.stats.child_exceeds.len() < n_types {
+            self.stats.child_exceeds.resize(n_types, 0);
+        }
+        self.currency = table.as_ref().map(|t| t.currency().to_string());
+        self.pricing = table;
+        for p in &mut self.pairs {
+            p.selection = None;
+        }
+    }
+
+    pub fn pricing(&self) -> Option<&Arc<PriceTable>> {
+        self.pricing.as_ref()
+    }
+
+    /// The currency of the cost counters (`None`: pricing off).
+    pub fn currency(&self) -> Option<&str> {
+        self.currency.as_deref()
+    }
+
+    /// Counts one record; returns the index of the series it went to. With pricing, the record
+    /// is priced at the store's clock (see [`Store::add_at`]).
     pub fn add(&mut self, r: &Record<'_>) -> usize {
+        self.add_at(r, None)
+    }
+
+    /// Counts one record whose event time is `event_ns` (`None`: the store's clock, the time
+    /// of reading): the price in force then is the one charged.
+    pub fn add_at(&mut self, r: &Record<'_>, event_ns: Option<i64>) -> usize {
+        self.last_cost = 0;
         let st = &mut self.stats;
         st.records += 1;
         if r.invalid != 0 {
@@ -335,7 +434,89 @@ impl Store {
             };
             self.hists[h].1.observe(ms / 1000.0);
         }
+        let unmetered = r.status_class == StatusClass::C2xx && r.valid == 0;
+        if unmetered || self.pricing.is_some() {
+            self.price(idx, [m, s], r, event_ns, unmetered);
+        }
         idx
+    }
+
+    /// SPEC §10 per record: unmetered, the price in force at its event time, its cost,
+    /// unpriced and child-above-parent counts.
+    fn price(
+        &mut self,
+        idx: usize,
+        ids: [u32; 2],
+        r: &Record<'_>,
+        event_ns: Option<i64>,
+        unmetered: bool,
+    ) {
+        let pair = self.pair_slot(ids);
+        self.pairs[pair].unmetered += u64::from(unmetered);
+        let Some(table) = self.pricing.clone() else {
+            return;
+        };
+        let t = event_ns.unwrap_or(self.clock_ns);
+        // The cache holds the selection for the pair's own label text: a folded label
+        // (`__overflow__`) or one the interner cleaned is matched from the record's text.
+        let own_text =
+            self.models.get(ids[0]) == r.model && self.services.get(ids[1]) == r.service_id;
+        let entry = match self.pairs[pair].selection {
+            Some((entry, from, until)) if own_text && from <= t && t < until => entry,
+            _ => {
+                let model = label_value(&r.model);
+                let service = label_value(&r.service_id);
+                let (entry, from, until) = table.select(&model, &service, t);
+                if own_text {
+                    self.pairs[pair].selection = Some((entry, from, until));
+                }
+                entry
+            }
+        };
+        let mut counts = [0u64; 3 + crate::config::MAX_EXTRA_TOKENS];
+        counts[0] = r.input_tokens;
+        counts[1] = r.output_tokens;
+        counts[2] = r.total_tokens;
+        counts[3..3 + self.n_extra].copy_from_slice(&r.extra_tokens[..self.n_extra]);
+        let counts = &counts[..3 + self.n_extra];
+        let Some(entry) = entry else {
+            if counts.iter().any(|&c| c > 0) {
+                self.pairs[pair].unpriced += 1;
+            }
+            return;
+        };
+        // The total of SPEC §3 is valid when its field is, or when input or output is.
+        let mut valid = u64::from(r.valid);
+        if valid & (1 << INPUT_BIT | 1 << OUTPUT_BIT) != 0 {
+            valid |= 1 << TOTAL_BIT;
+        }
+        let charge = table.charge(
+            entry,
+            &TypeCounts { counts, valid },
+            r.status_class == StatusClass::C2xx,
+        );
+        self.cost[idx] = self.cost[idx].saturating_add(charge.units);
+        self.last_cost = charge.units;
+        self.pairs[pair].unpriced += u64::from(charge.incomplete);
+        if charge.child_exceeds != 0 {
+            for (i, n) in self.stats.child_exceeds.iter_mut().enumerate() {
+                *n += charge.child_exceeds >> i & 1;
+            }
+        }
+    }
+
+    fn pair_slot(&mut self, ids: [u32; 2]) -> usize {
+        if let Some(&i) = self.pair_index.get(&ids) {
+            return i as usize;
+        }
+        self.pairs.push(Pair {
+            ids,
+            start_ns: self.clock_ns,
+            ..Pair::default()
+        });
+        let i = self.pairs.len() - 1;
+        self.pair_index.insert(ids, i as u32);
+        i
     }
 
     /// The labels of series `idx` (as [`Store::add`] returned it).
@@ -387,6 +568,7 @@ impl Store {
             },
         ));
         self.extras.resize(self.extras.len() + self.n_extra, 0);
+        self.cost.push(0);
         let i = self.series.len() - 1;
         self.series_index.insert(ids, i as u32);
         i
@@ -423,6 +605,10 @@ impl Store {
             c.total += x.total_tokens;
             if x.start_ns != 0 {
                 c.start_ns = x.start_ns;
+            }
+            // Cost continues only in the currency it was counted in.
+            if snap.currency.is_some() && snap.currency == self.currency {
+                self.cost[idx] = self.cost[idx].saturating_add(x.cost_units);
             }
             for (i, v) in x.extra_tokens.iter().enumerate() {
                 if let Some(Some(j)) = extra_map.get(i) {
@@ -469,6 +655,22 @@ impl Store {
         for (a, b) in self.stats.overflows.iter_mut().zip(st.overflows) {
             *a += b;
         }
+        for (a, b) in self.stats.child_exceeds.iter_mut().zip(&st.child_exceeds) {
+            *a += b;
+        }
+        for p in &snap.pairs {
+            let ids = [
+                self.models.force(&p.model),
+                self.services.force(&p.service_id),
+            ];
+            let i = self.pair_slot(ids);
+            let dst = &mut self.pairs[i];
+            dst.unpriced += p.unpriced;
+            dst.unmetered += p.unmetered;
+            if p.start_ns != 0 {
+                dst.start_ns = p.start_ns;
+            }
+        }
     }
 
     /// Counts a line that is not a record.
@@ -512,6 +714,7 @@ impl Store {
                     total_tokens: c.total,
                     extra_tokens: self.extras[i * self.n_extra..(i + 1) * self.n_extra].to_vec(),
                     start_ns: c.start_ns,
+                    cost_units: self.cost[i],
                 }
             })
             .collect();
@@ -532,11 +735,30 @@ impl Store {
                 &b.status_class,
             ))
         });
+        let mut pairs: Vec<_> = self
+            .pairs
+            .iter()
+            .filter(|p| p.unpriced > 0 || p.unmetered > 0)
+            .map(|p| {
+                let [m, s] = p.ids;
+                let snap = PairSnapshot {
+                    model: self.models.get(m).to_string(),
+                    service_id: self.services.get(s).to_string(),
+                    unpriced: p.unpriced,
+                    unmetered: p.unmetered,
+                    start_ns: p.start_ns,
+                };
+                (rm[m as usize], rs[s as usize], snap)
+            })
+            .collect();
+        pairs.sort_unstable_by_key(|p| (p.0, p.1));
         Snapshot {
             extra_names: extra_names.to_vec(),
             series,
             durations,
             stats: self.stats.clone(),
+            pairs: pairs.into_iter().map(|p| p.2).collect(),
+            currency: self.currency.clone(),
         }
     }
 }
@@ -585,6 +807,7 @@ mod tests {
             duration_ms: Some(1500.0),
             start_time: None,
             invalid: 0,
+            valid: 0b111,
             total_mismatch: false,
         }
     }

@@ -143,6 +143,12 @@ fn run(cli: Cli) -> ExitCode {
                         );
                     }
                 }
+                // Rates that rounding to 10^-12 currency units changed (SPEC §10).
+                if let Ok((_, warnings)) = c.price_table_with_warnings() {
+                    for w in warnings {
+                        eprintln!("warning: {}: {}", w.key, w.message);
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

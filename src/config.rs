@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::pricing::{PriceTable, PricingWarning};
+use std::sync::Arc;
+
 /// At most this many `[fields.extra_tokens]`; each one is a counter per series.
 pub const MAX_EXTRA_TOKENS: usize = 16;
 
@@ -40,6 +43,10 @@ pub struct Config {
     pub server: Server,
     pub otlp: Otlp,
     pub loki: Loki,
+    /// SPEC §10: prices (cost is off while there are none).
+    pub pricing: crate::pricing::Pricing,
+    /// SPEC §10: token and cost budgets per API key, exported as gauges.
+    pub budgets: Vec<crate::pricing::Budget>,
 }
 
 impl Default for Config {
@@ -56,6 +63,8 @@ impl Default for Config {
             server: Server::default(),
             otlp: Otlp::default(),
             loki: Loki::default(),
+            pricing: crate::pricing::Pricing::default(),
+            budgets: Vec::new(),
         }
     }
 }
@@ -392,6 +401,8 @@ impl Config {
             e.file = Some(path.clone());
             e
         })?;
+        // A separate price file is read (and checked) now: its errors name that file.
+        config.price_table()?;
         Ok(config)
     }
 
@@ -548,6 +559,11 @@ impl Config {
                 return Err(err(key, "the access-log key is empty".into()));
             }
         }
+        crate::pricing::validate_budgets(&self.budgets).map_err(|e| err(&e.key, e.message))?;
+        if self.pricing.file.is_empty() {
+            // Inline prices are checked with the rest; a price file when it is read.
+            self.price_table_with_warnings()?;
+        }
         let lim = &self.limits;
         for (key, v) in [
             ("limits.max_series", lim.max_series),
@@ -644,6 +660,65 @@ impl Config {
             *e = crate::export::http::display_endpoint(e);
         }
         c
+    }
+
+    /// The effective `[pricing]`: the inline table, or with `pricing.file` set, that file's
+    /// `included_in` and prices in place of the inline ones (read now).
+    pub fn effective_pricing(&self) -> Result<crate::pricing::Pricing, ConfigError> {
+        let mut pricing = self.pricing.clone();
+        if pricing.file.is_empty() {
+            return Ok(pricing);
+        }
+        let path = PathBuf::from(&pricing.file);
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+            file: None,
+            key: Some("pricing.file".into()),
+            message: format!("{}: cannot read: {e}", path.display()),
+        })?;
+        let file = crate::pricing::parse_price_file(&text).map_err(|e| ConfigError {
+            file: Some(path.clone()),
+            key: Some(e.key),
+            message: e.message,
+        })?;
+        if let Some(included_in) = file.included_in {
+            pricing.included_in = included_in;
+        }
+        pricing.prices = file.prices;
+        Ok(pricing)
+    }
+
+    /// The compiled price table (`None`: no prices, cost off) and the warnings of SPEC §10
+    /// (rates that rounding to 10^-12 units changed).
+    pub fn price_table_with_warnings(
+        &self,
+    ) -> Result<(Option<Arc<PriceTable>>, Vec<PricingWarning>), ConfigError> {
+        let pricing = self.effective_pricing()?;
+        let from_file = !pricing.file.is_empty();
+        let extra: Vec<String> = self.fields.extra_tokens.keys().cloned().collect();
+        let (table, warnings) = PriceTable::compile(&pricing, &extra).map_err(|e| ConfigError {
+            file: from_file.then(|| PathBuf::from(&pricing.file)),
+            key: Some(e.key),
+            message: e.message,
+        })?;
+        Ok(((!table.is_empty()).then(|| Arc::new(table)), warnings))
+    }
+
+    /// [`Config::price_table_with_warnings`] without the warnings.
+    pub fn price_table(&self) -> Result<Option<Arc<PriceTable>>, ConfigError> {
+        self.price_table_with_warnings().map(|(t, _)| t)
+    }
+
+    /// The budgets as their gauges show them.
+    pub fn budget_views(&self) -> Vec<crate::schema::BudgetView> {
+        self.budgets
+            .iter()
+            .map(|b| crate::schema::BudgetView {
+                api_key_id: b.api_key_id.clone(),
+                window: b.window.clone(),
+                tokens: b.tokens,
+                cost_units: crate::pricing::budget_cost_units(b),
+            })
+            .collect()
     }
 
     pub fn to_toml(&self) -> String {

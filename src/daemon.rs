@@ -17,7 +17,7 @@
 //!    again with the forwarder's final offsets. A second signal moves the deadline to now.
 //!    Exit 1 if that last write failed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -59,6 +59,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let loaded =
         state::load(&state_dir).with_context(|| format!("state_dir {}", state_dir.display()))?;
     let mut meter = Meter::new(&config, false);
+    // Prices first: restored cost continues only in the currency it was counted in.
+    let prices = config.price_table().context("pricing")?;
+    if let Some(t) = &prices {
+        tracing::info!(
+            "pricing: {} price entries in {}{}",
+            t.entries(),
+            t.currency(),
+            price_source(&config)
+        );
+    }
+    meter.store.set_pricing(prices);
     let (saved, start_time_ns) = match loaded {
         Loaded::Fresh => {
             tracing::info!("no state in {}: first start", state_dir.display());
@@ -66,6 +77,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         Loaded::Resumed(s) => {
             let extra = meter.extra_names().to_vec();
+            if s.counters.currency.is_some()
+                && s.counters.currency.as_deref() != meter.store.currency()
+            {
+                tracing::warn!(
+                    "the saved cost is in {} and pricing.currency is now {}: cost counters restart",
+                    s.counters.currency.as_deref().unwrap_or("-"),
+                    meter.store.currency().unwrap_or("(pricing off)")
+                );
+            }
             meter.store.restore(&s.counters, &extra);
             tracing::info!(
                 "resumed from {}: {} files, {} series",
@@ -147,11 +167,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             metrics: config.metrics.clone(),
             otlp_endpoint: crate::export::http::display_endpoint(&config.otlp.endpoint),
             loki_endpoint: crate::export::http::display_endpoint(&config.loki.endpoint),
+            budgets: config.budget_views(),
         },
     ));
 
     let flushed = Arc::new(AtomicBool::new(false));
     let metering = {
+        let prices = PriceFileWatch::new(&config);
         let saver = StateSaver {
             dir: state_dir,
             meter: meter.clone(),
@@ -163,7 +185,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("tokenmeter-meter".into())
             .spawn(move || {
-                metering_loop(registry, &saver, &status, &shutdown, &flushed, interval)
+                metering_loop(
+                    registry, prices, &saver, &status, &shutdown, &flushed, interval,
+                )
             })?
     };
 
@@ -177,6 +201,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             status: status.clone(),
             loki: loki_status.clone(),
             shape: OtlpShape::from_config(&config, &node),
+            budgets: config.budget_views(),
             self_metrics: config.otlp.self_metrics,
             announced: Default::default(),
             since_ns: now_ns(),
@@ -311,6 +336,97 @@ fn tune_allocator() {
     }
 }
 
+/// Where the prices came from, for the log.
+fn price_source(config: &Config) -> String {
+    if config.pricing.file.is_empty() {
+        String::new()
+    } else {
+        format!(" from {}", config.pricing.file)
+    }
+}
+
+/// `pricing.file`, watched by the metering thread: when its content changes, the new prices
+/// apply to the records counted from then on. A file that cannot be read or is invalid keeps
+/// the prices in force and is reported (log and `tokenmeter_pricing_reloads_total`), never
+/// stopping metering.
+struct PriceFileWatch {
+    config: Config,
+    /// (modification time, length, content hash) of the version in force or last refused.
+    seen: Option<(Option<std::time::SystemTime>, u64, u64)>,
+    every: Duration,
+    last_check: Instant,
+}
+
+impl PriceFileWatch {
+    fn new(config: &Config) -> Option<Self> {
+        if config.pricing.file.is_empty() {
+            return None;
+        }
+        let mut w = PriceFileWatch {
+            config: config.clone(),
+            seen: None,
+            every: config.source.glob_interval.0,
+            last_check: Instant::now(),
+        };
+        w.seen = w.version();
+        Some(w)
+    }
+
+    fn version(&self) -> Option<(Option<std::time::SystemTime>, u64, u64)> {
+        let path = Path::new(&self.config.pricing.file);
+        let meta = std::fs::metadata(path).ok()?;
+        let text = std::fs::read(path).ok()?;
+        let hash = {
+            use std::hash::Hasher;
+            let mut h = rustc_hash::FxHasher::default();
+            h.write(&text);
+            h.finish()
+        };
+        Some((meta.modified().ok(), meta.len(), hash))
+    }
+
+    /// Checked every `source.glob_interval`; returns new prices when the file changed and
+    /// is valid.
+    fn poll(&mut self, status: &AgentStatus) -> Option<Option<Arc<crate::pricing::PriceTable>>> {
+        if self.last_check.elapsed() < self.every {
+            return None;
+        }
+        self.last_check = Instant::now();
+        let now = self.version();
+        if now.is_none() || now == self.seen {
+            // Gone or unreadable files are reported when reading them fails below; an
+            // unchanged one is the common case.
+            if now.is_none() && self.seen.is_some() {
+                self.seen = None;
+                status.pricing_reloads[1].fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "pricing.file {}: cannot read; the prices in force stay",
+                    self.config.pricing.file
+                );
+            }
+            return None;
+        }
+        self.seen = now;
+        match self.config.price_table() {
+            Ok(table) => {
+                status.pricing_reloads[0].fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "pricing.file {} changed (version {:016x}): {} price entries now in force",
+                    self.config.pricing.file,
+                    now.map_or(0, |v| v.2),
+                    table.as_ref().map_or(0, |t| t.entries())
+                );
+                Some(table)
+            }
+            Err(e) => {
+                status.pricing_reloads[1].fetch_add(1, Ordering::Relaxed);
+                tracing::error!("{e}; the prices in force stay");
+                None
+            }
+        }
+    }
+}
+
 /// What an OTLP push reads: the counters, the agent's status for the self-metrics, and the
 /// request shape.
 struct OtlpSource {
@@ -318,6 +434,7 @@ struct OtlpSource {
     status: Arc<AgentStatus>,
     loki: Option<Arc<ForwarderStatus>>,
     shape: OtlpShape,
+    budgets: Vec<crate::schema::BudgetView>,
     self_metrics: bool,
     /// Series whose 0 went out in an accepted request (see `export::otlp::Zeros`).
     announced: std::sync::Mutex<std::collections::HashSet<u64>>,
@@ -332,7 +449,8 @@ impl OtlpSource {
     async fn push(&self, client: &OtlpClient, deadline: tokio::time::Instant) -> PushOutcome {
         let snap = self.meter.snapshot().await;
         let agent = agent_view(&self.status, self.loki.as_deref());
-        let view = View::new(&snap, &self.shape.static_labels, Some(&agent));
+        let view =
+            View::new(&snap, &self.shape.static_labels, Some(&agent)).with_budgets(&self.budgets);
         let start = self.status.start_time_ns;
         let announced = self
             .announced
@@ -467,6 +585,7 @@ impl StateSaver {
 /// last write succeeded.
 fn metering_loop(
     mut registry: Registry,
+    mut prices: Option<PriceFileWatch>,
     saver: &StateSaver,
     status: &AgentStatus,
     shutdown: &Shutdown,
@@ -477,6 +596,9 @@ fn metering_loop(
     let mut last_publish: Option<Instant> = None;
     while !shutdown.stopping() {
         registry.maintain();
+        if let Some(table) = prices.as_mut().and_then(|w| w.poll(status)) {
+            saver.meter.lock().store.set_pricing(table);
+        }
         let n = {
             let mut meter = saver.meter.lock();
             meter.store.set_clock(now_ns());

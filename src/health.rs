@@ -166,6 +166,8 @@ pub struct AgentStatus {
     pub checkpoints_failed: AtomicU64,
     pub otlp: ExportStats,
     pub otlp_last_success_ns: AtomicU64,
+    /// `pricing.file` reloads: applied, refused (the prices in force stayed).
+    pub pricing_reloads: [AtomicU64; 2],
 }
 
 impl AgentStatus {
@@ -179,6 +181,7 @@ impl AgentStatus {
             checkpoints_failed: AtomicU64::new(0),
             otlp: ExportStats::default(),
             otlp_last_success_ns: AtomicU64::new(0),
+            pricing_reloads: Default::default(),
         }
     }
 
@@ -213,6 +216,10 @@ pub fn agent_view(
         checkpoints: [
             load(&status.checkpoints_ok),
             load(&status.checkpoints_failed),
+        ],
+        pricing_reloads: [
+            load(&status.pricing_reloads[0]),
+            load(&status.pricing_reloads[1]),
         ],
         loki: loki.map(|l| {
             let s = &l.stats;

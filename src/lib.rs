@@ -20,6 +20,7 @@ pub mod health;
 pub mod json;
 pub mod parse;
 pub mod pipeline;
+pub mod pricing;
 pub mod ratelog;
 pub mod replay;
 pub mod schema;

@@ -107,6 +107,8 @@ pub struct Record<'a> {
     pub start_time: Option<JsonStr<'a>>,
     /// Bit per token field that held an invalid value (see `INPUT_BIT` …).
     pub invalid: u32,
+    /// Bit per token field that held a valid value (same bits): which counts were measured.
+    pub valid: u32,
     /// All three of input, output and total were valid and total ≠ input + output.
     pub total_mismatch: bool,
 }
@@ -318,21 +320,24 @@ impl Parser {
         let total = raw_tokens(line, raw(Slot::Total as usize));
         let mut extra = [0u64; MAX_EXTRA_TOKENS];
         let mut invalid = 0u32;
-        let mut any_valid = false;
+        let mut valid = 0u32;
         for (bit, t) in [(INPUT_BIT, input), (OUTPUT_BIT, output), (TOTAL_BIT, total)] {
             match t {
-                Tokens::Valid(_) => any_valid = true,
+                Tokens::Valid(_) => valid |= 1 << bit,
                 Tokens::Invalid => invalid |= 1 << bit,
                 Tokens::NotMeasured => {}
             }
         }
-        if model.is_none() && !any_valid {
+        if model.is_none() && valid == 0 {
             return Parsed::NotLlm;
         }
         for (i, out) in extra.iter_mut().enumerate().take(self.n_extra) {
             let slot = Slot::Extra0 as usize + i;
             match raw_tokens(line, raw(slot)) {
-                Tokens::Valid(v) => *out = v,
+                Tokens::Valid(v) => {
+                    *out = v;
+                    valid |= 1 << (EXTRA_BIT0 + i as u32);
+                }
                 Tokens::Invalid => invalid |= 1 << (EXTRA_BIT0 + i as u32),
                 Tokens::NotMeasured => {}
             }
@@ -361,6 +366,7 @@ impl Parser {
                 _ => None,
             },
             invalid,
+            valid,
             total_mismatch,
         })
     }

@@ -50,7 +50,15 @@ pub trait LineSink {
         true
     }
     /// The record was counted into the store's series `series`.
-    fn counted(&mut self, _series: usize, _record: &Record<'_>, _event_ns: Option<i64>) {}
+    /// `cost_units`: the record's cost (SPEC §10), 0 without pricing.
+    fn counted(
+        &mut self,
+        _series: usize,
+        _record: &Record<'_>,
+        _event_ns: Option<i64>,
+        _cost_units: u128,
+    ) {
+    }
 }
 
 /// Counts only.
@@ -214,8 +222,15 @@ impl Meter {
                         );
                     }
                 }
-                let series = self.store.add(&r);
-                sink.counted(series, &r, event);
+                let series = if self.store.pricing().is_some() {
+                    // Priced at its event time; in `run` (no fallback tracked) a record
+                    // without one is priced at the time of reading.
+                    let t = event.or_else(|| event_time_ns(line.time_ns, Some(&r)));
+                    self.store.add_at(&r, t)
+                } else {
+                    self.store.add(&r)
+                };
+                sink.counted(series, &r, event, self.store.last_cost());
                 event
             }
             parsed => {

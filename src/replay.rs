@@ -205,9 +205,15 @@ impl LineSink for Sinks<'_> {
             None => true,
         }
     }
-    fn counted(&mut self, series: usize, record: &Record<'_>, event_ns: Option<i64>) {
+    fn counted(
+        &mut self,
+        series: usize,
+        record: &Record<'_>,
+        event_ns: Option<i64>,
+        cost_units: u128,
+    ) {
         if let Some(b) = self.backfill.as_deref_mut() {
-            b.counted(series, record, event_ns);
+            b.counted(series, record, event_ns, cost_units);
         }
     }
 }
@@ -271,7 +277,12 @@ pub fn replay(
         ProgressBar::hidden()
     };
 
-    let mut meter = Meter::new(config, opts.needs_event_time());
+    let prices = config
+        .price_table()
+        .map_err(|e| ReplayError::Read(anyhow::anyhow!("{e}")))?;
+    // Each record is priced at its own event time: pricing needs event times tracked.
+    let mut meter = Meter::new(config, opts.needs_event_time() || prices.is_some());
+    meter.store.set_pricing(prices);
     let mut backfill =
         (opts.from_ns.is_some() || opts.to_ns.is_some() || opts.openmetrics.is_some() || opts.push)
             .then(|| Backfill::new(opts.step_ns, opts.from_ns, opts.to_ns));
@@ -324,6 +335,7 @@ pub fn replay(
                 &samples,
                 config,
                 meter.extra_names(),
+                meter.store.currency(),
                 &opts.instance,
             )?);
         }
@@ -332,6 +344,7 @@ pub fn replay(
                 config,
                 &samples,
                 meter.extra_names(),
+                meter.store.currency(),
                 &opts.instance,
                 opts.retry_for,
             )?;
@@ -371,6 +384,7 @@ fn write_openmetrics_file(
     samples: &[crate::export::openmetrics::SeriesSamples],
     config: &Config,
     extra_names: &[String],
+    currency: Option<&str>,
     instance: &str,
 ) -> Result<Emitted, ReplayError> {
     let tmp = out.with_extension("tmp-tokenmeter");
@@ -381,6 +395,7 @@ fn write_openmetrics_file(
             samples,
             &config.metrics.prefix,
             extra_names,
+            currency,
             &config.metrics.labels,
             instance,
         )?;
@@ -395,6 +410,7 @@ fn push_samples(
     config: &Config,
     samples: &[crate::export::openmetrics::SeriesSamples],
     extra_names: &[String],
+    currency: Option<&str>,
     instance: &str,
     retry_for: Duration,
 ) -> Result<(Emitted, BTreeMap<&'static str, u64>), ReplayError> {
@@ -402,7 +418,7 @@ fn push_samples(
     let client = OtlpClient::new(config).map_err(ReplayError::Read)?;
     // The resource as a live agent sends it, with the replay's instance as its identity.
     let shape = crate::export::otlp::OtlpShape::from_config(config, instance);
-    let requests = otlp_requests(samples, extra_names, &shape, 5000);
+    let requests = otlp_requests(samples, extra_names, currency, &shape, 5000);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -452,6 +468,28 @@ struct JsonSummary<'a> {
     pushed: Option<&'a BTreeMap<&'static str, u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     loki: Option<&'a LokiReport>,
+    /// With pricing (SPEC §10): the currency, the total cost, and the requests that were
+    /// unpriced (wholly or in part) and unmetered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    currency: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<Money>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unpriced_requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unmetered_requests: Option<u64>,
+}
+
+/// An amount written as a JSON number in plain decimal notation from its integer units, never
+/// through a float (SPEC §10 "Summary").
+struct Money(u128);
+
+impl Serialize for Money {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw = serde_json::value::RawValue::from_string(crate::pricing::format_units(self.0))
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
 }
 
 #[derive(Serialize)]
@@ -463,6 +501,8 @@ struct JsonSeries<'a> {
     input_tokens: u64,
     output_tokens: u64,
     total_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<Money>,
 }
 
 /// The `--summary json` object of SPEC §2 (one line, then `\n`). Every skip reason is present,
@@ -470,11 +510,16 @@ struct JsonSeries<'a> {
 /// their own keys only when those flags were given.
 pub fn summary_json(r: &ReplayReport) -> String {
     let s = &r.snapshot;
+    let priced = s.currency.is_some();
     let summary = JsonSummary {
         emitted: r.emitted.as_ref(),
         outside_range: r.emitted.as_ref().map(|_| r.outside_range),
         pushed: r.pushed.as_ref(),
         loki: r.loki.as_ref(),
+        currency: s.currency.as_deref(),
+        cost: priced.then(|| Money(total_cost(s))),
+        unpriced_requests: priced.then(|| s.pairs.iter().map(|p| p.unpriced).sum()),
+        unmetered_requests: priced.then(|| s.pairs.iter().map(|p| p.unmetered).sum()),
         lines: s.stats.lines(),
         records: s.stats.records,
         skipped: SkipReason::ALL
@@ -492,6 +537,7 @@ pub fn summary_json(r: &ReplayReport) -> String {
                 input_tokens: x.input_tokens,
                 output_tokens: x.output_tokens,
                 total_tokens: x.total_tokens,
+                cost: priced.then_some(Money(x.cost_units)),
             })
             .collect(),
     };
@@ -499,6 +545,12 @@ pub fn summary_json(r: &ReplayReport) -> String {
         serde_json::to_string(&summary).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     out.push('\n');
     out
+}
+
+fn total_cost(s: &Snapshot) -> u128 {
+    s.series
+        .iter()
+        .fold(0u128, |a, x| a.saturating_add(x.cost_units))
 }
 
 /// The readable `--summary text` report: totals, top models, keys and services, skipped lines.
@@ -563,6 +615,25 @@ pub fn summary_text(r: &ReplayReport) -> String {
             );
         }
     }
+    let unmetered: u64 = s.pairs.iter().map(|p| p.unmetered).sum();
+    if unmetered > 0 {
+        let _ = writeln!(
+            out,
+            "unmetered  {unmetered:>14} 2xx requests without any valid token count"
+        );
+    }
+    if let Some(currency) = &s.currency {
+        let unpriced: u64 = s.pairs.iter().map(|p| p.unpriced).sum();
+        let _ = writeln!(
+            out,
+            "cost       {:>14} {currency}",
+            crate::pricing::format_units(total_cost(s))
+        );
+        let _ = writeln!(
+            out,
+            "unpriced   {unpriced:>14} requests (no price, or only part priced)"
+        );
+    }
     if let Some(e) = &r.emitted {
         let _ = writeln!(
             out,
@@ -626,5 +697,56 @@ pub fn summary_text(r: &ReplayReport) -> String {
             let _ = writeln!(out, "  {name:<width$}  {rq:>10} {i:>14} {o:>14} {t:>14}");
         }
     }
+    if let Some(currency) = &s.currency {
+        spend_tables(&mut out, s, currency);
+    }
     out
+}
+
+/// SPEC §10: spend by API key and by model (every row, largest first), and where requests
+/// were unpriced or unmetered.
+fn spend_tables(out: &mut String, s: &Snapshot, currency: &str) {
+    type LabelOf = fn(&crate::aggregate::SeriesSnapshot) -> &str;
+    let by_label: [(&str, LabelOf); 2] =
+        [("api_key_id", |x| &x.api_key_id), ("model", |x| &x.model)];
+    for (title, label) in by_label {
+        let mut by: BTreeMap<&str, (u64, u128)> = BTreeMap::new();
+        for x in &s.series {
+            let e = by.entry(label(x)).or_default();
+            e.0 += x.requests_total();
+            e.1 = e.1.saturating_add(x.cost_units);
+        }
+        let mut rows: Vec<_> = by.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then(a.0.cmp(b.0)));
+        let width = rows
+            .iter()
+            .map(|r| r.0.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(title.len());
+        let _ = writeln!(out, "\nspend by {title} ({currency}):");
+        let _ = writeln!(out, "  {title:<width$}  {:>10} {:>22}", "requests", "cost");
+        for (name, (rq, cost)) in rows {
+            let cost = crate::pricing::format_units(cost);
+            let _ = writeln!(out, "  {name:<width$}  {rq:>10} {cost:>22}");
+        }
+    }
+    let flagged: Vec<_> = s
+        .pairs
+        .iter()
+        .filter(|p| p.unpriced > 0 || p.unmetered > 0)
+        .collect();
+    if !flagged.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nunpriced and unmetered requests by model and service_id:"
+        );
+        for p in flagged {
+            let _ = writeln!(
+                out,
+                "  {} / {}: {} unpriced, {} unmetered",
+                p.model, p.service_id, p.unpriced, p.unmetered
+            );
+        }
+    }
 }

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use crate::aggregate::{
-    invalid_field_names, Histogram, SeriesSnapshot, SkipReason, Snapshot, DURATION_BUCKETS,
-    OVERFLOW_LABELS,
+    invalid_field_names, Histogram, PairSnapshot, SeriesSnapshot, SkipReason, Snapshot,
+    DURATION_BUCKETS, OVERFLOW_LABELS,
 };
 use crate::parse::StatusClass;
 use crate::source::{ErrorReason, FileStatus, RegistrySummary, FATE_NAMES};
@@ -29,6 +29,9 @@ pub enum Kind {
 pub enum Value<'a> {
     Int(u64),
     Gauge(i64),
+    /// An amount of money in units of 10^-12 currency (SPEC §10): each formatter writes it
+    /// as a decimal (exactly where the format allows, else as a double).
+    Cost(u128),
     Histogram(&'a Histogram),
 }
 
@@ -83,6 +86,8 @@ pub struct AgentView {
     pub otlp: [u64; 3],
     /// State writes: success, failure.
     pub checkpoints: [u64; 2],
+    /// `pricing.file` reloads: applied, refused.
+    pub pricing_reloads: [u64; 2],
     pub loki: Option<LokiView>,
 }
 
@@ -106,8 +111,29 @@ pub struct View<'a> {
     /// `metrics.labels`: on every token point.
     pub static_labels: Vec<(&'a str, &'a str)>,
     pub agent: Option<&'a AgentView>,
+    /// The configured budgets (SPEC §10), as gauges on a live agent (none in backfill).
+    pub budgets: &'a [BudgetView],
     /// Label values of `tokenmeter_invalid_fields`, in the order of the snapshot's counts.
     invalid_names: Vec<String>,
+    /// Label values of `tokenmeter_pricing_child_exceeds_parent`: the token types.
+    type_names: Vec<String>,
+}
+
+/// One `[[budgets]]` entry as its gauges show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetView {
+    pub api_key_id: String,
+    pub window: String,
+    pub tokens: Option<u64>,
+    /// In units of 10^-12 of the pricing currency.
+    pub cost_units: Option<u128>,
+}
+
+/// The token types of SPEC §10 in their index order: input, output, total, then the extras.
+pub fn token_type_names(extra_names: &[String]) -> Vec<String> {
+    let mut v = vec!["input".to_string(), "output".into(), "total".into()];
+    v.extend(extra_names.iter().cloned());
+    v
 }
 
 impl<'a> View<'a> {
@@ -120,8 +146,16 @@ impl<'a> View<'a> {
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect(),
             agent: None,
+            budgets: &[],
             invalid_names: Vec::new(),
+            type_names: Vec::new(),
         }
+    }
+
+    /// This view with the budgets' gauges.
+    pub fn with_budgets(mut self, budgets: &'a [BudgetView]) -> Self {
+        self.budgets = budgets;
+        self
     }
 
     pub fn new(
@@ -136,7 +170,9 @@ impl<'a> View<'a> {
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect(),
             agent,
+            budgets: &[],
             invalid_names: invalid_field_names(&snap.extra_names),
+            type_names: token_type_names(&snap.extra_names),
         }
     }
 }
@@ -271,6 +307,7 @@ pub fn families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
             }),
         ));
     }
+    out.extend(spend_families(p));
     out.push(Family {
         name: format!("{p}_request_duration_seconds"),
         help: "Duration of LLM requests.",
@@ -296,6 +333,127 @@ pub fn families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
     });
     out.extend(self_metrics());
     out
+}
+
+fn per_pair(read: fn(&PairSnapshot) -> u64) -> Points {
+    Box::new(move |v, f| {
+        for x in &v.snap.pairs {
+            let n = read(x);
+            if n == 0 {
+                continue;
+            }
+            let mut l = vec![
+                ("model", x.model.as_str()),
+                ("service_id", x.service_id.as_str()),
+            ];
+            l.extend(v.static_labels.iter().copied());
+            f(Point {
+                labels: l,
+                value: Value::Int(n),
+                start_ns: x.start_ns,
+            });
+        }
+    })
+}
+
+/// SPEC §10: cost per series, unpriced and unmetered requests per (model, service_id), and
+/// the budgets. Cost has points only while pricing is on (the snapshot has a currency).
+fn spend_families(p: &str) -> Vec<Family> {
+    let pair_family = |name: String, help, read: fn(&PairSnapshot) -> u64| Family {
+        name,
+        help,
+        unit: "{request}",
+        kind: Kind::Counter,
+        labels: &["model", "service_id"],
+        token: true,
+        points: per_pair(read),
+    };
+    vec![
+        Family {
+            labels: &["model", "api_key_id", "service_id", "currency"],
+            ..token(
+                format!("{p}_cost"),
+                "Cost of the requests at the prices in force at their event time (SPEC §10).",
+                "{cost}",
+                Box::new(|v, f| {
+                    let Some(currency) = v.snap.currency.as_deref() else {
+                        return;
+                    };
+                    for x in &v.snap.series {
+                        let mut l = series_labels(v, x);
+                        l.push(("currency", currency));
+                        f(Point {
+                            labels: l,
+                            value: Value::Cost(x.cost_units),
+                            start_ns: x.start_ns,
+                        });
+                    }
+                }),
+            )
+        },
+        pair_family(
+            format!("{p}_unpriced_requests"),
+            "Requests with tokens that no price entry (or only part of one) prices.",
+            |x| x.unpriced,
+        ),
+        pair_family(
+            format!("{p}_unmetered_requests"),
+            "2xx requests without any valid token count (e.g. the gateway wrote null).",
+            |x| x.unmetered,
+        ),
+        Family {
+            name: format!("{p}_budget_tokens"),
+            help: "Token budget of an API key over a rolling window (\"*\": the default).",
+            unit: "{token}",
+            kind: Kind::Gauge,
+            labels: &["api_key_id", "window"],
+            token: true,
+            points: Box::new(|v, f| {
+                for b in v.budgets {
+                    if let Some(t) = b.tokens {
+                        let mut l = vec![
+                            ("api_key_id", b.api_key_id.as_str()),
+                            ("window", b.window.as_str()),
+                        ];
+                        l.extend(v.static_labels.iter().copied());
+                        f(Point {
+                            labels: l,
+                            value: Value::Gauge(gauge(t)),
+                            start_ns: 0,
+                        });
+                    }
+                }
+            }),
+        },
+        Family {
+            name: format!("{p}_budget_cost"),
+            help: "Cost budget of an API key over a rolling window (\"*\": the default).",
+            unit: "{cost}",
+            kind: Kind::Gauge,
+            labels: &["api_key_id", "window", "currency"],
+            token: true,
+            points: Box::new(|v, f| {
+                let Some(currency) = v.snap.currency.as_deref() else {
+                    return;
+                };
+                for b in v.budgets {
+                    if let Some(c) = b.cost_units {
+                        let mut l = vec![
+                            ("api_key_id", b.api_key_id.as_str()),
+                            ("window", b.window.as_str()),
+                            ("currency", currency),
+                        ];
+                        l.extend(v.static_labels.iter().copied());
+                        f(Point {
+                            labels: l,
+                            value: Value::Cost(c),
+                            start_ns: 0,
+                        });
+                    }
+                }
+            }),
+        },
+    ]
 }
 
 /// Runs `f` with the agent view, when there is one.
@@ -516,6 +674,33 @@ fn self_metrics() -> Vec<Family> {
             Box::new(|v, f| {
                 for (name, n) in v.invalid_names.iter().zip(&v.snap.stats.invalid_fields) {
                     f(vec![("field", name.as_str())], Value::Int(*n));
+                }
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_pricing_reloads",
+            "Changes of pricing.file: applied, or refused (the prices in force stayed).",
+            "{reload}",
+            Counter,
+            &["outcome"],
+            Box::new(|v, f| {
+                with_agent(v, |a| {
+                    if a.pricing_reloads != [0, 0] {
+                        f(vec![("outcome", "success")], Value::Int(a.pricing_reloads[0]));
+                        f(vec![("outcome", "failure")], Value::Int(a.pricing_reloads[1]));
+                    }
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_pricing_child_exceeds_parent",
+            "Records whose count of a token type was above its nearest priced ancestor's.",
+            "{record}",
+            Counter,
+            &["type"],
+            Box::new(|v, f| {
+                for (name, n) in v.type_names.iter().zip(&v.snap.stats.child_exceeds) {
+                    f(vec![("type", name.as_str())], Value::Int(*n));
                 }
             }),
         ),

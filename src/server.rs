@@ -34,6 +34,8 @@ pub struct ServerContext {
     pub metrics: crate::config::Metrics,
     pub otlp_endpoint: String,
     pub loki_endpoint: String,
+    /// `[[budgets]]`, shown as gauges.
+    pub budgets: Vec<crate::schema::BudgetView>,
 }
 
 #[derive(Clone)]
@@ -256,7 +258,8 @@ impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let sh = &self.shared;
         let agent = agent_view(&sh.status, sh.loki.as_deref());
-        let view = View::new(&self.snap, &sh.metrics.labels, Some(&agent));
+        let view =
+            View::new(&self.snap, &sh.metrics.labels, Some(&agent)).with_budgets(&sh.budgets);
         encode_view(&view, &sh.metrics.prefix, &mut enc)
     }
 }
@@ -280,6 +283,13 @@ fn encode_view(view: &View<'_>, prefix: &str, enc: &mut DescriptorEncoder) -> st
             match value {
                 Value::Int(n) => ConstCounter::new(*n).encode(fam)?,
                 Value::Gauge(n) => ConstGauge::new(*n).encode(fam)?,
+                Value::Cost(units) => {
+                    let v = crate::pricing::units_to_f64(*units);
+                    match family.kind {
+                        Kind::Counter => ConstCounter::new(v).encode(fam)?,
+                        _ => ConstGauge::new(v).encode(fam)?,
+                    }
+                }
                 Value::Histogram(h) => fam.encode_histogram::<NoLabelSet>(
                     h.sum_seconds,
                     h.count,

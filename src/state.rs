@@ -305,6 +305,8 @@ mod tests {
                 series: vec![],
                 durations: vec![],
                 stats: SelfStats::default(),
+                pairs: vec![],
+                currency: None,
             }
             .into(),
         }

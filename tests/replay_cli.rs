@@ -3,7 +3,9 @@
 //! Expected summaries come from `tests/expected/*.json`, written by
 //! `tests/expected/expected_summary.py` (an independent Python reading of SPEC §3 that shares
 //! no code with the implementation; CI re-runs it with `--check`). A few totals are also
-//! written out by hand from `tests/fixtures/gen_fixtures.py` as a second check.
+//! written out by hand from `tests/fixtures/gen_fixtures.py` as a second check. With
+//! `--config tests/fixtures/pricing.toml` the same script writes `tests/expected/*.priced.json`
+//! (spend, SPEC §10), compared here value by value and cost text by cost text.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,6 +83,179 @@ fn every_fixture_matches_the_independent_reference() {
             "{name}"
         );
     }
+}
+
+/// `replay --config CONFIG --summary json FILE...`: the raw stdout (one line) and its value.
+fn replay_priced(config: &Path, files: &[&Path]) -> (String, Value) {
+    let out = bin()
+        .args(["replay", "--config"])
+        .arg(config)
+        .args(["--summary", "json"])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "exactly one JSON object on one line: {text}"
+    );
+    let value = serde_json::from_str(&text).unwrap();
+    (text, value)
+}
+
+/// The exact text of the top-level `"cost"` number and of each series' `"cost"`, in series
+/// order, whatever the key order (a small scan that skips strings and counts nesting).
+/// Comparing parsed values alone goes through f64 and could hide a last-digit difference;
+/// SPEC §10 wants the plain decimal written from the integer units.
+fn cost_texts(json: &str) -> (Option<String>, Vec<String>) {
+    let b = json.as_bytes();
+    let (mut top, mut series) = (None, Vec::new());
+    let (mut depth, mut i) = (0usize, 0usize);
+    let mut last_string: Option<&str> = None;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                last_string = Some(&json[start..i]);
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth -= 1,
+            b':' if last_string == Some("cost") => {
+                let rest = json[i + 1..].trim_start();
+                let len = rest
+                    .find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c)))
+                    .unwrap_or(rest.len());
+                let number = rest[..len].to_string();
+                match depth {
+                    1 => top = Some(number),
+                    3 => series.push(number),
+                    _ => panic!("a \"cost\" at depth {depth}: {json}"),
+                }
+            }
+            _ => {}
+        }
+        if b[i] != b'"' {
+            last_string = last_string.filter(|_| b[i].is_ascii_whitespace() || b[i] == b':');
+        }
+        i += 1;
+    }
+    (top, series)
+}
+
+#[test]
+fn priced_summaries_match_the_independent_reference() {
+    // tests/fixtures/pricing.toml exercises every rule of SPEC §10 over the fixtures; the
+    // expected files come from `expected_summary.py --config tests/fixtures/pricing.toml`.
+    let config = fixture("pricing.toml");
+    for name in [
+        "envoy-ai-access.jsonl",
+        "cri-wrapped.log",
+        "edge-cases.log",
+        "docker-json.log",
+    ] {
+        let (text, got) = replay_priced(&config, &[&fixture(name)]);
+        let path = root()
+            .join("tests/expected")
+            .join(format!("{name}.priced.json"));
+        let want_text = std::fs::read_to_string(path).unwrap();
+        let want: Value = serde_json::from_str(&want_text).unwrap();
+        assert_eq!(got, want, "{name}: {text}");
+        let want_costs = cost_texts(&want_text);
+        assert!(want_costs.0.is_some(), "{name}");
+        assert_eq!(
+            want_costs.1.len(),
+            want["series"].as_array().unwrap().len(),
+            "{name}"
+        );
+        assert_eq!(cost_texts(&text), want_costs, "{name}: cost texts");
+        // Plain decimal, at most 12 fractional digits, no trailing zeros.
+        for c in want_costs.0.iter().chain(&want_costs.1) {
+            let (whole, frac) = c.split_once('.').unwrap_or((c, ""));
+            assert!(
+                !whole.is_empty() && whole.bytes().all(|b| b.is_ascii_digit()),
+                "{c}"
+            );
+            assert!(frac.len() <= 12 && !frac.ends_with('0'), "{c}");
+        }
+    }
+}
+
+#[test]
+fn priced_totals_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prices.toml");
+    // No `included_in`: the default (cached_input inside input) applies. Custom input field name.
+    std::fs::write(
+        &config,
+        r#"
+[fields]
+input_tokens = "in"
+[fields.extra_tokens]
+cached_input = "cached"
+[pricing]
+currency = "USD"
+[[pricing.prices]]
+model = "m*"
+per_million = { input = 2, output = 8, cached_input = 0.5 }
+per_request = 0.001
+tiers = [{ above_input = 1000, per_million = { input = 4 } }]
+[[pricing.prices]]
+model = "m*"
+from = "2026-03-01T00:00:00Z"
+per_million = { input = 3, output = 8 }
+per_request = 0.002
+"#,
+    )
+    .unwrap();
+    let log = dir.path().join("access.log");
+    std::fs::write(
+        &log,
+        concat!(
+            // 1. Feb, first entry: (100 - 40) x 2 + 40 x 0.5 + 10 x 8 = 220 µ + fee 1000 µ = 1220 µ
+            r#"{"model":"m1","in":100,"llm_output_token":10,"cached":40,"response_code":200,"start_time":"2026-02-01T00:00:00Z"}"#,
+            "\n",
+            // 2. no time: the previous record's (Feb; the file's mtime would be after March).
+            //    Input 2000 > 1000: tier input 4: 2000 x 4 + 100 x 8 = 8800 µ, no fee (503)
+            r#"{"model":"m1","in":2000,"llm_output_token":100,"response_code":503}"#,
+            "\n",
+            // 3. Feb: cached 9 > input 5: input charged max(0, 5 - 9) = 0; 9 x 0.5 = 4.5 µ
+            //    + fee 1000 µ = 1004.5 µ
+            r#"{"model":"m1","in":5,"cached":9,"response_code":200,"start_time":"2026-02-01T00:00:00Z","duration":"5"}"#,
+            "\n",
+            // 4. 2026-03-01T00:59:59.999+01:00 + 1 ms = 2026-03-01T00:00:00Z: the March entry
+            //    is in force (at or after); cached has no rate there, so input is charged whole:
+            //    5 x 3 + 1 x 8 = 23 µ + fee 2000 µ = 2023 µ
+            r#"{"model":"m1","in":5,"cached":9,"llm_output_token":1,"response_code":200,"start_time":"2026-03-01T00:59:59.999+01:00","duration":1}"#,
+            "\n",
+            // 5. no price matches "x": unpriced, cost 0
+            r#"{"model":"x","in":7,"response_code":200}"#,
+            "\n",
+            // 6. 2xx without any token value: unmetered; March entry: fee 2000 µ
+            r#"{"model":"m2","response_code":204}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    // m1: 1220 + 8800 + 1004.5 + 2023 = 13047.5 µ = 0.0130475 USD; m2: 0.002; x: 0;
+    // total 15047.5 µ = 0.0150475.
+    let (text, s) = replay_priced(&config, &[&log]);
+    assert_eq!(s["currency"], "USD", "{text}");
+    assert_eq!(s["unpriced_requests"], 1, "{text}");
+    assert_eq!(s["unmetered_requests"], 1, "{text}");
+    let (total, series) = cost_texts(&text);
+    assert_eq!(total.as_deref(), Some("0.0150475"), "{text}");
+    assert_eq!(series, ["0.0130475", "0.002", "0"], "{text}");
+    assert_eq!(sum(&s, "input_tokens"), 2110 + 7, "{text}");
 }
 
 #[test]

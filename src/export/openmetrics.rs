@@ -32,6 +32,8 @@ struct Delta {
     output: u64,
     total: u64,
     extra: [u64; MAX_EXTRA_TOKENS],
+    /// Units of 10^-12 currency.
+    cost: u128,
 }
 
 /// Collects counted records by (series, step).
@@ -71,7 +73,7 @@ impl LineSink for Backfill {
         inside
     }
 
-    fn counted(&mut self, series: usize, r: &Record<'_>, event_ns: Option<i64>) {
+    fn counted(&mut self, series: usize, r: &Record<'_>, event_ns: Option<i64>, cost_units: u128) {
         let Some(t) = event_ns else {
             self.untimed += 1;
             return;
@@ -85,6 +87,7 @@ impl LineSink for Backfill {
         for (a, b) in d.extra.iter_mut().zip(&r.extra_tokens) {
             *a += b;
         }
+        d.cost = d.cost.saturating_add(cost_units);
     }
 }
 
@@ -106,6 +109,8 @@ pub struct Cumulative {
     pub output: u64,
     pub total: u64,
     pub extra: Vec<u64>,
+    /// Units of 10^-12 currency.
+    pub cost: u128,
 }
 
 /// What was emitted, for the summary.
@@ -144,6 +149,7 @@ impl Backfill {
             for (a, b) in cum.extra.iter_mut().zip(&d.extra) {
                 *a += b;
             }
+            cum.cost = cum.cost.saturating_add(d.cost);
             let entry = by_series
                 .entry((m.to_string(), k.to_string(), s.to_string()))
                 .or_insert_with(|| SeriesSamples {
@@ -166,7 +172,12 @@ fn escape(v: &str) -> String {
 }
 
 /// One series at one step end, as the schema reads it.
-fn step_snapshot(s: &SeriesSamples, c: &Cumulative, extra_names: &[String]) -> Snapshot {
+fn step_snapshot(
+    s: &SeriesSamples,
+    c: &Cumulative,
+    extra_names: &[String],
+    currency: Option<&str>,
+) -> Snapshot {
     Snapshot {
         extra_names: extra_names.to_vec(),
         series: vec![SeriesSnapshot {
@@ -179,14 +190,18 @@ fn step_snapshot(s: &SeriesSamples, c: &Cumulative, extra_names: &[String]) -> S
             total_tokens: c.total,
             extra_tokens: c.extra.clone(),
             start_ns: s.start_ns,
+            cost_units: c.cost,
         }],
         durations: Vec::new(),
         stats: SelfStats::default(),
+        pairs: Vec::new(),
+        currency: currency.map(str::to_string),
     }
 }
 
-/// One label set's samples: its labels and its (time ns, value) pairs in time order.
-type LabelSamples = (Vec<(String, String)>, Vec<(i64, u64)>);
+/// One label set's samples: its labels and its (time ns, value) pairs in time order (a cost
+/// in units of 10^-12 currency).
+type LabelSamples = (Vec<(String, String)>, Vec<(i64, u128)>);
 
 /// The points of one token counter family for one series over all its steps, grouped by
 /// label set (each group in time order, groups sorted by labels): (labels, [(time ns, value)]).
@@ -196,6 +211,7 @@ fn family_series(
     family: &Family,
     s: &SeriesSamples,
     extra_names: &[String],
+    currency: Option<&str>,
     static_labels: &BTreeMap<String, String>,
 ) -> Vec<LabelSamples> {
     let mut groups: rustc_hash::FxHashMap<u64, LabelSamples> = Default::default();
@@ -203,7 +219,7 @@ fn family_series(
         return Vec::new();
     };
     // One snapshot per series, its counters overwritten step by step (labels cloned once).
-    let mut snap = step_snapshot(s, first, extra_names);
+    let mut snap = step_snapshot(s, first, extra_names, currency);
     for (t, c) in &s.points {
         let x = &mut snap.series[0];
         x.requests = c.requests;
@@ -211,9 +227,15 @@ fn family_series(
         x.output_tokens = c.output;
         x.total_tokens = c.total;
         x.extra_tokens.clone_from(&c.extra);
+        x.cost_units = c.cost;
         let view = View::tokens(&snap, static_labels);
         family.points(&view, &mut |p| {
-            if let Value::Int(v) = p.value {
+            let v = match p.value {
+                Value::Int(v) => u128::from(v),
+                Value::Cost(v) => v,
+                _ => return,
+            };
+            {
                 let key = crate::export::otlp::series_key("", &p.labels);
                 groups
                     .entry(key)
@@ -231,11 +253,20 @@ fn family_series(
     out
 }
 
-/// The token counter families of the schema (backfill has no histogram and no self-metrics).
-fn backfill_families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
+/// Whether a family's values are money (the schema's unit says so).
+fn is_money(family: &Family) -> bool {
+    family.unit == "{cost}"
+}
+
+/// The per-series token counters of the schema: backfill has no histogram, no self-metrics
+/// and no per-(model, service_id) counters (unpriced/unmetered are in the summary), and cost
+/// only with pricing.
+fn backfill_families(prefix: &str, extra_names: &[String], currency: Option<&str>) -> Vec<Family> {
     families(prefix, extra_names)
         .into_iter()
         .filter(|f| f.token && f.kind == Kind::Counter)
+        .filter(|f| f.labels.starts_with(&["model", "api_key_id", "service_id"]))
+        .filter(|f| currency.is_some() || !is_money(f))
         .collect()
 }
 
@@ -243,11 +274,13 @@ fn backfill_families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
 /// each series' samples in time order with timestamps in seconds, `job="tokenmeter"` and
 /// `instance`, then `# EOF`. Each series starts with a 0 one step before its first value, so
 /// PromQL's `increase()` sees its first increment (SPEC §4 "First increments").
+#[allow(clippy::too_many_arguments)]
 pub fn write_openmetrics(
     out: &mut dyn Write,
     series: &[SeriesSamples],
     prefix: &str,
     extra_names: &[String],
+    currency: Option<&str>,
     static_labels: &BTreeMap<String, String>,
     instance: &str,
 ) -> io::Result<Emitted> {
@@ -255,13 +288,15 @@ pub fn write_openmetrics(
     let tail = format!(",job=\"tokenmeter\",instance=\"{}\"", escape(instance));
     let mut first = i64::MAX;
     let mut last = i64::MIN;
-    for family in backfill_families(prefix, extra_names) {
+    for family in backfill_families(prefix, extra_names, currency) {
         writeln!(out, "# TYPE {} counter", family.name)?;
         writeln!(out, "# HELP {} {}", family.name, family.help)?;
         let name = family.full_name();
+        let money = is_money(&family);
         for s in series {
             let step = s.points.first().map_or(0, |(t, _)| t - s.start_ns);
-            for (labels, samples) in family_series(&family, s, extra_names, static_labels) {
+            for (labels, samples) in family_series(&family, s, extra_names, currency, static_labels)
+            {
                 let labels = labels
                     .iter()
                     .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
@@ -273,7 +308,17 @@ pub fn write_openmetrics(
                     first = first.min(t);
                     last = last.max(t);
                     // Timestamps in seconds: promtool and mimirtool read OpenMetrics seconds.
-                    writeln!(out, "{name}{{{labels}{tail}}} {v} {}", t / 1_000_000_000)?;
+                    // Money exactly, in decimal (SPEC §10: divided only when written).
+                    let value = if money {
+                        crate::pricing::format_units(v)
+                    } else {
+                        v.to_string()
+                    };
+                    writeln!(
+                        out,
+                        "{name}{{{labels}{tail}}} {value} {}",
+                        t / 1_000_000_000
+                    )?;
                 }
             }
         }
@@ -294,6 +339,7 @@ pub fn write_openmetrics(
 pub fn otlp_requests(
     series: &[SeriesSamples],
     extra_names: &[String],
+    currency: Option<&str>,
     shape: &OtlpShape,
     max_points: usize,
 ) -> Vec<ExportMetricsServiceRequest> {
@@ -303,12 +349,14 @@ pub fn otlp_requests(
             value: Some(any_value::Value::StringValue(v.to_string())),
         }),
     };
-    let families = backfill_families(&shape.prefix, extra_names);
+    let families = backfill_families(&shape.prefix, extra_names, currency);
     // (time, family index, point), sorted by time so each request moves forward in time.
     let mut points: Vec<(i64, usize, NumberDataPoint)> = Vec::new();
     for (fi, family) in families.iter().enumerate() {
+        let money = is_money(family);
         for s in series {
-            for (labels, samples) in family_series(family, s, extra_names, &shape.static_labels) {
+            let samples = family_series(family, s, extra_names, currency, &shape.static_labels);
+            for (labels, samples) in samples {
                 let attrs: Vec<KeyValue> = labels.iter().map(|(k, v)| kv(k, v)).collect();
                 let start = u64::try_from(s.start_ns).unwrap_or(0);
                 let zero = samples.first().map(|_| (s.start_ns, 0));
@@ -320,9 +368,13 @@ pub fn otlp_requests(
                             attributes: attrs.clone(),
                             start_time_unix_nano: start,
                             time_unix_nano: u64::try_from(t).unwrap_or(0),
-                            value: Some(number_data_point::Value::AsInt(
-                                i64::try_from(v).unwrap_or(i64::MAX),
-                            )),
+                            value: Some(if money {
+                                number_data_point::Value::AsDouble(crate::pricing::units_to_f64(v))
+                            } else {
+                                number_data_point::Value::AsInt(
+                                    i64::try_from(v).unwrap_or(i64::MAX),
+                                )
+                            }),
                             ..Default::default()
                         },
                     ));
@@ -391,6 +443,7 @@ mod tests {
                             output: i as u64,
                             total: 11 * i as u64,
                             extra: vec![],
+                            cost: 0,
                         },
                     )
                 })
@@ -405,7 +458,7 @@ mod tests {
         let s = one_series(43_200);
         let shape = OtlpShape::from_config(&crate::config::Config::default(), "replay");
         let t = std::time::Instant::now();
-        let reqs = otlp_requests(std::slice::from_ref(&s), &[], &shape, 5000);
+        let reqs = otlp_requests(std::slice::from_ref(&s), &[], None, &shape, 5000);
         let took = t.elapsed();
         let points: usize = reqs
             .iter()
@@ -438,7 +491,7 @@ mod tests {
         let mut out = Vec::new();
         let mut labels = BTreeMap::new();
         labels.insert("cluster".to_string(), "c1".to_string());
-        write_openmetrics(&mut out, &[s], "llm", &[], &labels, "node-a").unwrap();
+        write_openmetrics(&mut out, &[s], "llm", &[], None, &labels, "node-a").unwrap();
         let want = "\
 # TYPE llm_requests counter
 # HELP llm_requests LLM requests by status class.

@@ -162,6 +162,9 @@ impl<'v> Requests<'v> {
         let value = match p.value {
             Value::Int(n) => int(n),
             Value::Gauge(n) => Some(number_data_point::Value::AsInt(n)),
+            Value::Cost(units) => Some(number_data_point::Value::AsDouble(
+                crate::pricing::units_to_f64(units),
+            )),
             Value::Histogram(_) => None,
         };
         // The 0 at the start, and the value strictly after it.

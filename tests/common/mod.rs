@@ -81,13 +81,17 @@ impl Daemon {
     /// Starts the daemon with `config` (TOML) written into `dir`, and waits for `/healthz`.
     pub fn start(dir: &Path, name: &str, config: &str) -> Daemon {
         let d = Daemon::spawn(dir, name, config, &[], &bin());
-        wait_until("daemon /healthz", Duration::from_secs(20), || {
-            get(&d.addr, "/healthz")
-                .ok()
-                .filter(|(c, _)| *c == 200)
-                .map(|_| ())
-        });
-        d
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if get(&d.addr, "/healthz").is_ok_and(|(c, _)| c == 200) {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out after 20s waiting for daemon /healthz; its log:\n{}",
+            d.log_text()
+        );
     }
 
     /// Starts `binary run --config <dir>/<name>.toml` under `wrapper` (a command that execs
