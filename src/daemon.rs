@@ -446,8 +446,17 @@ impl OtlpSource {
     /// One push: a snapshot, sent as requests of bounded size one after the other (each
     /// encoded just before it is sent). A failed request ends the push (the next one carries
     /// the same cumulative values); a rejected one is counted and the others still go.
-    async fn push(&self, client: &OtlpClient, deadline: tokio::time::Instant) -> PushOutcome {
-        let snap = self.meter.snapshot().await;
+    async fn push(
+        &self,
+        client: &OtlpClient,
+        deadline: tokio::time::Instant,
+        last: bool,
+    ) -> PushOutcome {
+        let snap = if last {
+            self.meter.final_snapshot(deadline).await
+        } else {
+            self.meter.snapshot().await
+        };
         let agent = agent_view(&self.status, self.loki.as_deref());
         let view =
             View::new(&snap, &self.shape.static_labels, Some(&agent)).with_budgets(&self.budgets);
@@ -513,7 +522,7 @@ async fn otlp_loop(
             _ = stop.changed() => break,
         }
         // Retry until the next push is due: that one carries the same counts and more.
-        let push = source.push(&client, tokio::time::Instant::now() + interval);
+        let push = source.push(&client, tokio::time::Instant::now() + interval, false);
         tokio::select! {
             outcome = push => {
                 status.otlp.record(outcome);
@@ -527,7 +536,7 @@ async fn otlp_loop(
         }
     }
     let deadline = tokio::time::Instant::now() + shutdown.remaining();
-    match tokio::time::timeout_at(deadline, source.push(&client, deadline)).await {
+    match tokio::time::timeout_at(deadline, source.push(&client, deadline, true)).await {
         Ok(outcome) => {
             status.otlp.record(outcome);
             tracing::info!("final OTLP push: {}", outcome.as_str());
@@ -632,12 +641,12 @@ fn metering_loop(
             std::thread::sleep(IDLE_SLEEP);
         }
     }
-    // Phase 1: reading has stopped; save now, so a SIGKILL during the flush costs nothing.
+    // Phase 1: reading has stopped; the final push may take the last snapshot, and the
+    // state is saved now, so a SIGKILL during the flush costs nothing.
+    saver.meter.publish_final(&saver.meter.lock());
     saver.save(registry.positions());
     status.publish_files(registry.statuses(), registry.summary());
     while !flushed.load(Ordering::SeqCst) && !shutdown.deadline_passed() {
-        // The final push reads what was counted before reading stopped.
-        saver.meter.publish(&saver.meter.lock(), false);
         std::thread::sleep(Duration::from_millis(10));
     }
     saver.save(registry.positions())

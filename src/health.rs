@@ -39,6 +39,8 @@ struct Publication {
     snapshot: tokio::sync::watch::Sender<Arc<Snapshot>>,
     /// A reader is waiting for a snapshot of the current generation.
     wanted: AtomicBool,
+    /// Reading has stopped for good (shutdown) and the last snapshot is published.
+    finished: AtomicBool,
 }
 
 /// What the metering thread publishes after every poll.
@@ -65,6 +67,7 @@ impl MeterHandle {
                 facts: ArcSwap::from_pointee(facts),
                 snapshot: tokio::sync::watch::Sender::new(snapshot),
                 wanted: AtomicBool::new(false),
+                finished: AtomicBool::new(false),
             }),
         }
     }
@@ -87,6 +90,27 @@ impl MeterHandle {
         let _ = tokio::time::timeout(SNAPSHOT_WAIT, rx.changed()).await;
         let snap = rx.borrow().clone();
         snap
+    }
+
+    /// The last snapshot after reading stopped (shutdown): waits until the metering thread
+    /// has published it, at most until `deadline`, so the final push carries every line
+    /// counted, the last poll's included.
+    pub async fn final_snapshot(&self, deadline: tokio::time::Instant) -> Arc<Snapshot> {
+        let mut rx = self.shared.snapshot.subscribe();
+        while !self.shared.finished.load(Ordering::SeqCst) {
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                break;
+            }
+        }
+        let snap = rx.borrow().clone();
+        snap
+    }
+
+    /// For the metering thread once reading has stopped: publishes the final snapshot.
+    pub(crate) fn publish_final(&self, m: &Meter) {
+        self.publish(m, true);
+        self.shared.finished.store(true, Ordering::SeqCst);
+        self.shared.snapshot.send_modify(|_| ());
     }
 
     /// For the one writer (the metering thread).

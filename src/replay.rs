@@ -24,6 +24,9 @@ use crate::parse::Record;
 use crate::pipeline::{physical_line_limit, FileCursor, LineSink, Meter};
 use crate::source::{expand_inputs, open_input, AtEof, InputError, LineReader, PodLabels};
 
+/// Stands for "for ever" where `--retry-for` is too large to add to a clock reading.
+const YEAR: Duration = Duration::from_secs(365 * 86_400);
+
 /// What to do besides summarising (SPEC §2 `replay` flags).
 #[derive(Clone, Debug, Default)]
 pub struct ReplayOptions {
@@ -124,7 +127,8 @@ impl LokiReplay {
             self.report.undelivered += batch.entries as u64;
             return;
         }
-        let deadline = std::time::Instant::now() + self.retry_for;
+        let now = std::time::Instant::now();
+        let deadline = now.checked_add(self.retry_for).unwrap_or(now + YEAR);
         let give_up = || std::time::Instant::now() >= deadline;
         let result = self
             .rt
@@ -424,9 +428,16 @@ fn push_samples(
         .build()
         .map_err(|e| ReplayError::Read(e.into()))?;
     let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // One `--retry-for` for the whole push, not one per request.
+    let now = tokio::time::Instant::now();
+    let deadline = now.checked_add(retry_for).unwrap_or(now + YEAR);
     for req in &requests {
-        let deadline = tokio::time::Instant::now() + retry_for;
-        let o = rt.block_on(client.push(req, deadline));
+        // Once `--retry-for` is spent the rest is not tried: reported as failed.
+        let o = if tokio::time::Instant::now() >= deadline {
+            crate::export::otlp::PushOutcome::Failed
+        } else {
+            rt.block_on(client.push(req, deadline))
+        };
         *outcomes.entry(o.as_str()).or_insert(0) += 1;
     }
     let n: usize = samples.iter().map(|s| s.points.len()).sum();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::loki::LokiReceiver;
+use common::loki::{Behavior, LokiReceiver};
 use common::*;
 
 const STEP: i64 = 60;
@@ -332,4 +332,110 @@ fn replay_loki_against_a_loki_that_is_down_gives_up_after_retry_for_with_exit_1(
     assert_eq!(s["loki"]["sent"], 0);
     assert_eq!(s["loki"]["undelivered"], 34, "{s}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not delivered to Loki"));
+}
+
+#[test]
+fn a_retry_after_of_zero_is_not_a_tight_loop_and_replay_loki_still_gives_up() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cri-wrapped.log"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let r = LokiReceiver::start();
+    // Every request is told to come back at once (more than any run could use).
+    for _ in 0..100_000 {
+        r.script(Behavior::RetryAfter("0"));
+    }
+    let cfg = tmp.path().join("loki.toml");
+    std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r.endpoint())).unwrap();
+    let t = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenmeter"))
+        .args([
+            "replay",
+            "--summary",
+            "json",
+            "--loki",
+            "--retry-for",
+            "2s",
+            "--config",
+        ])
+        .arg(&cfg)
+        .arg(fixture)
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "gave up after {took:?}"
+    );
+    // The agent's own backoff (0.5 s, 1 s, 2 s, ±25 %) is the floor: within 2 s of retrying
+    // there is room for at most 4 attempts, not thousands.
+    assert!(
+        r.requests() <= 4,
+        "{} requests in {took:?}: Retry-After: 0 became a tight loop",
+        r.requests()
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["loki"]["undelivered"], 34, "{s}");
+}
+
+#[test]
+fn replay_push_spends_one_retry_for_on_all_its_requests() {
+    // Enough series for several OTLP requests (at most 5,000 points each).
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("many.log");
+    let mut text = String::new();
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "2026-11-26T10:00:00.000000000Z stdout F {{\"model\":\"m\",\"api_key_id\":\"k{i}\",\"aim_service_id\":\"s\",\"llm_input_token\":1,\"llm_output_token\":1,\"response_code\":200}}\n"
+        ));
+    }
+    std::fs::write(&log, text).unwrap();
+    // Nothing listens there: every request fails at once and is retried with backoff.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = tmp.path().join("push.toml");
+    std::fs::write(
+        &cfg,
+        format!("[otlp]\nendpoint = \"http://127.0.0.1:{port}/opentelemetry/v1/metrics\"\n"),
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenmeter"))
+        .args([
+            "replay",
+            "--summary",
+            "json",
+            "--push",
+            "--retry-for",
+            "2s",
+            "--config",
+        ])
+        .arg(&cfg)
+        .arg(&log)
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed = s["pushed"]["failed"].as_u64().unwrap_or(0);
+    assert!(failed >= 3, "several requests, all failed: {s}");
+    // One budget of 2 s for all of them (plus one last backoff step), not 2 s each.
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "{failed} requests took {took:?}"
+    );
 }

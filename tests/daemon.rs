@@ -649,3 +649,58 @@ fn endpoint_credentials_never_reach_the_log_or_status() {
         );
     }
 }
+
+/// SIGTERM while lines are still being written and read: the final OTLP push carries exactly
+/// the counters of the final state file (what was counted when reading stopped, the last
+/// poll's lines included), whatever poll the signal interrupted.
+#[test]
+fn the_final_push_carries_exactly_the_counters_of_the_final_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let log = pod_dir(&root, "gw-final").join("0.log");
+    let vm = Victoria::start();
+    // One push at the start, then only the final one.
+    let sections = format!(
+        "[otlp]\nendpoint = \"{}\"\ninterval = \"1h\"\n",
+        vm.otlp_endpoint()
+    );
+    let state = tmp.path().join("state");
+    let mut d = Daemon::start(
+        tmp.path(),
+        "final",
+        &config(&root, &state, "node_name = \"node-f\"", &sections),
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (done, log) = (done.clone(), log.clone());
+        std::thread::spawn(move || {
+            let mut e = Expected::default();
+            let mut i = 0;
+            while !done.load(Ordering::SeqCst) {
+                write_records(&log, i..i + 50, &mut e);
+                i += 50;
+            }
+        })
+    };
+    // Signalled while the daemon is busy reading.
+    cond_wait(&d, "the daemon to count lines", WAIT, || {
+        (cond_offset_of(&d, &log)? > 100_000).then_some(())
+    });
+    assert_eq!(d.terminate(), Some(0));
+    done.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap()).unwrap();
+    let want: u64 = saved["counters"]["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["requests"].as_array().unwrap().iter())
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(want > 0);
+    wait_until("the final push in VictoriaMetrics", WAIT, || {
+        let got = vm.query("sum(llm_requests_total)");
+        (got.first().map(|x| x.1 as u64) == Some(want)).then_some(())
+    });
+}

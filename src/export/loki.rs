@@ -457,6 +457,9 @@ impl LokiClient {
         let mut backoff = Duration::from_millis(500);
         let mut attempt = 0u32;
         loop {
+            if attempt > 0 && stop() {
+                return None;
+            }
             attempt += 1;
             let r = self.target.post("application/x-protobuf", body.clone());
             let wait = match r.send().await {
@@ -476,7 +479,9 @@ impl LokiClient {
                             message.trim()
                         );
                     }
-                    retry_after.unwrap_or(backoff)
+                    // Honoured, but never sooner than our own backoff: a `Retry-After: 0` or a
+                    // date in the past must not turn into a tight loop.
+                    retry_after.map_or(backoff, |ra| ra.max(backoff))
                 }
                 Err(e) => {
                     if attempt == 1 || attempt.is_power_of_two() {
@@ -491,7 +496,10 @@ impl LokiClient {
                 }
             };
             stats.retries.fetch_add(1, Ordering::Relaxed);
-            let until = Instant::now() + crate::export::otlp::jitter(wait);
+            let now = Instant::now();
+            let until = now
+                .checked_add(crate::export::otlp::jitter(wait))
+                .unwrap_or(now);
             while Instant::now() < until {
                 if stop() {
                     return None;

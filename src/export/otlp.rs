@@ -425,7 +425,9 @@ impl OtlpClient {
                     if attempt == 1 {
                         tracing::warn!("OTLP push to {}: {status}; retrying", self.target.url());
                     }
-                    retry_after.unwrap_or(backoff)
+                    // Honoured, but never sooner than our own backoff: a `Retry-After: 0` or a
+                    // date in the past must not turn into a tight loop.
+                    retry_after.map_or(backoff, |ra| ra.max(backoff))
                 }
                 Err(e) => {
                     if attempt == 1 {
@@ -437,8 +439,12 @@ impl OtlpClient {
                 }
             };
             let wait = jitter(wait);
-            if tokio::time::Instant::now() + wait > deadline {
-                tracing::warn!("OTLP push to {} failed after {attempt} attempts; the next push carries the same counts", self.target.url());
+            let retry_at = tokio::time::Instant::now().checked_add(wait);
+            if retry_at.is_none_or(|t| t > deadline) {
+                tracing::warn!(
+                    "OTLP push to {} failed after {attempt} attempts",
+                    self.target.url()
+                );
                 return PushOutcome::Failed;
             }
             tokio::time::sleep(wait).await;
@@ -455,7 +461,8 @@ pub fn jitter(d: Duration) -> Duration {
         .unwrap_or(0);
     // A cheap mix of the clock's low bits; uniform enough for spreading retries.
     let r = (nanos.wrapping_mul(2_654_435_761) >> 8) as f64 / (u32::MAX >> 8) as f64;
-    d.mul_f64(0.75 + 0.5 * r)
+    // Saturating: `mul_f64` panics past Duration's range.
+    Duration::try_from_secs_f64(d.as_secs_f64() * (0.75 + 0.5 * r)).unwrap_or(d)
 }
 
 #[cfg(test)]
