@@ -439,3 +439,114 @@ fn replay_push_spends_one_retry_for_on_all_its_requests() {
         "{failed} requests took {took:?}"
     );
 }
+
+/// Backfill with pricing: every record is priced at its own event time (a price change in the
+/// middle of the replayed range), written as exact decimals, and read back by Prometheus 2.53
+/// from promtool's blocks.
+#[test]
+fn backfilled_cost_uses_the_price_in_force_at_each_event_and_reads_back_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let start = 1_795_651_200; // 2026-11-20T00:00:00Z
+    let change = start + 5400; // prices change at 01:30
+    let (text, _) = workload(start, 3);
+    let log = tmp.path().join("access.log");
+    std::fs::write(&log, &text).unwrap();
+    let cfg = tmp.path().join("prices.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[pricing]\ncurrency = \"USD\"\n\
+             [[pricing.prices]]\nmodel = \"gpt-4o-mini\"\nper_million = {{ input = 0.15, output = 0.6 }}\n\
+             [[pricing.prices]]\nmodel = \"gpt-4o-mini\"\nfrom = \"{}\"\nper_million = {{ input = 0.3, output = 1.2 }}\n\
+             [[pricing.prices]]\nmodel = \"claude-*\"\nper_million = {{ input = 3, output = 15 }}\n",
+            iso(change).replace(".000Z", "Z")
+        ),
+    )
+    .unwrap();
+    // The workload again, with each record's cost in units of 10^-12 USD (rate per million
+    // tokens × 10^6 units per token), from the event time and the rates above.
+    let mut cost: BTreeMap<String, Vec<(i64, u128)>> = BTreeMap::new();
+    let models = [
+        "gpt-4o-mini",
+        "claude-sonnet-4-5",
+        "meta-llama/Llama-3.1-8B-Instruct",
+    ];
+    for i in 0..3 * 3600 / 5 {
+        let t = start + i * 5;
+        let model = models[(i % 3) as usize];
+        let (inp, out) = (u128::from(i as u64 % 211 + 1), u128::from(i as u64 % 17));
+        let units = match (model, t >= change) {
+            ("gpt-4o-mini", false) => inp * 150_000 + out * 600_000,
+            ("gpt-4o-mini", true) => inp * 300_000 + out * 1_200_000,
+            ("claude-sonnet-4-5", _) => inp * 3_000_000 + out * 15_000_000,
+            _ => 0,
+        };
+        cost.entry(model.to_string()).or_default().push((t, units));
+    }
+    let before = |model: &str, t: i64| -> u128 {
+        cost[model]
+            .iter()
+            .filter(|(e, _)| *e < t)
+            .map(|(_, u)| u)
+            .sum()
+    };
+    let om = tmp.path().join("cost.om");
+    let summary = replay(
+        &["--openmetrics", om.to_str().unwrap(), log.to_str().unwrap()],
+        Some(&cfg),
+    );
+    assert_eq!(summary["currency"], "USD");
+    let body = std::fs::read_to_string(&om).unwrap();
+    // Exact decimals in the file: the last cost samples of gpt-4o-mini's series (one per
+    // key) add up to its whole cost, to the unit.
+    let to_units = |d: &str| -> u128 {
+        let (i, f) = d.split_once('.').unwrap_or((d, ""));
+        assert!(f.len() <= 12, "{d}: at most 12 fractional digits");
+        i.parse::<u128>().unwrap() * 1_000_000_000_000
+            + format!("{f:0<12}").parse::<u128>().unwrap()
+    };
+    let mut last: BTreeMap<String, u128> = BTreeMap::new();
+    for l in body
+        .lines()
+        .filter(|l| l.starts_with("llm_cost_total{model=\"gpt-4o-mini\""))
+    {
+        assert!(l.contains("currency=\"USD\""), "{l}");
+        let mut parts = l.rsplitn(3, ' ');
+        let (_ts, value, series) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        last.insert(series.to_string(), to_units(value));
+    }
+    assert_eq!(last.len(), 2);
+    assert_eq!(
+        last.values().sum::<u128>(),
+        before("gpt-4o-mini", start + 4 * 3600)
+    );
+
+    let blocks = tmp.path().join("blocks");
+    let out = Command::new(tool("promtool"))
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&om)
+        .arg(&blocks)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prom = Prometheus::start_on_blocks(&blocks);
+    for t in [start + 3600, change, change + 60, start + 3 * 3600] {
+        let got: BTreeMap<String, u128> = prom
+            .query_at("sum by (model) (last_over_time(llm_cost_total[10m]))", t)
+            .into_iter()
+            .map(|(l, v)| {
+                (
+                    l.get("model").cloned().unwrap_or_default(),
+                    (v * 1e12).round() as u128,
+                )
+            })
+            .collect();
+        for model in models {
+            assert_eq!(got[model], before(model, t), "{model} at {t}");
+        }
+    }
+}
