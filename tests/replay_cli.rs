@@ -615,3 +615,107 @@ fn check_config_refuses_an_unreadable_token_file_of_an_enabled_exporter() {
         .unwrap();
     assert!(out.status.success());
 }
+
+#[test]
+fn check_config_refuses_each_pricing_error_naming_the_entry_and_warns_about_rounding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |name: &str, toml: &str| {
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let out = bin()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let ok = "[[pricing.prices]]\nmodel = \"ok\"\nper_million = { input = 1 }\n";
+    // (what, the second entry, a fragment the message must contain)
+    let cases = [
+        (
+            "unknown type",
+            "model = \"m*\"\nper_million = { cachd = 1 }\n",
+            "cachd",
+        ),
+        (
+            "negative rate",
+            "model = \"m*\"\nper_million = { input = -1 }\n",
+            "negative",
+        ),
+        (
+            "rate above 10^6",
+            "model = \"m*\"\nper_million = { input = 1000001 }\n",
+            "above 1000000",
+        ),
+        (
+            "total beside input",
+            "model = \"m*\"\nper_million = { input = 1, total = 2 }\n",
+            "total",
+        ),
+        (
+            "bad from",
+            "model = \"m*\"\nfrom = \"2026-01-01\"\nper_million = { input = 1 }\n",
+            "RFC 3339",
+        ),
+        (
+            "duplicate",
+            "model = \"ok\"\nper_million = { input = 2 }\n",
+            "same",
+        ),
+        (
+            "negative fee",
+            "model = \"m*\"\nper_request = -0.5\n",
+            "negative",
+        ),
+    ];
+    for (what, entry, fragment) in cases {
+        let (code, err) = check("bad", &format!("{ok}[[pricing.prices]]\n{entry}"));
+        assert_eq!(code, Some(2), "{what}: {err}");
+        assert!(
+            err.contains("pricing.prices[1]"),
+            "{what}: names the entry: {err}"
+        );
+        assert!(
+            err.contains(if what == "duplicate" { "ok" } else { "m*" }),
+            "{what}: names the model: {err}"
+        );
+        assert!(
+            err.to_lowercase().contains(&fragment.to_lowercase()),
+            "{what}: says why ({fragment}): {err}"
+        );
+    }
+    // An included_in cycle, and budgets.
+    let (code, err) = check(
+        "cycle",
+        "[fields.extra_tokens]\na = \"la\"\nb = \"lb\"\n[pricing]\nincluded_in = { a = \"b\", b = \"a\" }\n[[pricing.prices]]\nmodel = \"x\"\nper_million = { input = 1 }\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("included_in"), "{err}");
+    let (code, err) = check(
+        "budget",
+        "[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\ntokens = 1\n[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\ncost = 2\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("budgets[1]"), "{err}");
+    let (code, err) = check(
+        "budget2",
+        "[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("budgets[0]"), "{err}");
+    // A rate that rounding to 10^-12 units changes is accepted with a warning naming it.
+    let (code, err) = check(
+        "round",
+        "[[pricing.prices]]\nmodel = \"r\"\nper_million = { input = 0.0000001234 }\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning")
+            && err.contains("pricing.prices[0]")
+            && err.contains("0.0000001234"),
+        "{err}"
+    );
+}
