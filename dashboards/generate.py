@@ -18,6 +18,12 @@ alike. Token counters are read with {pod=""}, as the recording rules do: a token
 target's `pod`) is left out and nothing is counted twice. The fixed long windows (tokens per
 hour, rolling 24 h) read the recording rules of config/prometheus/tokenmeter-rules.yaml, with
 the raw counters as fallback where the rules are not loaded (or before they were).
+
+Spend (SPEC §10): cost panels keep `currency` in every `by` (amounts in two currencies are never
+added) and show it in the legend. Budget panels read the hourly budget rules (group
+tokenmeter-budgets: one sample an hour, hence last_over_time(...[2h])), with the rolling 1d
+window computed from the raw counters and the budget gauges as fallback; the budget in force is
+the key's own gauge for that window, else the "*" default, as in the rules.
 """
 import json
 import os
@@ -29,9 +35,21 @@ LOKI = {"type": "loki", "uid": "${DS_LOKI}"}
 RSEL = 'model=~"$model", api_key_id=~"$api_key_id", service_id=~"$service_id"'
 SEL = 'pod="", ' + RSEL
 MSEL = 'pod="", model=~"$model"'
+# The unpriced and unmetered request counters have model and service_id only.
+PSEL = 'pod="", model=~"$model", service_id=~"$service_id"'
 # Units: Grafana's custom count unit scales (K, M, B) and names the thing counted.
 TOKENS = "count:tokens"
 TOKENS_S = "count:tokens/s"
+# Money: the currency is a label (shown in legends), so the unit only scales the number.
+MONEY = "short"
+# Budget panels: percent of the budget, with lines at 80 % (ApiKeyNearBudget) and 100 %
+# (ApiKeyOverBudget).
+BUDGET_FIELD = {
+    "min": 0,
+    "thresholds": {"mode": "absolute", "steps": [
+        {"color": "green", "value": None}, {"color": "orange", "value": 0.8}, {"color": "red", "value": 1}]},
+    "custom": {"thresholdsStyle": {"mode": "line+area"}},
+}
 
 
 def inputs(loki=False):
@@ -54,11 +72,6 @@ def var(name, label, query, multi=True):
             "query": {"query": query, "refId": f"var-{name}"}, "definition": query,
             "refresh": 2, "multi": multi, "includeAll": True, "allValue": ".*",
             "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "sort": 1}
-
-
-def textbox(name, label, value):
-    return {"name": name, "label": label, "type": "textbox", "query": value,
-            "current": {"text": value, "value": value}}
 
 
 class Panels:
@@ -88,32 +101,36 @@ class Panels:
         self.row_h = max(self.row_h, h)
 
 
-def q(expr, legend="", instant=False, fmt="time_series"):
+def q(expr, legend="", instant=False, fmt="time_series", interval=None):
     t = {"expr": expr, "legendFormat": legend, "format": fmt}
     if instant:
         t["instant"] = True
         t["range"] = False
+    if interval:
+        t["interval"] = interval
     return t
 
 
-def dashboard(uid, title, description, panels, variables, loki=False, tags=("tokenmeter", "llm")):
+def dashboard(uid, title, description, panels, variables, loki=False, tags=("tokenmeter", "llm"), time_from="now-24h"):
     return {
         "__inputs": inputs(loki),
         "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.4.0"}],
         "uid": uid, "title": title, "description": description, "tags": list(tags),
         "schemaVersion": 39, "version": 1, "editable": True, "graphTooltip": 1,
-        "time": {"from": "now-24h", "to": "now"}, "refresh": "1m", "timezone": "",
+        "time": {"from": time_from, "to": "now"}, "refresh": "1m", "timezone": "",
         "templating": {"list": [datasource_var("DS_PROMETHEUS", "Metrics", "prometheus")]
                        + ([datasource_var("DS_LOKI", "Logs", "loki")] if loki else []) + variables}, "annotations": {"list": []}, "links": [],
         "panels": panels.items,
     }
 
 
-def table(columns):
+def table(columns, keys=("model", "api_key_id", "service_id")):
     """Transformations that join instant table queries (refIds A, B, ...) on their labels into one
     table: one row per label set, one column per query, named by `columns`."""
     rename = {f"Value #{chr(ord('A') + i)}": c for i, c in enumerate(columns)}
-    order = dict({"model": 0, "api_key_id": 1, "service_id": 2}, **{v: 3 + i for i, v in enumerate(rename)})
+    if len(columns) == 1:
+        rename = {"Value": columns[0]}
+    order = dict({k: i for i, k in enumerate(keys)}, **{v: len(keys) + i for i, v in enumerate(rename)})
     return [
         {"id": "merge", "options": {}},
         {"id": "organize", "options": {"excludeByName": {"Time": True}, "renameByName": rename,
@@ -133,6 +150,70 @@ def per_key_table(sel, by="model, api_key_id, service_id"):
     targets = [q(f'sum by ({by}) (increase({m}{{{sel}}}[$__range]))', instant=True, fmt="table")
                for m in ("llm_tokens_total", "llm_input_tokens_total", "llm_output_tokens_total", "llm_requests_total")]
     return cols, targets
+
+
+def budget_parts(kind, keysel):
+    """(usage, budget, ratio) per API key and window, as PromQL: the hourly budget rules, else
+    (rules not loaded, or before they were) the rolling 1d window from the raw counters and the
+    budget gauges. `kind` is "tokens" or "cost"; `keysel` matches api_key_id."""
+    if kind == "tokens":
+        by, dflt = "api_key_id, window", "window"
+        raw = f'sum by (api_key_id) (increase(llm_tokens_total{{pod="", api_key_id!="__overflow__", {keysel}}}[1d]))'
+    else:
+        by, dflt = "api_key_id, window, currency", "window, currency"
+        raw = f'sum by (api_key_id, currency) (increase(llm_cost_total{{pod="", api_key_id!="__overflow__", {keysel}}}[1d]))'
+    usage_raw = f'label_replace({raw}, "window", "1d", "", "")'
+    budget_raw = (f'(max by ({by}) (llm_budget_{kind}{{api_key_id!="*", window="1d", {keysel}}})'
+                  f' or group by ({by}) ({usage_raw}) * on ({dflt}) group_left () max by ({dflt}) (llm_budget_{kind}{{api_key_id="*", window="1d"}}))')
+    rule = lambda name: f'last_over_time(api_key_id_window:{name}{{{keysel}}}[2h])'
+    usage = f'{rule(f"llm_{kind}:budget_usage")} or {usage_raw}'
+    budget = f'{rule(f"llm_budget_{kind}:effective")} or {budget_raw}'
+    ratio = f'{rule(f"llm_{kind}:budget_ratio")} or {usage_raw} / on ({by}) {budget_raw}'
+    return usage, budget, ratio
+
+
+def budget_ratio_panel(p, kind, keysel, w=12):
+    legend = "{{api_key_id}} {{window}}" + (" ({{currency}})" if kind == "cost" else "")
+    p.add("timeseries", f"{'Token' if kind == 'tokens' else 'Cost'} budget used per API key and window", [
+        q(budget_parts(kind, keysel)[2], legend)], w=w, unit="percentunit", field=BUDGET_FIELD,
+        description=f"{'Tokens' if kind == 'tokens' else 'Cost'} over the rolling window (1d, 7d, 30d; whole hours, from the "
+                    f"hourly recording rules) as a share of the key's {kind} budget: its own for that window, else the "
+                    "\"*\" default. Lines: 80 % (ApiKeyNearBudget) and 100 % (ApiKeyOverBudget). Keys without a budget "
+                    "are not shown. Without the rules loaded, only the 1d window, from the raw counters.")
+
+
+def budget_table(p, kind, keysel, w=12):
+    usage, budget, ratio = budget_parts(kind, keysel)
+    cols = ["Used", "Budget", "% used"]
+    keys = ("api_key_id", "window") + (("currency",) if kind == "cost" else ())
+    overrides = [{"matcher": {"id": "byName", "options": "% used"}, "properties": [{"id": "unit", "value": "percentunit"}]}]
+    if kind == "tokens":
+        overrides += column_units(["Used", "Budget"])
+    p.add("table", f"{'Token' if kind == 'tokens' else 'Cost'} budgets: usage vs budget per API key and window",
+          [q(e, instant=True, fmt="table") for e in (usage, budget, ratio)], w=w,
+          description=f"Per key and window (1d, 7d, 30d): {kind} used over the rolling window (whole hours), the budget "
+                      "in force (the key's own for that window, else the \"*\" default) and the share used.",
+          options={"showHeader": True, "sortBy": [{"displayName": "% used", "desc": True}]},
+          overrides=overrides, transformations=table(cols, keys))
+
+
+def spend_per_hour_panel(p, w=12):
+    p.add("timeseries", "Spend per hour by API key", [q(
+        f'sum by (api_key_id, currency) (model_api_key_id_service_id:llm_cost:increase1h{{{RSEL}}})'
+        f' or sum by (api_key_id, currency) (increase(llm_cost_total{{{SEL}}}[1h]))', "{{api_key_id}} ({{currency}})")],
+        w=w, unit=MONEY,
+        description="Cost in the hour before each point, from the recording rule model_api_key_id_service_id:llm_cost:increase1h "
+                    "(raw counters where it is not loaded), in the currency of the price table.")
+
+
+def unpriced_unmetered_panel(p, sel, w=12):
+    p.add("timeseries", "Unpriced and unmetered requests/s by model", [
+        q(f'sum by (model) (rate(llm_unpriced_requests_total{{{sel}}}[$__rate_interval]))', "unpriced {{model}}"),
+        q(f'sum by (model) (rate(llm_unmetered_requests_total{{{sel}}}[$__rate_interval]))', "unmetered {{model}}")],
+        w=w, unit="reqps",
+        description="unpriced: requests with tokens that no price entry (or only part of one) priced: their cost is missing "
+                    "(TokenmeterUnpricedRequests). unmetered: 2xx requests whose access-log line had no token count at all, "
+                    "usually an AI Gateway metadata misconfiguration (TokenUsageMissing).")
 
 
 def overview():
@@ -162,8 +243,15 @@ def overview():
           w=24, h=12, description="One row per model, API key and service; Inspect > Data > Download CSV exports it.",
           options={"showHeader": True, "sortBy": [{"displayName": "Tokens", "desc": True}]},
           overrides=column_units(cols), transformations=table(cols))
+    # Spend (SPEC §10; the Spend dashboard has the rest).
+    p.add("bargauge", "Spend by model (selected range)", [q(
+        f'sort_desc(sum by (model, currency) (increase(llm_cost_total{{{MSEL}}}[$__range])))', "{{model}} ({{currency}})",
+        instant=True)], unit=MONEY, options={"orientation": "horizontal", "displayMode": "basic"},
+        description="Cost over the selected time range (e.g. \"This month so far\" for month-to-date), in the currency of the "
+                    "price table. Only while pricing is configured.")
+    unpriced_unmetered_panel(p, MSEL)
     return dashboard("tokenmeter-overview", "LLM token usage overview",
-                     "Who used how many tokens of which model: rates, top keys and services, errors, latency, chargeback table.",
+                     "Who used how many tokens of which model: rates, top keys and services, errors, latency, chargeback table, spend.",
                      p, [var("model", "Model", 'label_values(llm_tokens_total{pod=""}, model)')])
 
 
@@ -174,12 +262,9 @@ def drilldown():
         f' or sum by (api_key_id) (increase(llm_tokens_total{{{SEL}}}[1h]))', "{{api_key_id}}")], unit=TOKENS,
         description="Tokens in the hour before each point, from the recording rule "
                     "model_api_key_id_service_id:llm_tokens:increase1h (raw counters where it is not loaded).")
-    p.add("timeseries", "Tokens in the last 24 h vs budget", [
-        q(f'sum by (api_key_id) (model_api_key_id_service_id:llm_tokens:increase1d{{{RSEL}}})'
-          f' or sum by (api_key_id) (increase(llm_tokens_total{{{SEL}}}[1d]))', "{{api_key_id}}"),
-        q('vector($budget)', "budget")], unit=TOKENS,
-        description="Rolling 24 h usage per key (recording rule model_api_key_id_service_id:llm_tokens:increase1d, "
-                    "raw counters where it is not loaded) against the budget variable (set it at the top).")
+    budget_ratio_panel(p, "tokens", 'api_key_id=~"$api_key_id"')
+    spend_per_hour_panel(p)
+    budget_ratio_panel(p, "cost", 'api_key_id=~"$api_key_id"')
     p.add("timeseries", "Tokens/s by model", [q(f'sum by (model) (rate(llm_tokens_total{{{SEL}}}[$__rate_interval]))', "{{model}}")],
           unit=TOKENS_S)
     p.add("timeseries", "Input vs output tokens/s", [
@@ -192,12 +277,58 @@ def drilldown():
           description="One row per model, API key and service; Inspect > Data > Download CSV exports it.",
           options={"showHeader": True, "sortBy": [{"displayName": "Tokens", "desc": True}]},
           overrides=column_units(cols), transformations=table(cols))
+    budget_table(p, "tokens", 'api_key_id=~"$api_key_id"')
+    budget_table(p, "cost", 'api_key_id=~"$api_key_id"')
     return dashboard("tokenmeter-drilldown", "LLM tokens: API key / service drill-down",
-                     "Usage of selected API keys and services over time, against an optional daily budget.",
+                     "Usage and spend of selected API keys and services over time, against their budgets.",
                      p, [var("model", "Model", 'label_values(llm_tokens_total{pod=""}, model)'),
                          var("api_key_id", "API key", 'label_values(llm_tokens_total{pod="", model=~"$model"}, api_key_id)'),
-                         var("service_id", "Service", 'label_values(llm_tokens_total{pod="", model=~"$model"}, service_id)'),
-                         textbox("budget", "Daily budget (tokens)", "10000000")])
+                         var("service_id", "Service", 'label_values(llm_tokens_total{pod="", model=~"$model"}, service_id)')])
+
+
+def spend():
+    p = Panels()
+    bar = {"orientation": "horizontal", "displayMode": "basic"}
+    p.add("bargauge", "Top 10 API keys by spend (selected range)", [q(
+        f'topk(10, sum by (api_key_id, currency) (increase(llm_cost_total{{{SEL}}}[$__range])))', "{{api_key_id}} ({{currency}})",
+        instant=True)], w=8, unit=MONEY, options=bar,
+        description="Cost over the selected time range; \"This month so far\" (the default) is month-to-date.")
+    p.add("bargauge", "Spend by model (selected range)", [q(
+        f'sort_desc(sum by (model, currency) (increase(llm_cost_total{{{SEL}}}[$__range])))', "{{model}} ({{currency}})",
+        instant=True)], w=8, unit=MONEY, options=bar)
+    p.add("bargauge", "Spend by service (selected range)", [q(
+        f'sort_desc(sum by (service_id, currency) (increase(llm_cost_total{{{SEL}}}[$__range])))', "{{service_id}} ({{currency}})",
+        instant=True)], w=8, unit=MONEY, options=bar)
+    p.add("timeseries", "Daily spend by API key", [q(
+        f'sum by (api_key_id, currency) (increase(llm_cost_total{{{SEL}}}[$__interval]))', "{{api_key_id}} ({{currency}})",
+        interval="1d")], unit=MONEY,
+        field={"custom": {"drawStyle": "bars", "fillOpacity": 80, "stacking": {"mode": "normal", "group": "A"}}},
+        description="Cost per day (UTC; each bar is the day that ends at it), stacked by key. Longer ranges may widen the bars "
+                    "to several days.")
+    spend_per_hour_panel(p)
+    budget_ratio_panel(p, "tokens", 'api_key_id=~"$api_key_id"')
+    budget_ratio_panel(p, "cost", 'api_key_id=~"$api_key_id"')
+    unpriced_unmetered_panel(p, PSEL)
+    p.add("timeseries", "Unmetered share of 2xx requests by model", [q(
+        f'sum by (model) (rate(llm_unmetered_requests_total{{{PSEL}}}[$__rate_interval]))'
+        f' / sum by (model) (rate(llm_requests_total{{{SEL}, status_class="2xx"}}[$__rate_interval]))', "{{model}}")],
+        unit="percentunit",
+        field={"min": 0, "thresholds": {"mode": "absolute", "steps": [{"color": "green", "value": None}, {"color": "red", "value": 0.05}]},
+               "custom": {"thresholdsStyle": {"mode": "line"}}},
+        description="Successful requests without any token count: above 5 % for 15 minutes fires TokenUsageMissing (see its "
+                    "runbook: usually Envoy Gateway without extensionManager, or io.envoy.ai_gateway missing from writableNamespaces).")
+    p.add("table", "Spend per model × API key × service (selected range)", [q(
+        f'sum by (model, api_key_id, service_id, currency) (increase(llm_cost_total{{{SEL}}}[$__range]))', instant=True, fmt="table")],
+        w=24, h=12, description="One row per model, API key, service and currency; Inspect > Data > Download CSV exports it.",
+        options={"showHeader": True, "sortBy": [{"displayName": "Cost", "desc": True}]},
+        transformations=table(["Cost"], ("model", "api_key_id", "service_id", "currency")))
+    return dashboard("tokenmeter-spend", "LLM spend",
+                     "What the tokens cost (SPEC §10): spend by API key, model and service, daily spend, budget burn, unpriced "
+                     "and unmetered requests.",
+                     p, [var("model", "Model", 'label_values(llm_tokens_total{pod=""}, model)'),
+                         var("api_key_id", "API key", 'label_values(llm_tokens_total{pod="", model=~"$model"}, api_key_id)'),
+                         var("service_id", "Service", 'label_values(llm_tokens_total{pod="", model=~"$model"}, service_id)')],
+                     time_from="now/M")
 
 
 def health():
@@ -250,7 +381,7 @@ def logs():
 
 def main():
     for name, d in [("token-usage-overview", overview()), ("api-key-drilldown", drilldown()),
-                    ("agent-health", health()), ("access-logs", logs())]:
+                    ("spend", spend()), ("agent-health", health()), ("access-logs", logs())]:
         with open(os.path.join(HERE, f"{name}.json"), "w") as f:
             json.dump(d, f, indent=2)
             f.write("\n")

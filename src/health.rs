@@ -98,8 +98,10 @@ impl MeterHandle {
     pub async fn final_snapshot(&self, deadline: tokio::time::Instant) -> Arc<Snapshot> {
         let mut rx = self.shared.snapshot.subscribe();
         while !self.shared.finished.load(Ordering::SeqCst) {
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-                break;
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // The deadline passed (or the publisher is gone): the last one published.
+                _ => break,
             }
         }
         let snap = rx.borrow().clone();
