@@ -45,9 +45,27 @@ pub enum Command {
         /// Resolution of emitted samples (default 60s).
         #[arg(long, value_name = "DURATION")]
         step: Option<String>,
-        /// Write an OpenMetrics backfill file.
+        /// Write OpenMetrics backfill for `promtool tsdb create-blocks-from openmetrics` or
+        /// `mimirtool backfill`. OUT a directory (existing, or ending in `/`): one file per
+        /// block window, `OUT/<start>-<end>.om`, memory bounded by series × steps of one
+        /// window (use this for large inputs). OUT a file: one file, every sample held in
+        /// memory until the end (small inputs).
         #[arg(long, value_name = "OUT")]
         openmetrics: Option<PathBuf>,
+        /// Length of one window of backfill (one OpenMetrics file in a directory, or one
+        /// round of `--push`).
+        #[arg(long, value_name = "DURATION", default_value = "2h")]
+        block: String,
+        /// How far (in event time) a record may come after newer ones and still land in its
+        /// own step; an older one is counted in the oldest step not yet written (totals stay
+        /// exact, only its time shifts) and reported as `late`.
+        #[arg(long, value_name = "DURATION", default_value = "5m")]
+        max_delay: String,
+        /// A sample at every step for every series, from one step before its first value to
+        /// the end of the replay, as a live agent's series would have: `increase()` then
+        /// reads backfilled chargeback right at the edges (more samples; see README).
+        #[arg(long)]
+        dense: bool,
         /// Push the series over OTLP with their historical timestamps.
         #[arg(long)]
         push: bool,
@@ -177,6 +195,9 @@ fn run(cli: Cli) -> ExitCode {
             to,
             step,
             openmetrics,
+            block,
+            max_delay,
+            dense,
             push,
             loki,
             instance,
@@ -184,6 +205,27 @@ fn run(cli: Cli) -> ExitCode {
             summary,
             files,
         } => {
+            let duration = |flag: &str, v: &str, min_secs: u64| -> Result<i64, ExitCode> {
+                match humantime::parse_duration(v.trim()) {
+                    Ok(d) if d.as_secs() >= min_secs && d.as_secs() <= 10 * 365 * 86_400 => {
+                        Ok(d.as_nanos() as i64)
+                    }
+                    _ => {
+                        eprintln!("error: {flag} {v:?} must be a duration such as \"5m\" or \"2h\" (at least {min_secs}s, at most 10 years)");
+                        Err(ExitCode::from(2))
+                    }
+                }
+            };
+            let (block_ns, max_delay_ns) = match (
+                duration("--block", &block, 1),
+                duration("--max-delay", &max_delay, 0),
+            ) {
+                (Ok(b), Ok(d)) => (b, d),
+                (Err(c), _) | (_, Err(c)) => return c,
+            };
+            let openmetrics_dir = openmetrics
+                .as_ref()
+                .is_some_and(|p| p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/'));
             let retry_for = match humantime::parse_duration(retry_for.trim()) {
                 Ok(d) if !d.is_zero() => d,
                 _ => {
@@ -227,6 +269,10 @@ fn run(cli: Cli) -> ExitCode {
                 to_ns,
                 step_ns,
                 openmetrics,
+                openmetrics_dir,
+                block_ns,
+                max_delay_ns,
+                dense,
                 push,
                 loki,
                 instance: instance.unwrap_or_else(|| "replay".into()),

@@ -49,14 +49,14 @@ pub trait LineSink {
     fn accept(&mut self, _record: &Record<'_>, _event_ns: Option<i64>) -> bool {
         true
     }
-    /// The record was counted into the store's series `series`.
-    /// `cost_units`: the record's cost (SPEC §10), 0 without pricing.
+    /// The record was counted into `store`'s series `series` (its labels and the record's cost,
+    /// [`Store::last_cost`], are there).
     fn counted(
         &mut self,
+        _store: &Store,
         _series: usize,
         _record: &Record<'_>,
         _event_ns: Option<i64>,
-        _cost_units: u128,
     ) {
     }
 }
@@ -230,7 +230,7 @@ impl Meter {
                 } else {
                     self.store.add(&r)
                 };
-                sink.counted(series, &r, event, self.store.last_cost());
+                sink.counted(&self.store, series, &r, event);
                 event
             }
             parsed => {

@@ -17,8 +17,9 @@ use serde::Serialize;
 
 use crate::aggregate::{invalid_field_names, SkipReason, Snapshot, OVERFLOW_LABELS};
 use crate::config::Config;
+use crate::export::backfill::{Shape, StepStream, Window};
 use crate::export::loki::{stream_labels, Batch, EntryShaper, LokiClient, LokiStats, PushResult};
-use crate::export::openmetrics::{otlp_requests, write_openmetrics, Backfill, Emitted};
+use crate::export::openmetrics::{otlp_requests, write_openmetrics, Emitted};
 use crate::export::otlp::OtlpClient;
 use crate::parse::Record;
 use crate::pipeline::{physical_line_limit, FileCursor, LineSink, Meter};
@@ -35,6 +36,15 @@ pub struct ReplayOptions {
     /// `--step`: resolution of backfill samples.
     pub step_ns: i64,
     pub openmetrics: Option<PathBuf>,
+    /// `--openmetrics` names a directory: one file per block window (bounded memory).
+    pub openmetrics_dir: bool,
+    /// `--block`: the window of one OpenMetrics file / one push.
+    pub block_ns: i64,
+    /// `--max-delay`: how far (event time) a record may come after newer ones and still land
+    /// in its own step.
+    pub max_delay_ns: i64,
+    /// `--dense`: a sample at every step for every series.
+    pub dense: bool,
     pub push: bool,
     pub loki: bool,
     pub instance: String,
@@ -67,6 +77,8 @@ pub struct ReplayReport {
     pub loki: Option<LokiReport>,
     /// Records left out by `--from`/`--to`.
     pub outside_range: u64,
+    /// Backfill: records older than a step already written (counted in the oldest open step).
+    pub late: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -193,7 +205,7 @@ impl LineSink for LokiReplay {
 
 /// Backfill and Loki together, as one sink.
 struct Sinks<'a> {
-    backfill: Option<&'a mut Backfill>,
+    backfill: Option<&'a mut StepStream>,
     loki: Option<&'a mut LokiReplay>,
 }
 
@@ -211,13 +223,13 @@ impl LineSink for Sinks<'_> {
     }
     fn counted(
         &mut self,
+        store: &crate::aggregate::Store,
         series: usize,
         record: &Record<'_>,
         event_ns: Option<i64>,
-        cost_units: u128,
     ) {
         if let Some(b) = self.backfill.as_deref_mut() {
-            b.counted(series, record, event_ns, cost_units);
+            b.counted(store, series, record, event_ns);
         }
     }
 }
@@ -287,9 +299,25 @@ pub fn replay(
     // Each record is priced at its own event time: pricing needs event times tracked.
     let mut meter = Meter::new(config, opts.needs_event_time() || prices.is_some());
     meter.store.set_pricing(prices);
-    let mut backfill =
-        (opts.from_ns.is_some() || opts.to_ns.is_some() || opts.openmetrics.is_some() || opts.push)
-            .then(|| Backfill::new(opts.step_ns, opts.from_ns, opts.to_ns));
+    let wants_backfill =
+        opts.from_ns.is_some() || opts.to_ns.is_some() || opts.openmetrics.is_some() || opts.push;
+    // One OpenMetrics file must group each series' samples together, so it holds everything
+    // until the end; a directory of window files (and the push) stream.
+    let single_file = opts.openmetrics.is_some() && !opts.openmetrics_dir;
+    let shape = Shape {
+        step_ns: opts.step_ns,
+        block_ns: if single_file { i64::MAX } else { opts.block_ns },
+        max_delay_ns: if single_file {
+            i64::MAX
+        } else {
+            opts.max_delay_ns
+        },
+        dense: opts.dense,
+        from_ns: opts.from_ns,
+        to_ns: opts.to_ns,
+    };
+    let mut backfill = wants_backfill.then(|| StepStream::new(shape, meter.extra_names().len()));
+    let mut emitter = Emitter::new(config, opts, &meter)?;
     let read = Rc::new(Cell::new(0u64));
     let limit = physical_line_limit(config.source.max_line_bytes);
     let files = inputs.len();
@@ -302,10 +330,6 @@ pub fn replay(
             limit,
             AtEof::EmitPartial,
         );
-        let mut sinks = Sinks {
-            backfill: backfill.as_mut(),
-            loki: loki.as_mut(),
-        };
         let mut n = 0u32;
         loop {
             let line = reader
@@ -315,12 +339,25 @@ pub fn replay(
                 })
                 .map_err(ReplayError::Read)?;
             let Some(line) = line else { break };
+            let mut sinks = Sinks {
+                backfill: backfill.as_mut(),
+                loki: loki.as_mut(),
+            };
             meter.physical_with(&path, &mut cursor, line, &mut sinks);
+            if let Some(b) = backfill.as_mut() {
+                for w in b.take_ready() {
+                    emitter.emit(w)?;
+                }
+            }
             n = n.wrapping_add(1);
             if n.is_multiple_of(16384) && !bar.is_hidden() {
                 update_bar(&bar, read.get(), meter.store.stats().lines(), started);
             }
         }
+        let mut sinks = Sinks {
+            backfill: backfill.as_mut(),
+            loki: loki.as_mut(),
+        };
         meter.end_of_file(&path, &mut cursor, &mut sinks);
     }
     update_bar(&bar, read.get(), meter.store.stats().lines(), started);
@@ -329,40 +366,16 @@ pub fn replay(
     let mut emitted = None;
     let mut pushed = None;
     let mut outside_range = 0;
-    if let Some(b) = &backfill {
+    let mut late = None;
+    if let Some(b) = backfill.as_mut() {
+        b.finish();
+        for w in b.take_ready() {
+            emitter.emit(w)?;
+        }
         outside_range = b.outside;
-        let n_extra = meter.extra_names().len();
-        let samples = b.samples(&meter.store, n_extra);
-        if let Some(out) = &opts.openmetrics {
-            emitted = Some(write_openmetrics_file(
-                out,
-                &samples,
-                config,
-                meter.extra_names(),
-                meter.store.currency(),
-                &opts.instance,
-            )?);
-        }
-        if opts.push {
-            let (e, p) = push_samples(
-                config,
-                &samples,
-                meter.extra_names(),
-                meter.store.currency(),
-                &opts.instance,
-                opts.retry_for,
-            )?;
-            emitted.get_or_insert(e);
-            pushed = Some(p);
-        }
-        if emitted.is_none() {
-            emitted = Some(Emitted {
-                series: samples.len(),
-                samples: 0,
-                first_sample: None,
-                last_sample: None,
-            });
-        }
+        late = Some(b.late);
+        pushed = emitter.push.as_ref().map(|p| p.outcomes.clone());
+        emitted = Some(emitter.emitted(b.series_started()));
     }
     let loki_report = loki.as_mut().map(|l| {
         l.flush();
@@ -378,84 +391,169 @@ pub fn replay(
         pushed,
         loki: loki_report,
         outside_range,
+        late,
     })
 }
 
-/// Writes the OpenMetrics file through a temp file and a rename: a failed replay never
-/// leaves half a backfill file behind.
-fn write_openmetrics_file(
-    out: &Path,
-    samples: &[crate::export::openmetrics::SeriesSamples],
-    config: &Config,
-    extra_names: &[String],
-    currency: Option<&str>,
-    instance: &str,
-) -> Result<Emitted, ReplayError> {
-    let tmp = out.with_extension("tmp-tokenmeter");
-    let write = || -> std::io::Result<Emitted> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        let e = write_openmetrics(
-            &mut f,
-            samples,
-            &config.metrics.prefix,
-            extra_names,
-            currency,
-            &config.metrics.labels,
-            instance,
-        )?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, out)?;
-        Ok(e)
-    };
-    write().map_err(|e| ReplayError::Read(anyhow::anyhow!("writing {}: {e}", out.display())))
+/// Where finished block windows go: an OpenMetrics file (the single file, or one per window
+/// in a directory) and/or OTLP pushes, and what was emitted, for the summary.
+struct Emitter<'c> {
+    config: &'c Config,
+    opts: &'c ReplayOptions,
+    extra_names: Vec<String>,
+    currency: Option<String>,
+    push: Option<Pusher>,
+    samples: usize,
+    windows: usize,
+    first: Option<i64>,
+    last: Option<i64>,
 }
 
-fn push_samples(
-    config: &Config,
-    samples: &[crate::export::openmetrics::SeriesSamples],
-    extra_names: &[String],
-    currency: Option<&str>,
-    instance: &str,
-    retry_for: Duration,
-) -> Result<(Emitted, BTreeMap<&'static str, u64>), ReplayError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = OtlpClient::new(config).map_err(ReplayError::Read)?;
-    // The resource as a live agent sends it, with the replay's instance as its identity.
-    let shape = crate::export::otlp::OtlpShape::from_config(config, instance);
-    let requests = otlp_requests(samples, extra_names, currency, &shape, 5000);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ReplayError::Read(e.into()))?;
-    let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
-    // One `--retry-for` for the whole push, not one per request.
-    let now = tokio::time::Instant::now();
-    let deadline = now.checked_add(retry_for).unwrap_or(now + YEAR);
-    for req in &requests {
-        // Once `--retry-for` is spent the rest is not tried: reported as failed.
-        let o = if tokio::time::Instant::now() >= deadline {
-            crate::export::otlp::PushOutcome::Failed
+/// `--push`: the client, the request shape, and one `--retry-for` for all requests.
+struct Pusher {
+    client: OtlpClient,
+    rt: tokio::runtime::Runtime,
+    shape: crate::export::otlp::OtlpShape,
+    deadline: tokio::time::Instant,
+    outcomes: BTreeMap<&'static str, u64>,
+}
+
+impl<'c> Emitter<'c> {
+    fn new(
+        config: &'c Config,
+        opts: &'c ReplayOptions,
+        meter: &Meter,
+    ) -> Result<Self, ReplayError> {
+        let push = if opts.push {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let now = tokio::time::Instant::now();
+            Some(Pusher {
+                client: OtlpClient::new(config).map_err(ReplayError::Read)?,
+                rt: tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| ReplayError::Read(e.into()))?,
+                // The resource as a live agent sends it, with the replay's instance as its
+                // identity.
+                shape: crate::export::otlp::OtlpShape::from_config(config, &opts.instance),
+                deadline: now.checked_add(opts.retry_for).unwrap_or(now + YEAR),
+                outcomes: BTreeMap::new(),
+            })
         } else {
-            rt.block_on(client.push(req, deadline))
+            None
         };
-        *outcomes.entry(o.as_str()).or_insert(0) += 1;
+        if let Some(dir) = opts.openmetrics.as_ref().filter(|_| opts.openmetrics_dir) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ReplayError::Read(anyhow::anyhow!("creating {}: {e}", dir.display()))
+            })?;
+        }
+        Ok(Emitter {
+            config,
+            opts,
+            extra_names: meter.extra_names().to_vec(),
+            currency: meter.store.currency().map(str::to_string),
+            push,
+            samples: 0,
+            windows: 0,
+            first: None,
+            last: None,
+        })
     }
-    let n: usize = samples.iter().map(|s| s.points.len()).sum();
-    let emitted = Emitted {
-        series: samples.len(),
-        samples: n,
-        first_sample: samples
-            .iter()
-            .filter_map(|s| s.points.first().map(|p| p.0))
-            .min()
-            .map(crate::timefmt::format_rfc3339_millis),
-        last_sample: samples
-            .iter()
-            .filter_map(|s| s.points.last().map(|p| p.0))
-            .max()
-            .map(crate::timefmt::format_rfc3339_millis),
+
+    fn emit(&mut self, w: Window) -> Result<(), ReplayError> {
+        if w.series.is_empty() {
+            return Ok(());
+        }
+        self.windows += 1;
+        let step_ns = self.opts.step_ns;
+        if let Some(out) = &self.opts.openmetrics {
+            let path = if self.opts.openmetrics_dir {
+                out.join(window_file_name(&w))
+            } else {
+                out.clone()
+            };
+            let e = self.write_file(&path, &w.series, step_ns)?;
+            self.samples += e.samples;
+        }
+        if let Some(p) = self.push.as_mut() {
+            let requests = otlp_requests(
+                &w.series,
+                &self.extra_names,
+                self.currency.as_deref(),
+                &p.shape,
+                5000,
+                step_ns,
+            );
+            for req in &requests {
+                // Once `--retry-for` is spent the rest is not tried: reported as failed.
+                let o = if tokio::time::Instant::now() >= p.deadline {
+                    crate::export::otlp::PushOutcome::Failed
+                } else {
+                    p.rt.block_on(p.client.push(req, p.deadline))
+                };
+                *p.outcomes.entry(o.as_str()).or_insert(0) += 1;
+            }
+            if self.opts.openmetrics.is_none() {
+                self.samples += w.series.iter().map(|s| s.points.len()).sum::<usize>();
+            }
+        }
+        for s in &w.series {
+            if let (Some(a), Some(b)) = (s.points.first(), s.points.last()) {
+                self.first = Some(self.first.map_or(a.0, |f| f.min(a.0)));
+                self.last = Some(self.last.map_or(b.0, |l| l.max(b.0)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one OpenMetrics file through a temp file and a rename: a failed replay never
+    /// leaves half a file behind.
+    fn write_file(
+        &self,
+        out: &Path,
+        series: &[crate::export::openmetrics::SeriesSamples],
+        step_ns: i64,
+    ) -> Result<Emitted, ReplayError> {
+        let tmp = out.with_extension("tmp-tokenmeter");
+        let write = || -> std::io::Result<Emitted> {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            let e = write_openmetrics(
+                &mut f,
+                series,
+                &self.config.metrics.prefix,
+                &self.extra_names,
+                self.currency.as_deref(),
+                &self.config.metrics.labels,
+                &self.opts.instance,
+                step_ns,
+            )?;
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, out)?;
+            Ok(e)
+        };
+        write().map_err(|e| ReplayError::Read(anyhow::anyhow!("writing {}: {e}", out.display())))
+    }
+
+    fn emitted(&self, series: usize) -> Emitted {
+        Emitted {
+            series,
+            samples: self.samples,
+            windows: self.windows,
+            first_sample: self.first.map(crate::timefmt::format_rfc3339_millis),
+            last_sample: self.last.map(crate::timefmt::format_rfc3339_millis),
+        }
+    }
+}
+
+/// `<start>-<end>.om` in compact UTC (`20261120T000000Z-20261120T020000Z.om`): sorts in time
+/// order.
+fn window_file_name(w: &Window) -> String {
+    let compact = |t: i64| {
+        crate::timefmt::format_rfc3339_millis(t)
+            .replace(".000", "")
+            .replace(['-', ':'], "")
     };
-    Ok((emitted, outcomes))
+    format!("{}-{}.om", compact(w.start_ns), compact(w.end_ns))
 }
 
 fn update_bar(bar: &ProgressBar, bytes: u64, lines: u64, started: Instant) {
@@ -475,6 +573,9 @@ struct JsonSummary<'a> {
     emitted: Option<&'a Emitted>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outside_range: Option<u64>,
+    /// Records older than a step already written, counted in the oldest open step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    late: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pushed: Option<&'a BTreeMap<&'static str, u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -525,6 +626,7 @@ pub fn summary_json(r: &ReplayReport) -> String {
     let summary = JsonSummary {
         emitted: r.emitted.as_ref(),
         outside_range: r.emitted.as_ref().map(|_| r.outside_range),
+        late: r.late,
         pushed: r.pushed.as_ref(),
         loki: r.loki.as_ref(),
         currency: s.currency.as_deref(),
@@ -648,12 +750,14 @@ pub fn summary_text(r: &ReplayReport) -> String {
     if let Some(e) = &r.emitted {
         let _ = writeln!(
             out,
-            "backfill: {} series, {} samples, {} .. {} ({} records outside --from/--to)",
+            "backfill: {} series, {} samples in {} window(s), {} .. {} ({} records outside --from/--to, {} late)",
             e.series,
             e.samples,
+            e.windows,
             e.first_sample.as_deref().unwrap_or("-"),
             e.last_sample.as_deref().unwrap_or("-"),
-            r.outside_range
+            r.outside_range,
+            r.late.unwrap_or(0)
         );
     }
     if let Some(p) = &r.pushed {

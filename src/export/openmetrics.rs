@@ -2,8 +2,8 @@
 //! has data, as an OpenMetrics file for `promtool tsdb create-blocks-from openmetrics` /
 //! `mimirtool backfill`, or as OTLP points with historical timestamps.
 //!
-//! Owns: bucketing counted records by event time into steps (a [`LineSink`]), the cumulative
-//! sums, and the OpenMetrics text. Output is a function of the input and flags only (sorted,
+//! Owns: the OpenMetrics text and the OTLP backfill requests of block windows' samples
+//! (`export::backfill` buckets the records into steps and windows). Output is a function of the input and flags only (sorted,
 //! no wall-clock time), so the same replay always gives the same bytes.
 
 use std::collections::BTreeMap;
@@ -17,79 +17,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use crate::aggregate::{SelfStats, SeriesSnapshot, Snapshot, Store};
-use crate::config::MAX_EXTRA_TOKENS;
+use crate::aggregate::{SelfStats, SeriesSnapshot, Snapshot};
 use crate::export::otlp::OtlpShape;
-use crate::parse::Record;
-use crate::pipeline::LineSink;
 use crate::schema::{families, Family, Kind, Value, View};
-
-/// Per-step additions of one series.
-#[derive(Clone, Debug, Default)]
-struct Delta {
-    requests: [u64; 5],
-    input: u64,
-    output: u64,
-    total: u64,
-    extra: [u64; MAX_EXTRA_TOKENS],
-    /// Units of 10^-12 currency.
-    cost: u128,
-}
-
-/// Collects counted records by (series, step).
-pub struct Backfill {
-    step_ns: i64,
-    from_ns: Option<i64>,
-    to_ns: Option<i64>,
-    deltas: BTreeMap<(usize, i64), Delta>,
-    /// Records counted without any event time (cannot be placed; should not happen in replay).
-    pub untimed: u64,
-    /// Records left out by --from/--to.
-    pub outside: u64,
-}
-
-impl Backfill {
-    pub fn new(step_ns: i64, from_ns: Option<i64>, to_ns: Option<i64>) -> Self {
-        Backfill {
-            step_ns: step_ns.max(1_000_000_000),
-            from_ns,
-            to_ns,
-            deltas: BTreeMap::new(),
-            untimed: 0,
-            outside: 0,
-        }
-    }
-}
-
-impl LineSink for Backfill {
-    fn accept(&mut self, _record: &Record<'_>, event_ns: Option<i64>) -> bool {
-        let Some(t) = event_ns else {
-            return self.from_ns.is_none() && self.to_ns.is_none();
-        };
-        let inside = self.from_ns.is_none_or(|f| t >= f) && self.to_ns.is_none_or(|e| t < e);
-        if !inside {
-            self.outside += 1;
-        }
-        inside
-    }
-
-    fn counted(&mut self, series: usize, r: &Record<'_>, event_ns: Option<i64>, cost_units: u128) {
-        let Some(t) = event_ns else {
-            self.untimed += 1;
-            return;
-        };
-        let step = t.div_euclid(self.step_ns);
-        let d = self.deltas.entry((series, step)).or_default();
-        d.requests[r.status_class as usize] += 1;
-        d.input += r.input_tokens;
-        d.output += r.output_tokens;
-        d.total += r.total_tokens;
-        for (a, b) in d.extra.iter_mut().zip(&r.extra_tokens) {
-            *a += b;
-        }
-        d.cost = d.cost.saturating_add(cost_units);
-    }
-}
 
 /// One series' cumulative samples: (timestamp ns = end of step, values).
 pub struct SeriesSamples {
@@ -118,51 +48,10 @@ pub struct Cumulative {
 pub struct Emitted {
     pub series: usize,
     pub samples: usize,
+    /// Block windows written or pushed (files with `--openmetrics DIR`).
+    pub windows: usize,
     pub first_sample: Option<String>,
     pub last_sample: Option<String>,
-}
-
-impl Backfill {
-    /// Cumulative samples per series, series sorted by labels, samples in time order.
-    pub fn samples(&self, store: &Store, n_extra: usize) -> Vec<SeriesSamples> {
-        let mut by_series: BTreeMap<(String, String, String), SeriesSamples> = BTreeMap::new();
-        let mut prev = usize::MAX;
-        let mut cum = Cumulative::default();
-        for (&(series, step), d) in &self.deltas {
-            let Some((m, k, s)) = store.series_labels(series) else {
-                continue;
-            };
-            if series != prev {
-                // The map is ordered by (series, step): a new series starts from zero.
-                prev = series;
-                cum = Cumulative {
-                    extra: vec![0; n_extra],
-                    ..Default::default()
-                };
-            }
-            for (a, b) in cum.requests.iter_mut().zip(d.requests) {
-                *a += b;
-            }
-            cum.input += d.input;
-            cum.output += d.output;
-            cum.total += d.total;
-            for (a, b) in cum.extra.iter_mut().zip(&d.extra) {
-                *a += b;
-            }
-            cum.cost = cum.cost.saturating_add(d.cost);
-            let entry = by_series
-                .entry((m.to_string(), k.to_string(), s.to_string()))
-                .or_insert_with(|| SeriesSamples {
-                    model: m.to_string(),
-                    api_key_id: k.to_string(),
-                    service_id: s.to_string(),
-                    start_ns: step * self.step_ns,
-                    points: Vec::new(),
-                });
-            entry.points.push(((step + 1) * self.step_ns, cum.clone()));
-        }
-        by_series.into_values().collect()
-    }
 }
 
 fn escape(v: &str) -> String {
@@ -283,6 +172,7 @@ pub fn write_openmetrics(
     currency: Option<&str>,
     static_labels: &BTreeMap<String, String>,
     instance: &str,
+    step_ns: i64,
 ) -> io::Result<Emitted> {
     let mut emitted = Emitted::default();
     let tail = format!(",job=\"tokenmeter\",instance=\"{}\"", escape(instance));
@@ -294,7 +184,12 @@ pub fn write_openmetrics(
         let name = family.full_name();
         let money = is_money(&family);
         for s in series {
-            let step = s.points.first().map_or(0, |(t, _)| t - s.start_ns);
+            // A series that starts in this file starts with its 0; one continuing from an
+            // earlier window file does not.
+            let starts_here = s
+                .points
+                .first()
+                .is_some_and(|(t, _)| t - step_ns == s.start_ns);
             for (labels, samples) in family_series(&family, s, extra_names, currency, static_labels)
             {
                 let labels = labels
@@ -302,7 +197,10 @@ pub fn write_openmetrics(
                     .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
                     .collect::<Vec<_>>()
                     .join(",");
-                let zero = samples.first().map(|(t, _)| t - step);
+                let zero = samples
+                    .first()
+                    .filter(|_| starts_here)
+                    .map(|(t, _)| t - step_ns);
                 for (t, v) in zero.map(|t| (t, 0)).into_iter().chain(samples) {
                     emitted.samples += 1;
                     first = first.min(t);
@@ -342,6 +240,7 @@ pub fn otlp_requests(
     currency: Option<&str>,
     shape: &OtlpShape,
     max_points: usize,
+    step_ns: i64,
 ) -> Vec<ExportMetricsServiceRequest> {
     let kv = |k: &str, v: &str| KeyValue {
         key: k.to_string(),
@@ -359,7 +258,11 @@ pub fn otlp_requests(
             for (labels, samples) in samples {
                 let attrs: Vec<KeyValue> = labels.iter().map(|(k, v)| kv(k, v)).collect();
                 let start = u64::try_from(s.start_ns).unwrap_or(0);
-                let zero = samples.first().map(|_| (s.start_ns, 0));
+                // The 0 at the series' start, in the window where it starts.
+                let starts_here = samples
+                    .first()
+                    .is_some_and(|(t, _)| t - step_ns == s.start_ns);
+                let zero = starts_here.then_some((s.start_ns, 0));
                 for (t, v) in zero.into_iter().chain(samples) {
                     points.push((
                         t,
