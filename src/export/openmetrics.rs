@@ -361,7 +361,14 @@ mod tests {
         let s = one_series(43_200);
         let shape = OtlpShape::from_config(&crate::config::Config::default(), "replay");
         let t = std::time::Instant::now();
-        let reqs = otlp_requests(std::slice::from_ref(&s), &[], None, &shape, 5000);
+        let reqs = otlp_requests(
+            std::slice::from_ref(&s),
+            &[],
+            None,
+            &shape,
+            5000,
+            60_000_000_000,
+        );
         let took = t.elapsed();
         let points: usize = reqs
             .iter()
@@ -394,7 +401,17 @@ mod tests {
         let mut out = Vec::new();
         let mut labels = BTreeMap::new();
         labels.insert("cluster".to_string(), "c1".to_string());
-        write_openmetrics(&mut out, &[s], "llm", &[], None, &labels, "node-a").unwrap();
+        write_openmetrics(
+            &mut out,
+            &[s],
+            "llm",
+            &[],
+            None,
+            &labels,
+            "node-a",
+            60_000_000_000,
+        )
+        .unwrap();
         let want = "\
 # TYPE llm_requests counter
 # HELP llm_requests LLM requests by status class.
