@@ -603,12 +603,13 @@ impl Config {
             ("otlp.endpoint", &self.otlp.endpoint),
             ("loki.endpoint", &self.loki.endpoint),
         ] {
-            let ok = endpoint.is_empty()
-                || endpoint.starts_with("http://")
-                || endpoint.starts_with("https://");
-            if !ok {
-                // The value itself is not repeated: it may hold credentials.
-                return Err(err(key, "must start with http:// or https://".to_string()));
+            if endpoint.is_empty() {
+                continue;
+            }
+            // What the HTTP client would refuse makes every push fail: found here instead.
+            // The value itself is not repeated: it may hold credentials.
+            if let Err(message) = crate::export::http::parse_endpoint(endpoint) {
+                return Err(err(key, message));
             }
         }
         for name in self.loki.labels.keys() {
@@ -852,6 +853,41 @@ mod tests {
         let e = Config::from_toml("[source]\ninclude = [\"/a/*.log\", \"[.log\"]\n", &no_env)
             .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("source.include[1]"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_the_http_client_would_refuse_are_config_errors_that_hide_credentials() {
+        for (section, bad, why) in [
+            ("otlp", "http://mimir:99999/otlp", "port"),
+            (
+                "loki",
+                "http://agent:pa55w0rd@loki:70000/push?token=q5ecret",
+                "port",
+            ),
+            ("otlp", "https://", "host"),
+            ("loki", "http://agent:pa55w0rd@/push?token=q5ecret", "host"),
+            ("otlp", "http://mi mir/otlp?token=q5ecret", "URL"),
+            ("loki", "http://[::1/push", "URL"),
+        ] {
+            let text = format!("[{section}]\nendpoint = \"{bad}\"\n");
+            let e = Config::from_toml(&text, &no_env).unwrap_err();
+            let key = format!("{section}.endpoint");
+            assert_eq!(e.key.as_deref(), Some(key.as_str()), "{bad}: {e}");
+            assert!(e.message.contains(why), "{bad}: {e}");
+            let shown = e.to_string();
+            for secret in ["agent", "pa55w0rd", "q5ecret", "99999", "70000"] {
+                assert!(!shown.contains(secret), "{bad}: {shown}");
+            }
+        }
+        for good in [
+            "http://mimir:9009/otlp/v1/metrics",
+            "https://agent:pa55w0rd@loki.example/loki/api/v1/push?tenant=a",
+            "http://[::1]:3100/loki/api/v1/push",
+            "HTTPS://Mimir.Example/otlp",
+        ] {
+            let text = format!("[otlp]\nendpoint = \"{good}\"\n[loki]\nendpoint = \"{good}\"\n");
+            Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
     }
 
     #[test]

@@ -719,3 +719,30 @@ fn check_config_refuses_each_pricing_error_naming_the_entry_and_warns_about_roun
         "{err}"
     );
 }
+
+#[test]
+fn check_config_refuses_an_endpoint_every_push_would_fail_on_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    for (section, endpoint) in [
+        ("otlp", "http://mimir:99999/otlp"),
+        ("loki", "https://agent:pa55w0rd@:3100/push?token=q5ecret"),
+    ] {
+        std::fs::write(&cfg, format!("[{section}]\nendpoint = \"{endpoint}\"\n")).unwrap();
+        let out = bin()
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(2), "{endpoint}: {text}");
+        assert!(text.contains(&format!("{section}.endpoint")), "{text}");
+        for secret in ["99999", "agent", "pa55w0rd", "q5ecret", "redacted"] {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+    }
+}

@@ -102,7 +102,25 @@ impl HttpTarget {
     }
 }
 
-/// The `Retry-After` of a response, in seconds form.
+/// Parses an endpoint as the HTTP client will use it: a URL with scheme `http` or `https`, a
+/// host, a port in range, and valid as an HTTP request target. The error says what is wrong
+/// without repeating the endpoint (its userinfo or query may hold credentials).
+pub fn parse_endpoint(endpoint: &str) -> Result<reqwest::Url, String> {
+    // url's messages are fixed texts ("invalid port number", ...), never the input.
+    let url = reqwest::Url::parse(endpoint).map_err(|e| format!("not a valid URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must start with http:// or https://".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    // The client sends the request to this URI: what it refuses would fail every push.
+    if url.as_str().parse::<axum::http::Uri>().is_err() {
+        return Err("not a valid URL for an HTTP request".into());
+    }
+    Ok(url)
+}
+
 /// An endpoint as it may be shown in logs, `/status` and `check-config`: user, password and
 /// query string (where tokens hide) removed; the text is withheld if it does not parse.
 pub fn display_endpoint(endpoint: &str) -> String {
@@ -121,6 +139,7 @@ pub fn display_endpoint(endpoint: &str) -> String {
     }
 }
 
+/// The `Retry-After` of a response, capped at `max` (see [`parse_retry_after`]).
 pub fn retry_after(resp: &reqwest::Response, max: Duration) -> Option<Duration> {
     let v = resp
         .headers()
