@@ -612,6 +612,28 @@ impl Config {
                 return Err(err(key, message));
             }
         }
+        for (section, headers) in [("otlp", &self.otlp.headers), ("loki", &self.loki.headers)] {
+            for (name, value) in headers {
+                let key = format!("{section}.headers.{name}");
+                // Checked as the HTTP client checks them: what it refuses fails every push.
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(err(
+                        &key,
+                        "not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)".into(),
+                    ));
+                }
+                if reqwest::header::HeaderValue::from_str(value).is_err() {
+                    // The value is not repeated: it is often a token.
+                    return Err(err(
+                        &key,
+                        "the value (not shown) is not a valid HTTP header value: control \
+                         characters such as a newline (e.g. at the end of an ${ENV} value) \
+                         are not allowed"
+                            .into(),
+                    ));
+                }
+            }
+        }
         for name in self.loki.labels.keys() {
             if !is_label_name(name) || name.starts_with("__") {
                 return Err(err(
@@ -888,6 +910,43 @@ mod tests {
             let text = format!("[otlp]\nendpoint = \"{good}\"\n[loki]\nendpoint = \"{good}\"\n");
             Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
+    }
+
+    #[test]
+    fn header_names_and_values_must_be_valid_http_and_values_are_not_shown() {
+        let env = |k: &str| (k == "TOKEN").then(|| "tok-s3cret\n".to_string());
+        for (text, key) in [
+            (
+                "[otlp]\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\n",
+                "otlp.headers.Authorization",
+            ),
+            (
+                "[loki]\nheaders = { X-Scope-OrgID = \"tenant-s3cret\\u0000\" }\n",
+                "loki.headers.X-Scope-OrgID",
+            ),
+            (
+                "[loki]\nheaders = { X-Scope-OrgID = \"tenant-s3cret\\u007f\" }\n",
+                "loki.headers.X-Scope-OrgID",
+            ),
+            (
+                "[otlp]\nheaders = { \"Bad Name\" = \"tenant-s3cret\" }\n",
+                "otlp.headers.Bad Name",
+            ),
+            (
+                "[loki]\nheaders = { \"\" = \"tenant-s3cret\" }\n",
+                "loki.headers.",
+            ),
+        ] {
+            let e = Config::from_toml(text, &env).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        let c = Config::from_toml(
+            "[otlp]\nheaders = { Authorization = \"Bearer ${TOKEN}\", X-Note = \"caf\u{e9}\\tok\" }\n",
+            &|k: &str| (k == "TOKEN").then(|| "tok".to_string()),
+        )
+        .unwrap();
+        assert_eq!(c.otlp.headers["Authorization"], "Bearer tok");
     }
 
     #[test]

@@ -746,3 +746,28 @@ fn check_config_refuses_an_endpoint_every_push_would_fail_on_without_showing_it(
         }
     }
 }
+
+#[test]
+fn check_config_refuses_a_header_value_with_a_newline_from_env_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[otlp]\nendpoint = \"http://mimir/otlp/v1/metrics\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--show-secrets", "--config"])
+        .arg(&cfg)
+        .env("TOKEN", "tok-from-env-123\n")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("otlp.headers.Authorization"), "{text}");
+    assert!(!text.contains("tok-from-env-123"), "{text}");
+}
