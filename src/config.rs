@@ -406,8 +406,9 @@ impl Config {
         Ok(config)
     }
 
-    /// The files an enabled exporter reads (CA, bearer token, password) must be readable now:
-    /// found by `check-config` (exit 2, naming the key) rather than when `run` starts. The
+    /// The files an enabled exporter reads (CA, bearer token, password) must be readable
+    /// regular files now, and the CA file PEM certificates the TLS stack accepts: found by
+    /// `check-config` (exit 2, naming the key) rather than when `run` starts or pushes. The
     /// content is not shown.
     pub fn check_files(&self) -> Result<(), ConfigError> {
         let exporters = [
@@ -438,12 +439,22 @@ impl Config {
                 if path.is_empty() {
                     continue;
                 }
-                if let Err(e) = std::fs::File::open(path) {
-                    return Err(ConfigError {
-                        file: None,
-                        key: Some(format!("{section}.{key}")),
-                        message: format!("{path}: cannot read: {e}"),
-                    });
+                let fail = |message: String| ConfigError {
+                    file: None,
+                    key: Some(format!("{section}.{key}")),
+                    message: format!("{path}: {message}"),
+                };
+                // Opening a directory succeeds: what `run` reads must be a regular file (a
+                // Secret mounted by Kubernetes is a symlink to one: followed).
+                let meta =
+                    std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+                if !meta.is_file() {
+                    return Err(fail("not a regular file".into()));
+                }
+                let content = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+                if key == "tls.ca_file" {
+                    // As the TLS stack will load it; the content is never shown.
+                    crate::export::http::pem_certificates(&content).map_err(fail)?;
                 }
             }
         }
@@ -947,6 +958,67 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.otlp.headers["Authorization"], "Bearer tok");
+    }
+
+    #[test]
+    fn secret_and_ca_files_must_be_regular_readable_files_and_the_ca_a_pem_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap().to_string();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok-s3cret\n").unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "s3cret, not a certificate\n").unwrap();
+        let bad_pem = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad_pem,
+            "-----BEGIN CERTIFICATE-----\nczNjcmV0\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, include_str!("../tests/fixtures/test-ca.pem")).unwrap();
+        let (token, not_pem, bad_pem, ca) = (
+            token.to_str().unwrap(),
+            not_pem.to_str().unwrap(),
+            bad_pem.to_str().unwrap(),
+            ca.to_str().unwrap(),
+        );
+        let check = |section: &str, key: &str, path: &str| {
+            let text =
+                format!("[{section}]\nendpoint = \"http://backend/push\"\n{key} = \"{path}\"\n");
+            Config::from_toml(&text, &no_env).unwrap().check_files()
+        };
+        for (section, key, path) in [
+            ("otlp", "bearer_token_file", d.as_str()),
+            ("loki", "bearer_token_file", d.as_str()),
+            ("otlp", "tls.ca_file", d.as_str()),
+            ("loki", "tls.ca_file", not_pem),
+            ("otlp", "tls.ca_file", bad_pem),
+            ("otlp", "tls.ca_file", "/dev/null"),
+        ] {
+            // (TOML dotted keys: `tls.ca_file = ...` inside `[otlp]`.)
+            let e = check(section, key, path).unwrap_err();
+            assert_eq!(
+                e.key.as_deref(),
+                Some(format!("{section}.{key}").as_str()),
+                "{path}: {e}"
+            );
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        let text = format!(
+            "[loki]\nendpoint = \"http://loki/push\"\nbasic_auth = {{ username = \"u\", password_file = \"{d}\" }}\n"
+        );
+        let e = Config::from_toml(&text, &no_env)
+            .unwrap()
+            .check_files()
+            .unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("loki.basic_auth.password_file"),
+            "{e}"
+        );
+        check("otlp", "bearer_token_file", token).unwrap();
+        check("otlp", "tls.ca_file", ca).unwrap();
+        check("loki", "tls.ca_file", ca).unwrap();
     }
 
     #[test]

@@ -771,3 +771,63 @@ fn check_config_refuses_a_header_value_with_a_newline_from_env_without_showing_i
     assert!(text.contains("otlp.headers.Authorization"), "{text}");
     assert!(!text.contains("tok-from-env-123"), "{text}");
 }
+
+#[test]
+fn check_config_refuses_a_directory_as_a_secret_file_and_a_ca_file_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "s3cret, not a certificate\n").unwrap();
+    let d = dir.path().display().to_string();
+    for (body, key) in [
+        (
+            format!("bearer_token_file = \"{d}\"\n"),
+            "otlp.bearer_token_file",
+        ),
+        (
+            format!("tls = {{ ca_file = \"{d}\" }}\n"),
+            "otlp.tls.ca_file",
+        ),
+        (
+            format!("tls = {{ ca_file = \"{}\" }}\n", not_pem.display()),
+            "otlp.tls.ca_file",
+        ),
+        (
+            format!("basic_auth = {{ username = \"u\", password_file = \"{d}\" }}\n"),
+            "otlp.basic_auth.password_file",
+        ),
+    ] {
+        std::fs::write(
+            &cfg,
+            format!("[otlp]\nendpoint = \"https://mimir/otlp/v1/metrics\"\n{body}"),
+        )
+        .unwrap();
+        let out = bin()
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{body}: {err}");
+        assert!(err.contains(key), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    std::fs::write(
+        &cfg,
+        format!(
+            "[otlp]\nendpoint = \"https://mimir/otlp/v1/metrics\"\ntls = {{ ca_file = \"{}\" }}\n",
+            fixture("test-ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -472,6 +472,45 @@ mod tests {
     }
 
     #[test]
+    fn the_ca_file_must_hold_a_certificate_the_client_can_use() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pem = include_str!("../../tests/fixtures/test-ca.pem");
+        assert_eq!(pem_certificates(pem.as_bytes()).unwrap().len(), 1);
+        assert_eq!(
+            pem_certificates(format!("{pem}{pem}").as_bytes())
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(pem_certificates(b"").is_err());
+        assert!(pem_certificates(b"s3cret").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let new = |ca: &std::path::Path| {
+            HttpTarget::new(
+                "loki",
+                "https://loki/push",
+                Duration::from_secs(1),
+                &BTreeMap::new(),
+                "",
+                &BasicAuth::default(),
+                &Tls {
+                    ca_file: ca.to_str().unwrap().into(),
+                    insecure_skip_verify: false,
+                },
+            )
+        };
+        std::fs::write(&ca, pem).unwrap();
+        new(&ca).unwrap();
+        std::fs::write(&ca, "s3cret").unwrap();
+        let e = new(&ca).err().unwrap().to_string();
+        assert!(
+            e.contains("loki.tls.ca_file") && !e.contains("s3cret"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn scrub_removes_the_credentials_wherever_they_appear() {
         let url = reqwest::Url::parse("https://agent:pa55w0rd@mimir/otlp?token=q5ecret").unwrap();
         let text = scrub(
