@@ -17,6 +17,12 @@ use std::sync::Arc;
 /// At most this many `[fields.extra_tokens]`; each one is a counter per series.
 pub const MAX_EXTRA_TOKENS: usize = 16;
 
+/// The most `otlp.max_backoff` / `loki.max_backoff` may be.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// The most any other duration key may be: far from overflowing the clock arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 /// Label names the program sets itself; static labels may not reuse them.
 const RESERVED_LABELS: &[&str] = &[
     "model",
@@ -601,6 +607,30 @@ impl Config {
                 return Err(err(key, "must be longer than 0s".into()));
             }
         }
+        // Upper bounds: a wait is added to the clock (and jittered), which must not overflow
+        // whatever is written; and a backoff is the longest a peer can make the agent wait.
+        for (key, d) in [
+            ("otlp.max_backoff", self.otlp.max_backoff),
+            ("loki.max_backoff", self.loki.max_backoff),
+        ] {
+            if d.0 > MAX_BACKOFF {
+                return Err(err(key, "must be at most 1h".into()));
+            }
+        }
+        for (key, d) in [
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("source.glob_interval", self.source.glob_interval),
+            ("source.remember_for", self.source.remember_for),
+            ("state.interval", self.state.interval),
+            ("otlp.interval", self.otlp.interval),
+            ("otlp.timeout", self.otlp.timeout),
+            ("loki.batch_wait", self.loki.batch_wait),
+            ("loki.timeout", self.loki.timeout),
+        ] {
+            if d.0 > MAX_DURATION {
+                return Err(err(key, "must be at most 365d".into()));
+            }
+        }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(err(
                 "server.listen",
@@ -1019,6 +1049,39 @@ mod tests {
         check("otlp", "bearer_token_file", token).unwrap();
         check("otlp", "tls.ca_file", ca).unwrap();
         check("loki", "tls.ca_file", ca).unwrap();
+    }
+
+    #[test]
+    fn durations_have_upper_bounds_so_clock_arithmetic_cannot_overflow() {
+        for (text, key) in [
+            ("[otlp]\nmax_backoff = \"2h\"\n", "otlp.max_backoff"),
+            ("[loki]\nmax_backoff = \"1h 1s\"\n", "loki.max_backoff"),
+            (
+                "[loki]\nmax_backoff = \"500000000000years\"\n",
+                "loki.max_backoff",
+            ),
+            (
+                "[otlp]\ninterval = \"500000000000years\"\n",
+                "otlp.interval",
+            ),
+            (
+                "shutdown_timeout = \"500000000000years\"\n",
+                "shutdown_timeout",
+            ),
+            (
+                "[source]\nglob_interval = \"366days\"\n",
+                "source.glob_interval",
+            ),
+        ] {
+            let e = Config::from_toml(text, &no_env).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+        }
+        let c = Config::from_toml(
+            "[otlp]\nmax_backoff = \"1h\"\n[loki]\nmax_backoff = \"1h\"\n[source]\nremember_for = \"365days\"\n",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.otlp.max_backoff.0, Duration::from_secs(3600));
     }
 
     #[test]

@@ -831,3 +831,32 @@ fn check_config_refuses_a_directory_as_a_secret_file_and_a_ca_file_without_a_cer
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn durations_too_long_for_the_clock_are_usage_or_config_errors() {
+    let out = bin()
+        .args(["replay", "--retry-for", "500000000000years"])
+        .arg(fixture("envoy-ai-access.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--retry-for"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    for (text, key) in [
+        ("[otlp]\nmax_backoff = \"2h\"\n", "otlp.max_backoff"),
+        (
+            "[loki]\nmax_backoff = \"500000000000years\"\n",
+            "loki.max_backoff",
+        ),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let out = bin()
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{text}");
+    }
+}
