@@ -710,14 +710,22 @@ impl Config {
             .unwrap_or_else(|| "unknown".into())
     }
 
-    /// The effective config as TOML, as `check-config` prints it.
-    /// The config with every secret replaced by `"<redacted>"`: header values, and the
-    /// userinfo and query of endpoints (what `check-config` prints unless `--show-secrets`).
+    /// The config with every secret replaced by `"<redacted>"`: header values, basic auth
+    /// user names (often from `${ENV}` beside the password), and the userinfo and query of
+    /// endpoints (what `check-config` prints unless `--show-secrets`). File paths are kept.
     pub fn masked(&self) -> Config {
         let mut c = self.clone();
         for headers in [&mut c.otlp.headers, &mut c.loki.headers] {
             for v in headers.values_mut() {
                 *v = "<redacted>".to_string();
+            }
+        }
+        for user in [
+            &mut c.otlp.basic_auth.username,
+            &mut c.loki.basic_auth.username,
+        ] {
+            if !user.is_empty() {
+                *user = "<redacted>".to_string();
             }
         }
         for e in [&mut c.otlp.endpoint, &mut c.loki.endpoint] {
@@ -785,6 +793,7 @@ impl Config {
             .collect()
     }
 
+    /// The config as TOML, as `check-config` prints it (after [`Config::masked`]).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -1082,6 +1091,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.otlp.max_backoff.0, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn masked_hides_the_basic_auth_username_too() {
+        let env = |k: &str| (k == "USER_NAME").then(|| "agent-s3cret".to_string());
+        let c = Config::from_toml(
+            "[otlp]\nbasic_auth = { username = \"${USER_NAME}\", password_file = \"/run/pw\" }\n[loki]\nbasic_auth = { username = \"tenant-s3cret\" }\n",
+            &env,
+        )
+        .unwrap();
+        let text = c.masked().to_toml();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("/run/pw"), "a path is not a secret: {text}");
+        assert_eq!(c.masked().otlp.basic_auth.username, "<redacted>");
+        assert_eq!(c.masked().loki.basic_auth.username, "<redacted>");
+        // No user: nothing to hide, and the output shows basic auth is off.
+        assert_eq!(Config::default().masked().otlp.basic_auth.username, "");
     }
 
     #[test]

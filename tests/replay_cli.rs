@@ -548,7 +548,7 @@ fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
-        "[otlp]\nendpoint = \"https://agent:pa55w0rd@mimir:8080/otlp/v1/metrics?token=q5ecret\"\nheaders = { \"Authorization\" = \"Bearer ${TOKEN}\" }\n[loki]\nendpoint = \"http://loki/loki/api/v1/push\"\nheaders = { \"X-Scope-OrgID\" = \"tenant-s3cret\" }\n",
+        "[otlp]\nendpoint = \"https://agent:pa55w0rd@mimir:8080/otlp/v1/metrics?token=q5ecret\"\nheaders = { \"Authorization\" = \"Bearer ${TOKEN}\" }\n[loki]\nendpoint = \"http://loki/loki/api/v1/push\"\nheaders = { \"X-Scope-OrgID\" = \"tenant-s3cret\" }\nbasic_auth = { username = \"${BASIC_USER}\" }\n",
     )
     .unwrap();
     let run = |extra: &[&str]| {
@@ -557,6 +557,7 @@ fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
             .arg(&cfg)
             .args(extra)
             .env("TOKEN", "tok-from-env-123")
+            .env("BASIC_USER", "user-from-env-456")
             .output()
             .unwrap();
         assert!(
@@ -577,6 +578,7 @@ fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
         "q5ecret",
         "tenant-s3cret",
         "agent:",
+        "user-from-env-456",
     ] {
         assert!(!text.contains(secret), "{secret} shown:\n{text}");
     }
@@ -587,6 +589,7 @@ fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
     );
     let shown = run(&["--show-secrets"]);
     assert!(shown.contains("Bearer tok-from-env-123"), "{shown}");
+    assert!(shown.contains("user-from-env-456"), "{shown}");
 }
 
 #[test]
