@@ -229,9 +229,10 @@ fn run(cli: Cli) -> ExitCode {
                 .as_ref()
                 .is_some_and(|p| p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/'));
             let retry_for = match humantime::parse_duration(retry_for.trim()) {
-                Ok(d) if !d.is_zero() => d,
+                // Bounded: it is added to the clock.
+                Ok(d) if !d.is_zero() && d <= crate::config::MAX_DURATION => d,
                 _ => {
-                    eprintln!("error: --retry-for {retry_for:?} must be a duration such as \"30s\" or \"5m\"");
+                    eprintln!("error: --retry-for {retry_for:?} must be a duration such as \"30s\" or \"5m\" (at most 365d)");
                     return ExitCode::from(2);
                 }
             };

@@ -17,6 +17,12 @@ use std::sync::Arc;
 /// At most this many `[fields.extra_tokens]`; each one is a counter per series.
 pub const MAX_EXTRA_TOKENS: usize = 16;
 
+/// The most `otlp.max_backoff` / `loki.max_backoff` may be.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// The most any other duration key may be: far from overflowing the clock arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 /// Label names the program sets itself; static labels may not reuse them.
 const RESERVED_LABELS: &[&str] = &[
     "model",
@@ -406,8 +412,9 @@ impl Config {
         Ok(config)
     }
 
-    /// The files an enabled exporter reads (CA, bearer token, password) must be readable now:
-    /// found by `check-config` (exit 2, naming the key) rather than when `run` starts. The
+    /// The files an enabled exporter reads (CA, bearer token, password) must be readable
+    /// regular files now, and the CA file PEM certificates the TLS stack accepts: found by
+    /// `check-config` (exit 2, naming the key) rather than when `run` starts or pushes. The
     /// content is not shown.
     pub fn check_files(&self) -> Result<(), ConfigError> {
         let exporters = [
@@ -438,12 +445,22 @@ impl Config {
                 if path.is_empty() {
                     continue;
                 }
-                if let Err(e) = std::fs::File::open(path) {
-                    return Err(ConfigError {
-                        file: None,
-                        key: Some(format!("{section}.{key}")),
-                        message: format!("{path}: cannot read: {e}"),
-                    });
+                let fail = |message: String| ConfigError {
+                    file: None,
+                    key: Some(format!("{section}.{key}")),
+                    message: format!("{path}: {message}"),
+                };
+                // Opening a directory succeeds: what `run` reads must be a regular file (a
+                // Secret mounted by Kubernetes is a symlink to one: followed).
+                let meta =
+                    std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+                if !meta.is_file() {
+                    return Err(fail("not a regular file".into()));
+                }
+                let content = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+                if key == "tls.ca_file" {
+                    // As the TLS stack will load it; the content is never shown.
+                    crate::export::http::pem_certificates(&content).map_err(fail)?;
                 }
             }
         }
@@ -590,6 +607,30 @@ impl Config {
                 return Err(err(key, "must be longer than 0s".into()));
             }
         }
+        // Upper bounds: a wait is added to the clock (and jittered), which must not overflow
+        // whatever is written; and a backoff is the longest a peer can make the agent wait.
+        for (key, d) in [
+            ("otlp.max_backoff", self.otlp.max_backoff),
+            ("loki.max_backoff", self.loki.max_backoff),
+        ] {
+            if d.0 > MAX_BACKOFF {
+                return Err(err(key, "must be at most 1h".into()));
+            }
+        }
+        for (key, d) in [
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("source.glob_interval", self.source.glob_interval),
+            ("source.remember_for", self.source.remember_for),
+            ("state.interval", self.state.interval),
+            ("otlp.interval", self.otlp.interval),
+            ("otlp.timeout", self.otlp.timeout),
+            ("loki.batch_wait", self.loki.batch_wait),
+            ("loki.timeout", self.loki.timeout),
+        ] {
+            if d.0 > MAX_DURATION {
+                return Err(err(key, "must be at most 365d".into()));
+            }
+        }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(err(
                 "server.listen",
@@ -603,12 +644,35 @@ impl Config {
             ("otlp.endpoint", &self.otlp.endpoint),
             ("loki.endpoint", &self.loki.endpoint),
         ] {
-            let ok = endpoint.is_empty()
-                || endpoint.starts_with("http://")
-                || endpoint.starts_with("https://");
-            if !ok {
-                // The value itself is not repeated: it may hold credentials.
-                return Err(err(key, "must start with http:// or https://".to_string()));
+            if endpoint.is_empty() {
+                continue;
+            }
+            // What the HTTP client would refuse makes every push fail: found here instead.
+            // The value itself is not repeated: it may hold credentials.
+            if let Err(message) = crate::export::http::parse_endpoint(endpoint) {
+                return Err(err(key, message));
+            }
+        }
+        for (section, headers) in [("otlp", &self.otlp.headers), ("loki", &self.loki.headers)] {
+            for (name, value) in headers {
+                let key = format!("{section}.headers.{name}");
+                // Checked as the HTTP client checks them: what it refuses fails every push.
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(err(
+                        &key,
+                        "not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)".into(),
+                    ));
+                }
+                if reqwest::header::HeaderValue::from_str(value).is_err() {
+                    // The value is not repeated: it is often a token.
+                    return Err(err(
+                        &key,
+                        "the value (not shown) is not a valid HTTP header value: control \
+                         characters such as a newline (e.g. at the end of an ${ENV} value) \
+                         are not allowed"
+                            .into(),
+                    ));
+                }
             }
         }
         for name in self.loki.labels.keys() {
@@ -646,14 +710,22 @@ impl Config {
             .unwrap_or_else(|| "unknown".into())
     }
 
-    /// The effective config as TOML, as `check-config` prints it.
-    /// The config with every secret replaced by `"<redacted>"`: header values, and the
-    /// userinfo and query of endpoints (what `check-config` prints unless `--show-secrets`).
+    /// The config with every secret replaced by `"<redacted>"`: header values, basic auth
+    /// user names (often from `${ENV}` beside the password), and the userinfo and query of
+    /// endpoints (what `check-config` prints unless `--show-secrets`). File paths are kept.
     pub fn masked(&self) -> Config {
         let mut c = self.clone();
         for headers in [&mut c.otlp.headers, &mut c.loki.headers] {
             for v in headers.values_mut() {
                 *v = "<redacted>".to_string();
+            }
+        }
+        for user in [
+            &mut c.otlp.basic_auth.username,
+            &mut c.loki.basic_auth.username,
+        ] {
+            if !user.is_empty() {
+                *user = "<redacted>".to_string();
             }
         }
         for e in [&mut c.otlp.endpoint, &mut c.loki.endpoint] {
@@ -721,6 +793,7 @@ impl Config {
             .collect()
     }
 
+    /// The config as TOML, as `check-config` prints it (after [`Config::masked`]).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -852,6 +925,189 @@ mod tests {
         let e = Config::from_toml("[source]\ninclude = [\"/a/*.log\", \"[.log\"]\n", &no_env)
             .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("source.include[1]"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_the_http_client_would_refuse_are_config_errors_that_hide_credentials() {
+        for (section, bad, why) in [
+            ("otlp", "http://mimir:99999/otlp", "port"),
+            (
+                "loki",
+                "http://agent:pa55w0rd@loki:70000/push?token=q5ecret",
+                "port",
+            ),
+            ("otlp", "https://", "host"),
+            ("loki", "http://agent:pa55w0rd@/push?token=q5ecret", "host"),
+            ("otlp", "http://mi mir/otlp?token=q5ecret", "URL"),
+            ("loki", "http://[::1/push", "URL"),
+        ] {
+            let text = format!("[{section}]\nendpoint = \"{bad}\"\n");
+            let e = Config::from_toml(&text, &no_env).unwrap_err();
+            let key = format!("{section}.endpoint");
+            assert_eq!(e.key.as_deref(), Some(key.as_str()), "{bad}: {e}");
+            assert!(e.message.contains(why), "{bad}: {e}");
+            let shown = e.to_string();
+            for secret in ["agent", "pa55w0rd", "q5ecret", "99999", "70000"] {
+                assert!(!shown.contains(secret), "{bad}: {shown}");
+            }
+        }
+        for good in [
+            "http://mimir:9009/otlp/v1/metrics",
+            "https://agent:pa55w0rd@loki.example/loki/api/v1/push?tenant=a",
+            "http://[::1]:3100/loki/api/v1/push",
+            "HTTPS://Mimir.Example/otlp",
+        ] {
+            let text = format!("[otlp]\nendpoint = \"{good}\"\n[loki]\nendpoint = \"{good}\"\n");
+            Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn header_names_and_values_must_be_valid_http_and_values_are_not_shown() {
+        let env = |k: &str| (k == "TOKEN").then(|| "tok-s3cret\n".to_string());
+        for (text, key) in [
+            (
+                "[otlp]\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\n",
+                "otlp.headers.Authorization",
+            ),
+            (
+                "[loki]\nheaders = { X-Scope-OrgID = \"tenant-s3cret\\u0000\" }\n",
+                "loki.headers.X-Scope-OrgID",
+            ),
+            (
+                "[loki]\nheaders = { X-Scope-OrgID = \"tenant-s3cret\\u007f\" }\n",
+                "loki.headers.X-Scope-OrgID",
+            ),
+            (
+                "[otlp]\nheaders = { \"Bad Name\" = \"tenant-s3cret\" }\n",
+                "otlp.headers.Bad Name",
+            ),
+            (
+                "[loki]\nheaders = { \"\" = \"tenant-s3cret\" }\n",
+                "loki.headers.",
+            ),
+        ] {
+            let e = Config::from_toml(text, &env).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        let c = Config::from_toml(
+            "[otlp]\nheaders = { Authorization = \"Bearer ${TOKEN}\", X-Note = \"caf\u{e9}\\tok\" }\n",
+            &|k: &str| (k == "TOKEN").then(|| "tok".to_string()),
+        )
+        .unwrap();
+        assert_eq!(c.otlp.headers["Authorization"], "Bearer tok");
+    }
+
+    #[test]
+    fn secret_and_ca_files_must_be_regular_readable_files_and_the_ca_a_pem_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap().to_string();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok-s3cret\n").unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "s3cret, not a certificate\n").unwrap();
+        let bad_pem = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad_pem,
+            "-----BEGIN CERTIFICATE-----\nczNjcmV0\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, include_str!("../tests/fixtures/test-ca.pem")).unwrap();
+        let (token, not_pem, bad_pem, ca) = (
+            token.to_str().unwrap(),
+            not_pem.to_str().unwrap(),
+            bad_pem.to_str().unwrap(),
+            ca.to_str().unwrap(),
+        );
+        let check = |section: &str, key: &str, path: &str| {
+            let text =
+                format!("[{section}]\nendpoint = \"http://backend/push\"\n{key} = \"{path}\"\n");
+            Config::from_toml(&text, &no_env).unwrap().check_files()
+        };
+        for (section, key, path) in [
+            ("otlp", "bearer_token_file", d.as_str()),
+            ("loki", "bearer_token_file", d.as_str()),
+            ("otlp", "tls.ca_file", d.as_str()),
+            ("loki", "tls.ca_file", not_pem),
+            ("otlp", "tls.ca_file", bad_pem),
+            ("otlp", "tls.ca_file", "/dev/null"),
+        ] {
+            // (TOML dotted keys: `tls.ca_file = ...` inside `[otlp]`.)
+            let e = check(section, key, path).unwrap_err();
+            assert_eq!(
+                e.key.as_deref(),
+                Some(format!("{section}.{key}").as_str()),
+                "{path}: {e}"
+            );
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        let text = format!(
+            "[loki]\nendpoint = \"http://loki/push\"\nbasic_auth = {{ username = \"u\", password_file = \"{d}\" }}\n"
+        );
+        let e = Config::from_toml(&text, &no_env)
+            .unwrap()
+            .check_files()
+            .unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("loki.basic_auth.password_file"),
+            "{e}"
+        );
+        check("otlp", "bearer_token_file", token).unwrap();
+        check("otlp", "tls.ca_file", ca).unwrap();
+        check("loki", "tls.ca_file", ca).unwrap();
+    }
+
+    #[test]
+    fn durations_have_upper_bounds_so_clock_arithmetic_cannot_overflow() {
+        for (text, key) in [
+            ("[otlp]\nmax_backoff = \"2h\"\n", "otlp.max_backoff"),
+            ("[loki]\nmax_backoff = \"1h 1s\"\n", "loki.max_backoff"),
+            (
+                "[loki]\nmax_backoff = \"500000000000years\"\n",
+                "loki.max_backoff",
+            ),
+            (
+                "[otlp]\ninterval = \"500000000000years\"\n",
+                "otlp.interval",
+            ),
+            (
+                "shutdown_timeout = \"500000000000years\"\n",
+                "shutdown_timeout",
+            ),
+            (
+                "[source]\nglob_interval = \"366days\"\n",
+                "source.glob_interval",
+            ),
+        ] {
+            let e = Config::from_toml(text, &no_env).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+        }
+        let c = Config::from_toml(
+            "[otlp]\nmax_backoff = \"1h\"\n[loki]\nmax_backoff = \"1h\"\n[source]\nremember_for = \"365days\"\n",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.otlp.max_backoff.0, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn masked_hides_the_basic_auth_username_too() {
+        let env = |k: &str| (k == "USER_NAME").then(|| "agent-s3cret".to_string());
+        let c = Config::from_toml(
+            "[otlp]\nbasic_auth = { username = \"${USER_NAME}\", password_file = \"/run/pw\" }\n[loki]\nbasic_auth = { username = \"tenant-s3cret\" }\n",
+            &env,
+        )
+        .unwrap();
+        let text = c.masked().to_toml();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("/run/pw"), "a path is not a secret: {text}");
+        assert_eq!(c.masked().otlp.basic_auth.username, "<redacted>");
+        assert_eq!(c.masked().loki.basic_auth.username, "<redacted>");
+        // No user: nothing to hide, and the output shows basic auth is off.
+        assert_eq!(Config::default().masked().otlp.basic_auth.username, "");
     }
 
     #[test]

@@ -70,6 +70,33 @@ pub async fn serve(listener: tokio::net::TcpListener, ctx: ServerContext) {
     }
 }
 
+/// Whether an `Accept-Encoding` value accepts gzip (RFC 9110 §12.5.3): `gzip` (or `x-gzip`)
+/// with a non-zero `q`, else `*` with a non-zero `q`; `q=0` means "not acceptable". A `q`
+/// that does not parse counts as 0: the plain body is always acceptable.
+fn accepts_gzip(value: &str) -> bool {
+    let mut gzip = None;
+    let mut any = None;
+    for item in value.split(',') {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim();
+        let mut q = 1.0;
+        for param in parts {
+            if let Some((k, v)) = param.split_once('=') {
+                if k.trim().eq_ignore_ascii_case("q") {
+                    q = v.trim().parse::<f64>().unwrap_or(0.0);
+                }
+            }
+        }
+        let accepted = q > 0.0 && q <= 1.0;
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(gzip.unwrap_or(false) || accepted);
+        } else if coding == "*" {
+            any = Some(any.unwrap_or(false) || accepted);
+        }
+    }
+    gzip.or(any).unwrap_or(false)
+}
+
 async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     if !s.shared.status.is_ready() {
         // Still catching up after a (re)start: partial counters would look like a reset.
@@ -78,7 +105,7 @@ async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> R
     let gzip = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+        .is_some_and(accepts_gzip);
     let second = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -309,6 +336,34 @@ mod tests {
     use crate::config::{Config, Fields};
     use crate::parse::{Parsed, Parser};
     use crate::schema::AgentView;
+
+    #[test]
+    fn accept_encoding_gzip_honours_q_values() {
+        for (v, gzip) in [
+            ("gzip", true),
+            ("gzip, deflate", true),
+            ("deflate, GZIP", true),
+            ("x-gzip", true),
+            ("gzip;q=1", true),
+            ("gzip; q=0.5", true),
+            ("gzip;q=0.001", true),
+            ("*", true),
+            ("identity, *;q=0.1", true),
+            ("gzip;q=0", false),
+            ("gzip;q=0.0", false),
+            ("gzip ; Q=0.000", false),
+            ("deflate, gzip;q=0", false),
+            ("*;q=0", false),
+            ("gzip;q=0, *", false),
+            ("*;q=0, gzip", true),
+            ("gzip;q=nope", false),
+            ("gzipped", false),
+            ("identity", false),
+            ("", false),
+        ] {
+            assert_eq!(accepts_gzip(v), gzip, "{v:?}");
+        }
+    }
 
     /// A fixed snapshot and agent view, encoded as a scrape would.
     #[derive(Debug)]

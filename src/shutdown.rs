@@ -21,7 +21,13 @@ impl Shutdown {
     /// Starts the shutdown: reading stops, everything else must be done within `timeout`.
     /// A second call (a second signal) moves the deadline to now.
     pub fn begin(&self, timeout: Duration) {
-        if self.deadline.set(Instant::now() + timeout).is_err() {
+        let now = Instant::now();
+        // Saturating: a timeout too long for the clock is "a year", never a panic.
+        let deadline = now
+            .checked_add(timeout)
+            .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+            .unwrap_or(now);
+        if self.deadline.set(deadline).is_err() {
             // Already stopping: a second signal means now.
             self.urgent.store(true, Ordering::SeqCst);
         }
@@ -63,5 +69,13 @@ mod tests {
         s.begin(Duration::from_secs(3600));
         assert!(s.deadline_passed());
         assert_eq!(s.remaining(), Duration::ZERO);
+    }
+
+    #[test]
+    fn any_timeout_is_saturated_not_a_panic() {
+        let s = Shutdown::default();
+        s.begin(Duration::MAX);
+        assert!(s.stopping() && !s.deadline_passed());
+        assert!(s.remaining() > Duration::from_secs(3600));
     }
 }

@@ -548,7 +548,7 @@ fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
-        "[otlp]\nendpoint = \"https://agent:pa55w0rd@mimir:8080/otlp/v1/metrics?token=q5ecret\"\nheaders = { \"Authorization\" = \"Bearer ${TOKEN}\" }\n[loki]\nendpoint = \"http://loki/loki/api/v1/push\"\nheaders = { \"X-Scope-OrgID\" = \"tenant-s3cret\" }\n",
+        "[otlp]\nendpoint = \"https://agent:pa55w0rd@mimir:8080/otlp/v1/metrics?token=q5ecret\"\nheaders = { \"Authorization\" = \"Bearer ${TOKEN}\" }\n[loki]\nendpoint = \"http://loki/loki/api/v1/push\"\nheaders = { \"X-Scope-OrgID\" = \"tenant-s3cret\" }\nbasic_auth = { username = \"${BASIC_USER}\" }\n",
     )
     .unwrap();
     let run = |extra: &[&str]| {
@@ -557,6 +557,7 @@ fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
             .arg(&cfg)
             .args(extra)
             .env("TOKEN", "tok-from-env-123")
+            .env("BASIC_USER", "user-from-env-456")
             .output()
             .unwrap();
         assert!(
@@ -577,6 +578,7 @@ fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
         "q5ecret",
         "tenant-s3cret",
         "agent:",
+        "user-from-env-456",
     ] {
         assert!(!text.contains(secret), "{secret} shown:\n{text}");
     }
@@ -587,6 +589,7 @@ fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
     );
     let shown = run(&["--show-secrets"]);
     assert!(shown.contains("Bearer tok-from-env-123"), "{shown}");
+    assert!(shown.contains("user-from-env-456"), "{shown}");
 }
 
 #[test]
@@ -718,4 +721,145 @@ fn check_config_refuses_each_pricing_error_naming_the_entry_and_warns_about_roun
             && err.contains("0.0000001234"),
         "{err}"
     );
+}
+
+#[test]
+fn check_config_refuses_an_endpoint_every_push_would_fail_on_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    for (section, endpoint) in [
+        ("otlp", "http://mimir:99999/otlp"),
+        ("loki", "https://agent:pa55w0rd@:3100/push?token=q5ecret"),
+    ] {
+        std::fs::write(&cfg, format!("[{section}]\nendpoint = \"{endpoint}\"\n")).unwrap();
+        let out = bin()
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(2), "{endpoint}: {text}");
+        assert!(text.contains(&format!("{section}.endpoint")), "{text}");
+        for secret in ["99999", "agent", "pa55w0rd", "q5ecret", "redacted"] {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+    }
+}
+
+#[test]
+fn check_config_refuses_a_header_value_with_a_newline_from_env_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[otlp]\nendpoint = \"http://mimir/otlp/v1/metrics\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--show-secrets", "--config"])
+        .arg(&cfg)
+        .env("TOKEN", "tok-from-env-123\n")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("otlp.headers.Authorization"), "{text}");
+    assert!(!text.contains("tok-from-env-123"), "{text}");
+}
+
+#[test]
+fn check_config_refuses_a_directory_as_a_secret_file_and_a_ca_file_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "s3cret, not a certificate\n").unwrap();
+    let d = dir.path().display().to_string();
+    for (body, key) in [
+        (
+            format!("bearer_token_file = \"{d}\"\n"),
+            "otlp.bearer_token_file",
+        ),
+        (
+            format!("tls = {{ ca_file = \"{d}\" }}\n"),
+            "otlp.tls.ca_file",
+        ),
+        (
+            format!("tls = {{ ca_file = \"{}\" }}\n", not_pem.display()),
+            "otlp.tls.ca_file",
+        ),
+        (
+            format!("basic_auth = {{ username = \"u\", password_file = \"{d}\" }}\n"),
+            "otlp.basic_auth.password_file",
+        ),
+    ] {
+        std::fs::write(
+            &cfg,
+            format!("[otlp]\nendpoint = \"https://mimir/otlp/v1/metrics\"\n{body}"),
+        )
+        .unwrap();
+        let out = bin()
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{body}: {err}");
+        assert!(err.contains(key), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    std::fs::write(
+        &cfg,
+        format!(
+            "[otlp]\nendpoint = \"https://mimir/otlp/v1/metrics\"\ntls = {{ ca_file = \"{}\" }}\n",
+            fixture("test-ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn durations_too_long_for_the_clock_are_usage_or_config_errors() {
+    let out = bin()
+        .args(["replay", "--retry-for", "500000000000years"])
+        .arg(fixture("envoy-ai-access.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--retry-for"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    for (text, key) in [
+        ("[otlp]\nmax_backoff = \"2h\"\n", "otlp.max_backoff"),
+        (
+            "[loki]\nmax_backoff = \"500000000000years\"\n",
+            "loki.max_backoff",
+        ),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let out = bin()
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{text}");
+    }
 }
