@@ -190,11 +190,6 @@ impl PushError {
         }
     }
 
-    /// The text never holds the URL already: kept so callers read as with reqwest's errors.
-    pub fn without_url(self) -> Self {
-        self
-    }
-
     /// The HTTP client's error, if the attempt got as far as sending.
     pub fn reqwest_error(&self) -> Option<&reqwest::Error> {
         self.source.as_ref()
@@ -462,7 +457,6 @@ mod tests {
             .send()
             .await
             .unwrap_err()
-            .without_url()
             .to_string();
         assert!(text.to_lowercase().contains("connection refused"), "{text}");
         for secret in ["agent", "pa55w0rd", "q5ecret"] {

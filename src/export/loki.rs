@@ -485,8 +485,7 @@ impl LokiClient {
                 }
                 Err(e) => {
                     if attempt == 1 || attempt.is_power_of_two() {
-                        // The error's own text would repeat the URL with its credentials.
-                        let e = e.without_url();
+                        // `PushError` text never holds the URL (credentials scrubbed).
                         tracing::warn!(
                             "Loki push to {}: {e}; retrying (attempt {attempt})",
                             self.target.url()

@@ -431,8 +431,7 @@ impl OtlpClient {
                 }
                 Err(e) => {
                     if attempt == 1 {
-                        // The error's own text would repeat the URL with its credentials.
-                        let e = e.without_url();
+                        // `PushError` text never holds the URL (credentials scrubbed).
                         tracing::warn!("OTLP push to {}: {e}; retrying", self.target.url());
                     }
                     backoff
