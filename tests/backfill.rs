@@ -550,3 +550,236 @@ fn backfilled_cost_uses_the_price_in_force_at_each_event_and_reads_back_exact() 
         }
     }
 }
+
+/// OpenMetrics text → samples by (metric name with labels) → [(timestamp s, value text)].
+fn om_samples(text: &str) -> BTreeMap<String, Vec<(i64, String)>> {
+    let mut out: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut parts = line.rsplitn(3, ' ');
+        let ts: i64 = parts.next().unwrap().parse().unwrap();
+        let value = parts.next().unwrap().to_string();
+        out.entry(parts.next().unwrap().to_string())
+            .or_default()
+            .push((ts, value));
+    }
+    out
+}
+
+/// The files of an `--openmetrics DIR`, in name (= time) order.
+fn window_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn window_files_hold_the_values_of_one_file_and_prometheus_reads_across_their_edges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let start = 1_795_651_200; // 2026-11-26T00:00:00Z
+    let (text, by_model) = workload(start, 5);
+    let log = tmp.path().join("access.log");
+    std::fs::write(&log, &text).unwrap();
+    let one = tmp.path().join("one.om");
+    replay(
+        &[
+            "--openmetrics",
+            one.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ],
+        None,
+    );
+    let dir = tmp.path().join("windows");
+    let dir_arg = format!("{}/", dir.display());
+    let s = replay(&["--openmetrics", &dir_arg, log.to_str().unwrap()], None);
+    // Steps end at 00:01 … 05:00; 2 h windows from midnight: [0,2) [2,4) [4,6).
+    let files = window_files(&dir);
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "20261126T000000Z-20261126T020000Z.om",
+            "20261126T020000Z-20261126T040000Z.om",
+            "20261126T040000Z-20261126T060000Z.om"
+        ]
+    );
+    assert_eq!(s["emitted"]["windows"], 3, "{s}");
+    assert_eq!(s["late"], 0, "{s}");
+    // Every sample of the single file is in exactly one window file, the first 0 included.
+    let mut merged: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for f in &files {
+        let body = std::fs::read_to_string(f).unwrap();
+        assert!(body.ends_with("# EOF\n"));
+        for (series, samples) in om_samples(&body) {
+            merged.entry(series).or_default().extend(samples);
+        }
+    }
+    assert_eq!(merged, om_samples(&std::fs::read_to_string(&one).unwrap()));
+    assert_eq!(
+        s["emitted"]["samples"].as_u64().unwrap() as usize,
+        merged.values().map(Vec::len).sum::<usize>()
+    );
+
+    // promtool makes blocks of each file; Prometheus reads a series continuing from one file
+    // into the next exactly.
+    let blocks = tmp.path().join("blocks");
+    for f in &files {
+        let out = Command::new(tool("promtool"))
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(f)
+            .arg(&blocks)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let prom = Prometheus::start_on_blocks(&blocks);
+    for t in [start + 2 * 3600 + 1800, start + 4 * 3600 + 600] {
+        let got: BTreeMap<String, f64> = prom
+            .query_at("sum by (model) (increase(llm_tokens_total[1h]))", t)
+            .into_iter()
+            .map(|(l, v)| (l.get("model").cloned().unwrap_or_default(), v))
+            .collect();
+        for model in by_model.keys() {
+            let want = cumulative(&by_model, model, t - t % 60)
+                - cumulative(&by_model, model, t - t % 60 - 3600);
+            assert_eq!(got[model], want as f64, "{model} at {t}");
+        }
+    }
+}
+
+#[test]
+fn a_record_later_than_max_delay_lands_in_the_oldest_open_step_and_totals_stay_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let start = 1_795_651_200;
+    let rec = |t: i64, tokens: u64| {
+        format!(
+            "{{\"start_time\":\"{}\",\"duration\":0,\"model\":\"m\",\"api_key_id\":\"k\",\"aim_service_id\":\"s\",\"llm_input_token\":{tokens},\"llm_output_token\":0,\"response_code\":200}}\n",
+            iso(t)
+        )
+    };
+    // In order to 00:20, then one record from 00:02 (18 min late: its step is written), one
+    // from 00:17 (3 min late: inside --max-delay 5m, its own step), then on to 00:30.
+    let mut text = String::new();
+    for m in 0..=20 {
+        text.push_str(&rec(start + m * 60 + 10, 1));
+    }
+    text.push_str(&rec(start + 2 * 60 + 30, 1000));
+    text.push_str(&rec(start + 17 * 60 + 30, 100));
+    for m in 21..30 {
+        text.push_str(&rec(start + m * 60 + 10, 1));
+    }
+    let log = tmp.path().join("late.log");
+    std::fs::write(&log, &text).unwrap();
+    let dir = tmp.path().join("w");
+    let s = replay(
+        &[
+            "--openmetrics",
+            &format!("{}/", dir.display()),
+            log.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(s["late"], 1, "{s}");
+    let body = std::fs::read_to_string(&window_files(&dir)[0]).unwrap();
+    let samples = om_samples(&body);
+    let tokens = samples
+        .iter()
+        .find(|(k, _)| k.starts_with("llm_input_tokens_total{"))
+        .unwrap()
+        .1
+        .clone();
+    let at = |minute: i64| -> u64 {
+        tokens
+            .iter()
+            .find(|(t, _)| *t == start + minute * 60)
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap()
+    };
+    // The 18-minute-late record went into the oldest step still open when it came: the steps
+    // up to 00:15 were written by then (00:20:10 − 5 min), so it is in the step ending 00:16.
+    assert_eq!(at(15), 15);
+    assert_eq!(at(16), 16 + 1000);
+    // The 3-minute-late one is in its own step (ending 00:18), not before.
+    assert_eq!(at(17), 17 + 1000);
+    assert_eq!(at(18), 18 + 1000 + 100);
+    // And the total is exact.
+    assert_eq!(tokens.last().unwrap().1, (30 + 1000 + 100).to_string());
+}
+
+#[test]
+fn dense_gives_every_series_a_sample_at_every_step_from_its_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let start = 1_795_651_200;
+    let rec = |t: i64, key: &str| {
+        format!(
+            "{{\"start_time\":\"{}\",\"duration\":0,\"model\":\"m\",\"api_key_id\":\"{key}\",\"aim_service_id\":\"s\",\"llm_input_token\":5,\"llm_output_token\":0,\"response_code\":200}}\n",
+            iso(t)
+        )
+    };
+    // key a at 00:00:30 and 00:09:30, key b once at 00:04:30: sparse.
+    let text = [
+        rec(start + 30, "a"),
+        rec(start + 270, "b"),
+        rec(start + 570, "a"),
+    ]
+    .concat();
+    let log = tmp.path().join("sparse.log");
+    std::fs::write(&log, &text).unwrap();
+    let sparse = tmp.path().join("sparse.om");
+    let dense = tmp.path().join("dense.om");
+    replay(
+        &[
+            "--openmetrics",
+            sparse.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ],
+        None,
+    );
+    replay(
+        &[
+            "--dense",
+            "--openmetrics",
+            dense.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ],
+        None,
+    );
+    let series = |path: &Path, key: &str| -> Vec<(i64, String)> {
+        om_samples(&std::fs::read_to_string(path).unwrap())
+            .into_iter()
+            .find(|(k, _)| {
+                k.starts_with("llm_input_tokens_total{")
+                    && k.contains(&format!("api_key_id=\"{key}\""))
+            })
+            .unwrap()
+            .1
+    };
+    let minutes = |v: Vec<(i64, String)>| -> Vec<(i64, String)> {
+        v.into_iter().map(|(t, x)| ((t - start) / 60, x)).collect()
+    };
+    let s = |x: &str| x.to_string();
+    // Sparse: the 0, then samples at the steps with data only.
+    assert_eq!(
+        minutes(series(&sparse, "a")),
+        [(0, s("0")), (1, s("5")), (10, s("10"))]
+    );
+    // Dense: every step from the 0 one step before the first value to the end of the replay.
+    let want_a: Vec<(i64, String)> = std::iter::once((0, s("0")))
+        .chain((1..=9).map(|m| (m, s("5"))))
+        .chain(std::iter::once((10, s("10"))))
+        .collect();
+    assert_eq!(minutes(series(&dense, "a")), want_a);
+    let want_b: Vec<(i64, String)> = std::iter::once((4, s("0")))
+        .chain((5..=10).map(|m| (m, s("5"))))
+        .collect();
+    assert_eq!(minutes(series(&dense, "b")), want_b);
+}
