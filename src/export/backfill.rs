@@ -70,6 +70,8 @@ struct Track {
     cum: Cumulative,
     /// Start of its first step (ns): the series' start time.
     start_ns: i64,
+    /// Its values at the end of the last window it had samples in.
+    last_window: Option<Cumulative>,
 }
 
 pub struct StepStream {
@@ -160,6 +162,7 @@ impl StepStream {
                     ..Default::default()
                 },
                 start_ns: i64::MIN,
+                last_window: None,
             });
         }
         let d = self.open.entry(step).or_default().entry(idx).or_default();
@@ -254,17 +257,21 @@ impl StepStream {
         let Some(w) = self.window.take() else {
             return;
         };
+        let tracks = &mut self.tracks;
         let mut series: Vec<SeriesSamples> = self
             .pending
             .drain()
             .filter_map(|(idx, points)| {
-                let track = self.tracks.get(idx as usize)?.as_ref()?;
+                let track = tracks.get_mut(idx as usize)?.as_mut()?;
+                let last = points.last().map(|p| p.1.clone());
+                let before = std::mem::replace(&mut track.last_window, last);
                 Some(SeriesSamples {
                     model: track.labels.0.clone(),
                     api_key_id: track.labels.1.clone(),
                     service_id: track.labels.2.clone(),
                     start_ns: track.start_ns,
                     points,
+                    before,
                 })
             })
             .collect();

@@ -29,6 +29,9 @@ pub struct SeriesSamples {
     /// First event step start: the OTLP start time of the series.
     pub start_ns: i64,
     pub points: Vec<(i64, Cumulative)>,
+    /// The values at the end of the previous block window, for a series that continues from
+    /// one: its label sets that had a sample there do not start again with a 0.
+    pub before: Option<Cumulative>,
 }
 
 /// Cumulative values at one step end.
@@ -88,9 +91,10 @@ fn step_snapshot(
     }
 }
 
-/// One label set's samples: its labels and its (time ns, value) pairs in time order (a cost
-/// in units of 10^-12 currency).
-type LabelSamples = (Vec<(String, String)>, Vec<(i64, u128)>);
+/// One label set's samples: its labels, its (time ns, value) pairs in time order (a cost in
+/// units of 10^-12 currency), and whether it starts here (no sample in an earlier window: it
+/// then starts with a 0, SPEC §4 "First increments").
+type LabelSamples = (Vec<(String, String)>, Vec<(i64, u128)>, bool);
 
 /// The points of one token counter family for one series over all its steps, grouped by
 /// label set (each group in time order, groups sorted by labels): (labels, [(time ns, value)]).
@@ -109,6 +113,24 @@ fn family_series(
     };
     // One snapshot per series, its counters overwritten step by step (labels cloned once).
     let mut snap = step_snapshot(s, first, extra_names, currency);
+    let set = |snap: &mut Snapshot, c: &Cumulative| {
+        let x = &mut snap.series[0];
+        x.requests = c.requests;
+        x.input_tokens = c.input;
+        x.output_tokens = c.output;
+        x.total_tokens = c.total;
+        x.extra_tokens.clone_from(&c.extra);
+        x.cost_units = c.cost;
+    };
+    // Label sets that had a sample in an earlier window continue (no new 0).
+    let mut continuing = rustc_hash::FxHashSet::default();
+    if let Some(before) = &s.before {
+        set(&mut snap, before);
+        let view = View::tokens(&snap, static_labels);
+        family.points(&view, &mut |p| {
+            continuing.insert(crate::export::otlp::series_key("", &p.labels));
+        });
+    }
     for (t, c) in &s.points {
         let x = &mut snap.series[0];
         x.requests = c.requests;
@@ -130,7 +152,7 @@ fn family_series(
                     .entry(key)
                     .or_insert_with(|| {
                         let labels = p.labels.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-                        (labels.collect(), Vec::new())
+                        (labels.collect(), Vec::new(), !continuing.contains(&key))
                     })
                     .1
                     .push((*t, v));
@@ -184,13 +206,8 @@ pub fn write_openmetrics(
         let name = family.full_name();
         let money = is_money(&family);
         for s in series {
-            // A series that starts in this file starts with its 0; one continuing from an
-            // earlier window file does not.
-            let starts_here = s
-                .points
-                .first()
-                .is_some_and(|(t, _)| t - step_ns == s.start_ns);
-            for (labels, samples) in family_series(&family, s, extra_names, currency, static_labels)
+            for (labels, samples, starts_here) in
+                family_series(&family, s, extra_names, currency, static_labels)
             {
                 let labels = labels
                     .iter()
@@ -240,7 +257,6 @@ pub fn otlp_requests(
     currency: Option<&str>,
     shape: &OtlpShape,
     max_points: usize,
-    step_ns: i64,
 ) -> Vec<ExportMetricsServiceRequest> {
     let kv = |k: &str, v: &str| KeyValue {
         key: k.to_string(),
@@ -255,13 +271,10 @@ pub fn otlp_requests(
         let money = is_money(family);
         for s in series {
             let samples = family_series(family, s, extra_names, currency, &shape.static_labels);
-            for (labels, samples) in samples {
+            for (labels, samples, starts_here) in samples {
                 let attrs: Vec<KeyValue> = labels.iter().map(|(k, v)| kv(k, v)).collect();
                 let start = u64::try_from(s.start_ns).unwrap_or(0);
-                // The 0 at the series' start, in the window where it starts.
-                let starts_here = samples
-                    .first()
-                    .is_some_and(|(t, _)| t - step_ns == s.start_ns);
+                // The 0 at the series' start, in the window where the label set starts.
                 let zero = starts_here.then_some((s.start_ns, 0));
                 for (t, v) in zero.into_iter().chain(samples) {
                     points.push((
@@ -336,6 +349,7 @@ mod tests {
             api_key_id: "k".into(),
             service_id: "s".into(),
             start_ns: 1_700_000_000_000_000_000,
+            before: None,
             points: (0..points as i64)
                 .map(|i| {
                     (
@@ -361,14 +375,7 @@ mod tests {
         let s = one_series(43_200);
         let shape = OtlpShape::from_config(&crate::config::Config::default(), "replay");
         let t = std::time::Instant::now();
-        let reqs = otlp_requests(
-            std::slice::from_ref(&s),
-            &[],
-            None,
-            &shape,
-            5000,
-            60_000_000_000,
-        );
+        let reqs = otlp_requests(std::slice::from_ref(&s), &[], None, &shape, 5000);
         let took = t.elapsed();
         let points: usize = reqs
             .iter()
