@@ -240,7 +240,10 @@ struct Pair {
     ids: [u32; 2],
     unpriced: u64,
     unmetered: u64,
-    start_ns: i64,
+    /// When each counter first went above 0 (the start of its series, SPEC §4 "First
+    /// increments").
+    unpriced_start_ns: i64,
+    unmetered_start_ns: i64,
     /// The entry selected for this pair's own label text, and the event-time interval over
     /// which that selection holds (until the next `from` boundary).
     selection: Option<(Option<EntryId>, i64, i64)>,
@@ -256,7 +259,9 @@ pub struct PairSnapshot {
     #[serde(default)]
     pub unmetered: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub start_ns: i64,
+    pub unpriced_start_ns: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unmetered_start_ns: i64,
 }
 
 /// One token series in a snapshot: every counter of one (model, api_key_id, service_id).
@@ -362,7 +367,11 @@ impl Store {
         if table.is_some() && self.stats.child_exceeds.len() < n_types {
             self.stats.child_exceeds.resize(n_types, 0);
         }
-        self.currency = table.as_ref().map(|t| t.currency().to_string());
+        // Pricing turned off keeps the currency of the cost counted so far: the counters are
+        // kept (and saved) until prices come back.
+        if let Some(t) = &table {
+            self.currency = Some(t.currency().to_string());
+        }
         self.pricing = table;
         for p in &mut self.pairs {
             p.selection = None;
@@ -452,7 +461,13 @@ impl Store {
         unmetered: bool,
     ) {
         let pair = self.pair_slot(ids);
-        self.pairs[pair].unmetered += u64::from(unmetered);
+        if unmetered {
+            let p = &mut self.pairs[pair];
+            if p.unmetered == 0 {
+                p.unmetered_start_ns = self.clock_ns;
+            }
+            p.unmetered += 1;
+        }
         let Some(table) = self.pricing.clone() else {
             return;
         };
@@ -481,7 +496,7 @@ impl Store {
         let counts = &counts[..3 + self.n_extra];
         let Some(entry) = entry else {
             if counts.iter().any(|&c| c > 0) {
-                self.pairs[pair].unpriced += 1;
+                self.count_unpriced(pair);
             }
             return;
         };
@@ -497,12 +512,22 @@ impl Store {
         );
         self.cost[idx] = self.cost[idx].saturating_add(charge.units);
         self.last_cost = charge.units;
-        self.pairs[pair].unpriced += u64::from(charge.incomplete);
+        if charge.incomplete {
+            self.count_unpriced(pair);
+        }
         if charge.child_exceeds != 0 {
             for (i, n) in self.stats.child_exceeds.iter_mut().enumerate() {
                 *n += charge.child_exceeds >> i & 1;
             }
         }
+    }
+
+    fn count_unpriced(&mut self, pair: usize) {
+        let p = &mut self.pairs[pair];
+        if p.unpriced == 0 {
+            p.unpriced_start_ns = self.clock_ns;
+        }
+        p.unpriced += 1;
     }
 
     fn pair_slot(&mut self, ids: [u32; 2]) -> usize {
@@ -511,7 +536,6 @@ impl Store {
         }
         self.pairs.push(Pair {
             ids,
-            start_ns: self.clock_ns,
             ..Pair::default()
         });
         let i = self.pairs.len() - 1;
@@ -584,6 +608,10 @@ impl Store {
     /// counters do not reset. Values come back as they were saved, folded ones included; the
     /// limits apply to what comes next. Extra token counters are matched by name.
     pub fn restore(&mut self, snap: &Snapshot, extra_names: &[String]) {
+        // With pricing off, the saved cost is kept in its currency (and saved again).
+        if self.currency.is_none() {
+            self.currency.clone_from(&snap.currency);
+        }
         let extra_map: Vec<Option<usize>> = snap
             .extra_names
             .iter()
@@ -606,8 +634,10 @@ impl Store {
             if x.start_ns != 0 {
                 c.start_ns = x.start_ns;
             }
-            // Cost continues only in the currency it was counted in.
-            if snap.currency.is_some() && snap.currency == self.currency {
+            // Cost continues only in the currency it was counted in (kept while pricing is off).
+            if snap.currency.is_some()
+                && (self.currency.is_none() || snap.currency == self.currency)
+            {
                 self.cost[idx] = self.cost[idx].saturating_add(x.cost_units);
             }
             for (i, v) in x.extra_tokens.iter().enumerate() {
@@ -667,8 +697,11 @@ impl Store {
             let dst = &mut self.pairs[i];
             dst.unpriced += p.unpriced;
             dst.unmetered += p.unmetered;
-            if p.start_ns != 0 {
-                dst.start_ns = p.start_ns;
+            if p.unpriced_start_ns != 0 {
+                dst.unpriced_start_ns = p.unpriced_start_ns;
+            }
+            if p.unmetered_start_ns != 0 {
+                dst.unmetered_start_ns = p.unmetered_start_ns;
             }
         }
     }
@@ -746,7 +779,8 @@ impl Store {
                     service_id: self.services.get(s).to_string(),
                     unpriced: p.unpriced,
                     unmetered: p.unmetered,
-                    start_ns: p.start_ns,
+                    unpriced_start_ns: p.unpriced_start_ns,
+                    unmetered_start_ns: p.unmetered_start_ns,
                 };
                 (rm[m as usize], rs[s as usize], snap)
             })
@@ -810,6 +844,33 @@ mod tests {
             valid: 0b111,
             total_mismatch: false,
         }
+    }
+
+    #[test]
+    fn unpriced_and_unmetered_series_start_when_they_first_count() {
+        let mut s = Store::new(&Config::default());
+        let text = "[[prices]]\nmodel = \"m\"\nper_million = { input = 1 }\n";
+        let pricing = crate::pricing::Pricing {
+            prices: crate::pricing::parse_price_file(text).unwrap().prices,
+            ..Default::default()
+        };
+        let (table, _) = PriceTable::compile(&pricing, &[]).unwrap();
+        s.set_pricing(Some(Arc::new(table)));
+        s.set_clock(1_000);
+        s.add(&record("m", "k", "s", 10, 0)); // priced: the pair exists, nothing counted
+        s.set_clock(2_000);
+        let mut null = record("m", "k", "s", 0, 0);
+        null.valid = 0;
+        null.total_tokens = 0;
+        s.add(&null); // unmetered
+        s.set_clock(3_000);
+        s.add(&record("m", "k", "s", 10, 5)); // output unpriced
+        let snap = s.snapshot(&[]);
+        let p = &snap.pairs[0];
+        assert_eq!((p.unmetered, p.unmetered_start_ns), (1, 2_000));
+        assert_eq!((p.unpriced, p.unpriced_start_ns), (1, 3_000));
+        // 20 input tokens at 1 per million: 20 × 10^6 units.
+        assert_eq!(snap.series[0].cost_units, 20_000_000);
     }
 
     #[test]

@@ -749,7 +749,7 @@ impl Config {
         })?;
         let file = crate::pricing::parse_price_file(&text).map_err(|e| ConfigError {
             file: Some(path.clone()),
-            key: Some(e.key),
+            key: (!e.key.is_empty()).then_some(e.key),
             message: e.message,
         })?;
         if let Some(included_in) = file.included_in {
@@ -767,11 +767,14 @@ impl Config {
         let pricing = self.effective_pricing()?;
         let from_file = !pricing.file.is_empty();
         let extra: Vec<String> = self.fields.extra_tokens.keys().cloned().collect();
-        let (table, warnings) = PriceTable::compile(&pricing, &extra).map_err(|e| ConfigError {
-            file: from_file.then(|| PathBuf::from(&pricing.file)),
-            key: Some(e.key),
-            message: e.message,
-        })?;
+        // Keys as the operator wrote them: `pricing.prices[2]` inline, `prices[2]` in a file.
+        let prefix = if from_file { "" } else { "pricing" };
+        let (table, warnings) =
+            PriceTable::compile_with_prefix(&pricing, &extra, prefix).map_err(|e| ConfigError {
+                file: from_file.then(|| PathBuf::from(&pricing.file)),
+                key: (!e.key.is_empty()).then_some(e.key),
+                message: e.message,
+            })?;
         Ok(((!table.is_empty()).then(|| Arc::new(table)), warnings))
     }
 

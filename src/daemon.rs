@@ -59,7 +59,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let loaded =
         state::load(&state_dir).with_context(|| format!("state_dir {}", state_dir.display()))?;
     let mut meter = Meter::new(&config, false);
-    // Prices first: restored cost continues only in the currency it was counted in.
+    // Prices first: restored cost continues only in the currency it was counted in. The
+    // price file's version is taken before it is read, so a change in between is reloaded.
+    let price_watch = PriceFileWatch::new(&config);
     let prices = config.price_table().context("pricing")?;
     if let Some(t) = &prices {
         tracing::info!(
@@ -78,6 +80,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Loaded::Resumed(s) => {
             let extra = meter.extra_names().to_vec();
             if s.counters.currency.is_some()
+                && meter.store.currency().is_some()
                 && s.counters.currency.as_deref() != meter.store.currency()
             {
                 tracing::warn!(
@@ -173,7 +176,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let flushed = Arc::new(AtomicBool::new(false));
     let metering = {
-        let prices = PriceFileWatch::new(&config);
+        let prices = price_watch;
         let saver = StateSaver {
             dir: state_dir,
             meter: meter.clone(),
@@ -408,6 +411,16 @@ impl PriceFileWatch {
         }
         self.seen = now;
         match self.config.price_table() {
+            Ok(None) => {
+                // Most likely a file caught half-written, or a ConfigMap key left empty:
+                // turning cost off by accident would lose the cost of what follows.
+                status.pricing_reloads[1].fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "pricing.file {} has no prices; the prices in force stay (remove pricing.file from the config to turn pricing off)",
+                    self.config.pricing.file
+                );
+                None
+            }
             Ok(table) => {
                 status.pricing_reloads[0].fetch_add(1, Ordering::Relaxed);
                 tracing::info!(

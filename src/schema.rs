@@ -335,10 +335,10 @@ pub fn families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
     out
 }
 
-fn per_pair(read: fn(&PairSnapshot) -> u64) -> Points {
+fn per_pair(read: fn(&PairSnapshot) -> (u64, i64)) -> Points {
     Box::new(move |v, f| {
         for x in &v.snap.pairs {
-            let n = read(x);
+            let (n, start_ns) = read(x);
             if n == 0 {
                 continue;
             }
@@ -350,7 +350,7 @@ fn per_pair(read: fn(&PairSnapshot) -> u64) -> Points {
             f(Point {
                 labels: l,
                 value: Value::Int(n),
-                start_ns: x.start_ns,
+                start_ns,
             });
         }
     })
@@ -359,7 +359,7 @@ fn per_pair(read: fn(&PairSnapshot) -> u64) -> Points {
 /// SPEC §10: cost per series, unpriced and unmetered requests per (model, service_id), and
 /// the budgets. Cost has points only while pricing is on (the snapshot has a currency).
 fn spend_families(p: &str) -> Vec<Family> {
-    let pair_family = |name: String, help, read: fn(&PairSnapshot) -> u64| Family {
+    let pair_family = |name: String, help, read: fn(&PairSnapshot) -> (u64, i64)| Family {
         name,
         help,
         unit: "{request}",
@@ -394,12 +394,12 @@ fn spend_families(p: &str) -> Vec<Family> {
         pair_family(
             format!("{p}_unpriced_requests"),
             "Requests with tokens that no price entry (or only part of one) prices.",
-            |x| x.unpriced,
+            |x| (x.unpriced, x.unpriced_start_ns),
         ),
         pair_family(
             format!("{p}_unmetered_requests"),
             "2xx requests without any valid token count (e.g. the gateway wrote null).",
-            |x| x.unmetered,
+            |x| (x.unmetered, x.unmetered_start_ns),
         ),
         Family {
             name: format!("{p}_budget_tokens"),

@@ -376,9 +376,62 @@ fn a_changed_price_file_prices_only_later_lines_and_a_broken_one_keeps_the_old_p
     cond_wait(&d, "2 more lines at the old price", WAIT, || {
         (cost(&d)? == 15_000_000_000).then_some(())
     });
+    // An empty file (a ConfigMap key left empty, a file caught half-written) is refused too:
+    // it would turn cost off.
+    std::fs::write(&prices, "").unwrap();
+    cond_wait(&d, "the empty price file refused", WAIT, || {
+        (reloads(&d, "failure")? == 2.0).then_some(())
+    });
+    append(&log, &lines(1));
+    cond_wait(&d, "1 more line at the old price", WAIT, || {
+        (cost(&d)? == 17_000_000_000).then_some(())
+    });
     let log_text = d.log_text();
     assert!(
-        log_text.contains("the prices in force stay"),
-        "the refusal is logged: {log_text}"
+        log_text.contains("the prices in force stay") && log_text.contains("has no prices"),
+        "the refusals are logged: {log_text}"
     );
+}
+
+#[test]
+fn cost_is_kept_while_pricing_is_off_and_continues_when_prices_come_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let log = pod_dir(&root, "gw-off").join("0.log");
+    let state = tmp.path().join("state");
+    let priced = config(
+        &root,
+        &state,
+        "",
+        "[pricing]\ncurrency = \"USD\"\n[[pricing.prices]]\nmodel = \"*\"\nper_million = { input = 1 }\n",
+    );
+    let unpriced = config(&root, &state, "", "");
+    let line = r#"2026-11-26T10:00:00.000000000Z stdout F {"model":"m","api_key_id":"k","aim_service_id":"s","llm_input_token":1000,"llm_output_token":0,"response_code":200}"#;
+    let cost = |d: &Daemon| {
+        d.metrics()
+            .map(|m| to_units(m.sum("llm_cost_total", &[("currency", "USD")])))
+    };
+    let requests = |d: &Daemon| d.metrics().map(|m| m.sum("llm_requests_total", &[]));
+    let mut d = Daemon::start(tmp.path(), "off", &priced);
+    append(&log, &format!("{line}\n").repeat(3));
+    cond_wait(&d, "3 priced lines", WAIT, || {
+        (cost(&d)? == 3_000_000_000).then_some(())
+    });
+    assert_eq!(d.terminate(), Some(0));
+    // Restarted without prices: the cost counted so far stays (and is saved), flat.
+    d = Daemon::start(tmp.path(), "off", &unpriced);
+    append(&log, &format!("{line}\n").repeat(2));
+    cond_wait(&d, "5 lines counted", WAIT, || {
+        (requests(&d)? == 5.0).then_some(())
+    });
+    assert_eq!(cost(&d), Some(3_000_000_000));
+    // (A clean stop: after a kill -9 the lines after the last checkpoint would be counted
+    // again under the prices then in force, which is right but not what this test is about.)
+    assert_eq!(d.terminate(), Some(0));
+    // Prices back: it continues from there.
+    let d = Daemon::start(tmp.path(), "off", &priced);
+    append(&log, &format!("{line}\n").repeat(1));
+    cond_wait(&d, "6 lines, 4 of them priced", WAIT, || {
+        (requests(&d)? == 6.0 && cost(&d)? == 4_000_000_000).then_some(())
+    });
 }
