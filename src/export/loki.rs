@@ -73,6 +73,7 @@ pub struct EntryShaper {
     parser: Parser,
     scanner: Scanner,
     redact: Vec<String>,
+    /// `loki.structured_metadata` less the entries read from a `loki.redact` field.
     metadata: Vec<String>,
     max_line: usize,
 }
@@ -95,7 +96,18 @@ impl EntryShaper {
             parser: Parser::new(&config.fields),
             scanner: Scanner::new(),
             redact: config.loki.redact.clone(),
-            metadata: config.loki.structured_metadata.clone(),
+            metadata: config
+                .loki
+                .structured_metadata
+                .iter()
+                .filter(|name| {
+                    // A redacted field never leaves as metadata either: what decides is the
+                    // field the value is read from, not the metadata's name.
+                    let source = metadata_source(&config.fields, name);
+                    !config.loki.redact.iter().any(|f| f == source)
+                })
+                .cloned()
+                .collect(),
             max_line: config.loki.max_line_bytes,
         }
     }
@@ -124,9 +136,6 @@ impl EntryShaper {
         if let Parsed::Record(r) = self.parser.parse(text) {
             record_time_ns = crate::pipeline::event_time_ns(None, Some(&r));
             for name in &self.metadata {
-                if self.redact.contains(name) {
-                    continue; // a redacted field never leaves as metadata either
-                }
                 let value = match name.as_str() {
                     "model" => Some(r.model.to_string()),
                     "api_key_id" => Some(r.api_key_id.to_string()),
@@ -156,6 +165,17 @@ impl EntryShaper {
             redaction_failed,
             record_time_ns,
         }
+    }
+}
+
+/// The access-log field a structured-metadata entry is read from: `[fields]` for `model`,
+/// `api_key_id` and `service_id`, else the top-level field of that name.
+fn metadata_source<'a>(fields: &'a crate::config::Fields, name: &'a str) -> &'a str {
+    match name {
+        "model" => &fields.model,
+        "api_key_id" => &fields.api_key_id,
+        "service_id" => &fields.service_id,
+        other => other,
     }
 }
 
@@ -559,6 +579,34 @@ mod tests {
             .iter()
             .any(|m| m.name == "redaction_failed" && m.value == "true"));
         assert!(shaped.metadata.iter().all(|m| m.name != "x-forwarded-for"));
+    }
+
+    #[test]
+    fn metadata_read_from_a_redacted_field_is_never_sent() {
+        let mut config = Config::default();
+        config.fields.api_key_id = "authorization".into();
+        config.loki.redact = vec!["authorization".into()];
+        config.loki.structured_metadata = vec!["model".into(), "api_key_id".into()];
+        let mut shaper = EntryShaper::new(&config);
+        let line = r#"{"model":"m","authorization":"Bearer sk-123","llm_input_token":1}"#;
+        let shaped = shaper.shape(line);
+        assert_eq!(
+            shaped.line,
+            r#"{"model":"m","authorization":"[REDACTED]","llm_input_token":1}"#
+        );
+        let names: Vec<&str> = shaped.metadata.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["model"], "api_key_id comes from a redacted field");
+        assert!(shaped.metadata.iter().all(|m| !m.value.contains("sk-123")));
+        // Its source is what counts, not its name: a metadata entry named like a listed field
+        // but read from another one is still sent.
+        let mut config = Config::default();
+        config.fields.api_key_id = "x-api-key".into();
+        config.loki.redact = vec!["api_key_id".into()];
+        config.loki.structured_metadata = vec!["api_key_id".into()];
+        let shaped = EntryShaper::new(&config)
+            .shape(r#"{"model":"m","x-api-key":"team-a","llm_input_token":1}"#);
+        assert_eq!(shaped.metadata.len(), 1);
+        assert_eq!(shaped.metadata[0].value, "team-a");
     }
 
     proptest! {
