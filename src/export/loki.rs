@@ -230,11 +230,12 @@ pub const REDACTION_PLACEHOLDER: &str = "[line withheld: redaction of loki.redac
 
 /// Replaces the value of every `"<field>": <value>` of `fields`, wherever it appears (nested,
 /// or in a line that is not valid JSON: a trailing comma, a cut line), with `"[REDACTED]"`,
-/// by a byte-level scan of the raw text. A value whose end cannot be found (an unterminated
-/// string, unbalanced brackets) is removed to the end of the line. Returns `None` when it
-/// cannot be certain that no listed field is left: a field name still appears elsewhere in
-/// the line, or a key may be spelled with `\u` escapes the scan cannot see. Fails closed:
-/// the caller then sends a placeholder.
+/// by a byte-level scan of the raw text. A value the line ends inside (an unterminated
+/// string, an unclosed container, a cut bare value) is removed to the end of the line.
+/// Returns `None` when it cannot be certain that no listed field is left: a value that is not
+/// well-formed JSON (its end would be a guess), a field name still appears elsewhere in the
+/// line, or a key may be spelled with `\u` escapes the scan cannot see. Fails closed: the
+/// caller then sends a placeholder.
 pub fn redact(scanner: &mut Scanner, line: &str, fields: &[String]) -> Option<String> {
     const MASK: &str = "\"[REDACTED]\"";
     let mut out = line.to_string();
@@ -251,11 +252,12 @@ pub fn redact(scanner: &mut Scanner, line: &str, fields: &[String]) -> Option<St
                 continue;
             }
             i = skip_ws(b, i + 1);
-            let end = value_end(b, i).unwrap_or(b.len());
-            // `end` is on a char boundary: values end before an ASCII delimiter or at the end.
-            let end = (end..=b.len())
-                .find(|e| out.is_char_boundary(*e))
-                .unwrap_or(b.len());
+            // A well-formed value ends before an ASCII delimiter: on a char boundary.
+            let end = match value_end(b, i) {
+                ValueEnd::At(end) => end,
+                ValueEnd::ToEnd => b.len(),
+                ValueEnd::Malformed => return None,
+            };
             out.replace_range(i..end, MASK);
             from = i + MASK.len();
             replaced += 1;
@@ -288,41 +290,113 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The end of the JSON value starting at `i` (exclusive); `None` if it does not end.
-fn value_end(b: &[u8], i: usize) -> Option<usize> {
-    match b.get(i)? {
-        b'"' => string_end(b, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
+/// Where the value of a listed key ends.
+#[derive(Debug, PartialEq, Eq)]
+enum ValueEnd {
+    /// A well-formed JSON value ending here (exclusive), followed by whitespace and then `,`,
+    /// `}`, `]` or the end of the line.
+    At(usize),
+    /// The line ends inside the value (an unterminated string, an unclosed container, a bare
+    /// value up to the end): everything from its start is removed, so nothing is guessed.
+    ToEnd,
+    /// Not a well-formed JSON value (`10.1.1.1, 10.2.2.2`, `[1}`, `"a" "b"`): its end would
+    /// be a guess, so the line cannot be redacted with certainty.
+    Malformed,
+}
+
+/// The end of the JSON value starting at `i`.
+fn value_end(b: &[u8], i: usize) -> ValueEnd {
+    let end = match b.get(i) {
+        None => return ValueEnd::ToEnd,
+        Some(b'"') => match string_end(b, i) {
+            Some(e) => e,
+            None => return ValueEnd::ToEnd,
+        },
+        Some(b'{' | b'[') => {
+            let mut open = Vec::new();
             let mut j = i;
-            while j < b.len() {
-                match b[j] {
-                    b'"' => {
-                        j = string_end(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
+            loop {
+                let Some(&c) = b.get(j) else {
+                    return ValueEnd::ToEnd;
+                };
+                match c {
+                    b'"' => match string_end(b, j) {
+                        Some(e) => {
+                            j = e;
+                            continue;
+                        }
+                        None => return ValueEnd::ToEnd,
+                    },
+                    b'{' => open.push(b'}'),
+                    b'[' => open.push(b']'),
                     b'}' | b']' => {
-                        depth = depth.checked_sub(1)?;
-                        if depth == 0 {
-                            return Some(j + 1);
+                        if open.pop() != Some(c) {
+                            return ValueEnd::Malformed;
+                        }
+                        if open.is_empty() {
+                            break j + 1;
                         }
                     }
                     _ => {}
                 }
                 j += 1;
             }
-            None
         }
-        _ => {
+        Some(_) => {
             let mut j = i;
             while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')
             {
                 j += 1;
             }
-            Some(j)
+            if j == b.len() {
+                return ValueEnd::ToEnd;
+            }
+            let token = &b[i..j];
+            if !(is_json_number(token) || matches!(token, b"true" | b"false" | b"null")) {
+                return ValueEnd::Malformed;
+            }
+            j
         }
+    };
+    match b.get(skip_ws(b, end)) {
+        None | Some(b',' | b'}' | b']') => ValueEnd::At(end),
+        Some(_) => ValueEnd::Malformed,
     }
+}
+
+/// Whether `t` is a number under JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_json_number(t: &[u8]) -> bool {
+    fn digits(t: &[u8], mut i: usize) -> usize {
+        while t.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    }
+    let mut i = usize::from(t.first() == Some(&b'-'));
+    match t.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(t, i),
+        _ => return false,
+    }
+    if t.get(i) == Some(&b'.') {
+        let j = digits(t, i + 1);
+        if j == i + 1 {
+            return false;
+        }
+        i = j;
+    }
+    if matches!(t.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(t.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let j = digits(t, i);
+        if j == i {
+            return false;
+        }
+        i = j;
+    }
+    i == t.len()
 }
 
 /// The end (past the closing quote) of the string starting at `i`.
@@ -562,6 +636,54 @@ mod tests {
         assert_eq!(r(r#"{"x\u002dforwarded-for":"10.1.2.3"}"#), None);
         // Nothing listed: unchanged.
         assert_eq!(r(r#"{"a":"b"}"#).as_deref(), Some(r#"{"a":"b"}"#));
+    }
+
+    #[test]
+    fn a_value_that_is_not_well_formed_json_fails_closed() {
+        // Where such a value ends is a guess: the part after a comma or a space would leave.
+        for line in [
+            r#"{"x-forwarded-for": 10.1.1.1, 10.2.2.2}"#,
+            r#"{"x-forwarded-for":10.1.1.1,10.2.2.2}"#,
+            r#"{"x-forwarded-for": 10.1.1.1 10.2.2.2, "a": 1}"#,
+            r#"{"x-forwarded-for": 12 34}"#,
+            r#"{"x-forwarded-for": "10.1.1.1" "10.2.2.2"}"#,
+            r#"{"x-forwarded-for": ["10.1.1.1"}, "10.2.2.2"]"#,
+            r#"{"x-forwarded-for": {"a": 1]], "b": "10.2.2.2"}"#,
+            r#"{"x-forwarded-for": nul, "a": "10.2.2.2"}"#,
+            r#"{"x-forwarded-for":,"10.2.2.2"}"#,
+        ] {
+            assert_eq!(r(line), None, "{line}");
+        }
+        // Well-formed values of every kind are masked, whatever follows them.
+        for (line, masked) in [
+            (
+                r#"{"x-forwarded-for": -1.5e3 , "a":1}"#,
+                r#"{"x-forwarded-for": "[REDACTED]" , "a":1}"#,
+            ),
+            (
+                r#"[{"x-forwarded-for":true},{"x-forwarded-for":null}]"#,
+                r#"[{"x-forwarded-for":"[REDACTED]"},{"x-forwarded-for":"[REDACTED]"}]"#,
+            ),
+            (
+                r#"{"x-forwarded-for":[{"a":"]"},[1,2]]}"#,
+                r#"{"x-forwarded-for":"[REDACTED]"}"#,
+            ),
+            // Cut inside a bare value or a container: removed to the end of the line.
+            (
+                r#"{"x-forwarded-for": 10.1."#,
+                r#"{"x-forwarded-for": "[REDACTED]""#,
+            ),
+            (
+                r#"{"x-forwarded-for": ["10.1.1.1", 10.2"#,
+                r#"{"x-forwarded-for": "[REDACTED]""#,
+            ),
+            (
+                r#"{"x-forwarded-for":"#,
+                r#"{"x-forwarded-for":"[REDACTED]""#,
+            ),
+        ] {
+            assert_eq!(r(line).as_deref(), Some(masked), "{line}");
+        }
     }
 
     #[test]
