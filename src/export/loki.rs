@@ -117,7 +117,7 @@ impl EntryShaper {
         let mut redaction_failed = false;
         if !self.redact.is_empty() {
             // Before truncation, never after: a cut could hide a field from the scan.
-            match redact(&mut self.scanner, &line, &self.redact) {
+            match redact(&line, &self.redact) {
                 Some(clean) => line = clean,
                 None => {
                     redaction_failed = true;
@@ -230,57 +230,129 @@ pub const REDACTION_PLACEHOLDER: &str = "[line withheld: redaction of loki.redac
 
 /// Replaces the value of every `"<field>": <value>` of `fields`, wherever it appears (nested,
 /// or in a line that is not valid JSON: a trailing comma, a cut line), with `"[REDACTED]"`,
-/// by a byte-level scan of the raw text. A value the line ends inside (an unterminated
-/// string, an unclosed container, a cut bare value) is removed to the end of the line.
+/// by a lexical scan of the raw text: every string followed by `:` is a key, compared with
+/// the fields after decoding its escapes (`"x\u002dforwarded-for"` is `x-forwarded-for`), so
+/// keys at any depth, however spelled, and every duplicate are found. A value the line ends
+/// inside (an unterminated string, an unclosed container, a cut bare value) is removed to the
+/// end of the line.
+///
 /// Returns `None` when it cannot be certain that no listed field is left: a value that is not
-/// well-formed JSON (its end would be a guess), a field name still appears elsewhere in the
-/// line, or a key may be spelled with `\u` escapes the scan cannot see. Fails closed: the
-/// caller then sends a placeholder.
-pub fn redact(scanner: &mut Scanner, line: &str, fields: &[String]) -> Option<String> {
+/// well-formed JSON (its end would be a guess), or a field name still appearing anywhere in
+/// the line but the keys just masked — in the raw text or with every escape of the line
+/// decoded (a string value holding the name, a key without `:`, quotes out of step). Fails
+/// closed: the caller then sends a placeholder.
+pub fn redact(line: &str, fields: &[String]) -> Option<String> {
     const MASK: &str = "\"[REDACTED]\"";
-    let mut out = line.to_string();
-    for field in fields {
-        let key = format!("\"{field}\"");
-        let mut from = 0;
-        let mut replaced = 0usize;
-        while let Some(rel) = out[from..].find(&key) {
-            let at = from + rel;
-            let b = out.as_bytes();
-            let mut i = skip_ws(b, at + key.len());
-            if b.get(i) != Some(&b':') {
-                from = at + 1;
-                continue;
-            }
-            i = skip_ws(b, i + 1);
-            // A well-formed value ends before an ASCII delimiter: on a char boundary.
-            let end = match value_end(b, i) {
-                ValueEnd::At(end) => end,
-                ValueEnd::ToEnd => b.len(),
-                ValueEnd::Malformed => return None,
-            };
-            out.replace_range(i..end, MASK);
-            from = i + MASK.len();
-            replaced += 1;
+    let b = line.as_bytes();
+    let mut out = String::with_capacity(line.len());
+    // The line less the masked keys and values: no listed field may be left in it.
+    let mut rest = String::with_capacity(line.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b'"', &b[i..]) {
+        let start = i + off;
+        let Some(end) = string_end(b, start) else {
+            break; // an unterminated string runs to the end: no key after it
+        };
+        let colon = skip_ws(b, end);
+        let key = &line[start + 1..end - 1];
+        if b.get(colon) != Some(&b':') || !fields.iter().any(|f| decodes_to(key, f)) {
+            i = end;
+            continue;
         }
-        // Certainty: the name appears nowhere but in the keys just masked.
-        if out.matches(field.as_str()).count() != replaced {
-            return None;
-        }
+        let v = skip_ws(b, colon + 1);
+        // A well-formed value ends before an ASCII delimiter: on a char boundary.
+        let value_end = match value_end(b, v) {
+            ValueEnd::At(e) => e,
+            ValueEnd::ToEnd => b.len(),
+            ValueEnd::Malformed => return None,
+        };
+        out.push_str(&line[copied..v]);
+        out.push_str(MASK);
+        rest.push_str(&line[copied..start]);
+        rest.push_str("\"\"");
+        rest.push_str(&line[end..v]);
+        copied = value_end;
+        i = value_end;
     }
-    // A key spelled with escapes (`"x\u002dforwarded-for"`) is invisible to the byte scan:
-    // decode the top-level keys of such a line, and give up if it cannot be decoded.
-    if out.contains("\\u") {
-        let mut escaped_key = false;
-        let parsed = scanner.scan_object(&out, |k, _| {
-            if fields.iter().any(|f| k.eq_str(f)) {
-                escaped_key = true;
-            }
-        });
-        if parsed.is_err() || escaped_key {
+    out.push_str(&line[copied..]);
+    rest.push_str(&line[copied..]);
+    if fields.iter().any(|f| rest.contains(f.as_str())) {
+        return None;
+    }
+    if rest.contains('\\') {
+        let decoded = unescape_lenient(&rest);
+        if fields.iter().any(|f| decoded.contains(f.as_str())) {
             return None;
         }
     }
     Some(out)
+}
+
+/// Whether the raw text of a JSON string (between its quotes) decodes to `field`.
+fn decodes_to(raw: &str, field: &str) -> bool {
+    if raw.contains('\\') {
+        unescape_lenient(raw) == field
+    } else {
+        raw == field
+    }
+}
+
+/// JSON's string escapes decoded leniently, for finding a field name however it is spelled:
+/// `\uXXXX` (surrogate pairs joined, a lone surrogate as U+FFFD), `\"`, `\\`, `\/`, `\b`, `\f`,
+/// `\n`, `\r`, `\t`; of any other backslash (not valid JSON) only the backslash is dropped, so
+/// nothing that follows it is hidden.
+fn unescape_lenient(s: &str) -> String {
+    fn hex4(s: &str) -> Option<u32> {
+        let h = s.get(..4)?;
+        if !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(h, 16).ok()
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let mut chars = after.chars();
+        let Some(c) = chars.next() else {
+            rest = after;
+            break;
+        };
+        rest = chars.as_str();
+        match c {
+            'b' => out.push('\u{8}'),
+            'f' => out.push('\u{c}'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            'u' => match hex4(rest) {
+                Some(hi @ 0xD800..=0xDBFF) => {
+                    let lo = rest[4..].strip_prefix("\\u").and_then(hex4);
+                    match lo {
+                        Some(lo @ 0xDC00..=0xDFFF) => {
+                            let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                            out.push(char::from_u32(c).unwrap_or('\u{FFFD}'));
+                            rest = &rest[10..];
+                        }
+                        _ => {
+                            out.push('\u{FFFD}');
+                            rest = &rest[4..];
+                        }
+                    }
+                }
+                Some(code) => {
+                    out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
+                    rest = &rest[4..];
+                }
+                None => out.push('u'),
+            },
+            other => out.push(other),
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -607,7 +679,7 @@ mod tests {
     }
 
     fn r(line: &str) -> Option<String> {
-        redact(&mut Scanner::new(), line, &fields())
+        redact(line, &fields())
     }
 
     #[test]
@@ -631,11 +703,78 @@ mod tests {
             r(r#"{"a":1,"x-forwarded-for":"10.1.2"#).as_deref(),
             Some(r#"{"a":1,"x-forwarded-for":"[REDACTED]""#)
         );
-        // Not sure: the name elsewhere, or a key spelled with an escape.
+        // A key spelled with an escape is decoded.
+        assert_eq!(
+            r(r#"{"x\u002dforwarded-for":"10.1.2.3"}"#).as_deref(),
+            Some(r#"{"x\u002dforwarded-for":"[REDACTED]"}"#)
+        );
+        // Not sure: the name elsewhere.
         assert_eq!(r(r#"{"path":"/x-forwarded-for"}"#), None);
-        assert_eq!(r(r#"{"x\u002dforwarded-for":"10.1.2.3"}"#), None);
         // Nothing listed: unchanged.
         assert_eq!(r(r#"{"a":"b"}"#).as_deref(), Some(r#"{"a":"b"}"#));
+    }
+
+    #[test]
+    fn keys_spelled_with_escapes_are_redacted_at_any_depth() {
+        for (line, masked) in [
+            (
+                r#"{"h":{"x\u002dforwarded-for":"10.9.9.9"}}"#,
+                r#"{"h":{"x\u002dforwarded-for":"[REDACTED]"}}"#,
+            ),
+            (
+                r#"{"h":[{"\u0078-forwarded-for":"10.9.9.9"}]}"#,
+                r#"{"h":[{"\u0078-forwarded-for":"[REDACTED]"}]}"#,
+            ),
+            (
+                r#"{"x\u002Dforwarded-for":"10.9.9.9","auth\u006frization" : ["10.9.9.9"]}"#,
+                r#"{"x\u002Dforwarded-for":"[REDACTED]","auth\u006frization" : "[REDACTED]"}"#,
+            ),
+            // Duplicate keys, however spelled: every one.
+            (
+                r#"{"x-forwarded-for":"10.9.9.9","x\u002dforwarded-for":"10.9.9.9","x-forwarded-for":1}"#,
+                r#"{"x-forwarded-for":"[REDACTED]","x\u002dforwarded-for":"[REDACTED]","x-forwarded-for":"[REDACTED]"}"#,
+            ),
+            // Not JSON (a trailing comma), nested and escaped.
+            (
+                r#"{"a":[{"\u0078\u002d\u0066orwarded-for":"10.9.9.9",},]"#,
+                r#"{"a":[{"\u0078\u002d\u0066orwarded-for":"[REDACTED]",},]"#,
+            ),
+            // An escaped backslash is not an escape: this key is `x\u002dforwarded-for`.
+            (
+                r#"{"x\\u002dforwarded-for":"ok"}"#,
+                r#"{"x\\u002dforwarded-for":"ok"}"#,
+            ),
+        ] {
+            assert_eq!(r(line).as_deref(), Some(masked), "{line}");
+        }
+        // Fields with characters JSON escapes: `\"`, `\\`, `\/`, a surrogate pair.
+        let odd: Vec<String> = ["a/b", "q\"k", "back\\slash", "\u{1F600}key"]
+            .map(String::from)
+            .to_vec();
+        for key in [
+            r#""a\/b""#,
+            r#""q\"k""#,
+            r#""back\\slash""#,
+            r#""\ud83d\ude00key""#,
+            r#""\uD83D\uDE00k\u0065y""#,
+        ] {
+            let line = format!(r#"{{"n":{{{key}:"10.9.9.9"}}}}"#);
+            let out = redact(&line, &odd);
+            assert_eq!(
+                out.as_deref(),
+                Some(format!(r#"{{"n":{{{key}:"[REDACTED]"}}}}"#).as_str()),
+                "{line}"
+            );
+        }
+        // Not sure where the key is: the decoded name elsewhere, or quotes out of step.
+        for line in [
+            r#"{"a":"x\u002dforwarded-for","b":"10.9.9.9"}"#,
+            r#"{"x\u002dforwarded-for" "10.9.9.9"}"#,
+            r#"abc" {"x\u002dforwarded-for":"10.9.9.9"}"#,
+            r#"{"a":1,"x\u002dforwarded-for"#,
+        ] {
+            assert_eq!(r(line), None, "{line}");
+        }
     }
 
     #[test]
@@ -692,8 +831,10 @@ mod tests {
         config.loki.redact = fields();
         config.loki.structured_metadata = vec!["model".into(), "x-forwarded-for".into()];
         let mut shaper = EntryShaper::new(&config);
-        let shaped =
-            shaper.shape(r#"{"model":"m","llm_input_token":1,"x\u002dforwarded-for":"10.9.9.9"}"#);
+        // Valid JSON, but the name also appears in a value: which one is the key is not sure.
+        let shaped = shaper.shape(
+            r#"{"model":"m","llm_input_token":1,"note":"x-forwarded-for","x-forwarded-for":"10.9.9.9"}"#,
+        );
         assert!(shaped.redaction_failed);
         assert_eq!(shaped.line, REDACTION_PLACEHOLDER);
         assert!(shaped
@@ -701,6 +842,14 @@ mod tests {
             .iter()
             .any(|m| m.name == "redaction_failed" && m.value == "true"));
         assert!(shaped.metadata.iter().all(|m| m.name != "x-forwarded-for"));
+        assert!(shaped
+            .metadata
+            .iter()
+            .any(|m| m.name == "model" && m.value == "m"));
+        // A value that is not well-formed JSON too.
+        let shaped = shaper
+            .shape(r#"{"model":"m","llm_input_token":1,"x-forwarded-for":10.9.9.9, 10.8.8.8}"#);
+        assert_eq!(shaped.line, REDACTION_PLACEHOLDER);
     }
 
     #[test]
