@@ -365,8 +365,8 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// Where the value of a listed key ends.
 #[derive(Debug, PartialEq, Eq)]
 enum ValueEnd {
-    /// A well-formed JSON value ending here (exclusive), followed by whitespace and then `,`,
-    /// `}`, `]` or the end of the line.
+    /// A well-formed JSON value ending here (exclusive), followed by what may follow a
+    /// member (see [`member_follows`]).
     At(usize),
     /// The line ends inside the value (an unterminated string, an unclosed container, a bare
     /// value up to the end): everything from its start is removed, so nothing is guessed.
@@ -430,9 +430,30 @@ fn value_end(b: &[u8], i: usize) -> ValueEnd {
             j
         }
     };
-    match b.get(skip_ws(b, end)) {
-        None | Some(b',' | b'}' | b']') => ValueEnd::At(end),
-        Some(_) => ValueEnd::Malformed,
+    if member_follows(b, end) {
+        ValueEnd::At(end)
+    } else {
+        ValueEnd::Malformed
+    }
+}
+
+/// Whether what follows a member's value at `i` is what JSON allows there (or a cut or a
+/// trailing comma): the end of the line, `}` or `]`, or `,` then the end, `}`, `]` or a key
+/// (a string followed by `:`). Anything else (`, 10.2.2.2`, `, "10.2.2.2"}`, `x`, a string
+/// cut before its `:` is seen) could still be part of the value.
+fn member_follows(b: &[u8], i: usize) -> bool {
+    let i = skip_ws(b, i);
+    match b.get(i) {
+        None | Some(b'}' | b']') => true,
+        Some(b',') => {
+            let i = skip_ws(b, i + 1);
+            match b.get(i) {
+                None | Some(b'}' | b']') => true,
+                Some(b'"') => string_end(b, i).is_some_and(|e| b.get(skip_ws(b, e)) == Some(&b':')),
+                Some(_) => false,
+            }
+        }
+        Some(_) => false,
     }
 }
 
@@ -786,6 +807,12 @@ mod tests {
             r#"{"x-forwarded-for": 10.1.1.1 10.2.2.2, "a": 1}"#,
             r#"{"x-forwarded-for": 12 34}"#,
             r#"{"x-forwarded-for": "10.1.1.1" "10.2.2.2"}"#,
+            r#"{"x-forwarded-for": "10.1.1.1", 10.2.2.2"}"#,
+            r#"{"x-forwarded-for": "10.1.1.1", "10.2.2.2"}"#,
+            r#"{"x-forwarded-for": 10, 10.2.2.2}"#,
+            // Cut lines: what follows the comma may still be part of the value.
+            r#"{"x-forwarded-for": "10.1.1.1", "10.2.2.2"#,
+            r#"{"x-forwarded-for": "10.1.1.1", "10.2.2.2""#,
             r#"{"x-forwarded-for": ["10.1.1.1"}, "10.2.2.2"]"#,
             r#"{"x-forwarded-for": {"a": 1]], "b": "10.2.2.2"}"#,
             r#"{"x-forwarded-for": nul, "a": "10.2.2.2"}"#,
@@ -903,6 +930,274 @@ mod tests {
             for m in &shaped.metadata {
                 prop_assert!(!m.value.contains(&secret));
             }
+        }
+
+        /// Generated lines, JSON or nearly: listed fields at any depth in objects and arrays,
+        /// duplicated, their keys with characters randomly `\u`-escaped, their values
+        /// well-formed or not (bare, a list with commas and spaces, junk after a string,
+        /// unterminated, brackets that do not match), malformed tails, arbitrary text around,
+        /// sometimes cut anywhere;
+        /// a listed field may also be the source of structured metadata. The value never
+        /// leaves, in the line or in the metadata.
+        #[test]
+        fn a_listed_fields_value_never_leaves_nested_escaped_or_malformed(
+            doc in doc(),
+            listed in listed_member(),
+            wrap in prop::collection::vec(any::<bool>(), 0..4),
+            at in any::<prop::sample::Index>(),
+            tail in prop_oneof![3 => Just(""), 1 => prop::sample::select(TAILS)],
+            prefix in prop_oneof![3 => Just(String::new()), 1 => ".{0,20}"],
+            suffix in prop_oneof![3 => Just(String::new()), 1 => ".{0,20}"],
+            secret in "[A-Z0-9]{12}",
+            api_key_from_authorization in any::<bool>(),
+            record in any::<bool>(),
+            cut in prop::option::weighted(0.25, any::<prop::sample::Index>()),
+            max_line in 1usize..400,
+        ) {
+            prop_assume!(!prefix.contains(&secret) && !suffix.contains(&secret));
+            // One listed member for sure, nested in objects (`{"h":…}`) and arrays (`[…]`).
+            let mut member = String::new();
+            render_member(&listed, &secret, &mut member);
+            for in_array in wrap {
+                member = if in_array {
+                    format!("\"h\":[{{{member}}}]")
+                } else {
+                    format!("\"h\":{{{member}}}")
+                };
+            }
+            let Node::Obj(members) = &doc else { unreachable!() };
+            let mut parts: Vec<String> = members
+                .iter()
+                .map(|m| {
+                    let mut s = String::new();
+                    render_member(m, &secret, &mut s);
+                    s
+                })
+                .collect();
+            parts.insert(at.index(parts.len() + 1), member);
+            if record {
+                // An LLM record, so that structured metadata is read from it.
+                parts.insert(0, r#""model":"m","llm_input_token":1"#.to_string());
+            }
+            let mut line = format!("{prefix}{{{}}}{tail}{suffix}", parts.join(","));
+            if let Some(cut) = cut {
+                // A line cut before it reached the agent (the tailer's max_line_bytes).
+                let mut at = cut.index(line.len() + 1);
+                while !line.is_char_boundary(at) {
+                    at -= 1;
+                }
+                line.truncate(at);
+            }
+
+            let mut config = Config::default();
+            config.loki.redact = fields();
+            config.loki.max_line_bytes = max_line;
+            if api_key_from_authorization {
+                config.fields.api_key_id = "authorization".into();
+            }
+            config.loki.structured_metadata = ["model", "api_key_id", "service_id", "x-forwarded-for"]
+                .map(String::from)
+                .to_vec();
+            let shaped = EntryShaper::new(&config).shape(&line);
+            prop_assert!(!shaped.line.contains(&secret), "{:?} -> {:?}", line, shaped.line);
+            for m in &shaped.metadata {
+                prop_assert!(!m.value.contains(&secret), "{:?}: {}={}", line, m.name, m.value);
+            }
+            // Not by withholding everything: a JSON line whose keys hold no listed name but
+            // as a key is redacted, every listed key (as decoded) holding "[REDACTED]".
+            let json = serde_json::from_str::<serde_json::Value>(&line).is_ok();
+            if json && !line.contains("x-forwarded-for-port") {
+                let out = redact(&line, &fields());
+                prop_assert!(out.is_some(), "{:?} withheld", line);
+                let out: serde_json::Value = serde_json::from_str(&out.unwrap()).unwrap();
+                prop_assert!(all_listed_redacted(&out), "{:?} -> {}", line, out);
+            }
+        }
+    }
+
+    /// A generated JSON-ish value; the secret appears only as the value of [`Key::Listed`].
+    #[derive(Clone, Debug)]
+    enum Node {
+        Obj(Vec<(Key, Node)>),
+        Arr(Vec<Node>),
+        Word(String),
+        Num(u32),
+        Lit(usize),
+    }
+
+    #[derive(Clone, Debug)]
+    enum Key {
+        /// A listed field (an index into `fields()`), each character `\u`-escaped where its
+        /// bit in `escapes` is set; its value is the secret written as `SECRET_FORMS[form]`.
+        Listed {
+            field: usize,
+            escapes: u64,
+            upper_hex: bool,
+            form: usize,
+            ws: usize,
+        },
+        Other(usize),
+    }
+
+    /// Keys that are not listed (some close to the listed ones, some the parser reads).
+    const OTHER_KEYS: &[&str] = &[
+        "model",
+        "llm_input_token",
+        "api_key_id",
+        "aim_service_id",
+        "h",
+        "note",
+        "forwarded-for",
+        "Authorization",
+        "x-forwarded-for-port",
+    ];
+    /// How a listed field's value is written (`S` is the secret): the first `WELL_FORMED`
+    /// are JSON, the others not.
+    const SECRET_FORMS: &[&str] = &[
+        r#""S""#,
+        r#"["a", "S"]"#,
+        r#"{"k": "S", "n": [1, {"m": "S"}]}"#,
+        r#""a\"S""#,
+        "S",
+        "10.1.1.1, S",
+        "10.1.1.1 S",
+        r#""10.1.1.1" S"#,
+        r#""10.1.1.1" "S""#,
+        r#""10.1.1.1", "S""#,
+        r#"{"k": "S", "n": [1, {"m": S}]}"#,
+        r#""S"#,
+        "[S}",
+        r#"{"a": ["S"}"#,
+        "-1.5e3, S",
+        "true S",
+    ];
+    const WELL_FORMED: usize = 4;
+    const TAILS: &[&str] = &[
+        "",
+        ",",
+        ",}",
+        "}",
+        " x",
+        "\"",
+        ",\"x-forwarded-for\":",
+        ", 10.9.9.9",
+        "]",
+    ];
+    const WS: &[&str] = &["", " ", "\t", "  "];
+
+    /// A listed key: mostly (5 in 6) with a well-formed value, so that whole lines are JSON
+    /// often enough to check that they are redacted rather than withheld.
+    fn listed_key() -> impl Strategy<Value = Key> {
+        let form = prop_oneof![5 => 0..WELL_FORMED, 1 => WELL_FORMED..SECRET_FORMS.len()];
+        (0..2usize, any::<u64>(), any::<bool>(), form, 0..WS.len()).prop_map(
+            |(field, escapes, upper_hex, form, ws)| Key::Listed {
+                field,
+                escapes,
+                upper_hex,
+                form,
+                ws,
+            },
+        )
+    }
+
+    fn key() -> impl Strategy<Value = Key> {
+        prop_oneof![
+            1 => listed_key(),
+            3 => (0..OTHER_KEYS.len()).prop_map(Key::Other),
+        ]
+    }
+
+    fn listed_member() -> impl Strategy<Value = (Key, Node)> {
+        listed_key().prop_map(|key| (key, Node::Lit(0)))
+    }
+
+    /// A top-level object of up to 6 members, nested up to 4 levels.
+    fn doc() -> impl Strategy<Value = Node> {
+        let leaf = prop_oneof![
+            "[a-z ]{0,6}".prop_map(Node::Word),
+            any::<u32>().prop_map(Node::Num),
+            (0..3usize).prop_map(Node::Lit),
+        ];
+        let value = leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec((key(), inner.clone()), 0..4).prop_map(Node::Obj),
+                prop::collection::vec(inner, 0..4).prop_map(Node::Arr),
+            ]
+        });
+        prop::collection::vec((key(), value), 0..6).prop_map(Node::Obj)
+    }
+
+    fn all_listed_redacted(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m.iter().all(|(k, v)| {
+                if fields().contains(k) {
+                    v == "[REDACTED]"
+                } else {
+                    all_listed_redacted(v)
+                }
+            }),
+            serde_json::Value::Array(a) => a.iter().all(all_listed_redacted),
+            _ => true,
+        }
+    }
+
+    fn render_member((key, value): &(Key, Node), secret: &str, out: &mut String) {
+        match key {
+            Key::Listed {
+                field,
+                escapes,
+                upper_hex,
+                form,
+                ws,
+            } => {
+                out.push('"');
+                for (i, c) in fields()[*field].chars().enumerate() {
+                    if escapes >> (i % 64) & 1 == 1 {
+                        if *upper_hex {
+                            out.push_str(&format!("\\u{:04X}", c as u32));
+                        } else {
+                            out.push_str(&format!("\\u{:04x}", c as u32));
+                        }
+                    } else {
+                        out.push(c);
+                    }
+                }
+                let ws = WS[*ws];
+                out.push_str(&format!("\"{ws}:{ws}"));
+                out.push_str(&SECRET_FORMS[*form].replace('S', secret));
+            }
+            Key::Other(k) => {
+                out.push_str(&format!("\"{}\":", OTHER_KEYS[*k]));
+                render(value, secret, out);
+            }
+        }
+    }
+
+    fn render(node: &Node, secret: &str, out: &mut String) {
+        match node {
+            Node::Obj(members) => {
+                out.push('{');
+                for (i, m) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    render_member(m, secret, out);
+                }
+                out.push('}');
+            }
+            Node::Arr(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    render(v, secret, out);
+                }
+                out.push(']');
+            }
+            Node::Word(w) => out.push_str(&format!("\"{w}\"")),
+            Node::Num(n) => out.push_str(&n.to_string()),
+            Node::Lit(l) => out.push_str(["true", "false", "null"][*l]),
         }
     }
 }
