@@ -683,6 +683,14 @@ impl Config {
                 ));
             }
         }
+        for (i, field) in self.loki.redact.iter().enumerate() {
+            if field.trim().is_empty() {
+                return Err(err(
+                    &format!("loki.redact[{i}]"),
+                    "is empty: it would withhold every line".into(),
+                ));
+            }
+        }
         if self.loki.max_line_bytes == 0 || self.loki.batch_bytes == 0 {
             return Err(err(
                 "loki.max_line_bytes",
@@ -928,6 +936,16 @@ mod tests {
         let e = Config::from_toml("[source]\ninclude = [\"/a/*.log\", \"[.log\"]\n", &no_env)
             .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("source.include[1]"), "{e}");
+        // An empty loki.redact entry would withhold every line: a config error, not a silent
+        // placeholder for everything.
+        for bad in ["\"\"", "\"  \""] {
+            let e = Config::from_toml(
+                &format!("[loki]\nredact = [\"x-forwarded-for\", {bad}]\n"),
+                &no_env,
+            )
+            .unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("loki.redact[1]"), "{e}");
+        }
     }
 
     #[test]

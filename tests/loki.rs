@@ -596,46 +596,62 @@ fn redaction_fails_closed_on_malformed_and_escaped_lines() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("pods");
     let dir = pod_dir(&root, "gw-redact2");
-    let extra = "redact = [\"x-forwarded-for\"]\n";
-    let cfg = config(
-        &root,
-        &tmp.path().join("state"),
-        "",
-        &loki_section(&r, extra),
+    let extra = "redact = [\"x-forwarded-for\", \"authorization\"]\n";
+    // api_key_id (structured metadata by default) is read from a redacted field.
+    let sections = format!(
+        "{}[fields]\napi_key_id = \"authorization\"\n",
+        loki_section(&r, extra)
     );
+    let cfg = config(&root, &tmp.path().join("state"), "", &sections);
     let d = Daemon::start(tmp.path(), "loki-redact2", &cfg);
-    // Not JSON (a trailing comma), then a key spelled with an escape the byte scan cannot see.
-    let malformed = r#"{"model":"m","x-forwarded-for":"203.0.113.9","llm_input_token":3,}"#;
-    let escaped = r#"{"model":"m","x\u002dforwarded-for":"203.0.113.10","llm_input_token":4}"#;
+    // Not JSON (a trailing comma); keys spelled with escapes, at the top and nested in an
+    // object and an array; a value that is not JSON, whose end would be a guess; a redacted
+    // field that is also the source of a structured-metadata entry.
+    let lines = [
+        r#"{"model":"m","x-forwarded-for":"203.0.113.9","llm_input_token":3,}"#,
+        r#"{"model":"m","x\u002dforwarded-for":"203.0.113.10","llm_input_token":4}"#,
+        r#"{"model":"m","h":{"x\u002dforwarded-for":"203.0.113.11"},"l":[{"\u0078-forwarded-for":"203.0.113.12"}],"llm_input_token":5}"#,
+        r#"{"model":"m","x-forwarded-for": 203.0.113.13, 203.0.113.14,"llm_input_token":6}"#,
+        r#"{"model":"m","authorization":"Bearer 203.0.113.15","llm_input_token":7}"#,
+    ];
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    append(
-        &dir.join("0.log"),
-        &format!(
-            "{} stdout F {malformed}\n{} stdout F {escaped}\n",
-            iso(now),
-            iso(now)
-        ),
-    );
-    let entries = wait_entries(&r, 2, &d);
+    let text: String = lines
+        .iter()
+        .map(|l| format!("{} stdout F {l}\n", iso(now)))
+        .collect();
+    append(&dir.join("0.log"), &text);
+    let entries = wait_entries(&r, lines.len(), &d);
     for e in &entries {
         assert!(!e.line.contains("203.0.113."), "{}", e.line);
+        for (k, v) in &e.metadata {
+            assert!(!v.contains("203.0.113."), "{k}={v} with {}", e.line);
+        }
     }
-    assert!(entries
+    let got = counts(&entries);
+    for expected in [
+        r#"{"model":"m","x-forwarded-for":"[REDACTED]","llm_input_token":3,}"#,
+        r#"{"model":"m","x\u002dforwarded-for":"[REDACTED]","llm_input_token":4}"#,
+        r#"{"model":"m","h":{"x\u002dforwarded-for":"[REDACTED]"},"l":[{"\u0078-forwarded-for":"[REDACTED]"}],"llm_input_token":5}"#,
+        r#"{"model":"m","authorization":"[REDACTED]","llm_input_token":7}"#,
+        "[line withheld: redaction of loki.redact fields failed]",
+    ] {
+        assert_eq!(got.get(expected), Some(&1), "{expected} in {got:#?}");
+    }
+    let bearer = entries
         .iter()
-        .any(|e| e.line == r#"{"model":"m","x-forwarded-for":"[REDACTED]","llm_input_token":3,}"#));
-    assert!(
-        entries.iter().any(|e| e.line.starts_with("[line withheld")),
-        "the escaped one is a placeholder"
-    );
+        .find(|e| e.line.contains("authorization"))
+        .unwrap();
+    assert_eq!(bearer.metadata.get("model").map(String::as_str), Some("m"));
+    assert!(!bearer.metadata.contains_key("api_key_id"), "{bearer:?}");
     let m = d.metrics().unwrap();
     assert_eq!(m.sum("tokenmeter_loki_redaction_failures_total", &[]), 1.0);
-    // Both still counted.
+    // All still counted.
     assert_eq!(
         m.sum("llm_input_tokens_total", &[]),
-        4.0,
-        "the malformed line is not a record"
+        16.0,
+        "the malformed lines are not records"
     );
 }

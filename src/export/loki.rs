@@ -73,6 +73,7 @@ pub struct EntryShaper {
     parser: Parser,
     scanner: Scanner,
     redact: Vec<String>,
+    /// `loki.structured_metadata` less the entries read from a `loki.redact` field.
     metadata: Vec<String>,
     max_line: usize,
 }
@@ -95,7 +96,18 @@ impl EntryShaper {
             parser: Parser::new(&config.fields),
             scanner: Scanner::new(),
             redact: config.loki.redact.clone(),
-            metadata: config.loki.structured_metadata.clone(),
+            metadata: config
+                .loki
+                .structured_metadata
+                .iter()
+                .filter(|name| {
+                    // A redacted field never leaves as metadata either: what decides is the
+                    // field the value is read from, not the metadata's name.
+                    let source = metadata_source(&config.fields, name);
+                    !config.loki.redact.iter().any(|f| f == source)
+                })
+                .cloned()
+                .collect(),
             max_line: config.loki.max_line_bytes,
         }
     }
@@ -105,7 +117,7 @@ impl EntryShaper {
         let mut redaction_failed = false;
         if !self.redact.is_empty() {
             // Before truncation, never after: a cut could hide a field from the scan.
-            match redact(&mut self.scanner, &line, &self.redact) {
+            match redact(&line, &self.redact) {
                 Some(clean) => line = clean,
                 None => {
                     redaction_failed = true;
@@ -124,9 +136,6 @@ impl EntryShaper {
         if let Parsed::Record(r) = self.parser.parse(text) {
             record_time_ns = crate::pipeline::event_time_ns(None, Some(&r));
             for name in &self.metadata {
-                if self.redact.contains(name) {
-                    continue; // a redacted field never leaves as metadata either
-                }
                 let value = match name.as_str() {
                     "model" => Some(r.model.to_string()),
                     "api_key_id" => Some(r.api_key_id.to_string()),
@@ -156,6 +165,17 @@ impl EntryShaper {
             redaction_failed,
             record_time_ns,
         }
+    }
+}
+
+/// The access-log field a structured-metadata entry is read from: `[fields]` for `model`,
+/// `api_key_id` and `service_id`, else the top-level field of that name.
+fn metadata_source<'a>(fields: &'a crate::config::Fields, name: &'a str) -> &'a str {
+    match name {
+        "model" => &fields.model,
+        "api_key_id" => &fields.api_key_id,
+        "service_id" => &fields.service_id,
+        other => other,
     }
 }
 
@@ -210,55 +230,129 @@ pub const REDACTION_PLACEHOLDER: &str = "[line withheld: redaction of loki.redac
 
 /// Replaces the value of every `"<field>": <value>` of `fields`, wherever it appears (nested,
 /// or in a line that is not valid JSON: a trailing comma, a cut line), with `"[REDACTED]"`,
-/// by a byte-level scan of the raw text. A value whose end cannot be found (an unterminated
-/// string, unbalanced brackets) is removed to the end of the line. Returns `None` when it
-/// cannot be certain that no listed field is left: a field name still appears elsewhere in
-/// the line, or a key may be spelled with `\u` escapes the scan cannot see. Fails closed:
-/// the caller then sends a placeholder.
-pub fn redact(scanner: &mut Scanner, line: &str, fields: &[String]) -> Option<String> {
+/// by a lexical scan of the raw text: every string followed by `:` is a key, compared with
+/// the fields after decoding its escapes (`"x\u002dforwarded-for"` is `x-forwarded-for`), so
+/// keys at any depth, however spelled, and every duplicate are found. A value the line ends
+/// inside (an unterminated string, an unclosed container, a cut bare value) is removed to the
+/// end of the line.
+///
+/// Returns `None` when it cannot be certain that no listed field is left: a value that is not
+/// well-formed JSON (its end would be a guess), or a field name still appearing anywhere in
+/// the line but the keys just masked — in the raw text or with every escape of the line
+/// decoded (a string value holding the name, a key without `:`, quotes out of step). Fails
+/// closed: the caller then sends a placeholder.
+pub fn redact(line: &str, fields: &[String]) -> Option<String> {
     const MASK: &str = "\"[REDACTED]\"";
-    let mut out = line.to_string();
-    for field in fields {
-        let key = format!("\"{field}\"");
-        let mut from = 0;
-        let mut replaced = 0usize;
-        while let Some(rel) = out[from..].find(&key) {
-            let at = from + rel;
-            let b = out.as_bytes();
-            let mut i = skip_ws(b, at + key.len());
-            if b.get(i) != Some(&b':') {
-                from = at + 1;
-                continue;
-            }
-            i = skip_ws(b, i + 1);
-            let end = value_end(b, i).unwrap_or(b.len());
-            // `end` is on a char boundary: values end before an ASCII delimiter or at the end.
-            let end = (end..=b.len())
-                .find(|e| out.is_char_boundary(*e))
-                .unwrap_or(b.len());
-            out.replace_range(i..end, MASK);
-            from = i + MASK.len();
-            replaced += 1;
+    let b = line.as_bytes();
+    let mut out = String::with_capacity(line.len());
+    // The line less the masked keys and values: no listed field may be left in it.
+    let mut rest = String::with_capacity(line.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b'"', &b[i..]) {
+        let start = i + off;
+        let Some(end) = string_end(b, start) else {
+            break; // an unterminated string runs to the end: no key after it
+        };
+        let colon = skip_ws(b, end);
+        let key = &line[start + 1..end - 1];
+        if b.get(colon) != Some(&b':') || !fields.iter().any(|f| decodes_to(key, f)) {
+            i = end;
+            continue;
         }
-        // Certainty: the name appears nowhere but in the keys just masked.
-        if out.matches(field.as_str()).count() != replaced {
-            return None;
-        }
+        let v = skip_ws(b, colon + 1);
+        // A well-formed value ends before an ASCII delimiter: on a char boundary.
+        let value_end = match value_end(b, v) {
+            ValueEnd::At(e) => e,
+            ValueEnd::ToEnd => b.len(),
+            ValueEnd::Malformed => return None,
+        };
+        out.push_str(&line[copied..v]);
+        out.push_str(MASK);
+        rest.push_str(&line[copied..start]);
+        rest.push_str("\"\"");
+        rest.push_str(&line[end..v]);
+        copied = value_end;
+        i = value_end;
     }
-    // A key spelled with escapes (`"x\u002dforwarded-for"`) is invisible to the byte scan:
-    // decode the top-level keys of such a line, and give up if it cannot be decoded.
-    if out.contains("\\u") {
-        let mut escaped_key = false;
-        let parsed = scanner.scan_object(&out, |k, _| {
-            if fields.iter().any(|f| k.eq_str(f)) {
-                escaped_key = true;
-            }
-        });
-        if parsed.is_err() || escaped_key {
+    out.push_str(&line[copied..]);
+    rest.push_str(&line[copied..]);
+    if fields.iter().any(|f| rest.contains(f.as_str())) {
+        return None;
+    }
+    if rest.contains('\\') {
+        let decoded = unescape_lenient(&rest);
+        if fields.iter().any(|f| decoded.contains(f.as_str())) {
             return None;
         }
     }
     Some(out)
+}
+
+/// Whether the raw text of a JSON string (between its quotes) decodes to `field`.
+fn decodes_to(raw: &str, field: &str) -> bool {
+    if raw.contains('\\') {
+        unescape_lenient(raw) == field
+    } else {
+        raw == field
+    }
+}
+
+/// JSON's string escapes decoded leniently, for finding a field name however it is spelled:
+/// `\uXXXX` (surrogate pairs joined, a lone surrogate as U+FFFD), `\"`, `\\`, `\/`, `\b`, `\f`,
+/// `\n`, `\r`, `\t`; of any other backslash (not valid JSON) only the backslash is dropped, so
+/// nothing that follows it is hidden.
+fn unescape_lenient(s: &str) -> String {
+    fn hex4(s: &str) -> Option<u32> {
+        let h = s.get(..4)?;
+        if !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(h, 16).ok()
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let mut chars = after.chars();
+        let Some(c) = chars.next() else {
+            rest = after;
+            break;
+        };
+        rest = chars.as_str();
+        match c {
+            'b' => out.push('\u{8}'),
+            'f' => out.push('\u{c}'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            'u' => match hex4(rest) {
+                Some(hi @ 0xD800..=0xDBFF) => {
+                    let lo = rest[4..].strip_prefix("\\u").and_then(hex4);
+                    match lo {
+                        Some(lo @ 0xDC00..=0xDFFF) => {
+                            let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                            out.push(char::from_u32(c).unwrap_or('\u{FFFD}'));
+                            rest = &rest[10..];
+                        }
+                        _ => {
+                            out.push('\u{FFFD}');
+                            rest = &rest[4..];
+                        }
+                    }
+                }
+                Some(code) => {
+                    out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
+                    rest = &rest[4..];
+                }
+                None => out.push('u'),
+            },
+            other => out.push(other),
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -268,41 +362,134 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The end of the JSON value starting at `i` (exclusive); `None` if it does not end.
-fn value_end(b: &[u8], i: usize) -> Option<usize> {
-    match b.get(i)? {
-        b'"' => string_end(b, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
+/// Where the value of a listed key ends.
+#[derive(Debug, PartialEq, Eq)]
+enum ValueEnd {
+    /// A well-formed JSON value ending here (exclusive), followed by what may follow a
+    /// member (see [`member_follows`]).
+    At(usize),
+    /// The line ends inside the value (an unterminated string, an unclosed container, a bare
+    /// value up to the end): everything from its start is removed, so nothing is guessed.
+    ToEnd,
+    /// Not a well-formed JSON value (`10.1.1.1, 10.2.2.2`, `[1}`, `"a" "b"`): its end would
+    /// be a guess, so the line cannot be redacted with certainty.
+    Malformed,
+}
+
+/// The end of the JSON value starting at `i`.
+fn value_end(b: &[u8], i: usize) -> ValueEnd {
+    let end = match b.get(i) {
+        None => return ValueEnd::ToEnd,
+        Some(b'"') => match string_end(b, i) {
+            Some(e) => e,
+            None => return ValueEnd::ToEnd,
+        },
+        Some(b'{' | b'[') => {
+            let mut open = Vec::new();
             let mut j = i;
-            while j < b.len() {
-                match b[j] {
-                    b'"' => {
-                        j = string_end(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
+            loop {
+                let Some(&c) = b.get(j) else {
+                    return ValueEnd::ToEnd;
+                };
+                match c {
+                    b'"' => match string_end(b, j) {
+                        Some(e) => {
+                            j = e;
+                            continue;
+                        }
+                        None => return ValueEnd::ToEnd,
+                    },
+                    b'{' => open.push(b'}'),
+                    b'[' => open.push(b']'),
                     b'}' | b']' => {
-                        depth = depth.checked_sub(1)?;
-                        if depth == 0 {
-                            return Some(j + 1);
+                        if open.pop() != Some(c) {
+                            return ValueEnd::Malformed;
+                        }
+                        if open.is_empty() {
+                            break j + 1;
                         }
                     }
                     _ => {}
                 }
                 j += 1;
             }
-            None
         }
-        _ => {
+        Some(_) => {
             let mut j = i;
             while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')
             {
                 j += 1;
             }
-            Some(j)
+            if j == b.len() {
+                return ValueEnd::ToEnd;
+            }
+            let token = &b[i..j];
+            if !(is_json_number(token) || matches!(token, b"true" | b"false" | b"null")) {
+                return ValueEnd::Malformed;
+            }
+            j
         }
+    };
+    if member_follows(b, end) {
+        ValueEnd::At(end)
+    } else {
+        ValueEnd::Malformed
     }
+}
+
+/// Whether what follows a member's value at `i` is what JSON allows there (or a cut or a
+/// trailing comma): the end of the line, `}` or `]`, or `,` then the end, `}`, `]` or a key
+/// (a string followed by `:`). Anything else (`, 10.2.2.2`, `, "10.2.2.2"}`, `x`, a string
+/// cut before its `:` is seen) could still be part of the value.
+fn member_follows(b: &[u8], i: usize) -> bool {
+    let i = skip_ws(b, i);
+    match b.get(i) {
+        None | Some(b'}' | b']') => true,
+        Some(b',') => {
+            let i = skip_ws(b, i + 1);
+            match b.get(i) {
+                None | Some(b'}' | b']') => true,
+                Some(b'"') => string_end(b, i).is_some_and(|e| b.get(skip_ws(b, e)) == Some(&b':')),
+                Some(_) => false,
+            }
+        }
+        Some(_) => false,
+    }
+}
+
+/// Whether `t` is a number under JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_json_number(t: &[u8]) -> bool {
+    fn digits(t: &[u8], mut i: usize) -> usize {
+        while t.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    }
+    let mut i = usize::from(t.first() == Some(&b'-'));
+    match t.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(t, i),
+        _ => return false,
+    }
+    if t.get(i) == Some(&b'.') {
+        let j = digits(t, i + 1);
+        if j == i + 1 {
+            return false;
+        }
+        i = j;
+    }
+    if matches!(t.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(t.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let j = digits(t, i);
+        if j == i {
+            return false;
+        }
+        i = j;
+    }
+    i == t.len()
 }
 
 /// The end (past the closing quote) of the string starting at `i`.
@@ -520,7 +707,7 @@ mod tests {
     }
 
     fn r(line: &str) -> Option<String> {
-        redact(&mut Scanner::new(), line, &fields())
+        redact(line, &fields())
     }
 
     #[test]
@@ -544,11 +731,132 @@ mod tests {
             r(r#"{"a":1,"x-forwarded-for":"10.1.2"#).as_deref(),
             Some(r#"{"a":1,"x-forwarded-for":"[REDACTED]""#)
         );
-        // Not sure: the name elsewhere, or a key spelled with an escape.
+        // A key spelled with an escape is decoded.
+        assert_eq!(
+            r(r#"{"x\u002dforwarded-for":"10.1.2.3"}"#).as_deref(),
+            Some(r#"{"x\u002dforwarded-for":"[REDACTED]"}"#)
+        );
+        // Not sure: the name elsewhere.
         assert_eq!(r(r#"{"path":"/x-forwarded-for"}"#), None);
-        assert_eq!(r(r#"{"x\u002dforwarded-for":"10.1.2.3"}"#), None);
         // Nothing listed: unchanged.
         assert_eq!(r(r#"{"a":"b"}"#).as_deref(), Some(r#"{"a":"b"}"#));
+    }
+
+    #[test]
+    fn keys_spelled_with_escapes_are_redacted_at_any_depth() {
+        for (line, masked) in [
+            (
+                r#"{"h":{"x\u002dforwarded-for":"10.9.9.9"}}"#,
+                r#"{"h":{"x\u002dforwarded-for":"[REDACTED]"}}"#,
+            ),
+            (
+                r#"{"h":[{"\u0078-forwarded-for":"10.9.9.9"}]}"#,
+                r#"{"h":[{"\u0078-forwarded-for":"[REDACTED]"}]}"#,
+            ),
+            (
+                r#"{"x\u002Dforwarded-for":"10.9.9.9","auth\u006frization" : ["10.9.9.9"]}"#,
+                r#"{"x\u002Dforwarded-for":"[REDACTED]","auth\u006frization" : "[REDACTED]"}"#,
+            ),
+            // Duplicate keys, however spelled: every one.
+            (
+                r#"{"x-forwarded-for":"10.9.9.9","x\u002dforwarded-for":"10.9.9.9","x-forwarded-for":1}"#,
+                r#"{"x-forwarded-for":"[REDACTED]","x\u002dforwarded-for":"[REDACTED]","x-forwarded-for":"[REDACTED]"}"#,
+            ),
+            // Not JSON (a trailing comma), nested and escaped.
+            (
+                r#"{"a":[{"\u0078\u002d\u0066orwarded-for":"10.9.9.9",},]"#,
+                r#"{"a":[{"\u0078\u002d\u0066orwarded-for":"[REDACTED]",},]"#,
+            ),
+            // An escaped backslash is not an escape: this key is `x\u002dforwarded-for`.
+            (
+                r#"{"x\\u002dforwarded-for":"ok"}"#,
+                r#"{"x\\u002dforwarded-for":"ok"}"#,
+            ),
+        ] {
+            assert_eq!(r(line).as_deref(), Some(masked), "{line}");
+        }
+        // Fields with characters JSON escapes: `\"`, `\\`, `\/`, a surrogate pair.
+        let odd: Vec<String> = ["a/b", "q\"k", "back\\slash", "\u{1F600}key"]
+            .map(String::from)
+            .to_vec();
+        for key in [
+            r#""a\/b""#,
+            r#""q\"k""#,
+            r#""back\\slash""#,
+            r#""\ud83d\ude00key""#,
+            r#""\uD83D\uDE00k\u0065y""#,
+        ] {
+            let line = format!(r#"{{"n":{{{key}:"10.9.9.9"}}}}"#);
+            let out = redact(&line, &odd);
+            assert_eq!(
+                out.as_deref(),
+                Some(format!(r#"{{"n":{{{key}:"[REDACTED]"}}}}"#).as_str()),
+                "{line}"
+            );
+        }
+        // Not sure where the key is: the decoded name elsewhere, or quotes out of step.
+        for line in [
+            r#"{"a":"x\u002dforwarded-for","b":"10.9.9.9"}"#,
+            r#"{"x\u002dforwarded-for" "10.9.9.9"}"#,
+            r#"abc" {"x\u002dforwarded-for":"10.9.9.9"}"#,
+            r#"{"a":1,"x\u002dforwarded-for"#,
+        ] {
+            assert_eq!(r(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_value_that_is_not_well_formed_json_fails_closed() {
+        // Where such a value ends is a guess: the part after a comma or a space would leave.
+        for line in [
+            r#"{"x-forwarded-for": 10.1.1.1, 10.2.2.2}"#,
+            r#"{"x-forwarded-for":10.1.1.1,10.2.2.2}"#,
+            r#"{"x-forwarded-for": 10.1.1.1 10.2.2.2, "a": 1}"#,
+            r#"{"x-forwarded-for": 12 34}"#,
+            r#"{"x-forwarded-for": "10.1.1.1" "10.2.2.2"}"#,
+            r#"{"x-forwarded-for": "10.1.1.1", 10.2.2.2"}"#,
+            r#"{"x-forwarded-for": "10.1.1.1", "10.2.2.2"}"#,
+            r#"{"x-forwarded-for": 10, 10.2.2.2}"#,
+            // Cut lines: what follows the comma may still be part of the value.
+            r#"{"x-forwarded-for": "10.1.1.1", "10.2.2.2"#,
+            r#"{"x-forwarded-for": "10.1.1.1", "10.2.2.2""#,
+            r#"{"x-forwarded-for": ["10.1.1.1"}, "10.2.2.2"]"#,
+            r#"{"x-forwarded-for": {"a": 1]], "b": "10.2.2.2"}"#,
+            r#"{"x-forwarded-for": nul, "a": "10.2.2.2"}"#,
+            r#"{"x-forwarded-for":,"10.2.2.2"}"#,
+        ] {
+            assert_eq!(r(line), None, "{line}");
+        }
+        // Well-formed values of every kind are masked, whatever follows them.
+        for (line, masked) in [
+            (
+                r#"{"x-forwarded-for": -1.5e3 , "a":1}"#,
+                r#"{"x-forwarded-for": "[REDACTED]" , "a":1}"#,
+            ),
+            (
+                r#"[{"x-forwarded-for":true},{"x-forwarded-for":null}]"#,
+                r#"[{"x-forwarded-for":"[REDACTED]"},{"x-forwarded-for":"[REDACTED]"}]"#,
+            ),
+            (
+                r#"{"x-forwarded-for":[{"a":"]"},[1,2]]}"#,
+                r#"{"x-forwarded-for":"[REDACTED]"}"#,
+            ),
+            // Cut inside a bare value or a container: removed to the end of the line.
+            (
+                r#"{"x-forwarded-for": 10.1."#,
+                r#"{"x-forwarded-for": "[REDACTED]""#,
+            ),
+            (
+                r#"{"x-forwarded-for": ["10.1.1.1", 10.2"#,
+                r#"{"x-forwarded-for": "[REDACTED]""#,
+            ),
+            (
+                r#"{"x-forwarded-for":"#,
+                r#"{"x-forwarded-for":"[REDACTED]""#,
+            ),
+        ] {
+            assert_eq!(r(line).as_deref(), Some(masked), "{line}");
+        }
     }
 
     #[test]
@@ -557,8 +865,10 @@ mod tests {
         config.loki.redact = fields();
         config.loki.structured_metadata = vec!["model".into(), "x-forwarded-for".into()];
         let mut shaper = EntryShaper::new(&config);
-        let shaped =
-            shaper.shape(r#"{"model":"m","llm_input_token":1,"x\u002dforwarded-for":"10.9.9.9"}"#);
+        // Valid JSON, but the name also appears in a value: which one is the key is not sure.
+        let shaped = shaper.shape(
+            r#"{"model":"m","llm_input_token":1,"note":"x-forwarded-for","x-forwarded-for":"10.9.9.9"}"#,
+        );
         assert!(shaped.redaction_failed);
         assert_eq!(shaped.line, REDACTION_PLACEHOLDER);
         assert!(shaped
@@ -566,6 +876,42 @@ mod tests {
             .iter()
             .any(|m| m.name == "redaction_failed" && m.value == "true"));
         assert!(shaped.metadata.iter().all(|m| m.name != "x-forwarded-for"));
+        assert!(shaped
+            .metadata
+            .iter()
+            .any(|m| m.name == "model" && m.value == "m"));
+        // A value that is not well-formed JSON too.
+        let shaped = shaper
+            .shape(r#"{"model":"m","llm_input_token":1,"x-forwarded-for":10.9.9.9, 10.8.8.8}"#);
+        assert_eq!(shaped.line, REDACTION_PLACEHOLDER);
+    }
+
+    #[test]
+    fn metadata_read_from_a_redacted_field_is_never_sent() {
+        let mut config = Config::default();
+        config.fields.api_key_id = "authorization".into();
+        config.loki.redact = vec!["authorization".into()];
+        config.loki.structured_metadata = vec!["model".into(), "api_key_id".into()];
+        let mut shaper = EntryShaper::new(&config);
+        let line = r#"{"model":"m","authorization":"Bearer sk-123","llm_input_token":1}"#;
+        let shaped = shaper.shape(line);
+        assert_eq!(
+            shaped.line,
+            r#"{"model":"m","authorization":"[REDACTED]","llm_input_token":1}"#
+        );
+        let names: Vec<&str> = shaped.metadata.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["model"], "api_key_id comes from a redacted field");
+        assert!(shaped.metadata.iter().all(|m| !m.value.contains("sk-123")));
+        // Its source is what counts, not its name: a metadata entry named like a listed field
+        // but read from another one is still sent.
+        let mut config = Config::default();
+        config.fields.api_key_id = "x-api-key".into();
+        config.loki.redact = vec!["api_key_id".into()];
+        config.loki.structured_metadata = vec!["api_key_id".into()];
+        let shaped = EntryShaper::new(&config)
+            .shape(r#"{"model":"m","x-api-key":"team-a","llm_input_token":1}"#);
+        assert_eq!(shaped.metadata.len(), 1);
+        assert_eq!(shaped.metadata[0].value, "team-a");
     }
 
     proptest! {
@@ -591,6 +937,274 @@ mod tests {
             for m in &shaped.metadata {
                 prop_assert!(!m.value.contains(&secret));
             }
+        }
+
+        /// Generated lines, JSON or nearly: listed fields at any depth in objects and arrays,
+        /// duplicated, their keys with characters randomly `\u`-escaped, their values
+        /// well-formed or not (bare, a list with commas and spaces, junk after a string,
+        /// unterminated, brackets that do not match), malformed tails, arbitrary text around,
+        /// sometimes cut anywhere;
+        /// a listed field may also be the source of structured metadata. The value never
+        /// leaves, in the line or in the metadata.
+        #[test]
+        fn a_listed_fields_value_never_leaves_nested_escaped_or_malformed(
+            doc in doc(),
+            listed in listed_member(),
+            wrap in prop::collection::vec(any::<bool>(), 0..4),
+            at in any::<prop::sample::Index>(),
+            tail in prop_oneof![3 => Just(""), 1 => prop::sample::select(TAILS)],
+            prefix in prop_oneof![3 => Just(String::new()), 1 => ".{0,20}"],
+            suffix in prop_oneof![3 => Just(String::new()), 1 => ".{0,20}"],
+            secret in "[A-Z0-9]{12}",
+            api_key_from_authorization in any::<bool>(),
+            record in any::<bool>(),
+            cut in prop::option::weighted(0.25, any::<prop::sample::Index>()),
+            max_line in 1usize..400,
+        ) {
+            prop_assume!(!prefix.contains(&secret) && !suffix.contains(&secret));
+            // One listed member for sure, nested in objects (`{"h":…}`) and arrays (`[…]`).
+            let mut member = String::new();
+            render_member(&listed, &secret, &mut member);
+            for in_array in wrap {
+                member = if in_array {
+                    format!("\"h\":[{{{member}}}]")
+                } else {
+                    format!("\"h\":{{{member}}}")
+                };
+            }
+            let Node::Obj(members) = &doc else { unreachable!() };
+            let mut parts: Vec<String> = members
+                .iter()
+                .map(|m| {
+                    let mut s = String::new();
+                    render_member(m, &secret, &mut s);
+                    s
+                })
+                .collect();
+            parts.insert(at.index(parts.len() + 1), member);
+            if record {
+                // An LLM record, so that structured metadata is read from it.
+                parts.insert(0, r#""model":"m","llm_input_token":1"#.to_string());
+            }
+            let mut line = format!("{prefix}{{{}}}{tail}{suffix}", parts.join(","));
+            if let Some(cut) = cut {
+                // A line cut before it reached the agent (the tailer's max_line_bytes).
+                let mut at = cut.index(line.len() + 1);
+                while !line.is_char_boundary(at) {
+                    at -= 1;
+                }
+                line.truncate(at);
+            }
+
+            let mut config = Config::default();
+            config.loki.redact = fields();
+            config.loki.max_line_bytes = max_line;
+            if api_key_from_authorization {
+                config.fields.api_key_id = "authorization".into();
+            }
+            config.loki.structured_metadata = ["model", "api_key_id", "service_id", "x-forwarded-for"]
+                .map(String::from)
+                .to_vec();
+            let shaped = EntryShaper::new(&config).shape(&line);
+            prop_assert!(!shaped.line.contains(&secret), "{:?} -> {:?}", line, shaped.line);
+            for m in &shaped.metadata {
+                prop_assert!(!m.value.contains(&secret), "{:?}: {}={}", line, m.name, m.value);
+            }
+            // Not by withholding everything: a JSON line whose keys hold no listed name but
+            // as a key is redacted, every listed key (as decoded) holding "[REDACTED]".
+            let json = serde_json::from_str::<serde_json::Value>(&line).is_ok();
+            if json && !line.contains("x-forwarded-for-port") {
+                let out = redact(&line, &fields());
+                prop_assert!(out.is_some(), "{:?} withheld", line);
+                let out: serde_json::Value = serde_json::from_str(&out.unwrap()).unwrap();
+                prop_assert!(all_listed_redacted(&out), "{:?} -> {}", line, out);
+            }
+        }
+    }
+
+    /// A generated JSON-ish value; the secret appears only as the value of [`Key::Listed`].
+    #[derive(Clone, Debug)]
+    enum Node {
+        Obj(Vec<(Key, Node)>),
+        Arr(Vec<Node>),
+        Word(String),
+        Num(u32),
+        Lit(usize),
+    }
+
+    #[derive(Clone, Debug)]
+    enum Key {
+        /// A listed field (an index into `fields()`), each character `\u`-escaped where its
+        /// bit in `escapes` is set; its value is the secret written as `SECRET_FORMS[form]`.
+        Listed {
+            field: usize,
+            escapes: u64,
+            upper_hex: bool,
+            form: usize,
+            ws: usize,
+        },
+        Other(usize),
+    }
+
+    /// Keys that are not listed (some close to the listed ones, some the parser reads).
+    const OTHER_KEYS: &[&str] = &[
+        "model",
+        "llm_input_token",
+        "api_key_id",
+        "aim_service_id",
+        "h",
+        "note",
+        "forwarded-for",
+        "Authorization",
+        "x-forwarded-for-port",
+    ];
+    /// How a listed field's value is written (`S` is the secret): the first `WELL_FORMED`
+    /// are JSON, the others not.
+    const SECRET_FORMS: &[&str] = &[
+        r#""S""#,
+        r#"["a", "S"]"#,
+        r#"{"k": "S", "n": [1, {"m": "S"}]}"#,
+        r#""a\"S""#,
+        "S",
+        "10.1.1.1, S",
+        "10.1.1.1 S",
+        r#""10.1.1.1" S"#,
+        r#""10.1.1.1" "S""#,
+        r#""10.1.1.1", "S""#,
+        r#"{"k": "S", "n": [1, {"m": S}]}"#,
+        r#""S"#,
+        "[S}",
+        r#"{"a": ["S"}"#,
+        "-1.5e3, S",
+        "true S",
+    ];
+    const WELL_FORMED: usize = 4;
+    const TAILS: &[&str] = &[
+        "",
+        ",",
+        ",}",
+        "}",
+        " x",
+        "\"",
+        ",\"x-forwarded-for\":",
+        ", 10.9.9.9",
+        "]",
+    ];
+    const WS: &[&str] = &["", " ", "\t", "  "];
+
+    /// A listed key: mostly (5 in 6) with a well-formed value, so that whole lines are JSON
+    /// often enough to check that they are redacted rather than withheld.
+    fn listed_key() -> impl Strategy<Value = Key> {
+        let form = prop_oneof![5 => 0..WELL_FORMED, 1 => WELL_FORMED..SECRET_FORMS.len()];
+        (0..2usize, any::<u64>(), any::<bool>(), form, 0..WS.len()).prop_map(
+            |(field, escapes, upper_hex, form, ws)| Key::Listed {
+                field,
+                escapes,
+                upper_hex,
+                form,
+                ws,
+            },
+        )
+    }
+
+    fn key() -> impl Strategy<Value = Key> {
+        prop_oneof![
+            1 => listed_key(),
+            3 => (0..OTHER_KEYS.len()).prop_map(Key::Other),
+        ]
+    }
+
+    fn listed_member() -> impl Strategy<Value = (Key, Node)> {
+        listed_key().prop_map(|key| (key, Node::Lit(0)))
+    }
+
+    /// A top-level object of up to 6 members, nested up to 4 levels.
+    fn doc() -> impl Strategy<Value = Node> {
+        let leaf = prop_oneof![
+            "[a-z ]{0,6}".prop_map(Node::Word),
+            any::<u32>().prop_map(Node::Num),
+            (0..3usize).prop_map(Node::Lit),
+        ];
+        let value = leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec((key(), inner.clone()), 0..4).prop_map(Node::Obj),
+                prop::collection::vec(inner, 0..4).prop_map(Node::Arr),
+            ]
+        });
+        prop::collection::vec((key(), value), 0..6).prop_map(Node::Obj)
+    }
+
+    fn all_listed_redacted(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m.iter().all(|(k, v)| {
+                if fields().contains(k) {
+                    v == "[REDACTED]"
+                } else {
+                    all_listed_redacted(v)
+                }
+            }),
+            serde_json::Value::Array(a) => a.iter().all(all_listed_redacted),
+            _ => true,
+        }
+    }
+
+    fn render_member((key, value): &(Key, Node), secret: &str, out: &mut String) {
+        match key {
+            Key::Listed {
+                field,
+                escapes,
+                upper_hex,
+                form,
+                ws,
+            } => {
+                out.push('"');
+                for (i, c) in fields()[*field].chars().enumerate() {
+                    if escapes >> (i % 64) & 1 == 1 {
+                        if *upper_hex {
+                            out.push_str(&format!("\\u{:04X}", c as u32));
+                        } else {
+                            out.push_str(&format!("\\u{:04x}", c as u32));
+                        }
+                    } else {
+                        out.push(c);
+                    }
+                }
+                let ws = WS[*ws];
+                out.push_str(&format!("\"{ws}:{ws}"));
+                out.push_str(&SECRET_FORMS[*form].replace('S', secret));
+            }
+            Key::Other(k) => {
+                out.push_str(&format!("\"{}\":", OTHER_KEYS[*k]));
+                render(value, secret, out);
+            }
+        }
+    }
+
+    fn render(node: &Node, secret: &str, out: &mut String) {
+        match node {
+            Node::Obj(members) => {
+                out.push('{');
+                for (i, m) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    render_member(m, secret, out);
+                }
+                out.push('}');
+            }
+            Node::Arr(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    render(v, secret, out);
+                }
+                out.push(']');
+            }
+            Node::Word(w) => out.push_str(&format!("\"{w}\"")),
+            Node::Num(n) => out.push_str(&n.to_string()),
+            Node::Lit(l) => out.push_str(["true", "false", "null"][*l]),
         }
     }
 }
