@@ -863,3 +863,44 @@ fn durations_too_long_for_the_clock_are_usage_or_config_errors() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{text}");
     }
 }
+
+#[test]
+fn the_example_price_file_is_valid_and_prices_the_fixtures() {
+    // config/pricing.example.toml prices `cached_input`, so the main config must define that
+    // extra token type (an undefined type in `per_million` is a config error, SPEC §10).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spend.toml");
+    let prices = root().join("config/pricing.example.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[fields.extra_tokens]\ncached_input = \"llm_cached_input_token\"\n\
+             reasoning = \"llm_reasoning_token\"\n\
+             [pricing]\ncurrency = \"USD\"\nfile = '{}'\n",
+            prices.display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("not a whole number"),
+        "every example rate is exact: {stderr}"
+    );
+    let (text, s) = replay_priced(&config, &[&fixture("envoy-ai-access.jsonl")]);
+    assert_eq!(s["currency"], "USD", "{text}");
+    assert_eq!(
+        s["unpriced_requests"], 0,
+        "every model of the fixture is priced: {text}"
+    );
+    for series in s["series"].as_array().unwrap() {
+        if series["total_tokens"].as_u64().unwrap() > 0 {
+            assert!(series["cost"].as_f64().unwrap() > 0.0, "{series}");
+        }
+    }
+}
