@@ -224,8 +224,14 @@ pub struct Store {
     cost: Vec<u128>,
     /// The price table in force (`None`: pricing off) and its currency.
     pricing: Option<Arc<PriceTable>>,
-    /// Per (model, service_id) label ids: unpriced and unmetered requests and the price
-    /// selection cache.
+    /// The price selected for each series (indexed like `series`) and the event-time interval
+    /// over which it holds (until the next `from` boundary); only for series whose labels
+    /// are the records' own text (not folded).
+    selections: Vec<Option<Selection>>,
+    /// The same per (model, service_id) label ids, for a series' first records (most series
+    /// share their model and service with many others).
+    pair_selections: HashMap<[u32; 2], Selection, FxBuildHasher>,
+    /// Per (model, service_id) label ids: unpriced and unmetered requests.
     pair_index: HashMap<[u32; 2], u32, FxBuildHasher>,
     pairs: Vec<Pair>,
     /// Cost restored from a state saved in this currency (see [`Store::restore`]).
@@ -234,7 +240,10 @@ pub struct Store {
     last_cost: u128,
 }
 
-/// Counters and the cached price selection of one (model, service_id).
+/// A cached price selection: the entry (if any) and `[from, until)` of event time.
+type Selection = (Option<EntryId>, i64, i64);
+
+/// The unpriced and unmetered counters of one (model, service_id).
 #[derive(Clone, Debug, Default)]
 struct Pair {
     ids: [u32; 2],
@@ -244,9 +253,6 @@ struct Pair {
     /// increments").
     unpriced_start_ns: i64,
     unmetered_start_ns: i64,
-    /// The entry selected for this pair's own label text, and the event-time interval over
-    /// which that selection holds (until the next `from` boundary).
-    selection: Option<(Option<EntryId>, i64, i64)>,
 }
 
 /// The unpriced and unmetered requests of one (model, service_id).
@@ -347,6 +353,8 @@ impl Store {
             },
             clock_ns: 0,
             cost: Vec::new(),
+            selections: Vec::new(),
+            pair_selections: HashMap::default(),
             pricing: None,
             pair_index: HashMap::default(),
             pairs: Vec::new(),
@@ -373,9 +381,8 @@ impl Store {
             self.currency = Some(t.currency().to_string());
         }
         self.pricing = table;
-        for p in &mut self.pairs {
-            p.selection = None;
-        }
+        self.selections.iter_mut().for_each(|s| *s = None);
+        self.pair_selections.clear();
     }
 
     pub fn pricing(&self) -> Option<&Arc<PriceTable>> {
@@ -390,12 +397,13 @@ impl Store {
     /// Counts one record; returns the index of the series it went to. With pricing, the record
     /// is priced at the store's clock (see [`Store::add_at`]).
     pub fn add(&mut self, r: &Record<'_>) -> usize {
-        self.add_at(r, None)
+        self.add_at(r, || None)
     }
 
-    /// Counts one record whose event time is `event_ns` (`None`: the store's clock, the time
-    /// of reading): the price in force then is the one charged.
-    pub fn add_at(&mut self, r: &Record<'_>, event_ns: Option<i64>) -> usize {
+    /// Counts one record whose event time `event_ns` gives (`None`: the store's clock, the
+    /// time of reading): the price in force then is the one charged. It is asked only when the
+    /// price depends on it.
+    pub fn add_at(&mut self, r: &Record<'_>, event_ns: impl FnOnce() -> Option<i64>) -> usize {
         self.last_cost = 0;
         let st = &mut self.stats;
         st.records += 1;
@@ -415,11 +423,18 @@ impl Store {
                 && keys.get(k) == r.api_key_id
                 && services.get(s) == r.service_id
         });
+        let fast = found.is_some();
         let idx = match found {
             Some(&(i, _)) => i as usize,
             None => self.slow_series(r, hash),
         };
         let [m, _, s] = self.series[idx].0;
+        // The price depends on the model and service_id text only: a series found on the fast
+        // path has the record's own text; on the slow path (new, or folded) it is compared.
+        let own_text = fast
+            || (self.pricing.is_some()
+                && self.models.get(m) == r.model
+                && self.services.get(s) == r.service_id);
         let c = &mut self.series[idx].1;
         c.requests[r.status_class as usize] += 1;
         c.input += r.input_tokens;
@@ -444,48 +459,76 @@ impl Store {
             self.hists[h].1.observe(ms / 1000.0);
         }
         let unmetered = r.status_class == StatusClass::C2xx && r.valid == 0;
-        if unmetered || self.pricing.is_some() {
-            self.price(idx, [m, s], r, event_ns, unmetered);
+        if unmetered {
+            self.count_unmetered([m, s]);
+        }
+        if self.pricing.is_some() {
+            self.price(idx, [m, s], r, event_ns, own_text);
         }
         idx
     }
 
-    /// SPEC §10 per record: unmetered, the price in force at its event time, its cost,
-    /// unpriced and child-above-parent counts.
+    /// SPEC §10 per record: the price in force at its event time, its cost, unpriced and
+    /// child-above-parent counts. `own_text`: the series' labels are the record's own text
+    /// (found on the fast path), so its cached selection applies.
     fn price(
         &mut self,
         idx: usize,
         ids: [u32; 2],
         r: &Record<'_>,
-        event_ns: Option<i64>,
-        unmetered: bool,
+        event_ns: impl FnOnce() -> Option<i64>,
+        own_text: bool,
     ) {
-        let pair = self.pair_slot(ids);
-        if unmetered {
-            let p = &mut self.pairs[pair];
-            if p.unmetered == 0 {
-                p.unmetered_start_ns = self.clock_ns;
-            }
-            p.unmetered += 1;
-        }
-        let Some(table) = self.pricing.clone() else {
+        // Taken out and put back (no reference count touched per record).
+        let Some(table) = self.pricing.take() else {
             return;
         };
-        let t = event_ns.unwrap_or(self.clock_ns);
-        // The cache holds the selection for the pair's own label text: a folded label
-        // (`__overflow__`) or one the interner cleaned is matched from the record's text.
-        let own_text =
-            self.models.get(ids[0]) == r.model && self.services.get(ids[1]) == r.service_id;
-        let entry = match self.pairs[pair].selection {
-            Some((entry, from, until)) if own_text && from <= t && t < until => entry,
-            _ => {
-                let model = label_value(&r.model);
-                let service = label_value(&r.service_id);
-                let (entry, from, until) = table.select(&model, &service, t);
-                if own_text {
-                    self.pairs[pair].selection = Some((entry, from, until));
-                }
+        self.charge(idx, ids, r, event_ns, own_text, &table);
+        self.pricing = Some(table);
+    }
+
+    fn charge(
+        &mut self,
+        idx: usize,
+        ids: [u32; 2],
+        r: &Record<'_>,
+        event_ns: impl FnOnce() -> Option<i64>,
+        own_text: bool,
+        table: &PriceTable,
+    ) {
+        let cached = if own_text {
+            match self.selections.get(idx).copied().flatten() {
+                Some(sel) => Some(sel),
+                None => self.pair_selections.get(&ids).copied(),
+            }
+        } else {
+            None
+        };
+        let entry = match cached {
+            // A price that holds at every time: no event time needed.
+            Some(sel @ (entry, i64::MIN, i64::MAX)) => {
+                self.remember_selection(idx, sel);
                 entry
+            }
+            _ => {
+                let t = event_ns().unwrap_or(self.clock_ns);
+                match cached {
+                    Some(sel @ (entry, from, until)) if from <= t && t < until => {
+                        self.remember_selection(idx, sel);
+                        entry
+                    }
+                    _ => {
+                        // Matched on the label values (after the 256-byte cut), before folding.
+                        let model = label_value(&r.model);
+                        let service = label_value(&r.service_id);
+                        let (entry, from, until) = table.select(&model, &service, t);
+                        if own_text {
+                            self.remember_selection(idx, (entry, from, until));
+                            self.pair_selections.insert(ids, (entry, from, until));
+                        }
+                        entry
+                    }
+                }
             }
         };
         let mut counts = [0u64; 3 + crate::config::MAX_EXTRA_TOKENS];
@@ -496,7 +539,7 @@ impl Store {
         let counts = &counts[..3 + self.n_extra];
         let Some(entry) = entry else {
             if counts.iter().any(|&c| c > 0) {
-                self.count_unpriced(pair);
+                self.count_unpriced(ids);
             }
             return;
         };
@@ -513,7 +556,7 @@ impl Store {
         self.cost[idx] = self.cost[idx].saturating_add(charge.units);
         self.last_cost = charge.units;
         if charge.incomplete {
-            self.count_unpriced(pair);
+            self.count_unpriced(ids);
         }
         if charge.child_exceeds != 0 {
             for (i, n) in self.stats.child_exceeds.iter_mut().enumerate() {
@@ -522,12 +565,31 @@ impl Store {
         }
     }
 
-    fn count_unpriced(&mut self, pair: usize) {
+    fn remember_selection(&mut self, idx: usize, sel: Selection) {
+        if self.selections.len() <= idx {
+            self.selections.resize(idx + 1, None);
+        }
+        self.selections[idx] = Some(sel);
+    }
+
+    fn count_unpriced(&mut self, ids: [u32; 2]) {
+        let clock = self.clock_ns;
+        let pair = self.pair_slot(ids);
         let p = &mut self.pairs[pair];
         if p.unpriced == 0 {
-            p.unpriced_start_ns = self.clock_ns;
+            p.unpriced_start_ns = clock;
         }
         p.unpriced += 1;
+    }
+
+    fn count_unmetered(&mut self, ids: [u32; 2]) {
+        let clock = self.clock_ns;
+        let pair = self.pair_slot(ids);
+        let p = &mut self.pairs[pair];
+        if p.unmetered == 0 {
+            p.unmetered_start_ns = clock;
+        }
+        p.unmetered += 1;
     }
 
     fn pair_slot(&mut self, ids: [u32; 2]) -> usize {

@@ -222,14 +222,12 @@ impl Meter {
                         );
                     }
                 }
-                let series = if self.store.pricing().is_some() {
-                    // Priced at its event time; in `run` (no fallback tracked) a record
-                    // without one is priced at the time of reading.
-                    let t = event.or_else(|| event_time_ns(line.time_ns, Some(&r)));
-                    self.store.add_at(&r, t)
-                } else {
-                    self.store.add(&r)
-                };
+                // Priced at its event time, worked out only if the price depends on it; in
+                // `run` (no fallback tracked) a record without one is priced at the time of
+                // reading.
+                let series = self.store.add_at(&r, || {
+                    event.or_else(|| event_time_ns(line.time_ns, Some(&r)))
+                });
                 sink.counted(&self.store, series, &r, event);
                 event
             }

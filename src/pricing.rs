@@ -445,14 +445,31 @@ fn fee_units(text: &str) -> Result<(u64, bool), String> {
 /// trailing `.`) removed, computed on integers only. `0` → `"0"`, `1` → `"0.000000000001"`,
 /// `1_500_000_000_000` → `"1.5"`.
 pub fn format_units(units: u128) -> String {
-    let whole = units / UNITS_PER_CURRENCY;
-    let frac = units % UNITS_PER_CURRENCY;
+    // 64-bit division where it fits (every realistic amount): u128 division is a library call.
+    let (whole, frac) = match u64::try_from(units) {
+        Ok(u) => (
+            u128::from(u / UNITS_PER_CURRENCY as u64),
+            u % UNITS_PER_CURRENCY as u64,
+        ),
+        Err(_) => (
+            units / UNITS_PER_CURRENCY,
+            (units % UNITS_PER_CURRENCY) as u64,
+        ),
+    };
+    let mut text = whole.to_string();
     if frac == 0 {
-        return whole.to_string();
+        return text;
     }
-    let mut text = format!("{whole}.{frac:012}");
-    let kept = text.trim_end_matches('0').len();
-    text.truncate(kept);
+    // Twelve digits, leading zeros kept, trailing zeros dropped.
+    let mut digits = [b'0'; 12];
+    let mut f = frac;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (f % 10) as u8;
+        f /= 10;
+    }
+    let end = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+    text.push('.');
+    text.extend(digits[..end].iter().map(|&d| char::from(d)));
     text
 }
 
@@ -860,6 +877,13 @@ impl PriceTable {
     /// The number of price entries (for log lines; same as [`PriceTable::len`]).
     pub fn entries(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Whether any entry has a `from`: only then does the price depend on event time.
+    pub fn time_dependent(&self) -> bool {
+        self.groups
+            .iter()
+            .any(|g| g.entries.iter().any(|(from, _)| from.is_some()))
     }
 
     pub fn currency(&self) -> &str {

@@ -296,8 +296,10 @@ pub fn replay(
     let prices = config
         .price_table()
         .map_err(|e| ReplayError::Read(anyhow::anyhow!("{e}")))?;
-    // Each record is priced at its own event time: pricing needs event times tracked.
-    let mut meter = Meter::new(config, opts.needs_event_time() || prices.is_some());
+    // Each record is priced at its own event time: when a price has a `from`, event times
+    // are tracked (SPEC §3's fallback to the previous record needs every record's).
+    let time_dependent = prices.as_ref().is_some_and(|t| t.time_dependent());
+    let mut meter = Meter::new(config, opts.needs_event_time() || time_dependent);
     meter.store.set_pricing(prices);
     let wants_backfill =
         opts.from_ns.is_some() || opts.to_ns.is_some() || opts.openmetrics.is_some() || opts.push;

@@ -19,26 +19,47 @@ pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
     if b.len() < 20 {
         return None;
     }
-    let num = |from: usize, len: usize| -> Option<i64> {
-        let mut v = 0i64;
-        for &c in b.get(from..from + len)? {
-            if !c.is_ascii_digit() {
-                return None;
-            }
-            v = v * 10 + (c - b'0') as i64;
+    // Consecutive access-log lines share their date, hour and minute: the days-from-civil
+    // arithmetic and the checks of those 16 bytes are done once per minute (per thread).
+    let key: [u8; 16] = b[..16].try_into().ok()?;
+    let base = MINUTE.with(|c| {
+        let (k, base) = c.get();
+        if k == key {
+            return Some(base);
         }
-        Some(v)
-    };
-    let year = num(0, 4)?;
-    let month = num(5, 2)?;
-    let day = num(8, 2)?;
-    let hour = num(11, 2)?;
-    let minute = num(14, 2)?;
-    let second = num(17, 2)?;
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
+        let base = minute_base(b)?;
+        c.set((key, base));
+        Some(base)
+    })?;
+    rest_of_rfc3339(b, base)
+}
+
+thread_local! {
+    /// The last minute prefix parsed and its seconds since the epoch (an impossible key at
+    /// first: it contains no digits).
+    static MINUTE: std::cell::Cell<([u8; 16], i64)> = const { std::cell::Cell::new(([0; 16], 0)) };
+}
+
+fn digits(b: &[u8], from: usize, len: usize) -> Option<i64> {
+    let mut v = 0i64;
+    for &c in b.get(from..from + len)? {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + (c - b'0') as i64;
     }
-    if b[13] != b':' || b[16] != b':' {
+    Some(v)
+}
+
+/// `YYYY-MM-DDTHH:MM` (the first 16 bytes) checked, as seconds since the epoch (UTC, before
+/// the offset).
+fn minute_base(b: &[u8]) -> Option<i64> {
+    let year = digits(b, 0, 4)?;
+    let month = digits(b, 5, 2)?;
+    let day = digits(b, 8, 2)?;
+    let hour = digits(b, 11, 2)?;
+    let minute = digits(b, 14, 2)?;
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' {
         return None;
     }
     if !(1..=12).contains(&month)
@@ -46,8 +67,16 @@ pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
         || day > days_in_month(year, month)
         || hour > 23
         || minute > 59
-        || second > 60
     {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60)
+}
+
+/// `:SS[.fraction](Z|±HH:MM)` after a checked minute prefix worth `base` seconds.
+fn rest_of_rfc3339(b: &[u8], base: i64) -> Option<i64> {
+    let second = digits(b, 17, 2)?;
+    if b[16] != b':' || second > 60 {
         return None;
     }
     let mut i = 19;
@@ -71,8 +100,8 @@ pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
     let offset_secs = match b.get(i)? {
         b'Z' | b'z' if i + 1 == b.len() => 0,
         &sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let h = num(i + 1, 2)?;
-            let m = num(i + 4, 2)?;
+            let h = digits(b, i + 1, 2)?;
+            let m = digits(b, i + 4, 2)?;
             if h > 23 || m > 59 {
                 return None;
             }
@@ -85,8 +114,7 @@ pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    let secs = base + second - offset_secs;
     secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
@@ -145,6 +173,41 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Uncached: the minute prefix parsed every time.
+    fn uncached(s: &str) -> Option<i64> {
+        let b = s.as_bytes();
+        if b.len() < 20 {
+            return None;
+        }
+        rest_of_rfc3339(b, minute_base(b)?)
+    }
+
+    proptest::proptest! {
+        /// The per-minute cache never changes an answer: sequences of timestamps sharing
+        /// prefixes, valid or not, parse as they do uncached.
+        #[test]
+        fn the_minute_cache_never_changes_an_answer(
+            items in proptest::collection::vec(
+                (0u8..3, 0i64..120, 0u32..1_000_000, proptest::sample::select(vec![
+                    "Z", "z", "+01:00", "-05:30", "+24:00", "", "Zx",
+                ]), proptest::sample::select(vec![
+                    "2026-11-26T10:0", "2026-11-26T10:5", "2026-02-29T23:5", "2024-02-29T23:5",
+                    "2026-11-26t10:0", "2026-13-01T00:0", "2026-11-26 10:0", "2026-11-26T24:0",
+                ])),
+                1..40,
+            )
+        ) {
+            for (kind, sec, frac, offset, prefix) in items {
+                let s = match kind {
+                    0 => format!("{prefix}{}:{:02}{offset}", sec % 10, sec % 61),
+                    1 => format!("{prefix}{}:{:02}.{frac:06}{offset}", sec % 10, sec % 61),
+                    _ => format!("{prefix}{}:{:02}.{offset}", sec % 10, sec % 61),
+                };
+                proptest::prop_assert_eq!(parse_rfc3339_nanos(&s), uncached(&s), "{}", s);
+            }
+        }
+    }
 
     #[test]
     fn parses_envoy_and_cri_timestamps() {
