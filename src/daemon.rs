@@ -157,6 +157,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("tokenmeter-io")
         .build()?;
+    // Listened to from here on: a SIGTERM during start-up is not the default (abrupt) exit.
+    let mut signals = runtime.block_on(async { Signals::new() });
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(&config.server.listen))
         .with_context(|| format!("server.listen {}: cannot bind", config.server.listen))?;
@@ -240,7 +242,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    runtime.block_on(wait_for_signal());
+    runtime.block_on(signals.next());
     let timeout = config.shutdown_timeout.0;
     tracing::info!(
         "shutting down: reading stops, exports flush within {}",
@@ -251,7 +253,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     {
         let shutdown = shutdown.clone();
         runtime.spawn(async move {
-            wait_for_signal().await;
+            signals.next().await;
             tracing::warn!("second signal: writing the state and exiting now");
             shutdown.begin(Duration::ZERO);
         });
@@ -303,17 +305,34 @@ fn raise_nofile_limit() -> u64 {
     rl.rlim_cur
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, listened to from the start: a signal that comes while the daemon is
+/// between two waits (e.g. a second one right after the first) is kept, not lost.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    async fn next(&mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
         }
     }
 }
