@@ -445,32 +445,51 @@ fn fee_units(text: &str) -> Result<(u64, bool), String> {
 /// trailing `.`) removed, computed on integers only. `0` → `"0"`, `1` → `"0.000000000001"`,
 /// `1_500_000_000_000` → `"1.5"`.
 pub fn format_units(units: u128) -> String {
-    // 64-bit division where it fits (every realistic amount): u128 division is a library call.
-    let (whole, frac) = match u64::try_from(units) {
-        Ok(u) => (
-            u128::from(u / UNITS_PER_CURRENCY as u64),
-            u % UNITS_PER_CURRENCY as u64,
-        ),
-        Err(_) => (
-            units / UNITS_PER_CURRENCY,
-            (units % UNITS_PER_CURRENCY) as u64,
-        ),
+    // Digits written backwards into a stack buffer: u128's own formatting and division are
+    // library calls, and this runs once per series in a summary.
+    let mut buf = [0u8; 48];
+    let mut at = buf.len();
+    let mut push = |d: u8| {
+        at -= 1;
+        buf[at] = d;
     };
-    let mut text = whole.to_string();
-    if frac == 0 {
-        return text;
+    let whole = units / UNITS_PER_CURRENCY;
+    let frac = (units % UNITS_PER_CURRENCY) as u64;
+    if frac != 0 {
+        let mut f = frac;
+        let mut significant = false;
+        for _ in 0..12 {
+            let d = (f % 10) as u8;
+            f /= 10;
+            // Trailing zeros dropped.
+            if d != 0 || significant {
+                significant = true;
+                push(b'0' + d);
+            }
+        }
+        push(b'.');
     }
-    // Twelve digits, leading zeros kept, trailing zeros dropped.
-    let mut digits = [b'0'; 12];
-    let mut f = frac;
-    for d in digits.iter_mut().rev() {
-        *d = b'0' + (f % 10) as u8;
-        f /= 10;
+    match u64::try_from(whole) {
+        Ok(mut w) => loop {
+            push(b'0' + (w % 10) as u8);
+            w /= 10;
+            if w == 0 {
+                break;
+            }
+        },
+        Err(_) => {
+            let mut w = whole;
+            loop {
+                push(b'0' + (w % 10) as u8);
+                w /= 10;
+                if w == 0 {
+                    break;
+                }
+            }
+        }
     }
-    let end = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
-    text.push('.');
-    text.extend(digits[..end].iter().map(|&d| char::from(d)));
-    text
+    // Only ASCII digits and '.' were written.
+    String::from_utf8_lossy(&buf[at..]).into_owned()
 }
 
 /// `units` / 10^12 as the nearest f64, for exporters that write doubles.
@@ -721,6 +740,9 @@ struct RateSet {
     priced: Vec<PricedType>,
     /// Bit `i`: type `i` or one of its ancestors has a rate.
     covered: u64,
+    /// No priced type has a priced ancestor (so none has priced children either): each is
+    /// charged its own count, and no child can exceed a parent. Most tables.
+    flat: bool,
 }
 
 impl RateSet {
@@ -750,7 +772,12 @@ impl RateSet {
                 p.priced_children |= 1 << child;
             }
         }
-        RateSet { priced, covered }
+        let flat = priced.iter().all(|p| p.priced_ancestor.is_none());
+        RateSet {
+            priced,
+            covered,
+            flat,
+        }
     }
 }
 
@@ -935,22 +962,14 @@ impl PriceTable {
             .map_or(&e.base, |(_, tiered)| tiered);
         let mut units: u128 = 0;
         let mut child_exceeds = 0u64;
-        for p in &rates.priced {
-            let own = counts.get(usize::from(p.ty));
-            let mut below = 0u64;
-            let mut children = p.priced_children;
-            while children != 0 {
-                below = below.saturating_add(counts.get(children.trailing_zeros() as usize));
-                children &= children - 1;
+        if rates.flat {
+            // Each priced type's own count: no tree to walk.
+            for p in &rates.priced {
+                let own = counts.get(usize::from(p.ty));
+                units = units.saturating_add(u128::from(own) * u128::from(p.units_per_token));
             }
-            // Both factors fit in 64 bits, so the product fits in 128.
-            let cost = u128::from(own.saturating_sub(below)) * u128::from(p.units_per_token);
-            units = units.saturating_add(cost);
-            if let Some(ancestor) = p.priced_ancestor {
-                if own > counts.get(usize::from(ancestor)) {
-                    child_exceeds |= 1 << p.ty;
-                }
-            }
+        } else {
+            self.charge_tree(rates, counts, &mut units, &mut child_exceeds);
         }
         if is_2xx {
             units = units.saturating_add(u128::from(e.fee_units));
@@ -963,6 +982,34 @@ impl PriceTable {
             units,
             incomplete,
             child_exceeds,
+        }
+    }
+
+    /// The charge rule with priced descendants: each priced type is charged its count minus
+    /// its priced children's, floored at 0; a child above its parent is flagged.
+    fn charge_tree(
+        &self,
+        rates: &RateSet,
+        counts: &TypeCounts<'_>,
+        units: &mut u128,
+        child_exceeds: &mut u64,
+    ) {
+        for p in &rates.priced {
+            let own = counts.get(usize::from(p.ty));
+            let mut below = 0u64;
+            let mut children = p.priced_children;
+            while children != 0 {
+                below = below.saturating_add(counts.get(children.trailing_zeros() as usize));
+                children &= children - 1;
+            }
+            // Both factors fit in 64 bits, so the product fits in 128.
+            let cost = u128::from(own.saturating_sub(below)) * u128::from(p.units_per_token);
+            *units = units.saturating_add(cost);
+            if let Some(ancestor) = p.priced_ancestor {
+                if own > counts.get(usize::from(ancestor)) {
+                    *child_exceeds |= 1 << p.ty;
+                }
+            }
         }
     }
 }
