@@ -152,8 +152,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = Arc::new(Shutdown::default());
     let loki_status = loki_enabled.then(|| Arc::new(ForwarderStatus::default()));
 
+    // Two I/O workers: one can be busy writing an 18 MB /metrics body into slow sockets while
+    // the other answers /healthz and pushes (p99 of /healthz under 16 scrapers: 46–52 ms with
+    // one worker, 23 ms with two; BENCHMARKS.md). Reading and counting have their own thread.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .thread_name("tokenmeter-io")
         .build()?;

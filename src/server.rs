@@ -113,11 +113,14 @@ async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> R
     if cache.key != Some((s.shared.meter.published().generation, second)) {
         let snap = s.shared.meter.snapshot().await;
         let key = (snap.stats.lines(), second);
-        // Encoding 50,000 series takes a while: off the runtime's only worker, so /healthz
+        // Encoding 50,000 series takes a while: off the runtime's I/O workers, so /healthz
         // and pushes go on meanwhile.
         let shared = s.shared.clone();
         // Sized from the last body: no doubling reallocations of a 17 MB buffer.
         let capacity = cache.plain.len() + cache.plain.len() / 16;
+        // The old body goes now, not after the new one is built: scrapes still sending it
+        // hold their own reference, and a gzip scrape holds only the compressed copy.
+        *cache = BodyCache::default();
         let encoded = tokio::task::spawn_blocking(move || {
             let mut registry = Registry::default();
             registry.register_collector(Box::new(SnapshotCollector { shared, snap }));
