@@ -178,8 +178,16 @@ fn push_three_hours_ago_into_victoriametrics() {
         format!("[otlp]\nendpoint = \"{}\"\n", vm.otlp_endpoint()),
     )
     .unwrap();
+    // Pushed as four 30-minute windows, each as it closes: the series continue across them.
     let summary = replay(
-        &["--push", "--instance", "backfill-1", log.to_str().unwrap()],
+        &[
+            "--push",
+            "--block",
+            "30m",
+            "--instance",
+            "backfill-1",
+            log.to_str().unwrap(),
+        ],
         Some(&cfg),
     );
     assert_eq!(
@@ -187,7 +195,9 @@ fn push_three_hours_ago_into_victoriametrics() {
         Some(true),
         "{summary}"
     );
-    for t in [start + 1800, start + 3600, start + 2 * 3600] {
+    // Steps end at start+1m … start+2h: windows [0,30m) … [1h30,2h) and the one holding 2h.
+    assert_eq!(summary["emitted"]["windows"], 5, "{summary}");
+    for t in [start + 1800, start + 2700, start + 3600, start + 2 * 3600] {
         let results = vm.query_at(
             "sum by (model) (llm_tokens_total{service_instance_id=\"backfill-1\"})",
             t,
