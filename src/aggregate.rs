@@ -573,23 +573,22 @@ impl Store {
     }
 
     fn count_unpriced(&mut self, ids: [u32; 2]) {
-        let clock = self.clock_ns;
-        let pair = self.pair_slot(ids);
-        let p = &mut self.pairs[pair];
-        if p.unpriced == 0 {
-            p.unpriced_start_ns = clock;
-        }
-        p.unpriced += 1;
+        self.count_pair(ids, |p| (&mut p.unpriced, &mut p.unpriced_start_ns));
     }
 
     fn count_unmetered(&mut self, ids: [u32; 2]) {
+        self.count_pair(ids, |p| (&mut p.unmetered, &mut p.unmetered_start_ns));
+    }
+
+    /// Adds 1 to one counter of a (model, service_id); its series starts when it first counts.
+    fn count_pair(&mut self, ids: [u32; 2], which: fn(&mut Pair) -> (&mut u64, &mut i64)) {
         let clock = self.clock_ns;
         let pair = self.pair_slot(ids);
-        let p = &mut self.pairs[pair];
-        if p.unmetered == 0 {
-            p.unmetered_start_ns = clock;
+        let (n, start_ns) = which(&mut self.pairs[pair]);
+        if *n == 0 {
+            *start_ns = clock;
         }
-        p.unmetered += 1;
+        *n += 1;
     }
 
     fn pair_slot(&mut self, ids: [u32; 2]) -> usize {
