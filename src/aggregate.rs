@@ -496,49 +496,16 @@ impl Store {
         own_text: bool,
         table: &PriceTable,
     ) {
-        let cached = if own_text {
-            match self.selections.get(idx).copied().flatten() {
-                Some(sel) => Some(sel),
-                None => self.pair_selections.get(&ids).copied(),
-            }
-        } else {
-            None
+        // The series' own cached selection, when it holds at every time, needs nothing else:
+        // the common case, kept free of writes and of the event time.
+        let entry = match self.selections.get(idx).copied().flatten() {
+            Some((entry, i64::MIN, i64::MAX)) if own_text => entry,
+            series_cached => self.select(idx, ids, r, event_ns, own_text, table, series_cached),
         };
-        let entry = match cached {
-            // A price that holds at every time: no event time needed.
-            Some(sel @ (entry, i64::MIN, i64::MAX)) => {
-                self.remember_selection(idx, sel);
-                entry
-            }
-            _ => {
-                let t = event_ns().unwrap_or(self.clock_ns);
-                match cached {
-                    Some(sel @ (entry, from, until)) if from <= t && t < until => {
-                        self.remember_selection(idx, sel);
-                        entry
-                    }
-                    _ => {
-                        // Matched on the label values (after the 256-byte cut), before folding.
-                        let model = label_value(&r.model);
-                        let service = label_value(&r.service_id);
-                        let (entry, from, until) = table.select(&model, &service, t);
-                        if own_text {
-                            self.remember_selection(idx, (entry, from, until));
-                            self.pair_selections.insert(ids, (entry, from, until));
-                        }
-                        entry
-                    }
-                }
-            }
-        };
-        let mut counts = [0u64; 3 + crate::config::MAX_EXTRA_TOKENS];
-        counts[0] = r.input_tokens;
-        counts[1] = r.output_tokens;
-        counts[2] = r.total_tokens;
-        counts[3..3 + self.n_extra].copy_from_slice(&r.extra_tokens[..self.n_extra]);
-        let counts = &counts[..3 + self.n_extra];
+        let core = [r.input_tokens, r.output_tokens, r.total_tokens];
+        let extra = &r.extra_tokens[..self.n_extra];
         let Some(entry) = entry else {
-            if counts.iter().any(|&c| c > 0) {
+            if core.iter().chain(extra).any(|&c| c > 0) {
                 self.count_unpriced(ids);
             }
             return;
@@ -550,7 +517,7 @@ impl Store {
         }
         let charge = table.charge(
             entry,
-            &TypeCounts { counts, valid },
+            &TypeCounts { core, extra, valid },
             r.status_class == StatusClass::C2xx,
         );
         self.cost[idx] = self.cost[idx].saturating_add(charge.units);
@@ -561,6 +528,51 @@ impl Store {
         if charge.child_exceeds != 0 {
             for (i, n) in self.stats.child_exceeds.iter_mut().enumerate() {
                 *n += charge.child_exceeds >> i & 1;
+            }
+        }
+    }
+
+    /// The entry in force for a record whose series has no selection cached for all times:
+    /// the series' (when `from` ≤ t < `until`), else its (model, service_id)'s, else matched.
+    #[allow(clippy::too_many_arguments)]
+    fn select(
+        &mut self,
+        idx: usize,
+        ids: [u32; 2],
+        r: &Record<'_>,
+        event_ns: impl FnOnce() -> Option<i64>,
+        own_text: bool,
+        table: &PriceTable,
+        series_cached: Option<Selection>,
+    ) -> Option<EntryId> {
+        let cached = if own_text {
+            series_cached.or_else(|| self.pair_selections.get(&ids).copied())
+        } else {
+            None
+        };
+        if let Some(sel @ (entry, i64::MIN, i64::MAX)) = cached {
+            // A price that holds at every time: no event time needed.
+            self.remember_selection(idx, sel);
+            return entry;
+        }
+        let t = event_ns().unwrap_or(self.clock_ns);
+        match cached {
+            Some(sel @ (entry, from, until)) if from <= t && t < until => {
+                if series_cached.is_none() {
+                    self.remember_selection(idx, sel);
+                }
+                entry
+            }
+            _ => {
+                // Matched on the label values (after the 256-byte cut), before folding.
+                let model = label_value(&r.model);
+                let service = label_value(&r.service_id);
+                let (entry, from, until) = table.select(&model, &service, t);
+                if own_text {
+                    self.remember_selection(idx, (entry, from, until));
+                    self.pair_selections.insert(ids, (entry, from, until));
+                }
+                entry
             }
         }
     }

@@ -37,6 +37,8 @@ pub const BUILTIN_TYPES: [&str; 3] = ["input", "output", "total"];
 
 /// Validity is a bit per type in a `u64`.
 const MAX_TYPES: usize = 64;
+/// Bits of input, output and total.
+const CORE_TYPES: u64 = 1 << INPUT | 1 << OUTPUT | 1 << TOTAL;
 
 /// The budget windows of SPEC §10 and their length in seconds.
 pub const BUDGET_WINDOWS: [(&str, u64); 3] =
@@ -453,8 +455,17 @@ pub fn format_units(units: u128) -> String {
         at -= 1;
         buf[at] = d;
     };
-    let whole = units / UNITS_PER_CURRENCY;
-    let frac = (units % UNITS_PER_CURRENCY) as u64;
+    // u64 division when it fits (below ~18.4 million currency): u128's is a library call.
+    let (whole, frac) = match u64::try_from(units) {
+        Ok(u) => (
+            u128::from(u / UNITS_PER_CURRENCY as u64),
+            u % UNITS_PER_CURRENCY as u64,
+        ),
+        Err(_) => (
+            units / UNITS_PER_CURRENCY,
+            (units % UNITS_PER_CURRENCY) as u64,
+        ),
+    };
     if frac != 0 {
         let mut f = frac;
         let mut significant = false;
@@ -489,7 +500,7 @@ pub fn format_units(units: u128) -> String {
         }
     }
     // Only ASCII digits and '.' were written.
-    String::from_utf8_lossy(&buf[at..]).into_owned()
+    std::str::from_utf8(&buf[at..]).unwrap_or("0").to_owned()
 }
 
 /// `units` / 10^12 as the nearest f64, for exporters that write doubles.
@@ -689,24 +700,41 @@ pub struct EntryId(pub u32);
 /// (the total field when valid, else input + output of the valid ones), valid when that exists.
 #[derive(Clone, Copy, Debug)]
 pub struct TypeCounts<'a> {
-    pub counts: &'a [u64],
+    /// Input, output and total (held apart from the extra types: a record has them as fields,
+    /// and the common tables price only them).
+    pub core: [u64; 3],
+    /// The extra types, type index 3 onwards.
+    pub extra: &'a [u64],
     /// Bit `i`: type `i` had a valid value.
     pub valid: u64,
 }
 
-impl TypeCounts<'_> {
+impl<'a> TypeCounts<'a> {
+    /// Counts laid out as one slice by type index (missing ones count 0).
+    pub fn from_slice(counts: &'a [u64], valid: u64) -> Self {
+        let at = |i: usize| counts.get(i).copied().unwrap_or(0);
+        TypeCounts {
+            core: [at(INPUT), at(OUTPUT), at(TOTAL)],
+            extra: counts.get(3..).unwrap_or(&[]),
+            valid,
+        }
+    }
+
     #[inline]
     fn is_valid(&self, i: usize) -> bool {
         i < MAX_TYPES && (self.valid >> i) & 1 == 1
     }
 
+    /// The count of type `i`, 0 when it was not measured. Branch-free for the core types: it
+    /// runs a few times per record. Type indices are below [`MAX_TYPES`] (the tree refuses more).
     #[inline]
     fn get(&self, i: usize) -> u64 {
-        if self.is_valid(i) {
-            self.counts.get(i).copied().unwrap_or(0)
-        } else {
-            0
-        }
+        let measured = 0u64.wrapping_sub((self.valid >> (i % MAX_TYPES)) & 1);
+        let count = match self.core.get(i) {
+            Some(&c) => c,
+            None => self.extra.get(i - 3).copied().unwrap_or(0),
+        };
+        count & measured
     }
 }
 
@@ -738,11 +766,16 @@ struct PricedType {
 #[derive(Debug, Clone, Default)]
 struct RateSet {
     priced: Vec<PricedType>,
-    /// Bit `i`: type `i` or one of its ancestors has a rate.
-    covered: u64,
     /// No priced type has a priced ancestor (so none has priced children either): each is
     /// charged its own count, and no child can exceed a parent. Most tables.
     flat: bool,
+    /// Which of input, output and total no rate covers: only then can a record be
+    /// incomplete (0 for most tables, so the per-record test is skipped).
+    core_uncovered: u64,
+    /// When `flat`: the rates of input, output and total (0 when not priced) and the priced
+    /// extra types, so a record is charged with three multiplications and no loop.
+    flat_core: [u64; 3],
+    flat_extra: Vec<(u8, u64)>,
 }
 
 impl RateSet {
@@ -773,10 +806,21 @@ impl RateSet {
             }
         }
         let flat = priced.iter().all(|p| p.priced_ancestor.is_none());
+        let mut flat_core = [0u64; 3];
+        let mut flat_extra = Vec::new();
+        for p in &priced {
+            match flat_core.get_mut(usize::from(p.ty)) {
+                Some(rate) => *rate = p.units_per_token,
+                None => flat_extra.push((p.ty, p.units_per_token)),
+            }
+        }
         RateSet {
+            flat_core,
+            flat_extra,
             priced,
-            covered,
             flat,
+            // Bit `i` of `covered`: type `i` or one of its ancestors has a rate.
+            core_uncovered: !covered & CORE_TYPES,
         }
     }
 }
@@ -953,20 +997,27 @@ impl PriceTable {
         let Some(e) = self.entries.get(entry.0 as usize) else {
             return Charge::default();
         };
-        let input = counts.get(INPUT);
-        let rates = e
-            .tiers
-            .iter()
-            .rev()
-            .find(|&&(above, _)| input > above)
-            .map_or(&e.base, |(_, tiered)| tiered);
+        let rates = if e.tiers.is_empty() {
+            &e.base
+        } else {
+            let input = counts.get(INPUT);
+            e.tiers
+                .iter()
+                .rev()
+                .find(|&&(above, _)| input > above)
+                .map_or(&e.base, |(_, tiered)| tiered)
+        };
         let mut units: u128 = 0;
         let mut child_exceeds = 0u64;
         if rates.flat {
-            // Each priced type's own count: no tree to walk.
-            for p in &rates.priced {
-                let own = counts.get(usize::from(p.ty));
-                units = units.saturating_add(u128::from(own) * u128::from(p.units_per_token));
+            // Each priced type's own count: no tree to walk. Each product fits in 128 bits.
+            let [input, output, total] = rates.flat_core;
+            units = (u128::from(counts.get(INPUT)) * u128::from(input))
+                .saturating_add(u128::from(counts.get(OUTPUT)) * u128::from(output))
+                .saturating_add(u128::from(counts.get(TOTAL)) * u128::from(total));
+            for &(ty, rate) in &rates.flat_extra {
+                let own = counts.get(usize::from(ty));
+                units = units.saturating_add(u128::from(own) * u128::from(rate));
             }
         } else {
             self.charge_tree(rates, counts, &mut units, &mut child_exceeds);
@@ -974,10 +1025,11 @@ impl PriceTable {
         if is_2xx {
             units = units.saturating_add(u128::from(e.fee_units));
         }
-        let uncovered = |i: usize| counts.get(i) > 0 && (rates.covered >> i) & 1 == 0;
-        let incomplete = uncovered(INPUT)
-            || uncovered(OUTPUT)
-            || (!counts.is_valid(INPUT) && !counts.is_valid(OUTPUT) && uncovered(TOTAL));
+        let uncovered = |i: usize| counts.get(i) > 0 && (rates.core_uncovered >> i) & 1 == 1;
+        let incomplete = rates.core_uncovered != 0
+            && (uncovered(INPUT)
+                || uncovered(OUTPUT)
+                || (!counts.is_valid(INPUT) && !counts.is_valid(OUTPUT) && uncovered(TOTAL)));
         Charge {
             units,
             incomplete,
@@ -1329,7 +1381,7 @@ mod tests {
     }
 
     fn charge(t: &PriceTable, counts: &[u64], valid: u64, is_2xx: bool) -> Charge {
-        t.charge(EntryId(0), &TypeCounts { counts, valid }, is_2xx)
+        t.charge(EntryId(0), &TypeCounts::from_slice(counts, valid), is_2xx)
     }
 
     const ALL: u64 = u64::MAX;
@@ -1680,14 +1732,7 @@ mod tests {
     #[test]
     fn an_unknown_entry_id_costs_nothing() {
         let t = table(SPEC_EXAMPLE, &["cached_input"]);
-        let c = t.charge(
-            EntryId(7),
-            &TypeCounts {
-                counts: &[5, 5, 10],
-                valid: ALL,
-            },
-            true,
-        );
+        let c = t.charge(EntryId(7), &TypeCounts::from_slice(&[5, 5, 10], ALL), true);
         assert_eq!(c, Charge::default());
     }
 
@@ -2379,7 +2424,7 @@ mod tests {
         ) {
             let (t, _) = PriceTable::compile(&s.pricing, &s.extras).unwrap();
             let counts = s.consistent_counts(&roots, &shares);
-            let c = t.charge(EntryId(0), &TypeCounts { counts: &counts, valid: ALL }, false);
+            let c = t.charge(EntryId(0), &TypeCounts::from_slice(&counts, ALL), false);
             prop_assert_eq!(c.child_exceeds, 0);
             let top_most: u128 = (0..counts.len())
                 .filter(|&i| s.units[i].is_some() && s.nearest_priced_ancestor(i).is_none())
@@ -2421,7 +2466,7 @@ mod tests {
             let incomplete = missing(INPUT)
                 || missing(OUTPUT)
                 || (valid & 0b11 == 0 && missing(TOTAL));
-            let c = t.charge(EntryId(0), &TypeCounts { counts: &counts, valid: u64::from(valid) }, is_2xx);
+            let c = t.charge(EntryId(0), &TypeCounts::from_slice(&counts, u64::from(valid)), is_2xx);
             prop_assert_eq!(c, Charge { units, incomplete, child_exceeds: exceeds });
         }
     }
