@@ -41,7 +41,7 @@ rm -rf "$gen"
 step "LogQL of the Loki panels parses (@grafana/lezer-logql)"
 scripts/check-logql.sh
 
-step "Kubernetes manifests validate (kubernetes-validate, strict)"
+step "Kubernetes manifests: every kustomization renders and validates (kubernetes-validate, CRD schemas, assertions)"
 scripts/check-manifests.sh
 
 if [ "$FUZZ_SECONDS" != 0 ]; then

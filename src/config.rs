@@ -229,12 +229,17 @@ impl Default for State {
 #[serde(default, deny_unknown_fields)]
 pub struct Server {
     pub listen: String,
+    /// `/healthz` fails (503) once the metering loop has not completed a poll for this long: a
+    /// liveness probe then restarts an agent whose counting froze. A poll is ~100 ms apart
+    /// when idle; a slow disk or a large state write can make one take seconds.
+    pub liveness_timeout: Dur,
 }
 
 impl Default for Server {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9464".into(),
+            liveness_timeout: Dur::secs(60),
         }
     }
 }
@@ -596,6 +601,7 @@ impl Config {
             ("source.glob_interval", self.source.glob_interval),
             ("source.remember_for", self.source.remember_for),
             ("state.interval", self.state.interval),
+            ("server.liveness_timeout", self.server.liveness_timeout),
             ("otlp.interval", self.otlp.interval),
             ("otlp.timeout", self.otlp.timeout),
             ("loki.batch_wait", self.loki.batch_wait),
@@ -622,6 +628,7 @@ impl Config {
             ("source.glob_interval", self.source.glob_interval),
             ("source.remember_for", self.source.remember_for),
             ("state.interval", self.state.interval),
+            ("server.liveness_timeout", self.server.liveness_timeout),
             ("otlp.interval", self.otlp.interval),
             ("otlp.timeout", self.otlp.timeout),
             ("loki.batch_wait", self.loki.batch_wait),
@@ -928,6 +935,17 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("source.start_at"), "{e}");
         let e = Config::from_toml("[server]\nlisten = \"nope\"\n", &no_env).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("server.listen"), "{e}");
+        for bad in ["\"0s\"", "\"366d\""] {
+            let e = Config::from_toml(&format!("[server]\nliveness_timeout = {bad}\n"), &no_env)
+                .unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("server.liveness_timeout"), "{e}");
+        }
+        let c = Config::from_toml("[server]\nliveness_timeout = \"2m\"\n", &no_env).unwrap();
+        assert_eq!(c.server.liveness_timeout.0, Duration::from_secs(120));
+        assert_eq!(
+            Config::default().server.liveness_timeout.0,
+            Duration::from_secs(60)
+        );
         let e = Config::from_toml("[metrics.labels]\nmodel = \"x\"\n", &no_env).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("metrics.labels.model"), "{e}");
         let e = Config::from_toml("[source]\nmax_line_bytes = -1\n", &no_env).unwrap_err();

@@ -16,6 +16,12 @@
 //!    still in the files, its saved offsets say where to resume); then the state is written
 //!    again with the forwarder's final offsets. A second signal moves the deadline to now.
 //!    Exit 1 if that last write failed.
+//!
+//! Liveness: the metering loop beats [`crate::health::Heartbeat`] once per poll, and `/healthz`
+//! fails once the last beat is older than `server.liveness_timeout`. A panic on any thread ends
+//! the process (`panic = "abort"` in the release profile, and [`abort_on_panic`] for every
+//! build), so a dead metering thread restarts the pod instead of leaving frozen counters
+//! behind a green probe. Debug builds have a fault hook for the tests ([`injected_fault`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +55,7 @@ const LOKI: &str = "loki";
 
 /// Runs the daemon until SIGTERM/SIGINT; returns after the final state write.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    abort_on_panic();
     tune_allocator();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let node = config.effective_node_name();
@@ -176,6 +183,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             otlp_endpoint: crate::export::http::display_endpoint(&config.otlp.endpoint),
             loki_endpoint: crate::export::http::display_endpoint(&config.loki.endpoint),
             budgets: config.budget_views(),
+            liveness_timeout: config.server.liveness_timeout.0,
         },
     ));
 
@@ -283,6 +291,43 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Err(_) => anyhow::bail!("the metering thread panicked; the state is the last one written"),
     }
 }
+
+/// Every panic ends the process, after the default hook has printed it: the same in debug
+/// builds (tests) as with the release profile's `panic = "abort"`. A thread that died while the
+/// others go on would leave frozen counters behind a healthy-looking agent; a restart resumes
+/// from the last state file instead (nothing counted twice, nothing lost).
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("tokenmeter: a thread panicked; aborting so the agent restarts");
+        std::process::abort();
+    }));
+}
+
+/// Debug builds only: faults the tests inject into the metering loop.
+/// `TOKENMETER_FAULT_METERING=<file>`: while `<file>` holds `stall`, the loop stops making
+/// progress (no reading, no heartbeat); when it holds `panic`, the metering thread panics.
+#[cfg(debug_assertions)]
+fn injected_fault(shutdown: &Shutdown) {
+    let Some(path) = std::env::var_os("TOKENMETER_FAULT_METERING") else {
+        return;
+    };
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    match read().trim() {
+        "panic" => panic!("injected fault: TOKENMETER_FAULT_METERING=panic"),
+        "stall" => {
+            tracing::warn!("injected fault: the metering loop stalls");
+            while read().trim() == "stall" && !shutdown.stopping() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_fault(_: &Shutdown) {}
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (as most agents do) and returns it.
 fn raise_nofile_limit() -> u64 {
@@ -639,6 +684,8 @@ fn metering_loop(
     let mut last_save = Instant::now();
     let mut last_publish: Option<Instant> = None;
     while !shutdown.stopping() {
+        injected_fault(shutdown);
+        status.heartbeat.beat();
         registry.maintain();
         if let Some(table) = prices.as_mut().and_then(|w| w.poll(status)) {
             saver.meter.lock().store.set_pricing(table);
@@ -682,6 +729,7 @@ fn metering_loop(
     saver.save(registry.positions());
     status.publish_files(registry.statuses(), registry.summary());
     while !flushed.load(Ordering::SeqCst) && !shutdown.deadline_passed() {
+        status.heartbeat.beat();
         std::thread::sleep(Duration::from_millis(10));
     }
     saver.save(registry.positions())

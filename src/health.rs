@@ -2,7 +2,8 @@
 //! the exporters and the forwarder write, and the HTTP server reads.
 //!
 //! Owns: the counters' handle ([`MeterHandle`]: snapshots for readers, the lock for the one
-//! writer), and [`AgentStatus`] (readiness, the files' statuses, checkpoint and export counts).
+//! writer), [`AgentStatus`] (readiness, the files' statuses, checkpoint and export counts) and
+//! the metering loop's [`Heartbeat`] (what `/healthz` answers from).
 //! Must not: start threads or know who writes what; readers never get the daemon itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -180,6 +181,46 @@ impl ExportStats {
     }
 }
 
+/// The metering loop's heartbeat: beaten once per poll iteration (whether or not a line was
+/// read, so an idle node is alive), read by `/healthz`. A loop that stops making progress (a
+/// hung read, a deadlock, a dead thread) stops beating, and `/healthz` fails once the last beat
+/// is older than `server.liveness_timeout`, so the kubelet restarts the pod.
+pub struct Heartbeat {
+    base: std::time::Instant,
+    /// Milliseconds from `base` to the last beat.
+    last_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    pub fn new() -> Self {
+        Heartbeat {
+            base: std::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// For the metering loop: one iteration done.
+    pub fn beat(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long ago the last beat was (monotonic clock).
+    pub fn since_last(&self) -> std::time::Duration {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The agent's published status.
 pub struct AgentStatus {
     pub node: String,
@@ -194,6 +235,8 @@ pub struct AgentStatus {
     pub otlp_last_success_ns: AtomicU64,
     /// `pricing.file` reloads: applied, refused (the prices in force stayed).
     pub pricing_reloads: [AtomicU64; 2],
+    /// Beaten by the metering loop once per poll.
+    pub heartbeat: Heartbeat,
 }
 
 impl AgentStatus {
@@ -208,6 +251,7 @@ impl AgentStatus {
             otlp: ExportStats::default(),
             otlp_last_success_ns: AtomicU64::new(0),
             pricing_reloads: Default::default(),
+            heartbeat: Heartbeat::new(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! HTTP endpoints (axum): `/metrics`, `/healthz`, `/readyz`, `/status`.
+//! HTTP endpoints (axum): `/metrics`, `/healthz` (the metering loop's heartbeat against
+//! `server.liveness_timeout`), `/readyz`, `/status`.
 //!
 //! Owns: the exposition of the token counters and self-metrics of SPEC §4 through
 //! `prometheus-client`, with one collector that encodes straight from a snapshot of the store
@@ -36,6 +37,9 @@ pub struct ServerContext {
     pub loki_endpoint: String,
     /// `[[budgets]]`, shown as gauges.
     pub budgets: Vec<crate::schema::BudgetView>,
+    /// `server.liveness_timeout`: `/healthz` fails once the metering loop's last heartbeat is
+    /// older than this.
+    pub liveness_timeout: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -61,7 +65,7 @@ pub async fn serve(listener: tokio::net::TcpListener, ctx: ServerContext) {
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .with_state(state);
@@ -160,6 +164,22 @@ async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> R
         }
     }
     ([content_type], cache.plain.clone()).into_response()
+}
+
+/// Alive while the metering loop makes progress: 200 `ok` while its last heartbeat (one per
+/// poll, read or not) is at most `server.liveness_timeout` old, else 503 naming how long ago.
+async fn healthz(State(s): State<AppState>) -> Response {
+    let since = s.shared.status.heartbeat.since_last();
+    let limit = s.shared.liveness_timeout;
+    if since <= limit {
+        return (StatusCode::OK, "ok\n").into_response();
+    }
+    let body = format!(
+        "metering loop stalled: no heartbeat for {:.1}s (server.liveness_timeout = {})\n",
+        since.as_secs_f64(),
+        humantime::format_duration(limit)
+    );
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {

@@ -12,6 +12,10 @@
 //! and states, `/metrics` values, a process exit) with a generous deadline. The only fixed
 //! durations are the faults themselves (the 3 s of an unreadable directory) and the shutdown
 //! bound under test.
+//!
+//! Liveness (issue 14): the debug build's fault hook (`TOKENMETER_FAULT_METERING=<file>`, see
+//! `daemon.rs`) stalls or panics the metering loop; `/healthz` must then fail with a body naming
+//! how long the loop has been silent, and a panic must end the process.
 
 mod common;
 
@@ -70,7 +74,19 @@ fn write_records(path: &Path, range: std::ops::Range<u64>, exp: &Exp) {
 
 /// `spawn`, then waits for `/healthz` 200; fails at once if the process exits first.
 fn start(dir: &Path, name: &str, config: &str, wrapper: &[&str], binary: &Path) -> Daemon {
-    let mut d = Daemon::spawn(dir, name, config, wrapper, binary);
+    start_env(dir, name, config, wrapper, binary, &[])
+}
+
+/// `start` with extra environment variables (the debug builds' fault hooks).
+fn start_env(
+    dir: &Path,
+    name: &str,
+    config: &str,
+    wrapper: &[&str],
+    binary: &Path,
+    env: &[(&str, &str)],
+) -> Daemon {
+    let mut d = Daemon::spawn_env(dir, name, config, wrapper, binary, env);
     let t = Instant::now();
     loop {
         if let Ok(Some(status)) = d.child.try_wait() {
@@ -1131,5 +1147,110 @@ fn after_a_restart_more_busy_files_than_descriptors_still_become_ready_and_exact
         &exp,
         &files,
         "three busy files, two descriptors, a restart",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Liveness (issue 14).
+
+/// The seconds in `/healthz`'s 503 body: "metering loop stalled: no heartbeat for <s>s (…)".
+fn stalled_for(body: &str) -> Option<f64> {
+    body.strip_prefix("metering loop stalled: no heartbeat for ")?
+        .split_once("s (server.liveness_timeout = 2s)\n")
+        .filter(|(_, rest)| rest.is_empty())?
+        .0
+        .parse()
+        .ok()
+}
+
+#[test]
+fn healthz_fails_while_the_metering_loop_makes_no_progress_and_recovers_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let state = tmp.path().join("state");
+    let log = pod_dir(&root, "gw-live").join("0.log");
+    let exp = new_exp();
+    write_records(&log, 0..20, &exp);
+    let fault = tmp.path().join("fault");
+    std::fs::write(&fault, "").unwrap();
+    let cfg = config(&root, &state, "", "[server]\nliveness_timeout = \"2s\"\n");
+    let fault_env = fault.to_str().unwrap();
+    let mut d = start_env(
+        tmp.path(),
+        "live",
+        &cfg,
+        &[],
+        &bin(),
+        &[("TOKENMETER_FAULT_METERING", fault_env)],
+    );
+    wait_exact(&d, &exp, "before the stall");
+    // An idle node is alive: nothing is written for longer than the timeout, /healthz stays ok.
+    let idle_from = Instant::now();
+    while idle_from.elapsed() < Duration::from_secs(3) {
+        assert_eq!(get(&d.addr, "/healthz").unwrap(), (200, "ok\n".to_string()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    std::fs::write(&fault, "stall").unwrap();
+    let stalled_at = Instant::now();
+    let body = wait_until("/healthz to fail during the stall", WAIT, || {
+        match get(&d.addr, "/healthz") {
+            Ok((503, body)) => Some(body),
+            _ => None,
+        }
+    });
+    let secs = stalled_for(&body).unwrap_or_else(|| panic!("unexpected 503 body {body:?}"));
+    assert!(secs >= 2.0, "{body:?}");
+    assert!(
+        secs <= stalled_at.elapsed().as_secs_f64() + 1.0,
+        "{body:?} after {:?}",
+        stalled_at.elapsed()
+    );
+    // Lines written during the stall are not counted yet; /readyz and /metrics still answer.
+    write_records(&log, 20..40, &exp);
+    assert!(matches!(get(&d.addr, "/readyz"), Ok((200, _))));
+
+    std::fs::write(&fault, "").unwrap();
+    wait_until("/healthz ok after the stall", WAIT, || {
+        (get(&d.addr, "/healthz").ok()? == (200, "ok\n".to_string())).then_some(())
+    });
+    wait_exact(&d, &exp, "after the stall");
+    assert_eq!(terminate(&mut d), Some(0), "{}", log_tail(&d));
+}
+
+#[test]
+fn a_panic_on_the_metering_thread_ends_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let state = tmp.path().join("state");
+    let exp = new_exp();
+    write_records(&pod_dir(&root, "gw-panic").join("0.log"), 0..5, &exp);
+    let fault = tmp.path().join("fault");
+    std::fs::write(&fault, "").unwrap();
+    let cfg = config(&root, &state, "", "");
+    let mut d = start_env(
+        tmp.path(),
+        "panic",
+        &cfg,
+        &[],
+        &bin(),
+        &[("TOKENMETER_FAULT_METERING", fault.to_str().unwrap())],
+    );
+    wait_exact(&d, &exp, "before the panic");
+    std::fs::write(&fault, "panic").unwrap();
+    let status = wait_exit(&mut d, WAIT).unwrap_or_else(|| {
+        panic!(
+            "still running {WAIT:?} after the metering thread panicked; log:\n{}",
+            log_tail(&d)
+        )
+    });
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status}");
+    let log = d.log_text();
+    assert!(
+        log.contains("injected fault: TOKENMETER_FAULT_METERING=panic")
+            && log.contains("a thread panicked; aborting"),
+        "{}",
+        log_tail(&d)
     );
 }

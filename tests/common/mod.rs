@@ -98,10 +98,27 @@ impl Daemon {
     /// its arguments, e.g. `setpriv` or `prlimit`, so the child's pid is the daemon's), stderr
     /// to `<dir>/<name>.log`. Does not wait.
     pub fn spawn(dir: &Path, name: &str, config: &str, wrapper: &[&str], binary: &Path) -> Daemon {
+        Daemon::spawn_env(dir, name, config, wrapper, binary, &[])
+    }
+
+    /// `spawn` with extra environment variables for the daemon (e.g. the debug fault hooks).
+    pub fn spawn_env(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        wrapper: &[&str],
+        binary: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         let addr = format!("127.0.0.1:{}", free_port());
         let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, format!("{config}\n[server]\nlisten = \"{addr}\"\n")).unwrap();
+        // The listen address goes into the config's own [server] table when it has one.
+        let text = match config.split_once("[server]\n") {
+            Some((head, tail)) => format!("{head}[server]\nlisten = \"{addr}\"\n{tail}\n"),
+            None => format!("{config}\n[server]\nlisten = \"{addr}\"\n"),
+        };
+        std::fs::write(&cfg, text).unwrap();
         // Readable by an unprivileged daemon (the permission tests run it as another user).
         std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
         let log = dir.join(format!("{name}.log"));
@@ -123,6 +140,7 @@ impl Daemon {
             .arg(&cfg)
             .env("TOKENMETER_LOG", "info")
             .env_remove("TOKENMETER_CONFIG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()

@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Assertions over the rendered Kubernetes manifests (issue 14), run by scripts/check-manifests.sh.
+
+    check-manifests.py RENDERED_DIR DEFAULTS_TOML
+
+RENDERED_DIR holds one `<name>.yaml` per rendered kustomization (`base`, `overlays-<x>`,
+`gateway-example`); DEFAULTS_TOML is `tokenmeter check-config` without a config (the binary's
+defaults, so the default [fields] and limits.max_series are read from the program itself).
+
+Checks, each failure named:
+- custom resources with a CRD vendored in tests/fixtures/crds are valid against it, strictly
+  (unknown fields rejected, as `kubectl apply --validate=strict` does);
+- the install: Pod Security labels, no Secret and no priorityClassName in the base (the priority
+  class only from its component), the pod security context (uid 0, every capability dropped, no
+  privilege escalation, read-only root filesystem, seccomp RuntimeDefault, hostPaths read-only
+  but the state's DirectoryOrCreate, no init container), rolling updates of 10%, tolerations,
+  the ConfigMap's hashed name, memory request/limit against BENCHMARKS.md's measured peak for
+  the default limits.max_series;
+- the PodMonitor: the release label, only tokenmeter_* kept, instance = node name;
+- the gateway example: the EnvoyProxy is attached to the Gateway and logs every key the default
+  [fields] and the base config's extra tokens read; token keys are the AIGatewayRoute's
+  llmRequestCosts keys; api_key_id is the SecurityPolicy's forwarded client id and
+  aim_service_id the header every backendRef sets, both removed from client requests first.
+"""
+import glob
+import os
+import re
+import sys
+import tomllib
+
+import jsonschema
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+    return cond
+
+
+def load(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def strict_schema(s):
+    """A CRD's structural schema as JSON Schema that rejects unknown fields."""
+    if isinstance(s, list):
+        return [strict_schema(x) for x in s]
+    if not isinstance(s, dict):
+        return s
+    out = {k: strict_schema(v) for k, v in s.items() if not k.startswith("x-kubernetes-")}
+    if "properties" in s and "additionalProperties" not in s \
+            and not s.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def vendored_crds():
+    crds = {}
+    for path in glob.glob(os.path.join(ROOT, "tests/fixtures/crds/*.yaml")):
+        for crd in load(path):
+            group = crd["spec"]["group"]
+            for v in crd["spec"]["versions"]:
+                schema = strict_schema(v["schema"]["openAPIV3Schema"])
+                schema["properties"]["metadata"] = {"type": "object"}
+                crds[(f"{group}/{v['name']}", crd["spec"]["names"]["kind"])] = (schema, path)
+    return crds
+
+
+def validate_crs(name, docs, crds):
+    for d in docs:
+        key = (d.get("apiVersion"), d.get("kind"))
+        if key not in crds:
+            continue
+        schema, path = crds[key]
+        errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(d), key=str)
+        for e in errors:
+            where = ".".join(str(p) for p in e.absolute_path)
+            failures.append(f"{name}: {d['kind']}/{d['metadata']['name']} against "
+                            f"{os.path.relpath(path, ROOT)}: {where}: {e.message}")
+        if not errors:
+            print(f"INFO {name}: {d['kind']}/{d['metadata']['name']} valid against "
+                  f"{os.path.relpath(path, ROOT)} (strict)")
+
+
+def find(docs, kind, name=None):
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    return found
+
+
+def mib(quantity):
+    m = re.fullmatch(r"(\d+)(Mi|Gi)", quantity)
+    if not m:
+        raise SystemExit(f"memory quantity {quantity!r}: expected <n>Mi or <n>Gi")
+    return int(m[1]) * (1024 if m[2] == "Gi" else 1)
+
+
+def benchmark_peak_mib(max_series):
+    """The peak RSS BENCHMARKS.md measured with OTLP and Loki on at `max_series` series (this
+    build's row of the "Memory per series with exports on" table)."""
+    with open(os.path.join(ROOT, "BENCHMARKS.md")) as f:
+        text = f.read()
+    series = f"{max_series:,}"
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 6 and cells[0] == series and cells[1] == "OTLP + Loki" \
+                and cells[2] == "this one":
+            m = re.search(r"([\d.]+) MiB", cells[5])
+            if m:
+                return float(m[1])
+    raise SystemExit(f"BENCHMARKS.md: no 'OTLP + Loki | this one' row for {series} series")
+
+
+def check_install(name, docs, defaults):
+    ns = find(docs, "Namespace", "tokenmeter")
+    if check(len(ns) == 1, f"{name}: one Namespace tokenmeter"):
+        labels = ns[0]["metadata"].get("labels", {})
+        for mode in ("enforce", "audit", "warn"):
+            check(labels.get(f"pod-security.kubernetes.io/{mode}") == "privileged",
+                  f"{name}: Namespace label pod-security.kubernetes.io/{mode}=privileged")
+            check(f"pod-security.kubernetes.io/{mode}-version" in labels,
+                  f"{name}: Namespace label pod-security.kubernetes.io/{mode}-version")
+    secrets = find(docs, "Secret")
+    if name == "overlays-example-secret":
+        check([s["metadata"]["name"] for s in secrets] == ["tokenmeter-backends"],
+              f"{name}: the example Secret tokenmeter-backends")
+    else:
+        check(not secrets, f"{name}: no Secret (the user creates tokenmeter-backends)")
+
+    ds = find(docs, "DaemonSet", "tokenmeter")
+    if not check(len(ds) == 1, f"{name}: one DaemonSet tokenmeter"):
+        return
+    ds = ds[0]
+    pod = ds["spec"]["template"]["spec"]
+    if name == "overlays-priority-class":
+        check(pod.get("priorityClassName") == "tokenmeter-agent",
+              f"{name}: priorityClassName tokenmeter-agent")
+        check(find(docs, "PriorityClass", "tokenmeter-agent"), f"{name}: the PriorityClass")
+    else:
+        check("priorityClassName" not in pod, f"{name}: no priorityClassName")
+    strategy = ds["spec"]["updateStrategy"]
+    check(strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
+          f"{name}: RollingUpdate with maxUnavailable 10%, got {strategy}")
+    check(pod.get("tolerations") == [{"operator": "Exists"}],
+          f"{name}: tolerates every taint (runs on every node)")
+    check("initContainers" not in pod, f"{name}: no init container")
+    psc = pod.get("securityContext", {})
+    check(psc.get("runAsUser") == 0 and psc.get("runAsGroup") == 0
+          and psc.get("runAsNonRoot") is False,
+          f"{name}: pod runs as uid/gid 0 (the logs' owner), got {psc}")
+    check(psc.get("seccompProfile") == {"type": "RuntimeDefault"},
+          f"{name}: seccomp RuntimeDefault")
+    check("supplementalGroups" not in psc, f"{name}: no supplementalGroups")
+    containers = pod["containers"]
+    check(len(containers) == 1, f"{name}: one container")
+    c = containers[0]
+    sc = c.get("securityContext", {})
+    check(sc.get("allowPrivilegeEscalation") is False, f"{name}: allowPrivilegeEscalation false")
+    check(sc.get("readOnlyRootFilesystem") is True, f"{name}: readOnlyRootFilesystem true")
+    check(sc.get("privileged") is False, f"{name}: privileged false")
+    check(sc.get("capabilities") == {"drop": ["ALL"]},
+          f"{name}: capabilities drop ALL and add none, got {sc.get('capabilities')}")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    for vname, v in volumes.items():
+        if "hostPath" not in v:
+            continue
+        if v["hostPath"]["path"] == "/var/lib/tokenmeter":
+            check(v["hostPath"].get("type") == "DirectoryOrCreate",
+                  f"{name}: state hostPath type DirectoryOrCreate")
+            check(mounts[vname]["mountPath"] == "/var/lib/tokenmeter", f"{name}: state mount")
+        else:
+            check(mounts.get(vname, {}).get("readOnly") is True,
+                  f"{name}: hostPath {v['hostPath']['path']} mounted read-only")
+    check(volumes.get("pods", {}).get("hostPath", {}).get("path") == "/var/log/pods",
+          f"{name}: /var/log/pods mounted")
+    check({p["httpGet"]["path"] for p in (c.get("livenessProbe"), c.get("startupProbe")) if p}
+          == {"/healthz"}, f"{name}: liveness and startup probes on /healthz")
+    check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz",
+          f"{name}: readiness probe on /readyz")
+
+    cms = find(docs, "ConfigMap")
+    if check(len(cms) == 1, f"{name}: one ConfigMap"):
+        cm = cms[0]
+        check(re.fullmatch(r"tokenmeter-[a-z0-9]{10}", cm["metadata"]["name"]) is not None,
+              f"{name}: ConfigMap name carries the content hash, got {cm['metadata']['name']}")
+        check(volumes.get("config", {}).get("configMap", {}).get("name") == cm["metadata"]["name"],
+              f"{name}: the DaemonSet mounts the generated ConfigMap")
+        config = tomllib.loads(cm["data"]["tokenmeter.toml"])
+        max_series = config.get("limits", {}).get("max_series", defaults["limits"]["max_series"])
+        check(max_series == defaults["limits"]["max_series"],
+              f"{name}: the ConfigMap keeps the default limits.max_series the resources are sized for")
+        peak = benchmark_peak_mib(defaults["limits"]["max_series"])
+        res = c["resources"]
+        request, limit = mib(res["requests"]["memory"]), mib(res["limits"]["memory"])
+        check(request >= peak, f"{name}: memory request {request} MiB >= measured peak {peak} MiB")
+        check(limit >= 2 * peak,
+              f"{name}: memory limit {limit} MiB >= 2 x measured peak {peak} MiB (headroom)")
+
+    pms = find(docs, "PodMonitor")
+    if name == "overlays-podmonitor" and check(len(pms) == 1, f"{name}: one PodMonitor"):
+        pm = pms[0]
+        check(pm["metadata"].get("labels", {}).get("release"), f"{name}: PodMonitor release label")
+        ep = pm["spec"]["podMetricsEndpoints"][0]
+        check(ep.get("metricRelabelings") == [
+            {"action": "keep", "sourceLabels": ["__name__"], "regex": "tokenmeter_.*"}],
+            f"{name}: only tokenmeter_* kept, got {ep.get('metricRelabelings')}")
+        check({"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_node_name"],
+               "targetLabel": "instance"} in ep.get("relabelings", []),
+              f"{name}: instance = node name")
+    elif name != "overlays-podmonitor":
+        check(not pms, f"{name}: no PodMonitor (opt-in: its CRD may be missing)")
+    return config if cms else None
+
+
+def header_of(value):
+    m = re.fullmatch(r"%REQ\(([A-Za-z0-9-]+)\)%", value)
+    return m[1].lower() if m else None
+
+
+def check_gateway(docs, defaults, base_config):
+    name = "gateway-example"
+    ep = find(docs, "EnvoyProxy")
+    gw = find(docs, "Gateway")
+    route = find(docs, "AIGatewayRoute")
+    sp = find(docs, "SecurityPolicy")
+    ctp = find(docs, "ClientTrafficPolicy")
+    if not all(check(len(x) == 1, f"{name}: one {k}") for k, x in
+               [("EnvoyProxy", ep), ("Gateway", gw), ("AIGatewayRoute", route),
+                ("SecurityPolicy", sp), ("ClientTrafficPolicy", ctp)]):
+        return
+    ep, gw, route, sp, ctp = ep[0], gw[0], route[0], sp[0], ctp[0]
+    ref = gw["spec"].get("infrastructure", {}).get("parametersRef", {})
+    check(ref == {"group": "gateway.envoyproxy.io", "kind": "EnvoyProxy",
+                  "name": ep["metadata"]["name"]}
+          and gw["metadata"]["namespace"] == ep["metadata"]["namespace"],
+          f"{name}: the Gateway's infrastructure.parametersRef attaches the EnvoyProxy")
+    for policy in (sp, ctp):
+        check({"group": "gateway.networking.k8s.io", "kind": "Gateway",
+               "name": gw["metadata"]["name"]} in policy["spec"]["targetRefs"],
+              f"{name}: {policy['kind']} targets the Gateway")
+    settings = ep["spec"]["telemetry"]["accessLog"]["settings"]
+    check(len(settings) == 1, f"{name}: one access-log setting")
+    log = settings[0]["format"]["json"]
+    wanted = {k: v for k, v in defaults["fields"].items() if isinstance(v, str)}
+    wanted.update({f"extra_tokens.{k}": v for k, v in
+                   base_config.get("fields", {}).get("extra_tokens", {}).items()})
+    for field, key in sorted(wanted.items()):
+        check(key in log, f"{name}: the access log has `{key}` (fields.{field})")
+    costs = {c["metadataKey"] for c in route["spec"]["llmRequestCosts"]}
+    logged = set()
+    for key, value in log.items():
+        m = re.fullmatch(r"%DYNAMIC_METADATA\(io\.envoy\.ai_gateway:(\w+)\)%", value)
+        if m and m[1].startswith("llm_"):
+            logged.add(m[1])
+            check(m[1] == key, f"{name}: log key {key} holds metadata {m[1]}")
+    check(logged == costs, f"{name}: logged token metadata {sorted(logged)} == the route's "
+          f"llmRequestCosts keys {sorted(costs)}")
+    removed = {h.lower() for h in ctp["spec"]["headers"]["earlyRequestHeaders"]["remove"]}
+    api_key_header = header_of(log.get(defaults["fields"]["api_key_id"], ""))
+    check(api_key_header == sp["spec"]["apiKeyAuth"]["forwardClientIDHeader"].lower(),
+          f"{name}: api_key_id is the SecurityPolicy's forwardClientIDHeader")
+    service_header = header_of(log.get(defaults["fields"]["service_id"], ""))
+    for rule in route["spec"]["rules"]:
+        for b in rule["backendRefs"]:
+            sets = {s["name"].lower() for s in b.get("headerMutation", {}).get("set", [])}
+            check(service_header in sets,
+                  f"{name}: backendRef {b['name']} sets {service_header} (aim_service_id)")
+    for h in (api_key_header, service_header):
+        check(h in removed, f"{name}: client-sent {h} removed (earlyRequestHeaders)")
+
+
+def main():
+    rendered, defaults_path = sys.argv[1], sys.argv[2]
+    with open(defaults_path, "rb") as f:
+        defaults = tomllib.load(f)
+    crds = vendored_crds()
+    base_config = None
+    names = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(rendered, "*.yaml")))
+    check("base" in names and "gateway-example" in names, "base and gateway-example rendered")
+    for name in names:
+        docs = load(os.path.join(rendered, f"{name}.yaml"))
+        validate_crs(name, docs, crds)
+        if name == "base" or name.startswith("overlays-"):
+            config = check_install(name, docs, defaults)
+            if name == "base":
+                base_config = config
+    if base_config is not None and "gateway-example" in names:
+        check_gateway(load(os.path.join(rendered, "gateway-example.yaml")), defaults, base_config)
+    for f in failures:
+        print(f"FAIL {f}")
+    print(f"manifest assertions over {len(names)} renderings: {len(failures)} failed")
+    sys.exit(1 if failures else 0)
+
+
+main()
