@@ -36,7 +36,7 @@ use crate::export::loki::LokiClient;
 use crate::export::otlp::{OtlpClient, OtlpShape, PushOutcome, Requests, Zeros};
 use crate::forwarder::{Forwarder, ForwarderStatus};
 use crate::health::{agent_view, AgentStatus, MeterHandle};
-use crate::pipeline::Meter;
+use crate::pipeline::{EventTimes, Meter};
 use crate::schema::View;
 use crate::server::ServerContext;
 use crate::shutdown::Shutdown;
@@ -65,7 +65,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let _lock = state::lock(&state_dir)?;
     let loaded =
         state::load(&state_dir).with_context(|| format!("state_dir {}", state_dir.display()))?;
-    let mut meter = Meter::new(&config, false);
+    let mut meter = Meter::new(&config, EventTimes::Off);
     // Prices first: restored cost continues only in the currency it was counted in. The
     // price file's version is taken before it is read, so a change in between is reloaded.
     let price_watch = PriceFileWatch::new(&config);

@@ -116,14 +116,18 @@ pub struct Record<'a> {
 impl Record<'_> {
     /// Event time (SPEC §3): the envelope's timestamp, else start + duration, else start.
     pub fn event_time_ns(&self, envelope_ns: Option<i64>) -> Option<i64> {
-        envelope_ns.or_else(|| {
-            let start = parse_rfc3339_nanos(&self.start_time?.decode())?;
-            Some(match self.duration_ms {
-                Some(ms) => start.saturating_add((ms * 1e6) as i64),
-                None => start,
-            })
-        })
+        envelope_ns.or_else(|| start_plus_duration(self.start_time.as_ref()?, self.duration_ms))
     }
+}
+
+/// The record part of the event time (SPEC §3): `start_time` + `duration`, else `start_time`;
+/// `None` when `start_time` is not an RFC 3339 time.
+pub fn start_plus_duration(start_time: &JsonStr<'_>, duration_ms: Option<f64>) -> Option<i64> {
+    let start = parse_rfc3339_nanos(&start_time.decode())?;
+    Some(match duration_ms {
+        Some(ms) => start.saturating_add((ms * 1e6) as i64),
+        None => start,
+    })
 }
 
 /// What a logical line is. Not boxed: a record is the common case and must not allocate.

@@ -14,13 +14,13 @@ use crate::parse::{Parsed, Parser, Record};
 use crate::ratelog::RateLimited;
 use crate::source::Line;
 
-/// Per-file reading context: the decoder's partials and the last event time.
+/// Per-file reading context: the decoder's partials and the event-time fallback.
 pub struct FileCursor {
     pub decoder: Decoder,
     /// Physical lines read so far (1-based number of the last one), for messages.
     pub line_no: u64,
     /// Event time of the previous record (SPEC §3 fallback), initially the file's mtime.
-    pub last_event_ns: Option<i64>,
+    fallback: Fallback,
 }
 
 impl FileCursor {
@@ -28,16 +28,99 @@ impl FileCursor {
         Self {
             decoder: Decoder::new(config.source.max_line_bytes),
             line_no: 0,
-            last_event_ns: fallback_time_ns,
+            fallback: Fallback::new(fallback_time_ns),
         }
+    }
+}
+
+/// When a meter works out event times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventTimes {
+    /// Never (`run`): a record without one is priced at the time of reading.
+    Off,
+    /// Only when a record's price depends on it (`replay` with a `from` in the price table):
+    /// the other records' time fields are kept unparsed until a record needs them.
+    OnDemand,
+    /// For every line (backfill, Loki, `--from`/`--to`).
+    Every,
+}
+
+/// Records kept unparsed before the newest of them is worked out anyway (bounds the memory
+/// of [`Fallback`]: one parse per this many records at most).
+const MAX_UNPARSED: usize = 64;
+
+/// SPEC §3's fallback of one file: the event time of its latest record that had one. Kept
+/// as the unparsed time fields of the records since the last worked-out time, so that a
+/// replay whose prices depend on time parses timestamps only for the records whose price
+/// needs them (parsing is a tenth of a line's cost).
+///
+/// Invariant: the fallback is the event time of the newest entry of `unparsed` that has one,
+/// else `known`.
+struct Fallback {
+    known: Option<i64>,
+    /// Oldest first: (`start_time` raw text, a range of `text`; whether it holds escapes;
+    /// `duration` in ms).
+    unparsed: Vec<(std::ops::Range<usize>, bool, Option<f64>)>,
+    text: String,
+}
+
+impl Fallback {
+    fn new(known: Option<i64>) -> Self {
+        Self {
+            known,
+            unparsed: Vec::new(),
+            text: String::new(),
+        }
+    }
+
+    /// The fallback, working out the kept records' times (newest first) if need be.
+    fn get(&mut self) -> Option<i64> {
+        if !self.unparsed.is_empty() {
+            let newest_with_time = self.unparsed.iter().rev().find_map(|(range, escaped, ms)| {
+                let start_time = crate::json::JsonStr {
+                    raw: self.text.get(range.clone())?,
+                    escaped: *escaped,
+                };
+                crate::parse::start_plus_duration(&start_time, *ms)
+            });
+            self.known = newest_with_time.or(self.known);
+            self.unparsed.clear();
+            self.text.clear();
+        }
+        self.known
+    }
+
+    /// A record's own event time was worked out: `None` (it has none) leaves the fallback.
+    fn record_time(&mut self, own: Option<i64>) {
+        if own.is_some() {
+            self.known = own;
+            self.unparsed.clear();
+            self.text.clear();
+        }
+    }
+
+    /// A record whose event time was not worked out: its time fields are kept.
+    fn defer(&mut self, envelope_ns: Option<i64>, r: &Record<'_>) {
+        if envelope_ns.is_some() {
+            return self.record_time(envelope_ns);
+        }
+        let Some(start_time) = &r.start_time else {
+            // No time of its own: the fallback stays.
+            return;
+        };
+        if self.unparsed.len() >= MAX_UNPARSED {
+            self.get();
+        }
+        let at = self.text.len();
+        self.text.push_str(start_time.raw);
+        self.unparsed
+            .push((at..self.text.len(), start_time.escaped, r.duration_ms));
     }
 }
 
 struct LineCtx<'p> {
     path: &'p Path,
     line_no: u64,
-    /// `Some(fallback)` when event times are tracked.
-    previous_event_ns: Option<Option<i64>>,
 }
 
 /// What a replay or exporter does with lines besides counting them. Event times are `None`
@@ -86,13 +169,13 @@ pub struct Meter {
     extra_names: Vec<String>,
     invalid_names: Vec<String>,
     warn: RateLimited,
-    /// Whether to work out each record's event time (backfill and Loki need it; a summary
-    /// does not, and parsing timestamps is a tenth of the per-line cost).
-    track_event_time: bool,
+    /// When to work out event times (backfill and Loki need every one; a summary none, or
+    /// only those its prices depend on: parsing timestamps is a tenth of the per-line cost).
+    event_times: EventTimes,
 }
 
 impl Meter {
-    pub fn new(config: &Config, track_event_time: bool) -> Self {
+    pub fn new(config: &Config, event_times: EventTimes) -> Self {
         let extra_names: Vec<String> = config.fields.extra_tokens.keys().cloned().collect();
         Self {
             parser: Parser::new(&config.fields),
@@ -100,7 +183,7 @@ impl Meter {
             invalid_names: invalid_field_names(&extra_names),
             extra_names,
             warn: RateLimited::new(Duration::from_secs(10)),
-            track_event_time,
+            event_times,
         }
     }
 
@@ -129,12 +212,8 @@ impl Meter {
                     let ctx = LineCtx {
                         path,
                         line_no: cursor.line_no,
-                        previous_event_ns: self.track_event_time.then_some(cursor.last_event_ns),
                     };
-                    let event = self.logical(&ctx, l, sink);
-                    if event.is_some() {
-                        cursor.last_event_ns = event;
-                    }
+                    self.logical(&ctx, l, &mut cursor.fallback, sink);
                 }
                 Decoded::TooLong => self.skip(path, cursor.line_no, SkipReason::TooLong),
                 Decoded::Pending | Decoded::Blank => {}
@@ -147,12 +226,9 @@ impl Meter {
     pub fn decoded(&mut self, path: &Path, line_no: u64, decoded: Decoded<'_>) {
         match decoded {
             Decoded::Line(l) => {
-                let ctx = LineCtx {
-                    path,
-                    line_no,
-                    previous_event_ns: None,
-                };
-                self.logical(&ctx, l, &mut NoSink);
+                let ctx = LineCtx { path, line_no };
+                debug_assert_eq!(self.event_times, EventTimes::Off);
+                self.logical(&ctx, l, &mut Fallback::new(None), &mut NoSink);
             }
             Decoded::TooLong => self.skip(path, line_no, SkipReason::TooLong),
             Decoded::Pending | Decoded::Blank => {}
@@ -163,22 +239,14 @@ impl Meter {
     /// as it is.
     pub fn end_of_file(&mut self, path: &Path, cursor: &mut FileCursor, sink: &mut dyn LineSink) {
         loop {
-            let previous_event_ns = self.track_event_time.then_some(cursor.last_event_ns);
             let line_no = cursor.line_no;
             let Some(d) = cursor.decoder.flush_pending() else {
                 break;
             };
             match d {
                 Decoded::Line(l) => {
-                    let ctx = LineCtx {
-                        path,
-                        line_no,
-                        previous_event_ns,
-                    };
-                    let event = self.logical(&ctx, l, sink);
-                    if event.is_some() {
-                        cursor.last_event_ns = event;
-                    }
+                    let ctx = LineCtx { path, line_no };
+                    self.logical(&ctx, l, &mut cursor.fallback, sink);
                 }
                 Decoded::TooLong => self.store.skip(SkipReason::TooLong),
                 Decoded::Pending | Decoded::Blank => {}
@@ -186,23 +254,32 @@ impl Meter {
         }
     }
 
-    /// Parses and counts one logical line; returns its event time when tracked.
+    /// Parses and counts one logical line. Only records move the file's event-time
+    /// `fallback`.
     #[inline]
     fn logical(
         &mut self,
         ctx: &LineCtx<'_>,
         line: LogicalLine<'_>,
+        fallback: &mut Fallback,
         sink: &mut dyn LineSink,
-    ) -> Option<i64> {
+    ) {
         match self.parser.parse(line.text) {
             Parsed::Record(r) => {
-                let event = match ctx.previous_event_ns {
-                    Some(previous) => event_time_ns(line.time_ns, Some(&r)).or(previous),
-                    None => None,
+                let event = match self.event_times {
+                    EventTimes::Every => {
+                        let own = event_time_ns(line.time_ns, Some(&r));
+                        fallback.record_time(own);
+                        own.or_else(|| fallback.get())
+                    }
+                    EventTimes::Off | EventTimes::OnDemand => None,
                 };
                 sink.line(ctx.path, line.text, event);
                 if !sink.accept(&r, event) {
-                    return event;
+                    if self.event_times == EventTimes::OnDemand {
+                        fallback.defer(line.time_ns, &r);
+                    }
+                    return;
                 }
                 if r.invalid != 0 {
                     if let Some(suppressed) = self.warn.allow("invalid_field") {
@@ -223,18 +300,33 @@ impl Meter {
                     }
                 }
                 // Priced at its event time, worked out only if the price depends on it; in
-                // `run` (no fallback tracked) a record without one is priced at the time of
-                // reading.
-                let series = self.store.add_at(&r, || {
-                    event.or_else(|| event_time_ns(line.time_ns, Some(&r)))
-                });
+                // `run` (no fallback) a record without one is priced at the time of reading.
+                let series = match self.event_times {
+                    EventTimes::Every => self.store.add_at(&r, || event),
+                    EventTimes::Off => self
+                        .store
+                        .add_at(&r, || event_time_ns(line.time_ns, Some(&r))),
+                    EventTimes::OnDemand => {
+                        let mut asked = false;
+                        let series = self.store.add_at(&r, || {
+                            asked = true;
+                            let own = event_time_ns(line.time_ns, Some(&r));
+                            fallback.record_time(own);
+                            own.or_else(|| fallback.get())
+                        });
+                        if !asked {
+                            fallback.defer(line.time_ns, &r);
+                        }
+                        series
+                    }
+                };
                 sink.counted(&self.store, series, &r, event);
-                event
             }
             parsed => {
-                let event = ctx
-                    .previous_event_ns
-                    .and_then(|p| event_time_ns(line.time_ns, None).or(p));
+                let event = match self.event_times {
+                    EventTimes::Every => line.time_ns.or_else(|| fallback.get()),
+                    EventTimes::Off | EventTimes::OnDemand => None,
+                };
                 sink.line(ctx.path, line.text, event);
                 if parsed == Parsed::NotLlm {
                     self.store.skip(SkipReason::NotLlm);
@@ -249,8 +341,6 @@ impl Meter {
                         );
                     }
                 }
-                // Only records move the per-file event-time fallback.
-                None
             }
         }
     }

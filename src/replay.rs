@@ -22,7 +22,7 @@ use crate::export::loki::{stream_labels, Batch, EntryShaper, LokiClient, LokiSta
 use crate::export::openmetrics::{otlp_requests, write_openmetrics, Emitted};
 use crate::export::otlp::OtlpClient;
 use crate::parse::Record;
-use crate::pipeline::{physical_line_limit, FileCursor, LineSink, Meter};
+use crate::pipeline::{physical_line_limit, EventTimes, FileCursor, LineSink, Meter};
 use crate::source::{expand_inputs, open_input, AtEof, InputError, LineReader, PodLabels};
 
 /// Stands for "for ever" where `--retry-for` is too large to add to a clock reading.
@@ -299,7 +299,14 @@ pub fn replay(
     // Each record is priced at its own event time: when a price has a `from`, event times
     // are tracked (SPEC §3's fallback to the previous record needs every record's).
     let time_dependent = prices.as_ref().is_some_and(|t| t.time_dependent());
-    let mut meter = Meter::new(config, opts.needs_event_time() || time_dependent);
+    let event_times = if opts.needs_event_time() {
+        EventTimes::Every
+    } else if time_dependent {
+        EventTimes::OnDemand
+    } else {
+        EventTimes::Off
+    };
+    let mut meter = Meter::new(config, event_times);
     meter.store.set_pricing(prices);
     let wants_backfill =
         opts.from_ns.is_some() || opts.to_ns.is_some() || opts.openmetrics.is_some() || opts.push;

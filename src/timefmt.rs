@@ -75,6 +75,27 @@ fn minute_base(b: &[u8]) -> Option<i64> {
 
 /// `:SS[.fraction](Z|±HH:MM)` after a checked minute prefix worth `base` seconds.
 fn rest_of_rfc3339(b: &[u8], base: i64) -> Option<i64> {
+    // Envoy's own `%START_TIME%`: `:SS.mmmZ`, without the general loops.
+    if let &[b':', s1, s2, b'.', f1, f2, f3, b'Z' | b'z'] = b.get(16..)? {
+        let d = |c: u8| i64::from(c.wrapping_sub(b'0'));
+        let (s1, s2, f1, f2, f3) = (d(s1), d(s2), d(f1), d(f2), d(f3));
+        if s1 > 9 || s2 > 9 || f1 > 9 || f2 > 9 || f3 > 9 {
+            return None;
+        }
+        let second = s1 * 10 + s2;
+        if second > 60 {
+            return None;
+        }
+        let millis = f1 * 100 + f2 * 10 + f3;
+        return (base + second)
+            .checked_mul(1_000_000_000)?
+            .checked_add(millis * 1_000_000);
+    }
+    rest_of_rfc3339_general(b, base)
+}
+
+/// [`rest_of_rfc3339`] for every form.
+fn rest_of_rfc3339_general(b: &[u8], base: i64) -> Option<i64> {
     let second = digits(b, 17, 2)?;
     if b[16] != b':' || second > 60 {
         return None;
@@ -206,6 +227,28 @@ mod tests {
                 };
                 proptest::prop_assert_eq!(parse_rfc3339_nanos(&s), uncached(&s), "{}", s);
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// The fast path for Envoy's `:SS.mmmZ` answers as the general parser does, digits or
+        /// not, in range or not.
+        #[test]
+        fn the_millisecond_fast_path_answers_as_the_general_parser(
+            chars in proptest::collection::vec(
+                proptest::sample::select(vec![b'0', b'5', b'6', b'9', b'/', b':', b'a', b'.', b'Z']),
+                5,
+            ),
+            end in proptest::sample::select(vec![b'Z', b'z', b'+', b'.']),
+            base in 0i64..4_000_000_000,
+        ) {
+            let mut b = b"2026-11-26T10:01".to_vec();
+            b.extend_from_slice(&[b':', chars[0], chars[1], b'.', chars[2], chars[3], chars[4], end]);
+            proptest::prop_assert_eq!(
+                rest_of_rfc3339(&b, base),
+                rest_of_rfc3339_general(&b, base),
+                "{}", String::from_utf8_lossy(&b)
+            );
         }
     }
 

@@ -904,3 +904,106 @@ fn the_example_price_file_is_valid_and_prices_the_fixtures() {
         }
     }
 }
+
+/// A replay whose prices depend on time works out event times only for the records whose
+/// price needs them, keeping the others' time fields unparsed (SPEC §3 fallback, bounded to
+/// 64 records). Records without a time of their own, or with an invalid one, must still be
+/// priced at the previous record's event time: the fallback chain is resolved newest first,
+/// across the bound, and from the file's mtime at its start. Expected costs by hand: 1 M input
+/// tokens cost 1 USD before `from` and 2 USD from it; `--from 1970-...` (every event time
+/// worked out eagerly) must agree.
+#[test]
+fn a_price_change_prices_records_without_a_time_of_their_own_at_the_previous_records_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prices.toml");
+    std::fs::write(
+        &config,
+        r#"
+[pricing]
+currency = "USD"
+[[pricing.prices]]
+model = "changing"
+per_million = { input = 1 }
+[[pricing.prices]]
+model = "changing"
+from = "2026-05-01T00:00:00Z"
+per_million = { input = 2 }
+[[pricing.prices]]
+model = "steady"
+per_million = { input = 1 }
+"#,
+    )
+    .unwrap();
+    let line = |model: &str, start: Option<&str>| {
+        let start = start.map_or(String::new(), |s| format!(r#","start_time":"{s}""#));
+        format!(
+            r#"{{"model":"{model}","llm_input_token":1000000,"llm_output_token":0,"llm_total_token":1000000,"api_key_id":"k","aim_service_id":"s","response_code":200{start}}}"#
+        )
+    };
+    let (before, after) = (
+        Some("2026-04-30T23:59:59.000Z"),
+        Some("2026-05-01T00:00:01.000Z"),
+    );
+    // Changing priced at its own time: old (1), new (2).
+    let mut lines = vec![line("changing", before), line("changing", after)];
+    // After a steady record past `from`, one without time: new (2).
+    lines.push(line("steady", after));
+    lines.push(line("changing", None));
+    // An invalid time falls back too; the newest valid one is `before`: old (1).
+    lines.push(line("steady", before));
+    lines.push(line("steady", Some("2026-05-01T00:00:99.000Z")));
+    lines.push(line("changing", None));
+    // Two valid times kept unparsed: the newer one (`before`) decides: old (1).
+    lines.push(line("steady", after));
+    lines.push(line("steady", before));
+    lines.push(line("changing", None));
+    // 70 steady records (more than the 64 kept unparsed), the last valid one after `from`,
+    // then 69 invalid ones: new (2).
+    lines.push(line("steady", after));
+    for _ in 0..69 {
+        lines.push(line("steady", Some("not a time")));
+    }
+    lines.push(line("changing", None));
+    // 70 valid steady records before `from`, the newest one decides: old (1).
+    for _ in 0..70 {
+        lines.push(line("steady", before));
+    }
+    lines.push(line("changing", None));
+    let file = dir.path().join("access.log");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    // A second file starts from its own mtime (after `from`): new (2).
+    let second = dir.path().join("second.log");
+    std::fs::write(&second, line("changing", None) + "\n").unwrap();
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_777_593_600 + 3600); // 2026-05-01T01:00Z
+    std::fs::File::options()
+        .write(true)
+        .open(&second)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    let changing_cost = |v: &Value| -> String {
+        let series = v["series"].as_array().unwrap();
+        let s: Vec<&Value> = series.iter().filter(|s| s["model"] == "changing").collect();
+        assert_eq!(s.len(), 1, "{v}");
+        s[0]["cost"].to_string()
+    };
+    // Old: 1 + 1 + 1 + 1 = 4; new: 2 + 2 + 2 + 2 = 8.
+    let (_, on_demand) = replay_priced(&config, &[&file, &second]);
+    assert_eq!(changing_cost(&on_demand), "12", "{on_demand}");
+    let out = bin()
+        .args(["replay", "--config"])
+        .arg(&config)
+        .args(["--summary", "json", "--from", "1970-01-01T00:00:00Z"])
+        .args([&file, &second])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eager: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(changing_cost(&eager), "12", "{eager}");
+    assert_eq!(on_demand["cost"], eager["cost"]);
+}
