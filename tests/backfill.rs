@@ -277,9 +277,12 @@ fn replay_loki_forwards_original_timestamps_and_reports_rejections() {
         ),
     )
     .unwrap();
-    let s = replay(&["--loki", fixture], Some(&cfg));
+    // The receiver's clock is an hour after the lines; tokenmeter's is today's: a
+    // --loki-max-age long enough to send them.
+    let s = replay(&["--loki", "--loki-max-age", "3650d", fixture], Some(&cfg));
     assert_eq!(s["loki"]["sent"], 34);
     assert_eq!(s["loki"]["rejected"], 0);
+    assert_eq!(s["loki"]["too_old"], 0);
     let entries = r.entries();
     assert_eq!(entries.len(), 34);
     let first = entries
@@ -287,10 +290,11 @@ fn replay_loki_forwards_original_timestamps_and_reports_rejections() {
         .find(|e| e.line.contains("deprecated runtime key"))
         .unwrap();
     assert_eq!(first.ts_ns, 1_773_738_841_202_232_361);
-    // Today, Loki rejects samples older than 7 days: the summary says so.
+    // Today, Loki rejects samples older than 7 days: when tokenmeter is told a longer age
+    // than Loki's, Loki's rejection is in the summary.
     let r2 = LokiReceiver::start();
     std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r2.endpoint())).unwrap();
-    let s = replay(&["--loki", fixture], Some(&cfg));
+    let s = replay(&["--loki", "--loki-max-age", "3650d", fixture], Some(&cfg));
     assert_eq!(s["loki"]["rejected"], 34);
     assert!(
         s["loki"]["messages"][0]
@@ -298,6 +302,91 @@ fn replay_loki_forwards_original_timestamps_and_reports_rejections() {
             .unwrap()
             .contains("too old"),
         "{s}"
+    );
+    // By default (7 d, Loki's default) they are not sent at all, and counted.
+    let s = replay(&["--loki", fixture], Some(&cfg));
+    assert_eq!(s["loki"]["too_old"], 34, "{s}");
+    assert_eq!(
+        (&s["loki"]["sent"], &s["loki"]["rejected"]),
+        (&0.into(), &0.into())
+    );
+    assert_eq!(r2.requests(), 1, "only the first replay's request");
+}
+
+/// Lines older than `--loki-max-age` (default 7 d, Loki's `reject_old_samples_max_age`) are
+/// counted in the summary instead of being sent to fail; the rest reach Loki.
+#[test]
+fn replay_loki_does_not_send_lines_older_than_loki_max_age() {
+    let tmp = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    const DAY: i64 = 86_400;
+    // (age, lines of that age): in time order, one stream.
+    let ages = [(10 * DAY, 3), (8 * DAY, 2), (6 * DAY, 4), (3600, 5)];
+    let mut text = String::new();
+    for (age, n) in ages {
+        for i in 0..n {
+            text.push_str(&format!(
+                "{} stdout F {{\"model\":\"m\",\"api_key_id\":\"k\",\"aim_service_id\":\"s\",\"llm_input_token\":{i},\"llm_output_token\":1,\"response_code\":200}}\n",
+                iso(now - age + i)
+            ));
+        }
+    }
+    let log = tmp.path().join("history.log");
+    std::fs::write(&log, &text).unwrap();
+    let count = |older_than: i64| -> u64 {
+        ages.iter()
+            .filter(|(a, _)| *a > older_than)
+            .map(|(_, n)| *n as u64)
+            .sum()
+    };
+    let r = LokiReceiver::start();
+    let cfg = tmp.path().join("loki.toml");
+    std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r.endpoint())).unwrap();
+    let s = replay(&["--loki", log.to_str().unwrap()], Some(&cfg));
+    assert_eq!(s["loki"]["too_old"], count(7 * DAY), "{s}");
+    assert_eq!(s["loki"]["sent"], 14 - count(7 * DAY), "{s}");
+    assert_eq!(s["loki"]["rejected"], 0, "{s}");
+    assert_eq!(r.entries().len() as u64, 14 - count(7 * DAY));
+    assert!(r.rejections().is_empty(), "{:?}", r.rejections());
+    // The counts are in the text summary too.
+    let r = LokiReceiver::start();
+    std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r.endpoint())).unwrap();
+    let out = Command::new(bin())
+        .env_remove("TOKENMETER_CONFIG")
+        .args(["replay", "--loki", "--config"])
+        .arg(&cfg)
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "\nLoki: {} entries accepted, 0 rejected, {} older than --loki-max-age not sent\n",
+            14 - count(7 * DAY),
+            count(7 * DAY)
+        )),
+        "{text}"
+    );
+    // Told a longer age than Loki's, it sends the 8-day-old lines, which Loki rejects (and
+    // stores the others of the request).
+    let r = LokiReceiver::start();
+    std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r.endpoint())).unwrap();
+    let s = replay(
+        &["--loki", "--loki-max-age", "9d", log.to_str().unwrap()],
+        Some(&cfg),
+    );
+    assert_eq!(s["loki"]["too_old"], count(9 * DAY), "{s}");
+    assert_eq!(r.entries().len() as u64, 14 - count(7 * DAY));
+    let rejected = r.rejections();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(
+        rejected[0].matches("too old").count() as u64,
+        count(7 * DAY) - count(9 * DAY),
+        "{rejected:?}"
     );
 }
 
@@ -319,6 +408,8 @@ fn replay_loki_against_a_loki_that_is_down_gives_up_after_retry_for_with_exit_1(
             "--summary",
             "json",
             "--loki",
+            "--loki-max-age",
+            "3650d",
             "--retry-for",
             "2s",
             "--config",
@@ -365,6 +456,8 @@ fn a_retry_after_of_zero_is_not_a_tight_loop_and_replay_loki_still_gives_up() {
             "--summary",
             "json",
             "--loki",
+            "--loki-max-age",
+            "3650d",
             "--retry-for",
             "2s",
             "--config",
@@ -792,4 +885,167 @@ fn dense_gives_every_series_a_sample_at_every_step_from_its_first() {
         .chain((5..=10).map(|m| (m, s("5"))))
         .collect();
     assert_eq!(minutes(series(&dense, "b")), want_b);
+}
+
+/// `replay` with its exit code, stdout and stderr (no assertion on success).
+fn replay_raw(args: &[&str], config: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(bin())
+        .env_remove("TOKENMETER_CONFIG")
+        .args(["replay", "--summary", "json", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` of unix nanoseconds (independent of the crate's code).
+fn iso_ns(ns: i64) -> String {
+    iso(ns.div_euclid(1_000_000_000))
+        .replace(".000Z", &format!(".{:09}Z", ns.rem_euclid(1_000_000_000)))
+}
+
+#[test]
+fn to_live_ends_the_backfill_where_the_live_agent_started_counting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let pod = pod_dir(&root, "gw-1");
+    append(&pod.join("0.log"), "");
+    let state = tmp.path().join("state");
+    // The real agent, as installed: files present at its first start are read from their end.
+    let agent = config(&root, &state, "node_name = \"node-1\"", "")
+        .replace("start_at = \"beginning\"", "start_at = \"end\"");
+    let mut d = Daemon::start(tmp.path(), "agent", &agent);
+    let (code, body) = get(&d.addr, "/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let live = status["start_time_ns"].as_i64().unwrap();
+    assert_eq!(d.terminate(), Some(0), "{}", d.log_text());
+    let cfg = tmp.path().join("agent.toml");
+
+    // History around that instant: (event time ns, input tokens).
+    let records = [
+        (live - 3_600_000_000_000, 1u64),
+        (live - 1_000_000, 10),
+        (live - 1, 100),
+        (live, 1_000),
+        (live + 1_000_000_000, 10_000),
+    ];
+    let text: String = records
+        .iter()
+        .map(|(t, n)| {
+            format!(
+                "{{\"start_time\":\"{}\",\"duration\":0,\"model\":\"m\",\"api_key_id\":\"k\",\"aim_service_id\":\"s\",\"llm_input_token\":{n},\"llm_output_token\":0,\"response_code\":200}}\n",
+                iso_ns(*t)
+            )
+        })
+        .collect();
+    let log = tmp.path().join("history.log");
+    std::fs::write(&log, text).unwrap();
+    let om = tmp.path().join("history.om");
+    let (code, stdout, stderr) = replay_raw(
+        &[
+            "--to",
+            "live",
+            "--openmetrics",
+            om.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ],
+        &cfg,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // Before the agent's start (exclusive, like --to): the first three.
+    let before: Vec<_> = records.iter().filter(|(t, _)| *t < live).collect();
+    assert_eq!(s["records"], before.len() as u64, "{s}");
+    assert_eq!(s["outside_range"], (records.len() - before.len()) as u64);
+    assert_eq!(
+        s["series"][0]["input_tokens"],
+        before.iter().map(|(_, n)| n).sum::<u64>()
+    );
+    assert!(
+        stderr.contains(&format!("{}state.json", state.display().to_string() + "/")),
+        "{stderr}"
+    );
+
+    // The same bound written out by hand gives the same bytes.
+    let om2 = tmp.path().join("by-hand.om");
+    let (code, _, stderr) = replay_raw(
+        &[
+            "--to",
+            &iso_ns(live),
+            "--openmetrics",
+            om2.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ],
+        &cfg,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read(&om).unwrap(), std::fs::read(&om2).unwrap());
+
+    // --from at or after the live start: nothing to backfill, a usage error.
+    let (code, _, stderr) = replay_raw(
+        &[
+            "--from",
+            &iso_ns(live),
+            "--to",
+            "live",
+            log.to_str().unwrap(),
+        ],
+        &cfg,
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is not before the live agent's start"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn to_live_without_a_state_file_or_with_start_at_beginning_is_refused_naming_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("a.log");
+    std::fs::write(&log, workload(1_795_651_200, 1).0).unwrap();
+    let state = tmp.path().join("no-agent-here");
+    let cfg = tmp.path().join("node.toml");
+    std::fs::write(&cfg, format!("state_dir = \"{}\"\n", state.display())).unwrap();
+    let (code, stdout, stderr) = replay_raw(&["--to", "live", log.to_str().unwrap()], &cfg);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        format!(
+            "error: --to live: no state file {}/state.json (state_dir {} of config {}): the live agent has not run with this state_dir on this machine; run the replay where the agent runs, or give --to RFC3339\n",
+            state.display(),
+            state.display(),
+            cfg.display()
+        )
+    );
+    // Nothing was created in the state_dir.
+    assert!(!state.exists());
+
+    // An agent that read its first files from the beginning counted history too: no instant
+    // separates backfill from live counting.
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"{}\"\n[source]\nstart_at = \"beginning\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = replay_raw(&["--to", "live", log.to_str().unwrap()], &cfg);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: --to live: source.start_at = \"beginning\" in config {}:",
+            cfg.display()
+        )),
+        "{stderr}"
+    );
 }
