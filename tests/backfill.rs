@@ -1049,3 +1049,162 @@ fn to_live_without_a_state_file_or_with_start_at_beginning_is_refused_naming_the
         "{stderr}"
     );
 }
+
+/// A sparse-key workload over `days` days from `start`: keys with a single request (mid-day,
+/// in the last second of a day, at midnight exactly), keys with a few requests at random
+/// times, and one key with a request every hour (so the replay runs to the last midnight).
+/// Returns the file text (time order) and every (key, event time s, total tokens).
+fn sparse_keys(start: i64, days: i64) -> (String, Vec<(String, i64, u64)>) {
+    const DAY: i64 = 86_400;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut recs: Vec<(String, i64, u64, u64)> = vec![
+        ("single-mid".into(), start + DAY + 5 * 3600 + 1800, 700, 11),
+        ("single-last-second".into(), start + DAY - 1, 300, 7),
+        ("single-midnight".into(), start + 2 * DAY, 900, 5),
+    ];
+    for h in 0..days * 24 {
+        recs.push(("hourly".into(), start + h * 3600 + 17 * 60, 10, 2));
+    }
+    for k in 0..12 {
+        for _ in 0..1 + next(8) {
+            let t = start + next((days * DAY) as u64) as i64;
+            recs.push((format!("sparse-{k:02}"), t, 1 + next(5000), next(800)));
+        }
+    }
+    recs.sort_by_key(|r| r.1);
+    let mut text = String::new();
+    let mut out = Vec::new();
+    for (key, t, inp, outp) in recs {
+        text.push_str(&format!(
+            "{{\"start_time\":\"{}\",\"duration\":0,\"model\":\"m\",\"api_key_id\":\"{key}\",\"aim_service_id\":\"s\",\"llm_input_token\":{inp},\"llm_output_token\":{outp},\"response_code\":200}}\n",
+            iso(t)
+        ));
+        out.push((key, t, inp + outp));
+    }
+    (text, out)
+}
+
+/// `--openmetrics DIR/` into promtool blocks in `blocks`, file by file.
+fn promtool_dir(dir: &Path, blocks: &Path) {
+    for f in window_files(dir) {
+        let out = Command::new(tool("promtool"))
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&f)
+            .arg(blocks)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// With `--dense --step 1h`, Prometheus 2.53 gives the exact daily tokens of every key through
+/// `x - x offset 1d or x` (no extrapolation), single-request keys included, and `increase()`
+/// stays within one step's worth of tokens at each end; the sparse output does not give the
+/// exact sums. The expected values are summed from the generated records.
+#[test]
+fn dense_backfill_gives_exact_daily_sums_per_key_in_prometheus() {
+    const DAY: i64 = 86_400;
+    let tmp = tempfile::tempdir().unwrap();
+    let start = 1_795_651_200; // 2026-11-20T00:00:00Z
+    let days = 3;
+    let (text, recs) = sparse_keys(start, days);
+    let log = tmp.path().join("sparse.log");
+    std::fs::write(&log, &text).unwrap();
+    let blocks = tmp.path().join("blocks");
+    for (instance, dense) in [("dense", true), ("sparse", false)] {
+        let dir = tmp.path().join(instance);
+        let mut args = vec!["--step", "1h", "--block", "24h", "--instance", instance];
+        if dense {
+            args.push("--dense");
+        }
+        let dir_arg = format!("{}/", dir.display());
+        args.extend(["--openmetrics", &dir_arg, log.to_str().unwrap()]);
+        let s = replay(&args, None);
+        assert_eq!(s["records"], recs.len() as u64);
+        assert_eq!(s["late"], 0);
+        promtool_dir(&dir, &blocks);
+    }
+    let prom = Prometheus::start_on_blocks(&blocks);
+    let keys: std::collections::BTreeSet<&str> = recs.iter().map(|r| r.0.as_str()).collect();
+    // Tokens of `key` with an event time in [a, b).
+    let tokens = |key: &str, a: i64, b: i64| -> u64 {
+        recs.iter()
+            .filter(|r| r.0 == key && r.1 >= a && r.1 < b)
+            .map(|r| r.2)
+            .sum()
+    };
+    let by_key = |q: &str, t: i64| -> BTreeMap<String, f64> {
+        prom.query_at(q, t)
+            .into_iter()
+            .map(|(l, v)| (l.get("api_key_id").cloned().unwrap_or_default(), v))
+            .collect()
+    };
+    let invoice = |instance: &str| {
+        let x = format!("llm_tokens_total{{instance=\"{instance}\"}}");
+        format!("sum by (api_key_id) ({x} - {x} offset 1d or {x})")
+    };
+    let mut sparse_wrong = 0;
+    for d in 0..days {
+        let (a, b) = (start + d * DAY, start + (d + 1) * DAY);
+        // A key without tokens that day may have a 0 or no series yet: both read as 0.
+        let nonzero = |m: BTreeMap<String, f64>| -> BTreeMap<String, f64> {
+            m.into_iter().filter(|(_, v)| *v != 0.0).collect()
+        };
+        let want: BTreeMap<String, f64> = nonzero(
+            keys.iter()
+                .map(|k| (k.to_string(), tokens(k, a, b) as f64))
+                .collect(),
+        );
+        // Exact, every key.
+        let got = nonzero(by_key(&invoice("dense"), b));
+        assert_eq!(got, want, "day {d}: dense `x - x offset 1d or x`");
+        let sparse = by_key(&invoice("sparse"), b);
+        sparse_wrong += want
+            .iter()
+            .filter(|(k, v)| sparse.get(*k) != Some(*v))
+            .count();
+
+        // increase(): within one step's worth at each end, at the day boundary and half a
+        // step after it (where both ends are extrapolated).
+        for t in [b, b + 1800] {
+            let got = by_key(
+                "sum by (api_key_id) (increase(llm_tokens_total{instance=\"dense\"}[1d]))",
+                t,
+            );
+            for k in &keys {
+                let exact = tokens(k, t - DAY, t) as f64;
+                // The largest one-step (1 h) amount of the key around the window, with
+                // Prometheus' 10 % extrapolation threshold.
+                let step_worth = (-1..=24)
+                    .map(|h| tokens(k, a + h * 3600, a + (h + 1) * 3600))
+                    .max()
+                    .unwrap_or(0) as f64
+                    * 1.1;
+                let g = got.get(*k).copied().unwrap_or(0.0);
+                assert!(
+                    (g - exact).abs() <= 2.0 * step_worth,
+                    "{k} day {d} at {t}: increase {g}, exact {exact}, one step's worth {step_worth}"
+                );
+                if t == b {
+                    // Samples at both ends of the day: nothing to extrapolate.
+                    assert!((g - exact).abs() < 1e-6, "{k} day {d}: {g} vs {exact}");
+                }
+            }
+        }
+    }
+    assert!(
+        sparse_wrong > 0,
+        "the sparse output was expected to miss some daily sums"
+    );
+}
