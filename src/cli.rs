@@ -41,8 +41,10 @@ pub enum Command {
         /// Only records with an event time at or after this instant (RFC 3339).
         #[arg(long, value_name = "RFC3339")]
         from: Option<String>,
-        /// Only records with an event time before this instant (RFC 3339).
-        #[arg(long, value_name = "RFC3339")]
+        /// Only records with an event time before this instant (RFC 3339), or `live`: before
+        /// the start time of the live agent's counters, read from the state file in the
+        /// config's `state_dir`, so backfilled and live series never count a request twice.
+        #[arg(long, value_name = "RFC3339|live")]
         to: Option<String>,
         /// Resolution of emitted samples (default 60s).
         #[arg(long, value_name = "DURATION")]
@@ -74,6 +76,12 @@ pub enum Command {
         /// Forward the lines to Loki with their original timestamps.
         #[arg(long)]
         loki: bool,
+        /// With `--loki`: lines older than this (event time, against the clock when they are
+        /// sent) are not sent, as Loki would reject them (its `reject_old_samples_max_age`,
+        /// 7d by default); the summary counts them as `too_old`. Raise it to what the Loki
+        /// in use accepts.
+        #[arg(long, value_name = "DURATION", default_value = "7d")]
+        loki_max_age: String,
         /// The `instance` label of replayed series.
         #[arg(long, value_name = "NAME")]
         instance: Option<String>,
@@ -202,6 +210,7 @@ fn run(cli: Cli) -> ExitCode {
             dense,
             push,
             loki,
+            loki_max_age,
             instance,
             retry_for,
             summary,
@@ -218,12 +227,13 @@ fn run(cli: Cli) -> ExitCode {
                     }
                 }
             };
-            let (block_ns, max_delay_ns) = match (
+            let (block_ns, max_delay_ns, loki_max_age_ns) = match (
                 duration("--block", &block, 1),
                 duration("--max-delay", &max_delay, 0),
+                duration("--loki-max-age", &loki_max_age, 1),
             ) {
-                (Ok(b), Ok(d)) => (b, d),
-                (Err(c), _) | (_, Err(c)) => return c,
+                (Ok(b), Ok(d), Ok(a)) => (b, d, a),
+                (Err(c), _, _) | (_, Err(c), _) | (_, _, Err(c)) => return c,
             };
             let openmetrics_dir = openmetrics
                 .as_ref()
@@ -245,16 +255,17 @@ fn run(cli: Cli) -> ExitCode {
                     }),
                 }
             };
-            let (from_ns, to_ns) = match (parse_time("--from", &from), parse_time("--to", &to)) {
+            // `--to live` is read from the state file once the config is loaded.
+            let to_live = to.as_deref().map(str::trim) == Some("live");
+            let to_time = if to_live {
+                Ok(None)
+            } else {
+                parse_time("--to", &to)
+            };
+            let (from_ns, to_ns) = match (parse_time("--from", &from), to_time) {
                 (Ok(f), Ok(t)) => (f, t),
                 (Err(c), _) | (_, Err(c)) => return c,
             };
-            if let (Some(f), Some(t)) = (from_ns, to_ns) {
-                if f >= t {
-                    eprintln!("error: --from must be before --to");
-                    return ExitCode::from(2);
-                }
-            }
             let step_ns = match step.as_deref().map(|s| humantime::parse_duration(s.trim())) {
                 None => 60_000_000_000,
                 Some(Ok(d)) if d.as_secs() >= 1 => d.as_nanos() as i64,
@@ -263,10 +274,36 @@ fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let config_path = config.config.clone();
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            let to_ns = if to_live {
+                match live_start(&config, config_path.as_deref()) {
+                    Ok(t) => Some(t),
+                    Err(message) => {
+                        eprintln!("error: --to live: {message}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                to_ns
+            };
+            if let (Some(f), Some(t)) = (from_ns, to_ns) {
+                if f >= t {
+                    if to_live {
+                        eprintln!(
+                            "error: --from {} is not before the live agent's start {} (--to live)",
+                            from.as_deref().unwrap_or_default(),
+                            crate::timefmt::format_rfc3339_millis(t)
+                        );
+                    } else {
+                        eprintln!("error: --from must be before --to");
+                    }
+                    return ExitCode::from(2);
+                }
+            }
             let opts = ReplayOptions {
                 from_ns,
                 to_ns,
@@ -278,6 +315,7 @@ fn run(cli: Cli) -> ExitCode {
                 dense,
                 push,
                 loki,
+                loki_max_age_ns,
                 instance: instance.unwrap_or_else(|| "replay".into()),
                 progress: true,
                 retry_for,
@@ -315,5 +353,44 @@ fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `replay --to live`: where live counting began for the agent of `config` — the start time
+/// of its counters (`start_time_ns` of the state file in `state_dir`: its very first start,
+/// kept across restarts). With `source.start_at = "end"` (the default) the agent counted only
+/// lines written after that moment, so records with an earlier event time are the backfill's
+/// and later ones the agent's. With `start_at = "beginning"` it also counted the history in
+/// the files present at its first start, so no instant separates the two: refused.
+fn live_start(config: &Config, config_path: Option<&std::path::Path>) -> Result<i64, String> {
+    let from = match config_path.map(PathBuf::from).or_else(|| {
+        std::env::var_os("TOKENMETER_CONFIG")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    }) {
+        Some(p) => format!("config {}", p.display()),
+        None => "the built-in default config".to_string(),
+    };
+    let dir = &config.state_dir;
+    if config.source.start_at == crate::config::StartAt::Beginning {
+        return Err(format!(
+            "source.start_at = \"beginning\" in {from}: the live agent also counted the lines already in its files at its first start, so its start time does not separate backfill from live counting; give --to RFC3339 (the event time of the first line those files held)"
+        ));
+    }
+    match crate::state::read_start_time(dir) {
+        Ok(t) => {
+            eprintln!(
+                "--to live: {} (start of the live agent's counters, {})",
+                crate::timefmt::format_rfc3339_millis(t),
+                crate::state::state_path(dir).display()
+            );
+            Ok(t)
+        }
+        Err(crate::state::StartTimeError::Missing { path }) => Err(format!(
+            "no state file {} (state_dir {} of {from}): the live agent has not run with this state_dir on this machine; run the replay where the agent runs, or give --to RFC3339",
+            path.display(),
+            dir.display()
+        )),
+        Err(e) => Err(format!("{e} (state_dir {} of {from})", dir.display())),
     }
 }

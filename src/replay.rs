@@ -47,6 +47,8 @@ pub struct ReplayOptions {
     pub dense: bool,
     pub push: bool,
     pub loki: bool,
+    /// `--loki-max-age`: lines older than this (event time against the clock) are not sent.
+    pub loki_max_age_ns: i64,
     pub instance: String,
     pub progress: bool,
     /// `--retry-for`: how long a push to Loki or OTLP is retried before the replay gives up.
@@ -85,6 +87,9 @@ pub struct ReplayReport {
 pub struct LokiReport {
     pub sent: u64,
     pub rejected: u64,
+    /// Entries older than `--loki-max-age` when they would have been sent: not sent (Loki
+    /// would reject them).
+    pub too_old: u64,
     /// Entries not delivered: Loki could not be reached within `--retry-for`.
     pub undelivered: u64,
     /// Loki's messages for rejected batches (first 10).
@@ -123,6 +128,8 @@ struct LokiReplay {
     labels: BTreeMap<PathBuf, String>,
     from_ns: Option<i64>,
     to_ns: Option<i64>,
+    /// `--loki-max-age`.
+    max_age_ns: i64,
     report: LokiReport,
     retry_for: Duration,
     /// A batch could not be delivered within `retry_for`: the rest is not tried.
@@ -176,6 +183,12 @@ impl LineSink for LokiReplay {
     fn line(&mut self, path: &Path, text: &str, event_ns: Option<i64>) {
         let t = event_ns.unwrap_or(0);
         if self.from_ns.is_some_and(|f| t < f) || self.to_ns.is_some_and(|e| t >= e) {
+            return;
+        }
+        // Loki rejects an entry older than its `reject_old_samples_max_age` (strictly before
+        // now − max age): not sent, counted.
+        if t < crate::timefmt::now_ns().saturating_sub(self.max_age_ns) {
+            self.report.too_old += 1;
             return;
         }
         let labels = match self.labels.get(path) {
@@ -269,6 +282,7 @@ pub fn replay(
             labels: BTreeMap::new(),
             from_ns: opts.from_ns,
             to_ns: opts.to_ns,
+            max_age_ns: opts.loki_max_age_ns,
             report: LokiReport::default(),
             retry_for: opts.retry_for,
             gave_up: false,
@@ -808,8 +822,8 @@ pub fn summary_text(r: &ReplayReport) -> String {
     if let Some(l) = &r.loki {
         let _ = writeln!(
             out,
-            "Loki: {} entries accepted, {} rejected",
-            l.sent, l.rejected
+            "Loki: {} entries accepted, {} rejected, {} older than --loki-max-age not sent",
+            l.sent, l.rejected, l.too_old
         );
         for m in &l.messages {
             let _ = writeln!(out, "  rejected: {m}");

@@ -153,6 +153,69 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
     }
 }
 
+/// The start time of the counters of the agent that keeps its state in `dir` (the
+/// `start_time_ns` of its state file: its very first start, kept across restarts), read
+/// without taking the lock or changing anything: the agent may be running. For
+/// `replay --to live`.
+pub fn read_start_time(dir: &Path) -> Result<i64, StartTimeError> {
+    let path = state_path(dir);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StartTimeError::Missing { path })
+        }
+        Err(e) => {
+            return Err(StartTimeError::Invalid {
+                path,
+                error: format!("cannot read: {e}"),
+            })
+        }
+    };
+    #[derive(Deserialize)]
+    struct Head {
+        version: u32,
+        start_time_ns: i64,
+    }
+    match serde_json::from_slice::<Head>(&bytes) {
+        Ok(h) if h.version == 1 || h.version == STATE_VERSION => Ok(h.start_time_ns),
+        Ok(h) => Err(StartTimeError::Invalid {
+            path,
+            error: format!(
+                "version {} (this build reads 1 and {STATE_VERSION})",
+                h.version
+            ),
+        }),
+        Err(e) => Err(StartTimeError::Invalid {
+            path,
+            error: format!("not a valid state file: {e}"),
+        }),
+    }
+}
+
+/// Why [`read_start_time`] found no start time.
+#[derive(Debug)]
+pub enum StartTimeError {
+    /// No state file: no agent has run with this `state_dir` (on this machine).
+    Missing {
+        path: PathBuf,
+    },
+    Invalid {
+        path: PathBuf,
+        error: String,
+    },
+}
+
+impl std::fmt::Display for StartTimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartTimeError::Missing { path } => write!(f, "no state file {}", path.display()),
+            StartTimeError::Invalid { path, error } => {
+                write!(f, "state file {}: {error}", path.display())
+            }
+        }
+    }
+}
+
 fn move_aside(path: &Path, error: String) -> io::Result<Loaded> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -356,6 +419,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!dir.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn start_time_is_read_without_touching_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            read_start_time(dir.path()),
+            Err(StartTimeError::Missing { .. })
+        ));
+        save(dir.path(), &sample()).unwrap();
+        assert_eq!(read_start_time(dir.path()).unwrap(), 1);
+        fs::write(state_path(dir.path()), b"{\"version\":2,\"trunc").unwrap();
+        let e = read_start_time(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a valid state file"), "{e}");
+        // Unlike `load`, a broken file is left where it is (the agent owns it).
+        assert!(state_path(dir.path()).exists());
     }
 
     #[test]
