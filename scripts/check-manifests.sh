@@ -19,19 +19,34 @@ command -v kubectl >/dev/null || die "kubectl (with kustomize v5) is required: i
 command -v node >/dev/null && command -v npm >/dev/null || die "node and npm are required (custom resource schemas)"
 command -v python3 >/dev/null || die "python3 is required"
 
+# Pinned, and reinstalled when a pin changes: a new kubernetes-validate release (its bundled
+# schemas, its CLI) must not change what CI checks. It brings jsonschema and PyYAML, which
+# check-manifests.py uses too.
 venv=.cache/venv
-if [ ! -x "$venv/bin/kubernetes-validate" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet kubernetes-validate
+pip_pins="kubernetes-validate==1.37.0"
+if [ "$(cat "$venv/.check-manifests-pins" 2>/dev/null)" != "$pip_pins" ] \
+   || [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  python3 -m venv "$venv" \
+    || die "python3 -m venv $venv failed (Debian/Ubuntu: apt-get install python3-venv)"
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install --quiet $pip_pins \
+    || die "pip install $pip_pins failed (PyPI is needed once; it is then kept in $venv)"
+  echo "$pip_pins" > "$venv/.check-manifests-pins"
 fi
 # Pinned: the schemas the gateway example was written against (Envoy Gateway with apiKeyAuth
-# forwardClientIDHeader/sanitize and ClientTrafficPolicy earlyRequestHeaders).
+# forwardClientIDHeader/sanitize and ClientTrafficPolicy earlyRequestHeaders). Reinstalled
+# when an installed version is not the pinned one.
 models="@kubernetes-models/envoy-gateway@2.0.0 @kubernetes-models/gateway-api@2.0.0 @kubernetes-models/prometheus-operator@6.0.0"
-if [ ! -d .cache/node/node_modules/@kubernetes-models/envoy-gateway ] \
-   || [ ! -d .cache/node/node_modules/@kubernetes-models/prometheus-operator ]; then
+stale=
+for m in $models; do
+  have=$(cd .cache/node 2>/dev/null && node -p "require('./node_modules/${m%@*}/package.json').version" 2>/dev/null) || have=
+  [ "$have" = "${m##*@}" ] || stale=1
+done
+if [ -n "$stale" ]; then
   mkdir -p .cache/node
   # shellcheck disable=SC2086
-  (cd .cache/node && npm install --silent --no-audit --no-fund $models)
+  (cd .cache/node && npm install --silent --no-audit --no-fund --save-exact $models) \
+    || die "npm install $models failed (the npm registry is needed once; then kept in .cache/node)"
 fi
 cp scripts/check-crs.mjs .cache/node/check-crs.mjs
 

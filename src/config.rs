@@ -638,6 +638,14 @@ impl Config {
                 return Err(err(key, "must be at most 365d".into()));
             }
         }
+        // One poll sleeps 100 ms when idle and may write the state: a shorter timeout would
+        // fail /healthz between two healthy polls and have the kubelet restart a working agent.
+        if self.server.liveness_timeout.0 < Duration::from_secs(1) {
+            return Err(err(
+                "server.liveness_timeout",
+                "must be at least 1s (a healthy poll can take longer than that)".into(),
+            ));
+        }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(err(
                 "server.listen",
@@ -935,7 +943,7 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("source.start_at"), "{e}");
         let e = Config::from_toml("[server]\nlisten = \"nope\"\n", &no_env).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("server.listen"), "{e}");
-        for bad in ["\"0s\"", "\"366d\""] {
+        for bad in ["\"0s\"", "\"366d\"", "\"500ms\""] {
             let e = Config::from_toml(&format!("[server]\nliveness_timeout = {bad}\n"), &no_env)
                 .unwrap_err();
             assert_eq!(e.key.as_deref(), Some("server.liveness_timeout"), "{e}");

@@ -119,14 +119,23 @@ pub fn state_path(dir: &Path) -> PathBuf {
     dir.join(STATE_FILE)
 }
 
-/// Loads the state from `dir`. An unreadable, unparsable or wrong-version file is moved aside
-/// (`state.json.corrupt-<unix seconds>`) and reported.
+/// Loads the state from `dir`. An unparsable or wrong-version file is moved aside
+/// (`state.json.corrupt-<unix seconds>`) and reported. A file that cannot be read (permission
+/// denied, an I/O error) is an error and stays where it is: it may be perfectly good (e.g. one
+/// written by an agent that ran as another uid), and starting fresh would reset every counter
+/// and skip the lines written since it was saved.
 pub fn load(dir: &Path) -> io::Result<Loaded> {
     let path = state_path(dir);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Fresh),
-        Err(e) => return move_aside(&path, format!("cannot read: {e}")),
+        Err(e) => {
+            let mut msg = format!("{}: cannot read: {e}", path.display());
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                msg.push_str(&ownership_hint(&path).unwrap_or_default());
+            }
+            return Err(io::Error::new(e.kind(), msg));
+        }
     };
     #[derive(Deserialize)]
     struct Version {
@@ -284,12 +293,48 @@ impl std::fmt::Display for LockError {
                     None => "pid unknown".to_string(),
                 }
             ),
-            LockError::Io { path, error } => write!(f, "{}: cannot lock: {error}", path.display()),
+            LockError::Io { path, error } => {
+                write!(f, "{}: cannot lock: {error}", path.display())?;
+                if error.kind() == io::ErrorKind::PermissionDenied {
+                    let dir = path.parent().unwrap_or(path);
+                    let hint = ownership_hint(dir).or_else(|| ownership_hint(path));
+                    f.write_str(&hint.unwrap_or_default())?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
 impl std::error::Error for LockError {}
+
+/// For a permission error in the state directory: when `path` belongs to another uid than the
+/// one the agent runs as, says so and how to fix it (the usual cause: a state directory left by
+/// an install that ran the agent as another uid, e.g. the earlier 65532 manifests, while the
+/// agent now runs as uid 0 without `CAP_DAC_OVERRIDE`, so it is bound by the owner's mode bits).
+fn ownership_hint(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).ok()?;
+    // SAFETY: geteuid and getegid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if meta.uid() == uid {
+        return None;
+    }
+    let dir = if meta.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(path)
+    };
+    Some(format!(
+        " ({} is owned by uid {} (mode {:o}) and this agent runs as uid {uid}: give the state \
+         directory to the agent's uid, e.g. `chown -R {uid}:{gid} {}` on the node; README \
+         \"Upgrading from the uid-65532 manifests\")",
+        path.display(),
+        meta.uid(),
+        meta.mode() & 0o7777,
+        dir.display()
+    ))
+}
 
 /// Takes the lock on `dir` (`flock` on `dir/lock`) without waiting, and writes this
 /// process's pid into the lock file for the message a second daemon prints.

@@ -1254,3 +1254,126 @@ fn a_panic_on_the_metering_thread_ends_the_process() {
         log_tail(&d)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The pod's security context (issue 14): uid 0 with every capability dropped.
+
+/// Runs the daemon as the DaemonSet does: uid 0, no capabilities at all (bounding, inheritable
+/// and ambient sets emptied, so the exec leaves root none), no new privileges.
+const NO_CAPS: [&str; 5] = [
+    "setpriv",
+    "--inh-caps=-all",
+    "--ambient-caps=-all",
+    "--bounding-set=-all",
+    "--no-new-privs",
+];
+
+/// `CapEff` of `pid`, as hex.
+fn effective_caps(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn as_uid_0_without_capabilities_it_reads_0600_root_logs_and_keeps_its_state() {
+    assert_eq!(euid(), 0, "this test runs as root (as in CI)");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let dir = pod_dir(&root, "gw-crio");
+    // CRI-O's conmon: directories 0700 and log files 0600, root's; the state directory as
+    // kubelet's DirectoryOrCreate makes it (root, 0755).
+    for p in [&root, dir.parent().unwrap(), &dir] {
+        chmod(p, 0o700);
+    }
+    let log = dir.join("0.log");
+    let exp = new_exp();
+    write_records(&log, 0..100, &exp);
+    chmod(&log, 0o600);
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    chmod(&state, 0o755);
+    let cfg = config(&root, &state, "", "");
+    let mut d = start(tmp.path(), "nocaps", &cfg, &NO_CAPS, &bin());
+    assert_eq!(uids(d.child.id()), vec![0; 4]);
+    assert_eq!(effective_caps(d.child.id()), "0000000000000000");
+    wait_exact(&d, &exp, "uid 0 without capabilities");
+    write_records(&log, 100..150, &exp);
+    wait_exact(&d, &exp, "appended");
+    assert_eq!(terminate(&mut d), Some(0), "{}", log_tail(&d));
+    drop(d);
+    // The state it wrote is its own: a restart resumes from it (nothing counted twice).
+    let d = start(tmp.path(), "nocaps-again", &cfg, &NO_CAPS, &bin());
+    write_records(&log, 150..160, &exp);
+    wait_exact(&d, &exp, "after a restart without capabilities");
+    assert!(d.log_text().contains("resumed from"), "{}", log_tail(&d));
+}
+
+/// A state directory left by the earlier manifests (uid 65532, 0700): uid 0 without
+/// capabilities cannot use it. The agent must say why and how to fix it, and never move a
+/// state it could not read aside as corrupt (that would reset every counter).
+#[test]
+fn a_state_dir_of_another_uid_is_refused_with_the_fix_and_its_state_is_kept() {
+    assert_eq!(euid(), 0, "this test runs as root (as in CI)");
+    const OLD_UID: u32 = 65532;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let exp = new_exp();
+    write_records(&pod_dir(&root, "gw-old").join("0.log"), 0..10, &exp);
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let saved = b"{\"version\":2,\"saved by\":\"the uid-65532 agent\"}";
+    std::fs::write(state.join("state.json"), saved).unwrap();
+    std::fs::write(state.join("lock"), b"1\n").unwrap();
+    for f in ["state.json", "lock"] {
+        chmod(&state.join(f), 0o600);
+        std::os::unix::fs::chown(state.join(f), Some(OLD_UID), Some(OLD_UID)).unwrap();
+    }
+    std::os::unix::fs::chown(&state, Some(OLD_UID), Some(OLD_UID)).unwrap();
+    chmod(&state, 0o700);
+    let cfg = config(&root, &state, "", "");
+
+    let run = |name: &str| {
+        let mut d = Daemon::spawn(tmp.path(), name, &cfg, &NO_CAPS, &bin());
+        let status = wait_exit(&mut d, WAIT)
+            .unwrap_or_else(|| panic!("still running on a foreign state dir: {}", log_tail(&d)));
+        (status.code(), d.log_text())
+    };
+    // The whole directory is the old uid's.
+    let (code, log) = run("foreign-dir");
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("owned by uid 65532 (mode 700) and this agent runs as uid 0")
+            && log.contains(&format!("chown -R 0:0 {}", state.display())),
+        "{log}"
+    );
+    // Only the directory was given back: the lock file is still the old uid's.
+    std::os::unix::fs::chown(&state, Some(0), Some(0)).unwrap();
+    let (code, log) = run("foreign-lock");
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("owned by uid 65532 (mode 600)"), "{log}");
+    // The lock file removed too: the state file itself cannot be read. It is an error, not a
+    // corrupt file: it stays where it is, unchanged.
+    std::fs::remove_file(state.join("lock")).unwrap();
+    let (code, log) = run("foreign-state");
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("state.json: cannot read: Permission denied")
+            && log.contains("owned by uid 65532 (mode 600)"),
+        "{log}"
+    );
+    assert!(!log.contains("corrupt"), "{log}");
+    assert_eq!(std::fs::read(state.join("state.json")).unwrap(), saved);
+    let names: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "state.json" || n == "lock"),
+        "{names:?}"
+    );
+}
