@@ -363,6 +363,156 @@ impl Store {
         }
     }
 
+    /// A store for one part of a replay counted on its own thread (see [`Store::absorb`]):
+    /// no limits, so no series of the part is folded before the merge decides.
+    pub fn unlimited(config: &Config) -> Self {
+        let mut s = Store::new(config);
+        s.models.limit = usize::MAX;
+        s.keys.limit = usize::MAX;
+        s.services.limit = usize::MAX;
+        s.max_series = usize::MAX;
+        s
+    }
+
+    /// Adds the counts of `part`, an [`Store::unlimited`] store that counted the input read
+    /// after everything counted here (the next file of a replay), with the same prices and
+    /// clock, as if its records had been counted here one by one. Its series join in the
+    /// order they were created in `part`, which is the order their first records came in.
+    ///
+    /// Refused (`false`, nothing changed) when a label value or a series of `part` would be
+    /// folded here (a limit of SPEC §4 reached): folding is decided record by record, so the
+    /// caller counts that input again here. Without folding every counter is a sum, so the
+    /// result is the one reading in order gives — except the duration histograms' float
+    /// sums, added in another order (not in replay's outputs).
+    pub fn absorb(&mut self, part: &Store) -> bool {
+        debug_assert_eq!(self.n_extra, part.n_extra);
+        // Whether everything fits: counted conservatively (a new value or series counts even
+        // where the limit would have let it in, e.g. `__overflow__` itself): refusing is
+        // always exact.
+        let new_values = |mine: &Interner, theirs: &Interner| {
+            theirs
+                .values
+                .iter()
+                .filter(|v| !mine.ids.contains_key(v.as_ref()))
+                .count()
+        };
+        let fits = |mine: &Interner, theirs: &Interner| {
+            mine.values.len().saturating_add(new_values(mine, theirs)) <= mine.limit
+        };
+        if !fits(&self.models, &part.models)
+            || !fits(&self.keys, &part.keys)
+            || !fits(&self.services, &part.services)
+        {
+            return false;
+        }
+        let existing = |[m, k, s]: [u32; 3]| -> Option<[u32; 3]> {
+            Some([
+                *self.models.ids.get(part.models.get(m))?,
+                *self.keys.ids.get(part.keys.get(k))?,
+                *self.services.ids.get(part.services.get(s))?,
+            ])
+        };
+        let new_series = part
+            .series
+            .iter()
+            .filter(|(ids, _)| {
+                existing(*ids).is_none_or(|ids| !self.series_index.contains_key(&ids))
+            })
+            .count();
+        if self.series.len().saturating_add(new_series) > self.max_series {
+            return false;
+        }
+
+        // Part's label ids to ours (nothing folds: checked above).
+        let pair = |[m, s]: [u32; 2], store: &mut Store| {
+            [
+                store.models.force(part.models.get(m)),
+                store.services.force(part.services.get(s)),
+            ]
+        };
+        for (i, ([m, k, s], c)) in part.series.iter().enumerate() {
+            let [m, s] = pair([*m, *s], self);
+            let ids = [m, self.keys.force(part.keys.get(*k)), s];
+            let idx = self.series_slot(ids);
+            let mine = &mut self.series[idx].1;
+            for (n, add) in mine.requests.iter_mut().zip(c.requests) {
+                *n += add;
+            }
+            mine.input += c.input;
+            mine.output += c.output;
+            mine.total += c.total;
+            let n = self.n_extra;
+            for (slot, add) in self.extras[idx * n..(idx + 1) * n]
+                .iter_mut()
+                .zip(&part.extras[i * n..(i + 1) * n])
+            {
+                *slot += add;
+            }
+            self.cost[idx] = self.cost[idx].saturating_add(part.cost[i]);
+        }
+        for ((m, s, class), h) in &part.hists {
+            let [m, s] = pair([*m, *s], self);
+            let key = (m, s, *class);
+            let at = match self.hist_index.get(&key) {
+                Some(&at) => at as usize,
+                None => {
+                    self.hists.push((key, Histogram::default()));
+                    self.hist_index.insert(key, (self.hists.len() - 1) as u32);
+                    self.hists.len() - 1
+                }
+            };
+            let mine = &mut self.hists[at].1;
+            for (n, add) in mine.buckets.iter_mut().zip(h.buckets) {
+                *n += add;
+            }
+            mine.sum_seconds += h.sum_seconds;
+            mine.count += h.count;
+        }
+        for p in &part.pairs {
+            let ids = pair(p.ids, self);
+            let at = self.pair_slot(ids);
+            let mine = &mut self.pairs[at];
+            for (n, start, add, add_start) in [
+                (
+                    &mut mine.unpriced,
+                    &mut mine.unpriced_start_ns,
+                    p.unpriced,
+                    p.unpriced_start_ns,
+                ),
+                (
+                    &mut mine.unmetered,
+                    &mut mine.unmetered_start_ns,
+                    p.unmetered,
+                    p.unmetered_start_ns,
+                ),
+            ] {
+                if *n == 0 && add > 0 {
+                    *start = add_start;
+                }
+                *n += add;
+            }
+        }
+        let (st, theirs) = (&mut self.stats, &part.stats);
+        st.records += theirs.records;
+        for (n, add) in st.skipped.iter_mut().zip(theirs.skipped) {
+            *n += add;
+        }
+        for (n, add) in st.invalid_fields.iter_mut().zip(&theirs.invalid_fields) {
+            *n += add;
+        }
+        st.total_mismatches += theirs.total_mismatches;
+        for (n, add) in st.overflows.iter_mut().zip(theirs.overflows) {
+            *n += add;
+        }
+        if st.child_exceeds.len() < theirs.child_exceeds.len() {
+            st.child_exceeds.resize(theirs.child_exceeds.len(), 0);
+        }
+        for (n, add) in st.child_exceeds.iter_mut().zip(&theirs.child_exceeds) {
+            *n += add;
+        }
+        true
+    }
+
     /// The cost of the record [`Store::add_at`] counted last, in units of 10^-12 currency.
     pub fn last_cost(&self) -> u128 {
         self.last_cost
@@ -1076,5 +1226,81 @@ mod tests {
         assert_eq!(snap.series.len(), 1);
         assert_eq!(snap.series[0].model, "m\u{fffd}x");
         assert_eq!(snap.series[0].input_tokens, 3);
+    }
+
+    /// What a store counted, histogram sums aside (float sums depend on the order of
+    /// additions; they are not in replay's outputs).
+    fn counted(s: &Store) -> Snapshot {
+        let mut snap = s.snapshot(&[]);
+        for d in &mut snap.durations {
+            d.histogram.sum_seconds = 0.0;
+        }
+        snap
+    }
+
+    proptest::proptest! {
+        /// `replay --jobs`: files counted apart into unlimited stores and absorbed in order
+        /// (or counted again in order where absorbing is refused) give exactly what counting
+        /// every record in order gives, with small limits that fold values and series,
+        /// unpriced and unmetered records, status classes and durations.
+        #[test]
+        fn absorbing_parts_in_order_equals_counting_in_order(
+            records in proptest::collection::vec(
+                (0usize..4, 0usize..6, 0usize..3, 0u64..1000, 0usize..5, proptest::bool::weighted(0.1)),
+                0..80,
+            ),
+            cuts in proptest::collection::vec(0usize..80, 0..4),
+            max_series in 1usize..14,
+            max_models in 1usize..5,
+            max_keys in 1usize..7,
+        ) {
+            let mut config = Config::default();
+            config.limits.max_series = max_series;
+            config.limits.max_values.model = max_models;
+            config.limits.max_values.api_key_id = max_keys;
+            let text = "[[prices]]\nmodel = \"m0\"\nper_million = { input = 1 }\n\
+                        [[prices]]\nmodel = \"m1\"\nper_request = 0.5\nper_million = { output = 3 }\n";
+            let pricing = crate::pricing::Pricing {
+                prices: crate::pricing::parse_price_file(text).unwrap().prices,
+                ..Default::default()
+            };
+            let table = Arc::new(PriceTable::compile(&pricing, &[]).unwrap().0);
+            let make = |(m, k, sv, tokens, class, null): &(usize, usize, usize, u64, usize, bool)| {
+                let mut r = record(&format!("m{m}"), &format!("k{k}"), &format!("s{sv}"), *tokens, tokens / 2);
+                r.status_class = StatusClass::ALL[*class];
+                r.duration_ms = (tokens % 3 != 0).then_some(*tokens as f64);
+                if *null {
+                    r.valid = 0;
+                    r.input_tokens = 0;
+                    r.output_tokens = 0;
+                    r.total_tokens = 0;
+                }
+                r
+            };
+            let mut in_order = Store::new(&config);
+            in_order.set_pricing(Some(table.clone()));
+            for r in &records {
+                in_order.add(&make(r));
+            }
+            let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c.min(records.len())).collect();
+            bounds.push(0);
+            bounds.push(records.len());
+            bounds.sort_unstable();
+            let mut merged = Store::new(&config);
+            merged.set_pricing(Some(table.clone()));
+            for part_records in bounds.windows(2).map(|w| &records[w[0]..w[1]]) {
+                let mut part = Store::unlimited(&config);
+                part.set_pricing(Some(table.clone()));
+                for r in part_records {
+                    part.add(&make(r));
+                }
+                if !merged.absorb(&part) {
+                    for r in part_records {
+                        merged.add(&make(r));
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(counted(&merged), counted(&in_order));
+        }
     }
 }

@@ -70,6 +70,12 @@ pub enum Command {
         /// reads backfilled chargeback right at the edges (more samples; see README).
         #[arg(long)]
         dense: bool,
+        /// Files counted at once, each on its own thread, merged in the order given (the
+        /// summary is the same as with 1). Default: the number of cores. Backfill
+        /// (`--openmetrics`, `--push`), `--loki` and `--from`/`--to` need the records in
+        /// order and read on one thread.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: Option<u16>,
         /// Push the series over OTLP with their historical timestamps.
         #[arg(long)]
         push: bool,
@@ -208,6 +214,7 @@ fn run(cli: Cli) -> ExitCode {
             block,
             max_delay,
             dense,
+            jobs,
             push,
             loki,
             loki_max_age,
@@ -318,6 +325,10 @@ fn run(cli: Cli) -> ExitCode {
                 loki_max_age_ns,
                 instance: instance.unwrap_or_else(|| "replay".into()),
                 progress: true,
+                jobs: jobs.map_or_else(
+                    || std::thread::available_parallelism().map_or(1, |n| n.get().min(256)),
+                    usize::from,
+                ),
                 retry_for,
             };
             match replay(&config, &files, &opts) {

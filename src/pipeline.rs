@@ -187,6 +187,20 @@ impl Meter {
         }
     }
 
+    /// A meter for one part of a replay counted on its own thread, to be merged with
+    /// [`Meter::absorb`]: an [`Store::unlimited`] store, no prices yet.
+    pub fn part(config: &Config, event_times: EventTimes) -> Self {
+        let mut m = Self::new(config, event_times);
+        m.store = Store::unlimited(config);
+        m
+    }
+
+    /// Adds what `part` counted (input read after everything counted here); `false` when it
+    /// cannot be added exactly (see [`Store::absorb`]) and must be counted again here.
+    pub fn absorb(&mut self, part: &Meter) -> bool {
+        self.store.absorb(&part.store)
+    }
+
     pub fn extra_names(&self) -> &[String] {
         &self.extra_names
     }

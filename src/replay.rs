@@ -3,12 +3,12 @@
 //! Owns: the order of files, opening them all before reading any (so a missing file stops the
 //! replay before anything is written), the progress bar, and the summary formats of SPEC §2.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -23,7 +23,7 @@ use crate::export::openmetrics::{otlp_requests, write_openmetrics, Emitted};
 use crate::export::otlp::OtlpClient;
 use crate::parse::Record;
 use crate::pipeline::{physical_line_limit, EventTimes, FileCursor, LineSink, Meter};
-use crate::source::{expand_inputs, open_input, AtEof, InputError, LineReader, PodLabels};
+use crate::source::{expand_inputs, open_input, AtEof, Input, InputError, LineReader, PodLabels};
 
 /// Stands for "for ever" where `--retry-for` is too large to add to a clock reading.
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
@@ -51,6 +51,9 @@ pub struct ReplayOptions {
     pub loki_max_age_ns: i64,
     pub instance: String,
     pub progress: bool,
+    /// `--jobs`: files counted at once (summaries only; backfill, Loki and `--from`/`--to`
+    /// read in order on one thread).
+    pub jobs: usize,
     /// `--retry-for`: how long a push to Loki or OTLP is retried before the replay gives up.
     pub retry_for: Duration,
 }
@@ -247,6 +250,209 @@ impl LineSink for Sinks<'_> {
     }
 }
 
+/// The sinks that need the records in file order, one line at a time (so `--jobs` does not
+/// apply when any is in use).
+struct Ordered<'a, 'c> {
+    backfill: &'a mut Option<StepStream>,
+    loki: &'a mut Option<LokiReplay>,
+    emitter: &'a mut Emitter<'c>,
+}
+
+/// Lines between two progress updates (and checks of a parallel replay's stop flag).
+const TICK_LINES: u32 = 16_384;
+
+/// Reads one input to its end through `meter`. With `ordered`, each line also goes to the
+/// backfill and Loki sinks, and the backfill windows that are complete leave after each
+/// physical line. `tick` runs every [`TICK_LINES`] lines; `stop` ends the reading early
+/// (in a parallel replay, another file failed).
+fn read_input(
+    input: Input,
+    config: &Config,
+    meter: &mut Meter,
+    progress: Arc<AtomicU64>,
+    mut ordered: Option<Ordered<'_, '_>>,
+    tick: &mut dyn FnMut(&Meter),
+    stop: Option<&AtomicBool>,
+) -> Result<(), ReplayError> {
+    let limit = physical_line_limit(config.source.max_line_bytes);
+    let path = input.path.clone();
+    let mut cursor = FileCursor::new(config, input.modified_ns);
+    let mut reader = LineReader::new(input.into_reader(progress), 0, limit, AtEof::EmitPartial);
+    let mut n = 0u32;
+    loop {
+        let line = reader
+            .next_line()
+            .with_context(|| format!("reading {} (after line {})", path.display(), cursor.line_no))
+            .map_err(ReplayError::Read)?;
+        let Some(line) = line else { break };
+        match ordered.as_mut() {
+            Some(o) => {
+                let mut sinks = Sinks {
+                    backfill: o.backfill.as_mut(),
+                    loki: o.loki.as_mut(),
+                };
+                meter.physical_with(&path, &mut cursor, line, &mut sinks);
+                if let Some(b) = o.backfill.as_mut() {
+                    for w in b.take_ready() {
+                        o.emitter.emit(w)?;
+                    }
+                }
+            }
+            None => meter.physical(&path, &mut cursor, line),
+        }
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(TICK_LINES) {
+            if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                return Ok(());
+            }
+            tick(meter);
+        }
+    }
+    let mut sinks = match ordered.as_mut() {
+        Some(o) => Sinks {
+            backfill: o.backfill.as_mut(),
+            loki: o.loki.as_mut(),
+        },
+        None => Sinks {
+            backfill: None,
+            loki: None,
+        },
+    };
+    meter.end_of_file(&path, &mut cursor, &mut sinks);
+    Ok(())
+}
+
+/// What the threads of a parallel replay share: each file's counts as they finish, and how
+/// far the merge has come.
+struct Parts {
+    done: Vec<Option<Result<Meter, ReplayError>>>,
+    /// The next file to start.
+    next: usize,
+    /// Files merged so far (in order).
+    merged: usize,
+    /// A file failed or the merge stopped: start no more.
+    stopped: bool,
+}
+
+/// `--jobs`: counts the files on `jobs` threads, each file into a [`Meter::part`] of its own,
+/// and merges them here in the order given, so the result is the one reading them in order
+/// gives (see [`Store::absorb`]; a file whose series would fold is counted again here).
+/// At most `2 × jobs` files are read ahead of the merge (memory). The first error in file
+/// order is the one returned, as reading in order would.
+#[allow(clippy::too_many_arguments)]
+fn count_in_parallel(
+    config: &Config,
+    inputs: Vec<Input>,
+    jobs: usize,
+    meter: &mut Meter,
+    event_times: EventTimes,
+    progress: &Arc<AtomicU64>,
+    tick: &mut dyn FnMut(&Meter),
+) -> Result<(), ReplayError> {
+    let files = inputs.len();
+    let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
+    let inputs: Vec<Mutex<Option<Input>>> =
+        inputs.into_iter().map(|i| Mutex::new(Some(i))).collect();
+    let parts = Mutex::new(Parts {
+        done: (0..files).map(|_| None).collect(),
+        next: 0,
+        merged: 0,
+        stopped: false,
+    });
+    let changed = Condvar::new();
+    let stop = AtomicBool::new(false);
+    let prices = meter.store.pricing().cloned();
+    let ahead = jobs.saturating_mul(2);
+    let lock = || {
+        parts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = {
+                    let mut p = lock();
+                    loop {
+                        if p.stopped || p.next >= files {
+                            return;
+                        }
+                        if p.next < p.merged + ahead {
+                            p.next += 1;
+                            break p.next - 1;
+                        }
+                        p = changed
+                            .wait(p)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    }
+                };
+                let input = inputs[i].lock().unwrap_or_else(|p| p.into_inner()).take();
+                let result = match input {
+                    Some(input) => {
+                        let mut part = Meter::part(config, event_times);
+                        part.store.set_pricing(prices.clone());
+                        read_input(
+                            input,
+                            config,
+                            &mut part,
+                            progress.clone(),
+                            None,
+                            &mut |_| {},
+                            Some(&stop),
+                        )
+                        .map(|()| part)
+                    }
+                    None => Err(ReplayError::Read(anyhow::anyhow!("file {i} taken twice"))),
+                };
+                let mut p = lock();
+                if result.is_err() {
+                    // Files after this one are not needed; those before it are already read.
+                    p.stopped = true;
+                }
+                p.done[i] = Some(result);
+                changed.notify_all();
+            });
+        }
+        let mut outcome = Ok(());
+        for (i, path) in paths.iter().enumerate() {
+            let part = loop {
+                let mut p = lock();
+                if let Some(part) = p.done[i].take() {
+                    break part;
+                }
+                drop(changed.wait_timeout(p, Duration::from_millis(250)));
+                tick(meter);
+            };
+            let merged = match part {
+                Err(e) => Err(e),
+                Ok(part) if meter.absorb(&part) => Ok(()),
+                Ok(part) => {
+                    // A limit reached: folding is decided record by record, so this file is
+                    // counted again here, in order (its bytes not counted twice).
+                    drop(part);
+                    open_input(path)
+                        .map_err(ReplayError::Open)
+                        .and_then(|input| {
+                            let uncounted = Arc::new(AtomicU64::new(0));
+                            read_input(input, config, meter, uncounted, None, tick, None)
+                        })
+                }
+            };
+            let mut p = lock();
+            p.merged = i + 1;
+            if let Err(e) = merged {
+                p.stopped = true;
+                stop.store(true, Ordering::Relaxed);
+                changed.notify_all();
+                outcome = Err(e);
+                break;
+            }
+            changed.notify_all();
+        }
+        outcome
+    })
+}
+
 /// Replays `args` (files, directories, globs) in order, with the backfill and forwarding
 /// options of SPEC §2. The progress bar is drawn on stderr only when it is a terminal.
 pub fn replay(
@@ -341,49 +547,52 @@ pub fn replay(
     };
     let mut backfill = wants_backfill.then(|| StepStream::new(shape, meter.extra_names().len()));
     let mut emitter = Emitter::new(config, opts, &meter)?;
-    let read = Rc::new(Cell::new(0u64));
-    let limit = physical_line_limit(config.source.max_line_bytes);
+    let read = Arc::new(AtomicU64::new(0));
     let files = inputs.len();
-    for input in inputs {
-        let path = input.path.clone();
-        let mut cursor = FileCursor::new(config, input.modified_ns);
-        let mut reader = LineReader::new(
-            input.into_reader(read.clone()),
-            0,
-            limit,
-            AtEof::EmitPartial,
-        );
-        let mut n = 0u32;
-        loop {
-            let line = reader
-                .next_line()
-                .with_context(|| {
-                    format!("reading {} (after line {})", path.display(), cursor.line_no)
-                })
-                .map_err(ReplayError::Read)?;
-            let Some(line) = line else { break };
-            let mut sinks = Sinks {
-                backfill: backfill.as_mut(),
-                loki: loki.as_mut(),
-            };
-            meter.physical_with(&path, &mut cursor, line, &mut sinks);
-            if let Some(b) = backfill.as_mut() {
-                for w in b.take_ready() {
-                    emitter.emit(w)?;
-                }
-            }
-            n = n.wrapping_add(1);
-            if n.is_multiple_of(16384) && !bar.is_hidden() {
-                update_bar(&bar, read.get(), meter.store.stats().lines(), started);
-            }
+    let mut tick = |m: &Meter| {
+        if !bar.is_hidden() {
+            update_bar(
+                &bar,
+                read.load(Ordering::Relaxed),
+                m.store.stats().lines(),
+                started,
+            );
         }
-        let mut sinks = Sinks {
-            backfill: backfill.as_mut(),
-            loki: loki.as_mut(),
-        };
-        meter.end_of_file(&path, &mut cursor, &mut sinks);
+    };
+    if opts.jobs > 1 && files > 1 && event_times != EventTimes::Every {
+        count_in_parallel(
+            config,
+            inputs,
+            opts.jobs,
+            &mut meter,
+            event_times,
+            &read,
+            &mut tick,
+        )?;
+    } else {
+        for input in inputs {
+            let ordered = Ordered {
+                backfill: &mut backfill,
+                loki: &mut loki,
+                emitter: &mut emitter,
+            };
+            read_input(
+                input,
+                config,
+                &mut meter,
+                read.clone(),
+                Some(ordered),
+                &mut tick,
+                None,
+            )?;
+        }
     }
-    update_bar(&bar, read.get(), meter.store.stats().lines(), started);
+    update_bar(
+        &bar,
+        read.load(Ordering::Relaxed),
+        meter.store.stats().lines(),
+        started,
+    );
     bar.finish_and_clear();
 
     let mut emitted = None;
@@ -409,7 +618,7 @@ pub fn replay(
     Ok(ReplayReport {
         snapshot: meter.store.snapshot(meter.extra_names()),
         files,
-        bytes_read: read.get(),
+        bytes_read: read.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         emitted,
         pushed,

@@ -1007,3 +1007,97 @@ per_million = { input = 1 }
     assert_eq!(changing_cost(&eager), "12", "{eager}");
     assert_eq!(on_demand["cost"], eager["cost"]);
 }
+
+fn replay_stdout(args: &[&str], files: &[PathBuf]) -> String {
+    let out = bin().arg("replay").args(args).args(files).output().unwrap();
+    assert!(
+        out.status.success(),
+        "replay {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `--jobs 2` counts files on two threads and merges them in the order given: the summary is
+/// byte for byte the one `--jobs 1` writes, with prices and with limits small enough that
+/// values and series fold (those files are counted again in order). The totals also equal
+/// the sum of each fixture's independently written summary (tests/expected).
+#[test]
+fn replay_jobs_2_writes_the_summary_of_jobs_1_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        "envoy-ai-access.jsonl",
+        "cri-wrapped.log",
+        "edge-cases.log",
+        "docker-json.log",
+    ];
+    // Each fixture twice, the second copy gzipped, so parts repeat series of earlier parts.
+    let mut files: Vec<PathBuf> = names.iter().map(|n| fixture(n)).collect();
+    for n in names {
+        let gz = dir.path().join(format!("{n}.gz"));
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "gzip -c '{}' > '{}'",
+                fixture(n).display(),
+                gz.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        files.push(gz);
+    }
+    let limits = dir.path().join("limits.toml");
+    std::fs::write(
+        &limits,
+        "[limits]\nmax_series = 5\n[limits.max_values]\napi_key_id = 3\n",
+    )
+    .unwrap();
+    let pricing = fixture("pricing.toml");
+    let configs: [&[&str]; 3] = [
+        &[],
+        &["--config", pricing.to_str().unwrap()],
+        &["--config", limits.to_str().unwrap()],
+    ];
+    for config in configs {
+        let mut one = config.to_vec();
+        one.extend(["--summary", "json", "--jobs", "1"]);
+        let mut two = config.to_vec();
+        two.extend(["--summary", "json", "--jobs", "2"]);
+        assert_eq!(
+            replay_stdout(&two, &files),
+            replay_stdout(&one, &files),
+            "{config:?}"
+        );
+    }
+    let summary: Value = serde_json::from_str(&replay_stdout(
+        &["--summary", "json", "--jobs", "2"],
+        &files,
+    ))
+    .unwrap();
+    let (mut lines, mut records) = (0, 0);
+    for n in names {
+        let want: Value = serde_json::from_str(
+            &std::fs::read_to_string(root().join("tests/expected").join(format!("{n}.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        lines += 2 * want["lines"].as_u64().unwrap();
+        records += 2 * want["records"].as_u64().unwrap();
+    }
+    assert_eq!(summary["lines"].as_u64(), Some(lines));
+    assert_eq!(summary["records"].as_u64(), Some(records));
+    // The limits fold: the fallback to counting in order was taken.
+    let folded = replay_stdout(
+        &[
+            "--config",
+            limits.to_str().unwrap(),
+            "--summary",
+            "json",
+            "--jobs",
+            "2",
+        ],
+        &files,
+    );
+    assert!(folded.contains("__overflow__"), "{folded}");
+}

@@ -1,12 +1,12 @@
 //! Opening a file to replay: plain, or gzip (multi-member) detected by its magic bytes, with a
 //! shared counter of the bytes read from disk for progress reporting.
 
-use std::cell::Cell;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use flate2::read::MultiGzDecoder;
 
@@ -127,7 +127,7 @@ pub fn open_input(path: &Path) -> Result<Input, InputError> {
 
 impl Input {
     /// The decompressed byte stream; `progress` is advanced by the bytes read from disk.
-    pub fn into_reader(self, progress: Rc<Cell<u64>>) -> Box<dyn Read> {
+    pub fn into_reader(self, progress: Arc<AtomicU64>) -> Box<dyn Read + Send> {
         let counted = Counting {
             inner: self.file,
             count: progress,
@@ -145,13 +145,13 @@ impl Input {
 
 struct Counting<R> {
     inner: R,
-    count: Rc<Cell<u64>>,
+    count: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
