@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -270,14 +270,40 @@ fn read_input(
     config: &Config,
     meter: &mut Meter,
     progress: Arc<AtomicU64>,
+    ordered: Option<Ordered<'_, '_>>,
+    tick: &mut dyn FnMut(&Meter),
+    stop: Option<&AtomicBool>,
+) -> Result<(), ReplayError> {
+    let (path, modified_ns) = (input.path.clone(), input.modified_ns);
+    let bytes = input.into_reader(progress);
+    read_bytes(
+        &path,
+        modified_ns,
+        bytes,
+        config,
+        meter,
+        ordered,
+        tick,
+        stop,
+    )
+}
+
+/// [`read_input`] from its (decompressed) bytes.
+#[allow(clippy::too_many_arguments)]
+fn read_bytes(
+    path: &Path,
+    modified_ns: Option<i64>,
+    bytes: Box<dyn Read + Send>,
+    config: &Config,
+    meter: &mut Meter,
     mut ordered: Option<Ordered<'_, '_>>,
     tick: &mut dyn FnMut(&Meter),
     stop: Option<&AtomicBool>,
 ) -> Result<(), ReplayError> {
     let limit = physical_line_limit(config.source.max_line_bytes);
-    let path = input.path.clone();
-    let mut cursor = FileCursor::new(config, input.modified_ns);
-    let mut reader = LineReader::new(input.into_reader(progress), 0, limit, AtEof::EmitPartial);
+    let path = path.to_path_buf();
+    let mut cursor = FileCursor::new(config, modified_ns);
+    let mut reader = LineReader::new(bytes, 0, limit, AtEof::EmitPartial);
     let mut n = 0u32;
     loop {
         let line = reader
@@ -320,6 +346,137 @@ fn read_input(
     };
     meter.end_of_file(&path, &mut cursor, &mut sinks);
     Ok(())
+}
+
+/// Bytes handed over from a read-ahead thread, one chunk at a time.
+struct ChunkReader {
+    chunks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The reading thread finished the file.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Bytes of one chunk handed over by a read-ahead thread.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks a read-ahead thread may hold per file before it waits (memory: threads × this ×
+/// [`CHUNK_BYTES`]).
+const CHUNKS_AHEAD: usize = 4;
+
+/// `--jobs` for the replays that need records in order (backfill, Loki, `--from`/`--to`):
+/// `threads` threads read and decompress the files ahead (gzip's inflate is most of a
+/// replay's time), and this thread counts their bytes in the order given, as reading them
+/// itself would.
+#[allow(clippy::too_many_arguments)]
+fn count_in_order_reading_ahead(
+    config: &Config,
+    inputs: Vec<Input>,
+    threads: usize,
+    meter: &mut Meter,
+    progress: &Arc<AtomicU64>,
+    ordered: Ordered<'_, '_>,
+    tick: &mut dyn FnMut(&Meter),
+) -> Result<(), ReplayError> {
+    let files: Vec<(PathBuf, Option<i64>)> = inputs
+        .iter()
+        .map(|i| (i.path.clone(), i.modified_ns))
+        .collect();
+    let mut senders = Vec::with_capacity(inputs.len());
+    let mut receivers = Vec::with_capacity(inputs.len());
+    for _ in 0..inputs.len() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let work = Mutex::new(
+        inputs
+            .into_iter()
+            .zip(senders)
+            .collect::<std::collections::VecDeque<_>>(),
+    );
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                // Files are taken in order, so the one counted next is always being read.
+                let next = work.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                let Some((input, chunks)) = next else { return };
+                let mut bytes = input.into_reader(progress.clone());
+                loop {
+                    let mut chunk = vec![0u8; CHUNK_BYTES];
+                    let mut filled = 0;
+                    let result = loop {
+                        match bytes.read(&mut chunk[filled..]) {
+                            Ok(0) => break Ok(()),
+                            Ok(n) => {
+                                filled += n;
+                                if filled == chunk.len() {
+                                    break Ok(());
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    chunk.truncate(filled);
+                    let end = filled < CHUNK_BYTES || result.is_err();
+                    let sent = match result {
+                        Err(e) => {
+                            // What was read before the error first, as a reader in order sees it.
+                            let _ = chunks.send(Ok(chunk));
+                            chunks.send(Err(e))
+                        }
+                        Ok(()) if filled > 0 => chunks.send(Ok(chunk)),
+                        Ok(()) => Ok(()),
+                    };
+                    // A closed channel: the replay stopped (an error in an earlier file).
+                    if end || sent.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        for ((path, modified_ns), chunks) in files.iter().zip(receivers) {
+            let bytes = Box::new(ChunkReader {
+                chunks,
+                chunk: Vec::new(),
+                at: 0,
+            });
+            let again = Ordered {
+                backfill: &mut *ordered.backfill,
+                loki: &mut *ordered.loki,
+                emitter: &mut *ordered.emitter,
+            };
+            read_bytes(
+                path,
+                *modified_ns,
+                bytes,
+                config,
+                meter,
+                Some(again),
+                tick,
+                None,
+            )?;
+        }
+        Ok(())
+    })
 }
 
 /// What the threads of a parallel replay share: each file's counts as they finish, and how
@@ -568,6 +725,16 @@ pub fn replay(
             event_times,
             &read,
             &mut tick,
+        )?;
+    } else if opts.jobs > 1 {
+        let ordered = Ordered {
+            backfill: &mut backfill,
+            loki: &mut loki,
+            emitter: &mut emitter,
+        };
+        let threads = (opts.jobs - 1).min(files);
+        count_in_order_reading_ahead(
+            config, inputs, threads, &mut meter, &read, ordered, &mut tick,
         )?;
     } else {
         for input in inputs {

@@ -1101,3 +1101,118 @@ fn replay_jobs_2_writes_the_summary_of_jobs_1_byte_for_byte() {
     );
     assert!(folded.contains("__overflow__"), "{folded}");
 }
+
+/// With backfill the records must reach the steps in order: `--jobs 2` reads and inflates the
+/// files ahead on another thread and counts them here in order, so the OpenMetrics windows
+/// and the summary are byte for byte those of `--jobs 1` (gzip and plain files, a small
+/// chunk-sized file and a multi-window split).
+#[test]
+fn backfill_with_jobs_2_writes_the_files_of_jobs_1_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for n in [
+        "envoy-ai-access.jsonl",
+        "cri-wrapped.log",
+        "docker-json.log",
+    ] {
+        files.push(fixture(n));
+        let gz = dir.path().join(format!("{n}.gz"));
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "gzip -c '{}' > '{}'",
+                fixture(n).display(),
+                gz.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        files.push(gz);
+    }
+    let mut outputs = Vec::new();
+    for jobs in ["1", "2"] {
+        let out_dir = dir.path().join(format!("om-{jobs}/"));
+        let summary = replay_stdout(
+            &[
+                "--summary",
+                "json",
+                "--jobs",
+                jobs,
+                "--step",
+                "10s",
+                "--block",
+                "1m",
+                "--openmetrics",
+                out_dir.to_str().unwrap(),
+            ],
+            &files,
+        );
+        let mut written: Vec<(String, Vec<u8>)> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        written.sort();
+        assert!(written.len() > 1, "several windows: {written:?}");
+        outputs.push((summary, written));
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}
+
+/// A file that fails half-way (a cut gzip member) stops the replay with the same message and
+/// exit code whatever `--jobs`, counted in parallel or read ahead for backfill.
+#[test]
+fn a_broken_file_fails_the_same_way_with_any_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("cut.gz");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -c '{}' | head -c 300 > '{}'",
+            fixture("envoy-ai-access.jsonl").display(),
+            gz.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let files = [fixture("cri-wrapped.log"), gz, fixture("docker-json.log")];
+    for extra in [&[][..], &["--openmetrics", "OUT"][..]] {
+        let mut results = Vec::new();
+        for jobs in ["1", "2"] {
+            let out_dir = dir.path().join(format!("om-{jobs}/"));
+            let args: Vec<String> = extra
+                .iter()
+                .map(|a| {
+                    if *a == "OUT" {
+                        out_dir.to_string_lossy().into_owned()
+                    } else {
+                        a.to_string()
+                    }
+                })
+                .collect();
+            let out = bin()
+                .args(["replay", "--summary", "json", "--jobs", jobs])
+                .args(&args)
+                .args(&files)
+                .output()
+                .unwrap();
+            results.push((
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+                out.stdout,
+            ));
+        }
+        assert_eq!(results[0], results[1], "{extra:?}");
+        assert_eq!(results[0].0, Some(1), "{:?}", results[0]);
+        assert!(
+            results[0].1.contains("cut.gz"),
+            "the message names the file: {}",
+            results[0].1
+        );
+    }
+}
