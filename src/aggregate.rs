@@ -236,12 +236,32 @@ pub struct Store {
     pairs: Vec<Pair>,
     /// Cost restored from a state saved in this currency (see [`Store::restore`]).
     currency: Option<String>,
-    /// The cost of the record counted last (for backfill's per-step sums).
+    /// The cost of the record counted last (for backfill's per-step sums; only when cost is
+    /// computed per record, see [`Store::cost_per_record`]).
     last_cost: u128,
+    /// Cost charged per run of records (the default) rather than per record.
+    defer_cost: bool,
+    /// Each series' open run (indexed like `series`), and its extra counters when it began
+    /// (`n_extra` per series).
+    runs: Vec<Option<Run>>,
+    run_extras: Vec<u64>,
 }
 
 /// A cached price selection: the entry (if any) and `[from, until)` of event time.
 type Selection = (Option<EntryId>, i64, i64);
+
+/// Records of one series priced by one linear entry in a row ([`PriceTable::linear`]): their
+/// cost is the entry's rates times the counts summed since the run began, so a record costs
+/// a comparison, not a multiplication, and the run is charged when it ends (another entry,
+/// new prices, a merge or restore) or read (a snapshot). The counters when it began:
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    entry: EntryId,
+    input: u64,
+    output: u64,
+    total: u64,
+    requests_2xx: u64,
+}
 
 /// The unpriced and unmetered counters of one (model, service_id).
 #[derive(Clone, Debug, Default)]
@@ -360,6 +380,9 @@ impl Store {
             pairs: Vec::new(),
             currency: None,
             last_cost: 0,
+            defer_cost: true,
+            runs: Vec::new(),
+            run_extras: Vec::new(),
         }
     }
 
@@ -386,6 +409,7 @@ impl Store {
     /// sums, added in another order (not in replay's outputs).
     pub fn absorb(&mut self, part: &Store) -> bool {
         debug_assert_eq!(self.n_extra, part.n_extra);
+        self.end_runs();
         // Whether everything fits: counted conservatively (a new value or series counts even
         // where the limit would have let it in, e.g. `__overflow__` itself): refusing is
         // always exact.
@@ -448,7 +472,7 @@ impl Store {
             {
                 *slot += add;
             }
-            self.cost[idx] = self.cost[idx].saturating_add(part.cost[i]);
+            self.cost[idx] = self.cost[idx].saturating_add(part.series_cost(i));
         }
         for ((m, s, class), h) in &part.hists {
             let [m, s] = pair([*m, *s], self);
@@ -513,14 +537,18 @@ impl Store {
         true
     }
 
-    /// The cost of the record [`Store::add_at`] counted last, in units of 10^-12 currency.
+    /// The cost of the record [`Store::add_at`] counted last, in units of 10^-12 currency
+    /// (after [`Store::cost_per_record`]).
     pub fn last_cost(&self) -> u128 {
+        debug_assert!(!self.defer_cost || self.pricing.is_none());
         self.last_cost
     }
 
     /// Sets the price table for the records counted from now on (`None`: pricing off). Cost
     /// already counted is never re-priced; cached selections are dropped.
     pub fn set_pricing(&mut self, table: Option<Arc<PriceTable>>) {
+        // Runs are charged at the prices they began with.
+        self.end_runs();
         let n_types = 3 + self.n_extra;
         if table.is_some() && self.stats.child_exceeds.len() < n_types {
             self.stats.child_exceeds.resize(n_types, 0);
@@ -654,22 +682,35 @@ impl Store {
         };
         let core = [r.input_tokens, r.output_tokens, r.total_tokens];
         let extra = &r.extra_tokens[..self.n_extra];
+        // The total of SPEC §3 is valid when its field is, or when input or output is.
+        let mut valid = u64::from(r.valid);
+        if valid & (1 << INPUT_BIT | 1 << OUTPUT_BIT) != 0 {
+            valid |= 1 << TOTAL_BIT;
+        }
+        let counts = TypeCounts { core, extra, valid };
+        if self.defer_cost {
+            let open = self.runs.get(idx).copied().flatten();
+            if let (Some(entry), Some(linear)) = (entry, entry.and_then(|e| table.linear(e))) {
+                if open.map(|run| run.entry) != Some(entry) {
+                    self.end_run(idx, table, Some(r));
+                    self.start_run(idx, entry, r);
+                }
+                if linear.incomplete(&counts) {
+                    self.count_unpriced(ids);
+                }
+                return;
+            }
+            if open.is_some() {
+                self.end_run(idx, table, Some(r));
+            }
+        }
         let Some(entry) = entry else {
             if core.iter().chain(extra).any(|&c| c > 0) {
                 self.count_unpriced(ids);
             }
             return;
         };
-        // The total of SPEC §3 is valid when its field is, or when input or output is.
-        let mut valid = u64::from(r.valid);
-        if valid & (1 << INPUT_BIT | 1 << OUTPUT_BIT) != 0 {
-            valid |= 1 << TOTAL_BIT;
-        }
-        let charge = table.charge(
-            entry,
-            &TypeCounts { core, extra, valid },
-            r.status_class == StatusClass::C2xx,
-        );
+        let charge = table.charge(entry, &counts, r.status_class == StatusClass::C2xx);
         self.cost[idx] = self.cost[idx].saturating_add(charge.units);
         self.last_cost = charge.units;
         if charge.incomplete {
@@ -725,6 +766,107 @@ impl Store {
                 entry
             }
         }
+    }
+
+    /// Opens series `idx`'s run of `entry` with record `r` (already in the counters) as its
+    /// first record.
+    fn start_run(&mut self, idx: usize, entry: EntryId, r: &Record<'_>) {
+        if self.runs.len() <= idx {
+            self.runs.resize(idx + 1, None);
+            self.run_extras.resize((idx + 1) * self.n_extra, 0);
+        }
+        let c = &self.series[idx].1;
+        let ok = u64::from(r.status_class == StatusClass::C2xx);
+        self.runs[idx] = Some(Run {
+            entry,
+            input: c.input.wrapping_sub(r.input_tokens),
+            output: c.output.wrapping_sub(r.output_tokens),
+            total: c.total.wrapping_sub(r.total_tokens),
+            requests_2xx: c.requests[StatusClass::C2xx as usize].wrapping_sub(ok),
+        });
+        let n = self.n_extra;
+        for j in 0..n {
+            self.run_extras[idx * n + j] = self.extras[idx * n + j].wrapping_sub(r.extra_tokens[j]);
+        }
+    }
+
+    /// The cost of series `idx`'s open run (0 when none): its entry's rates times the counts
+    /// since it began, without `except`'s (a record counted but not of the run). Counters
+    /// only grow (wrapping, like the counters themselves), so the differences are the sums.
+    fn run_cost(&self, idx: usize, table: &PriceTable, except: Option<&Record<'_>>) -> u128 {
+        let Some(Some(run)) = self.runs.get(idx) else {
+            return 0;
+        };
+        let Some(linear) = table.linear(run.entry) else {
+            return 0;
+        };
+        let c = &self.series[idx].1;
+        let ok = |r: &Record<'_>| u64::from(r.status_class == StatusClass::C2xx);
+        let core = [
+            c.input
+                .wrapping_sub(run.input)
+                .wrapping_sub(except.map_or(0, |r| r.input_tokens)),
+            c.output
+                .wrapping_sub(run.output)
+                .wrapping_sub(except.map_or(0, |r| r.output_tokens)),
+            c.total
+                .wrapping_sub(run.total)
+                .wrapping_sub(except.map_or(0, |r| r.total_tokens)),
+        ];
+        let requests_2xx = c.requests[StatusClass::C2xx as usize]
+            .wrapping_sub(run.requests_2xx)
+            .wrapping_sub(except.map_or(0, ok));
+        let n = self.n_extra;
+        let mut extra = [0u64; crate::config::MAX_EXTRA_TOKENS];
+        for (j, e) in extra.iter_mut().enumerate().take(n) {
+            *e = self.extras[idx * n + j]
+                .wrapping_sub(self.run_extras[idx * n + j])
+                .wrapping_sub(except.map_or(0, |r| r.extra_tokens[j]));
+        }
+        // Sums of counts that were 0 where not measured: every type counts as measured.
+        let counts = TypeCounts {
+            core,
+            extra: &extra[..n],
+            valid: u64::MAX,
+        };
+        linear.cost(&counts, requests_2xx)
+    }
+
+    /// Charges and closes series `idx`'s open run (before `except`, see [`Store::run_cost`]).
+    fn end_run(&mut self, idx: usize, table: &PriceTable, except: Option<&Record<'_>>) {
+        let units = self.run_cost(idx, table, except);
+        self.cost[idx] = self.cost[idx].saturating_add(units);
+        if let Some(run) = self.runs.get_mut(idx) {
+            *run = None;
+        }
+    }
+
+    /// Charges and closes every open run: before the counters change other than by
+    /// [`Store::add_at`] (a merge, a restore) and before the price table does.
+    fn end_runs(&mut self) {
+        let Some(table) = self.pricing.take() else {
+            return;
+        };
+        for idx in 0..self.runs.len() {
+            self.end_run(idx, &table, None);
+        }
+        self.pricing = Some(table);
+    }
+
+    /// The cost counted for series `idx`, its open run included.
+    fn series_cost(&self, idx: usize) -> u128 {
+        let run = self
+            .pricing
+            .as_ref()
+            .map_or(0, |table| self.run_cost(idx, table, None));
+        self.cost[idx].saturating_add(run)
+    }
+
+    /// Cost computed per record (for [`Store::last_cost`]: backfill's per-step sums) instead
+    /// of per run of records.
+    pub fn cost_per_record(&mut self) {
+        self.end_runs();
+        self.defer_cost = false;
     }
 
     fn remember_selection(&mut self, idx: usize, sel: Selection) {
@@ -831,6 +973,7 @@ impl Store {
     /// counters do not reset. Values come back as they were saved, folded ones included; the
     /// limits apply to what comes next. Extra token counters are matched by name.
     pub fn restore(&mut self, snap: &Snapshot, extra_names: &[String]) {
+        self.end_runs();
         // With pricing off, the saved cost is kept in its currency (and saved again).
         if self.currency.is_none() {
             self.currency.clone_from(&snap.currency);
@@ -970,7 +1113,7 @@ impl Store {
                     total_tokens: c.total,
                     extra_tokens: self.extras[i * self.n_extra..(i + 1) * self.n_extra].to_vec(),
                     start_ns: c.start_ns,
-                    cost_units: self.cost[i],
+                    cost_units: self.series_cost(i),
                 }
             })
             .collect();
@@ -1302,5 +1445,128 @@ mod tests {
             }
             proptest::prop_assert_eq!(counted(&merged), counted(&in_order));
         }
+    }
+
+    fn table_of(text: &str, extras: &[&str]) -> Arc<PriceTable> {
+        let file = crate::pricing::parse_price_file(text).unwrap();
+        let pricing = crate::pricing::Pricing {
+            prices: file.prices,
+            included_in: file
+                .included_in
+                .unwrap_or_else(|| crate::pricing::Pricing::default().included_in),
+            ..Default::default()
+        };
+        let extras: Vec<String> = extras.iter().map(|e| e.to_string()).collect();
+        Arc::new(PriceTable::compile(&pricing, &extras).unwrap().0)
+    }
+
+    proptest::proptest! {
+        /// Cost charged per run of records (the default) equals cost charged record by
+        /// record (`cost_per_record`, what backfill uses), series by series, with entries that
+        /// are linear and entries that are not (tiers, a priced type inside another), a `from`
+        /// that switches a model between them, records without a price, a price reload half
+        /// way, snapshots taken in between (reading open runs) and merged parts.
+        #[test]
+        fn cost_per_run_equals_cost_per_record(
+            records in proptest::collection::vec(
+                (0usize..5, 0usize..3, 0u64..5000, 0u64..3000, 0u64..800, 0usize..5, 0i64..4, proptest::bool::weighted(0.1)),
+                0..120,
+            ),
+            reload_at in 0usize..130,
+            snapshot_at in 0usize..130,
+            merge_from in 0usize..130,
+        ) {
+            let mut config = Config::default();
+            config.fields.extra_tokens.insert("cached_input".into(), "llm_cached_input_token".into());
+            let first = table_of(r#"
+included_in = { cached_input = "input" }
+[[prices]]
+model = "m0"
+per_request = 0.001
+per_million = { input = 1.5, output = 6, cached_input = 0 }
+[[prices]]
+model = "m0"
+service_id = "s1"
+per_million = { input = 1.5, cached_input = 0.75 }
+[[prices]]
+model = "m1"
+per_million = { input = 1, output = 2 }
+tiers = [{ above_input = 2000, per_million = { input = 2, output = 4 } }]
+[[prices]]
+model = "m2"
+per_million = { total = 3 }
+[[prices]]
+model = "m3"
+per_million = { input = 1, output = 2 }
+[[prices]]
+model = "m3"
+from = "1970-01-01T00:00:02Z"
+per_million = { input = 1, output = 2 }
+tiers = [{ above_input = 100, per_million = { input = 5 } }]
+[[prices]]
+model = "m3"
+from = "1970-01-01T00:00:03Z"
+per_million = { input = 7, output = 1 }
+"#, &["cached_input"]);
+            let second = table_of(r#"
+[[prices]]
+model = "m*"
+per_million = { input = 2, output = 3 }
+[[prices]]
+model = "m1"
+per_million = { total = 1 }
+"#, &["cached_input"]);
+            let make = |&(m, sv, input, output, cached, class, _, null): &(usize, usize, u64, u64, u64, usize, i64, bool)| {
+                let mut r = record(&format!("m{m}"), "k", &format!("s{sv}"), input, output);
+                r.extra_tokens[0] = cached;
+                r.valid = 0b1111;
+                r.status_class = StatusClass::ALL[class];
+                if null {
+                    r.valid = 0;
+                    r.input_tokens = 0;
+                    r.output_tokens = 0;
+                    r.total_tokens = 0;
+                    r.extra_tokens[0] = 0;
+                }
+                r
+            };
+            let mut per_run = Store::new(&config);
+            let mut per_record = Store::new(&config);
+            per_record.cost_per_record();
+            let mut part = Store::unlimited(&config);
+            for s in [&mut per_run, &mut per_record, &mut part] {
+                s.set_pricing(Some(first.clone()));
+            }
+            // Records from `merge_from` on are counted apart and merged at the end.
+            for (i, rec) in records.iter().enumerate() {
+                if i == reload_at {
+                    for s in [&mut per_run, &mut per_record, &mut part] {
+                        s.set_pricing(Some(second.clone()));
+                    }
+                }
+                if i == snapshot_at {
+                    let _ = per_run.snapshot(&["cached_input".into()]);
+                }
+                let r = make(rec);
+                let t = rec.6 * 1_000_000_000;
+                per_record.add_at(&r, || Some(t));
+                if i >= merge_from {
+                    part.add_at(&r, || Some(t));
+                } else {
+                    per_run.add_at(&r, || Some(t));
+                }
+            }
+            proptest::prop_assert!(per_run.absorb(&part));
+            let names = ["cached_input".to_string()];
+            proptest::prop_assert_eq!(counted_with(&per_run, &names), counted_with(&per_record, &names));
+        }
+    }
+
+    fn counted_with(s: &Store, names: &[String]) -> Snapshot {
+        let mut snap = s.snapshot(names);
+        for d in &mut snap.durations {
+            d.histogram.sum_seconds = 0.0;
+        }
+        snap
     }
 }

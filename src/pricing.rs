@@ -779,6 +779,32 @@ struct RateSet {
 }
 
 impl RateSet {
+    /// A flat set's charge for `counts` (no fee): each priced type's own count. Each product
+    /// fits in 128 bits.
+    #[inline]
+    fn flat_units(&self, counts: &TypeCounts<'_>) -> u128 {
+        let [input, output, total] = self.flat_core;
+        let mut units = (u128::from(counts.get(INPUT)) * u128::from(input))
+            .saturating_add(u128::from(counts.get(OUTPUT)) * u128::from(output))
+            .saturating_add(u128::from(counts.get(TOTAL)) * u128::from(total));
+        for &(ty, rate) in &self.flat_extra {
+            let own = counts.get(usize::from(ty));
+            units = units.saturating_add(u128::from(own) * u128::from(rate));
+        }
+        units
+    }
+
+    /// SPEC §10 "Unpriced": a count > 0 of input or output (of total when neither is valid)
+    /// that no rate of this set covers.
+    #[inline]
+    fn incomplete(&self, counts: &TypeCounts<'_>) -> bool {
+        let uncovered = |i: usize| counts.get(i) > 0 && (self.core_uncovered >> i) & 1 == 1;
+        self.core_uncovered != 0
+            && (uncovered(INPUT)
+                || uncovered(OUTPUT)
+                || (!counts.is_valid(INPUT) && !counts.is_valid(OUTPUT) && uncovered(TOTAL)))
+    }
+
     fn new(rates: &[Option<u64>], tree: &TypeTree) -> RateSet {
         let is_priced = |i: usize| rates.get(i).copied().flatten().is_some();
         let mut priced: Vec<PricedType> = Vec::new();
@@ -991,8 +1017,21 @@ impl PriceTable {
         (None, i64::MIN, until)
     }
 
+    /// The rates of `entry` when it charges every record linearly — no tiers, no priced type
+    /// inside another — so that its cost over many records is its cost of their summed
+    /// counts (the store then sums first and multiplies once; see `aggregate`).
+    #[inline]
+    pub fn linear(&self, entry: EntryId) -> Option<Linear<'_>> {
+        let e = self.entries.get(entry.0 as usize)?;
+        (e.tiers.is_empty() && e.base.flat).then_some(Linear {
+            rates: &e.base,
+            fee_units: e.fee_units,
+        })
+    }
+
     /// The cost of one record priced by `entry`; `is_2xx` decides the fee. An unknown `entry`
     /// costs nothing.
+    #[inline]
     pub fn charge(&self, entry: EntryId, counts: &TypeCounts<'_>, is_2xx: bool) -> Charge {
         let Some(e) = self.entries.get(entry.0 as usize) else {
             return Charge::default();
@@ -1010,26 +1049,14 @@ impl PriceTable {
         let mut units: u128 = 0;
         let mut child_exceeds = 0u64;
         if rates.flat {
-            // Each priced type's own count: no tree to walk. Each product fits in 128 bits.
-            let [input, output, total] = rates.flat_core;
-            units = (u128::from(counts.get(INPUT)) * u128::from(input))
-                .saturating_add(u128::from(counts.get(OUTPUT)) * u128::from(output))
-                .saturating_add(u128::from(counts.get(TOTAL)) * u128::from(total));
-            for &(ty, rate) in &rates.flat_extra {
-                let own = counts.get(usize::from(ty));
-                units = units.saturating_add(u128::from(own) * u128::from(rate));
-            }
+            units = rates.flat_units(counts);
         } else {
             self.charge_tree(rates, counts, &mut units, &mut child_exceeds);
         }
         if is_2xx {
             units = units.saturating_add(u128::from(e.fee_units));
         }
-        let uncovered = |i: usize| counts.get(i) > 0 && (rates.core_uncovered >> i) & 1 == 1;
-        let incomplete = rates.core_uncovered != 0
-            && (uncovered(INPUT)
-                || uncovered(OUTPUT)
-                || (!counts.is_valid(INPUT) && !counts.is_valid(OUTPUT) && uncovered(TOTAL)));
+        let incomplete = rates.incomplete(counts);
         Charge {
             units,
             incomplete,
@@ -1063,6 +1090,29 @@ impl PriceTable {
                 }
             }
         }
+    }
+}
+
+/// A linear entry's rates (see [`PriceTable::linear`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Linear<'t> {
+    rates: &'t RateSet,
+    fee_units: u64,
+}
+
+impl Linear<'_> {
+    /// The cost of records whose counts sum to `counts`, `requests_2xx` of them 2xx: exactly
+    /// the sum of [`PriceTable::charge`] over them.
+    pub fn cost(&self, counts: &TypeCounts<'_>, requests_2xx: u64) -> u128 {
+        self.rates
+            .flat_units(counts)
+            .saturating_add(u128::from(requests_2xx) * u128::from(self.fee_units))
+    }
+
+    /// Whether a record with `counts` is priced only in part ([`Charge::incomplete`]).
+    #[inline]
+    pub fn incomplete(&self, counts: &TypeCounts<'_>) -> bool {
+        self.rates.incomplete(counts)
     }
 }
 

@@ -702,6 +702,10 @@ pub fn replay(
         from_ns: opts.from_ns,
         to_ns: opts.to_ns,
     };
+    if wants_backfill {
+        // Each record's cost goes into its step.
+        meter.store.cost_per_record();
+    }
     let mut backfill = wants_backfill.then(|| StepStream::new(shape, meter.extra_names().len()));
     let mut emitter = Emitter::new(config, opts, &meter)?;
     let read = Arc::new(AtomicU64::new(0));
