@@ -228,6 +228,9 @@ pub struct Store {
     /// over which it holds (until the next `from` boundary); only for series whose labels
     /// are the records' own text (not folded).
     selections: Vec<Option<Selection>>,
+    /// The same, for the series whose selection holds at every time (most): 0 not known,
+    /// `ALWAYS_UNPRICED`, else the entry's index + 1. Four bytes to read per record.
+    always: Vec<u32>,
     /// The same per (model, service_id) label ids, for a series' first records (most series
     /// share their model and service with many others).
     pair_selections: HashMap<[u32; 2], Selection, FxBuildHasher>,
@@ -246,6 +249,9 @@ pub struct Store {
     runs: Vec<Option<Run>>,
     run_extras: Vec<u64>,
 }
+
+/// [`Store::always`] of a series that no entry prices at any time.
+const ALWAYS_UNPRICED: u32 = u32::MAX;
 
 /// A cached price selection: the entry (if any) and `[from, until)` of event time.
 type Selection = (Option<EntryId>, i64, i64);
@@ -374,6 +380,7 @@ impl Store {
             clock_ns: 0,
             cost: Vec::new(),
             selections: Vec::new(),
+            always: Vec::new(),
             pair_selections: HashMap::default(),
             pricing: None,
             pair_index: HashMap::default(),
@@ -560,6 +567,7 @@ impl Store {
         }
         self.pricing = table;
         self.selections.iter_mut().for_each(|s| *s = None);
+        self.always.iter_mut().for_each(|a| *a = 0);
         self.pair_selections.clear();
     }
 
@@ -676,18 +684,24 @@ impl Store {
     ) {
         // The series' own cached selection, when it holds at every time, needs nothing else:
         // the common case, kept free of writes and of the event time.
-        let entry = match self.selections.get(idx).copied().flatten() {
-            Some((entry, i64::MIN, i64::MAX)) if own_text => entry,
-            series_cached => self.select(idx, ids, r, event_ns, own_text, table, series_cached),
+        let entry = match self.always.get(idx) {
+            Some(&ALWAYS_UNPRICED) if own_text => None,
+            Some(&n) if own_text && n != 0 => Some(EntryId(n - 1)),
+            _ => {
+                let series_cached = self.selections.get(idx).copied().flatten();
+                self.select(idx, ids, r, event_ns, own_text, table, series_cached)
+            }
         };
         let core = [r.input_tokens, r.output_tokens, r.total_tokens];
         let extra = &r.extra_tokens[..self.n_extra];
         // The total of SPEC §3 is valid when its field is, or when input or output is.
-        let mut valid = u64::from(r.valid);
-        if valid & (1 << INPUT_BIT | 1 << OUTPUT_BIT) != 0 {
-            valid |= 1 << TOTAL_BIT;
-        }
-        let counts = TypeCounts { core, extra, valid };
+        let counts = || {
+            let mut valid = u64::from(r.valid);
+            if valid & (1 << INPUT_BIT | 1 << OUTPUT_BIT) != 0 {
+                valid |= 1 << TOTAL_BIT;
+            }
+            TypeCounts { core, extra, valid }
+        };
         if self.defer_cost {
             let open = self.runs.get(idx).copied().flatten();
             if let (Some(entry), Some(linear)) = (entry, entry.and_then(|e| table.linear(e))) {
@@ -695,7 +709,7 @@ impl Store {
                     self.end_run(idx, table, Some(r));
                     self.start_run(idx, entry, r);
                 }
-                if linear.incomplete(&counts) {
+                if linear.may_be_incomplete() && linear.incomplete(&counts()) {
                     self.count_unpriced(ids);
                 }
                 return;
@@ -710,7 +724,7 @@ impl Store {
             }
             return;
         };
-        let charge = table.charge(entry, &counts, r.status_class == StatusClass::C2xx);
+        let charge = table.charge(entry, &counts(), r.status_class == StatusClass::C2xx);
         self.cost[idx] = self.cost[idx].saturating_add(charge.units);
         self.last_cost = charge.units;
         if charge.incomplete {
@@ -872,8 +886,14 @@ impl Store {
     fn remember_selection(&mut self, idx: usize, sel: Selection) {
         if self.selections.len() <= idx {
             self.selections.resize(idx + 1, None);
+            self.always.resize(idx + 1, 0);
         }
         self.selections[idx] = Some(sel);
+        self.always[idx] = match sel {
+            (None, i64::MIN, i64::MAX) => ALWAYS_UNPRICED,
+            (Some(EntryId(e)), i64::MIN, i64::MAX) if e < ALWAYS_UNPRICED - 1 => e + 1,
+            _ => 0,
+        };
     }
 
     fn count_unpriced(&mut self, ids: [u32; 2]) {

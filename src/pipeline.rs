@@ -49,6 +49,19 @@ pub enum EventTimes {
 /// of [`Fallback`]: one parse per this many records at most).
 const MAX_UNPARSED: usize = 64;
 
+/// Longest `start_time` kept unparsed (RFC 3339 with nanoseconds and an offset is 35 bytes);
+/// a longer one is parsed at once.
+const MAX_UNPARSED_BYTES: usize = 40;
+
+/// A record's time fields, unparsed.
+#[derive(Clone, Copy)]
+struct Unparsed {
+    start_time: [u8; MAX_UNPARSED_BYTES],
+    len: u8,
+    escaped: bool,
+    duration_ms: Option<f64>,
+}
+
 /// SPEC §3's fallback of one file: the event time of its latest record that had one. Kept
 /// as the unparsed time fields of the records since the last worked-out time, so that a
 /// replay whose prices depend on time parses timestamps only for the records whose price
@@ -58,10 +71,8 @@ const MAX_UNPARSED: usize = 64;
 /// else `known`.
 struct Fallback {
     known: Option<i64>,
-    /// Oldest first: (`start_time` raw text, a range of `text`; whether it holds escapes;
-    /// `duration` in ms).
-    unparsed: Vec<(std::ops::Range<usize>, bool, Option<f64>)>,
-    text: String,
+    /// Oldest first.
+    unparsed: Vec<Unparsed>,
 }
 
 impl Fallback {
@@ -69,23 +80,22 @@ impl Fallback {
         Self {
             known,
             unparsed: Vec::new(),
-            text: String::new(),
         }
     }
 
     /// The fallback, working out the kept records' times (newest first) if need be.
     fn get(&mut self) -> Option<i64> {
         if !self.unparsed.is_empty() {
-            let newest_with_time = self.unparsed.iter().rev().find_map(|(range, escaped, ms)| {
+            let newest_with_time = self.unparsed.iter().rev().find_map(|u| {
+                let raw = u.start_time.get(..usize::from(u.len))?;
                 let start_time = crate::json::JsonStr {
-                    raw: self.text.get(range.clone())?,
-                    escaped: *escaped,
+                    raw: std::str::from_utf8(raw).ok()?,
+                    escaped: u.escaped,
                 };
-                crate::parse::start_plus_duration(&start_time, *ms)
+                crate::parse::start_plus_duration(&start_time, u.duration_ms)
             });
             self.known = newest_with_time.or(self.known);
             self.unparsed.clear();
-            self.text.clear();
         }
         self.known
     }
@@ -95,7 +105,6 @@ impl Fallback {
         if own.is_some() {
             self.known = own;
             self.unparsed.clear();
-            self.text.clear();
         }
     }
 
@@ -108,13 +117,21 @@ impl Fallback {
             // No time of its own: the fallback stays.
             return;
         };
+        let bytes = start_time.raw.as_bytes();
+        if bytes.len() > MAX_UNPARSED_BYTES {
+            return self.record_time(crate::parse::start_plus_duration(start_time, r.duration_ms));
+        }
         if self.unparsed.len() >= MAX_UNPARSED {
             self.get();
         }
-        let at = self.text.len();
-        self.text.push_str(start_time.raw);
-        self.unparsed
-            .push((at..self.text.len(), start_time.escaped, r.duration_ms));
+        let mut kept = Unparsed {
+            start_time: [0; MAX_UNPARSED_BYTES],
+            len: bytes.len() as u8,
+            escaped: start_time.escaped,
+            duration_ms: r.duration_ms,
+        };
+        kept.start_time[..bytes.len()].copy_from_slice(bytes);
+        self.unparsed.push(kept);
     }
 }
 

@@ -447,14 +447,10 @@ fn fee_units(text: &str) -> Result<(u64, bool), String> {
 /// trailing `.`) removed, computed on integers only. `0` → `"0"`, `1` → `"0.000000000001"`,
 /// `1_500_000_000_000` → `"1.5"`.
 pub fn format_units(units: u128) -> String {
-    // Digits written backwards into a stack buffer: u128's own formatting and division are
-    // library calls, and this runs once per series in a summary.
+    // Digits written backwards into a stack buffer, two at a time: u128's own formatting and
+    // division are library calls, and this runs once per series in a summary.
     let mut buf = [0u8; 48];
     let mut at = buf.len();
-    let mut push = |d: u8| {
-        at -= 1;
-        buf[at] = d;
-    };
     // u64 division when it fits (below ~18.4 million currency): u128's is a library call.
     let (whole, frac) = match u64::try_from(units) {
         Ok(u) => (
@@ -467,40 +463,65 @@ pub fn format_units(units: u128) -> String {
         ),
     };
     if frac != 0 {
-        let mut f = frac;
-        let mut significant = false;
-        for _ in 0..12 {
-            let d = (f % 10) as u8;
+        // Trailing zeros dropped; the rest written with its leading zeros.
+        let (mut f, mut width) = (frac, 12usize);
+        while f % 10 == 0 {
             f /= 10;
-            // Trailing zeros dropped.
-            if d != 0 || significant {
-                significant = true;
-                push(b'0' + d);
-            }
+            width -= 1;
         }
-        push(b'.');
+        at = write_digits_backwards(&mut buf[..at], f, width);
+        at -= 1;
+        buf[at] = b'.';
     }
-    match u64::try_from(whole) {
-        Ok(mut w) => loop {
-            push(b'0' + (w % 10) as u8);
-            w /= 10;
-            if w == 0 {
-                break;
-            }
-        },
+    at = match u64::try_from(whole) {
+        Ok(w) => write_digits_backwards(&mut buf[..at], w, 1),
         Err(_) => {
             let mut w = whole;
             loop {
-                push(b'0' + (w % 10) as u8);
+                at -= 1;
+                buf[at] = b'0' + (w % 10) as u8;
                 w /= 10;
                 if w == 0 {
-                    break;
+                    break at;
                 }
             }
         }
+    };
+    let text = &buf[at..];
+    debug_assert!(text.iter().all(|&b| b.is_ascii_digit() || b == b'.'));
+    // SAFETY: only ASCII digits and '.' were written, which is UTF-8.
+    unsafe { std::str::from_utf8_unchecked(text) }.to_owned()
+}
+
+/// Writes `n` in decimal, at least `min_digits` digits (leading zeros), ending at the end of
+/// `buf`; returns where the digits start.
+fn write_digits_backwards(buf: &mut [u8], mut n: u64, min_digits: usize) -> usize {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+                                2021222324252627282930313233343536373839\
+                                4041424344454647484950515253545556575859\
+                                6061626364656667686970717273747576777879\
+                                8081828384858687888990919293949596979899";
+    let end = buf.len();
+    let mut at = end;
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     }
-    // Only ASCII digits and '.' were written.
-    std::str::from_utf8(&buf[at..]).unwrap_or("0").to_owned()
+    if n >= 10 {
+        let pair = n as usize * 2;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        at -= 1;
+        buf[at] = b'0' + n as u8;
+    }
+    while end - at < min_digits {
+        at -= 1;
+        buf[at] = b'0';
+    }
+    at
 }
 
 /// `units` / 10^12 as the nearest f64, for exporters that write doubles.
@@ -798,7 +819,7 @@ impl RateSet {
     /// that no rate of this set covers.
     #[inline]
     fn incomplete(&self, counts: &TypeCounts<'_>) -> bool {
-        let uncovered = |i: usize| counts.get(i) > 0 && (self.core_uncovered >> i) & 1 == 1;
+        let uncovered = |i: usize| (self.core_uncovered >> i) & 1 == 1 && counts.get(i) > 0;
         self.core_uncovered != 0
             && (uncovered(INPUT)
                 || uncovered(OUTPUT)
@@ -1107,6 +1128,12 @@ impl Linear<'_> {
         self.rates
             .flat_units(counts)
             .saturating_add(u128::from(requests_2xx) * u128::from(self.fee_units))
+    }
+
+    /// Whether some record could be priced only in part (input, output or total uncovered).
+    #[inline]
+    pub fn may_be_incomplete(&self) -> bool {
+        self.rates.core_uncovered != 0
     }
 
     /// Whether a record with `counts` is priced only in part ([`Charge::incomplete`]).

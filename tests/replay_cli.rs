@@ -957,6 +957,13 @@ per_million = { input = 1 }
     lines.push(line("steady", after));
     lines.push(line("steady", before));
     lines.push(line("changing", None));
+    // A start_time longer than what is kept unparsed (escaped), after `from`: new (2).
+    lines.push(line("steady", before));
+    lines.push(line(
+        "steady",
+        Some(r"\u0032\u0030\u0032\u0036-05-01T00:00:01.000Z"),
+    ));
+    lines.push(line("changing", None));
     // 70 steady records (more than the 64 kept unparsed), the last valid one after `from`,
     // then 69 invalid ones: new (2).
     lines.push(line("steady", after));
@@ -988,9 +995,9 @@ per_million = { input = 1 }
         assert_eq!(s.len(), 1, "{v}");
         s[0]["cost"].to_string()
     };
-    // Old: 1 + 1 + 1 + 1 = 4; new: 2 + 2 + 2 + 2 = 8.
+    // Old: 1 + 1 + 1 + 1 = 4; new: 2 + 2 + 2 + 2 + 2 = 10.
     let (_, on_demand) = replay_priced(&config, &[&file, &second]);
-    assert_eq!(changing_cost(&on_demand), "12", "{on_demand}");
+    assert_eq!(changing_cost(&on_demand), "14", "{on_demand}");
     let out = bin()
         .args(["replay", "--config"])
         .arg(&config)
@@ -1004,7 +1011,7 @@ per_million = { input = 1 }
         String::from_utf8_lossy(&out.stderr)
     );
     let eager: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(changing_cost(&eager), "12", "{eager}");
+    assert_eq!(changing_cost(&eager), "14", "{eager}");
     assert_eq!(on_demand["cost"], eager["cost"]);
 }
 
