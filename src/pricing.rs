@@ -494,8 +494,8 @@ pub fn format_units(units: u128) -> String {
 }
 
 /// Writes `n` in decimal, at least `min_digits` digits (leading zeros), ending at the end of
-/// `buf`; returns where the digits start.
-fn write_digits_backwards(buf: &mut [u8], mut n: u64, min_digits: usize) -> usize {
+/// `buf`; returns where the digits start. `buf` holds 20 digits at least.
+pub(crate) fn write_digits_backwards(buf: &mut [u8], mut n: u64, min_digits: usize) -> usize {
     const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
                                 2021222324252627282930313233343536373839\
                                 4041424344454647484950515253545556575859\
