@@ -481,8 +481,12 @@ fn count_in_order_reading_ahead(
 
 /// What the threads of a parallel replay share: each file's counts as they finish, and how
 /// far the merge has come.
+/// One file counted by a worker: its counts, and another handle on it to count it again in
+/// order if need be.
+type Part = Result<(Meter, Result<Input, InputError>), ReplayError>;
+
 struct Parts {
-    done: Vec<Option<Result<Meter, ReplayError>>>,
+    done: Vec<Option<Part>>,
     /// The next file to start.
     next: usize,
     /// Files merged so far (in order).
@@ -507,7 +511,6 @@ fn count_in_parallel(
     tick: &mut dyn FnMut(&Meter),
 ) -> Result<(), ReplayError> {
     let files = inputs.len();
-    let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
     let inputs: Vec<Mutex<Option<Input>>> =
         inputs.into_iter().map(|i| Mutex::new(Some(i))).collect();
     let parts = Mutex::new(Parts {
@@ -548,6 +551,8 @@ fn count_in_parallel(
                     Some(input) => {
                         let mut part = Meter::part(config, event_times);
                         part.store.set_pricing(prices.clone());
+                        // The file as opened, not whatever its path names by the merge.
+                        let again = input.try_clone();
                         read_input(
                             input,
                             config,
@@ -557,7 +562,7 @@ fn count_in_parallel(
                             &mut |_| {},
                             Some(&stop),
                         )
-                        .map(|()| part)
+                        .map(|()| (part, again))
                     }
                     None => Err(ReplayError::Read(anyhow::anyhow!("file {i} taken twice"))),
                 };
@@ -571,7 +576,7 @@ fn count_in_parallel(
             });
         }
         let mut outcome = Ok(());
-        for (i, path) in paths.iter().enumerate() {
+        for i in 0..files {
             let part = loop {
                 let mut p = lock();
                 if let Some(part) = p.done[i].take() {
@@ -582,12 +587,15 @@ fn count_in_parallel(
             };
             let merged = match part {
                 Err(e) => Err(e),
-                Ok(part) if meter.absorb(&part) => Ok(()),
-                Ok(part) => {
+                Ok((part, _)) if meter.absorb(&part) => Ok(()),
+                Ok((part, again)) => {
                     // A limit reached: folding is decided record by record, so this file is
-                    // counted again here, in order (its bytes not counted twice).
+                    // counted again here, in order (its bytes not counted twice), from the
+                    // handle opened with the others: by now its path may name another file
+                    // (rotated) or none.
                     drop(part);
-                    open_input(path)
+                    again
+                        .and_then(Input::rewind)
                         .map_err(ReplayError::Open)
                         .and_then(|input| {
                             let uncounted = Arc::new(AtomicU64::new(0));
@@ -1299,5 +1307,63 @@ fn spend_tables(out: &mut String, s: &Snapshot, currency: &str) {
                 p.model, p.service_id, p.unpriced, p.unmetered
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--jobs`: a file counted again in order (its series would fold) is read from the handle
+    /// opened with the others, as `--jobs 1` reads it, not from whatever its path names by
+    /// then (a log rotated or replaced while the replay runs).
+    #[test]
+    fn a_file_counted_again_is_the_file_opened_not_its_path_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        std::fs::write(&a, "{\"model\":\"m1\",\"llm_input_token\":10}\n").unwrap();
+        std::fs::write(&b, "{\"model\":\"m2\",\"llm_input_token\":5}\n").unwrap();
+        let mut config = Config::default();
+        // b's series folds: absorbing it is refused and it is counted again.
+        config.limits.max_series = 1;
+        let inputs: Vec<Input> = [&a, &b].iter().map(|p| open_input(p).unwrap()).collect();
+        // Rotated after opening: b.log is now another file.
+        std::fs::rename(&b, dir.path().join("b.log.1")).unwrap();
+        std::fs::write(&b, "{\"model\":\"m3\",\"llm_input_token\":1000}\n").unwrap();
+
+        let mut meter = Meter::new(&config, EventTimes::Off);
+        let progress = Arc::new(AtomicU64::new(0));
+        count_in_parallel(
+            &config,
+            inputs,
+            2,
+            &mut meter,
+            EventTimes::Off,
+            &progress,
+            &mut |_| {},
+        )
+        .unwrap();
+        let snap = meter.store.snapshot(&[]);
+        let input: u64 = snap.series.iter().map(|s| s.input_tokens).sum();
+        assert_eq!((snap.stats.records, input), (2, 15));
+        assert_eq!(snap.stats.overflows[3], 1);
+
+        // Removed after opening: still read.
+        let inputs: Vec<Input> = [&a, &b].iter().map(|p| open_input(p).unwrap()).collect();
+        std::fs::remove_file(&b).unwrap();
+        let mut meter = Meter::new(&config, EventTimes::Off);
+        count_in_parallel(
+            &config,
+            inputs,
+            2,
+            &mut meter,
+            EventTimes::Off,
+            &progress,
+            &mut |_| {},
+        )
+        .unwrap();
+        let snap = meter.store.snapshot(&[]);
+        let input: u64 = snap.series.iter().map(|s| s.input_tokens).sum();
+        assert_eq!((snap.stats.records, input), (2, 1010));
     }
 }
