@@ -248,6 +248,12 @@ pub struct Store {
     /// (`n_extra` per series).
     runs: Vec<Option<Run>>,
     run_extras: Vec<u64>,
+    /// For an [`Store::unlimited`] part: the limits of the store it is merged into (model,
+    /// api_key_id and service_id values, series). A part beyond any of them cannot be
+    /// absorbed, so it need not be counted to its end ([`Store::abandon`]).
+    merge_limits: Option<[usize; 4]>,
+    /// Counting stopped part way ([`Store::abandon`]): never absorbed.
+    abandoned: bool,
 }
 
 /// [`Store::always`] of a series that no entry prices at any time.
@@ -390,6 +396,8 @@ impl Store {
             defer_cost: true,
             runs: Vec::new(),
             run_extras: Vec::new(),
+            merge_limits: None,
+            abandoned: false,
         }
     }
 
@@ -397,11 +405,30 @@ impl Store {
     /// no limits, so no series of the part is folded before the merge decides.
     pub fn unlimited(config: &Config) -> Self {
         let mut s = Store::new(config);
+        s.merge_limits = Some([s.models.limit, s.keys.limit, s.services.limit, s.max_series]);
         s.models.limit = usize::MAX;
         s.keys.limit = usize::MAX;
         s.services.limit = usize::MAX;
         s.max_series = usize::MAX;
         s
+    }
+
+    /// Whether this [`Store::unlimited`] part holds more label values or series than the
+    /// store it is for may: then [`Store::absorb`] refuses it whatever that store holds (its
+    /// values and series would be at least the part's), so counting it further only costs
+    /// memory, without bound (e.g. a key per request).
+    pub fn beyond_merge_limits(&self) -> bool {
+        self.merge_limits.is_some_and(|[m, k, s, n]| {
+            self.models.values.len() > m
+                || self.keys.values.len() > k
+                || self.services.values.len() > s
+                || self.series.len() > n
+        })
+    }
+
+    /// Marks this part as counted only in part: [`Store::absorb`] refuses it.
+    pub fn abandon(&mut self) {
+        self.abandoned = true;
     }
 
     /// Adds the counts of `part`, an [`Store::unlimited`] store that counted the input read
@@ -416,6 +443,9 @@ impl Store {
     /// sums, added in another order (not in replay's outputs).
     pub fn absorb(&mut self, part: &Store) -> bool {
         debug_assert_eq!(self.n_extra, part.n_extra);
+        if part.abandoned {
+            return false;
+        }
         self.end_runs();
         // Whether everything fits: counted conservatively (a new value or series counts even
         // where the limit would have let it in, e.g. `__overflow__` itself): refusing is

@@ -331,6 +331,12 @@ fn read_bytes(
             if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
                 return Ok(());
             }
+            if meter.store.beyond_merge_limits() {
+                // A part of a parallel replay that will be counted again in order: its memory
+                // stays bounded by the limits, as counting in order keeps it.
+                meter.store.abandon();
+                return Ok(());
+            }
             tick(meter);
         }
     }
@@ -1365,5 +1371,74 @@ mod tests {
         let snap = meter.store.snapshot(&[]);
         let input: u64 = snap.series.iter().map(|s| s.input_tokens).sum();
         assert_eq!((snap.stats.records, input), (2, 1010));
+    }
+
+    /// A part with more series than the limits allow is refused by the merge anyway: it stops
+    /// being counted (its memory bounded by the limits plus one tick's lines, as in order)
+    /// and is counted again in order, with the result of `--jobs 1`.
+    #[test]
+    fn a_part_beyond_the_limits_stops_and_is_counted_again_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = 3 * TICK_LINES as usize;
+        let mut text = String::new();
+        for i in 0..lines {
+            text.push_str(&format!(
+                "{{\"model\":\"m\",\"api_key_id\":\"key-{i}\",\"llm_input_token\":1}}\n"
+            ));
+        }
+        let paths: Vec<PathBuf> = ["a.log", "b.log", "c.log"]
+            .iter()
+            .map(|name| dir.path().join(name))
+            .collect();
+        for p in &paths {
+            std::fs::write(p, &text).unwrap();
+        }
+        let mut config = Config::default();
+        config.limits.max_series = 100;
+        config.limits.max_values.api_key_id = 50;
+
+        let mut part = Meter::part(&config, EventTimes::Off);
+        let progress = Arc::new(AtomicU64::new(0));
+        read_input(
+            open_input(&paths[0]).unwrap(),
+            &config,
+            &mut part,
+            progress.clone(),
+            None,
+            &mut |_| {},
+            None,
+        )
+        .unwrap();
+        assert!(part.store.series_count() <= TICK_LINES as usize);
+
+        let mut in_order = Meter::new(&config, EventTimes::Off);
+        for p in &paths {
+            let input = open_input(p).unwrap();
+            read_input(
+                input,
+                &config,
+                &mut in_order,
+                progress.clone(),
+                None,
+                &mut |_| {},
+                None,
+            )
+            .unwrap();
+        }
+        let mut parallel = Meter::new(&config, EventTimes::Off);
+        let inputs = paths.iter().map(|p| open_input(p).unwrap()).collect();
+        count_in_parallel(
+            &config,
+            inputs,
+            2,
+            &mut parallel,
+            EventTimes::Off,
+            &progress,
+            &mut |_| {},
+        )
+        .unwrap();
+        let (a, b) = (in_order.store.snapshot(&[]), parallel.store.snapshot(&[]));
+        assert_eq!(b.stats.records, 3 * lines as u64);
+        assert_eq!((a.series, a.stats), (b.series, b.stats));
     }
 }
