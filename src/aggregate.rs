@@ -248,6 +248,12 @@ pub struct Store {
     /// (`n_extra` per series).
     runs: Vec<Option<Run>>,
     run_extras: Vec<u64>,
+    /// For an [`Store::unlimited`] part: the limits of the store it is merged into (model,
+    /// api_key_id and service_id values, series). A part beyond any of them cannot be
+    /// absorbed, so it need not be counted to its end ([`Store::abandon`]).
+    merge_limits: Option<[usize; 4]>,
+    /// Counting stopped part way ([`Store::abandon`]): never absorbed.
+    abandoned: bool,
 }
 
 /// [`Store::always`] of a series that no entry prices at any time.
@@ -390,6 +396,8 @@ impl Store {
             defer_cost: true,
             runs: Vec::new(),
             run_extras: Vec::new(),
+            merge_limits: None,
+            abandoned: false,
         }
     }
 
@@ -397,11 +405,30 @@ impl Store {
     /// no limits, so no series of the part is folded before the merge decides.
     pub fn unlimited(config: &Config) -> Self {
         let mut s = Store::new(config);
+        s.merge_limits = Some([s.models.limit, s.keys.limit, s.services.limit, s.max_series]);
         s.models.limit = usize::MAX;
         s.keys.limit = usize::MAX;
         s.services.limit = usize::MAX;
         s.max_series = usize::MAX;
         s
+    }
+
+    /// Whether this [`Store::unlimited`] part holds more label values or series than the
+    /// store it is for may: then [`Store::absorb`] refuses it whatever that store holds (its
+    /// values and series would be at least the part's), so counting it further only costs
+    /// memory, without bound (e.g. a key per request).
+    pub fn beyond_merge_limits(&self) -> bool {
+        self.merge_limits.is_some_and(|[m, k, s, n]| {
+            self.models.values.len() > m
+                || self.keys.values.len() > k
+                || self.services.values.len() > s
+                || self.series.len() > n
+        })
+    }
+
+    /// Marks this part as counted only in part: [`Store::absorb`] refuses it.
+    pub fn abandon(&mut self) {
+        self.abandoned = true;
     }
 
     /// Adds the counts of `part`, an [`Store::unlimited`] store that counted the input read
@@ -416,6 +443,9 @@ impl Store {
     /// sums, added in another order (not in replay's outputs).
     pub fn absorb(&mut self, part: &Store) -> bool {
         debug_assert_eq!(self.n_extra, part.n_extra);
+        if part.abandoned {
+            return false;
+        }
         self.end_runs();
         // Whether everything fits: counted conservatively (a new value or series counts even
         // where the limit would have let it in, e.g. `__overflow__` itself): refusing is
@@ -469,15 +499,16 @@ impl Store {
             for (n, add) in mine.requests.iter_mut().zip(c.requests) {
                 *n += add;
             }
-            mine.input += c.input;
-            mine.output += c.output;
-            mine.total += c.total;
+            // Token counters wrap as in `add_at` (no run is open here: ended above).
+            mine.input = mine.input.wrapping_add(c.input);
+            mine.output = mine.output.wrapping_add(c.output);
+            mine.total = mine.total.wrapping_add(c.total);
             let n = self.n_extra;
             for (slot, add) in self.extras[idx * n..(idx + 1) * n]
                 .iter_mut()
                 .zip(&part.extras[i * n..(i + 1) * n])
             {
-                *slot += add;
+                *slot = slot.wrapping_add(*add);
             }
             self.cost[idx] = self.cost[idx].saturating_add(part.series_cost(i));
         }
@@ -623,13 +654,19 @@ impl Store {
                 && self.services.get(s) == r.service_id);
         let c = &mut self.series[idx].1;
         c.requests[r.status_class as usize] += 1;
-        c.input += r.input_tokens;
-        c.output += r.output_tokens;
-        c.total += r.total_tokens;
+        // Token counters wrap at 2^64 (2049 records of the largest valid value); a run of
+        // [`Store::run_cost`] must not span a wrap, so the price step learns of one.
+        let (input, w_in) = c.input.overflowing_add(r.input_tokens);
+        let (output, w_out) = c.output.overflowing_add(r.output_tokens);
+        let (total, w_total) = c.total.overflowing_add(r.total_tokens);
+        (c.input, c.output, c.total) = (input, output, total);
+        let mut wrapped = w_in | w_out | w_total;
         if self.n_extra > 0 {
             let e = &mut self.extras[idx * self.n_extra..(idx + 1) * self.n_extra];
             for (slot, v) in e.iter_mut().zip(&r.extra_tokens) {
-                *slot += v;
+                let (sum, w) = slot.overflowing_add(*v);
+                *slot = sum;
+                wrapped |= w;
             }
         }
         if let Some(ms) = r.duration_ms {
@@ -649,14 +686,15 @@ impl Store {
             self.count_unmetered([m, s]);
         }
         if self.pricing.is_some() {
-            self.price(idx, [m, s], r, event_ns, own_text);
+            self.price(idx, [m, s], r, event_ns, own_text, wrapped);
         }
         idx
     }
 
     /// SPEC §10 per record: the price in force at its event time, its cost, unpriced and
     /// child-above-parent counts. `own_text`: the series' labels are the record's own text
-    /// (found on the fast path), so its cached selection applies.
+    /// (found on the fast path), so its cached selection applies. `wrapped`: a token counter
+    /// of the series wrapped when `r` was added.
     fn price(
         &mut self,
         idx: usize,
@@ -664,15 +702,17 @@ impl Store {
         r: &Record<'_>,
         event_ns: impl FnOnce() -> Option<i64>,
         own_text: bool,
+        wrapped: bool,
     ) {
         // Taken out and put back (no reference count touched per record).
         let Some(table) = self.pricing.take() else {
             return;
         };
-        self.charge(idx, ids, r, event_ns, own_text, &table);
+        self.charge(idx, ids, r, event_ns, own_text, wrapped, &table);
         self.pricing = Some(table);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn charge(
         &mut self,
         idx: usize,
@@ -680,6 +720,7 @@ impl Store {
         r: &Record<'_>,
         event_ns: impl FnOnce() -> Option<i64>,
         own_text: bool,
+        wrapped: bool,
         table: &PriceTable,
     ) {
         // The series' own cached selection, when it holds at every time, needs nothing else:
@@ -705,7 +746,9 @@ impl Store {
         if self.defer_cost {
             let open = self.runs.get(idx).copied().flatten();
             if let (Some(entry), Some(linear)) = (entry, entry.and_then(|e| table.linear(e))) {
-                if open.map(|run| run.entry) != Some(entry) {
+                // A run ends where a counter wraps: it spans no wrap, so the counts since it
+                // began (differences of the counters) are below 2^64 and exact.
+                if wrapped || open.map(|run| run.entry) != Some(entry) {
                     self.end_run(idx, table, Some(r));
                     self.start_run(idx, entry, r);
                 }
@@ -1580,6 +1623,51 @@ per_million = { total = 1 }
             let names = ["cached_input".to_string()];
             proptest::prop_assert_eq!(counted_with(&per_run, &names), counted_with(&per_record, &names));
         }
+    }
+
+    /// A series whose token counters wrap (2^64 tokens: 2049 records of 2^53, the largest valid
+    /// value, as hostile input can write) is still charged what each record costs: a run's
+    /// counts are differences of the counters, so a run must not span a wrap.
+    #[test]
+    fn cost_per_run_survives_counters_that_wrap() {
+        let table = table_of(
+            "[[prices]]\nmodel = \"m\"\nper_request = 0.5\nper_million = { input = 1, output = 3 }\n",
+            &[],
+        );
+        let config = Config::default();
+        let mut per_run = Store::new(&config);
+        let mut per_record = Store::new(&config);
+        per_record.cost_per_record();
+        // The first half counted here, the second apart and merged (`replay --jobs`).
+        let (mut merged, mut part) = (Store::new(&config), Store::unlimited(&config));
+        for s in [&mut per_run, &mut per_record, &mut merged, &mut part] {
+            s.set_pricing(Some(table.clone()));
+        }
+        let big = 1u64 << 53;
+        let n = 2 * 2049u64;
+        for i in 0..n {
+            let r = record("m", "k", "s", big, if i % 2 == 0 { big } else { 7 });
+            per_run.add(&r);
+            per_record.add(&r);
+            if i < n / 2 + 3 {
+                merged.add(&r);
+            } else {
+                part.add(&r);
+            }
+            if i == n / 2 {
+                // Read mid-run, as a state write does.
+                let _ = per_run.snapshot(&[]);
+            }
+        }
+        // 10^6 units per input token, 3·10^6 per output token, 0.5 per 2xx request.
+        let outputs = u128::from(n / 2) * u128::from(big) + u128::from(n / 2) * 7;
+        let expected = u128::from(n) * u128::from(big) * 1_000_000
+            + outputs * 3_000_000
+            + u128::from(n) * 500_000_000_000;
+        assert_eq!(per_record.snapshot(&[]).series[0].cost_units, expected);
+        assert_eq!(per_run.snapshot(&[]).series[0].cost_units, expected);
+        assert!(merged.absorb(&part));
+        assert_eq!(counted(&merged), counted(&per_record));
     }
 
     fn counted_with(s: &Store, names: &[String]) -> Snapshot {

@@ -331,6 +331,12 @@ fn read_bytes(
             if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
                 return Ok(());
             }
+            if meter.store.beyond_merge_limits() {
+                // A part of a parallel replay that will be counted again in order: its memory
+                // stays bounded by the limits, as counting in order keeps it.
+                meter.store.abandon();
+                return Ok(());
+            }
             tick(meter);
         }
     }
@@ -481,8 +487,12 @@ fn count_in_order_reading_ahead(
 
 /// What the threads of a parallel replay share: each file's counts as they finish, and how
 /// far the merge has come.
+/// One file counted by a worker: its counts, and another handle on it to count it again in
+/// order if need be.
+type Part = Result<(Meter, Result<Input, InputError>), ReplayError>;
+
 struct Parts {
-    done: Vec<Option<Result<Meter, ReplayError>>>,
+    done: Vec<Option<Part>>,
     /// The next file to start.
     next: usize,
     /// Files merged so far (in order).
@@ -507,7 +517,6 @@ fn count_in_parallel(
     tick: &mut dyn FnMut(&Meter),
 ) -> Result<(), ReplayError> {
     let files = inputs.len();
-    let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
     let inputs: Vec<Mutex<Option<Input>>> =
         inputs.into_iter().map(|i| Mutex::new(Some(i))).collect();
     let parts = Mutex::new(Parts {
@@ -548,6 +557,8 @@ fn count_in_parallel(
                     Some(input) => {
                         let mut part = Meter::part(config, event_times);
                         part.store.set_pricing(prices.clone());
+                        // The file as opened, not whatever its path names by the merge.
+                        let again = input.try_clone();
                         read_input(
                             input,
                             config,
@@ -557,7 +568,7 @@ fn count_in_parallel(
                             &mut |_| {},
                             Some(&stop),
                         )
-                        .map(|()| part)
+                        .map(|()| (part, again))
                     }
                     None => Err(ReplayError::Read(anyhow::anyhow!("file {i} taken twice"))),
                 };
@@ -571,7 +582,7 @@ fn count_in_parallel(
             });
         }
         let mut outcome = Ok(());
-        for (i, path) in paths.iter().enumerate() {
+        for i in 0..files {
             let part = loop {
                 let mut p = lock();
                 if let Some(part) = p.done[i].take() {
@@ -582,12 +593,15 @@ fn count_in_parallel(
             };
             let merged = match part {
                 Err(e) => Err(e),
-                Ok(part) if meter.absorb(&part) => Ok(()),
-                Ok(part) => {
+                Ok((part, _)) if meter.absorb(&part) => Ok(()),
+                Ok((part, again)) => {
                     // A limit reached: folding is decided record by record, so this file is
-                    // counted again here, in order (its bytes not counted twice).
+                    // counted again here, in order (its bytes not counted twice), from the
+                    // handle opened with the others: by now its path may name another file
+                    // (rotated) or none.
                     drop(part);
-                    open_input(path)
+                    again
+                        .and_then(Input::rewind)
                         .map_err(ReplayError::Open)
                         .and_then(|input| {
                             let uncounted = Arc::new(AtomicU64::new(0));
@@ -1299,5 +1313,132 @@ fn spend_tables(out: &mut String, s: &Snapshot, currency: &str) {
                 p.model, p.service_id, p.unpriced, p.unmetered
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--jobs`: a file counted again in order (its series would fold) is read from the handle
+    /// opened with the others, as `--jobs 1` reads it, not from whatever its path names by
+    /// then (a log rotated or replaced while the replay runs).
+    #[test]
+    fn a_file_counted_again_is_the_file_opened_not_its_path_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        std::fs::write(&a, "{\"model\":\"m1\",\"llm_input_token\":10}\n").unwrap();
+        std::fs::write(&b, "{\"model\":\"m2\",\"llm_input_token\":5}\n").unwrap();
+        let mut config = Config::default();
+        // b's series folds: absorbing it is refused and it is counted again.
+        config.limits.max_series = 1;
+        let inputs: Vec<Input> = [&a, &b].iter().map(|p| open_input(p).unwrap()).collect();
+        // Rotated after opening: b.log is now another file.
+        std::fs::rename(&b, dir.path().join("b.log.1")).unwrap();
+        std::fs::write(&b, "{\"model\":\"m3\",\"llm_input_token\":1000}\n").unwrap();
+
+        let mut meter = Meter::new(&config, EventTimes::Off);
+        let progress = Arc::new(AtomicU64::new(0));
+        count_in_parallel(
+            &config,
+            inputs,
+            2,
+            &mut meter,
+            EventTimes::Off,
+            &progress,
+            &mut |_| {},
+        )
+        .unwrap();
+        let snap = meter.store.snapshot(&[]);
+        let input: u64 = snap.series.iter().map(|s| s.input_tokens).sum();
+        assert_eq!((snap.stats.records, input), (2, 15));
+        assert_eq!(snap.stats.overflows[3], 1);
+
+        // Removed after opening: still read.
+        let inputs: Vec<Input> = [&a, &b].iter().map(|p| open_input(p).unwrap()).collect();
+        std::fs::remove_file(&b).unwrap();
+        let mut meter = Meter::new(&config, EventTimes::Off);
+        count_in_parallel(
+            &config,
+            inputs,
+            2,
+            &mut meter,
+            EventTimes::Off,
+            &progress,
+            &mut |_| {},
+        )
+        .unwrap();
+        let snap = meter.store.snapshot(&[]);
+        let input: u64 = snap.series.iter().map(|s| s.input_tokens).sum();
+        assert_eq!((snap.stats.records, input), (2, 1010));
+    }
+
+    /// A part with more series than the limits allow is refused by the merge anyway: it stops
+    /// being counted (its memory bounded by the limits plus one tick's lines, as in order)
+    /// and is counted again in order, with the result of `--jobs 1`.
+    #[test]
+    fn a_part_beyond_the_limits_stops_and_is_counted_again_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = 3 * TICK_LINES as usize;
+        let mut text = String::new();
+        for i in 0..lines {
+            text.push_str(&format!(
+                "{{\"model\":\"m\",\"api_key_id\":\"key-{i}\",\"llm_input_token\":1}}\n"
+            ));
+        }
+        let paths: Vec<PathBuf> = ["a.log", "b.log", "c.log"]
+            .iter()
+            .map(|name| dir.path().join(name))
+            .collect();
+        for p in &paths {
+            std::fs::write(p, &text).unwrap();
+        }
+        let mut config = Config::default();
+        config.limits.max_series = 100;
+        config.limits.max_values.api_key_id = 50;
+
+        let mut part = Meter::part(&config, EventTimes::Off);
+        let progress = Arc::new(AtomicU64::new(0));
+        read_input(
+            open_input(&paths[0]).unwrap(),
+            &config,
+            &mut part,
+            progress.clone(),
+            None,
+            &mut |_| {},
+            None,
+        )
+        .unwrap();
+        assert!(part.store.series_count() <= TICK_LINES as usize);
+
+        let mut in_order = Meter::new(&config, EventTimes::Off);
+        for p in &paths {
+            let input = open_input(p).unwrap();
+            read_input(
+                input,
+                &config,
+                &mut in_order,
+                progress.clone(),
+                None,
+                &mut |_| {},
+                None,
+            )
+            .unwrap();
+        }
+        let mut parallel = Meter::new(&config, EventTimes::Off);
+        let inputs = paths.iter().map(|p| open_input(p).unwrap()).collect();
+        count_in_parallel(
+            &config,
+            inputs,
+            2,
+            &mut parallel,
+            EventTimes::Off,
+            &progress,
+            &mut |_| {},
+        )
+        .unwrap();
+        let (a, b) = (in_order.store.snapshot(&[]), parallel.store.snapshot(&[]));
+        assert_eq!(b.stats.records, 3 * lines as u64);
+        assert_eq!((a.series, a.stats), (b.series, b.stats));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,6 +126,34 @@ pub fn open_input(path: &Path) -> Result<Input, InputError> {
 }
 
 impl Input {
+    /// Another handle on the same open file, to read it again later even when its path has
+    /// meanwhile been rotated, replaced or removed. It shares the offset of this one:
+    /// [`Input::rewind`] it before reading.
+    pub fn try_clone(&self) -> Result<Input, InputError> {
+        let file = self.file.try_clone().map_err(|error| InputError {
+            path: self.path.clone(),
+            error,
+        })?;
+        Ok(Input {
+            path: self.path.clone(),
+            size: self.size,
+            modified_ns: self.modified_ns,
+            gzip: self.gzip,
+            file,
+        })
+    }
+
+    /// Back to the file's first byte.
+    pub fn rewind(mut self) -> Result<Input, InputError> {
+        match self.file.seek(io::SeekFrom::Start(0)) {
+            Ok(_) => Ok(self),
+            Err(error) => Err(InputError {
+                path: self.path,
+                error,
+            }),
+        }
+    }
+
     /// The decompressed byte stream; `progress` is advanced by the bytes read from disk.
     pub fn into_reader(self, progress: Arc<AtomicU64>) -> Box<dyn Read + Send> {
         let counted = Counting {
