@@ -189,6 +189,15 @@ impl Histogram {
         self.count += 1;
     }
 
+    /// Adds another histogram's observations.
+    fn add(&mut self, other: &Histogram) {
+        for (n, add) in self.buckets.iter_mut().zip(other.buckets) {
+            *n += add;
+        }
+        self.sum_seconds += other.sum_seconds;
+        self.count += other.count;
+    }
+
     /// Cumulative counts per bucket, `+Inf` last, as Prometheus exposes them.
     pub fn cumulative(&self) -> [u64; DURATION_BUCKETS.len() + 1] {
         let mut out = self.buckets;
@@ -514,21 +523,8 @@ impl Store {
         }
         for ((m, s, class), h) in &part.hists {
             let [m, s] = pair([*m, *s], self);
-            let key = (m, s, *class);
-            let at = match self.hist_index.get(&key) {
-                Some(&at) => at as usize,
-                None => {
-                    self.hists.push((key, Histogram::default()));
-                    self.hist_index.insert(key, (self.hists.len() - 1) as u32);
-                    self.hists.len() - 1
-                }
-            };
-            let mine = &mut self.hists[at].1;
-            for (n, add) in mine.buckets.iter_mut().zip(h.buckets) {
-                *n += add;
-            }
-            mine.sum_seconds += h.sum_seconds;
-            mine.count += h.count;
+            let at = self.hist_slot((m, s, *class));
+            self.hists[at].1.add(h);
         }
         for p in &part.pairs {
             let ids = pair(p.ids, self);
@@ -671,14 +667,7 @@ impl Store {
         }
         if let Some(ms) = r.duration_ms {
             let key = (m, s, r.status_class);
-            let h = match self.hist_index.get(&key) {
-                Some(&i) => i as usize,
-                None => {
-                    self.hists.push((key, Histogram::default()));
-                    self.hist_index.insert(key, (self.hists.len() - 1) as u32);
-                    self.hists.len() - 1
-                }
-            };
+            let h = self.hist_slot(key);
             self.hists[h].1.observe(ms / 1000.0);
         }
         let unmetered = r.status_class == StatusClass::C2xx && r.valid == 0;
@@ -958,6 +947,16 @@ impl Store {
         *n += 1;
     }
 
+    /// The histogram of (model, service_id, status class), created empty when new.
+    fn hist_slot(&mut self, key: (u32, u32, StatusClass)) -> usize {
+        if let Some(&i) = self.hist_index.get(&key) {
+            return i as usize;
+        }
+        self.hists.push((key, Histogram::default()));
+        self.hist_index.insert(key, (self.hists.len() - 1) as u32);
+        self.hists.len() - 1
+    }
+
     fn pair_slot(&mut self, ids: [u32; 2]) -> usize {
         if let Some(&i) = self.pair_index.get(&ids) {
             return i as usize;
@@ -1087,20 +1086,8 @@ impl Store {
                 self.services.force(&h.service_id),
                 *class,
             );
-            let i = match self.hist_index.get(&key) {
-                Some(&i) => i as usize,
-                None => {
-                    self.hists.push((key, Histogram::default()));
-                    self.hist_index.insert(key, (self.hists.len() - 1) as u32);
-                    self.hists.len() - 1
-                }
-            };
-            let dst = &mut self.hists[i].1;
-            for (a, b) in dst.buckets.iter_mut().zip(h.histogram.buckets) {
-                *a += b;
-            }
-            dst.sum_seconds += h.histogram.sum_seconds;
-            dst.count += h.histogram.count;
+            let i = self.hist_slot(key);
+            self.hists[i].1.add(&h.histogram);
         }
         let st = &snap.stats;
         self.stats.records += st.records;

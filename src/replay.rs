@@ -535,7 +535,7 @@ fn count_in_parallel(
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     };
     std::thread::scope(|scope| {
-        for _ in 0..jobs {
+        for _ in 0..jobs.min(files) {
             scope.spawn(|| loop {
                 let i = {
                     let mut p = lock();
@@ -1337,40 +1337,30 @@ mod tests {
         std::fs::rename(&b, dir.path().join("b.log.1")).unwrap();
         std::fs::write(&b, "{\"model\":\"m3\",\"llm_input_token\":1000}\n").unwrap();
 
-        let mut meter = Meter::new(&config, EventTimes::Off);
-        let progress = Arc::new(AtomicU64::new(0));
-        count_in_parallel(
-            &config,
-            inputs,
-            2,
-            &mut meter,
-            EventTimes::Off,
-            &progress,
-            &mut |_| {},
-        )
-        .unwrap();
-        let snap = meter.store.snapshot(&[]);
-        let input: u64 = snap.series.iter().map(|s| s.input_tokens).sum();
-        assert_eq!((snap.stats.records, input), (2, 15));
-        assert_eq!(snap.stats.overflows[3], 1);
+        let count = |inputs: Vec<Input>| {
+            let mut meter = Meter::new(&config, EventTimes::Off);
+            let progress = Arc::new(AtomicU64::new(0));
+            count_in_parallel(
+                &config,
+                inputs,
+                2,
+                &mut meter,
+                EventTimes::Off,
+                &progress,
+                &mut |_| {},
+            )
+            .unwrap();
+            let snap = meter.store.snapshot(&[]);
+            let input: u64 = snap.series.iter().map(|s| s.input_tokens).sum();
+            (snap.stats.records, input, snap.stats.overflows[3])
+        };
+        assert_eq!(count(inputs), (2, 15, 1));
 
         // Removed after opening: still read.
         let inputs: Vec<Input> = [&a, &b].iter().map(|p| open_input(p).unwrap()).collect();
         std::fs::remove_file(&b).unwrap();
-        let mut meter = Meter::new(&config, EventTimes::Off);
-        count_in_parallel(
-            &config,
-            inputs,
-            2,
-            &mut meter,
-            EventTimes::Off,
-            &progress,
-            &mut |_| {},
-        )
-        .unwrap();
-        let snap = meter.store.snapshot(&[]);
-        let input: u64 = snap.series.iter().map(|s| s.input_tokens).sum();
-        assert_eq!((snap.stats.records, input), (2, 1010));
+        let (records, input, _) = count(inputs);
+        assert_eq!((records, input), (2, 1010));
     }
 
     /// A part with more series than the limits allow is refused by the merge anyway: it stops

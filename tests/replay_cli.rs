@@ -318,6 +318,15 @@ fn edge_cases_by_hand() {
         .any(|x| x["model"] == "meta-llama/L\u{e8}"));
 }
 
+/// `dir/<name>.gz`: the fixture `name` gzipped.
+fn gzipped_fixture(dir: &Path, name: &str) -> PathBuf {
+    let mut gz = Vec::new();
+    write_gzip_member(&mut gz, &std::fs::read(fixture(name)).unwrap());
+    let path = dir.join(format!("{name}.gz"));
+    std::fs::write(&path, gz).unwrap();
+    path
+}
+
 fn write_gzip_member(out: &mut Vec<u8>, data: &[u8]) {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(data).unwrap();
@@ -998,19 +1007,18 @@ per_million = { input = 1 }
     // Old: 1 + 1 + 1 + 1 = 4; new: 2 + 2 + 2 + 2 + 2 = 10.
     let (_, on_demand) = replay_priced(&config, &[&file, &second]);
     assert_eq!(changing_cost(&on_demand), "14", "{on_demand}");
-    let out = bin()
-        .args(["replay", "--config"])
-        .arg(&config)
-        .args(["--summary", "json", "--from", "1970-01-01T00:00:00Z"])
-        .args([&file, &second])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let eager = replay_stdout(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--summary",
+            "json",
+            "--from",
+            "1970-01-01T00:00:00Z",
+        ],
+        &[file.clone(), second.clone()],
     );
-    let eager: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let eager: Value = serde_json::from_str(&eager).unwrap();
     assert_eq!(changing_cost(&eager), "14", "{eager}");
     assert_eq!(on_demand["cost"], eager["cost"]);
 }
@@ -1041,18 +1049,7 @@ fn replay_jobs_2_writes_the_summary_of_jobs_1_byte_for_byte() {
     // Each fixture twice, the second copy gzipped, so parts repeat series of earlier parts.
     let mut files: Vec<PathBuf> = names.iter().map(|n| fixture(n)).collect();
     for n in names {
-        let gz = dir.path().join(format!("{n}.gz"));
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "gzip -c '{}' > '{}'",
-                fixture(n).display(),
-                gz.display()
-            ))
-            .status()
-            .unwrap();
-        assert!(status.success());
-        files.push(gz);
+        files.push(gzipped_fixture(dir.path(), n));
     }
     let limits = dir.path().join("limits.toml");
     std::fs::write(
@@ -1123,18 +1120,7 @@ fn backfill_with_jobs_2_writes_the_files_of_jobs_1_byte_for_byte() {
         "docker-json.log",
     ] {
         files.push(fixture(n));
-        let gz = dir.path().join(format!("{n}.gz"));
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "gzip -c '{}' > '{}'",
-                fixture(n).display(),
-                gz.display()
-            ))
-            .status()
-            .unwrap();
-        assert!(status.success());
-        files.push(gz);
+        files.push(gzipped_fixture(dir.path(), n));
     }
     let mut outputs = Vec::new();
     for jobs in ["1", "2"] {
@@ -1177,16 +1163,12 @@ fn backfill_with_jobs_2_writes_the_files_of_jobs_1_byte_for_byte() {
 fn a_broken_file_fails_the_same_way_with_any_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let gz = dir.path().join("cut.gz");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "gzip -c '{}' | head -c 300 > '{}'",
-            fixture("envoy-ai-access.jsonl").display(),
-            gz.display()
-        ))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let mut member = Vec::new();
+    write_gzip_member(
+        &mut member,
+        &std::fs::read(fixture("envoy-ai-access.jsonl")).unwrap(),
+    );
+    std::fs::write(&gz, &member[..300]).unwrap();
     let files = [fixture("cri-wrapped.log"), gz, fixture("docker-json.log")];
     for extra in [&[][..], &["--openmetrics", "OUT"][..]] {
         let mut results = Vec::new();
