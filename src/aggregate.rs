@@ -312,7 +312,7 @@ pub struct PairSnapshot {
 }
 
 /// One token series in a snapshot: every counter of one (model, api_key_id, service_id).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeriesSnapshot {
     pub model: String,
     pub api_key_id: String,

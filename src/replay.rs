@@ -252,10 +252,10 @@ impl LineSink for Sinks<'_> {
 
 /// The sinks that need the records in file order, one line at a time (so `--jobs` does not
 /// apply when any is in use).
-struct Ordered<'a, 'c> {
+struct Ordered<'a> {
     backfill: &'a mut Option<StepStream>,
     loki: &'a mut Option<LokiReplay>,
-    emitter: &'a mut Emitter<'c>,
+    emitter: &'a mut Emitter,
 }
 
 /// Lines between two progress updates (and checks of a parallel replay's stop flag).
@@ -270,7 +270,7 @@ fn read_input(
     config: &Config,
     meter: &mut Meter,
     progress: Arc<AtomicU64>,
-    ordered: Option<Ordered<'_, '_>>,
+    ordered: Option<Ordered<'_>>,
     tick: &mut dyn FnMut(&Meter),
     stop: Option<&AtomicBool>,
 ) -> Result<(), ReplayError> {
@@ -296,7 +296,7 @@ fn read_bytes(
     bytes: Box<dyn Read + Send>,
     config: &Config,
     meter: &mut Meter,
-    mut ordered: Option<Ordered<'_, '_>>,
+    mut ordered: Option<Ordered<'_>>,
     tick: &mut dyn FnMut(&Meter),
     stop: Option<&AtomicBool>,
 ) -> Result<(), ReplayError> {
@@ -398,7 +398,7 @@ fn count_in_order_reading_ahead(
     threads: usize,
     meter: &mut Meter,
     progress: &Arc<AtomicU64>,
-    ordered: Ordered<'_, '_>,
+    ordered: Ordered<'_>,
     tick: &mut dyn FnMut(&Meter),
 ) -> Result<(), ReplayError> {
     let files: Vec<(PathBuf, Option<i64>)> = inputs
@@ -789,11 +789,11 @@ pub fn replay(
         for w in b.take_ready() {
             emitter.emit(w)?;
         }
-        emitter.finish()?;
+        let (samples, outcomes) = emitter.finish()?;
         outside_range = b.outside;
         late = Some(b.late);
-        pushed = emitter.push.as_ref().map(|p| p.outcomes.clone());
-        emitted = Some(emitter.emitted(b.series_started()));
+        pushed = outcomes;
+        emitted = Some(emitter.emitted(b.series_started(), samples));
     }
     let loki_report = loki.as_mut().map(|l| {
         l.flush();
@@ -814,18 +814,46 @@ pub fn replay(
 }
 
 /// Where finished block windows go: an OpenMetrics file (the single file, or one per window
-/// in a directory) and/or OTLP pushes, and what was emitted, for the summary.
-struct Emitter<'c> {
-    config: &'c Config,
-    opts: &'c ReplayOptions,
-    extra_names: Vec<String>,
-    currency: Option<String>,
-    push: Option<Pusher>,
-    samples: usize,
+/// in a directory) and/or OTLP pushes, and what was emitted, for the summary. The windows
+/// are formatted and written by a [`WindowWriter`]: on a thread of its own with `--jobs` ≥ 2,
+/// so that formatting overlaps counting. The hand-over is a rendezvous: at most two windows
+/// are held, the one being written and the one being filled (or handed over).
+struct Emitter {
+    step_ns: i64,
+    writer: Writer,
     windows: usize,
     first: Option<i64>,
     last: Option<i64>,
 }
+
+enum Writer {
+    Inline(WindowWriter),
+    Thread {
+        /// `None` once finished.
+        to: Option<std::sync::mpsc::SyncSender<Window>>,
+        done: Option<std::thread::JoinHandle<Result<WindowWriter, ReplayError>>>,
+    },
+    /// The writer's result, once taken from it.
+    Finished(WindowWriter),
+}
+
+/// Formats and writes or pushes windows: owns the output file names, the OTLP client and the
+/// samples written.
+struct WindowWriter {
+    prefix: String,
+    static_labels: BTreeMap<String, String>,
+    instance: String,
+    step_ns: i64,
+    extra_names: Vec<String>,
+    currency: Option<String>,
+    /// `--openmetrics`: the path, and whether it is a directory of window files.
+    openmetrics: Option<(PathBuf, bool)>,
+    push: Option<Pusher>,
+    samples: usize,
+}
+
+/// OTLP requests per outcome (`success`, `rejected`, `failed`).
+type PushOutcomes = BTreeMap<&'static str, u64>;
 
 /// `--push`: the client, the request shape, and one `--retry-for` for all requests.
 struct Pusher {
@@ -833,15 +861,11 @@ struct Pusher {
     rt: tokio::runtime::Runtime,
     shape: crate::export::otlp::OtlpShape,
     deadline: tokio::time::Instant,
-    outcomes: BTreeMap<&'static str, u64>,
+    outcomes: PushOutcomes,
 }
 
-impl<'c> Emitter<'c> {
-    fn new(
-        config: &'c Config,
-        opts: &'c ReplayOptions,
-        meter: &Meter,
-    ) -> Result<Self, ReplayError> {
+impl Emitter {
+    fn new(config: &Config, opts: &ReplayOptions, meter: &Meter) -> Result<Self, ReplayError> {
         let push = if opts.push {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let now = tokio::time::Instant::now();
@@ -865,13 +889,42 @@ impl<'c> Emitter<'c> {
                 ReplayError::Read(anyhow::anyhow!("creating {}: {e}", dir.display()))
             })?;
         }
-        Ok(Emitter {
-            config,
-            opts,
+        let writer = WindowWriter {
+            prefix: config.metrics.prefix.clone(),
+            static_labels: config.metrics.labels.clone(),
+            instance: opts.instance.clone(),
+            step_ns: opts.step_ns,
             extra_names: meter.extra_names().to_vec(),
             currency: meter.store.currency().map(str::to_string),
+            openmetrics: opts
+                .openmetrics
+                .clone()
+                .map(|path| (path, opts.openmetrics_dir)),
             push,
             samples: 0,
+        };
+        let writer = if opts.jobs > 1 {
+            let (to, from) = std::sync::mpsc::sync_channel::<Window>(0);
+            let done = std::thread::Builder::new()
+                .name("tokenmeter-backfill-writer".into())
+                .spawn(move || {
+                    let mut writer = writer;
+                    for w in from {
+                        writer.write(w)?;
+                    }
+                    Ok(writer)
+                })
+                .map_err(|e| ReplayError::Read(anyhow::anyhow!("starting a writer thread: {e}")))?;
+            Writer::Thread {
+                to: Some(to),
+                done: Some(done),
+            }
+        } else {
+            Writer::Inline(writer)
+        };
+        Ok(Emitter {
+            step_ns: opts.step_ns,
+            writer,
             windows: 0,
             first: None,
             last: None,
@@ -883,14 +936,85 @@ impl<'c> Emitter<'c> {
             return Ok(());
         }
         self.windows += 1;
-        let step_ns = self.opts.step_ns;
-        if let Some(out) = &self.opts.openmetrics {
-            let path = if self.opts.openmetrics_dir {
+        for s in &w.series {
+            if let (Some(a), Some(b)) = (s.points.first(), s.points.last()) {
+                // A series starting in this window starts with its 0 one step earlier.
+                let a = if s.before.is_none() {
+                    a.0 - self.step_ns
+                } else {
+                    a.0
+                };
+                self.first = Some(self.first.map_or(a, |f| f.min(a)));
+                self.last = Some(self.last.map_or(b.0, |l| l.max(b.0)));
+            }
+        }
+        match &mut self.writer {
+            Writer::Inline(writer) => writer.write(w),
+            Writer::Thread { to: Some(to), .. } => {
+                if to.send(w).is_err() {
+                    // The writer stopped on an error: it is the replay's.
+                    self.join()?;
+                }
+                Ok(())
+            }
+            Writer::Thread { to: None, .. } | Writer::Finished(_) => Err(ReplayError::Read(
+                anyhow::anyhow!("a window after the end of the backfill"),
+            )),
+        }
+    }
+
+    /// Waits for the writer thread (after closing its channel) and keeps its result.
+    fn join(&mut self) -> Result<(), ReplayError> {
+        if let Writer::Thread { to, done } = &mut self.writer {
+            to.take();
+            let Some(done) = done.take() else {
+                return Ok(());
+            };
+            let writer = done.join().map_err(|_| {
+                ReplayError::Read(anyhow::anyhow!("the backfill writer thread panicked"))
+            })??;
+            self.writer = Writer::Finished(writer);
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and makes the window files durable; returns the samples written
+    /// and the push outcomes.
+    fn finish(&mut self) -> Result<(usize, Option<PushOutcomes>), ReplayError> {
+        self.join()?;
+        let (Writer::Inline(writer) | Writer::Finished(writer)) = &self.writer else {
+            return Err(ReplayError::Read(anyhow::anyhow!(
+                "the backfill writer did not finish"
+            )));
+        };
+        writer.finish()?;
+        Ok((
+            writer.samples,
+            writer.push.as_ref().map(|p| p.outcomes.clone()),
+        ))
+    }
+
+    fn emitted(&self, series: usize, samples: usize) -> Emitted {
+        Emitted {
+            series,
+            samples,
+            windows: self.windows,
+            first_sample: self.first.map(crate::timefmt::format_rfc3339_millis),
+            last_sample: self.last.map(crate::timefmt::format_rfc3339_millis),
+        }
+    }
+}
+
+impl WindowWriter {
+    fn write(&mut self, mut w: Window) -> Result<(), ReplayError> {
+        w.sort_series();
+        if let Some((out, dir)) = &self.openmetrics {
+            let path = if *dir {
                 out.join(window_file_name(&w))
             } else {
                 out.clone()
             };
-            let e = self.write_file(&path, &w.series, step_ns)?;
+            let e = self.write_file(&path, *dir, &w.series)?;
             self.samples += e.samples;
         }
         if let Some(p) = self.push.as_mut() {
@@ -910,20 +1034,8 @@ impl<'c> Emitter<'c> {
                 };
                 *p.outcomes.entry(o.as_str()).or_insert(0) += 1;
             }
-            if self.opts.openmetrics.is_none() {
+            if self.openmetrics.is_none() {
                 self.samples += w.series.iter().map(|s| s.points.len()).sum::<usize>();
-            }
-        }
-        for s in &w.series {
-            if let (Some(a), Some(b)) = (s.points.first(), s.points.last()) {
-                // A series starting in this window starts with its 0 one step earlier.
-                let a = if s.before.is_none() {
-                    a.0 - step_ns
-                } else {
-                    a.0
-                };
-                self.first = Some(self.first.map_or(a, |f| f.min(a)));
-                self.last = Some(self.last.map_or(b.0, |l| l.max(b.0)));
             }
         }
         Ok(())
@@ -934,26 +1046,32 @@ impl<'c> Emitter<'c> {
     fn write_file(
         &self,
         out: &Path,
+        in_dir: bool,
         series: &[crate::export::openmetrics::SeriesSamples],
-        step_ns: i64,
     ) -> Result<Emitted, ReplayError> {
         let tmp = out.with_extension("tmp-tokenmeter");
         let write = || -> std::io::Result<Emitted> {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            let mut f = std::fs::File::create(&tmp)?;
             let e = write_openmetrics(
                 &mut f,
                 series,
-                &self.config.metrics.prefix,
+                &self.prefix,
                 &self.extra_names,
                 self.currency.as_deref(),
-                &self.config.metrics.labels,
-                &self.opts.instance,
-                step_ns,
+                &self.static_labels,
+                &self.instance,
+                self.step_ns,
             )?;
-            let f = f.into_inner().map_err(|e| e.into_error())?;
-            // A window file is synced with all the others at the end (one syncfs, not one
-            // fsync per file: a month of 2 h windows is 360 files).
-            if !self.opts.openmetrics_dir {
+            if in_dir {
+                // A window file is synced with all the others at the end (one syncfs, not one
+                // fsync per file: a month of 2 h windows is 360 files). Its write-back starts
+                // now, without waiting, so the end waits only for the last windows.
+                use std::os::fd::AsRawFd;
+                // SAFETY: a hint on a descriptor we own; errors are the syncfs's to report.
+                unsafe {
+                    libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+                }
+            } else {
                 f.sync_all()?;
             }
             std::fs::rename(&tmp, out)?;
@@ -964,12 +1082,7 @@ impl<'c> Emitter<'c> {
 
     /// Makes the window files durable (they were written without a sync each).
     fn finish(&self) -> Result<(), ReplayError> {
-        let Some(dir) = self
-            .opts
-            .openmetrics
-            .as_ref()
-            .filter(|_| self.opts.openmetrics_dir)
-        else {
+        let Some((dir, true)) = &self.openmetrics else {
             return Ok(());
         };
         let sync = || -> std::io::Result<()> {
@@ -982,16 +1095,6 @@ impl<'c> Emitter<'c> {
             Ok(())
         };
         sync().map_err(|e| ReplayError::Read(anyhow::anyhow!("syncing {}: {e}", dir.display())))
-    }
-
-    fn emitted(&self, series: usize) -> Emitted {
-        Emitted {
-            series,
-            samples: self.samples,
-            windows: self.windows,
-            first_sample: self.first.map(crate::timefmt::format_rfc3339_millis),
-            last_sample: self.last.map(crate::timefmt::format_rfc3339_millis),
-        }
     }
 }
 

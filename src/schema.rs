@@ -49,6 +49,20 @@ pub struct Point<'a> {
 /// Hands out the points of one family.
 type Points = Box<dyn for<'v> Fn(&'v View<'v>, &mut dyn FnMut(Point<'v>)) + Send + Sync>;
 
+/// How a per-series token family reads one series: `f` gets each point's own label (the one
+/// after the series' labels and `metrics.labels`: `status_class`, `currency`, or none) and
+/// its value; the second argument is the snapshot's currency. A series' labels are the same
+/// at every step, so backfill formats a series' steps through this alone, without building
+/// label sets per point.
+pub type SeriesRead = std::sync::Arc<
+    dyn for<'c> Fn(
+            &SeriesSnapshot,
+            Option<&'c str>,
+            &mut dyn FnMut(Option<(&'static str, &'c str)>, Value<'static>),
+        ) + Send
+        + Sync,
+>;
+
 pub struct Family {
     pub name: String,
     pub help: &'static str,
@@ -59,6 +73,10 @@ pub struct Family {
     pub labels: &'static [&'static str],
     /// A token family (`metrics.prefix`), as opposed to a `tokenmeter_*` self-metric.
     pub token: bool,
+    /// For the families with one or more points per series (labels `model`, `api_key_id`,
+    /// `service_id`, `metrics.labels`, then their own): how they read a series. Their
+    /// `points` are made from it.
+    pub series: Option<SeriesRead>,
     points: Points,
 }
 
@@ -187,28 +205,64 @@ fn series_labels<'v>(v: &'v View<'v>, x: &'v SeriesSnapshot) -> Labels<'v> {
     l
 }
 
-fn token(name: String, help: &'static str, unit: &'static str, points: Points) -> Family {
+/// A per-series token counter: its points are the series' labels, `metrics.labels`, then the
+/// label `read` gives (if any), with `read`'s values.
+fn token(
+    name: String,
+    help: &'static str,
+    unit: &'static str,
+    labels: &'static [&'static str],
+    read: SeriesRead,
+) -> Family {
+    let each = read.clone();
     Family {
         name,
         help,
         unit,
         kind: Kind::Counter,
-        labels: &["model", "api_key_id", "service_id"],
+        labels,
         token: true,
-        points,
+        series: Some(read),
+        points: Box::new(move |v, f| {
+            let currency = v.snap.currency.as_deref();
+            for x in &v.snap.series {
+                each(x, currency, &mut |own, value| {
+                    let mut labels = series_labels(v, x);
+                    labels.extend(own);
+                    f(Point {
+                        labels,
+                        value,
+                        start_ns: x.start_ns,
+                    })
+                });
+            }
+        }),
     }
 }
 
-fn per_series(read: fn(&SeriesSnapshot) -> u64) -> Points {
-    Box::new(move |v, f| {
-        for x in &v.snap.series {
-            f(Point {
-                labels: series_labels(v, x),
-                value: Value::Int(read(x)),
-                start_ns: x.start_ns,
-            });
-        }
-    })
+/// Builds a [`SeriesRead`] (the closure's signature is inferred from the bound).
+fn read(
+    f: impl for<'c> Fn(
+            &SeriesSnapshot,
+            Option<&'c str>,
+            &mut dyn FnMut(Option<(&'static str, &'c str)>, Value<'static>),
+        ) + Send
+        + Sync
+        + 'static,
+) -> SeriesRead {
+    std::sync::Arc::new(f)
+}
+
+/// A token counter with one point per series: `count` of it.
+fn per_series(name: String, help: &'static str, count: fn(&SeriesSnapshot) -> u64) -> Family {
+    const LABELS: &[&str] = &["model", "api_key_id", "service_id"];
+    token(
+        name,
+        help,
+        "{token}",
+        LABELS,
+        read(move |x, _, f| f(None, Value::Int(count(x)))),
+    )
 }
 
 /// A self-metric's points: labels and value (its series start at the agent's start).
@@ -230,6 +284,7 @@ fn agent_metric(
         kind,
         labels,
         token: false,
+        series: None,
         points: Box::new(move |v, f| {
             points(v, &mut |labels, value| {
                 f(Point {
@@ -247,63 +302,41 @@ fn agent_metric(
 pub fn families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
     let p = prefix;
     let mut out = vec![
-        Family {
-            labels: &["model", "api_key_id", "service_id", "status_class"],
-            ..token(
-                format!("{p}_requests"),
-                "LLM requests by status class.",
-                "{request}",
-                Box::new(|v, f| {
-                    for x in &v.snap.series {
-                        for class in StatusClass::ALL {
-                            let n = x.requests[class as usize];
-                            if n > 0 {
-                                let mut l = series_labels(v, x);
-                                l.push(("status_class", class.as_str()));
-                                f(Point {
-                                    labels: l,
-                                    value: Value::Int(n),
-                                    start_ns: x.start_ns,
-                                });
-                            }
-                        }
+        token(
+            format!("{p}_requests"),
+            "LLM requests by status class.",
+            "{request}",
+            &["model", "api_key_id", "service_id", "status_class"],
+            read(|x, _, f| {
+                for class in StatusClass::ALL {
+                    let n = x.requests[class as usize];
+                    if n > 0 {
+                        f(Some(("status_class", class.as_str())), Value::Int(n));
                     }
-                }),
-            )
-        },
-        token(
-            format!("{p}_input_tokens"),
-            "Input (prompt) tokens.",
-            "{token}",
-            per_series(|x| x.input_tokens),
+                }
+            }),
         ),
-        token(
+        per_series(format!("{p}_input_tokens"), "Input (prompt) tokens.", |x| {
+            x.input_tokens
+        }),
+        per_series(
             format!("{p}_output_tokens"),
             "Output (completion) tokens.",
-            "{token}",
-            per_series(|x| x.output_tokens),
+            |x| x.output_tokens,
         ),
-        token(
-            format!("{p}_tokens"),
-            "Total tokens.",
-            "{token}",
-            per_series(|x| x.total_tokens),
-        ),
+        per_series(format!("{p}_tokens"), "Total tokens.", |x| x.total_tokens),
     ];
     for (i, name) in extra_names.iter().enumerate() {
         out.push(token(
             format!("{p}_{name}_tokens"),
             "Extra token field.",
             "{token}",
-            Box::new(move |v, f| {
-                for x in &v.snap.series {
-                    let n = x.extra_tokens.get(i).copied().unwrap_or(0);
-                    f(Point {
-                        labels: series_labels(v, x),
-                        value: Value::Int(n),
-                        start_ns: x.start_ns,
-                    });
-                }
+            &["model", "api_key_id", "service_id"],
+            read(move |x, _, f| {
+                f(
+                    None,
+                    Value::Int(x.extra_tokens.get(i).copied().unwrap_or(0)),
+                );
             }),
         ));
     }
@@ -315,6 +348,7 @@ pub fn families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
         kind: Kind::Histogram,
         labels: &["model", "service_id", "status_class"],
         token: true,
+        series: None,
         points: Box::new(|v, f| {
             for h in &v.snap.durations {
                 let mut l = vec![
@@ -366,31 +400,21 @@ fn spend_families(p: &str) -> Vec<Family> {
         kind: Kind::Counter,
         labels: &["model", "service_id"],
         token: true,
+        series: None,
         points: per_pair(read),
     };
     vec![
-        Family {
-            labels: &["model", "api_key_id", "service_id", "currency"],
-            ..token(
-                format!("{p}_cost"),
-                "Cost of the requests at the prices in force at their event time (SPEC §10).",
-                "{cost}",
-                Box::new(|v, f| {
-                    let Some(currency) = v.snap.currency.as_deref() else {
-                        return;
-                    };
-                    for x in &v.snap.series {
-                        let mut l = series_labels(v, x);
-                        l.push(("currency", currency));
-                        f(Point {
-                            labels: l,
-                            value: Value::Cost(x.cost_units),
-                            start_ns: x.start_ns,
-                        });
-                    }
-                }),
-            )
-        },
+        token(
+            format!("{p}_cost"),
+            "Cost of the requests at the prices in force at their event time (SPEC §10).",
+            "{cost}",
+            &["model", "api_key_id", "service_id", "currency"],
+            read(|x, currency, f| {
+                if let Some(currency) = currency {
+                    f(Some(("currency", currency)), Value::Cost(x.cost_units));
+                }
+            }),
+        ),
         pair_family(
             format!("{p}_unpriced_requests"),
             "Requests with tokens that no price entry (or only part of one) prices.",
@@ -408,6 +432,7 @@ fn spend_families(p: &str) -> Vec<Family> {
             kind: Kind::Gauge,
             labels: &["api_key_id", "window"],
             token: true,
+            series: None,
             points: Box::new(|v, f| {
                 for b in v.budgets {
                     if let Some(t) = b.tokens {
@@ -432,6 +457,7 @@ fn spend_families(p: &str) -> Vec<Family> {
             kind: Kind::Gauge,
             labels: &["api_key_id", "window", "currency"],
             token: true,
+            series: None,
             points: Box::new(|v, f| {
                 let Some(currency) = v.snap.currency.as_deref() else {
                     return;

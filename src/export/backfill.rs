@@ -19,6 +19,7 @@
 //! and `late` goes up).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
@@ -55,7 +56,8 @@ pub struct Shape {
     pub to_ns: Option<i64>,
 }
 
-/// One block window's samples: series sorted by labels, each in time order. A series whose
+/// One block window's samples: each series' in time order; the series in no particular order
+/// until [`Window::sort_series`] (done by whoever writes the window, off the counting path). A series whose
 /// first sample is in this window has `start_ns` one step before it (the 0 of SPEC §4 "First
 /// increments"); a series continuing from an earlier window keeps its start.
 pub struct Window {
@@ -64,14 +66,26 @@ pub struct Window {
     pub series: Vec<SeriesSamples>,
 }
 
+impl Window {
+    /// Puts the series in label order: the order of the output, which must not depend on
+    /// how the records were counted.
+    pub fn sort_series(&mut self) {
+        self.series.sort_unstable_by(|a, b| {
+            (&a.model, &a.api_key_id, &a.service_id).cmp(&(&b.model, &b.api_key_id, &b.service_id))
+        });
+    }
+}
+
 /// One series as the stream knows it.
 struct Track {
-    labels: (String, String, String),
+    labels: (Arc<str>, Arc<str>, Arc<str>),
     cum: Cumulative,
     /// Start of its first step (ns): the series' start time.
     start_ns: i64,
     /// Its values at the end of the last window it had samples in.
     last_window: Option<Cumulative>,
+    /// Its samples in the block window being filled, in time order.
+    points: Vec<(i64, Cumulative)>,
 }
 
 pub struct StepStream {
@@ -87,9 +101,9 @@ pub struct StepStream {
     tracks: Vec<Option<Track>>,
     /// Series that have started, in store-index order (dense mode walks them).
     started: Vec<u32>,
-    /// The block window being filled, and its samples per series.
+    /// The block window being filled, and the series with samples in it (their `points`).
     window: Option<i64>,
-    pending: FxHashMap<u32, Vec<(i64, Cumulative)>>,
+    in_window: Vec<u32>,
     ready: Vec<Window>,
     /// Records older than a step already closed (counted in the oldest open step).
     pub late: u64,
@@ -115,7 +129,7 @@ impl StepStream {
             tracks: Vec::new(),
             started: Vec::new(),
             window: None,
-            pending: FxHashMap::default(),
+            in_window: Vec::new(),
             ready: Vec::new(),
             late: 0,
             untimed: 0,
@@ -156,13 +170,14 @@ impl StepStream {
         if self.tracks[series].is_none() {
             let (m, k, s) = store.series_labels(series).unwrap_or(("", "", ""));
             self.tracks[series] = Some(Track {
-                labels: (m.to_string(), k.to_string(), s.to_string()),
+                labels: (m.into(), k.into(), s.into()),
                 cum: Cumulative {
                     extra: vec![0; self.n_extra],
                     ..Default::default()
                 },
                 start_ns: i64::MIN,
                 last_window: None,
+                points: Vec::new(),
             });
         }
         let d = self.open.entry(step).or_default().entry(idx).or_default();
@@ -196,7 +211,7 @@ impl StepStream {
             }
         }
         let deltas = self.open.remove(&s).unwrap_or_default();
-        let mut touched: Vec<u32> = Vec::with_capacity(deltas.len());
+        let t = self.sample_time(s);
         for (idx, d) in deltas {
             let Some(track) = self.tracks.get_mut(idx as usize).and_then(Option::as_mut) else {
                 continue;
@@ -216,53 +231,58 @@ impl StepStream {
                 track.start_ns = s.saturating_mul(self.shape.step_ns);
                 self.started.push(idx);
             }
-            touched.push(idx);
+            if !self.shape.dense {
+                Self::sample(track, idx, t, &mut self.in_window);
+            }
         }
         if self.shape.dense {
             self.sample_started(s);
-        } else {
-            touched.sort_unstable();
-            self.sample(s, &touched);
         }
         self.closed = Some(s);
     }
 
-    /// Samples every started series at the end of step `s`.
-    fn sample_started(&mut self, s: i64) {
-        let all = std::mem::take(&mut self.started);
-        self.sample(s, &all);
-        self.started = all;
-    }
-
-    /// Samples `series` at the end of step `s`, in the block window of that time.
-    fn sample(&mut self, s: i64, series: &[u32]) {
+    /// The time of step `s`'s samples (its end), after handing out the window being filled if
+    /// that time is past it.
+    fn sample_time(&mut self, s: i64) -> i64 {
         let t = s.saturating_add(1).saturating_mul(self.shape.step_ns);
         let w = t.div_euclid(self.shape.block_ns);
         if self.window.is_some_and(|cw| cw != w) {
             self.finish_window();
         }
         self.window = Some(w);
-        for &idx in series {
-            if let Some(track) = self.tracks.get(idx as usize).and_then(Option::as_ref) {
-                self.pending
-                    .entry(idx)
-                    .or_default()
-                    .push((t, track.cum.clone()));
+        t
+    }
+
+    /// Samples every started series at the end of step `s`.
+    fn sample_started(&mut self, s: i64) {
+        let t = self.sample_time(s);
+        for &idx in &self.started {
+            if let Some(track) = self.tracks.get_mut(idx as usize).and_then(Option::as_mut) {
+                Self::sample(track, idx, t, &mut self.in_window);
             }
         }
     }
 
-    /// Hands out the window being filled, series sorted by labels.
+    /// Samples one series at time `t`, in the window being filled.
+    fn sample(track: &mut Track, idx: u32, t: i64, in_window: &mut Vec<u32>) {
+        if track.points.is_empty() {
+            in_window.push(idx);
+        }
+        track.points.push((t, track.cum.clone()));
+    }
+
+    /// Hands out the window being filled (its series in no particular order).
     fn finish_window(&mut self) {
         let Some(w) = self.window.take() else {
             return;
         };
         let tracks = &mut self.tracks;
-        let mut series: Vec<SeriesSamples> = self
-            .pending
-            .drain()
-            .filter_map(|(idx, points)| {
+        let series: Vec<SeriesSamples> = self
+            .in_window
+            .drain(..)
+            .filter_map(|idx| {
                 let track = tracks.get_mut(idx as usize)?.as_mut()?;
+                let points = std::mem::take(&mut track.points);
                 let last = points.last().map(|p| p.1.clone());
                 let before = std::mem::replace(&mut track.last_window, last);
                 Some(SeriesSamples {
@@ -275,9 +295,6 @@ impl StepStream {
                 })
             })
             .collect();
-        series.sort_by(|a, b| {
-            (&a.model, &a.api_key_id, &a.service_id).cmp(&(&b.model, &b.api_key_id, &b.service_id))
-        });
         let block = self.shape.block_ns;
         self.ready.push(Window {
             start_ns: w.saturating_mul(block),

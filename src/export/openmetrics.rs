@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
@@ -17,15 +18,16 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use crate::aggregate::{SelfStats, SeriesSnapshot, Snapshot};
+use crate::aggregate::SeriesSnapshot;
 use crate::export::otlp::OtlpShape;
-use crate::schema::{families, Family, Kind, Value, View};
+use crate::schema::{families, Family, Kind, SeriesRead, Value};
 
 /// One series' cumulative samples: (timestamp ns = end of step, values).
 pub struct SeriesSamples {
-    pub model: String,
-    pub api_key_id: String,
-    pub service_id: String,
+    /// Shared with the stream's series (a window hands out its labels without copying them).
+    pub model: Arc<str>,
+    pub api_key_id: Arc<str>,
+    pub service_id: Arc<str>,
     /// First event step start: the OTLP start time of the series.
     pub start_ns: i64,
     pub points: Vec<(i64, Cumulative)>,
@@ -59,7 +61,7 @@ pub struct Emitted {
 
 /// Appends `v` as an OpenMetrics label value (without quotes).
 fn push_escaped(out: &mut String, v: &str) {
-    if !v.contains(['\\', '"', '\n']) {
+    if memchr::memchr3(b'\\', b'"', b'\n', v.as_bytes()).is_none() {
         return out.push_str(v);
     }
     for c in v.chars() {
@@ -78,105 +80,114 @@ fn escape(v: &str) -> String {
     out
 }
 
-/// One series at one step end, as the schema reads it.
-fn step_snapshot(
-    s: &SeriesSamples,
-    c: &Cumulative,
-    extra_names: &[String],
-    currency: Option<&str>,
-) -> Snapshot {
-    Snapshot {
-        extra_names: extra_names.to_vec(),
-        series: vec![SeriesSnapshot {
-            model: s.model.clone(),
-            api_key_id: s.api_key_id.clone(),
-            service_id: s.service_id.clone(),
-            requests: c.requests,
-            input_tokens: c.input,
-            output_tokens: c.output,
-            total_tokens: c.total,
-            extra_tokens: c.extra.clone(),
-            start_ns: s.start_ns,
-            cost_units: c.cost,
-        }],
-        durations: Vec::new(),
-        stats: SelfStats::default(),
-        pairs: Vec::new(),
-        currency: currency.map(str::to_string),
-    }
+/// One label set of one series in one family: the label after the series' own and
+/// `metrics.labels` (`status_class`, `currency`, or none), its first sample's time, and
+/// whether it starts here (no sample in an earlier window: it then starts with a 0, SPEC §4
+/// "First increments").
+#[derive(Clone, Copy)]
+struct LabelSet<'c> {
+    own: Option<(&'static str, &'c str)>,
+    first_ns: i64,
+    starts_here: bool,
 }
 
-/// One label set's samples: its labels, its (time ns, value) pairs in time order (a cost in
-/// units of 10^-12 currency), and whether it starts here (no sample in an earlier window: it
-/// then starts with a 0, SPEC §4 "First increments").
-type LabelSamples = (Vec<(String, String)>, Vec<(i64, u128)>, bool);
+/// The samples of one per-series family for one series, read step by step through the
+/// schema's [`SeriesRead`]; the buffers are reused from series to series.
+struct FamilySeries<'c> {
+    /// The series at one step, as the schema reads it (its labels and counters overwritten).
+    scratch: SeriesSnapshot,
+    /// Label sets in the order first seen.
+    sets: Vec<LabelSet<'c>>,
+    /// Indices into `sets`, sorted by labels (the series' labels being equal, by the own
+    /// label).
+    order: Vec<usize>,
+    /// (index into `sets`, time ns, value), in time order; a cost in units of 10^-12.
+    samples: Vec<(usize, i64, u128)>,
+    continuing: Vec<Option<(&'static str, &'c str)>>,
+}
 
-/// The points of one token counter family for one series over all its steps, grouped by
-/// label set (each group in time order, groups sorted by labels): (labels, [(time ns, value)]).
-/// Linear in the steps: one snapshot per series, label sets told apart by a hash and copied
-/// once.
-fn family_series(
-    family: &Family,
-    s: &SeriesSamples,
-    extra_names: &[String],
-    currency: Option<&str>,
-    static_labels: &BTreeMap<String, String>,
-) -> Vec<LabelSamples> {
-    let mut groups: rustc_hash::FxHashMap<u64, LabelSamples> = Default::default();
-    let Some((_, first)) = s.points.first() else {
-        return Vec::new();
-    };
-    // One snapshot per series, its counters overwritten step by step (labels cloned once).
-    let mut snap = step_snapshot(s, first, extra_names, currency);
-    let set = |snap: &mut Snapshot, c: &Cumulative| {
-        let x = &mut snap.series[0];
+impl<'c> FamilySeries<'c> {
+    fn new() -> Self {
+        FamilySeries {
+            scratch: SeriesSnapshot::default(),
+            sets: Vec::new(),
+            order: Vec::new(),
+            samples: Vec::new(),
+            continuing: Vec::new(),
+        }
+    }
+
+    fn load(x: &mut SeriesSnapshot, c: &Cumulative) {
         x.requests = c.requests;
         x.input_tokens = c.input;
         x.output_tokens = c.output;
         x.total_tokens = c.total;
         x.extra_tokens.clone_from(&c.extra);
         x.cost_units = c.cost;
-    };
-    // Label sets that had a sample in an earlier window continue (no new 0).
-    let mut continuing = rustc_hash::FxHashSet::default();
-    if let Some(before) = &s.before {
-        set(&mut snap, before);
-        let view = View::tokens(&snap, static_labels);
-        family.points(&view, &mut |p| {
-            continuing.insert(crate::export::otlp::series_key("", &p.labels));
-        });
     }
-    for (t, c) in &s.points {
-        let x = &mut snap.series[0];
-        x.requests = c.requests;
-        x.input_tokens = c.input;
-        x.output_tokens = c.output;
-        x.total_tokens = c.total;
-        x.extra_tokens.clone_from(&c.extra);
-        x.cost_units = c.cost;
-        let view = View::tokens(&snap, static_labels);
-        family.points(&view, &mut |p| {
-            let v = match p.value {
-                Value::Int(v) => u128::from(v),
-                Value::Cost(v) => v,
-                _ => return,
-            };
-            {
-                let key = crate::export::otlp::series_key("", &p.labels);
-                groups
-                    .entry(key)
-                    .or_insert_with(|| {
-                        let labels = p.labels.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-                        (labels.collect(), Vec::new(), !continuing.contains(&key))
-                    })
-                    .1
-                    .push((*t, v));
-            }
-        });
+
+    /// Reads every step of `s` through `read`. Linear in the steps; label sets are told
+    /// apart by their own label alone (at most one per status class).
+    fn read(&mut self, read: &SeriesRead, s: &SeriesSamples, currency: Option<&'c str>) {
+        self.sets.clear();
+        self.order.clear();
+        self.samples.clear();
+        self.continuing.clear();
+        let x = &mut self.scratch;
+        for (to, from) in [
+            (&mut x.model, &s.model),
+            (&mut x.api_key_id, &s.api_key_id),
+            (&mut x.service_id, &s.service_id),
+        ] {
+            to.clear();
+            to.push_str(from);
+        }
+        x.start_ns = s.start_ns;
+        // Label sets that had a sample in an earlier window continue (no new 0).
+        if let Some(before) = &s.before {
+            Self::load(x, before);
+            let continuing = &mut self.continuing;
+            read(x, currency, &mut |own, _| continuing.push(own));
+        }
+        for (t, c) in &s.points {
+            Self::load(x, c);
+            let (sets, samples, continuing) = (&mut self.sets, &mut self.samples, &self.continuing);
+            read(x, currency, &mut |own, value| {
+                let v = match value {
+                    Value::Int(v) => u128::from(v),
+                    Value::Cost(v) => v,
+                    _ => return,
+                };
+                let i = match sets.iter().position(|l| l.own == own) {
+                    Some(i) => i,
+                    None => {
+                        sets.push(LabelSet {
+                            own,
+                            first_ns: *t,
+                            starts_here: !continuing.contains(&own),
+                        });
+                        sets.len() - 1
+                    }
+                };
+                samples.push((i, *t, v));
+            });
+        }
+        self.order.extend(0..self.sets.len());
+        let sets = &self.sets;
+        self.order.sort_by_key(|&i| sets[i].own);
     }
-    let mut out: Vec<LabelSamples> = groups.into_values().collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+
+    /// The label sets in label order, each with its samples in time order.
+    fn each(&self) -> impl Iterator<Item = (LabelSet<'c>, impl Iterator<Item = (i64, u128)> + '_)> {
+        self.order.iter().map(move |&i| {
+            let samples = self
+                .samples
+                .iter()
+                .filter(move |(j, _, _)| *j == i)
+                .map(|&(_, t, v)| (t, v));
+            (self.sets[i], samples)
+        })
+    }
 }
 
 /// Whether a family's values are money (the schema's unit says so).
@@ -190,8 +201,7 @@ fn is_money(family: &Family) -> bool {
 fn backfill_families(prefix: &str, extra_names: &[String], currency: Option<&str>) -> Vec<Family> {
     families(prefix, extra_names)
         .into_iter()
-        .filter(|f| f.token && f.kind == Kind::Counter)
-        .filter(|f| f.labels.starts_with(&["model", "api_key_id", "service_id"]))
+        .filter(|f| f.token && f.kind == Kind::Counter && f.series.is_some())
         .filter(|f| currency.is_some() || !is_money(f))
         .collect()
 }
@@ -212,72 +222,107 @@ pub fn write_openmetrics(
     step_ns: i64,
 ) -> io::Result<Emitted> {
     let mut emitted = Emitted::default();
-    let tail = format!(",job=\"tokenmeter\",instance=\"{}\"", escape(instance));
+    let tail = format!(",job=\"tokenmeter\",instance=\"{}\"}} ", escape(instance));
     let mut first = i64::MAX;
     let mut last = i64::MIN;
+    let mut reader = FamilySeries::new();
+    // Lines are built in one buffer and written in large pieces (formatting and writing 10 M
+    // lines was most of a backfill's time).
+    let mut buf: Vec<u8> = Vec::with_capacity(FLUSH_AT + 4096);
+    // Each series' labels and `metrics.labels`, escaped once for all families.
+    let statics: Vec<(&str, &str)> = static_labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let series_labels: Vec<String> = series
+        .iter()
+        .map(|s| {
+            let mut l = String::with_capacity(128);
+            let own = [
+                ("model", &*s.model),
+                ("api_key_id", &*s.api_key_id),
+                ("service_id", &*s.service_id),
+            ];
+            for (i, &(k, v)) in own.iter().chain(&statics).enumerate() {
+                if i > 0 {
+                    l.push(',');
+                }
+                push_label(&mut l, k, v);
+            }
+            l
+        })
+        .collect();
+    let mut series_start = String::new();
     let mut line_start = String::new();
     for family in backfill_families(prefix, extra_names, currency) {
-        writeln!(out, "# TYPE {} counter", family.name)?;
-        writeln!(out, "# HELP {} {}", family.name, family.help)?;
+        let Some(read) = family.series.as_ref() else {
+            continue;
+        };
+        writeln!(buf, "# TYPE {} counter", family.name)?;
+        writeln!(buf, "# HELP {} {}", family.name, family.help)?;
         let name = family.full_name();
         let money = is_money(&family);
-        for s in series {
-            for (labels, samples, starts_here) in
-                family_series(&family, s, extra_names, currency, static_labels)
-            {
-                // The same start for every sample of this label set: written once, then copied
-                // (formatting was most of a backfill's time).
-                line_start.clear();
-                line_start.push_str(&name);
-                line_start.push('{');
-                for (i, (k, v)) in labels.iter().enumerate() {
-                    if i > 0 {
-                        line_start.push(',');
-                    }
-                    line_start.push_str(k);
-                    line_start.push_str("=\"");
-                    push_escaped(&mut line_start, v);
-                    line_start.push('"');
+        for (s, labels) in series.iter().zip(&series_labels) {
+            reader.read(read, s, currency);
+            // The labels every line of this series and family starts with: written once.
+            series_start.clear();
+            series_start.push_str(&name);
+            series_start.push('{');
+            series_start.push_str(labels);
+            for (set, samples) in reader.each() {
+                line_start.clone_from(&series_start);
+                if let Some((k, v)) = set.own {
+                    line_start.push(',');
+                    push_label(&mut line_start, k, v);
                 }
                 line_start.push_str(&tail);
-                line_start.push_str("} ");
-                let zero = samples
-                    .first()
-                    .filter(|_| starts_here)
-                    .map(|(t, _)| t - step_ns);
-                let mut line = Vec::with_capacity(line_start.len() + 64);
-                for (t, v) in zero.map(|t| (t, 0)).into_iter().chain(samples) {
+                let zero = set.starts_here.then_some((set.first_ns - step_ns, 0));
+                for (t, v) in zero.into_iter().chain(samples) {
                     emitted.samples += 1;
                     first = first.min(t);
                     last = last.max(t);
-                    line.clear();
-                    line.extend_from_slice(line_start.as_bytes());
+                    buf.extend_from_slice(line_start.as_bytes());
                     // Money exactly, in decimal (SPEC §10: divided only when written).
                     if money {
-                        line.extend_from_slice(crate::pricing::format_units(v).as_bytes());
+                        buf.extend_from_slice(crate::pricing::format_units(v).as_bytes());
                     } else {
                         match u64::try_from(v) {
-                            Ok(n) => push_decimal(&mut line, n, false),
-                            Err(_) => line.extend_from_slice(v.to_string().as_bytes()),
+                            Ok(n) => push_decimal(&mut buf, n, false),
+                            Err(_) => buf.extend_from_slice(v.to_string().as_bytes()),
                         }
                     }
-                    line.push(b' ');
+                    buf.push(b' ');
                     // Timestamps in seconds: promtool and mimirtool read OpenMetrics seconds.
                     let secs = t / 1_000_000_000;
-                    push_decimal(&mut line, secs.unsigned_abs(), secs < 0);
-                    line.push(b'\n');
-                    out.write_all(&line)?;
+                    push_decimal(&mut buf, secs.unsigned_abs(), secs < 0);
+                    buf.push(b'\n');
+                    if buf.len() >= FLUSH_AT {
+                        out.write_all(&buf)?;
+                        buf.clear();
+                    }
                 }
             }
         }
     }
-    writeln!(out, "# EOF")?;
+    writeln!(buf, "# EOF")?;
+    out.write_all(&buf)?;
     emitted.series = series.len();
     if emitted.samples > 0 {
         emitted.first_sample = Some(crate::timefmt::format_rfc3339_millis(first));
         emitted.last_sample = Some(crate::timefmt::format_rfc3339_millis(last));
     }
     Ok(emitted)
+}
+
+/// Lines are handed to the writer in pieces of about this size.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// Appends `k="v"` (`v` escaped).
+fn push_label(out: &mut String, k: &str, v: &str) {
+    out.push_str(k);
+    out.push_str("=\"");
+    push_escaped(out, v);
+    out.push('"');
 }
 
 /// Appends `n` in decimal (with a `-` when `negative`).
@@ -310,15 +355,34 @@ pub fn otlp_requests(
     let families = backfill_families(&shape.prefix, extra_names, currency);
     // (time, family index, point), sorted by time so each request moves forward in time.
     let mut points: Vec<(i64, usize, NumberDataPoint)> = Vec::new();
+    let mut reader = FamilySeries::new();
     for (fi, family) in families.iter().enumerate() {
+        let Some(read) = family.series.as_ref() else {
+            continue;
+        };
         let money = is_money(family);
         for s in series {
-            let samples = family_series(family, s, extra_names, currency, &shape.static_labels);
-            for (labels, samples, starts_here) in samples {
-                let attrs: Vec<KeyValue> = labels.iter().map(|(k, v)| kv(k, v)).collect();
+            reader.read(read, s, currency);
+            let labels = [
+                ("model", &*s.model),
+                ("api_key_id", &*s.api_key_id),
+                ("service_id", &*s.service_id),
+            ];
+            let statics = shape
+                .static_labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()));
+            let series_attrs: Vec<KeyValue> = labels
+                .into_iter()
+                .chain(statics)
+                .map(|(k, v)| kv(k, v))
+                .collect();
+            for (set, samples) in reader.each() {
+                let mut attrs = series_attrs.clone();
+                attrs.extend(set.own.map(|(k, v)| kv(k, v)));
                 let start = u64::try_from(s.start_ns).unwrap_or(0);
                 // The 0 at the series' start, in the window where the label set starts.
-                let zero = starts_here.then_some((s.start_ns, 0));
+                let zero = set.starts_here.then_some((s.start_ns, 0));
                 for (t, v) in zero.into_iter().chain(samples) {
                     points.push((
                         t,
