@@ -426,22 +426,14 @@ fn count_in_order_reading_ahead(
                 let Some((input, chunks)) = next else { return };
                 let mut bytes = input.into_reader(progress.clone());
                 loop {
-                    let mut chunk = vec![0u8; CHUNK_BYTES];
-                    let mut filled = 0;
-                    let result = loop {
-                        match bytes.read(&mut chunk[filled..]) {
-                            Ok(0) => break Ok(()),
-                            Ok(n) => {
-                                filled += n;
-                                if filled == chunk.len() {
-                                    break Ok(());
-                                }
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                            Err(e) => break Err(e),
-                        }
-                    };
-                    chunk.truncate(filled);
+                    // Read into spare capacity (not zeroed first); on an error, what was
+                    // read before it is in `chunk`.
+                    let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+                    let result = (&mut bytes)
+                        .take(CHUNK_BYTES as u64)
+                        .read_to_end(&mut chunk)
+                        .map(|_| ());
+                    let filled = chunk.len();
                     let end = filled < CHUNK_BYTES || result.is_err();
                     let sent = match result {
                         Err(e) => {
@@ -1006,8 +998,7 @@ impl Emitter {
 }
 
 impl WindowWriter {
-    fn write(&mut self, mut w: Window) -> Result<(), ReplayError> {
-        w.sort_series();
+    fn write(&mut self, w: Window) -> Result<(), ReplayError> {
         if let Some((out, dir)) = &self.openmetrics {
             let path = if *dir {
                 out.join(window_file_name(&w))

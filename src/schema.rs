@@ -51,9 +51,10 @@ type Points = Box<dyn for<'v> Fn(&'v View<'v>, &mut dyn FnMut(Point<'v>)) + Send
 
 /// How a per-series token family reads one series: `f` gets each point's own label (the one
 /// after the series' labels and `metrics.labels`: `status_class`, `currency`, or none) and
-/// its value; the second argument is the snapshot's currency. A series' labels are the same
-/// at every step, so backfill formats a series' steps through this alone, without building
-/// label sets per point.
+/// its value; the second argument is the snapshot's currency. It reads the series' counters,
+/// never its labels (backfill hands it counters alone). A series' labels are the same at every
+/// step, so backfill formats a series' steps through this alone, without building label sets
+/// per point.
 pub type SeriesRead = std::sync::Arc<
     dyn for<'c> Fn(
             &SeriesSnapshot,

@@ -25,7 +25,7 @@ use rustc_hash::FxHashMap;
 
 use crate::aggregate::Store;
 use crate::config::MAX_EXTRA_TOKENS;
-use crate::export::openmetrics::{Cumulative, SeriesSamples};
+use crate::export::openmetrics::{Cumulative, SeriesLabels, SeriesSamples};
 use crate::parse::Record;
 use crate::pipeline::LineSink;
 
@@ -56,8 +56,7 @@ pub struct Shape {
     pub to_ns: Option<i64>,
 }
 
-/// One block window's samples: each series' in time order; the series in no particular order
-/// until [`Window::sort_series`] (done by whoever writes the window, off the counting path). A series whose
+/// One block window's samples: series sorted by labels, each in time order. A series whose
 /// first sample is in this window has `start_ns` one step before it (the 0 of SPEC §4 "First
 /// increments"); a series continuing from an earlier window keeps its start.
 pub struct Window {
@@ -66,19 +65,9 @@ pub struct Window {
     pub series: Vec<SeriesSamples>,
 }
 
-impl Window {
-    /// Puts the series in label order: the order of the output, which must not depend on
-    /// how the records were counted.
-    pub fn sort_series(&mut self) {
-        self.series.sort_unstable_by(|a, b| {
-            (&a.model, &a.api_key_id, &a.service_id).cmp(&(&b.model, &b.api_key_id, &b.service_id))
-        });
-    }
-}
-
 /// One series as the stream knows it.
 struct Track {
-    labels: (Arc<str>, Arc<str>, Arc<str>),
+    labels: Arc<SeriesLabels>,
     cum: Cumulative,
     /// Start of its first step (ns): the series' start time.
     start_ns: i64,
@@ -104,6 +93,12 @@ pub struct StepStream {
     /// The block window being filled, and the series with samples in it (their `points`).
     window: Option<i64>,
     in_window: Vec<u32>,
+    /// Every series by its labels: the output's order.
+    by_labels: BTreeMap<Arc<SeriesLabels>, u32>,
+    /// Per series (by store index), a key that sorts like its labels: a window's series are
+    /// sorted by it instead of by comparing labels. New keys go halfway between their
+    /// neighbours'; only when there is no room left are all keys spread out again.
+    order_keys: Vec<u64>,
     ready: Vec<Window>,
     /// Records older than a step already closed (counted in the oldest open step).
     pub late: u64,
@@ -130,6 +125,8 @@ impl StepStream {
             started: Vec::new(),
             window: None,
             in_window: Vec::new(),
+            by_labels: BTreeMap::new(),
+            order_keys: Vec::new(),
             ready: Vec::new(),
             late: 0,
             untimed: 0,
@@ -169,8 +166,14 @@ impl StepStream {
         }
         if self.tracks[series].is_none() {
             let (m, k, s) = store.series_labels(series).unwrap_or(("", "", ""));
+            let labels = Arc::new(SeriesLabels {
+                model: m.to_string(),
+                api_key_id: k.to_string(),
+                service_id: s.to_string(),
+            });
+            self.add_order_key(&labels, idx);
             self.tracks[series] = Some(Track {
-                labels: (m.into(), k.into(), s.into()),
+                labels,
                 cum: Cumulative {
                     extra: vec![0; self.n_extra],
                     ..Default::default()
@@ -198,6 +201,39 @@ impl StepStream {
                 break;
             }
             self.close(s);
+        }
+    }
+
+    /// Gives a new series its order key (see `order_keys`).
+    fn add_order_key(&mut self, labels: &Arc<SeriesLabels>, idx: u32) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let key_of = |i: &u32| self.order_keys.get(*i as usize).copied();
+        let below = self
+            .by_labels
+            .range::<SeriesLabels, _>((Unbounded, Excluded(&**labels)))
+            .next_back()
+            .and_then(|(_, i)| key_of(i))
+            .unwrap_or(0);
+        let above = self
+            .by_labels
+            .range::<SeriesLabels, _>((Excluded(&**labels), Unbounded))
+            .next()
+            .and_then(|(_, i)| key_of(i))
+            .unwrap_or(u64::MAX);
+        self.by_labels.insert(labels.clone(), idx);
+        if self.order_keys.len() <= idx as usize {
+            self.order_keys.resize(idx as usize + 1, u64::MAX);
+        }
+        if above.saturating_sub(below) >= 2 {
+            self.order_keys[idx as usize] = below + (above - below) / 2;
+        } else {
+            // No room between the neighbours: spread every key out evenly again.
+            let gap = u64::MAX / (self.by_labels.len() as u64 + 1);
+            for (rank, &i) in self.by_labels.values().enumerate() {
+                if let Some(k) = self.order_keys.get_mut(i as usize) {
+                    *k = (rank as u64 + 1).saturating_mul(gap);
+                }
+            }
         }
     }
 
@@ -271,30 +307,31 @@ impl StepStream {
         track.points.push((t, track.cum.clone()));
     }
 
-    /// Hands out the window being filled (its series in no particular order).
+    /// Hands out the window being filled.
     fn finish_window(&mut self) {
         let Some(w) = self.window.take() else {
             return;
         };
+        // Series in label order, by their order keys.
+        let keys = &self.order_keys;
+        self.in_window
+            .sort_unstable_by_key(|&idx| keys.get(idx as usize).copied().unwrap_or(u64::MAX));
         let tracks = &mut self.tracks;
-        let series: Vec<SeriesSamples> = self
-            .in_window
-            .drain(..)
-            .filter_map(|idx| {
-                let track = tracks.get_mut(idx as usize)?.as_mut()?;
-                let points = std::mem::take(&mut track.points);
-                let last = points.last().map(|p| p.1.clone());
-                let before = std::mem::replace(&mut track.last_window, last);
-                Some(SeriesSamples {
-                    model: track.labels.0.clone(),
-                    api_key_id: track.labels.1.clone(),
-                    service_id: track.labels.2.clone(),
-                    start_ns: track.start_ns,
-                    points,
-                    before,
-                })
+        let mut series: Vec<SeriesSamples> = Vec::with_capacity(self.in_window.len());
+        series.extend(self.in_window.drain(..).filter_map(|idx| {
+            let track = tracks.get_mut(idx as usize)?.as_mut()?;
+            let points = std::mem::take(&mut track.points);
+            // Its values at its last sample here: its values now (a series' values change
+            // only when a step closes, after the window of that step's samples is current).
+            debug_assert!(points.last().is_some_and(|p| p.1 == track.cum));
+            let before = track.last_window.replace(track.cum.clone());
+            Some(SeriesSamples {
+                labels: track.labels.clone(),
+                start_ns: track.start_ns,
+                points,
+                before,
             })
-            .collect();
+        }));
         let block = self.shape.block_ns;
         self.ready.push(Window {
             start_ns: w.saturating_mul(block),
@@ -323,5 +360,91 @@ impl LineSink for StepStream {
             return;
         };
         self.count(store, series, r, t, store.last_cost());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(model: &str, key: &str) -> Arc<SeriesLabels> {
+        Arc::new(SeriesLabels {
+            model: model.to_string(),
+            api_key_id: key.to_string(),
+            service_id: "s".to_string(),
+        })
+    }
+
+    /// The window's series order is read from the keys: it must be the labels' order after
+    /// any sequence of new series, including the ones that leave no room between two keys.
+    fn assert_keys_sort_like_labels(stream: &StepStream) {
+        let mut by_key: Vec<(u64, &SeriesLabels)> = stream
+            .by_labels
+            .iter()
+            .map(|(l, &i)| (stream.order_keys[i as usize], &**l))
+            .collect();
+        by_key.sort();
+        let by_label: Vec<&SeriesLabels> = stream.by_labels.keys().map(|l| &**l).collect();
+        let keyed: Vec<&SeriesLabels> = by_key.iter().map(|(_, l)| *l).collect();
+        assert_eq!(keyed, by_label);
+        let mut keys: Vec<u64> = by_key.iter().map(|(k, _)| *k).collect();
+        keys.dedup();
+        assert_eq!(
+            keys.len(),
+            stream.by_labels.len(),
+            "order keys are distinct"
+        );
+    }
+
+    #[test]
+    fn order_keys_sort_like_labels_when_every_new_series_lands_in_the_same_gap() {
+        // Each new series goes between the first and the previous one: the gap halves every
+        // time, so the keys run out of room after about 64 series and are spread out again.
+        let mut stream = StepStream::new(
+            Shape {
+                step_ns: 60_000_000_000,
+                block_ns: i64::MAX,
+                max_delay_ns: 0,
+                dense: false,
+                from_ns: None,
+                to_ns: None,
+            },
+            0,
+        );
+        stream.add_order_key(&labels("m", "a"), 0);
+        stream.add_order_key(&labels("m", "b"), 1);
+        for i in 2..300u32 {
+            // "a" < "a~~…" (more tildes each time) < every earlier one < "b".
+            let key = format!("a{}", "~".repeat(300 - i as usize));
+            stream.add_order_key(&labels("m", &key), i);
+            assert_keys_sort_like_labels(&stream);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn order_keys_sort_like_labels_for_any_arrival_order(
+            names in proptest::collection::vec((0u8..4, 0u16..400), 1..400)
+        ) {
+            let mut stream = StepStream::new(
+                Shape {
+                    step_ns: 60_000_000_000,
+                    block_ns: i64::MAX,
+                    max_delay_ns: 0,
+                    dense: false,
+                    from_ns: None,
+                    to_ns: None,
+                },
+                0,
+            );
+            let mut seen = std::collections::BTreeSet::new();
+            for (m, k) in names {
+                if seen.insert((m, k)) {
+                    let idx = seen.len() as u32 - 1;
+                    stream.add_order_key(&labels(&format!("model-{m}"), &format!("key-{k}")), idx);
+                }
+            }
+            assert_keys_sort_like_labels(&stream);
+        }
     }
 }

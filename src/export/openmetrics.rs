@@ -25,9 +25,7 @@ use crate::schema::{families, Family, Kind, SeriesRead, Value};
 /// One series' cumulative samples: (timestamp ns = end of step, values).
 pub struct SeriesSamples {
     /// Shared with the stream's series (a window hands out its labels without copying them).
-    pub model: Arc<str>,
-    pub api_key_id: Arc<str>,
-    pub service_id: Arc<str>,
+    pub labels: Arc<SeriesLabels>,
     /// First event step start: the OTLP start time of the series.
     pub start_ns: i64,
     pub points: Vec<(i64, Cumulative)>,
@@ -36,8 +34,27 @@ pub struct SeriesSamples {
     pub before: Option<Cumulative>,
 }
 
+/// A series' labels; ordered as the output orders series.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SeriesLabels {
+    pub model: String,
+    pub api_key_id: String,
+    pub service_id: String,
+}
+
+impl SeriesLabels {
+    /// The label pairs, in the schema's order.
+    pub fn pairs(&self) -> [(&'static str, &str); 3] {
+        [
+            ("model", &self.model),
+            ("api_key_id", &self.api_key_id),
+            ("service_id", &self.service_id),
+        ]
+    }
+}
+
 /// Cumulative values at one step end.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cumulative {
     pub requests: [u64; 5],
     pub input: u64,
@@ -91,10 +108,17 @@ struct LabelSet<'c> {
     starts_here: bool,
 }
 
+/// Whether two own labels are the same: by address first (the schema hands out the same
+/// `&'static str` or currency string every step), then by text.
+fn same_label(a: Option<(&str, &str)>, b: Option<(&str, &str)>) -> bool {
+    let addr = |l: Option<(&str, &str)>| l.map(|(k, v)| (k.as_ptr(), k.len(), v.as_ptr(), v.len()));
+    addr(a) == addr(b) || a == b
+}
+
 /// The samples of one per-series family for one series, read step by step through the
 /// schema's [`SeriesRead`]; the buffers are reused from series to series.
 struct FamilySeries<'c> {
-    /// The series at one step, as the schema reads it (its labels and counters overwritten).
+    /// The series at one step, as the schema reads it: its counters (no labels).
     scratch: SeriesSnapshot,
     /// Label sets in the order first seen.
     sets: Vec<LabelSet<'c>>,
@@ -133,15 +157,9 @@ impl<'c> FamilySeries<'c> {
         self.order.clear();
         self.samples.clear();
         self.continuing.clear();
+        // Counters only: a per-series read does not look at labels (the formatter writes
+        // them), and copying them per family and series was a cache miss each.
         let x = &mut self.scratch;
-        for (to, from) in [
-            (&mut x.model, &s.model),
-            (&mut x.api_key_id, &s.api_key_id),
-            (&mut x.service_id, &s.service_id),
-        ] {
-            to.clear();
-            to.push_str(from);
-        }
         x.start_ns = s.start_ns;
         // Label sets that had a sample in an earlier window continue (no new 0).
         if let Some(before) = &s.before {
@@ -158,7 +176,7 @@ impl<'c> FamilySeries<'c> {
                     Value::Cost(v) => v,
                     _ => return,
                 };
-                let i = match sets.iter().position(|l| l.own == own) {
+                let i = match sets.iter().position(|l| same_label(l.own, own)) {
                     Some(i) => i,
                     None => {
                         sets.push(LabelSet {
@@ -238,12 +256,7 @@ pub fn write_openmetrics(
         .iter()
         .map(|s| {
             let mut l = String::with_capacity(128);
-            let own = [
-                ("model", &*s.model),
-                ("api_key_id", &*s.api_key_id),
-                ("service_id", &*s.service_id),
-            ];
-            for (i, &(k, v)) in own.iter().chain(&statics).enumerate() {
+            for (i, &(k, v)) in s.labels.pairs().iter().chain(&statics).enumerate() {
                 if i > 0 {
                     l.push(',');
                 }
@@ -363,11 +376,7 @@ pub fn otlp_requests(
         let money = is_money(family);
         for s in series {
             reader.read(read, s, currency);
-            let labels = [
-                ("model", &*s.model),
-                ("api_key_id", &*s.api_key_id),
-                ("service_id", &*s.service_id),
-            ];
+            let labels = s.labels.pairs();
             let statics = shape
                 .static_labels
                 .iter()
@@ -452,9 +461,11 @@ mod tests {
     fn one_series(points: usize) -> SeriesSamples {
         let step = 60_000_000_000i64;
         SeriesSamples {
-            model: "m".into(),
-            api_key_id: "k".into(),
-            service_id: "s".into(),
+            labels: Arc::new(SeriesLabels {
+                model: "m".into(),
+                api_key_id: "k".into(),
+                service_id: "s".into(),
+            }),
             start_ns: 1_700_000_000_000_000_000,
             before: None,
             points: (0..points as i64)
