@@ -41,6 +41,10 @@ struct Delta {
     cost: u128,
 }
 
+/// Emptied step maps kept for reuse, and the most entries one may have room for.
+const SPARE_MAPS: usize = 2;
+const SPARE_MAP_ENTRIES: usize = 8192;
+
 /// How the stream is cut.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
@@ -69,12 +73,12 @@ pub struct Window {
 struct Track {
     labels: Arc<SeriesLabels>,
     cum: Cumulative,
-    /// Start of its first step (ns): the series' start time.
+    /// Start of its first step (ns): the series' start time; `i64::MIN` until its first
+    /// step closes.
     start_ns: i64,
-    /// Its values at the end of the last window it had samples in.
-    last_window: Option<Cumulative>,
-    /// Its samples in the block window being filled, in time order.
-    points: Vec<(i64, Cumulative)>,
+    /// The block window it last had samples in, and its entry in `filling` while that
+    /// window is the one being filled.
+    window: Option<(i64, u32)>,
 }
 
 pub struct StepStream {
@@ -82,6 +86,9 @@ pub struct StepStream {
     n_extra: usize,
     /// Open steps: step index → deltas per series (store index).
     open: BTreeMap<i64, FxHashMap<u32, Delta>>,
+    /// Maps of closed steps, emptied, for the next steps to open (no allocation and no
+    /// growing per step).
+    spare: Vec<FxHashMap<u32, Delta>>,
     /// The newest event time counted.
     newest_ns: i64,
     /// The last step closed.
@@ -90,9 +97,11 @@ pub struct StepStream {
     tracks: Vec<Option<Track>>,
     /// Series that have started, in store-index order (dense mode walks them).
     started: Vec<u32>,
-    /// The block window being filled, and the series with samples in it (their `points`).
+    /// The block window being filled, and the series with samples in it, in the order of
+    /// their first sample there, with their order keys. A series' entry is made while its
+    /// step is closed (its track at hand), so handing out a window touches no track.
     window: Option<i64>,
-    in_window: Vec<u32>,
+    filling: Vec<(u64, SeriesSamples)>,
     /// Every series by its labels: the output's order.
     by_labels: BTreeMap<Arc<SeriesLabels>, u32>,
     /// Per series (by store index), a key that sorts like its labels: a window's series are
@@ -119,12 +128,13 @@ impl StepStream {
             },
             n_extra,
             open: BTreeMap::new(),
+            spare: Vec::new(),
             newest_ns: i64::MIN,
             closed: None,
             tracks: Vec::new(),
             started: Vec::new(),
             window: None,
-            in_window: Vec::new(),
+            filling: Vec::new(),
             by_labels: BTreeMap::new(),
             order_keys: Vec::new(),
             ready: Vec::new(),
@@ -179,16 +189,21 @@ impl StepStream {
                     ..Default::default()
                 },
                 start_ns: i64::MIN,
-                last_window: None,
-                points: Vec::new(),
+                window: None,
             });
         }
-        let d = self.open.entry(step).or_default().entry(idx).or_default();
+        let spare = &mut self.spare;
+        let d = self
+            .open
+            .entry(step)
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .entry(idx)
+            .or_default();
         d.requests[r.status_class as usize] += 1;
         d.input += r.input_tokens;
         d.output += r.output_tokens;
         d.total += r.total_tokens;
-        for (a, b) in d.extra.iter_mut().zip(&r.extra_tokens) {
+        for (a, b) in d.extra.iter_mut().zip(&r.extra_tokens).take(self.n_extra) {
             *a += b;
         }
         d.cost = d.cost.saturating_add(cost);
@@ -246,12 +261,14 @@ impl StepStream {
                 }
             }
         }
-        let deltas = self.open.remove(&s).unwrap_or_default();
-        let t = self.sample_time(s);
-        for (idx, d) in deltas {
+        let mut deltas = self.open.remove(&s).unwrap_or_default();
+        let (t, w) = self.sample_time(s);
+        for (&idx, d) in &deltas {
             let Some(track) = self.tracks.get_mut(idx as usize).and_then(Option::as_mut) else {
                 continue;
             };
+            // Its entry in this window, with its values before this step.
+            let slot = Self::enter(track, idx, w, &self.order_keys, &mut self.filling);
             let c = &mut track.cum;
             for (a, b) in c.requests.iter_mut().zip(d.requests) {
                 *a += b;
@@ -266,10 +283,16 @@ impl StepStream {
             if track.start_ns == i64::MIN {
                 track.start_ns = s.saturating_mul(self.shape.step_ns);
                 self.started.push(idx);
+                self.filling[slot].1.start_ns = track.start_ns;
             }
             if !self.shape.dense {
-                Self::sample(track, idx, t, &mut self.in_window);
+                self.filling[slot].1.points.push((t, track.cum.clone()));
             }
+        }
+        // Kept only a few, and only small ones: memory stays that of the open steps.
+        if self.spare.len() < SPARE_MAPS && deltas.capacity() <= SPARE_MAP_ENTRIES {
+            deltas.clear();
+            self.spare.push(deltas);
         }
         if self.shape.dense {
             self.sample_started(s);
@@ -277,61 +300,66 @@ impl StepStream {
         self.closed = Some(s);
     }
 
-    /// The time of step `s`'s samples (its end), after handing out the window being filled if
-    /// that time is past it.
-    fn sample_time(&mut self, s: i64) -> i64 {
+    /// The time of step `s`'s samples (its end) and its block window, after handing out the
+    /// window being filled if that time is past it.
+    fn sample_time(&mut self, s: i64) -> (i64, i64) {
         let t = s.saturating_add(1).saturating_mul(self.shape.step_ns);
         let w = t.div_euclid(self.shape.block_ns);
         if self.window.is_some_and(|cw| cw != w) {
             self.finish_window();
         }
         self.window = Some(w);
-        t
+        (t, w)
+    }
+
+    /// A series' entry in window `w` (made on its first sample there): its index in
+    /// `filling`. A series that had samples before continues with its values as they are
+    /// now: they change only when a step closes, and each change is a sample.
+    fn enter(
+        track: &mut Track,
+        idx: u32,
+        w: i64,
+        order_keys: &[u64],
+        filling: &mut Vec<(u64, SeriesSamples)>,
+    ) -> usize {
+        if let Some((tw, slot)) = track.window {
+            if tw == w {
+                return slot as usize;
+            }
+        }
+        let slot = filling.len();
+        let key = order_keys.get(idx as usize).copied().unwrap_or(u64::MAX);
+        filling.push((
+            key,
+            SeriesSamples {
+                labels: track.labels.clone(),
+                start_ns: track.start_ns,
+                points: Vec::new(),
+                before: (track.start_ns != i64::MIN).then(|| track.cum.clone()),
+            },
+        ));
+        track.window = Some((w, slot as u32));
+        slot
     }
 
     /// Samples every started series at the end of step `s`.
     fn sample_started(&mut self, s: i64) {
-        let t = self.sample_time(s);
+        let (t, w) = self.sample_time(s);
         for &idx in &self.started {
             if let Some(track) = self.tracks.get_mut(idx as usize).and_then(Option::as_mut) {
-                Self::sample(track, idx, t, &mut self.in_window);
+                let slot = Self::enter(track, idx, w, &self.order_keys, &mut self.filling);
+                self.filling[slot].1.points.push((t, track.cum.clone()));
             }
         }
     }
 
-    /// Samples one series at time `t`, in the window being filled.
-    fn sample(track: &mut Track, idx: u32, t: i64, in_window: &mut Vec<u32>) {
-        if track.points.is_empty() {
-            in_window.push(idx);
-        }
-        track.points.push((t, track.cum.clone()));
-    }
-
-    /// Hands out the window being filled.
+    /// Hands out the window being filled, its series in label order.
     fn finish_window(&mut self) {
         let Some(w) = self.window.take() else {
             return;
         };
-        // Series in label order, by their order keys.
-        let keys = &self.order_keys;
-        self.in_window
-            .sort_unstable_by_key(|&idx| keys.get(idx as usize).copied().unwrap_or(u64::MAX));
-        let tracks = &mut self.tracks;
-        let mut series: Vec<SeriesSamples> = Vec::with_capacity(self.in_window.len());
-        series.extend(self.in_window.drain(..).filter_map(|idx| {
-            let track = tracks.get_mut(idx as usize)?.as_mut()?;
-            let points = std::mem::take(&mut track.points);
-            // Its values at its last sample here: its values now (a series' values change
-            // only when a step closes, after the window of that step's samples is current).
-            debug_assert!(points.last().is_some_and(|p| p.1 == track.cum));
-            let before = track.last_window.replace(track.cum.clone());
-            Some(SeriesSamples {
-                labels: track.labels.clone(),
-                start_ns: track.start_ns,
-                points,
-                before,
-            })
-        }));
+        self.filling.sort_unstable_by_key(|(key, _)| *key);
+        let series = self.filling.drain(..).map(|(_, s)| s).collect();
         let block = self.shape.block_ns;
         self.ready.push(Window {
             start_ns: w.saturating_mul(block),
