@@ -736,7 +736,9 @@ pub fn replay(
             &read,
             &mut tick,
         )?;
-    } else if opts.jobs > 1 {
+    } else if opts.jobs > 1 && inputs.iter().any(|i| i.gzip) {
+        // Reading ahead pays for inflating; a plain file is read as fast here as a thread
+        // could copy it over (the kernel reads ahead on its own).
         let ordered = Ordered {
             backfill: &mut backfill,
             loki: &mut loki,
@@ -924,11 +926,11 @@ impl Emitter {
     }
 
     fn emit(&mut self, w: Window) -> Result<(), ReplayError> {
-        if w.series.is_empty() {
+        if w.is_empty() {
             return Ok(());
         }
         self.windows += 1;
-        for s in &w.series {
+        for s in w.series() {
             if let (Some(a), Some(b)) = (s.points.first(), s.points.last()) {
                 // A series starting in this window starts with its 0 one step earlier.
                 let a = if s.before.is_none() {
@@ -999,18 +1001,16 @@ impl Emitter {
 
 impl WindowWriter {
     fn write(&mut self, w: Window) -> Result<(), ReplayError> {
+        let name = window_file_name(&w);
+        let series = w.into_sorted();
         if let Some((out, dir)) = &self.openmetrics {
-            let path = if *dir {
-                out.join(window_file_name(&w))
-            } else {
-                out.clone()
-            };
-            let e = self.write_file(&path, *dir, &w.series)?;
+            let path = if *dir { out.join(&name) } else { out.clone() };
+            let e = self.write_file(&path, *dir, &series)?;
             self.samples += e.samples;
         }
         if let Some(p) = self.push.as_mut() {
             let requests = otlp_requests(
-                &w.series,
+                &series,
                 &self.extra_names,
                 self.currency.as_deref(),
                 &p.shape,
@@ -1026,7 +1026,7 @@ impl WindowWriter {
                 *p.outcomes.entry(o.as_str()).or_insert(0) += 1;
             }
             if self.openmetrics.is_none() {
-                self.samples += w.series.iter().map(|s| s.points.len()).sum::<usize>();
+                self.samples += series.iter().map(|s| s.points.len()).sum::<usize>();
             }
         }
         Ok(())

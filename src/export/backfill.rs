@@ -60,13 +60,32 @@ pub struct Shape {
     pub to_ns: Option<i64>,
 }
 
-/// One block window's samples: series sorted by labels, each in time order. A series whose
-/// first sample is in this window has `start_ns` one step before it (the 0 of SPEC §4 "First
-/// increments"); a series continuing from an earlier window keeps its start.
+/// One block window's samples: each series' in time order. A series whose first sample is in
+/// this window has `start_ns` one step before it (the 0 of SPEC §4 "First increments"); a
+/// series continuing from an earlier window keeps its start. The series are put in label
+/// order by [`Window::into_sorted`], on the writer's side (off the counting path).
 pub struct Window {
     pub start_ns: i64,
     pub end_ns: i64,
-    pub series: Vec<SeriesSamples>,
+    /// With their order keys (`StepStream::order_keys`), in no particular order.
+    series: Vec<(u64, SeriesSamples)>,
+}
+
+impl Window {
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// The series, in no particular order.
+    pub fn series(&self) -> impl Iterator<Item = &SeriesSamples> {
+        self.series.iter().map(|(_, s)| s)
+    }
+
+    /// The series in label order (the output's).
+    pub fn into_sorted(mut self) -> Vec<SeriesSamples> {
+        self.series.sort_unstable_by_key(|(key, _)| *key);
+        self.series.into_iter().map(|(_, s)| s).collect()
+    }
 }
 
 /// One series as the stream knows it.
@@ -353,13 +372,12 @@ impl StepStream {
         }
     }
 
-    /// Hands out the window being filled, its series in label order.
+    /// Hands out the window being filled.
     fn finish_window(&mut self) {
         let Some(w) = self.window.take() else {
             return;
         };
-        self.filling.sort_unstable_by_key(|(key, _)| *key);
-        let series = self.filling.drain(..).map(|(_, s)| s).collect();
+        let series = std::mem::take(&mut self.filling);
         let block = self.shape.block_ns;
         self.ready.push(Window {
             start_ns: w.saturating_mul(block),
