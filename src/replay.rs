@@ -814,6 +814,8 @@ pub fn replay(
 /// are held, the one being written and the one being filled (or handed over).
 struct Emitter {
     step_ns: i64,
+    /// Shared with the writer: set before its channel is closed.
+    closing: Arc<AtomicBool>,
     writer: Writer,
     windows: usize,
     first: Option<i64>,
@@ -844,6 +846,9 @@ struct WindowWriter {
     openmetrics: Option<(PathBuf, bool)>,
     push: Option<Pusher>,
     samples: usize,
+    /// Set when the replay stops handing over windows (at the end, or on an error; at once
+    /// when the writer runs inline).
+    closing: Arc<AtomicBool>,
 }
 
 /// OTLP requests per outcome (`success`, `rejected`, `failed`).
@@ -896,7 +901,9 @@ impl Emitter {
                 .map(|path| (path, opts.openmetrics_dir)),
             push,
             samples: 0,
+            closing: Arc::new(AtomicBool::new(false)),
         };
+        let closing = writer.closing.clone();
         let writer = if opts.jobs > 1 {
             let (to, from) = std::sync::mpsc::sync_channel::<Window>(0);
             let done = std::thread::Builder::new()
@@ -914,10 +921,13 @@ impl Emitter {
                 done: Some(done),
             }
         } else {
+            // Inline, a window is written before the next is counted: nothing is handed over.
+            writer.closing.store(true, Ordering::Relaxed);
             Writer::Inline(writer)
         };
         Ok(Emitter {
             step_ns: opts.step_ns,
+            closing,
             writer,
             windows: 0,
             first: None,
@@ -960,7 +970,10 @@ impl Emitter {
     /// Waits for the writer thread (after closing its channel) and keeps its result.
     fn join(&mut self) -> Result<(), ReplayError> {
         if let Writer::Thread { to, done } = &mut self.writer {
-            to.take();
+            if let Some(to) = to.take() {
+                self.closing.store(true, Ordering::Relaxed);
+                drop(to);
+            }
             let Some(done) = done.take() else {
                 return Ok(());
             };
@@ -999,6 +1012,30 @@ impl Emitter {
     }
 }
 
+/// Debug builds only: `TOKENMETER_FAULT_WINDOW_WRITER=hold-first` makes the writer hold its
+/// first window file, before the rename, until the replay stops handing over windows, so a
+/// test can make a replay fail while a window is being written.
+#[cfg(debug_assertions)]
+fn injected_writer_fault(first: bool, closing: &AtomicBool) {
+    if first && std::env::var("TOKENMETER_FAULT_WINDOW_WRITER").is_ok_and(|v| v == "hold-first") {
+        while !closing.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_writer_fault(_: bool, _: &AtomicBool) {}
+
+impl Drop for Emitter {
+    /// A replay that stops on an error still waits for the windows already handed over:
+    /// they are finished and renamed, as `--jobs 1` would have written them before reading
+    /// further, so no temp file is left and the same files exist with any `--jobs`.
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}
+
 impl WindowWriter {
     fn write(&mut self, w: Window) -> Result<(), ReplayError> {
         let name = window_file_name(&w);
@@ -1032,8 +1069,8 @@ impl WindowWriter {
         Ok(())
     }
 
-    /// Writes one OpenMetrics file through a temp file and a rename: a failed replay never
-    /// leaves half a file behind.
+    /// Writes one OpenMetrics file through a temp file and a rename (the temp file removed
+    /// if that fails): a failed replay never leaves half a file behind.
     fn write_file(
         &self,
         out: &Path,
@@ -1053,6 +1090,7 @@ impl WindowWriter {
                 &self.instance,
                 self.step_ns,
             )?;
+            injected_writer_fault(self.samples == 0, &self.closing);
             if in_dir {
                 // A window file is synced with all the others at the end (one syncfs, not one
                 // fsync per file: a month of 2 h windows is 360 files). Its write-back starts
@@ -1068,7 +1106,11 @@ impl WindowWriter {
             std::fs::rename(&tmp, out)?;
             Ok(e)
         };
-        write().map_err(|e| ReplayError::Read(anyhow::anyhow!("writing {}: {e}", out.display())))
+        write().map_err(|e| {
+            // Nothing half-written stays behind.
+            let _ = std::fs::remove_file(&tmp);
+            ReplayError::Read(anyhow::anyhow!("writing {}: {e}", out.display()))
+        })
     }
 
     /// Makes the window files durable (they were written without a sync each).

@@ -1205,3 +1205,81 @@ fn a_broken_file_fails_the_same_way_with_any_jobs() {
         );
     }
 }
+
+/// A replay whose input breaks while the writer thread is in the middle of a window file
+/// (held there by a debug-only fault until the replay stops handing over windows) still
+/// finishes and renames that file before it exits: no temp file is left, and the files are
+/// those of `--jobs 1`, which writes each window before it reads on.
+#[test]
+fn a_replay_failing_while_a_window_is_written_finishes_that_window_and_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = std::fs::read_to_string(root().join("../shared/fixtures/envoy-ai-access.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let at = |t: &str| {
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let mut v = v.as_object().unwrap().clone();
+        v.insert("start_time".into(), Value::String(t.into()));
+        serde_json::to_string(&v).unwrap()
+    };
+    // 08–10 h is complete once a step of the 10–12 h window closes (the 13:00 record).
+    let plain = dir.path().join("a.log");
+    let lines = [
+        at("2026-03-17T09:14:02.113Z"),
+        at("2026-03-17T11:30:00.000Z"),
+        at("2026-03-17T13:00:00.000Z"),
+    ];
+    std::fs::write(&plain, lines.join("\n") + "\n").unwrap();
+    let gz = dir.path().join("cut.gz");
+    let mut member = Vec::new();
+    write_gzip_member(&mut member, (lines.join("\n") + "\n").as_bytes());
+    std::fs::write(&gz, &member[..member.len() / 2]).unwrap();
+    let mut listings = Vec::new();
+    for jobs in ["1", "2"] {
+        let out_dir = dir.path().join(format!("om-{jobs}"));
+        let out = bin()
+            .env("TOKENMETER_FAULT_WINDOW_WRITER", "hold-first")
+            .args([
+                "replay",
+                "--summary",
+                "json",
+                "--jobs",
+                jobs,
+                "--openmetrics",
+            ])
+            .arg(format!("{}/", out_dir.display()))
+            .arg(&plain)
+            .arg(&gz)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "jobs {jobs}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cut.gz"));
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&p).unwrap())
+            })
+            .collect();
+        files.sort();
+        listings.push(files);
+    }
+    let names = |l: &[(String, Vec<u8>)]| l.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&listings[0]),
+        ["20260317T080000Z-20260317T100000Z.om"]
+    );
+    assert_eq!(
+        names(&listings[1]),
+        names(&listings[0]),
+        "jobs 2 against jobs 1"
+    );
+    assert!(
+        listings[0] == listings[1],
+        "the same bytes with jobs 1 and 2"
+    );
+}

@@ -41,6 +41,11 @@ struct Delta {
     cost: u128,
 }
 
+/// How far beyond the first or last key a new first or last series is placed.
+const END_GAP: u64 = 1 << 32;
+/// Keys rewritten by respreads, per series, before the order keys are given up.
+const RESPREAD_BUDGET: u64 = 64;
+
 /// Emptied step maps kept for reuse, and the most entries one may have room for.
 const SPARE_MAPS: usize = 2;
 const SPARE_MAP_ENTRIES: usize = 8192;
@@ -69,6 +74,8 @@ pub struct Window {
     pub end_ns: i64,
     /// With their order keys (`StepStream::order_keys`), in no particular order.
     series: Vec<(u64, SeriesSamples)>,
+    /// Whether the keys are valid; if not, the series are sorted by comparing labels.
+    keyed: bool,
 }
 
 impl Window {
@@ -83,7 +90,12 @@ impl Window {
 
     /// The series in label order (the output's).
     pub fn into_sorted(mut self) -> Vec<SeriesSamples> {
-        self.series.sort_unstable_by_key(|(key, _)| *key);
+        if self.keyed {
+            self.series.sort_unstable_by_key(|(key, _)| *key);
+        } else {
+            self.series
+                .sort_unstable_by(|a, b| a.1.labels.cmp(&b.1.labels));
+        }
         self.series.into_iter().map(|(_, s)| s).collect()
     }
 }
@@ -124,9 +136,16 @@ pub struct StepStream {
     /// Every series by its labels: the output's order.
     by_labels: BTreeMap<Arc<SeriesLabels>, u32>,
     /// Per series (by store index), a key that sorts like its labels: a window's series are
-    /// sorted by it instead of by comparing labels. New keys go halfway between their
-    /// neighbours'; only when there is no room left are all keys spread out again.
+    /// sorted by it instead of by comparing labels. A new first or last series is placed
+    /// `END_GAP` beyond its neighbour, others halfway between their neighbours; when there
+    /// is no room left all keys are spread out again. Should new series keep landing where
+    /// there is no room, spreading would cost more than comparing labels: after
+    /// `RESPREAD_BUDGET` × the series in respreads, the keys are dropped (`keyed` false) and
+    /// windows are sorted by labels.
     order_keys: Vec<u64>,
+    keyed: bool,
+    /// Keys rewritten by respreads so far.
+    respread_work: u64,
     ready: Vec<Window>,
     /// Records older than a step already closed (counted in the oldest open step).
     pub late: u64,
@@ -156,6 +175,8 @@ impl StepStream {
             filling: Vec::new(),
             by_labels: BTreeMap::new(),
             order_keys: Vec::new(),
+            keyed: true,
+            respread_work: 0,
             ready: Vec::new(),
             late: 0,
             untimed: 0,
@@ -241,32 +262,50 @@ impl StepStream {
     /// Gives a new series its order key (see `order_keys`).
     fn add_order_key(&mut self, labels: &Arc<SeriesLabels>, idx: u32) {
         use std::ops::Bound::{Excluded, Unbounded};
+        if !self.keyed {
+            return;
+        }
         let key_of = |i: &u32| self.order_keys.get(*i as usize).copied();
         let below = self
             .by_labels
             .range::<SeriesLabels, _>((Unbounded, Excluded(&**labels)))
             .next_back()
-            .and_then(|(_, i)| key_of(i))
-            .unwrap_or(0);
+            .and_then(|(_, i)| key_of(i));
         let above = self
             .by_labels
             .range::<SeriesLabels, _>((Excluded(&**labels), Unbounded))
             .next()
-            .and_then(|(_, i)| key_of(i))
-            .unwrap_or(u64::MAX);
+            .and_then(|(_, i)| key_of(i));
         self.by_labels.insert(labels.clone(), idx);
         if self.order_keys.len() <= idx as usize {
             self.order_keys.resize(idx as usize + 1, u64::MAX);
         }
-        if above.saturating_sub(below) >= 2 {
-            self.order_keys[idx as usize] = below + (above - below) / 2;
-        } else {
-            // No room between the neighbours: spread every key out evenly again.
-            let gap = u64::MAX / (self.by_labels.len() as u64 + 1);
-            for (rank, &i) in self.by_labels.values().enumerate() {
-                if let Some(k) = self.order_keys.get_mut(i as usize) {
-                    *k = (rank as u64 + 1).saturating_mul(gap);
-                }
+        let key = match (below, above) {
+            (None, None) => Some(u64::MAX / 2),
+            // Past the ends: a fixed step, so series arriving in label order (new keys
+            // numbered upwards) never run out of room.
+            (Some(b), None) => b.checked_add(END_GAP).filter(|&k| k < u64::MAX),
+            (None, Some(a)) => a.checked_sub(END_GAP).filter(|&k| k > 0),
+            (Some(b), Some(a)) => (a.saturating_sub(b) >= 2).then(|| b + (a - b) / 2),
+        };
+        if let Some(key) = key {
+            self.order_keys[idx as usize] = key;
+            return;
+        }
+        let n = self.by_labels.len() as u64;
+        self.respread_work = self.respread_work.saturating_add(n);
+        if self.respread_work > RESPREAD_BUDGET.saturating_mul(n).saturating_add(1 << 16) {
+            // Comparing labels per window is cheaper from here on.
+            self.keyed = false;
+            self.by_labels.clear();
+            self.order_keys = Vec::new();
+            return;
+        }
+        // No room between the neighbours: spread every key out evenly again.
+        let gap = u64::MAX / (n + 1);
+        for (rank, &i) in self.by_labels.values().enumerate() {
+            if let Some(k) = self.order_keys.get_mut(i as usize) {
+                *k = (rank as u64 + 1).saturating_mul(gap);
             }
         }
     }
@@ -383,6 +422,7 @@ impl StepStream {
             start_ns: w.saturating_mul(block),
             end_ns: w.saturating_add(1).saturating_mul(block),
             series,
+            keyed: self.keyed,
         });
     }
 }
@@ -421,9 +461,21 @@ mod tests {
         })
     }
 
+    fn shape() -> Shape {
+        Shape {
+            step_ns: 60_000_000_000,
+            block_ns: i64::MAX,
+            max_delay_ns: 0,
+            dense: false,
+            from_ns: None,
+            to_ns: None,
+        }
+    }
+
     /// The window's series order is read from the keys: it must be the labels' order after
     /// any sequence of new series, including the ones that leave no room between two keys.
     fn assert_keys_sort_like_labels(stream: &StepStream) {
+        assert!(stream.keyed);
         let mut by_key: Vec<(u64, &SeriesLabels)> = stream
             .by_labels
             .iter()
@@ -446,17 +498,7 @@ mod tests {
     fn order_keys_sort_like_labels_when_every_new_series_lands_in_the_same_gap() {
         // Each new series goes between the first and the previous one: the gap halves every
         // time, so the keys run out of room after about 64 series and are spread out again.
-        let mut stream = StepStream::new(
-            Shape {
-                step_ns: 60_000_000_000,
-                block_ns: i64::MAX,
-                max_delay_ns: 0,
-                dense: false,
-                from_ns: None,
-                to_ns: None,
-            },
-            0,
-        );
+        let mut stream = StepStream::new(shape(), 0);
         stream.add_order_key(&labels("m", "a"), 0);
         stream.add_order_key(&labels("m", "b"), 1);
         for i in 2..300u32 {
@@ -467,22 +509,71 @@ mod tests {
         }
     }
 
+    #[test]
+    fn series_arriving_in_label_order_never_need_a_respread() {
+        for descending in [false, true] {
+            let mut stream = StepStream::new(shape(), 0);
+            for i in 0..20_000u32 {
+                let n = if descending { 20_000 - i } else { i };
+                stream.add_order_key(&labels("m", &format!("key-{n:07}")), i);
+            }
+            assert_eq!(stream.respread_work, 0, "descending: {descending}");
+            assert_keys_sort_like_labels(&stream);
+        }
+    }
+
+    #[test]
+    fn series_that_keep_landing_in_one_gap_give_up_the_keys_within_the_budget() {
+        // Every new series between "a" and the previous new one: no room every ~60 series,
+        // each respread rewriting every key. The work stays within the budget, then windows
+        // are sorted by labels.
+        let mut stream = StepStream::new(shape(), 0);
+        stream.add_order_key(&labels("m", "a"), 0);
+        stream.add_order_key(&labels("m", "b"), 1);
+        let n = 20_000u32;
+        for i in 2..n {
+            stream.add_order_key(&labels("m", &format!("a{:07}", n - i)), i);
+        }
+        assert!(!stream.keyed);
+        let budget = RESPREAD_BUDGET * u64::from(n) + (1 << 16) + u64::from(n);
+        assert!(stream.respread_work <= budget, "{}", stream.respread_work);
+    }
+
+    #[test]
+    fn a_window_without_keys_is_sorted_by_labels() {
+        let names = ["k3", "k1", "k2", "k0"];
+        let series = names
+            .iter()
+            .map(|k| {
+                let s = SeriesSamples {
+                    labels: labels("m", k),
+                    start_ns: 0,
+                    points: Vec::new(),
+                    before: None,
+                };
+                (0, s)
+            })
+            .collect();
+        let w = Window {
+            start_ns: 0,
+            end_ns: 1,
+            series,
+            keyed: false,
+        };
+        let sorted: Vec<String> = w
+            .into_sorted()
+            .iter()
+            .map(|s| s.labels.api_key_id.clone())
+            .collect();
+        assert_eq!(sorted, ["k0", "k1", "k2", "k3"]);
+    }
+
     proptest::proptest! {
         #[test]
         fn order_keys_sort_like_labels_for_any_arrival_order(
             names in proptest::collection::vec((0u8..4, 0u16..400), 1..400)
         ) {
-            let mut stream = StepStream::new(
-                Shape {
-                    step_ns: 60_000_000_000,
-                    block_ns: i64::MAX,
-                    max_delay_ns: 0,
-                    dense: false,
-                    from_ns: None,
-                    to_ns: None,
-                },
-                0,
-            );
+            let mut stream = StepStream::new(shape(), 0);
             let mut seen = std::collections::BTreeSet::new();
             for (m, k) in names {
                 if seen.insert((m, k)) {
