@@ -416,7 +416,9 @@ impl StepStream {
         let Some(w) = self.window.take() else {
             return;
         };
-        let series = std::mem::take(&mut self.filling);
+        // The next window starts with room for as many series (no growing entry by entry).
+        let room = self.filling.len();
+        let series = std::mem::replace(&mut self.filling, Vec::with_capacity(room));
         let block = self.shape.block_ns;
         self.ready.push(Window {
             start_ns: w.saturating_mul(block),
