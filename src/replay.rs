@@ -783,11 +783,11 @@ pub fn replay(
         for w in b.take_ready() {
             emitter.emit(w)?;
         }
-        let (samples, outcomes) = emitter.finish()?;
+        let written = emitter.finish()?;
         outside_range = b.outside;
         late = Some(b.late);
-        pushed = outcomes;
-        emitted = Some(emitter.emitted(b.series_started(), samples));
+        pushed = written.outcomes.clone();
+        emitted = Some(emitter.emitted(b.series_started(), &written));
     }
     let loki_report = loki.as_mut().map(|l| {
         l.flush();
@@ -813,13 +813,18 @@ pub fn replay(
 /// so that formatting overlaps counting. The hand-over is a rendezvous: at most two windows
 /// are held, the one being written and the one being filled (or handed over).
 struct Emitter {
-    step_ns: i64,
     /// Shared with the writer: set before its channel is closed.
     closing: Arc<AtomicBool>,
     writer: Writer,
     windows: usize,
+}
+
+/// What the writer wrote: samples, the first and last sample times (ns), push outcomes.
+struct Written {
+    samples: usize,
     first: Option<i64>,
     last: Option<i64>,
+    outcomes: Option<PushOutcomes>,
 }
 
 enum Writer {
@@ -846,6 +851,9 @@ struct WindowWriter {
     openmetrics: Option<(PathBuf, bool)>,
     push: Option<Pusher>,
     samples: usize,
+    /// The first and last sample times written (ns).
+    first: Option<i64>,
+    last: Option<i64>,
     /// Set when the replay stops handing over windows (at the end, or on an error; at once
     /// when the writer runs inline).
     closing: Arc<AtomicBool>,
@@ -901,6 +909,8 @@ impl Emitter {
                 .map(|path| (path, opts.openmetrics_dir)),
             push,
             samples: 0,
+            first: None,
+            last: None,
             closing: Arc::new(AtomicBool::new(false)),
         };
         let closing = writer.closing.clone();
@@ -926,12 +936,9 @@ impl Emitter {
             Writer::Inline(writer)
         };
         Ok(Emitter {
-            step_ns: opts.step_ns,
             closing,
             writer,
             windows: 0,
-            first: None,
-            last: None,
         })
     }
 
@@ -940,18 +947,6 @@ impl Emitter {
             return Ok(());
         }
         self.windows += 1;
-        for s in w.series() {
-            if let (Some(a), Some(b)) = (s.points.first(), s.points.last()) {
-                // A series starting in this window starts with its 0 one step earlier.
-                let a = if s.before.is_none() {
-                    a.0 - self.step_ns
-                } else {
-                    a.0
-                };
-                self.first = Some(self.first.map_or(a, |f| f.min(a)));
-                self.last = Some(self.last.map_or(b.0, |l| l.max(b.0)));
-            }
-        }
         match &mut self.writer {
             Writer::Inline(writer) => writer.write(w),
             Writer::Thread { to: Some(to), .. } => {
@@ -987,7 +982,7 @@ impl Emitter {
 
     /// Writes what is left and makes the window files durable; returns the samples written
     /// and the push outcomes.
-    fn finish(&mut self) -> Result<(usize, Option<PushOutcomes>), ReplayError> {
+    fn finish(&mut self) -> Result<Written, ReplayError> {
         self.join()?;
         let (Writer::Inline(writer) | Writer::Finished(writer)) = &self.writer else {
             return Err(ReplayError::Read(anyhow::anyhow!(
@@ -995,19 +990,21 @@ impl Emitter {
             )));
         };
         writer.finish()?;
-        Ok((
-            writer.samples,
-            writer.push.as_ref().map(|p| p.outcomes.clone()),
-        ))
+        Ok(Written {
+            samples: writer.samples,
+            first: writer.first,
+            last: writer.last,
+            outcomes: writer.push.as_ref().map(|p| p.outcomes.clone()),
+        })
     }
 
-    fn emitted(&self, series: usize, samples: usize) -> Emitted {
+    fn emitted(&self, series: usize, written: &Written) -> Emitted {
         Emitted {
             series,
-            samples,
+            samples: written.samples,
             windows: self.windows,
-            first_sample: self.first.map(crate::timefmt::format_rfc3339_millis),
-            last_sample: self.last.map(crate::timefmt::format_rfc3339_millis),
+            first_sample: written.first.map(crate::timefmt::format_rfc3339_millis),
+            last_sample: written.last.map(crate::timefmt::format_rfc3339_millis),
         }
     }
 }
@@ -1040,6 +1037,18 @@ impl WindowWriter {
     fn write(&mut self, w: Window) -> Result<(), ReplayError> {
         let name = window_file_name(&w);
         let series = w.into_sorted();
+        for s in &series {
+            if let (Some(a), Some(b)) = (s.points.first(), s.points.last()) {
+                // A series starting in this window starts with its 0 one step earlier.
+                let a = if s.before.is_none() {
+                    a.0 - self.step_ns
+                } else {
+                    a.0
+                };
+                self.first = Some(self.first.map_or(a, |f| f.min(a)));
+                self.last = Some(self.last.map_or(b.0, |l| l.max(b.0)));
+            }
+        }
         if let Some((out, dir)) = &self.openmetrics {
             let path = if *dir { out.join(&name) } else { out.clone() };
             let e = self.write_file(&path, *dir, &series)?;
