@@ -980,8 +980,7 @@ impl Emitter {
         Ok(())
     }
 
-    /// Writes what is left and makes the window files durable; returns the samples written
-    /// and the push outcomes.
+    /// Writes what is left and makes the window files durable; returns what was written.
     fn finish(&mut self) -> Result<Written, ReplayError> {
         self.join()?;
         let (Writer::Inline(writer) | Writer::Finished(writer)) = &self.writer else {

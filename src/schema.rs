@@ -156,21 +156,6 @@ pub fn token_type_names(extra_names: &[String]) -> Vec<String> {
 }
 
 impl<'a> View<'a> {
-    /// A view for the token families alone (backfill): no agent, no self-metric labels.
-    pub fn tokens(snap: &'a Snapshot, static_labels: &'a BTreeMap<String, String>) -> Self {
-        View {
-            snap,
-            static_labels: static_labels
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
-            agent: None,
-            budgets: &[],
-            invalid_names: Vec::new(),
-            type_names: Vec::new(),
-        }
-    }
-
     /// This view with the budgets' gauges.
     pub fn with_budgets(mut self, budgets: &'a [BudgetView]) -> Self {
         self.budgets = budgets;
