@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite, as CI runs it (`.ci/run` calls this script).
-#   scripts/test.sh              everything: format, lints, reference check, tests, fuzzing
+#   scripts/test.sh              everything: format, lints, reference check, fuzzing, tests (also
+#                                with the clock moved a year each way, scripts/test-clock-moved.sh)
 #   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzzing run (it needs ~5 min to build the first time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,16 @@ if [ "$FUZZ_SECONDS" != 0 ]; then
   scripts/fuzz.sh "$FUZZ_SECONDS"
 fi
 
-# Last, so the test runner's summary closes the output.
-step "cargo test"
-cargo test --all-targets
+# The clock-moved check and the tests both run whatever the other gives, so one failure never
+# hides another; the test runner's summary closes the output.
+clock=0
+step "date-sensitive tests with the clock a year ahead and a year back (faketime)"
+scripts/test-clock-moved.sh || clock=$?
+
+step "cargo test (every binary, whatever fails: --no-fail-fast)"
+tests=0
+cargo test --all-targets --no-fail-fast || tests=$?
+if [ "$clock" != 0 ]; then
+  echo "the date-sensitive tests failed with the clock moved (see above)" >&2
+fi
+[ "$clock" = 0 ] && [ "$tests" = 0 ]

@@ -258,16 +258,29 @@ fn same_input_same_bytes_and_from_to_cut_at_records() {
     assert_eq!(s["records"], 2 * 720);
 }
 
-#[test]
-fn replay_loki_forwards_original_timestamps_and_reports_rejections() {
-    let fixture = concat!(
+/// The CRI fixture (all of it written on 2026-03-17) moved to the day before the test's
+/// start, whole days so the times of day stay: lines a day or two old, which Loki and the
+/// default `--loki-max-age` (7 d) accept on any date the test runs. Returns the copy's path
+/// and the unix time of its day's midnight.
+fn cri_fixture_of_yesterday(dir: &Path) -> (std::path::PathBuf, i64) {
+    let day = (test_start() - 86_400).div_euclid(86_400) * 86_400;
+    let fixture = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/cri-wrapped.log"
-    );
+    ))
+    .unwrap()
+    .replace("2026-03-17T", &iso(day).replacen("T00:00:00.000Z", "T", 1));
+    let log = dir.join("cri-wrapped.log");
+    std::fs::write(&log, fixture).unwrap();
+    (log, day)
+}
+
+#[test]
+fn replay_loki_forwards_original_timestamps_and_reports_rejections() {
     let tmp = tempfile::tempdir().unwrap();
-    // As if replayed an hour after the fixture was written: everything is accepted.
+    let (log, day) = cri_fixture_of_yesterday(tmp.path());
+    let log = log.to_str().unwrap();
     let r = LokiReceiver::start();
-    r.set_now_ns(1_773_738_842_000_000_000 + 3_600_000_000_000);
     let cfg = tmp.path().join("loki.toml");
     std::fs::write(
         &cfg,
@@ -277,9 +290,7 @@ fn replay_loki_forwards_original_timestamps_and_reports_rejections() {
         ),
     )
     .unwrap();
-    // The receiver's clock is an hour after the lines; tokenmeter's is today's: a
-    // --loki-max-age long enough to send them.
-    let s = replay(&["--loki", "--loki-max-age", "3650d", fixture], Some(&cfg));
+    let s = replay(&["--loki", log], Some(&cfg));
     assert_eq!(s["loki"]["sent"], 34);
     assert_eq!(s["loki"]["rejected"], 0);
     assert_eq!(s["loki"]["too_old"], 0);
@@ -289,13 +300,19 @@ fn replay_loki_forwards_original_timestamps_and_reports_rejections() {
         .iter()
         .find(|e| e.line.contains("deprecated runtime key"))
         .unwrap();
-    assert_eq!(first.ts_ns, 1_773_738_841_202_232_361);
-    // Today, Loki rejects samples older than 7 days: when tokenmeter is told a longer age
-    // than Loki's, Loki's rejection is in the summary.
+    // The line's own time, 09:14:01.202232361 of that day, not the time of the replay.
+    let first_ns = (day + 9 * 3600 + 14 * 60 + 1) * 1_000_000_000 + 202_232_361;
+    assert_eq!(first.ts_ns, first_ns);
+    // A Loki whose clock is eight days after the lines rejects them (older than 7 days),
+    // while tokenmeter, whose clock says they are a day old, sends them: Loki's rejection is
+    // in the summary. (That tokenmeter does not send lines older than its own
+    // --loki-max-age is the next test's.)
     let r2 = LokiReceiver::start();
+    r2.set_now_ns(first_ns + 8 * 86_400 * 1_000_000_000);
     std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r2.endpoint())).unwrap();
-    let s = replay(&["--loki", "--loki-max-age", "3650d", fixture], Some(&cfg));
-    assert_eq!(s["loki"]["rejected"], 34);
+    let s = replay(&["--loki", log], Some(&cfg));
+    assert_eq!(s["loki"]["rejected"], 34, "{s}");
+    assert_eq!(s["loki"]["too_old"], 0, "{s}");
     assert!(
         s["loki"]["messages"][0]
             .as_str()
@@ -303,14 +320,7 @@ fn replay_loki_forwards_original_timestamps_and_reports_rejections() {
             .contains("too old"),
         "{s}"
     );
-    // By default (7 d, Loki's default) they are not sent at all, and counted.
-    let s = replay(&["--loki", fixture], Some(&cfg));
-    assert_eq!(s["loki"]["too_old"], 34, "{s}");
-    assert_eq!(
-        (&s["loki"]["sent"], &s["loki"]["rejected"]),
-        (&0.into(), &0.into())
-    );
-    assert_eq!(r2.requests(), 1, "only the first replay's request");
+    assert_eq!(r2.entries().len(), 0);
 }
 
 /// Lines older than `--loki-max-age` (default 7 d, Loki's `reject_old_samples_max_age`) are
@@ -392,11 +402,8 @@ fn replay_loki_does_not_send_lines_older_than_loki_max_age() {
 
 #[test]
 fn replay_loki_against_a_loki_that_is_down_gives_up_after_retry_for_with_exit_1() {
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/cri-wrapped.log"
-    );
     let tmp = tempfile::tempdir().unwrap();
+    let (fixture, _) = cri_fixture_of_yesterday(tmp.path());
     let r = LokiReceiver::start();
     r.set_down(true);
     let cfg = tmp.path().join("loki.toml");
@@ -408,14 +415,12 @@ fn replay_loki_against_a_loki_that_is_down_gives_up_after_retry_for_with_exit_1(
             "--summary",
             "json",
             "--loki",
-            "--loki-max-age",
-            "3650d",
             "--retry-for",
             "2s",
             "--config",
         ])
         .arg(&cfg)
-        .arg(fixture)
+        .arg(&fixture)
         .output()
         .unwrap();
     let took = t.elapsed();
@@ -437,11 +442,8 @@ fn replay_loki_against_a_loki_that_is_down_gives_up_after_retry_for_with_exit_1(
 
 #[test]
 fn a_retry_after_of_zero_is_not_a_tight_loop_and_replay_loki_still_gives_up() {
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/cri-wrapped.log"
-    );
     let tmp = tempfile::tempdir().unwrap();
+    let (fixture, _) = cri_fixture_of_yesterday(tmp.path());
     let r = LokiReceiver::start();
     // Every request is told to come back at once (more than any run could use).
     for _ in 0..100_000 {
@@ -456,14 +458,12 @@ fn a_retry_after_of_zero_is_not_a_tight_loop_and_replay_loki_still_gives_up() {
             "--summary",
             "json",
             "--loki",
-            "--loki-max-age",
-            "3650d",
             "--retry-for",
             "2s",
             "--config",
         ])
         .arg(&cfg)
-        .arg(fixture)
+        .arg(&fixture)
         .output()
         .unwrap();
     let took = t.elapsed();

@@ -264,7 +264,8 @@ fn a_400_batch_is_counted_and_dropped_and_the_next_batches_go_through() {
     let cfg = config(&root, &tmp.path().join("state"), "", &loki_section(&r, ""));
     let d = Daemon::start(tmp.path(), "loki-400", &cfg);
     // Lines stamped 8 days ago: Loki rejects them (reject_old_samples_max_age = 7 d) with 400.
-    let old = "2026-11-18T10:00:00.000000000Z stdout F {\"model\":\"m\",\"llm_input_token\":1}\n";
+    let eight_days_ago = iso(test_start() - 8 * 86_400);
+    let old = format!("{eight_days_ago} stdout F {{\"model\":\"m\",\"llm_input_token\":1}}\n");
     append(&log, &old.repeat(5));
     wait_until("the old batch rejected", WAIT, || {
         let m = d.metrics()?;

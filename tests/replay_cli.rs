@@ -1213,7 +1213,7 @@ fn a_broken_file_fails_the_same_way_with_any_jobs() {
 #[test]
 fn a_replay_failing_while_a_window_is_written_finishes_that_window_and_leaves_no_temp_file() {
     let dir = tempfile::tempdir().unwrap();
-    let line = std::fs::read_to_string(root().join("../shared/fixtures/envoy-ai-access.jsonl"))
+    let line = std::fs::read_to_string(root().join("tests/fixtures/envoy-ai-access.jsonl"))
         .unwrap()
         .lines()
         .next()

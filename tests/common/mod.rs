@@ -338,6 +338,9 @@ impl Victoria {
             .arg(format!("-storageDataPath={}", dir.path().display()))
             .arg(format!("-httpListenAddr={addr}"))
             .arg("-opentelemetry.usePrometheusNaming")
+            // Keep what backfill tests push of a fixed past day (the default, 1 month, would
+            // drop it once the day is a month old: the suite would fail from then on).
+            .arg("-retentionPeriod=100y")
             // Show the newest samples at once (the default hides the last 30 s).
             .arg("-search.latencyOffset=0s")
             .arg("-search.disableCache")
@@ -543,12 +546,36 @@ impl Expected {
     }
 }
 
-/// Record `i` of the test workload: its JSON line, and it is added to `expected`.
-/// Tokens: input = i % 97 + 1, output = i % 13, total = input + output; 3 models, 4 keys,
-/// 2 services. Every 10th line is an Envoy text line (not counted).
+/// The event time the test workload's lines carry (unix seconds): the test process's start,
+/// read once. Never a fixed date: Loki judges an entry's age against its own clock (7 days,
+/// `reject_old_samples_max_age`), so a line stamped with a fixed day is accepted for a week
+/// and rejected ever after. Run under `faketime`, the start moves with the clock, as a peer's
+/// clock would.
+pub fn test_start() -> i64 {
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_secs() as i64
+    })
+}
+
+/// Record `i` of the test workload, stamped with the test's start: see [`record_line_at`].
 pub fn record_line(i: u64, expected: &mut Expected) -> String {
+    record_line_at(i, test_start(), expected)
+}
+
+/// Record `i` of the test workload with event time `t` (unix seconds): its JSON line, and it
+/// is added to `expected`. Tokens: input = i % 97 + 1, output = i % 13, total = input +
+/// output; 3 models, 4 keys, 2 services. Every 10th line is an Envoy text line (not counted).
+pub fn record_line_at(i: u64, t: i64, expected: &mut Expected) -> String {
     if i % 10 == 9 {
-        return format!("[2026-11-26 10:00:00.000][1][warning][main] envoy text line {i}");
+        let day_time = iso(t).replacen('T', " ", 1);
+        return format!(
+            "[{}][1][warning][main] envoy text line {i}",
+            day_time.trim_end_matches('Z')
+        );
     }
     let model = [
         "gpt-4o-mini",
@@ -567,15 +594,17 @@ pub fn record_line(i: u64, expected: &mut Expected) -> String {
     e.2 += out;
     e.3 += inp + out;
     format!(
-        r#"{{"start_time":"2026-11-26T10:00:00.000Z","model":"{model}","api_key_id":"{key}","aim_service_id":"{svc}","llm_input_token":{inp},"llm_output_token":{out},"llm_total_token":{},"response_code":200,"duration":{}}}"#,
+        r#"{{"start_time":"{}","model":"{model}","api_key_id":"{key}","aim_service_id":"{svc}","llm_input_token":{inp},"llm_output_token":{out},"llm_total_token":{},"response_code":200,"duration":{}}}"#,
+        iso(t),
         inp + out,
         i % 5000
     )
 }
 
-/// Wraps content as one CRI line (F).
+/// Wraps content as one CRI line (F), stamped with the test's start (nanoseconds .123456789).
 pub fn cri(content: &str) -> String {
-    format!("2026-11-26T10:00:00.123456789Z stdout F {content}\n")
+    let stamp = iso(test_start()).replacen(".000Z", ".123456789Z", 1);
+    format!("{stamp} stdout F {content}\n")
 }
 
 pub fn append(path: &Path, text: &str) {
