@@ -28,9 +28,9 @@ python3 tests/expected/expected_summary.py --config tests/fixtures/pricing.toml 
   tests/fixtures/edge-cases.log tests/fixtures/docker-json.log
 
 step "alert and recording rules: promtool check rules, promtool test rules"
-promtool=.cache/backends/root/usr/bin/promtool
+promtool=${TOKENMETER_BACKENDS:-$PWD/.cache/backends}/root/usr/bin/promtool
 "$promtool" check rules config/prometheus/tokenmeter-rules.yaml
-(cd config/prometheus && "../../$promtool" test rules tokenmeter-rules.test.yaml tokenmeter-rules.hourly.test.yaml)
+(cd config/prometheus && "$promtool" test rules tokenmeter-rules.test.yaml tokenmeter-rules.hourly.test.yaml)
 
 step "dashboards are what dashboards/generate.py writes"
 gen=$(mktemp -d)
