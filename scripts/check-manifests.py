@@ -251,7 +251,9 @@ def check_gateway(docs, defaults, base_config):
     settings = ep["spec"]["telemetry"]["accessLog"]["settings"]
     check(len(settings) == 1, f"{name}: one access-log setting")
     log = settings[0]["format"]["json"]
-    wanted = {k: v for k, v in defaults["fields"].items() if isinstance(v, str)}
+    # The example logs the keys of tokenmeter's own format: each of its base fields' first key.
+    wanted = {k: v for k, v in format_keys(defaults["__text__"], "tokenmeter").items()
+              if not k.startswith("extra_tokens.")}
     wanted.update({f"extra_tokens.{k}": v for k, v in
                    base_config.get("fields", {}).get("extra_tokens", {}).items()})
     for field, key in sorted(wanted.items()):
@@ -266,10 +268,10 @@ def check_gateway(docs, defaults, base_config):
     check(logged == costs, f"{name}: logged token metadata {sorted(logged)} == the route's "
           f"llmRequestCosts keys {sorted(costs)}")
     removed = {h.lower() for h in ctp["spec"]["headers"]["earlyRequestHeaders"]["remove"]}
-    api_key_header = header_of(log.get(defaults["fields"]["api_key_id"], ""))
+    api_key_header = header_of(log.get(wanted["api_key_id"], ""))
     check(api_key_header == sp["spec"]["apiKeyAuth"]["forwardClientIDHeader"].lower(),
           f"{name}: api_key_id is the SecurityPolicy's forwardClientIDHeader")
-    service_header = header_of(log.get(defaults["fields"]["service_id"], ""))
+    service_header = header_of(log.get(wanted["service_id"], ""))
     for rule in route["spec"]["rules"]:
         for b in rule["backendRefs"]:
             sets = {s["name"].lower() for s in b.get("headerMutation", {}).get("set", [])}
@@ -279,10 +281,29 @@ def check_gateway(docs, defaults, base_config):
         check(h in removed, f"{name}: client-sent {h} removed (earlyRequestHeaders)")
 
 
+def format_keys(defaults_text, fmt):
+    """{field: first key} of format `fmt`, from the mapping `check-config` prints after the config
+    (comment lines `# <format>` then `#   <field> = <key> | <key>`)."""
+    keys, inside = {}, False
+    for line in defaults_text.splitlines():
+        head = re.fullmatch(r"# (\w+)", line)
+        if head:
+            inside = head[1] == fmt
+            continue
+        row = re.fullmatch(r"#   (\S+)\s+= (.*)", line)
+        if inside and row and not row[2].startswith("("):
+            keys[row[1]] = row[2].split(" | ")[0].split(" (")[0]
+    if not keys:
+        raise SystemExit(f"check-config printed no mapping of the {fmt} format")
+    return keys
+
+
 def main():
     rendered, defaults_path = sys.argv[1], sys.argv[2]
-    with open(defaults_path, "rb") as f:
-        defaults = tomllib.load(f)
+    with open(defaults_path, encoding="utf-8") as f:
+        defaults_text = f.read()
+    defaults = tomllib.loads(defaults_text)
+    defaults["__text__"] = defaults_text  # the formats' mapping is in its comments
     crds = vendored_crds()
     base_config = None
     names = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(rendered, "*.yaml")))

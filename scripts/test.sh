@@ -27,6 +27,10 @@ python3 tests/expected/expected_summary.py --config tests/fixtures/pricing.toml 
   tests/fixtures/envoy-ai-access.jsonl tests/fixtures/cri-wrapped.log \
   tests/fixtures/edge-cases.log tests/fixtures/docker-json.log
 
+(cd tests/fixtures/formats && python3 ../../expected/expected_summary.py --self-test >/dev/null \
+  && python3 ../../expected/expected_summary.py --check ../../expected/formats \
+    gen_ai.jsonl genai_v04.jsonl kong.jsonl higress.jsonl logfmt.log tokenmeter.jsonl cri.log docker.log mixed.log)
+
 step "alert and recording rules: promtool check rules, promtool test rules"
 promtool=${TOKENMETER_BACKENDS:-$PWD/.cache/backends}/root/usr/bin/promtool
 "$promtool" check rules config/prometheus/tokenmeter-rules.yaml

@@ -59,6 +59,10 @@ pub const OVERFLOW_LABELS: [&str; 4] = ["model", "api_key_id", "service_id", "se
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SelfStats {
     pub records: u64,
+    /// Records per format, indexed like [`crate::parse::format::Format::ALL`] (absent from
+    /// state files written before formats: all of those were `tokenmeter` records).
+    #[serde(default)]
+    pub records_by_format: [u64; crate::parse::format::N_FORMATS],
     /// Indexed like [`SkipReason::ALL`].
     pub skipped: [u64; 3],
     /// Per token field: input, output, total, then the extra fields in name order.
@@ -375,7 +379,7 @@ pub struct Snapshot {
 impl Store {
     pub fn new(config: &Config) -> Self {
         let lim = &config.limits;
-        let n_extra = config.fields.extra_tokens.len();
+        let n_extra = config.fields.extra_names().len();
         Store {
             models: Interner::new(lim.max_values.model),
             keys: Interner::new(lim.max_values.api_key_id),
@@ -552,6 +556,13 @@ impl Store {
         }
         let (st, theirs) = (&mut self.stats, &part.stats);
         st.records += theirs.records;
+        for (n, add) in st
+            .records_by_format
+            .iter_mut()
+            .zip(theirs.records_by_format)
+        {
+            *n += add;
+        }
         for (n, add) in st.skipped.iter_mut().zip(theirs.skipped) {
             *n += add;
         }
@@ -619,7 +630,10 @@ impl Store {
     pub fn add_at(&mut self, r: &Record<'_>, event_ns: impl FnOnce() -> Option<i64>) -> usize {
         self.last_cost = 0;
         let st = &mut self.stats;
-        st.records += 1;
+        if r.first_of_line {
+            st.records += 1;
+            st.records_by_format[r.format as usize] += 1;
+        }
         if r.invalid != 0 {
             for (i, n) in st.invalid_fields.iter_mut().enumerate() {
                 *n += u64::from(r.invalid >> i & 1);
@@ -1091,6 +1105,21 @@ impl Store {
         }
         let st = &snap.stats;
         self.stats.records += st.records;
+        for (a, b) in self
+            .stats
+            .records_by_format
+            .iter_mut()
+            .zip(st.records_by_format)
+        {
+            *a += b;
+        }
+        // A state written before formats has records and no formats: all of them were read
+        // with the keys of the `tokenmeter` format.
+        let unattributed = st
+            .records
+            .saturating_sub(st.records_by_format.iter().sum::<u64>());
+        self.stats.records_by_format[crate::parse::format::Format::Tokenmeter as usize] +=
+            unattributed;
         for (a, b) in self.stats.skipped.iter_mut().zip(st.skipped) {
             *a += b;
         }
@@ -1256,6 +1285,9 @@ mod tests {
             status_class: StatusClass::C2xx,
             duration_ms: Some(1500.0),
             start_time: None,
+            start_ns: None,
+            format: crate::parse::format::Format::Tokenmeter,
+            first_of_line: true,
             invalid: 0,
             valid: 0b111,
             total_mismatch: false,
@@ -1389,7 +1421,8 @@ mod tests {
         r.invalid = 0b101;
         r.total_mismatch = true;
         s.add(&r);
-        assert_eq!(s.stats().invalid_fields, vec![1, 0, 1]);
+        // input, output, total, then the three built-in extra types.
+        assert_eq!(s.stats().invalid_fields, vec![1, 0, 1, 0, 0, 0]);
         assert_eq!(s.stats().total_mismatches, 1);
     }
 

@@ -165,6 +165,7 @@ fn run(cli: Cli) -> ExitCode {
             Ok(c) => {
                 let shown = if show_secrets { c.clone() } else { c.masked() };
                 print!("{}", shown.to_toml());
+                print!("{}", crate::parse::format::describe_mappings(&c.fields));
                 // A warning, not an error: the pods may simply not be there yet.
                 if let Ok(globs) =
                     crate::source::discover::Globs::new(&c.source.include, &c.source.exclude)

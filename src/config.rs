@@ -127,19 +127,31 @@ impl Default for Source {
     }
 }
 
-/// Access-log keys (SPEC §3); defaults are the Envoy AI Gateway names.
+/// How access-log lines are read (docs/formats.md): `format` tells the formats apart line by
+/// line (`"auto"`) or pins one; a key set here overrides that field for every format (a key
+/// starting with `/` is a JSON Pointer). Unset keys take each format's own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Fields {
-    pub model: String,
-    pub input_tokens: String,
-    pub output_tokens: String,
-    pub total_tokens: String,
-    pub api_key_id: String,
-    pub service_id: String,
-    pub status: String,
-    pub start_time: String,
-    pub duration_ms: String,
+    pub format: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<String>,
     /// Counter name (`llm_<name>_tokens_total`) → access-log key.
     pub extra_tokens: BTreeMap<String, String>,
 }
@@ -147,17 +159,40 @@ pub struct Fields {
 impl Default for Fields {
     fn default() -> Self {
         Self {
-            model: "model".into(),
-            input_tokens: "llm_input_token".into(),
-            output_tokens: "llm_output_token".into(),
-            total_tokens: "llm_total_token".into(),
-            api_key_id: "api_key_id".into(),
-            service_id: "aim_service_id".into(),
-            status: "response_code".into(),
-            start_time: "start_time".into(),
-            duration_ms: "duration".into(),
+            format: "auto".into(),
+            model: None,
+            input_tokens: None,
+            output_tokens: None,
+            total_tokens: None,
+            api_key_id: None,
+            service_id: None,
+            status: None,
+            start_time: None,
+            duration_ms: None,
             extra_tokens: BTreeMap::new(),
         }
+    }
+}
+
+/// The extra token types every config has (SPEC §3): each format maps them where its
+/// gateway logs them, and a series of one appears with its first non-zero value.
+pub const DEFAULT_EXTRA_TOKENS: [&str; 3] = ["cache_creation_input", "cached_input", "reasoning"];
+
+impl Fields {
+    /// The extra token types, in name order: the defaults and those of `[fields.extra_tokens]`.
+    pub fn extra_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = DEFAULT_EXTRA_TOKENS.iter().map(|s| s.to_string()).collect();
+        names.extend(self.extra_tokens.keys().cloned());
+        names.sort();
+        names.dedup();
+        names.truncate(MAX_EXTRA_TOKENS);
+        names
+    }
+
+    /// `format` as a choice; validation has refused anything else.
+    pub fn format_choice(&self) -> crate::parse::format::FormatChoice {
+        crate::parse::format::FormatChoice::parse(&self.format)
+            .unwrap_or(crate::parse::format::FormatChoice::Auto)
     }
 }
 
@@ -544,10 +579,18 @@ impl Config {
                 ));
             }
         }
-        if self.fields.extra_tokens.len() > MAX_EXTRA_TOKENS {
+        let mut all_extra: Vec<&str> = DEFAULT_EXTRA_TOKENS.to_vec();
+        all_extra.extend(self.fields.extra_tokens.keys().map(String::as_str));
+        all_extra.sort_unstable();
+        all_extra.dedup();
+        if all_extra.len() > MAX_EXTRA_TOKENS {
             return Err(err(
                 "fields.extra_tokens",
-                format!("at most {MAX_EXTRA_TOKENS} extra token fields are supported"),
+                format!(
+                    "at most {MAX_EXTRA_TOKENS} extra token types are supported, the {} built-in ones ({}) included",
+                    DEFAULT_EXTRA_TOKENS.len(),
+                    DEFAULT_EXTRA_TOKENS.join(", ")
+                ),
             ));
         }
         let builtin = ["input", "output", ""];
@@ -566,6 +609,20 @@ impl Config {
             }
         }
         let f = &self.fields;
+        if crate::parse::format::FormatChoice::parse(&f.format).is_none() {
+            let names: Vec<&str> = crate::parse::format::Format::ALL
+                .iter()
+                .map(|f| f.name())
+                .collect();
+            return Err(err(
+                "fields.format",
+                format!(
+                    "{:?} is not a format: use \"auto\" or one of {}",
+                    f.format,
+                    names.join(", ")
+                ),
+            ));
+        }
         for (key, value) in [
             ("fields.model", &f.model),
             ("fields.input_tokens", &f.input_tokens),
@@ -577,7 +634,7 @@ impl Config {
             ("fields.start_time", &f.start_time),
             ("fields.duration_ms", &f.duration_ms),
         ] {
-            if value.is_empty() {
+            if value.as_deref() == Some("") {
                 return Err(err(key, "the access-log key is empty".into()));
             }
         }
@@ -789,7 +846,7 @@ impl Config {
     ) -> Result<(Option<Arc<PriceTable>>, Vec<PricingWarning>), ConfigError> {
         let pricing = self.effective_pricing()?;
         let from_file = !pricing.file.is_empty();
-        let extra: Vec<String> = self.fields.extra_tokens.keys().cloned().collect();
+        let extra: Vec<String> = self.fields.extra_names();
         // Keys as the operator wrote them: `pricing.prices[2]` inline, `prices[2]` in a file.
         let prefix = if from_file { "" } else { "pricing" };
         let (table, warnings) =

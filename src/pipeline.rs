@@ -113,6 +113,10 @@ impl Fallback {
         if envelope_ns.is_some() {
             return self.record_time(envelope_ns);
         }
+        if r.start_ns.is_some() {
+            // Worked out while reading (epoch milliseconds, a time inside a string).
+            return self.record_time(r.event_time_ns(None));
+        }
         let Some(start_time) = &r.start_time else {
             // No time of its own: the fallback stays.
             return;
@@ -193,7 +197,7 @@ pub struct Meter {
 
 impl Meter {
     pub fn new(config: &Config, event_times: EventTimes) -> Self {
-        let extra_names: Vec<String> = config.fields.extra_tokens.keys().cloned().collect();
+        let extra_names: Vec<String> = config.fields.extra_names();
         Self {
             parser: Parser::new(&config.fields),
             store: Store::new(config),
@@ -297,61 +301,11 @@ impl Meter {
     ) {
         match self.parser.parse(line.text) {
             Parsed::Record(r) => {
-                let event = match self.event_times {
-                    EventTimes::Every => {
-                        let own = event_time_ns(line.time_ns, Some(&r));
-                        fallback.record_time(own);
-                        own.or_else(|| fallback.get())
-                    }
-                    EventTimes::Off | EventTimes::OnDemand => None,
-                };
-                sink.line(ctx.path, line.text, event);
-                if !sink.accept(&r, event) {
-                    if self.event_times == EventTimes::OnDemand {
-                        fallback.defer(line.time_ns, &r);
-                    }
-                    return;
+                self.request(ctx, &line, r, fallback, sink);
+                // A Kong line may report several LLM calls: each counts as a request.
+                while let Some(r) = self.parser.next_request(line.text) {
+                    self.request(ctx, &line, r, fallback, sink);
                 }
-                if r.invalid != 0 {
-                    if let Some(suppressed) = self.warn.allow("invalid_field") {
-                        let fields: Vec<&str> = self
-                            .invalid_names
-                            .iter()
-                            .enumerate()
-                            .filter(|(i, _)| r.invalid >> i & 1 == 1)
-                            .map(|(_, n)| n.as_str())
-                            .collect();
-                        tracing::warn!(
-                            "{}:{}: invalid token value in {}; the record counts without it{}",
-                            ctx.path.display(),
-                            ctx.line_no,
-                            fields.join(", "),
-                            suppressed_note(suppressed)
-                        );
-                    }
-                }
-                // Priced at its event time, worked out only if the price depends on it; in
-                // `run` (no fallback) a record without one is priced at the time of reading.
-                let series = match self.event_times {
-                    EventTimes::Every => self.store.add_at(&r, || event),
-                    EventTimes::Off => self
-                        .store
-                        .add_at(&r, || event_time_ns(line.time_ns, Some(&r))),
-                    EventTimes::OnDemand => {
-                        let mut asked = false;
-                        let series = self.store.add_at(&r, || {
-                            asked = true;
-                            let own = event_time_ns(line.time_ns, Some(&r));
-                            fallback.record_time(own);
-                            own.or_else(|| fallback.get())
-                        });
-                        if !asked {
-                            fallback.defer(line.time_ns, &r);
-                        }
-                        series
-                    }
-                };
-                sink.counted(&self.store, series, &r, event);
             }
             parsed => {
                 let event = match self.event_times {
@@ -374,6 +328,75 @@ impl Meter {
                 }
             }
         }
+    }
+
+    /// Counts one request of a record line (the line's first, or a further call of a Kong
+    /// line: shown to `sink.line` once, with the first).
+    fn request(
+        &mut self,
+        ctx: &LineCtx<'_>,
+        line: &LogicalLine<'_>,
+        r: Record<'_>,
+        fallback: &mut Fallback,
+        sink: &mut dyn LineSink,
+    ) {
+        let event = match self.event_times {
+            EventTimes::Every => {
+                let own = event_time_ns(line.time_ns, Some(&r));
+                fallback.record_time(own);
+                own.or_else(|| fallback.get())
+            }
+            EventTimes::Off | EventTimes::OnDemand => None,
+        };
+        if r.first_of_line {
+            sink.line(ctx.path, line.text, event);
+        }
+        if !sink.accept(&r, event) {
+            if self.event_times == EventTimes::OnDemand {
+                fallback.defer(line.time_ns, &r);
+            }
+            return;
+        }
+        if r.invalid != 0 {
+            if let Some(suppressed) = self.warn.allow("invalid_field") {
+                let fields: Vec<&str> = self
+                    .invalid_names
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| r.invalid >> i & 1 == 1)
+                    .map(|(_, n)| n.as_str())
+                    .collect();
+                tracing::warn!(
+                    "{}:{}: invalid token value in {}; the record counts without it{}",
+                    ctx.path.display(),
+                    ctx.line_no,
+                    fields.join(", "),
+                    suppressed_note(suppressed)
+                );
+            }
+        }
+        // Priced at its event time, worked out only if the price depends on it; in
+        // `run` (no fallback) a record without one is priced at the time of reading.
+        let series = match self.event_times {
+            EventTimes::Every => self.store.add_at(&r, || event),
+            EventTimes::Off => self
+                .store
+                .add_at(&r, || event_time_ns(line.time_ns, Some(&r))),
+            EventTimes::OnDemand => {
+                let mut asked = false;
+                let series = self.store.add_at(&r, || {
+                    asked = true;
+                    let own = event_time_ns(line.time_ns, Some(&r));
+                    fallback.record_time(own);
+                    own.or_else(|| fallback.get())
+                });
+                if !asked {
+                    fallback.defer(line.time_ns, &r);
+                }
+                series
+            }
+        };
+        sink.counted(&self.store, series, &r, event);
     }
 
     fn skip(&mut self, path: &Path, line_no: u64, reason: SkipReason) {

@@ -21,6 +21,7 @@ use crate::export::backfill::{Shape, StepStream, Window};
 use crate::export::loki::{stream_labels, Batch, EntryShaper, LokiClient, LokiStats, PushResult};
 use crate::export::openmetrics::{otlp_requests, write_openmetrics, Emitted};
 use crate::export::otlp::OtlpClient;
+use crate::parse::format::Format;
 use crate::parse::Record;
 use crate::pipeline::{physical_line_limit, EventTimes, FileCursor, LineSink, Meter};
 use crate::source::{expand_inputs, open_input, AtEof, Input, InputError, LineReader, PodLabels};
@@ -726,7 +727,10 @@ pub fn replay(
             );
         }
     };
-    if opts.jobs > 1 && files > 1 && event_times != EventTimes::Every {
+    // A stream (standard input, a FIFO) is read once, in order: a file counted on a thread
+    // may have to be read again.
+    let streams = inputs.iter().any(|i| !i.seekable);
+    if opts.jobs > 1 && files > 1 && event_times != EventTimes::Every && !streams {
         count_in_parallel(
             config,
             inputs,
@@ -1161,6 +1165,8 @@ struct JsonSummary<'a> {
     lines: u64,
     records: u64,
     skipped: BTreeMap<&'static str, u64>,
+    /// Records per format read (formats with none are left out).
+    formats: BTreeMap<&'static str, u64>,
     series: Vec<JsonSeries<'a>>,
     /// Only with --openmetrics/--push/--from/--to.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1207,6 +1213,9 @@ struct JsonSeries<'a> {
     input_tokens: u64,
     output_tokens: u64,
     total_tokens: u64,
+    /// `<type>_tokens` for each extra token type this series counted any of.
+    #[serde(flatten)]
+    extra: BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cost: Option<Money>,
 }
@@ -1233,6 +1242,11 @@ pub fn summary_json(r: &ReplayReport) -> String {
             .iter()
             .map(|r| (r.as_str(), s.stats.skipped[*r as usize]))
             .collect(),
+        formats: Format::ALL
+            .iter()
+            .map(|f| (f.name(), s.stats.records_by_format[*f as usize]))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
         series: s
             .series
             .iter()
@@ -1244,6 +1258,13 @@ pub fn summary_json(r: &ReplayReport) -> String {
                 input_tokens: x.input_tokens,
                 output_tokens: x.output_tokens,
                 total_tokens: x.total_tokens,
+                extra: s
+                    .extra_names
+                    .iter()
+                    .zip(&x.extra_tokens)
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(name, n)| (format!("{name}_tokens"), *n))
+                    .collect(),
                 cost: priced.then_some(Money(x.cost_units)),
             })
             .collect(),
@@ -1284,6 +1305,12 @@ pub fn summary_text(r: &ReplayReport) -> String {
     }
     let _ = writeln!(out, "lines      {:>14}", st.lines());
     let _ = writeln!(out, "records    {:>14}", st.records);
+    for format in Format::ALL {
+        let n = st.records_by_format[format as usize];
+        if n > 0 {
+            let _ = writeln!(out, "  {:<10}{:>13}", format.name(), n);
+        }
+    }
     let _ = writeln!(out, "skipped    {:>14}", st.lines() - st.records);
     for reason in SkipReason::ALL {
         let n = st.skipped[reason as usize];

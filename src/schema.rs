@@ -319,10 +319,12 @@ pub fn families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
             "{token}",
             &["model", "api_key_id", "service_id"],
             read(move |x, _, f| {
-                f(
-                    None,
-                    Value::Int(x.extra_tokens.get(i).copied().unwrap_or(0)),
-                );
+                // A series of an extra type appears with its first non-zero value: the types
+                // a gateway does not log cost nothing.
+                let n = x.extra_tokens.get(i).copied().unwrap_or(0);
+                if n > 0 {
+                    f(None, Value::Int(n));
+                }
             }),
         ));
     }
@@ -480,13 +482,18 @@ fn self_metrics() -> Vec<Family> {
     vec![
         agent_metric(
             "tokenmeter_lines",
-            "Logical lines read, by result.",
+            "Logical lines read, by result (records also by the format they were read with).",
             "{line}",
             Counter,
-            &["result"],
+            &["result", "format"],
             Box::new(|v, f| {
                 let st = &v.snap.stats;
-                f(vec![("result", "record")], Value::Int(st.records));
+                for format in crate::parse::format::Format::ALL {
+                    f(
+                        vec![("result", "record"), ("format", format.name())],
+                        Value::Int(st.records_by_format[format as usize]),
+                    );
+                }
                 for r in SkipReason::ALL {
                     f(vec![("result", r.as_str())], Value::Int(st.skipped[r as usize]));
                 }

@@ -103,8 +103,8 @@ impl EntryShaper {
                 .filter(|name| {
                     // A redacted field never leaves as metadata either: what decides is the
                     // field the value is read from, not the metadata's name.
-                    let source = metadata_source(&config.fields, name);
-                    !config.loki.redact.iter().any(|f| f == source)
+                    let sources = metadata_sources(&config.fields, name);
+                    !config.loki.redact.iter().any(|f| sources.contains(f))
                 })
                 .cloned()
                 .collect(),
@@ -168,15 +168,26 @@ impl EntryShaper {
     }
 }
 
-/// The access-log field a structured-metadata entry is read from: `[fields]` for `model`,
-/// `api_key_id` and `service_id`, else the top-level field of that name.
-fn metadata_source<'a>(fields: &'a crate::config::Fields, name: &'a str) -> &'a str {
-    match name {
-        "model" => &fields.model,
-        "api_key_id" => &fields.api_key_id,
-        "service_id" => &fields.service_id,
-        other => other,
+/// The access-log keys a structured-metadata entry may be read from: for `model`,
+/// `api_key_id` and `service_id` every format's keys of that field (as written in the config:
+/// a key, or a pointer and the top-level member it starts at), else the top-level field of
+/// that name.
+fn metadata_sources(fields: &crate::config::Fields, name: &str) -> Vec<String> {
+    use crate::parse::format::{Field, Mapping};
+    let field = match name {
+        "model" => Field::Model,
+        "api_key_id" => Field::ApiKey,
+        "service_id" => Field::Service,
+        other => return vec![other.to_string()],
+    };
+    let mut sources = Vec::new();
+    for m in Mapping::all(fields) {
+        for path in m.get(field) {
+            sources.push(path.to_string());
+            sources.extend(path.top().map(str::to_string));
+        }
     }
+    sources
 }
 
 fn top_level_string(scanner: &mut Scanner, text: &str, key: &str) -> Option<String> {
@@ -889,7 +900,7 @@ mod tests {
     #[test]
     fn metadata_read_from_a_redacted_field_is_never_sent() {
         let mut config = Config::default();
-        config.fields.api_key_id = "authorization".into();
+        config.fields.api_key_id = Some("authorization".into());
         config.loki.redact = vec!["authorization".into()];
         config.loki.structured_metadata = vec!["model".into(), "api_key_id".into()];
         let mut shaper = EntryShaper::new(&config);
@@ -905,7 +916,7 @@ mod tests {
         // Its source is what counts, not its name: a metadata entry named like a listed field
         // but read from another one is still sent.
         let mut config = Config::default();
-        config.fields.api_key_id = "x-api-key".into();
+        config.fields.api_key_id = Some("x-api-key".into());
         config.loki.redact = vec!["api_key_id".into()];
         config.loki.structured_metadata = vec!["api_key_id".into()];
         let shaped = EntryShaper::new(&config)
@@ -1000,7 +1011,7 @@ mod tests {
             config.loki.redact = fields();
             config.loki.max_line_bytes = max_line;
             if api_key_from_authorization {
-                config.fields.api_key_id = "authorization".into();
+                config.fields.api_key_id = Some("authorization".into());
             }
             config.loki.structured_metadata = ["model", "api_key_id", "service_id", "x-forwarded-for"]
                 .map(String::from)

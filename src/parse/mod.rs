@@ -1,19 +1,34 @@
-//! One logical line → a borrowed [`Record`] under the rules of SPEC §3.
+//! One logical line → borrowed [`Record`]s under the rules of SPEC §3, in whichever of the
+//! access-log formats of [`format`] the line is written.
 //!
-//! Owns: what counts as an LLM record, the token value rules, the total rule, label values,
-//! status class and the record's own time fields, with the key names from `[fields]`.
-//! Pure, no I/O; in the common case (no escapes in the wanted values) it allocates nothing:
-//! label values borrow from the line. Must not count anything: that is `aggregate`'s job.
+//! Owns: telling the formats apart line by line (`detect`), reading a line with its format's
+//! mapping (top-level keys, JSON Pointers into nested objects and into JSON held in strings,
+//! `key=value` pairs), what counts as an LLM record, the token value rules, the total rule,
+//! label values, status class and the record's own time fields. Pure, no I/O; in the common
+//! case (top-level keys, no escapes in the wanted values) it allocates nothing: label values
+//! borrow from the line. Must not count anything: that is `aggregate`'s job.
 //!
 //! Deliberate rules beyond SPEC §3:
-//! - Only top-level keys count; a nested `"model"` is not the model.
 //! - A key that appears twice: the last one wins (as in JavaScript's and Python's JSON).
+//! - Where a field has two keys, the first that holds a value wins: for a token field a value
+//!   other than null, `""` and `"-"` (an invalid first value does not fall back); for a label
+//!   a string other than `""` and `"-"`; for the others any value but null.
+//! - The skip reason depends on the line's shape only: a JSON object or a `key=value` line
+//!   that is not read as a record is `not_llm`, anything else `not_json`.
+//! - A pointer step into an array, or into a string that does not hold a JSON object, finds
+//!   nothing.
+
+pub mod format;
+mod keys;
+pub mod logfmt;
 
 use std::borrow::Cow;
 
 use crate::config::{Fields, MAX_EXTRA_TOKENS};
 use crate::json::{JsonStr, Kind, Raw, Scanner, Value};
 use crate::timefmt::parse_rfc3339_nanos;
+use format::{Field, FieldPath, Format, FormatChoice, Mapping, N_FIELDS};
+use keys::KeyTable;
 
 /// Largest valid token value: 2^53, the largest integer every JSON consumer holds exactly.
 pub const MAX_TOKENS: u64 = 1 << 53;
@@ -105,6 +120,13 @@ pub struct Record<'a> {
     pub duration_ms: Option<f64>,
     /// The start-time field as written; parsed only when the event time is needed.
     pub start_time: Option<JsonStr<'a>>,
+    /// The start time when it was worked out while reading (epoch milliseconds, or a time
+    /// decoded out of a string): it comes before `start_time`.
+    pub start_ns: Option<i64>,
+    /// The format the line was read with.
+    pub format: Format,
+    /// The first request of its line (a Kong line may hold several): lines are counted once.
+    pub first_of_line: bool,
     /// Bit per token field that held an invalid value (see `INPUT_BIT` …).
     pub invalid: u32,
     /// Bit per token field that held a valid value (same bits): which counts were measured.
@@ -116,7 +138,13 @@ pub struct Record<'a> {
 impl Record<'_> {
     /// Event time (SPEC §3): the envelope's timestamp, else start + duration, else start.
     pub fn event_time_ns(&self, envelope_ns: Option<i64>) -> Option<i64> {
-        envelope_ns.or_else(|| start_plus_duration(self.start_time.as_ref()?, self.duration_ms))
+        if envelope_ns.is_some() {
+            return envelope_ns;
+        }
+        if let Some(start) = self.start_ns {
+            return Some(plus_duration(start, self.duration_ms));
+        }
+        start_plus_duration(self.start_time.as_ref()?, self.duration_ms)
     }
 }
 
@@ -124,10 +152,14 @@ impl Record<'_> {
 /// `None` when `start_time` is not an RFC 3339 time.
 pub fn start_plus_duration(start_time: &JsonStr<'_>, duration_ms: Option<f64>) -> Option<i64> {
     let start = parse_rfc3339_nanos(&start_time.decode())?;
-    Some(match duration_ms {
+    Some(plus_duration(start, duration_ms))
+}
+
+fn plus_duration(start: i64, duration_ms: Option<f64>) -> i64 {
+    match duration_ms {
         Some(ms) => start.saturating_add((ms * 1e6) as i64),
         None => start,
-    })
+    }
 }
 
 /// What a logical line is. Not boxed: a record is the common case and must not allocate.
@@ -141,238 +173,764 @@ pub enum Parsed<'a> {
     NotJson,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Slot {
-    Model = 0,
-    Input,
-    Output,
-    Total,
-    ApiKey,
-    Service,
-    Status,
-    StartTime,
-    Duration,
-    Extra0,
+/// A field path compiled against the parser's tables.
+#[derive(Clone, Debug)]
+enum Compiled {
+    /// A top-level member: its index among the wanted top-level keys.
+    Top(usize),
+    /// A JSON Pointer: the top-level member it starts at, then the steps inside it.
+    Pointer(usize, Box<[String]>),
+    /// A pointer inside each Kong plugin's object.
+    InPlugin(Box<[String]>),
+    /// A `key=value` key: its index among the wanted logfmt keys.
+    Pair(usize),
 }
 
-const N_SLOTS: usize = Slot::Extra0 as usize + MAX_EXTRA_TOKENS;
-
-/// Wanted keys in a small open-addressed table indexed by a hash of the key's length and first
-/// 8 bytes. Most keys of a line are not wanted and stop at one empty bucket; a candidate is
-/// confirmed by comparing two integers (the first and last 8 bytes), and the whole key only
-/// when it is longer than 16 bytes.
-struct KeyTable {
-    /// Entry index + 1 per bucket; 0 is empty. Linear probing, never deleted from.
-    buckets: [u8; KEY_BUCKETS],
-    entries: Vec<KeyEntry>,
+/// A format's mapping, compiled.
+struct CompiledMapping {
+    fields: [Vec<Compiled>; N_FIELDS],
+    extra: Vec<Vec<Compiled>>,
+    start_time_epoch_ms: bool,
 }
 
-const KEY_BUCKETS: usize = 256;
-
-struct KeyEntry {
-    len: usize,
-    head: u64,
-    tail: u64,
-    full: Box<[u8]>,
-    slot: usize,
-}
-
-/// The first and last 8 bytes of `k` as integers (zero-padded when shorter).
-#[inline(always)]
-fn head_tail(k: &[u8]) -> (u64, u64) {
-    if let (Some(head), Some(tail)) = (k.first_chunk::<8>(), k.last_chunk::<8>()) {
-        (u64::from_le_bytes(*head), u64::from_le_bytes(*tail))
-    } else {
-        let mut pad = [0u8; 8];
-        pad[..k.len()].copy_from_slice(k);
-        let v = u64::from_le_bytes(pad);
-        (v, v)
+impl CompiledMapping {
+    fn get(&self, field: Field) -> &[Compiled] {
+        &self.fields[field as usize]
     }
 }
 
-#[inline(always)]
-fn bucket(len: usize, head: u64) -> usize {
-    (head
-        .wrapping_add(len as u64)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        >> 56) as usize
-}
-
-impl KeyTable {
-    fn new(keys: &[(String, usize)]) -> Self {
-        let mut table = KeyTable {
-            buckets: [0; KEY_BUCKETS],
-            entries: Vec::new(),
-        };
-        // At most 9 + MAX_EXTRA_TOKENS keys: the table never fills.
-        for (k, slot) in keys.iter().take(KEY_BUCKETS / 2) {
-            let (head, tail) = head_tail(k.as_bytes());
-            table.entries.push(KeyEntry {
-                len: k.len(),
-                head,
-                tail,
-                full: k.as_bytes().into(),
-                slot: *slot,
-            });
-            let mut h = bucket(k.len(), head);
-            while table.buckets[h] != 0 {
-                h = (h + 1) % KEY_BUCKETS;
-            }
-            table.buckets[h] = table.entries.len() as u8;
-        }
-        table
-    }
-
-    /// Calls `hit` with the slot of every wanted key equal to `key`.
-    #[inline(always)]
-    fn lookup(&self, key: &[u8], mut hit: impl FnMut(usize)) {
-        let (head, tail) = head_tail(key);
-        let mut h = bucket(key.len(), head);
-        loop {
-            let i = self.buckets[h] as usize;
-            let Some(e) = i.checked_sub(1).and_then(|i| self.entries.get(i)) else {
-                return;
-            };
-            if e.head == head
-                && e.tail == tail
-                && e.len == key.len()
-                && (key.len() <= 16 || *e.full == *key)
-            {
-                hit(e.slot);
-            }
-            h = (h + 1) % KEY_BUCKETS;
-        }
-    }
-}
-
-/// Reusable parser configured with the `[fields]` names.
-pub struct Parser {
-    scanner: Scanner,
-    /// Where each wanted key's value is in the current line (valid where `present` says so).
-    slots: [Raw; N_SLOTS],
-    keys: KeyTable,
+/// What the parser knows before any line: the formats' mappings and the keys they want.
+struct Tables {
+    choice: FormatChoice,
+    /// Indexed like [`Format::ALL`].
+    mappings: Vec<CompiledMapping>,
+    /// Top-level keys of every JSON format → index into `Work::tops`.
+    top_keys: KeyTable,
+    /// `ai` (Kong) and `ai_log` (Higress): what detection looks at.
+    ai: usize,
+    ai_log: usize,
+    /// `key=value` keys of the logfmt mapping → index into `Work::pairs`.
+    pair_keys: KeyTable,
     n_extra: usize,
+}
+
+/// Where a logfmt value is: a span of the line, or unescaped out of quotes.
+#[derive(Clone, Debug, Default)]
+enum PairValue {
+    #[default]
+    Absent,
+    Span(usize, usize),
+    Owned(String),
+}
+
+/// Per-line scratch, reused.
+struct Work {
+    scanner: Scanner,
+    /// Where each wanted top-level key's value is in the current line; valid where `stamps`
+    /// holds the current `line_gen` (so nothing is cleared between lines).
+    tops: Vec<Raw>,
+    stamps: Vec<u32>,
+    line_gen: u32,
+    pairs: Vec<PairValue>,
+    /// Spans of the Kong plugins (`ai.<plugin>` objects holding `usage`) of the current line,
+    /// and the next one to read.
+    plugins: Vec<Raw>,
+    next_plugin: usize,
+    members: Vec<Raw>,
+}
+
+/// A value found in a line, not yet interpreted.
+enum Val<'a> {
+    /// A JSON value in the line.
+    Line(Raw),
+    /// A JSON value of an object held in a string (Higress' `ai_log`), decoded.
+    Embedded(Owned),
+    /// A `key=value` value.
+    Text(Cow<'a, str>),
+}
+
+/// A JSON value decoded out of a string.
+enum Owned {
+    Str(String),
+    Number(String),
+    Null,
+    /// A boolean, object or array: never a count, label or time.
+    Other,
+}
+
+/// Detection flags, set while the top level is scanned.
+const SEEN_GEN_AI: u8 = 1;
+const SEEN_GENAI_V04: u8 = 2;
+
+/// Reusable parser for every format under the `[fields]` config.
+pub struct Parser {
+    tables: Tables,
+    work: Work,
 }
 
 impl Parser {
     pub fn new(fields: &Fields) -> Self {
-        let mut keys = vec![
-            (fields.model.clone(), Slot::Model as usize),
-            (fields.input_tokens.clone(), Slot::Input as usize),
-            (fields.output_tokens.clone(), Slot::Output as usize),
-            (fields.total_tokens.clone(), Slot::Total as usize),
-            (fields.api_key_id.clone(), Slot::ApiKey as usize),
-            (fields.service_id.clone(), Slot::Service as usize),
-            (fields.status.clone(), Slot::Status as usize),
-            (fields.start_time.clone(), Slot::StartTime as usize),
-            (fields.duration_ms.clone(), Slot::Duration as usize),
-        ];
-        let n_extra = fields.extra_tokens.len().min(MAX_EXTRA_TOKENS);
-        for (i, key) in fields.extra_tokens.values().take(n_extra).enumerate() {
-            keys.push((key.clone(), Slot::Extra0 as usize + i));
+        let choice = fields.format_choice();
+        let mappings = Mapping::all(fields);
+        let mut top_names: Vec<String> = Vec::new();
+        let mut pair_names: Vec<String> = Vec::new();
+        let index_of = |names: &mut Vec<String>, name: &str| -> usize {
+            match names.iter().position(|n| n == name) {
+                Some(i) => i,
+                None => {
+                    names.push(name.to_string());
+                    names.len() - 1
+                }
+            }
+        };
+        let mut compile = |m: &Mapping, path: &FieldPath| -> Option<Compiled> {
+            if !m.format.is_json() {
+                // A logfmt key; a pointer names the key after its `/` (no nesting in a line
+                // of pairs).
+                let key = match path {
+                    FieldPath::Key(k) => k.clone(),
+                    FieldPath::Pointer(steps) => steps.join("/"),
+                    FieldPath::InPlugin(_) => return None,
+                };
+                return Some(Compiled::Pair(index_of(&mut pair_names, &key)));
+            }
+            Some(match path {
+                FieldPath::Key(k) => Compiled::Top(index_of(&mut top_names, k)),
+                FieldPath::Pointer(steps) => {
+                    let (first, rest) = steps.split_first()?;
+                    let top = index_of(&mut top_names, first);
+                    if rest.is_empty() {
+                        Compiled::Top(top)
+                    } else {
+                        Compiled::Pointer(top, rest.into())
+                    }
+                }
+                FieldPath::InPlugin(steps) => Compiled::InPlugin(steps.clone().into()),
+            })
+        };
+        let mut compiled = Vec::new();
+        for m in &mappings {
+            let fields: [Vec<Compiled>; N_FIELDS] =
+                std::array::from_fn(|i| m.fields[i].iter().filter_map(|p| compile(m, p)).collect());
+            let extra = m
+                .extra
+                .iter()
+                .take(MAX_EXTRA_TOKENS)
+                .map(|paths| paths.iter().filter_map(|p| compile(m, p)).collect())
+                .collect();
+            compiled.push(CompiledMapping {
+                fields,
+                extra,
+                start_time_epoch_ms: m.start_time_epoch_ms,
+            });
         }
+        let ai = index_of(&mut top_names, "ai");
+        let ai_log = index_of(&mut top_names, "ai_log");
+        let table = |names: &[String]| {
+            KeyTable::new(
+                &names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n.clone(), i))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let n_tops = top_names.len();
         Parser {
-            scanner: Scanner::new(),
-            slots: [Raw {
-                kind: Kind::Null,
-                start: 0,
-                end: 0,
-            }; N_SLOTS],
-            keys: KeyTable::new(&keys),
-            n_extra,
+            tables: Tables {
+                choice,
+                mappings: compiled,
+                top_keys: table(&top_names),
+                ai,
+                ai_log,
+                pair_keys: table(&pair_names),
+                n_extra: fields.extra_names().len(),
+            },
+            work: Work {
+                scanner: Scanner::new(),
+                tops: vec![
+                    Raw {
+                        kind: Kind::Null,
+                        start: 0,
+                        end: 0,
+                    };
+                    n_tops
+                ],
+                stamps: vec![0; n_tops],
+                line_gen: 0,
+                pairs: vec![PairValue::Absent; pair_names.len()],
+                plugins: Vec::new(),
+                next_plugin: 0,
+                members: Vec::new(),
+            },
         }
     }
 
-    /// Parses one logical line.
+    /// Parses one logical line; a record is its first request. A Kong line may hold more:
+    /// [`Parser::next_request`] gives them.
     pub fn parse<'a>(&mut self, line: &'a str) -> Parsed<'a> {
-        let mut present = 0u32;
-        let keys = &self.keys;
-        let slots = &mut self.slots;
-        let scanned = self.scanner.scan(
+        let t = &self.tables;
+        let w = &mut self.work;
+        w.plugins.clear();
+        w.next_plugin = 0;
+        w.line_gen = w.line_gen.wrapping_add(1);
+        if w.line_gen == 0 {
+            // Stamps from 2^32 lines ago must not look current.
+            w.stamps.iter_mut().for_each(|s| *s = 0);
+            w.line_gen = 1;
+        }
+        let mut seen = 0u8;
+        let line_gen = w.line_gen;
+        let auto = t.choice == FormatChoice::Auto;
+        let (tops, stamps) = (&mut w.tops, &mut w.stamps);
+        let scanned = w.scanner.scan(
             line.as_bytes(),
             #[inline(always)]
             |key, raw| {
-                let mut put = |slot: usize| {
-                    slots[slot] = raw;
-                    present |= 1 << slot;
+                let mut put = |i: usize| {
+                    tops[i] = raw;
+                    stamps[i] = line_gen;
                 };
-                if key.escaped {
-                    let decoded = JsonStr {
+                let decoded;
+                let name: &[u8] = if key.escaped {
+                    decoded = JsonStr {
                         raw: line.get(key.start..key.end).unwrap_or(""),
                         escaped: true,
                     }
                     .decode();
-                    keys.lookup(decoded.as_bytes(), &mut put);
+                    decoded.as_bytes()
                 } else {
-                    keys.lookup(key.raw, &mut put);
+                    key.raw
+                };
+                t.top_keys.lookup(name, &mut put);
+                if auto && name.first() == Some(&b'g') {
+                    seen |= detect_key(name);
                 }
             },
         );
         if scanned.is_err() {
-            return Parsed::NotJson;
+            return self.parse_text(line);
         }
-        self.interpret(line, present)
-    }
-
-    fn interpret<'a>(&self, line: &'a str, present: u32) -> Parsed<'a> {
-        let slots = &self.slots;
-        let get = |s: Slot| (present >> s as usize & 1 == 1).then(|| slots[s as usize].value(line));
-        let raw = |s: usize| (present >> s & 1 == 1).then(|| slots[s]);
-        let model = raw_label(line, raw(Slot::Model as usize));
-        let input = raw_tokens(line, raw(Slot::Input as usize));
-        let output = raw_tokens(line, raw(Slot::Output as usize));
-        let total = raw_tokens(line, raw(Slot::Total as usize));
-        let mut extra = [0u64; MAX_EXTRA_TOKENS];
-        let mut invalid = 0u32;
-        let mut valid = 0u32;
-        for (bit, t) in [(INPUT_BIT, input), (OUTPUT_BIT, output), (TOTAL_BIT, total)] {
-            match t {
-                Tokens::Valid(_) => valid |= 1 << bit,
-                Tokens::Invalid => invalid |= 1 << bit,
-                Tokens::NotMeasured => {}
-            }
-        }
-        if model.is_none() && valid == 0 {
+        if t.choice == FormatChoice::Pinned(Format::Logfmt) {
             return Parsed::NotLlm;
         }
-        for (i, out) in extra.iter_mut().enumerate().take(self.n_extra) {
-            let slot = Slot::Extra0 as usize + i;
-            match raw_tokens(line, raw(slot)) {
-                Tokens::Valid(v) => {
-                    *out = v;
-                    valid |= 1 << (EXTRA_BIT0 + i as u32);
-                }
-                Tokens::Invalid => invalid |= 1 << (EXTRA_BIT0 + i as u32),
-                Tokens::NotMeasured => {}
+        let format = match t.choice {
+            FormatChoice::Pinned(f) => f,
+            FormatChoice::Auto => detect(t, w, line, seen),
+        };
+        if format == Format::Kong {
+            if t.choice != FormatChoice::Auto {
+                find_plugins(t, w, line);
+            }
+            return match next_plugin_record(t, w, line, true) {
+                Some(r) => Parsed::Record(r),
+                None => Parsed::NotLlm,
+            };
+        }
+        match read_record(t, w, line, format, None, true) {
+            Some(r) => Parsed::Record(r),
+            None => Parsed::NotLlm,
+        }
+    }
+
+    /// The next request of the line last given to [`Parser::parse`] (the same `line`): more
+    /// than one only for a Kong line with several plugins reporting usage.
+    pub fn next_request<'a>(&mut self, line: &'a str) -> Option<Record<'a>> {
+        next_plugin_record(&self.tables, &mut self.work, line, false)
+    }
+
+    /// A line that is not a JSON object: a logfmt record, or skipped by its shape.
+    fn parse_text<'a>(&mut self, line: &'a str) -> Parsed<'a> {
+        let t = &self.tables;
+        let w = &mut self.work;
+        let has_pairs = logfmt::pairs(line).next().is_some();
+        let read_as_logfmt = match t.choice {
+            FormatChoice::Auto => has_pairs && logfmt::has_llm_key(line),
+            FormatChoice::Pinned(f) => has_pairs && f == Format::Logfmt,
+        };
+        if read_as_logfmt {
+            w.pairs.iter_mut().for_each(|p| *p = PairValue::Absent);
+            let base = line.as_ptr() as usize;
+            for (key, value) in logfmt::pairs(line) {
+                let pairs = &mut w.pairs;
+                t.pair_keys.lookup(key.as_bytes(), |i| {
+                    pairs[i] = match &value {
+                        Cow::Borrowed(v) => {
+                            let start = v.as_ptr() as usize - base;
+                            PairValue::Span(start, start + v.len())
+                        }
+                        Cow::Owned(v) => PairValue::Owned(v.clone()),
+                    }
+                });
+            }
+            if let Some(r) = read_record(t, w, line, Format::Logfmt, None, true) {
+                return Parsed::Record(r);
+            }
+            return Parsed::NotLlm;
+        }
+        if has_pairs {
+            Parsed::NotLlm
+        } else {
+            Parsed::NotJson
+        }
+    }
+}
+
+/// The detection flags a top-level key sets (SPEC §3: gen_ai is "any key starting
+/// `gen_ai.usage.` or `gen_ai.request.model`", genai_v04 "a key starting `genai_tokens_` or
+/// `genai_model_name`").
+#[inline]
+fn detect_key(name: &[u8]) -> u8 {
+    if name.starts_with(b"gen_ai.usage.") || name.starts_with(b"gen_ai.request.model") {
+        SEEN_GEN_AI
+    } else if name.starts_with(b"genai_tokens_") || name.starts_with(b"genai_model_name") {
+        SEEN_GENAI_V04
+    } else {
+        0
+    }
+}
+
+/// The format of a JSON line, tried in SPEC order: gen_ai, genai_v04, kong, higress, then
+/// tokenmeter for any other object. Kong's plugins are found on the way.
+fn detect(t: &Tables, w: &mut Work, line: &str, seen: u8) -> Format {
+    if seen & SEEN_GEN_AI != 0 {
+        return Format::GenAi;
+    }
+    if seen & SEEN_GENAI_V04 != 0 {
+        return Format::GenaiV04;
+    }
+    if w.stamps[t.ai] == w.line_gen && w.tops[t.ai].kind == Kind::Object {
+        find_plugins(t, w, line);
+        if !w.plugins.is_empty() {
+            return Format::Kong;
+        }
+    }
+    if w.stamps[t.ai_log] == w.line_gen {
+        if let Kind::Str { .. } = w.tops[t.ai_log].kind {
+            let text = JsonStr {
+                raw: line
+                    .get(w.tops[t.ai_log].start..w.tops[t.ai_log].end)
+                    .unwrap_or(""),
+                escaped: matches!(w.tops[t.ai_log].kind, Kind::Str { escaped: true }),
+            }
+            .decode();
+            if w.scanner.scan(text.as_bytes(), |_, _| {}).is_ok() {
+                return Format::Higress;
             }
         }
-        let (i, o) = (input.valid(), output.valid());
-        let total_tokens = match total.valid() {
-            Some(t) => t,
-            None => i.unwrap_or(0) + o.unwrap_or(0),
-        };
-        let total_mismatch =
-            matches!((i, o, total.valid()), (Some(i), Some(o), Some(t)) if i + o != t);
-        Parsed::Record(Record {
-            model: model.unwrap_or(Cow::Borrowed(UNKNOWN)),
-            api_key_id: raw_label(line, raw(Slot::ApiKey as usize))
-                .unwrap_or(Cow::Borrowed(UNKNOWN)),
-            service_id: raw_label(line, raw(Slot::Service as usize))
-                .unwrap_or(Cow::Borrowed(UNKNOWN)),
-            input_tokens: i.unwrap_or(0),
-            output_tokens: o.unwrap_or(0),
-            total_tokens,
-            extra_tokens: extra,
-            status_class: status_class(get(Slot::Status)),
-            duration_ms: duration_ms(get(Slot::Duration)),
-            start_time: match get(Slot::StartTime) {
-                Some(Value::Str(s)) => Some(s),
-                _ => None,
-            },
-            invalid,
-            valid,
-            total_mismatch,
+    }
+    Format::Tokenmeter
+}
+
+/// Kong's plugins: the members of the top-level `ai` object that are objects holding a
+/// `usage` object.
+fn find_plugins(t: &Tables, w: &mut Work, line: &str) {
+    w.plugins.clear();
+    if w.stamps[t.ai] != w.line_gen || w.tops[t.ai].kind != Kind::Object {
+        return;
+    }
+    let ai = w.tops[t.ai];
+    w.members.clear();
+    let members = &mut w.members;
+    let _ = w.scanner.scan(
+        line.as_bytes().get(ai.start..ai.end).unwrap_or_default(),
+        |_, raw| {
+            if raw.kind == Kind::Object {
+                members.push(shift(raw, ai.start));
+            }
+        },
+    );
+    for i in 0..w.members.len() {
+        let plugin = w.members[i];
+        if let Some(usage) = member(&mut w.scanner, line, plugin, "usage") {
+            if usage.kind == Kind::Object {
+                w.plugins.push(plugin);
+            }
+        }
+    }
+}
+
+/// The next Kong plugin of the line that makes a request (a model or a valid count).
+fn next_plugin_record<'a>(
+    t: &Tables,
+    w: &mut Work,
+    line: &'a str,
+    first: bool,
+) -> Option<Record<'a>> {
+    while w.next_plugin < w.plugins.len() {
+        let plugin = w.plugins[w.next_plugin];
+        w.next_plugin += 1;
+        if let Some(r) = read_record(t, w, line, Format::Kong, Some(plugin), first) {
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// A value's span moved by `by` bytes (from a sub-slice to the line).
+fn shift(raw: Raw, by: usize) -> Raw {
+    Raw {
+        kind: raw.kind,
+        start: raw.start + by,
+        end: raw.end + by,
+    }
+}
+
+/// The member `name` of the object at `obj` in `text` (the last, if it appears twice).
+fn member(scanner: &mut Scanner, text: &str, obj: Raw, name: &str) -> Option<Raw> {
+    let bytes = text.as_bytes().get(obj.start..obj.end)?;
+    let mut found = None;
+    scanner
+        .scan(bytes, |key, raw| {
+            let same = if key.escaped {
+                JsonStr {
+                    raw: std::str::from_utf8(key.raw).unwrap_or(""),
+                    escaped: true,
+                }
+                .decode()
+                    == name
+            } else {
+                key.raw == name.as_bytes()
+            };
+            if same {
+                found = Some(shift(raw, obj.start));
+            }
         })
+        .ok()?;
+    found
+}
+
+/// Follows pointer `steps` from the value at `at` in the line: into objects, and into a string
+/// that holds a JSON object (then on in its decoded text).
+fn follow<'a>(scanner: &mut Scanner, line: &'a str, at: Raw, steps: &[String]) -> Option<Val<'a>> {
+    let mut cur = at;
+    let mut embedded: Option<String> = None;
+    for step in steps {
+        let text: &str = embedded.as_deref().unwrap_or(line);
+        match cur.kind {
+            Kind::Object => cur = member(scanner, text, cur, step)?,
+            Kind::Str { escaped } => {
+                let inner = JsonStr {
+                    raw: text.get(cur.start..cur.end)?,
+                    escaped,
+                }
+                .decode()
+                .into_owned();
+                let whole = Raw {
+                    kind: Kind::Object,
+                    start: 0,
+                    end: inner.len(),
+                };
+                cur = member(scanner, &inner, whole, step)?;
+                embedded = Some(inner);
+            }
+            _ => return None,
+        }
+    }
+    Some(match embedded {
+        None => Val::Line(cur),
+        Some(text) => Val::Embedded(owned(&text, cur)),
+    })
+}
+
+fn owned(text: &str, raw: Raw) -> Owned {
+    match raw.value(text) {
+        Value::Str(s) => Owned::Str(s.decode().into_owned()),
+        Value::Number(n) => Owned::Number(n.to_string()),
+        Value::Null => Owned::Null,
+        Value::Bool(_) | Value::Object | Value::Array => Owned::Other,
+    }
+}
+
+/// What a field's first key must hold for the key to win over the next one.
+#[derive(Clone, Copy, PartialEq)]
+enum Holds {
+    /// A measured count: anything but null, `""` and `"-"`.
+    Count,
+    /// A label: a string other than `""` and `"-"`.
+    Label,
+    /// Anything but null.
+    Any,
+}
+
+fn holds(v: &Val<'_>, line: &str, need: Holds) -> bool {
+    let text_ok = |s: &str| !s.is_empty() && s != "-";
+    match (v, need) {
+        (Val::Line(r), Holds::Any) => r.kind != Kind::Null,
+        (Val::Line(r), Holds::Count) => match r.kind {
+            Kind::Null => false,
+            Kind::Str { .. } => text_ok(line.get(r.start..r.end).unwrap_or("")),
+            _ => true,
+        },
+        (Val::Line(r), Holds::Label) => match r.value(line) {
+            Value::Str(s) => text_ok(&s.decode()),
+            _ => false,
+        },
+        (Val::Embedded(o), Holds::Any) => !matches!(o, Owned::Null),
+        (Val::Embedded(o), Holds::Count) => match o {
+            Owned::Null => false,
+            Owned::Str(s) => text_ok(s),
+            _ => true,
+        },
+        (Val::Embedded(o), Holds::Label) => matches!(o, Owned::Str(s) if text_ok(s)),
+        (Val::Text(s), Holds::Any) => !s.is_empty(),
+        (Val::Text(s), _) => text_ok(s),
+    }
+}
+
+/// A field's value: the first of its paths that holds one (see [`Holds`]), else the last
+/// path's value, which says whether the field is missing, null or invalid.
+fn field_value<'a>(
+    w: &mut Work,
+    line: &'a str,
+    paths: &[Compiled],
+    plugin: Option<Raw>,
+    need: Holds,
+) -> Option<Val<'a>> {
+    let mut last = None;
+    for (i, path) in paths.iter().enumerate() {
+        let v = match path {
+            Compiled::Top(k) => (w.stamps[*k] == w.line_gen).then(|| Val::Line(w.tops[*k])),
+            Compiled::Pointer(k, steps) => {
+                if w.stamps[*k] == w.line_gen {
+                    follow(&mut w.scanner, line, w.tops[*k], steps)
+                } else {
+                    None
+                }
+            }
+            Compiled::InPlugin(steps) => {
+                plugin.and_then(|p| follow(&mut w.scanner, line, p, steps))
+            }
+            Compiled::Pair(k) => match &w.pairs[*k] {
+                PairValue::Absent => None,
+                PairValue::Span(a, b) => line.get(*a..*b).map(|s| Val::Text(Cow::Borrowed(s))),
+                PairValue::Owned(s) => Some(Val::Text(Cow::Owned(s.clone()))),
+            },
+        };
+        match v {
+            Some(v) if i + 1 == paths.len() || holds(&v, line, need) => return Some(v),
+            Some(v) => last = Some(v),
+            None => {}
+        }
+    }
+    last
+}
+
+fn val_tokens(line: &str, v: Option<Val<'_>>) -> Tokens {
+    match v {
+        None => Tokens::NotMeasured,
+        Some(Val::Line(raw)) => raw_tokens(line, Some(raw)),
+        Some(Val::Embedded(Owned::Str(s))) | Some(Val::Text(Cow::Owned(s))) => str_tokens(&s),
+        Some(Val::Text(Cow::Borrowed(s))) => str_tokens(s),
+        Some(Val::Embedded(Owned::Number(n))) => number_tokens(&n),
+        Some(Val::Embedded(Owned::Null)) => Tokens::NotMeasured,
+        Some(Val::Embedded(Owned::Other)) => Tokens::Invalid,
+    }
+}
+
+fn val_label<'a>(line: &'a str, v: Option<Val<'a>>) -> Option<Cow<'a, str>> {
+    match v? {
+        Val::Line(raw) => raw_label(line, Some(raw)),
+        Val::Embedded(Owned::Str(s)) => text_label(Cow::Owned(s)),
+        Val::Text(s) => text_label(s),
+        Val::Embedded(_) => None,
+    }
+}
+
+fn text_label(s: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    if s.is_empty() || s == "-" {
+        return None;
+    }
+    Some(cut_label(s))
+}
+
+fn val_status(line: &str, v: Option<Val<'_>>) -> StatusClass {
+    match v {
+        Some(Val::Line(raw)) => status_class(Some(raw.value(line))),
+        Some(Val::Embedded(Owned::Number(n))) => status_class(Some(Value::Number(&n))),
+        Some(Val::Embedded(Owned::Str(s))) | Some(Val::Text(Cow::Owned(s))) => {
+            status_class(Some(Value::Str(JsonStr {
+                raw: &s,
+                escaped: false,
+            })))
+        }
+        Some(Val::Text(Cow::Borrowed(s))) => status_class(Some(Value::Str(JsonStr {
+            raw: s,
+            escaped: false,
+        }))),
+        _ => StatusClass::Other,
+    }
+}
+
+fn val_duration(line: &str, v: Option<Val<'_>>) -> Option<f64> {
+    match v? {
+        Val::Line(raw) => duration_ms(Some(raw.value(line))),
+        Val::Embedded(Owned::Number(n)) => duration_ms(Some(Value::Number(&n))),
+        Val::Embedded(Owned::Str(s)) => duration_ms(Some(Value::Str(JsonStr {
+            raw: &s,
+            escaped: false,
+        }))),
+        Val::Text(s) => logfmt::duration_ms(&s),
+        Val::Embedded(_) => None,
+    }
+}
+
+/// The start time: kept as written when it is RFC 3339 text in the line (parsed only if the
+/// event time is needed), else worked out now.
+fn val_start<'a>(
+    line: &'a str,
+    v: Option<Val<'a>>,
+    epoch_ms: bool,
+) -> (Option<JsonStr<'a>>, Option<i64>) {
+    match v {
+        Some(Val::Line(raw)) => match raw.value(line) {
+            Value::Str(s) if !epoch_ms => (Some(s), None),
+            Value::Number(n) if epoch_ms => (None, epoch_ms_ns(n)),
+            _ => (None, None),
+        },
+        Some(Val::Embedded(Owned::Str(s))) if !epoch_ms => (None, parse_rfc3339_nanos(&s)),
+        Some(Val::Embedded(Owned::Number(n))) if epoch_ms => (None, epoch_ms_ns(&n)),
+        Some(Val::Text(Cow::Borrowed(s))) => (
+            Some(JsonStr {
+                raw: s,
+                escaped: false,
+            }),
+            None,
+        ),
+        Some(Val::Text(Cow::Owned(s))) => (None, parse_rfc3339_nanos(&s)),
+        _ => (None, None),
+    }
+}
+
+/// Epoch milliseconds (a JSON number) as nanoseconds; `None` when negative or out of range.
+fn epoch_ms_ns(n: &str) -> Option<i64> {
+    // Integer milliseconds (what Kong writes) exactly; anything else through a float.
+    if let Some(ms) = digits(n) {
+        return i64::try_from(ms).ok()?.checked_mul(1_000_000);
+    }
+    let ms: f64 = n.parse().ok()?;
+    (0.0..9.2e12).contains(&ms).then_some((ms * 1e6) as i64)
+}
+
+/// Reads one request of `line` with `format`'s mapping (for Kong, of one plugin); `None` when
+/// it is not an LLM request (no model and no valid count).
+fn read_record<'a>(
+    t: &Tables,
+    w: &mut Work,
+    line: &'a str,
+    format: Format,
+    plugin: Option<Raw>,
+    first_of_line: bool,
+) -> Option<Record<'a>> {
+    let m = &t.mappings[format as usize];
+    let model = val_label(
+        line,
+        field_value(w, line, m.get(Field::Model), plugin, Holds::Label),
+    );
+    let input = val_tokens(
+        line,
+        field_value(w, line, m.get(Field::Input), plugin, Holds::Count),
+    );
+    let output = val_tokens(
+        line,
+        field_value(w, line, m.get(Field::Output), plugin, Holds::Count),
+    );
+    let total = val_tokens(
+        line,
+        field_value(w, line, m.get(Field::Total), plugin, Holds::Count),
+    );
+    let mut invalid = 0u32;
+    let mut valid = 0u32;
+    for (bit, tok) in [(INPUT_BIT, input), (OUTPUT_BIT, output), (TOTAL_BIT, total)] {
+        match tok {
+            Tokens::Valid(_) => valid |= 1 << bit,
+            Tokens::Invalid => invalid |= 1 << bit,
+            Tokens::NotMeasured => {}
+        }
+    }
+    if model.is_none() && valid == 0 {
+        return None;
+    }
+    let mut extra = [0u64; MAX_EXTRA_TOKENS];
+    for (i, paths) in m.extra.iter().enumerate().take(t.n_extra) {
+        let bit = EXTRA_BIT0 + i as u32;
+        match val_tokens(line, field_value(w, line, paths, plugin, Holds::Count)) {
+            Tokens::Valid(v) => {
+                extra[i] = v;
+                valid |= 1 << bit;
+            }
+            Tokens::Invalid => invalid |= 1 << bit,
+            Tokens::NotMeasured => {}
+        }
+    }
+    let (i, o) = (input.valid(), output.valid());
+    let total_tokens = match total.valid() {
+        Some(t) => t,
+        None => i.unwrap_or(0) + o.unwrap_or(0),
+    };
+    let total_mismatch = matches!((i, o, total.valid()), (Some(i), Some(o), Some(t)) if i + o != t);
+    let api_key_id = val_label(
+        line,
+        field_value(w, line, m.get(Field::ApiKey), plugin, Holds::Label),
+    );
+    let service_id = val_label(
+        line,
+        field_value(w, line, m.get(Field::Service), plugin, Holds::Label),
+    );
+    let status = val_status(
+        line,
+        field_value(w, line, m.get(Field::Status), plugin, Holds::Any),
+    );
+    let duration = val_duration(
+        line,
+        field_value(w, line, m.get(Field::Duration), plugin, Holds::Any),
+    );
+    let (start_time, start_ns) = if format == Format::Logfmt && m.get(Field::StartTime).is_empty() {
+        // agentgateway's line starts with its time.
+        let first = logfmt::first_word(line);
+        let is_time = parse_rfc3339_nanos(first).is_some();
+        (
+            is_time.then_some(JsonStr {
+                raw: first,
+                escaped: false,
+            }),
+            None,
+        )
+    } else {
+        val_start(
+            line,
+            field_value(w, line, m.get(Field::StartTime), plugin, Holds::Any),
+            m.start_time_epoch_ms,
+        )
+    };
+    Some(Record {
+        model: model.unwrap_or(Cow::Borrowed(UNKNOWN)),
+        api_key_id: api_key_id.unwrap_or(Cow::Borrowed(UNKNOWN)),
+        service_id: service_id.unwrap_or(Cow::Borrowed(UNKNOWN)),
+        input_tokens: i.unwrap_or(0),
+        output_tokens: o.unwrap_or(0),
+        total_tokens,
+        extra_tokens: extra,
+        status_class: status,
+        duration_ms: duration,
+        start_time,
+        start_ns,
+        format,
+        first_of_line,
+        invalid,
+        valid,
+        total_mismatch,
+    })
+}
+
+/// The token rules for a string value (digits, or not measured when `""`/`"-"`).
+fn str_tokens(s: &str) -> Tokens {
+    if s.is_empty() || s == "-" {
+        Tokens::NotMeasured
+    } else if s.bytes().all(|c| c.is_ascii_digit()) {
+        digits(s).map_or(Tokens::Invalid, Tokens::Valid)
+    } else {
+        Tokens::Invalid
     }
 }
 
@@ -522,14 +1080,19 @@ fn status_class(v: Option<Value<'_>>) -> StatusClass {
     code.map_or(StatusClass::Other, StatusClass::from_code)
 }
 
+/// A duration: milliseconds as a number or digit string, or a string in Go's duration form
+/// (`"2488ms"`, as agentgateway's JSON log writes it).
 fn duration_ms(v: Option<Value<'_>>) -> Option<f64> {
-    let text = match v {
-        Some(Value::Number(n)) => n,
-        Some(Value::Str(s)) if !s.escaped => s.raw,
+    let (text, is_str) = match v {
+        Some(Value::Number(n)) => (n, false),
+        Some(Value::Str(s)) if !s.escaped => (s.raw, true),
         _ => return None,
     };
     if let Some(ms) = digits(text) {
         return Some(ms as f64); // the usual integer milliseconds, without a float parse
+    }
+    if is_str {
+        return logfmt::duration_ms(text);
     }
     match text.parse::<f64>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Some(x),
@@ -738,10 +1301,21 @@ mod tests {
 
     #[test]
     fn extra_tokens() {
+        // Types in name order: cache_creation_input, cached_input, reasoning.
         let r = rec(r#"{"model":"m","llm_cached_input_token":4511,"llm_reasoning_token":"x"}"#);
-        assert_eq!(r.extra_tokens[0], 4511);
-        assert_eq!(r.extra_tokens[1], 0);
-        assert_eq!(r.invalid, 1 << (EXTRA_BIT0 + 1));
+        assert_eq!(r.extra_tokens[..3], [0, 4511, 0]);
+        assert_eq!(r.invalid, 1 << (EXTRA_BIT0 + 2));
+        // Without [fields.extra_tokens], each format's own keys (configured ones, as in
+        // `parser()`, would be read in every format).
+        let line = r#"{"gen_ai.request.model":"m","gen_ai.usage.cache_read.input_tokens":7,"gen_ai.usage.reasoning_tokens":null,"gen_ai.usage.reasoning.output_tokens":"9"}"#;
+        let Parsed::Record(r) = Parser::new(&Fields::default()).parse(line) else {
+            panic!("record")
+        };
+        assert_eq!(
+            r.extra_tokens[..3],
+            [0, 7, 9],
+            "reasoning falls back to its second key"
+        );
     }
 
     #[test]
@@ -753,5 +1327,271 @@ mod tests {
         );
         let r = rec(r#"{"model":"m","start_time":"bogus","duration":5}"#);
         assert_eq!(r.event_time_ns(None), None);
+    }
+
+    // --- formats: each expectation below is read off the line by hand.
+
+    /// Every request of `line` under `fields`: (format, model, key, service, in, out, total,
+    /// first of its line).
+    type Row = (Format, String, String, String, u64, u64, u64, bool);
+
+    fn requests_with(fields: &Fields, line: &str) -> Result<Vec<Row>, &'static str> {
+        let mut p = Parser::new(fields);
+        let row = |r: Record<'_>| -> Row {
+            (
+                r.format,
+                r.model.into_owned(),
+                r.api_key_id.into_owned(),
+                r.service_id.into_owned(),
+                r.input_tokens,
+                r.output_tokens,
+                r.total_tokens,
+                r.first_of_line,
+            )
+        };
+        let first = match p.parse(line) {
+            Parsed::Record(r) => row(r),
+            Parsed::NotLlm => return Err("not_llm"),
+            Parsed::NotJson => return Err("not_json"),
+        };
+        let mut all = vec![first];
+        while let Some(r) = p.next_request(line) {
+            all.push(row(r));
+        }
+        Ok(all)
+    }
+
+    fn requests(line: &str) -> Result<Vec<Row>, &'static str> {
+        requests_with(&Fields::default(), line)
+    }
+
+    fn one(f: Format, m: &str, k: &str, s: &str, i: u64, o: u64, t: u64) -> Row {
+        (f, m.into(), k.into(), s.into(), i, o, t, true)
+    }
+
+    #[test]
+    fn gen_ai_keys_are_read_as_gen_ai_even_beside_the_seed_keys() {
+        let line = r#"{"start_time":"2025-08-30T16:51:37.894Z","response_code":200,"duration":1526,"gen_ai.request.model":"gpt-4o-mini","gen_ai.provider.name":"openai","gen_ai.usage.input_tokens":15,"gen_ai.usage.output_tokens":7,"gen_ai.usage.total_tokens":22,"model":"seed","llm_input_token":999}"#;
+        assert_eq!(
+            requests(line),
+            Ok(vec![one(
+                Format::GenAi,
+                "gpt-4o-mini",
+                "unknown",
+                "openai",
+                15,
+                7,
+                22
+            )])
+        );
+        // The response model when the request model holds no value; a usage key alone makes
+        // the line gen_ai.
+        let line = r#"{"gen_ai.request.model":"-","gen_ai.response.model":"gpt-4o-2024-08-06","gen_ai.usage.input_tokens":"3","http.status":429}"#;
+        assert_eq!(
+            requests(line),
+            Ok(vec![one(
+                Format::GenAi,
+                "gpt-4o-2024-08-06",
+                "unknown",
+                "unknown",
+                3,
+                0,
+                3
+            )])
+        );
+        let mut p = parser();
+        let Parsed::Record(r) = p.parse(line) else {
+            panic!("record")
+        };
+        assert_eq!(
+            r.status_class,
+            StatusClass::C4xx,
+            "http.status when no response_code"
+        );
+    }
+
+    #[test]
+    fn genai_v04_keys() {
+        let line = r#"{"genai_model_name":"llama-3","genai_backend_name":"vllm","genai_tokens_input":"10","genai_tokens_output":5,"genai_tokens_total":15,"api_key_id":"k1"}"#;
+        assert_eq!(
+            requests(line),
+            Ok(vec![one(
+                Format::GenaiV04,
+                "llama-3",
+                "k1",
+                "vllm",
+                10,
+                5,
+                15
+            )])
+        );
+    }
+
+    #[test]
+    fn a_kong_line_is_one_request_per_plugin_that_reports_usage() {
+        let line = r#"{"started_at":1756572697894,"response":{"status":200},"consumer":{"id":"c-1","username":"alice"},"service":{"name":"openai-svc"},"latencies":{"request":812},"ai":{"ai-request-transformer":{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7},"meta":{"request_model":"gpt-4"}},"cache":{"meta":{"request_model":"x"}},"empty":{"usage":{"prompt_tokens":null}},"proxy":{"usage":{"prompt_token":28,"completion_token":14},"meta":{"request_model":"","response_model":"gpt-4-0613"}}}}"#;
+        let mut second = one(
+            Format::Kong,
+            "gpt-4-0613",
+            "alice",
+            "openai-svc",
+            28,
+            14,
+            42,
+        );
+        second.7 = false;
+        assert_eq!(
+            requests(line),
+            Ok(vec![
+                one(Format::Kong, "gpt-4", "alice", "openai-svc", 3, 4, 7),
+                second
+            ])
+        );
+        let mut p = parser();
+        let Parsed::Record(r) = p.parse(line) else {
+            panic!("record")
+        };
+        assert_eq!(
+            r.event_time_ns(None),
+            Some((1_756_572_697_894 + 812) * 1_000_000),
+            "started_at (epoch ms) + latencies.request"
+        );
+        // The consumer's id when it has no username; no plugin with usage: not Kong.
+        let line = r#"{"consumer":{"id":"c-1"},"ai":{"proxy":{"usage":{"total_tokens":5}}}}"#;
+        assert_eq!(
+            requests(line),
+            Ok(vec![one(
+                Format::Kong,
+                "unknown",
+                "c-1",
+                "unknown",
+                0,
+                0,
+                5
+            )])
+        );
+        assert_eq!(
+            requests(r#"{"ai":{"proxy":{"meta":{"request_model":"m"}}}}"#),
+            Err("not_llm")
+        );
+    }
+
+    #[test]
+    fn higress_reads_the_object_inside_ai_log() {
+        let line = r#"{"start_time":"2025-08-30T16:51:37.894Z","response_code":200,"ai_log":"{\"model\":\"qwen-max\",\"input_token\":\"12\",\"output_token\":30,\"consumer\":\"bob\",\"llm_service_duration\":900}"}"#;
+        assert_eq!(
+            requests(line),
+            Ok(vec![one(
+                Format::Higress,
+                "qwen-max",
+                "bob",
+                "unknown",
+                12,
+                30,
+                42
+            )])
+        );
+        let mut p = parser();
+        let Parsed::Record(r) = p.parse(line) else {
+            panic!("record")
+        };
+        assert_eq!(
+            r.event_time_ns(None),
+            parse_rfc3339_nanos("2025-08-30T16:51:38.794Z")
+        );
+        // ai_log that does not hold an object: the line is read with the seed's keys.
+        assert_eq!(requests(r#"{"ai_log":"plain text"}"#), Err("not_llm"));
+    }
+
+    #[test]
+    fn agentgateway_text_lines_are_read_as_logfmt() {
+        let line = "2025-08-13T20:51:06.054107Z info request gateway=default/bind/3000 http.status=200 llm.provider=openai llm.request.model=gpt-3.5-turbo llm.request.tokens=39 llm.response.model=gpt-3.5-turbo-0125 llm.response.tokens=9 duration=1207ms";
+        assert_eq!(
+            requests(line),
+            Ok(vec![one(
+                Format::Logfmt,
+                "gpt-3.5-turbo",
+                "unknown",
+                "openai",
+                39,
+                9,
+                48
+            )])
+        );
+        let mut p = parser();
+        let Parsed::Record(r) = p.parse(line) else {
+            panic!("record")
+        };
+        assert_eq!(r.status_class, StatusClass::C2xx);
+        assert_eq!(
+            r.event_time_ns(None),
+            parse_rfc3339_nanos("2025-08-13T20:51:07.261107Z")
+        );
+        // A key=value line of no format is not_llm; other text not_json.
+        assert_eq!(requests("level=info msg=\"started\""), Err("not_llm"));
+        assert_eq!(
+            requests("llm.request.model=- llm.request.tokens=-"),
+            Err("not_llm")
+        );
+        assert_eq!(
+            requests("[2026-11-26 10:00:00.000][1][info] text"),
+            Err("not_json")
+        );
+    }
+
+    #[test]
+    fn a_configured_key_or_pointer_overrides_every_format_and_a_pinned_format_reads_all_lines() {
+        let fields = Fields {
+            api_key_id: Some("/consumer/custom_id".into()),
+            ..Fields::default()
+        };
+        let line = r#"{"gen_ai.request.model":"m","gen_ai.usage.input_tokens":1,"consumer":{"custom_id":"team-a"}}"#;
+        assert_eq!(
+            requests_with(&fields, line),
+            Ok(vec![one(Format::GenAi, "m", "team-a", "unknown", 1, 0, 1)])
+        );
+        // A pointer step may go into a string that holds an object, and `~1` is a `/`.
+        let fields = Fields {
+            model: Some("/meta/a~1b".into()),
+            ..Fields::default()
+        };
+        let line = r#"{"meta":"{\"a/b\":\"inner\"}","llm_input_token":2}"#;
+        assert_eq!(
+            requests_with(&fields, line),
+            Ok(vec![one(
+                Format::Tokenmeter,
+                "inner",
+                "unknown",
+                "unknown",
+                2,
+                0,
+                2
+            )])
+        );
+        let pinned = Fields {
+            format: "tokenmeter".into(),
+            ..Fields::default()
+        };
+        let gen_ai = r#"{"gen_ai.request.model":"m","gen_ai.usage.input_tokens":1}"#;
+        assert_eq!(requests_with(&pinned, gen_ai), Err("not_llm"));
+        let logfmt = "llm.request.model=m llm.request.tokens=1";
+        assert_eq!(requests_with(&pinned, logfmt), Err("not_llm"));
+        let pinned = Fields {
+            format: "logfmt".into(),
+            ..Fields::default()
+        };
+        assert_eq!(requests_with(&pinned, gen_ai), Err("not_llm"));
+        assert_eq!(
+            requests_with(&pinned, logfmt),
+            Ok(vec![one(
+                Format::Logfmt,
+                "m",
+                "unknown",
+                "unknown",
+                1,
+                0,
+                1
+            )])
+        );
     }
 }

@@ -19,8 +19,16 @@ pub struct Input {
     pub size: u64,
     pub modified_ns: Option<i64>,
     pub gzip: bool,
+    /// A regular file, read again from its start when need be. Standard input (`-`) and a
+    /// FIFO are read once, as they arrive: the bytes sniffed for the gzip magic are kept in
+    /// `sniffed` and read first.
+    pub seekable: bool,
+    sniffed: Vec<u8>,
     file: File,
 }
+
+/// The argument naming standard input.
+pub const STDIN: &str = "-";
 
 /// A file that cannot be replayed, with its path.
 #[derive(Debug)]
@@ -44,7 +52,9 @@ pub fn expand_inputs(args: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
     let mut out = Vec::new();
     for a in args {
         let text = a.to_string_lossy();
-        if a.is_dir() {
+        if a.as_os_str() == STDIN {
+            out.push(a.clone());
+        } else if a.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(a)
                 .map_err(|error| InputError {
                     path: a.clone(),
@@ -85,13 +95,20 @@ pub fn expand_inputs(args: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
     Ok(out)
 }
 
-/// Opens `path` and sniffs its first bytes; fails for a missing, unreadable or non-regular file.
+/// Opens `path` (`-`: standard input) and sniffs its first bytes; fails for a missing or
+/// unreadable file or a directory. A FIFO or standard input is opened once and read as a
+/// stream.
 pub fn open_input(path: &Path) -> Result<Input, InputError> {
     let err = |error| InputError {
         path: path.to_path_buf(),
         error,
     };
-    let mut file = File::open(path).map_err(err)?;
+    let mut file = if path == Path::new(STDIN) {
+        use std::os::fd::AsFd;
+        File::from(io::stdin().as_fd().try_clone_to_owned().map_err(err)?)
+    } else {
+        File::open(path).map_err(err)?
+    };
     let meta = file.metadata().map_err(err)?;
     if meta.is_dir() {
         return Err(err(io::Error::new(
@@ -110,7 +127,13 @@ pub fn open_input(path: &Path) -> Result<Input, InputError> {
         }
     }
     let gzip = got == 2 && magic == GZIP_MAGIC;
-    let file = File::open(path).map_err(err)?; // start again at byte 0
+    let seekable = meta.is_file();
+    let (file, sniffed) = if seekable {
+        (File::open(path).map_err(err)?, Vec::new()) // start again at byte 0
+    } else {
+        // A stream cannot be opened again: what was sniffed is read first.
+        (file, magic[..got].to_vec())
+    };
     let modified_ns = meta
         .modified()
         .ok()
@@ -121,6 +144,8 @@ pub fn open_input(path: &Path) -> Result<Input, InputError> {
         size: meta.len(),
         modified_ns,
         gzip,
+        seekable,
+        sniffed,
         file,
     })
 }
@@ -139,6 +164,8 @@ impl Input {
             size: self.size,
             modified_ns: self.modified_ns,
             gzip: self.gzip,
+            seekable: self.seekable,
+            sniffed: self.sniffed.clone(),
             file,
         })
     }
@@ -156,8 +183,9 @@ impl Input {
 
     /// The decompressed byte stream; `progress` is advanced by the bytes read from disk.
     pub fn into_reader(self, progress: Arc<AtomicU64>) -> Box<dyn Read + Send> {
+        progress.fetch_add(self.sniffed.len() as u64, Ordering::Relaxed);
         let counted = Counting {
-            inner: self.file,
+            inner: io::Cursor::new(self.sniffed).chain(self.file),
             count: progress,
         };
         if self.gzip {

@@ -12,6 +12,29 @@ With --config, `[fields]` (incl. `[fields.extra_tokens]`), `source.max_line_byte
 (SPEC §10) apply; when the config has at least one price the summary gets "currency", "cost",
 "unpriced_requests", "unmetered_requests" and a "cost" per series, and --write/--check use
 DIR/<basename>.priced.json. Cost is exact integer arithmetic in units of 10^-12 (never a float).
+
+    expected_summary.py --self-test                          run the hand-computed checks of the formats
+
+Formats (SPEC §3, with the decisions that fill its gaps):
+- `[fields] format` "auto": a line that is a JSON object is the first of gen_ai, genai_v04, kong,
+  higress whose condition holds (on top-level keys), else tokenmeter; a line that is not is logfmt
+  when it has key=value pairs with a key starting `llm.`; other lines with pairs are not_llm, the
+  rest not_json. Pinned: JSON lines take that format's mapping without detection; pinned logfmt
+  reads any non-JSON line with at least one pair, and a JSON line is not_llm.
+- A `[fields]` key replaces that field's whole key list in every format (for kong's model, tokens
+  and extra types it is read inside each plugin object); `[fields.extra_tokens]` does so per type.
+- Fallbacks: a token field takes the first key whose value is not absent, null, "" or "-" (then
+  judged alone); a label the first string other than "" and "-"; status, start time and duration
+  the first key present and not null.
+- Kong: one call per `ai.<plugin>` with a `usage` object and a model or a valid token value; the
+  line counts once in `records`. `started_at` is epoch ms (a JSON number), + `/latencies/request`.
+- logfmt: words split on spaces and tabs; `key=value` or `key="..."` (escapes `\"` and `\\`, any
+  other backslash kept); other words are no pairs; a repeated key: the last wins. The first word,
+  when not a pair, is the start time if it is RFC 3339; `duration` is Go's duration text, or a plain
+  number of ms. An unclosed quote runs to the end of the line; text glued to a closing quote
+  starts a new word; a word starting with `=` is no pair.
+- The summary adds "formats" (record lines per format) after "skipped", and per series
+  "<type>_tokens" for each extra type counted > 0 in it, after "total_tokens".
 """
 import calendar
 import fractions
@@ -29,12 +52,71 @@ CRI = re.compile(rb"^(\d{4}-\d\d-\d\d[Tt]\S+) (stdout|stderr) ([PF])(:\S*)?(?: (
 REASONS = ("not_json", "not_llm", "too_long")
 UNIT = 10**12  # cost is kept in integer units of 10^-12 currency (SPEC §10)
 
-# SPEC §3 / §7 defaults: internal name -> access-log key
-DEFAULT_FIELDS = {
-    "model": "model", "input_tokens": "llm_input_token", "output_tokens": "llm_output_token",
-    "total_tokens": "llm_total_token", "api_key_id": "api_key_id", "service_id": "aim_service_id",
-    "status": "response_code", "start_time": "start_time", "duration_ms": "duration",
+# SPEC §3 "Formats": each format's mapping, internal field -> the keys tried in order (a key
+# starting "/" is a JSON Pointer). "extra" maps an extra token type to its keys. For `kong` the model,
+# token and extra fields are read inside each `ai.<plugin>` object, the others at the top level.
+LEADING = ("the line's leading timestamp",)  # logfmt start_time: not a string, so never a log key
+AS_TOKENMETER = {"status": ["response_code"], "start_time": ["start_time"], "duration_ms": ["duration"]}
+MAPPINGS = {
+    "gen_ai": {
+        "model": ["gen_ai.request.model", "gen_ai.response.model"],
+        "input_tokens": ["gen_ai.usage.input_tokens"], "output_tokens": ["gen_ai.usage.output_tokens"],
+        "total_tokens": ["gen_ai.usage.total_tokens"],
+        "api_key_id": ["api_key_id"], "service_id": ["gen_ai.provider.name"],
+        "status": ["response_code", "http.status"], "start_time": ["start_time"], "duration_ms": ["duration"],
+        "extra": {"cached_input": ["gen_ai.usage.cache_read.input_tokens"],
+                  "cache_creation_input": ["gen_ai.usage.cache_creation.input_tokens"],
+                  "reasoning": ["gen_ai.usage.reasoning_tokens", "gen_ai.usage.reasoning.output_tokens"]},
+    },
+    "genai_v04": {
+        "model": ["genai_model_name"], "input_tokens": ["genai_tokens_input"],
+        "output_tokens": ["genai_tokens_output"], "total_tokens": ["genai_tokens_total"],
+        "api_key_id": ["api_key_id"], "service_id": ["genai_backend_name"], **AS_TOKENMETER, "extra": {},
+    },
+    "kong": {
+        "model": ["/meta/request_model", "/meta/response_model"],
+        "input_tokens": ["/usage/prompt_tokens", "/usage/prompt_token"],
+        "output_tokens": ["/usage/completion_tokens", "/usage/completion_token"],
+        "total_tokens": ["/usage/total_tokens"],
+        "api_key_id": ["/consumer/username", "/consumer/id"], "service_id": ["/service/name"],
+        "status": ["/response/status"], "start_time": ["started_at"], "duration_ms": ["/latencies/request"],
+        "extra": {},
+    },
+    "higress": {
+        "model": ["/ai_log/model"], "input_tokens": ["/ai_log/input_token"],
+        "output_tokens": ["/ai_log/output_token"], "total_tokens": [],
+        "api_key_id": ["/ai_log/consumer"], "service_id": [],
+        "status": ["response_code"], "start_time": ["start_time"], "duration_ms": ["/ai_log/llm_service_duration"],
+        "extra": {},
+    },
+    # agentgateway's text log: llm.* keys up to v0.9, gen_ai.* from v0.10 (docs/formats.md).
+    "logfmt": {
+        "model": ["llm.request.model", "gen_ai.request.model", "llm.response.model", "gen_ai.response.model"],
+        "input_tokens": ["llm.request.tokens", "gen_ai.usage.input_tokens"],
+        "output_tokens": ["llm.response.tokens", "gen_ai.usage.output_tokens"],
+        "total_tokens": ["gen_ai.usage.total_tokens"],
+        "api_key_id": ["api_key_id"], "service_id": ["llm.provider", "gen_ai.provider.name"],
+        "status": ["http.status"], "start_time": [LEADING], "duration_ms": ["duration"],
+        "extra": {"cached_input": ["gen_ai.usage.cache_read.input_tokens"],
+                  "cache_creation_input": ["gen_ai.usage.cache_creation.input_tokens"],
+                  "reasoning": ["gen_ai.usage.reasoning_tokens", "gen_ai.usage.reasoning.output_tokens"]},
+    },
+    "tokenmeter": {
+        "model": ["model"], "input_tokens": ["llm_input_token"], "output_tokens": ["llm_output_token"],
+        "total_tokens": ["llm_total_token"], "api_key_id": ["api_key_id"], "service_id": ["aim_service_id"],
+        **AS_TOKENMETER,
+        "extra": {"cached_input": ["llm_cached_input_token"],
+                  "cache_creation_input": ["llm_cache_creation_input_token"],
+                  "reasoning": ["llm_reasoning_token"]},
+    },
 }
+FORMATS = tuple(MAPPINGS)
+FIELDS = ("model", "input_tokens", "output_tokens", "total_tokens", "api_key_id", "service_id",
+          "status", "start_time", "duration_ms")
+# How a format writes its start time and duration (default: RFC 3339 and milliseconds).
+TIME_KINDS = {"kong": ("epoch_ms", "ms"), "logfmt": ("rfc3339", "go")}
+# SPEC §3: extra token types exist by default, whatever the format.
+DEFAULT_EXTRA_TYPES = ("cached_input", "cache_creation_input", "reasoning")
 # SPEC §10: the default `included_in` (Envoy AI Gateway >= v0.5.0)
 DEFAULT_INCLUDED_IN = {"cached_input": "input", "cache_creation_input": "input", "reasoning": "output"}
 
@@ -49,8 +131,8 @@ class ConfigError(Exception):
 
 # ---------------------------------------------------------------------------- time (SPEC §3)
 
-RFC3339 = re.compile(
-    r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)$")
+RFC3339 = re.compile(  # re.ASCII: \d is only 0-9 (a logfmt line's first word can be anything)
+    r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)$", re.ASCII)
 
 
 def parse_rfc3339(text, need_offset=True):
@@ -78,14 +160,15 @@ def parse_rfc3339(text, need_offset=True):
     return secs * 10**9 + int(frac)
 
 
-def duration_ns(v, present):
-    """`duration` in milliseconds: a number >= 0 or a digit string; else None (not usable)."""
-    if not present or v is None or isinstance(v, bool):
+def duration_ms_ns(v):
+    """`duration` in milliseconds: a number >= 0 or a digit string, or a string in Go's duration
+    form (`"2488ms"`, agentgateway's JSON log); else None (not usable)."""
+    if v is None or isinstance(v, bool):
         return None
     if isinstance(v, str):
         if v.isascii() and v.isdigit():
             return int(v) * 10**6
-        return None
+        return go_duration_ns(v)
     if isinstance(v, int):
         return v * 10**6 if v >= 0 else None
     if isinstance(v, float) and math.isfinite(v) and v >= 0:
@@ -93,15 +176,52 @@ def duration_ns(v, present):
     return None
 
 
-def record_time(obj, envelope_ns, fields):
-    """SPEC §3 event time from the record alone: envelope, else start + duration, else start."""
+GO_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # [0-9]: \d would take any Unicode digit
+GO_UNITS = {"ns": 1, "us": 10**3, "\u00b5s": 10**3, "\u03bcs": 10**3, "ms": 10**6, "s": 10**9,
+            "m": 60 * 10**9, "h": 3600 * 10**9}
+GO_PART = re.compile("(" + GO_NUMBER + ")(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+
+
+def go_duration_ns(v):
+    """logfmt `duration`: Go's time.Duration text (`3804ms`, `1.2s`, `250us`, `1m2s`), no sign;
+    a plain number is milliseconds (as the JSON formats' `duration`). None when not usable."""
+    if not isinstance(v, str):
+        return None
+    if re.fullmatch(GO_NUMBER, v):
+        return math.floor(fractions.Fraction(v) * 10**6)
+    pos, total = 0, fractions.Fraction(0)
+    while pos < len(v):
+        m = GO_PART.match(v, pos)
+        if not m:
+            return None
+        total += fractions.Fraction(m.group(1)) * GO_UNITS[m.group(2)]
+        pos = m.end()
+    return math.floor(total) if v else None
+
+
+def epoch_ms_ns(v):
+    """Kong's `started_at`: epoch milliseconds as a JSON number >= 0 (a string is not a time)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, float) and not math.isfinite(v) or v < 0:
+        return None
+    return math.floor(fractions.Fraction(v) * 10**6)
+
+
+START_PARSERS = {"rfc3339": parse_rfc3339, "epoch_ms": epoch_ms_ns}
+DURATION_PARSERS = {"ms": duration_ms_ns, "go": go_duration_ns}
+
+
+def record_time(top, envelope_ns, fmt, mapping):
+    """SPEC §3 event time from the record alone: envelope, else start + duration, else start,
+    each read with the format's keys and the format's way of writing a time."""
     if envelope_ns is not None:
         return envelope_ns
-    start = parse_rfc3339(obj.get(fields["start_time"]))
+    start_kind, duration_kind = TIME_KINDS.get(fmt, ("rfc3339", "ms"))
+    start = START_PARSERS[start_kind](first_present(top, mapping["start_time"]))
     if start is None:
         return None
-    k = fields["duration_ms"]
-    dur = duration_ns(obj.get(k), k in obj)
+    dur = DURATION_PARSERS[duration_kind](first_present(top, mapping["duration_ms"]))
     return start + dur if dur is not None else start
 
 
@@ -192,6 +312,82 @@ def load_object(text):
     return obj if isinstance(obj, dict) else None
 
 
+def object_in_string(text):
+    """The JSON object a string value holds (Higress' `ai_log`), else None. The string was already
+    unescaped and repaired as part of its line, so this is plain JSON."""
+    try:
+        obj = json.loads(text, parse_constant=reject_constant)
+    except (ValueError, NotJson, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+# ---------------------------------------------------------------------------- keys (SPEC §3 Formats)
+
+def pointer_steps(pointer):
+    """RFC 6901: "/a~1b/c~0d" -> ["a/b", "c~d"]; None when a `~` is not followed by 0 or 1."""
+    steps = []
+    for raw in pointer.split("/")[1:]:
+        if re.search(r"~(?![01])", raw):
+            return None
+        steps.append(raw.replace("~1", "/").replace("~0", "~"))  # ~1 first: "~01" is "~1"
+    return steps
+
+
+def resolve(scope, key):
+    """(present, value) of `key` in a line's object (or a Kong plugin, or logfmt pairs). A plain
+    key is one member, dots included; a "/..." key is a JSON Pointer, and a step that meets a
+    string holding a JSON object goes on inside that object."""
+    if not (isinstance(key, str) and key.startswith("/")):
+        return (key in scope, scope.get(key))
+    cur = scope
+    for step in pointer_steps(key) or ():
+        if isinstance(cur, str):
+            cur = object_in_string(cur)
+        if isinstance(cur, dict):
+            if step not in cur:
+                return (False, None)
+            cur = cur[step]
+        elif isinstance(cur, list) and re.fullmatch(r"0|[1-9][0-9]*", step) and int(step) < len(cur):
+            cur = cur[int(step)]
+        else:
+            return (False, None)
+    return (True, cur)
+
+
+def not_measured(v):
+    return v is None or (isinstance(v, str) and v in ("", "-"))
+
+
+def first_token(scope, keys):
+    """A token field with fallback keys: the first key holding a value other than null, "" and
+    "-" decides, valid or not (an invalid first value does not fall back)."""
+    for k in keys:
+        present, v = resolve(scope, k)
+        if present and not not_measured(v):
+            return token(v, True)
+    return ("absent", 0)
+
+
+def first_present(scope, keys):
+    """Status, start time, duration: the first key present and not null (None if none)."""
+    for k in keys:
+        present, v = resolve(scope, k)
+        if present and v is not None:
+            return v
+    return None
+
+
+def first_label(scope, keys):
+    """A label with fallback keys: the first key holding a string other than "" and "-", cleaned;
+    None when no key does (the caller writes `unknown`, and knows there was no model)."""
+    for k in keys:
+        _, v = resolve(scope, k)
+        if isinstance(v, str) and v not in ("", "-"):
+            return clean_label(v)
+    return None
+
+
 def token(v, present):
     """('absent'|'valid'|'invalid', value)"""
     if not present or v is None:
@@ -213,10 +409,7 @@ def token(v, present):
     return ("invalid", 0)
 
 
-def label(obj, key):
-    v = obj.get(key)
-    if not isinstance(v, str) or v in ("", "-"):
-        return "unknown"
+def clean_label(v):
     # A lone surrogate (from "\ud800") is not a character: the rule is U+FFFD. So are C0 controls
     # and DEL (README "Label values": a label never carries a raw control character).
     v = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF or ord(c) < 0x20 or ord(c) == 0x7F else c
@@ -228,9 +421,8 @@ def label(obj, key):
     return v
 
 
-def status_class(obj, key):
-    """README: from response_code, a number or a digit string; 2xx..5xx, else other."""
-    v = obj.get(key)
+def status_class(v):
+    """README: from the status value, a number or a digit string; 2xx..5xx, else other."""
     n = None
     if isinstance(v, bool) or v is None:
         n = None
@@ -243,6 +435,131 @@ def status_class(obj, key):
     if n is not None and 200 <= n <= 599:
         return f"{n // 100}xx"
     return "other"
+
+
+# ---------------------------------------------------------------------------- formats (SPEC §3)
+
+def kong_plugins(obj):
+    """Kong: the members of the top-level `ai` object that hold a `usage` object."""
+    ai = obj.get("ai")
+    if not isinstance(ai, dict):
+        return []
+    return [p for p in ai.values() if isinstance(p, dict) and isinstance(p.get("usage"), dict)]
+
+
+# The detection conditions of the table, tried in this order; `tokenmeter` takes the rest.
+DETECT = (
+    ("gen_ai", lambda o: any(k.startswith(("gen_ai.usage.", "gen_ai.request.model")) for k in o)),
+    ("genai_v04", lambda o: any(k.startswith(("genai_tokens_", "genai_model_name")) for k in o)),
+    ("kong", lambda o: bool(kong_plugins(o))),
+    ("higress", lambda o: isinstance(o.get("ai_log"), str) and object_in_string(o["ai_log"]) is not None),
+)
+
+
+def quoted(text, i):
+    """A double-quoted logfmt value starting at text[i] == '"': (value, index after the closing
+    quote); an unclosed quote runs to the end of the line. `\"` and `\\` are escapes; any other
+    backslash is kept as written."""
+    out, j = [], i + 1
+    while j < len(text):
+        c = text[j]
+        if c == '"':
+            return "".join(out), j + 1
+        if c == "\\":
+            if j + 1 >= len(text):
+                out.append(c)
+                break
+            nxt = text[j + 1]
+            out.append(nxt if nxt in '"\\' else c + nxt)
+            j += 2
+            continue
+        out.append(c)
+        j += 1
+    return "".join(out), len(text)
+
+
+def logfmt_pairs(text):
+    """A text line as logfmt: {key: value} (a repeated key: the last wins, as in JSON), with the
+    line's first word under LEADING when it is not a pair; words without `=`, quoted words and
+    words starting with `=` are no pairs; text right after a closing quote starts a new word."""
+    pairs, i, n, first = {}, 0, len(text), True
+    while i < n:
+        if text[i] in " \t":
+            i += 1
+            continue
+        start = i
+        if text[i] == '"':  # a quoted word without a key (a message): skipped whole
+            _, i = quoted(text, i)
+            first = False
+            continue
+        while i < n and text[i] not in " \t=":
+            i += 1
+        if i < n and text[i] == "=":
+            key = text[start:i]
+            if not key:  # `=value`: no pair, the word is passed over
+                while i < n and text[i] not in " \t":
+                    i += 1
+                first = False
+                continue
+            i += 1
+            if i < n and text[i] == '"':
+                value, i = quoted(text, i)
+            else:
+                vstart = i
+                while i < n and text[i] not in " \t":
+                    i += 1
+                value = text[vstart:i]
+            pairs[key] = value
+        elif first:
+            pairs[LEADING] = text[start:i]
+        first = False
+    return pairs
+
+
+def has_pairs(pairs):
+    return pairs is not None and any(isinstance(k, str) for k in pairs)
+
+
+def read_line(text, pinned):
+    """(format, object) of one logical line, or (None, skip reason). `pinned` is "auto" or a name."""
+    obj = load_object(text)
+    if obj is not None:
+        if pinned == "logfmt":
+            return None, "not_llm"  # a JSON line is no logfmt line, but a structured one
+        if pinned != "auto":
+            return pinned, obj
+        return next((name for name, holds in DETECT if holds(obj)), "tokenmeter"), obj
+    pairs = logfmt_pairs(text)
+    if pinned == "logfmt" and has_pairs(pairs):
+        return "logfmt", pairs
+    if pinned == "auto" and has_pairs(pairs) and any(
+            isinstance(k, str) and k.startswith(("llm.", "gen_ai.")) for k in pairs):
+        return "logfmt", pairs
+    # SPEC §3: a key=value line of no format is not_llm, like a JSON object of none.
+    return None, ("not_llm" if has_pairs(pairs) else "not_json")
+
+
+class Request:
+    """One LLM call: a record, or one Kong plugin of a record."""
+
+    def __init__(self, model, toks, extra, api_key_id, service_id, status):
+        self.key = (model or "unknown", api_key_id or "unknown", service_id or "unknown")
+        self.toks, self.extra, self.status = toks, extra, status
+
+
+def requests_of(fmt, top, m):
+    """The LLM calls of a line read as `fmt` with mapping `m`; empty when it is not_llm."""
+    scopes = kong_plugins(top) if fmt == "kong" else [top]
+    out = []
+    for scope in scopes:
+        model = first_label(scope, m["model"])
+        toks = {f: first_token(scope, m[f]) for f in ("input_tokens", "output_tokens", "total_tokens")}
+        if model is None and not any(st == "valid" for st, _ in toks.values()):
+            continue  # SPEC §3 Records: neither a model nor a valid token value
+        extra = {t: first_token(scope, keys) for t, keys in m["extra"].items()}
+        out.append(Request(model, toks, extra, first_label(top, m["api_key_id"]),
+                           first_label(top, m["service_id"]), status_class(first_present(top, m["status"]))))
+    return out
 
 
 # ---------------------------------------------------------------------------- config (SPEC §7, §10)
@@ -398,25 +715,47 @@ class Pricing:
         return cost, unpriced
 
 
+def config_keys(value, what):
+    """A `[fields]` key from the config: one log key (a "/..." one must be a valid pointer)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{what}: not a string")
+    if value.startswith("/") and pointer_steps(value) is None:
+        raise ConfigError(f"{what}: {value!r} is not a JSON Pointer (a `~` not followed by 0 or 1)")
+    return [value]  # it replaces the whole list of keys of the format's row
+
+
 class Config:
-    def __init__(self, path=None):
-        table = {}
+    def __init__(self, path=None, table=None):
+        if table is None:
+            table = {}
         if path is not None:
             import tomllib  # Python >= 3.11; only needed with --config
             with open(path, "rb") as f:
                 table = tomllib.load(f)
-        fields = dict(DEFAULT_FIELDS)
         ftable = table.get("fields", {})
+        self.format = ftable.get("format", "auto")
+        if self.format != "auto" and self.format not in FORMATS:
+            raise ConfigError(f"fields.format: {self.format!r} is not auto or one of {', '.join(FORMATS)}")
+        overrides = {}
         for k, v in ftable.items():
-            if k == "extra_tokens":
+            if k in ("extra_tokens", "format"):
                 continue
-            if k not in DEFAULT_FIELDS:
+            if k not in FIELDS:
                 raise ConfigError(f"fields.{k}: unknown key")
-            fields[k] = v
-        self.fields = fields
-        self.extra = dict(ftable.get("extra_tokens", {}))  # type name -> access-log key
+            overrides[k] = config_keys(v, f"fields.{k}")
+        extra = {t: config_keys(v, f"fields.extra_tokens.{t}")
+                 for t, v in ftable.get("extra_tokens", {}).items()}
+        # SPEC §3: a configured key overrides that key of every format's mapping (per type name
+        # for the extra token types; the other default types keep their format's keys).
+        self.mappings = {}
+        for name, row in MAPPINGS.items():
+            m = {f: list(keys) for f, keys in row.items() if f != "extra"}
+            m.update(overrides)
+            m["extra"] = {**{t: list(keys) for t, keys in row["extra"].items()}, **extra}
+            self.mappings[name] = m
+        self.extra_types = sorted(set(DEFAULT_EXTRA_TYPES) | set(extra))
         self.max_line = table.get("source", {}).get("max_line_bytes", MAX_LINE)
-        types = ["input", "output", "total"] + list(self.extra)
+        types = ["input", "output", "total"] + self.extra_types
         pricing = Pricing(table.get("pricing", {}), types)
         # SPEC §10: pricing is off while there are no prices
         self.pricing = pricing if pricing.groups else None
@@ -431,12 +770,19 @@ def cost_text(n):
 
 # ---------------------------------------------------------------------------- the summary
 
+class Series:
+    def __init__(self):
+        self.requests = self.input = self.output = self.total = self.cost = 0
+        self.extra = {}  # type -> count; a type appears with its first non-zero value
+
+
 def summarize(paths, config=None):
     config = config or Config()
-    fields, pricing = config.fields, config.pricing
+    pricing = config.pricing
     lines = records = 0
     unpriced = unmetered = 0
     skipped = dict.fromkeys(REASONS, 0)
+    formats = {}  # format -> record lines it read
     series = {}
     for path in paths:
         previous = os.stat(path).st_mtime_ns  # SPEC §3: the first record's fallback
@@ -445,62 +791,67 @@ def summarize(paths, config=None):
             if kind == "too_long":
                 skipped["too_long"] += 1
                 continue
-            obj = load_object(text)
-            if obj is None:
-                skipped["not_json"] += 1
+            fmt, obj = read_line(text, config.format)
+            if fmt is None:
+                skipped[obj] += 1
                 continue
-            model = obj.get(fields["model"])
-            toks = {k: token(obj.get(fields[f]), fields[f] in obj) for k, f in
-                    (("in", "input_tokens"), ("out", "output_tokens"), ("tot", "total_tokens"))}
-            has_model = isinstance(model, str) and model not in ("", "-")
-            if not has_model and not any(s == "valid" for s, _ in toks.values()):
+            m = config.mappings[fmt]
+            calls = requests_of(fmt, obj, m)
+            if not calls:
                 skipped["not_llm"] += 1
                 continue
-            records += 1
-            t_ns = record_time(obj, envelope_ns, fields)
+            records += 1  # a line, however many calls (Kong) it reports
+            formats[fmt] = formats.get(fmt, 0) + 1
+            t_ns = record_time(obj, envelope_ns, fmt, m)
             if t_ns is None:
                 t_ns = previous  # replay: the previous record's event time in this file
             previous = t_ns
-            i, o, t = toks["in"], toks["out"], toks["tot"]
-            total = t[1] if t[0] == "valid" else i[1] + o[1]
-            key = (label(obj, fields["model"]), label(obj, fields["api_key_id"]),
-                   label(obj, fields["service_id"]))
-            s = series.setdefault(key, [0, 0, 0, 0, 0])
-            s[0] += 1
-            s[1] += i[1]
-            s[2] += o[1]
-            s[3] += total
-            if pricing is None:
-                continue
-            extra = {name: token(obj.get(k), k in obj) for name, k in config.extra.items()}
-            counts = {"input": i[1], "output": o[1], "total": total}
-            counts.update({name: v[1] for name, v in extra.items()})
-            valid = {"input": i[0] == "valid", "output": o[0] == "valid"}
-            is_2xx = status_class(obj, fields["status"]) == "2xx"
-            if is_2xx and not any(st == "valid" for st, _ in list(toks.values()) + list(extra.values())):
-                unmetered += 1
-            entry = pricing.select(key[0], key[2], t_ns)
-            if entry is None:
-                if any(c > 0 for c in counts.values()):
-                    unpriced += 1
-                continue
-            cost, part = pricing.price(entry, counts, valid, is_2xx)
-            s[4] += cost
-            if part:
-                unpriced += 1
-    out = {"lines": lines, "records": records, "skipped": skipped}
+            for r in calls:
+                _, part, unmet = account(series.setdefault(r.key, Series()), r, t_ns, pricing)
+                unpriced += part
+                unmetered += unmet
+    out = {"lines": lines, "records": records, "skipped": skipped, "formats": dict(sorted(formats.items()))}
     if pricing is not None:
-        out.update({"currency": pricing.currency, "cost": CostNumber(sum(v[4] for v in series.values())),
+        out.update({"currency": pricing.currency, "cost": CostNumber(sum(v.cost for v in series.values())),
                     "unpriced_requests": unpriced, "unmetered_requests": unmetered})
     rows = []
     for k, v in sorted(series.items(), key=lambda kv: tuple(x.encode() for x in kv[0])):
-        row = {"model": k[0], "api_key_id": k[1], "service_id": k[2], "requests": v[0],
-               "input_tokens": v[1], "output_tokens": v[2], "total_tokens": v[3]}
+        row = {"model": k[0], "api_key_id": k[1], "service_id": k[2], "requests": v.requests,
+               "input_tokens": v.input, "output_tokens": v.output, "total_tokens": v.total}
+        for t in sorted(v.extra):
+            row[f"{t}_tokens"] = v.extra[t]
         if pricing is not None:
-            row["cost"] = CostNumber(v[4])
+            row["cost"] = CostNumber(v.cost)
         rows.append(row)
     out["series"] = rows
     return out
+
+
+def account(s, r, t_ns, pricing):
+    """Adds one call to its series; (cost, unpriced 0/1, unmetered 0/1)."""
+    i, o, t = r.toks["input_tokens"], r.toks["output_tokens"], r.toks["total_tokens"]
+    total = t[1] if t[0] == "valid" else i[1] + o[1]
+    s.requests += 1
+    s.input += i[1]
+    s.output += o[1]
+    s.total += total
+    for name, (_, n) in r.extra.items():
+        if n > 0:  # zero never makes a series of its own (SPEC §3)
+            s.extra[name] = s.extra.get(name, 0) + n
+    if pricing is None:
+        return 0, 0, 0
+    counts = dict.fromkeys(pricing.types, 0)
+    counts.update({"input": i[1], "output": o[1], "total": total})
+    counts.update({name: n for name, (_, n) in r.extra.items()})
+    valid = {"input": i[0] == "valid", "output": o[0] == "valid"}
+    is_2xx = r.status == "2xx"
+    unmet = int(is_2xx and not any(st == "valid" for st, _ in list(r.toks.values()) + list(r.extra.values())))
+    entry = pricing.select(r.key[0], r.key[2], t_ns)
+    if entry is None:
+        return 0, int(any(c > 0 for c in counts.values())), unmet
+    cost, part = pricing.price(entry, counts, valid, is_2xx)
+    s.cost += cost
+    return cost, int(part), unmet
 
 
 class CostNumber:
@@ -522,7 +873,223 @@ def dumps(summary, **kw):
     return re.sub('"' + COST_MARK + r'([0-9.]+)"', r"\1", text)
 
 
+# ---------------------------------------------------------------------------- self-test
+
+def self_test():
+    """Hand-computed checks of the format rules (`--self-test`); every expected value below was
+    worked out from the SPEC and the decisions in the module docstring, not printed by this code."""
+    import tempfile
+    failures = []
+
+    def check(what, got, want):
+        if got != want:
+            failures.append(f"{what}: got {got!r}, want {want!r}")
+
+    def fmt_of(line, pinned="auto"):
+        return read_line(line, pinned)[0] or read_line(line, pinned)[1]
+
+    def calls(line, config=None):
+        config = config or Config()
+        fmt, obj = read_line(line, config.format)
+        return [(r.key, {f: n for f, (_, n) in r.toks.items()}, r.status)
+                for r in requests_of(fmt, obj, config.mappings[fmt])]
+
+    # -- detection, in the table's order
+    check("gen_ai beats tokenmeter keys", calls(
+        '{"gen_ai.request.model":"g","model":"t","llm_input_token":5,"gen_ai.usage.input_tokens":3}'),
+        [(("g", "unknown", "unknown"), {"input_tokens": 3, "output_tokens": 0, "total_tokens": 0}, "other")])
+    check("gen_ai beats genai_v04", fmt_of('{"genai_tokens_input":2,"gen_ai.usage.input_tokens":1}'), "gen_ai")
+    check("gen_ai by its request model alone", fmt_of('{"gen_ai.request.model":null}'), "gen_ai")
+    check("genai_v04 beats kong",
+          fmt_of('{"genai_model_name":"v","ai":{"p":{"usage":{"prompt_tokens":1}}}}'), "genai_v04")
+    check("kong beats higress", fmt_of(r'{"ai":{"p":{"usage":{}}},"ai_log":"{\"model\":\"h\"}"}'), "kong")
+    check("higress", fmt_of(r'{"ai_log":"{\"model\":\"h\"}","model":"t"}'), "higress")
+    check("ai_log not an object in a string", fmt_of('{"ai_log":"[1]","model":"t"}'), "tokenmeter")
+    check("ai member without usage is not kong", fmt_of('{"ai":{"p":{"meta":{}}},"model":"t"}'), "tokenmeter")
+    check("usage must be an object", fmt_of('{"ai":{"p":{"usage":7}}}'), "tokenmeter")
+    check("logfmt with an llm. key", fmt_of("2026-01-01T00:00:00Z info llm.provider=x"), "logfmt")
+    check("key=value without llm. key (SPEC: of no format)", fmt_of("a=1 b=2"), "not_llm")
+    check("envoy text", fmt_of("[2026-03-17 09:14:01.202][1][warning][main] text"), "not_json")
+    check("a JSON array is no object", fmt_of('[{"model":"m"}]'), "not_json")
+    check("pinned logfmt, JSON line", fmt_of('{"model":"m"}', "logfmt"), "not_llm")
+    check("pinned logfmt, no llm. key", fmt_of("a=1", "logfmt"), "logfmt")
+    check("pinned logfmt, no pair", fmt_of("just words", "logfmt"), "not_json")
+    check("pinned gen_ai, logfmt line", fmt_of("llm.request.model=m", "gen_ai"), "not_llm")
+    check("pinned tokenmeter reads a gen_ai line", fmt_of('{"gen_ai.request.model":"g"}', "tokenmeter"),
+          "tokenmeter")
+    pinned = Config(table={"fields": {"format": "tokenmeter"}})
+    check("pinned tokenmeter: its keys only", calls('{"gen_ai.request.model":"g","model":"t"}', pinned),
+          [(("t", "unknown", "unknown"), {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}, "other")])
+    check("pinned kong without ai: no call", calls('{"model":"t"}', Config(table={"fields": {"format": "kong"}})), [])
+
+    # -- JSON Pointer (RFC 6901) and the step into a string
+    check("pointer escapes", pointer_steps("/a~1b/c~0d"), ["a/b", "c~d"])
+    check("~01 is ~1, not /", pointer_steps("/~01"), ["~1"])
+    check("bad escape", pointer_steps("/a~2"), None)
+    check("the empty key", pointer_steps("/"), [""])
+    check("escaped lookup", resolve({"a/b": {"c~d": 5}}, "/a~1b/c~0d"), (True, 5))
+    check("into a string", resolve({"x": '{"y":{"z":"7"}}'}, "/x/y/z"), (True, "7"))
+    check("the last step keeps the string", resolve({"x": '{"y":1}'}, "/x"), (True, '{"y":1}'))
+    check("a string holding an array", resolve({"x": "[10]"}, "/x/0"), (False, None))
+    check("array index", resolve({"l": [10, 20]}, "/l/1"), (True, 20))
+    check("no leading zero index", resolve({"l": [10, 20]}, "/l/01"), (False, None))
+    check("a plain key keeps its dots", resolve({"a.b": 1, "a": {"b": 2}}, "a.b"), (True, 1))
+    check("a pointer goes down", resolve({"a.b": 1, "a": {"b": 2}}, "/a/b"), (True, 2))
+    check("present null", resolve({"x": None}, "/x"), (True, None))
+
+    # -- fallbacks
+    check("token: dash falls back", first_token({"a": "-", "b": 5}, ["a", "b"]), ("valid", 5))
+    check("token: null falls back", first_token({"a": None, "b": "6"}, ["a", "b"]), ("valid", 6))
+    check("token: invalid does not fall back", first_token({"a": "x", "b": 5}, ["a", "b"]), ("invalid", 0))
+    check("token: negative does not fall back", first_token({"a": -1, "b": 5}, ["a", "b"]), ("invalid", 0))
+    check("token: none", first_token({}, ["a", "b"]), ("absent", 0))
+    check("label: empty falls back", first_label({"a": "", "b": "m"}, ["a", "b"]), "m")
+    check("label: non-string falls back", first_label({"a": 5, "b": "m"}, ["a", "b"]), "m")
+    check("label: none", first_label({"a": "-"}, ["a", "b"]), None)
+    check("status: null falls back", status_class(first_present({"a": None, "b": 503}, ["a", "b"])), "5xx")
+    check("status: present wins", status_class(first_present({"a": "abc", "b": 200}, ["a", "b"])), "other")
+    check("gen_ai response model", calls('{"gen_ai.request.model":"-","gen_ai.response.model":"r",'
+                                         '"http.status":201,"gen_ai.provider.name":"aws"}'),
+          [(("r", "unknown", "aws"), {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}, "2xx")])
+
+    # -- digit-string counts (SPEC §3 Token values)
+    check("digits", token("40", True), ("valid", 40))
+    check("leading zeros", token("0012", True), ("valid", 12))
+    check("not digits", token("4a", True), ("invalid", 0))
+    check("space", token(" 4", True), ("invalid", 0))
+    check("non-ASCII digit", token("\u0664", True), ("invalid", 0))
+    check("2^53 + 1", token("9007199254740993", True), ("invalid", 0))
+    check("empty", token("", True), ("absent", 0))
+
+    # -- Kong: two plugins, a usage-less one, one without model or token, one with a model only
+    kong = ('{"ai":{"ai-request-transformer":{"meta":{"request_model":"ka"},"usage":{"prompt_tokens":10,'
+            '"completion_tokens":5,"total_tokens":15}},"proxy":{"meta":{"request_model":"","response_model":"kb"},'
+            '"usage":{"prompt_token":"20","completion_token":3}},"no-usage":{"meta":{"request_model":"kx"}},'
+            '"empty":{"usage":{}},"model-only":{"meta":{"request_model":"ke"},"usage":{"prompt_tokens":null}}},'
+            '"consumer":{"username":"-","id":"c1"},"service":{"name":"svc"},"response":{"status":200},'
+            '"started_at":1767225600000,"latencies":{"request":250}}')
+    check("kong calls", calls(kong), [
+        (("ka", "c1", "svc"), {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}, "2xx"),
+        (("kb", "c1", "svc"), {"input_tokens": 20, "output_tokens": 3, "total_tokens": 0}, "2xx"),
+        (("ke", "c1", "svc"), {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}, "2xx")])
+    check("kong without a counting plugin", calls('{"ai":{"p":{"usage":{}}}}'), [])
+    # 2026-01-01T00:00:00Z = 20454 days (56 years, 14 leap days) x 86400 = 1767225600 s
+    check("kong time: started_at + latency", record_time(json.loads(kong), None, "kong", MAPPINGS["kong"]),
+          1767225600250 * 10**6)
+    check("kong time: started_at alone",
+          record_time({"started_at": 1767225600000, "latencies": {"request": "x"}}, None, "kong", MAPPINGS["kong"]),
+          1767225600000 * 10**6)
+    check("kong time: an RFC 3339 started_at is no time",
+          record_time({"started_at": "2026-01-01T00:00:00Z"}, None, "kong", MAPPINGS["kong"]), None)
+    check("kong plugin-relative override", calls(kong, Config(table={"fields": {"input_tokens": "/usage/completion_tokens"}}))[0][1],
+          {"input_tokens": 5, "output_tokens": 5, "total_tokens": 15})
+
+    # -- logfmt quoting
+    check("quoting", logfmt_pairs(r'ts k="a \"b\" c=d" e=\x f="x\\y" g= h="" u=/p?q=1'),
+          {LEADING: "ts", "k": 'a "b" c=d', "e": "\\x", "f": "x\\y", "g": "", "h": "", "u": "/p?q=1"})
+    check("unclosed quote runs to the end", logfmt_pairs('a="b c'), {"a": "b c"})
+    check("text after a closing quote starts a word", logfmt_pairs('a="b"c=d'), {"a": "b", "c": "d"})
+    check("a word starting with = is no pair", logfmt_pairs("=v k=1"), {"k": "1"})
+    check("repeated key: last", logfmt_pairs("a=1 a=2"), {"a": "2"})
+    check("quoted message skipped", logfmt_pairs('ts "hello a=b" llm.x=1'), {LEADING: "ts", "llm.x": "1"})
+    check("first word a pair: no timestamp", logfmt_pairs("a=1 ts"), {"a": "1"})
+    check("tabs separate", logfmt_pairs("a=1\tb=2"), {"a": "1", "b": "2"})
+    # durations
+    for text, ns in (("3804ms", 3_804_000_000), ("1.2s", 1_200_000_000), ("250us", 250_000),
+                     ("1m2s", 62_000_000_000), ("1h", 3_600_000_000_000), ("2\u00b5s", 2_000),
+                     ("120", 120_000_000), ("1.5", 1_500_000), ("0", 0), ("abc", None), ("-1s", None),
+                     ("", None), ("1s ", None), ("5", 5_000_000), ("1d", None), ("s", None)):
+        check(f"duration {text!r}", go_duration_ns(text), ns)
+    agw = ("2026-01-01T00:00:00.5Z info request gateway=default/default llm.provider=openai "
+           "llm.request.model=lm llm.request.tokens=12 llm.response.model=lm-2 llm.response.tokens=9 "
+           'http.status=200 duration=1.2s api_key_id="k 2"')
+    check("logfmt call", calls(agw),
+          [(("lm", "k 2", "openai"), {"input_tokens": 12, "output_tokens": 9, "total_tokens": 0}, "2xx")])
+    # 1767225600 s + 0.5 s + 1.2 s
+    check("logfmt time", record_time(logfmt_pairs(agw), None, "logfmt", MAPPINGS["logfmt"]), 1767225601_700_000_000)
+    check("logfmt time without duration", record_time(logfmt_pairs("2026-01-01T00:00:00Z llm.x=1 duration=-"),
+                                                      None, "logfmt", MAPPINGS["logfmt"]), 1767225600 * 10**9)
+    check("logfmt: envelope first", record_time(logfmt_pairs(agw), 7, "logfmt", MAPPINGS["logfmt"]), 7)
+    check("logfmt response model", calls("llm.request.model=- llm.response.model=r")[0][0], ("r", "unknown", "unknown"))
+    check("logfmt dash tokens only", calls("llm.request.tokens=- llm.response.tokens= llm.provider=p"), [])
+
+    # -- [fields] overrides: every format, the whole list; extra types per name
+    over = Config(table={"fields": {"model": "m2", "extra_tokens": {"reasoning": "r", "audio": "/u/audio"}}})
+    check("override in gen_ai", over.mappings["gen_ai"]["model"], ["m2"])
+    check("override in logfmt", calls("llm.request.model=a m2=b", over)[0][0][0], "b")
+    check("extra override per type", over.mappings["gen_ai"]["extra"],
+          {"cached_input": ["gen_ai.usage.cache_read.input_tokens"],
+           "cache_creation_input": ["gen_ai.usage.cache_creation.input_tokens"], "reasoning": ["r"],
+           "audio": ["/u/audio"]})
+    check("extra types for kong", over.mappings["kong"]["extra"], {"reasoning": ["r"], "audio": ["/u/audio"]})
+    check("extra types", over.extra_types, ["audio", "cache_creation_input", "cached_input", "reasoning"])
+    for bad in ({"format": "envoy"}, {"model": "/a~2"}, {"model": 3}):
+        try:
+            Config(table={"fields": bad})
+            failures.append(f"config {bad}: accepted")
+        except ConfigError:
+            pass
+
+    # -- the summary: formats, <type>_tokens, order of keys
+    lines = [
+        '{"gen_ai.request.model":"g","gen_ai.usage.input_tokens":10,"gen_ai.usage.output_tokens":4,'
+        '"gen_ai.usage.cache_read.input_tokens":6,"gen_ai.usage.reasoning_tokens":"-",'
+        '"gen_ai.usage.reasoning.output_tokens":2,"api_key_id":"k","gen_ai.provider.name":"p"}',
+        '{"gen_ai.request.model":"g","gen_ai.usage.input_tokens":1,"gen_ai.usage.cache_read.input_tokens":0,'
+        '"api_key_id":"k","gen_ai.provider.name":"p"}',
+        '{"model":"t","llm_input_token":3,"llm_cache_creation_input_token":0}',
+        kong,
+        agw,
+        r'{"ai_log":"{\"model\":\"h\",\"input_token\":\"5\",\"output_token\":\"2\",\"consumer\":\"u\"}","response_code":200}',
+        '{"genai_model_name":"v","genai_tokens_input":1,"genai_tokens_output":1,"genai_tokens_total":5,'
+        '"genai_backend_name":"b"}',
+        "a=1 b=2",
+        '{"ai":{"p":{"usage":{}}}}',
+        '{"x":1}',
+        "2026-01-01T00:00:00Z info llm.provider=p",
+    ]
+
+    def row(model, key, service, n, i, o, t, **extra):
+        r = {"model": model, "api_key_id": key, "service_id": service, "requests": n,
+             "input_tokens": i, "output_tokens": o, "total_tokens": t}
+        r.update({f"{name}_tokens": v for name, v in extra.items()})
+        return r
+    want = {"lines": 11, "records": 7, "skipped": {"not_json": 0, "not_llm": 4, "too_long": 0},
+            "formats": {"gen_ai": 2, "genai_v04": 1, "higress": 1, "kong": 1, "logfmt": 1, "tokenmeter": 1},
+            "series": [row("g", "k", "p", 2, 11, 4, 15, cached_input=6, reasoning=2),
+                       row("h", "u", "unknown", 1, 5, 2, 7),
+                       row("ka", "c1", "svc", 1, 10, 5, 15),
+                       row("kb", "c1", "svc", 1, 20, 3, 23),
+                       row("ke", "c1", "svc", 1, 0, 0, 0),
+                       row("lm", "k 2", "openai", 1, 12, 9, 21),
+                       row("t", "unknown", "unknown", 1, 3, 0, 3),
+                       row("v", "unknown", "b", 1, 1, 1, 5)]}
+    with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as f:
+        f.write("\n".join(lines) + "\n")
+    try:
+        check("summary", dumps(summarize([f.name])), json.dumps(want, ensure_ascii=False))
+        # input 1/M: 10^6 units a token. Line 1: input 10 - cached 6 = 4, cached 6 -> 10 x 10^6;
+        # line 2: input 1 -> 10^6; g costs 11 x 10^6 units = 0.000011. Unpriced: line 1 (output 4
+        # has no rate) and h, ka, kb, lm, t, v (no entry; ke counts nothing) = 7. Unmetered: ke (2xx).
+        priced = Config(table={"pricing": {"prices": [{"model": "g", "per_million": {"input": 1, "cached_input": 1}}]}})
+        got = dumps(summarize([f.name], priced))
+        want_priced = dict(list(want.items())[:4])
+        want_priced.update({"currency": "USD", "cost": "0.000011", "unpriced_requests": 7, "unmetered_requests": 1,
+                            "series": [dict(r, cost="0.000011" if r["model"] == "g" else 0) for r in want["series"]]})
+        check("priced summary", json.loads(got, parse_float=str, object_pairs_hook=list),
+              json.loads(json.dumps(want_priced), object_pairs_hook=list))
+    finally:
+        os.unlink(f.name)
+
+    for line in failures:
+        print("FAIL", line, file=sys.stderr)
+    print(f"self-test: {len(failures)} failure(s)", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(argv):
+    if argv == ["--self-test"]:
+        return self_test()
     config_path = None
     if len(argv) >= 2 and argv[0] == "--config":
         config_path, argv = argv[1], argv[2:]
