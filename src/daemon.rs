@@ -23,6 +23,7 @@
 //! build), so a dead metering thread restarts the pod instead of leaving frozen counters
 //! behind a green probe. Debug builds have a fault hook for the tests ([`injected_fault`]).
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -683,6 +684,9 @@ fn metering_loop(
 ) -> bool {
     let mut last_save = Instant::now();
     let mut last_publish: Option<Instant> = None;
+    // The formats each file's records were read in (a bit per format), for /status.
+    let mut formats: HashMap<PathBuf, u8> = HashMap::new();
+    let mut formats_changed = false;
     while !shutdown.stopping() {
         injected_fault(shutdown);
         status.heartbeat.beat();
@@ -694,13 +698,35 @@ fn metering_loop(
             let mut meter = saver.meter.lock();
             meter.store.set_clock(now_ns());
             let n = registry.read(POLL_BUDGET, |file, line_no, decoded| {
-                meter.decoded(&file.path, line_no, decoded)
+                if let Some(format) = meter.decoded(&file.path, line_no, decoded) {
+                    let bits = 1u8 << format as u8;
+                    match formats.get_mut(&file.path) {
+                        Some(seen) if *seen & bits == bits => {}
+                        Some(seen) => {
+                            *seen |= bits;
+                            formats_changed = true;
+                        }
+                        None => {
+                            formats.insert(file.path.clone(), bits);
+                            formats_changed = true;
+                        }
+                    }
+                }
             });
             saver.meter.publish(&meter, false);
             n
         };
         if last_publish.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) {
-            status.publish_files(registry.statuses(), registry.summary());
+            let statuses = registry.statuses();
+            // Paths no longer watched are forgotten (the map stays as large as the files).
+            let watched: HashSet<&PathBuf> = statuses.iter().map(|s| &s.path).collect();
+            let before = formats.len();
+            formats.retain(|path, _| watched.contains(path));
+            if formats_changed || formats.len() != before {
+                status.publish_formats(formats.clone());
+                formats_changed = false;
+            }
+            status.publish_files(statuses, registry.summary());
             last_publish = Some(Instant::now());
         }
         // Ready once every file has been read to its end once: after a restart the

@@ -6,6 +6,8 @@
 //! the metering loop's [`Heartbeat`] (what `/healthz` answers from).
 //! Must not: start threads or know who writes what; readers never get the daemon itself.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -229,6 +231,7 @@ pub struct AgentStatus {
     pub ready: AtomicBool,
     /// Shared, so a reader takes it without copying thousands of paths.
     files: Mutex<(Arc<Vec<FileStatus>>, RegistrySummary)>,
+    formats: Mutex<Arc<HashMap<PathBuf, u8>>>,
     pub checkpoints_ok: AtomicU64,
     pub checkpoints_failed: AtomicU64,
     pub otlp: ExportStats,
@@ -246,6 +249,7 @@ impl AgentStatus {
             start_time_ns,
             ready: AtomicBool::new(false),
             files: Mutex::new((Arc::new(Vec::new()), RegistrySummary::default())),
+            formats: Mutex::new(Arc::new(HashMap::new())),
             checkpoints_ok: AtomicU64::new(0),
             checkpoints_failed: AtomicU64::new(0),
             otlp: ExportStats::default(),
@@ -261,6 +265,19 @@ impl AgentStatus {
 
     pub fn publish_files(&self, files: Vec<FileStatus>, summary: RegistrySummary) {
         *self.files.lock().unwrap_or_else(|e| e.into_inner()) = (Arc::new(files), summary);
+    }
+
+    /// The formats records were read in, per file path (a bit per
+    /// [`crate::parse::format::Format`]), for `/status`.
+    pub fn publish_formats(&self, formats: HashMap<PathBuf, u8>) {
+        *self.formats.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(formats);
+    }
+
+    pub fn formats(&self) -> Arc<HashMap<PathBuf, u8>> {
+        self.formats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn files(&self) -> (Arc<Vec<FileStatus>>, RegistrySummary) {

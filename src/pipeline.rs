@@ -190,6 +190,8 @@ pub struct Meter {
     extra_names: Vec<String>,
     invalid_names: Vec<String>,
     warn: RateLimited,
+    /// The format of the last record line fed in (taken by [`Meter::decoded`]'s caller).
+    last_format: Option<crate::parse::format::Format>,
     /// When to work out event times (backfill and Loki need every one; a summary none, or
     /// only those its prices depend on: parsing timestamps is a tenth of the per-line cost).
     event_times: EventTimes,
@@ -204,6 +206,7 @@ impl Meter {
             invalid_names: invalid_field_names(&extra_names),
             extra_names,
             warn: RateLimited::new(Duration::from_secs(10)),
+            last_format: None,
             event_times,
         }
     }
@@ -257,8 +260,14 @@ impl Meter {
     }
 
     /// Feeds one line as a tailed file's cursor hands it out (already decoded). Tailing does
-    /// not track event times (counters only).
-    pub fn decoded(&mut self, path: &Path, line_no: u64, decoded: Decoded<'_>) {
+    /// not track event times (counters only). Returns the format a record line was read in.
+    pub fn decoded(
+        &mut self,
+        path: &Path,
+        line_no: u64,
+        decoded: Decoded<'_>,
+    ) -> Option<crate::parse::format::Format> {
+        self.last_format = None;
         match decoded {
             Decoded::Line(l) => {
                 let ctx = LineCtx { path, line_no };
@@ -268,6 +277,7 @@ impl Meter {
             Decoded::TooLong => self.skip(path, line_no, SkipReason::TooLong),
             Decoded::Pending | Decoded::Blank => {}
         }
+        self.last_format.take()
     }
 
     /// At the end of a finished file: a partial line that never got its final part counts
@@ -301,6 +311,7 @@ impl Meter {
     ) {
         match self.parser.parse(line.text) {
             Parsed::Record(r) => {
+                self.last_format = Some(r.format);
                 self.request(ctx, &line, r, fallback, sink);
                 // A Kong line may report several LLM calls: each counts as a request.
                 while let Some(r) = self.parser.next_request(line.text) {

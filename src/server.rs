@@ -206,6 +206,8 @@ struct FileJson<'a> {
     namespace: Option<&'a str>,
     pod: Option<&'a str>,
     container: Option<&'a str>,
+    /// The formats its records were read in (docs/formats.md).
+    formats: Vec<&'static str>,
 }
 
 #[derive(serde::Serialize)]
@@ -227,6 +229,7 @@ async fn status(State(s): State<AppState>) -> Response {
     let sh = &s.shared;
     let st = &sh.status;
     let (files, summary) = st.files();
+    let formats = st.formats();
     let files: Vec<FileJson<'_>> = files
         .iter()
         .map(|f| FileJson {
@@ -246,6 +249,14 @@ async fn status(State(s): State<AppState>) -> Response {
             namespace: f.labels.as_ref().map(|l| l.namespace.as_str()),
             pod: f.labels.as_ref().map(|l| l.pod.as_str()),
             container: f.labels.as_ref().map(|l| l.container.as_str()),
+            formats: {
+                let bits = formats.get(&f.path).copied().unwrap_or(0);
+                crate::parse::format::Format::ALL
+                    .iter()
+                    .filter(|&&x| bits >> x as u8 & 1 == 1)
+                    .map(|x| x.name())
+                    .collect()
+            },
         })
         .collect();
     let published = sh.meter.published();

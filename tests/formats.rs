@@ -139,3 +139,93 @@ fn standard_input_and_a_fifo_give_the_summary_of_the_file() {
     assert_eq!(replay_json(&[&fifo], None), want, "fifo");
     writer.join().unwrap();
 }
+
+#[test]
+fn the_daemon_counts_every_format_and_status_names_the_formats_of_each_file() {
+    use common::{append, config, pod_dir, wait_until, Daemon};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let mixed = pod_dir(&root, "gw-mixed").join("0.log");
+    let kong = pod_dir(&root, "gw-kong").join("0.log");
+    let cfg = config(&root, &tmp.path().join("state"), "", "");
+    let d = Daemon::start(tmp.path(), "formats", &cfg);
+    append(
+        &mixed,
+        &std::fs::read_to_string(fixture("mixed.log")).unwrap(),
+    );
+    append(
+        &kong,
+        &std::fs::read_to_string(fixture("kong.jsonl")).unwrap(),
+    );
+    // The counters: the reference's records per format of the two files together.
+    let want_mixed = expected("mixed.log");
+    let want_kong = expected("kong.jsonl");
+    let want = |format: &str| {
+        want_mixed["formats"][format].as_u64().unwrap_or(0)
+            + want_kong["formats"][format].as_u64().unwrap_or(0)
+    };
+    wait_until(
+        "every record counted",
+        std::time::Duration::from_secs(60),
+        || {
+            let m = d.metrics()?;
+            let n = m.sum("tokenmeter_lines_total", &[("result", "record")]) as u64;
+            (n == want_mixed["records"].as_u64()? + want_kong["records"].as_u64()?).then_some(m)
+        },
+    );
+    let m = d.metrics().unwrap();
+    for format in [
+        "gen_ai",
+        "genai_v04",
+        "kong",
+        "higress",
+        "logfmt",
+        "tokenmeter",
+    ] {
+        assert_eq!(
+            m.sum(
+                "tokenmeter_lines_total",
+                &[("result", "record"), ("format", format)]
+            ) as u64,
+            want(format),
+            "{format}"
+        );
+    }
+    let status = wait_until(
+        "both files' formats in /status",
+        std::time::Duration::from_secs(30),
+        || {
+            let (_, body) = common::get(&d.addr, "/status").ok()?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            let files = v["files"].as_array()?.clone();
+            (files.len() == 2
+                && files
+                    .iter()
+                    .all(|f| f["formats"].as_array().is_some_and(|a| !a.is_empty())))
+            .then_some(files)
+        },
+    );
+    for f in status {
+        let formats: Vec<&str> = f["formats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        if f["path"].as_str().unwrap().contains("gw-kong") {
+            assert_eq!(formats, ["kong"]);
+        } else {
+            assert_eq!(
+                formats,
+                [
+                    "gen_ai",
+                    "genai_v04",
+                    "kong",
+                    "higress",
+                    "logfmt",
+                    "tokenmeter"
+                ]
+            );
+        }
+    }
+}

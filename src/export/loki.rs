@@ -252,7 +252,64 @@ pub const REDACTION_PLACEHOLDER: &str = "[line withheld: redaction of loki.redac
 /// the line but the keys just masked — in the raw text or with every escape of the line
 /// decoded (a string value holding the name, a key without `:`, quotes out of step). Fails
 /// closed: the caller then sends a placeholder.
+///
+/// Every format's lines: a field given as a JSON Pointer (`/consumer/username`) masks its last
+/// key wherever that key is (the same key elsewhere in the line too: over-masking is safe); a
+/// string value that holds a JSON object (Higress' `ai_log`) is redacted inside and written
+/// back as a string; a line that is not a JSON object is redacted as `key=value` pairs.
 pub fn redact(line: &str, fields: &[String]) -> Option<String> {
+    let names: Vec<String> = fields.iter().map(|f| redacted_key(f)).collect();
+    let json_like = line.trim_start().starts_with(['{', '[']);
+    if !json_like && crate::parse::logfmt::spans(line).next().is_some() {
+        redact_pairs(line, &names)
+    } else {
+        // JSON, or text of no known shape: the lexical scan finds any `"key":` in it.
+        redact_json(line, &names)
+    }
+}
+
+/// The key a `loki.redact` entry masks: a plain key as written, a JSON Pointer's last step.
+fn redacted_key(field: &str) -> String {
+    match crate::parse::format::FieldPath::parse(field) {
+        crate::parse::format::FieldPath::Pointer(steps) => {
+            steps.last().cloned().unwrap_or_default()
+        }
+        _ => field.to_string(),
+    }
+}
+
+/// [`redact`] of a `key=value` line (agentgateway's text log): each listed key's value, quoted
+/// or not, becomes `[REDACTED]`; `None` when a listed name is still anywhere in the line.
+fn redact_pairs(line: &str, names: &[String]) -> Option<String> {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = String::with_capacity(line.len());
+    let mut copied = 0;
+    for pair in crate::parse::logfmt::spans(line) {
+        let key = line.get(pair.key.clone())?;
+        if names.iter().any(|n| n == key) {
+            out.push_str(line.get(copied..pair.value.start)?);
+            out.push_str("[REDACTED]");
+            rest.push_str(line.get(copied..pair.key.start)?);
+            copied = pair.value.end;
+        }
+    }
+    out.push_str(line.get(copied..)?);
+    rest.push_str(line.get(copied..)?);
+    // Fails closed as the JSON scan does: a listed name left anywhere, as written or spelled
+    // with escapes (JSON inside a value, a line that only looks like pairs).
+    if names.iter().any(|n| rest.contains(n.as_str())) {
+        return None;
+    }
+    if rest.contains('\\') {
+        let decoded = unescape_lenient(&rest);
+        if names.iter().any(|n| decoded.contains(n.as_str())) {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+fn redact_json(line: &str, fields: &[String]) -> Option<String> {
     const MASK: &str = "\"[REDACTED]\"";
     let b = line.as_bytes();
     let mut out = String::with_capacity(line.len());
@@ -267,7 +324,24 @@ pub fn redact(line: &str, fields: &[String]) -> Option<String> {
         };
         let colon = skip_ws(b, end);
         let key = &line[start + 1..end - 1];
-        if b.get(colon) != Some(&b':') || !fields.iter().any(|f| decodes_to(key, f)) {
+        if b.get(colon) != Some(&b':') {
+            // A string value: one that holds a JSON object naming a listed key is redacted
+            // inside and written back as a string.
+            if key.contains("\\\"") && fields.iter().any(|f| key.contains(f.as_str())) {
+                let inner = unescape_lenient(key);
+                if inner.trim_start().starts_with('{') {
+                    let clean = redact_json(&inner, fields)?;
+                    out.push_str(&line[copied..start]);
+                    out.push_str(&serde_json::to_string(&clean).ok()?);
+                    rest.push_str(&line[copied..start]);
+                    rest.push_str("\"\"");
+                    copied = end;
+                }
+            }
+            i = end;
+            continue;
+        }
+        if !fields.iter().any(|f| decodes_to(key, f)) {
             i = end;
             continue;
         }
@@ -719,6 +793,50 @@ mod tests {
 
     fn r(line: &str) -> Option<String> {
         redact(line, &fields())
+    }
+
+    #[test]
+    fn redaction_reaches_every_format_pointers_embedded_json_and_key_value_lines() {
+        let red = |line: &str, fields: &[&str]| {
+            redact(
+                line,
+                &fields.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        // A pointer masks its last key (Kong's consumer).
+        assert_eq!(
+            red(
+                r#"{"consumer":{"id":"c1","username":"alice"},"ai":{}}"#,
+                &["/consumer/username"]
+            )
+            .as_deref(),
+            Some(r#"{"consumer":{"id":"c1","username":"[REDACTED]"},"ai":{}}"#)
+        );
+        // Inside JSON held in a string (Higress' ai_log): redacted there, still a string whose
+        // text is a JSON object.
+        let line =
+            r#"{"ai_log":"{\"model\":\"qwen\",\"consumer\":\"bob\"}","response_code":"200"}"#;
+        let out = red(line, &["/ai_log/consumer"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let inner: serde_json::Value = serde_json::from_str(v["ai_log"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            inner,
+            serde_json::json!({"model": "qwen", "consumer": "[REDACTED]"})
+        );
+        assert!(!out.contains("bob"), "{out}");
+        // A string naming the key that is not an object: not sure, withheld.
+        assert_eq!(red(r#"{"msg":"consumer \"bob\""}"#, &["consumer"]), None);
+        // key=value lines (agentgateway): quoted or bare values.
+        let line = "2026-11-26T10:04:15.902117Z\tinfo\trequest src.addr=10.0.3.44:60871 llm.request.model=m api_key_id=\"team search\" duration=1ms";
+        assert_eq!(
+            red(line, &["src.addr", "api_key_id"]).as_deref(),
+            Some("2026-11-26T10:04:15.902117Z\tinfo\trequest src.addr=[REDACTED] llm.request.model=m api_key_id=[REDACTED] duration=1ms")
+        );
+        // The name left elsewhere in the line (a message): withheld.
+        assert_eq!(
+            red(r#"error="bad api_key_id" api_key_id=k"#, &["api_key_id"]),
+            None
+        );
     }
 
     #[test]

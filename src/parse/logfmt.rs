@@ -8,21 +8,30 @@
 
 use std::borrow::Cow;
 
-/// The `key=value` pairs of a line, in order. Words without `=` (the timestamp, the level,
-/// the message) are passed over; a key is a run of bytes other than space, `=` and `"`.
-pub struct Pairs<'a> {
+/// Where one `key=value` pair is in its line: the key, and the value as written (quotes
+/// included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairSpan {
+    pub key: std::ops::Range<usize>,
+    pub value: std::ops::Range<usize>,
+}
+
+/// The `key=value` pairs of a line, in order, as spans. Words without `=` (the timestamp, the
+/// level, the message) are passed over; a key is a run of bytes other than space, `=` and `"`.
+/// The one tokenizer every reader of `key=value` lines uses (parsing, Loki's redaction).
+pub struct Spans<'a> {
     line: &'a str,
     pos: usize,
 }
 
-pub fn pairs(line: &str) -> Pairs<'_> {
-    Pairs { line, pos: 0 }
+pub fn spans(line: &str) -> Spans<'_> {
+    Spans { line, pos: 0 }
 }
 
-impl<'a> Iterator for Pairs<'a> {
-    type Item = (&'a str, Cow<'a, str>);
+impl Iterator for Spans<'_> {
+    type Item = PairSpan;
 
-    fn next(&mut self) -> Option<Self::Item> {
+    fn next(&mut self) -> Option<PairSpan> {
         let b = self.line.as_bytes();
         loop {
             while b.get(self.pos).is_some_and(|c| is_space(*c)) {
@@ -34,35 +43,61 @@ impl<'a> Iterator for Pairs<'a> {
             }
             // A word: up to a space, or to `=` (then a value follows).
             let mut i = start;
+            let mut quoted_word = false;
             while i < b.len() && !is_space(b[i]) && b[i] != b'=' {
                 if b[i] == b'"' {
                     // A quoted word without a key (a message): skip it whole.
-                    let (_, end) = quoted(self.line, i);
-                    i = end;
+                    quoted_word = true;
+                    i = quoted_end(b, i);
                     continue;
                 }
                 i += 1;
             }
-            if b.get(i) != Some(&b'=') || i == start || self.line[start..i].contains('"') {
+            if b.get(i) != Some(&b'=') || i == start || quoted_word {
                 // A bare word, or `=` with no key: not a pair.
                 self.pos = skip_word(b, i);
                 continue;
             }
-            let key = &self.line[start..i];
             let vstart = i + 1;
-            if b.get(vstart) == Some(&b'"') {
-                let (value, end) = quoted(self.line, vstart);
-                self.pos = end;
-                return Some((key, value));
-            }
-            let mut end = vstart;
-            while end < b.len() && !is_space(b[end]) {
-                end += 1;
-            }
-            self.pos = end;
-            return Some((key, Cow::Borrowed(&self.line[vstart..end])));
+            let vend = if b.get(vstart) == Some(&b'"') {
+                quoted_end(b, vstart)
+            } else {
+                let mut end = vstart;
+                while end < b.len() && !is_space(b[end]) {
+                    end += 1;
+                }
+                end
+            };
+            self.pos = vend;
+            return Some(PairSpan {
+                key: start..i,
+                value: vstart..vend,
+            });
         }
     }
+}
+
+/// The `key=value` pairs of a line, in order, values unquoted.
+pub fn pairs(line: &str) -> impl Iterator<Item = (&str, Cow<'_, str>)> {
+    spans(line).map(move |p| {
+        let key = line.get(p.key).unwrap_or("");
+        let raw = line.get(p.value).unwrap_or("");
+        (key, unquote(raw))
+    })
+}
+
+/// The index after the string quoted at `open` (a `"`): after its closing quote, or the
+/// line's end when it has none (an unclosed quote runs to the end of the line).
+fn quoted_end(b: &[u8], open: usize) -> usize {
+    let mut i = open + 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    b.len()
 }
 
 fn is_space(c: u8) -> bool {
@@ -76,32 +111,22 @@ fn skip_word(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The string quoted at `open` (a `"`), unescaped (`\"` and `\\`; any other backslash is kept
-/// as written), and the index after its closing quote (the line's end when it has none: an
-/// unclosed quote runs to the end of the line).
-fn quoted(line: &str, open: usize) -> (Cow<'_, str>, usize) {
-    let b = line.as_bytes();
-    let body = open + 1;
-    let mut i = body;
-    let mut escaped = false;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => {
-                escaped = true;
-                i += 2;
-            }
-            b'"' => break,
-            _ => i += 1,
-        }
+/// A value as written, unquoted: `"…"` loses its quotes and `\\"` and `\\\\` their backslash
+/// (any other backslash is kept as written); an unclosed quote runs to the end.
+fn unquote(raw: &str) -> Cow<'_, str> {
+    let Some(inner) = raw.strip_prefix('"') else {
+        return Cow::Borrowed(raw);
+    };
+    let inner = match inner.strip_suffix('"') {
+        // `"a\"` ends with an escaped quote only when an odd run of backslashes precedes it.
+        Some(body) if body.bytes().rev().take_while(|&c| c == b'\\').count() % 2 == 0 => body,
+        _ => inner,
+    };
+    if !inner.contains('\\') {
+        return Cow::Borrowed(inner);
     }
-    let close = i.min(b.len());
-    let raw = line.get(body..close).unwrap_or("");
-    let end = (close + 1).min(b.len());
-    if !escaped {
-        return (Cow::Borrowed(raw), end);
-    }
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
     while let Some(c) = chars.next() {
         if c != '\\' {
             out.push(c);
@@ -117,7 +142,7 @@ fn quoted(line: &str, open: usize) -> (Cow<'_, str>, usize) {
             None => out.push('\\'),
         }
     }
-    (Cow::Owned(out), end)
+    Cow::Owned(out)
 }
 
 /// Whether the line has a `key=value` pair whose key starts with `llm.` (agentgateway up to
