@@ -205,7 +205,9 @@ fn every_promql_expression_runs_on_victoriametrics_fed_only_by_otlp() {
     let root_dir = tmp.path().join("pods");
     let dir = pod_dir(&root_dir, "gw-assets");
     let log = dir.join("0.log");
-    std::fs::copy(root().join("tests/fixtures/cri-wrapped.log"), &log).unwrap();
+    // The CRI fixture moved to yesterday: Loki (7 days) accepts its lines on any date.
+    let (fixture, _) = cri_fixture_of_yesterday(tmp.path());
+    std::fs::copy(fixture, &log).unwrap();
     let loki = LokiReceiver::start();
     let vm_addr = format!("127.0.0.1:{}", free_port());
     let sections = format!(

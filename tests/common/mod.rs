@@ -601,6 +601,23 @@ pub fn record_line_at(i: u64, t: i64, expected: &mut Expected) -> String {
     )
 }
 
+/// The CRI fixture (all of it written on 2026-03-17) moved to the day before the test's
+/// start, whole days so the times of day stay: lines a day or two old, which Loki and the
+/// default `--loki-max-age` (7 d) accept on any date the test runs. Returns the copy's path
+/// and the unix time of its day's midnight.
+pub fn cri_fixture_of_yesterday(dir: &Path) -> (std::path::PathBuf, i64) {
+    let day = (test_start() - 86_400).div_euclid(86_400) * 86_400;
+    let fixture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cri-wrapped.log"
+    ))
+    .unwrap()
+    .replace("2026-03-17T", &iso(day).replacen("T00:00:00.000Z", "T", 1));
+    let log = dir.join("cri-wrapped.log");
+    std::fs::write(&log, fixture).unwrap();
+    (log, day)
+}
+
 /// Wraps content as one CRI line (F), stamped with the test's start (nanoseconds .123456789).
 pub fn cri(content: &str) -> String {
     let stamp = iso(test_start()).replacen(".000Z", ".123456789Z", 1);
