@@ -13,7 +13,9 @@ pub struct KeyTable {
     entries: Vec<KeyEntry>,
 }
 
-const KEY_BUCKETS: usize = 256;
+const KEY_BUCKETS: usize = 1024;
+/// Keys past this many are not wanted (a bucket holds an entry index + 1 in a byte).
+const MAX_KEYS: usize = 255;
 
 struct KeyEntry {
     len: usize,
@@ -41,7 +43,7 @@ fn bucket(len: usize, head: u64) -> usize {
     (head
         .wrapping_add(len as u64)
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        >> 56) as usize
+        >> 54) as usize
 }
 
 impl KeyTable {
@@ -52,7 +54,7 @@ impl KeyTable {
         };
         // Every format's keys and the extra token keys, far below half the buckets: the table
         // never fills (keys past half of it are not wanted, see `Parser::new`).
-        for (k, slot) in keys.iter().take(KEY_BUCKETS / 2) {
+        for (k, slot) in keys.iter().take(MAX_KEYS) {
             let (head, tail) = head_tail(k.as_bytes());
             table.entries.push(KeyEntry {
                 len: k.len(),

@@ -191,6 +191,46 @@ struct CompiledMapping {
     fields: [Vec<Compiled>; N_FIELDS],
     extra: Vec<Vec<Compiled>>,
     start_time_epoch_ms: bool,
+    /// When every field is at most one top-level key (the seed's format, most configs): the
+    /// index of each field's key and each extra type's, read straight from the line's spans
+    /// (the hot path: no fallbacks, no pointers, no [`Val`]).
+    simple: Option<SimpleForm>,
+}
+
+/// Per field, then per extra type, the top-level keys it is read from, in fallback order.
+type SimpleForm = ([TopKeys; N_FIELDS], Vec<TopKeys>);
+
+/// A field's top-level keys: none, one, or a key and its fallback (`gen_ai`'s model).
+#[derive(Clone, Copy, Debug)]
+enum TopKeys {
+    None,
+    One(usize),
+    Two(usize, usize),
+}
+
+/// The `simple` form of a mapping, if it has one.
+fn simple_form(
+    fields: &[Vec<Compiled>; N_FIELDS],
+    extra: &[Vec<Compiled>],
+    format: Format,
+) -> Option<SimpleForm> {
+    let tops = |paths: &[Compiled]| -> Option<TopKeys> {
+        match paths {
+            [] => Some(TopKeys::None),
+            [Compiled::Top(a)] => Some(TopKeys::One(*a)),
+            [Compiled::Top(a), Compiled::Top(b)] => Some(TopKeys::Two(*a, *b)),
+            _ => None,
+        }
+    };
+    if !format.is_json() || format == Format::Kong {
+        return None;
+    }
+    let mut out = [TopKeys::None; N_FIELDS];
+    for (slot, paths) in out.iter_mut().zip(fields) {
+        *slot = tops(paths)?;
+    }
+    let extra = extra.iter().map(|p| tops(p)).collect::<Option<Vec<_>>>()?;
+    Some((out, extra))
 }
 
 impl CompiledMapping {
@@ -237,6 +277,14 @@ struct Work {
     plugins: Vec<Raw>,
     next_plugin: usize,
     members: Vec<Raw>,
+}
+
+impl Work {
+    /// Whether the current line has wanted top-level key `i`.
+    #[inline(always)]
+    fn has(&self, i: usize) -> bool {
+        self.stamps[i] == self.line_gen
+    }
 }
 
 /// A value found in a line, not yet interpreted.
@@ -312,16 +360,18 @@ impl Parser {
         for m in &mappings {
             let fields: [Vec<Compiled>; N_FIELDS] =
                 std::array::from_fn(|i| m.fields[i].iter().filter_map(|p| compile(m, p)).collect());
-            let extra = m
+            let extra: Vec<Vec<Compiled>> = m
                 .extra
                 .iter()
                 .take(MAX_EXTRA_TOKENS)
                 .map(|paths| paths.iter().filter_map(|p| compile(m, p)).collect())
                 .collect();
+            let simple = simple_form(&fields, &extra, m.format);
             compiled.push(CompiledMapping {
                 fields,
                 extra,
                 start_time_epoch_ms: m.start_time_epoch_ms,
+                simple,
             });
         }
         let ai = index_of(&mut top_names, "ai");
@@ -499,13 +549,13 @@ fn detect(t: &Tables, w: &mut Work, line: &str, seen: u8) -> Format {
     if seen & SEEN_GENAI_V04 != 0 {
         return Format::GenaiV04;
     }
-    if w.stamps[t.ai] == w.line_gen && w.tops[t.ai].kind == Kind::Object {
+    if w.has(t.ai) && w.tops[t.ai].kind == Kind::Object {
         find_plugins(t, w, line);
         if !w.plugins.is_empty() {
             return Format::Kong;
         }
     }
-    if w.stamps[t.ai_log] == w.line_gen {
+    if w.has(t.ai_log) {
         if let Kind::Str { .. } = w.tops[t.ai_log].kind {
             let text = JsonStr {
                 raw: line
@@ -526,7 +576,7 @@ fn detect(t: &Tables, w: &mut Work, line: &str, seen: u8) -> Format {
 /// `usage` object.
 fn find_plugins(t: &Tables, w: &mut Work, line: &str) {
     w.plugins.clear();
-    if w.stamps[t.ai] != w.line_gen || w.tops[t.ai].kind != Kind::Object {
+    if !w.has(t.ai) || w.tops[t.ai].kind != Kind::Object {
         return;
     }
     let ai = w.tops[t.ai];
@@ -690,9 +740,9 @@ fn field_value<'a>(
     let mut last = None;
     for (i, path) in paths.iter().enumerate() {
         let v = match path {
-            Compiled::Top(k) => (w.stamps[*k] == w.line_gen).then(|| Val::Line(w.tops[*k])),
+            Compiled::Top(k) => w.has(*k).then(|| Val::Line(w.tops[*k])),
             Compiled::Pointer(k, steps) => {
-                if w.stamps[*k] == w.line_gen {
+                if w.has(*k) {
                     follow(&mut w.scanner, line, w.tops[*k], steps)
                 } else {
                     None
@@ -823,6 +873,9 @@ fn read_record<'a>(
     first_of_line: bool,
 ) -> Option<Record<'a>> {
     let m = &t.mappings[format as usize];
+    if let Some((tops, extra)) = &m.simple {
+        return read_simple(t, w, line, format, tops, extra, m.start_time_epoch_ms);
+    }
     let model = val_label(
         line,
         field_value(w, line, m.get(Field::Model), plugin, Holds::Label),
@@ -921,6 +974,99 @@ fn read_record<'a>(
         valid,
         total_mismatch,
     })
+}
+
+/// [`read_record`] of a mapping whose every field is at most one top-level key: each value is
+/// read from its span in the line, as the seed's single-format parser did.
+fn read_simple<'a>(
+    t: &Tables,
+    w: &Work,
+    line: &'a str,
+    format: Format,
+    tops: &[TopKeys; N_FIELDS],
+    extra_tops: &[TopKeys],
+    epoch_ms: bool,
+) -> Option<Record<'a>> {
+    let raw = |f: Field, need: Holds| pick(w, line, tops[f as usize], need);
+    let model = raw_label(line, raw(Field::Model, Holds::Label));
+    let input = raw_tokens(line, raw(Field::Input, Holds::Count));
+    let output = raw_tokens(line, raw(Field::Output, Holds::Count));
+    let total = raw_tokens(line, raw(Field::Total, Holds::Count));
+    let mut invalid = 0u32;
+    let mut valid = 0u32;
+    for (bit, tok) in [(INPUT_BIT, input), (OUTPUT_BIT, output), (TOTAL_BIT, total)] {
+        match tok {
+            Tokens::Valid(_) => valid |= 1 << bit,
+            Tokens::Invalid => invalid |= 1 << bit,
+            Tokens::NotMeasured => {}
+        }
+    }
+    if model.is_none() && valid == 0 {
+        return None;
+    }
+    let mut extra = [0u64; MAX_EXTRA_TOKENS];
+    for (i, keys) in extra_tops.iter().enumerate().take(t.n_extra) {
+        let Some(r) = pick(w, line, *keys, Holds::Count) else {
+            continue;
+        };
+        let bit = EXTRA_BIT0 + i as u32;
+        match raw_tokens(line, Some(r)) {
+            Tokens::Valid(v) => {
+                extra[i] = v;
+                valid |= 1 << bit;
+            }
+            Tokens::Invalid => invalid |= 1 << bit,
+            Tokens::NotMeasured => {}
+        }
+    }
+    let (i, o) = (input.valid(), output.valid());
+    let total_tokens = match total.valid() {
+        Some(t) => t,
+        None => i.unwrap_or(0) + o.unwrap_or(0),
+    };
+    let total_mismatch = matches!((i, o, total.valid()), (Some(i), Some(o), Some(t)) if i + o != t);
+    let (start_time, start_ns) = val_start(
+        line,
+        raw(Field::StartTime, Holds::Any).map(Val::Line),
+        epoch_ms,
+    );
+    Some(Record {
+        model: model.unwrap_or(Cow::Borrowed(UNKNOWN)),
+        api_key_id: raw_label(line, raw(Field::ApiKey, Holds::Label))
+            .unwrap_or(Cow::Borrowed(UNKNOWN)),
+        service_id: raw_label(line, raw(Field::Service, Holds::Label))
+            .unwrap_or(Cow::Borrowed(UNKNOWN)),
+        input_tokens: i.unwrap_or(0),
+        output_tokens: o.unwrap_or(0),
+        total_tokens,
+        extra_tokens: extra,
+        status_class: status_class(raw(Field::Status, Holds::Any).map(|r| r.value(line))),
+        duration_ms: duration_ms(raw(Field::Duration, Holds::Any).map(|r| r.value(line))),
+        start_time,
+        start_ns,
+        format,
+        first_of_line: true,
+        invalid,
+        valid,
+        total_mismatch,
+    })
+}
+
+/// A field's value from its top-level keys: the first that holds a value (see [`Holds`]), else
+/// the last one present.
+#[inline(always)]
+fn pick(w: &Work, line: &str, keys: TopKeys, need: Holds) -> Option<Raw> {
+    match keys {
+        TopKeys::None => None,
+        TopKeys::One(k) => w.has(k).then(|| w.tops[k]),
+        TopKeys::Two(a, b) => {
+            let first = w.has(a).then(|| w.tops[a]);
+            match first {
+                Some(r) if holds(&Val::Line(r), line, need) => Some(r),
+                _ => w.has(b).then(|| w.tops[b]).or(first),
+            }
+        }
+    }
 }
 
 /// The token rules for a string value (digits, or not measured when `""`/`"-"`).
