@@ -4,12 +4,16 @@
 //! - arbitrary bytes never panic and always end in a counted result;
 //! - the scanner accepts exactly the JSON objects `serde_json` accepts (apart from the
 //!   documented leniencies: `\NNN`, lone surrogates, numbers beyond f64) and reads the same top-level values, over real lines mutated at
-//!   random, so the fast path can never guess.
+//!   random, so the fast path can never guess;
+//! - with formats told apart line by line, a line in the seed's format reads exactly as with
+//!   `format = "tokenmeter"`, and a line holding two formats' keys, in any order, is read by the
+//!   first of them in the documented order.
 
 use proptest::prelude::*;
 use tokenmeter::config::Fields;
 use tokenmeter::decode::{Decoded, Decoder};
 use tokenmeter::json::{Scanner, Value};
+use tokenmeter::parse::format::Format;
 use tokenmeter::parse::{Parsed, Parser};
 
 fn fixture_lines() -> Vec<String> {
@@ -210,5 +214,127 @@ fn every_fixture_line_is_a_json_object() {
     for line in fixture_lines() {
         let ours = matches!(p.parse(&line), Parsed::Record(_) | Parsed::NotLlm);
         assert!(ours, "{line}");
+    }
+}
+
+// --- formats (docs/formats.md): auto detection never changes how a seed-format line reads,
+// and a line holding the keys of two formats is read by the first in the documented order.
+
+/// A value of a seed-format field: valid, not measured, or invalid, in every JSON spelling.
+fn field_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u64..100_000).prop_map(|n| n.to_string()),
+        (0u64..100_000).prop_map(|n| format!("\"{n}\"")),
+        Just("null".to_string()),
+        Just("\"-\"".to_string()),
+        Just("\"\"".to_string()),
+        Just("-4".to_string()),
+        Just("1.5".to_string()),
+        "[a-z]{1,8}".prop_map(|s| format!("\"{s}\"")),
+        Just("{\"model\":\"nested\"}".to_string()),
+    ]
+}
+
+/// Keys a seed-format line may hold: its own, and others an access log has. None of them is
+/// another format's (those would rightly change the format).
+const SEED_KEYS: [&str; 14] = [
+    "model",
+    "llm_input_token",
+    "llm_output_token",
+    "llm_total_token",
+    "llm_cached_input_token",
+    "llm_reasoning_token",
+    "api_key_id",
+    "aim_service_id",
+    "response_code",
+    "start_time",
+    "duration",
+    "user-agent",
+    "x-request-id",
+    "method",
+];
+
+/// The members that make a line of each JSON format, in the documented order of detection.
+fn signature(format: Format, n: u64) -> Vec<(String, String)> {
+    let m = |k: &str, v: String| (k.to_string(), v);
+    match format {
+        Format::GenAi => vec![
+            m("gen_ai.request.model", "\"g\"".into()),
+            m("gen_ai.usage.input_tokens", n.to_string()),
+        ],
+        Format::GenaiV04 => vec![
+            m("genai_model_name", "\"v\"".into()),
+            m("genai_tokens_input", n.to_string()),
+        ],
+        Format::Kong => vec![m(
+            "ai",
+            format!("{{\"proxy\":{{\"usage\":{{\"prompt_tokens\":{n}}},\"meta\":{{\"request_model\":\"k\"}}}}}}"),
+        )],
+        Format::Higress => vec![m(
+            "ai_log",
+            format!("\"{{\\\"model\\\":\\\"h\\\",\\\"input_token\\\":{n}}}\""),
+        )],
+        Format::Tokenmeter | Format::Logfmt => vec![
+            m("model", "\"t\"".into()),
+            m("llm_input_token", n.to_string()),
+        ],
+    }
+}
+
+const JSON_FORMATS: [Format; 5] = [
+    Format::GenAi,
+    Format::GenaiV04,
+    Format::Kong,
+    Format::Higress,
+    Format::Tokenmeter,
+];
+
+fn object(members: &[(String, String)]) -> String {
+    let body: Vec<String> = members
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", serde_json::to_string(k).unwrap()))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn auto_reads_any_seed_format_line_exactly_as_the_seed_format_does(
+        members in proptest::collection::vec((0..SEED_KEYS.len(), field_value()), 0..10),
+    ) {
+        let members: Vec<(String, String)> =
+            members.into_iter().map(|(k, v)| (SEED_KEYS[k].to_string(), v)).collect();
+        let line = object(&members);
+        let mut auto = Parser::new(&Fields::default());
+        let mut seed = Parser::new(&Fields { format: "tokenmeter".into(), ..Fields::default() });
+        prop_assert_eq!(parse_owned(&mut auto, &line), parse_owned(&mut seed, &line), "{}", line);
+    }
+
+    #[test]
+    fn keys_of_a_later_format_added_in_any_order_leave_a_line_to_the_first_format(
+        first in 0..JSON_FORMATS.len() - 1,
+        later in 1..JSON_FORMATS.len(),
+        n in 0u64..1_000_000,
+        order in proptest::collection::vec(any::<u32>(), 4),
+    ) {
+        prop_assume!(later > first);
+        let mut members = signature(JSON_FORMATS[first], n);
+        members.extend(signature(JSON_FORMATS[later], n + 1));
+        // Any order of the members.
+        let mut keyed: Vec<(u32, (String, String))> =
+            order.iter().copied().chain(std::iter::repeat(0)).zip(members).collect();
+        keyed.sort_by_key(|(o, _)| *o);
+        let members: Vec<(String, String)> = keyed.into_iter().map(|(_, m)| m).collect();
+        let line = object(&members);
+        let mut auto = Parser::new(&Fields::default());
+        match auto.parse(&line) {
+            Parsed::Record(r) => {
+                prop_assert_eq!(r.format, JSON_FORMATS[first], "{}", line);
+                prop_assert_eq!(r.input_tokens, n, "{}", line);
+            }
+            other => prop_assert!(false, "{line}: {other:?}"),
+        }
     }
 }

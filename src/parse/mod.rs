@@ -277,6 +277,15 @@ struct Work {
     plugins: Vec<Raw>,
     next_plugin: usize,
     members: Vec<Raw>,
+    /// The decoded text of a top-level string that holds JSON (Higress' `ai_log`), kept for
+    /// the line it was decoded for: (key index, `line_gen`). Decoded once per line, however
+    /// many fields point into it.
+    embedded: String,
+    embedded_for: Option<(usize, u32)>,
+    /// The top-level members of `embedded` when it is a JSON object (key span, value span):
+    /// one scan, however many fields read it.
+    embedded_members: Vec<(std::ops::Range<usize>, bool, Raw)>,
+    embedded_is_object: bool,
 }
 
 impl Work {
@@ -284,6 +293,54 @@ impl Work {
     #[inline(always)]
     fn has(&self, i: usize) -> bool {
         self.stamps[i] == self.line_gen
+    }
+
+    /// The decoded text of top-level string `k` of `line` (decoded once per line), taken out
+    /// of `self` to be handed back with [`Work::put_embedded`].
+    fn take_embedded(&mut self, line: &str, k: usize) -> String {
+        let mut text = std::mem::take(&mut self.embedded);
+        if self.embedded_for != Some((k, self.line_gen)) {
+            text.clear();
+            let raw = self.tops[k];
+            let body = line.get(raw.start..raw.end).unwrap_or("");
+            match raw.kind {
+                Kind::Str { escaped: true } => crate::json::unescape_into(body, &mut text),
+                _ => text.push_str(body),
+            }
+            self.embedded_for = Some((k, self.line_gen));
+            let members = &mut self.embedded_members;
+            members.clear();
+            self.embedded_is_object = self
+                .scanner
+                .scan(text.as_bytes(), |key, raw| {
+                    members.push((key.start..key.end, key.escaped, raw))
+                })
+                .is_ok();
+        }
+        text
+    }
+
+    /// Member `name` of the embedded object (the last, if it appears twice).
+    fn embedded_member(&self, text: &str, name: &str) -> Option<Raw> {
+        if !self.embedded_is_object {
+            return None;
+        }
+        self.embedded_members
+            .iter()
+            .rev()
+            .find(|(key, escaped, _)| {
+                let raw = text.get(key.clone()).unwrap_or("");
+                if *escaped {
+                    JsonStr { raw, escaped: true }.decode() == name
+                } else {
+                    raw == name
+                }
+            })
+            .map(|(_, _, raw)| *raw)
+    }
+
+    fn put_embedded(&mut self, text: String) {
+        self.embedded = text;
     }
 }
 
@@ -295,6 +352,17 @@ enum Val<'a> {
     Embedded(Owned),
     /// A `key=value` value.
     Text(Cow<'a, str>),
+}
+
+impl Val<'_> {
+    /// The value with no borrow of the text it was found in.
+    fn into_owned(self) -> Val<'static> {
+        match self {
+            Val::Line(raw) => Val::Line(raw),
+            Val::Embedded(o) => Val::Embedded(o),
+            Val::Text(t) => Val::Text(Cow::Owned(t.into_owned())),
+        }
+    }
 }
 
 /// A JSON value decoded out of a string.
@@ -412,6 +480,10 @@ impl Parser {
                 plugins: Vec::new(),
                 next_plugin: 0,
                 members: Vec::new(),
+                embedded: String::new(),
+                embedded_for: None,
+                embedded_members: Vec::new(),
+                embedded_is_object: false,
             },
         }
     }
@@ -557,14 +629,10 @@ fn detect(t: &Tables, w: &mut Work, line: &str, seen: u8) -> Format {
     }
     if w.has(t.ai_log) {
         if let Kind::Str { .. } = w.tops[t.ai_log].kind {
-            let text = JsonStr {
-                raw: line
-                    .get(w.tops[t.ai_log].start..w.tops[t.ai_log].end)
-                    .unwrap_or(""),
-                escaped: matches!(w.tops[t.ai_log].kind, Kind::Str { escaped: true }),
-            }
-            .decode();
-            if w.scanner.scan(text.as_bytes(), |_, _| {}).is_ok() {
+            let text = w.take_embedded(line, t.ai_log);
+            let holds_object = w.embedded_is_object;
+            w.put_embedded(text);
+            if holds_object {
                 return Format::Higress;
             }
         }
@@ -741,13 +809,26 @@ fn field_value<'a>(
     for (i, path) in paths.iter().enumerate() {
         let v = match path {
             Compiled::Top(k) => w.has(*k).then(|| Val::Line(w.tops[*k])),
-            Compiled::Pointer(k, steps) => {
-                if w.has(*k) {
-                    follow(&mut w.scanner, line, w.tops[*k], steps)
-                } else {
-                    None
+            Compiled::Pointer(k, steps) if w.has(*k) => match w.tops[*k].kind {
+                Kind::Str { .. } => {
+                    // Into JSON held in a top-level string: its decoded text, once per line.
+                    let text = w.take_embedded(line, *k);
+                    let v = match steps.split_first() {
+                        Some((first, rest)) => w
+                            .embedded_member(&text, first)
+                            .and_then(|at| follow(&mut w.scanner, &text, at, rest))
+                            .map(|v| match v {
+                                Val::Line(raw) => Val::Embedded(owned(&text, raw)),
+                                other => other.into_owned(),
+                            }),
+                        None => None,
+                    };
+                    w.put_embedded(text);
+                    v
                 }
-            }
+                _ => follow(&mut w.scanner, line, w.tops[*k], steps),
+            },
+            Compiled::Pointer(..) => None,
             Compiled::InPlugin(steps) => {
                 plugin.and_then(|p| follow(&mut w.scanner, line, p, steps))
             }
