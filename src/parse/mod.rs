@@ -908,6 +908,7 @@ fn val_duration(line: &str, v: Option<Val<'_>>) -> Option<f64> {
 
 /// The start time: kept as written when it is RFC 3339 text in the line (parsed only if the
 /// event time is needed), else worked out now.
+#[inline]
 fn val_start<'a>(
     line: &'a str,
     v: Option<Val<'a>>,
@@ -1059,6 +1060,7 @@ fn read_record<'a>(
 
 /// [`read_record`] of a mapping whose every field is at most one top-level key: each value is
 /// read from its span in the line, as the seed's single-format parser did.
+#[inline]
 fn read_simple<'a>(
     t: &Tables,
     w: &Work,
@@ -1294,6 +1296,7 @@ fn number_tokens(n: &str) -> Tokens {
     }
 }
 
+#[inline]
 fn status_class(v: Option<Value<'_>>) -> StatusClass {
     let code = match v {
         Some(Value::Number(n)) => digits(n),
@@ -1309,6 +1312,7 @@ fn status_class(v: Option<Value<'_>>) -> StatusClass {
 
 /// A duration: milliseconds as a number or digit string, or a string in Go's duration form
 /// (`"2488ms"`, as agentgateway's JSON log writes it).
+#[inline]
 fn duration_ms(v: Option<Value<'_>>) -> Option<f64> {
     let (text, is_str) = match v {
         Some(Value::Number(n)) => (n, false),
