@@ -601,11 +601,8 @@ impl Config {
                     "the name becomes `<prefix>_<name>_tokens_total`: use [a-z0-9_], not input/output".into(),
                 ));
             }
-            if key.is_empty() {
-                return Err(err(
-                    &format!("fields.extra_tokens.{name}"),
-                    "the access-log key is empty".into(),
-                ));
+            if let Some(why) = crate::parse::format::key_error(key) {
+                return Err(err(&format!("fields.extra_tokens.{name}"), why));
             }
         }
         let f = &self.fields;
@@ -634,8 +631,8 @@ impl Config {
             ("fields.start_time", &f.start_time),
             ("fields.duration_ms", &f.duration_ms),
         ] {
-            if value.as_deref() == Some("") {
-                return Err(err(key, "the access-log key is empty".into()));
+            if let Some(why) = value.as_deref().and_then(crate::parse::format::key_error) {
+                return Err(err(key, why));
             }
         }
         crate::pricing::validate_budgets(&self.budgets).map_err(|e| err(&e.key, e.message))?;
@@ -761,6 +758,9 @@ impl Config {
                     &format!("loki.redact[{i}]"),
                     "is empty: it would withhold every line".into(),
                 ));
+            }
+            if let Some(why) = crate::parse::format::key_error(field) {
+                return Err(err(&format!("loki.redact[{i}]"), why));
             }
         }
         if self.loki.max_line_bytes == 0 || self.loki.batch_bytes == 0 {

@@ -626,6 +626,20 @@ pub fn replay(
 ) -> Result<ReplayReport, ReplayError> {
     let started = Instant::now();
     let paths = expand_inputs(args).map_err(ReplayError::Open)?;
+    // A stream is read once: named twice, the second would get what the first left.
+    for (i, p) in paths.iter().enumerate() {
+        let stream = p.as_os_str() == crate::source::input::STDIN
+            || std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        if stream && paths[..i].contains(p) {
+            return Err(ReplayError::Open(crate::source::InputError {
+                path: p.clone(),
+                error: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a stream (standard input, a FIFO) can be read only once: name it once",
+                ),
+            }));
+        }
+    }
     let inputs = paths
         .iter()
         .map(|p| open_input(p))

@@ -102,9 +102,15 @@ impl EntryShaper {
                 .iter()
                 .filter(|name| {
                     // A redacted field never leaves as metadata either: what decides is the
-                    // field the value is read from, not the metadata's name.
+                    // field the value is read from, not the metadata's name. A redact entry
+                    // masks its (last) key wherever it is, so any step of any key the value
+                    // may be read from, in any format, that it masks keeps the metadata home.
                     let sources = metadata_sources(&config.fields, name);
-                    !config.loki.redact.iter().any(|f| sources.contains(f))
+                    !config
+                        .loki
+                        .redact
+                        .iter()
+                        .any(|f| sources.contains(&redacted_key(f)))
                 })
                 .cloned()
                 .collect(),
@@ -183,8 +189,13 @@ fn metadata_sources(fields: &crate::config::Fields, name: &str) -> Vec<String> {
     let mut sources = Vec::new();
     for m in Mapping::all(fields) {
         for path in m.get(field) {
-            sources.push(path.to_string());
-            sources.extend(path.top().map(str::to_string));
+            match path {
+                crate::parse::format::FieldPath::Key(k) => sources.push(k.clone()),
+                crate::parse::format::FieldPath::Pointer(steps)
+                | crate::parse::format::FieldPath::InPlugin(steps) => {
+                    sources.extend(steps.iter().cloned())
+                }
+            }
         }
     }
     sources
@@ -290,21 +301,21 @@ fn redact_pairs(line: &str, names: &[String]) -> Option<String> {
             out.push_str(line.get(copied..pair.value.start)?);
             out.push_str("[REDACTED]");
             rest.push_str(line.get(copied..pair.key.start)?);
-            copied = pair.value.end;
+            // Text glued to a closing quote (`k="a"b`) goes with the value.
+            let b = line.as_bytes();
+            let mut end = pair.value.end;
+            while end < b.len() && b[end] != b' ' && b[end] != b'\t' {
+                end += 1;
+            }
+            copied = end;
         }
     }
     out.push_str(line.get(copied..)?);
     rest.push_str(line.get(copied..)?);
     // Fails closed as the JSON scan does: a listed name left anywhere, as written or spelled
     // with escapes (JSON inside a value, a line that only looks like pairs).
-    if names.iter().any(|n| rest.contains(n.as_str())) {
+    if names_left(&rest, names) {
         return None;
-    }
-    if rest.contains('\\') {
-        let decoded = unescape_lenient(&rest);
-        if names.iter().any(|n| decoded.contains(n.as_str())) {
-            return None;
-        }
     }
     Some(out)
 }
@@ -327,7 +338,9 @@ fn redact_json(line: &str, fields: &[String]) -> Option<String> {
         if b.get(colon) != Some(&b':') {
             // A string value: one that holds a JSON object naming a listed key is redacted
             // inside and written back as a string.
-            if key.contains("\\\"") && fields.iter().any(|f| key.contains(f.as_str())) {
+            // Any string with escaped quotes may hold JSON: its keys may be spelled with
+            // escapes of their own, so the listed names are not looked for in the raw text.
+            if key.contains("\\\"") {
                 let inner = unescape_lenient(key);
                 if inner.trim_start().starts_with('{') {
                     let clean = redact_json(&inner, fields)?;
@@ -362,16 +375,22 @@ fn redact_json(line: &str, fields: &[String]) -> Option<String> {
     }
     out.push_str(&line[copied..]);
     rest.push_str(&line[copied..]);
-    if fields.iter().any(|f| rest.contains(f.as_str())) {
+    if names_left(&rest, fields) {
         return None;
     }
-    if rest.contains('\\') {
-        let decoded = unescape_lenient(&rest);
-        if fields.iter().any(|f| decoded.contains(f.as_str())) {
-            return None;
-        }
-    }
     Some(out)
+}
+
+/// Whether any of `names` is in `text`, as written or with the line's escapes decoded (a
+/// string value holding JSON is checked at its own level, when it is redacted inside).
+fn names_left(text: &str, names: &[String]) -> bool {
+    if names.iter().any(|n| text.contains(n.as_str())) {
+        return true;
+    }
+    text.contains('\\') && {
+        let decoded = unescape_lenient(text);
+        names.iter().any(|n| decoded.contains(n.as_str()))
+    }
 }
 
 /// Whether the raw text of a JSON string (between its quotes) decodes to `field`.
@@ -832,6 +851,20 @@ mod tests {
             red(line, &["src.addr", "api_key_id"]).as_deref(),
             Some("2026-11-26T10:04:15.902117Z\tinfo\trequest src.addr=[REDACTED] llm.request.model=m api_key_id=[REDACTED] duration=1ms")
         );
+        // Text glued to the closing quote goes with the value.
+        assert_eq!(
+            red(r#"a=1 api_key_id="SEC"RETE b=2"#, &["api_key_id"]).as_deref(),
+            Some("a=1 api_key_id=[REDACTED] b=2")
+        );
+        // A key spelled with escapes inside JSON held in a string: found at its own level.
+        assert_eq!(
+            red(
+                r#"{"ai_log":"{\"consum\\u0065r\":\"SECRET\"}"}"#,
+                &["/ai_log/consumer"]
+            )
+            .as_deref(),
+            Some(r#"{"ai_log":"{\"consum\\u0065r\":\"[REDACTED]\"}"}"#)
+        );
         // The name left elsewhere in the line (a message): withheld.
         assert_eq!(
             red(r#"error="bad api_key_id" api_key_id=k"#, &["api_key_id"]),
@@ -1041,6 +1074,25 @@ mod tests {
             .shape(r#"{"model":"m","x-api-key":"team-a","llm_input_token":1}"#);
         assert_eq!(shaped.metadata.len(), 1);
         assert_eq!(shaped.metadata[0].value, "team-a");
+        // With formats: a redact entry masks its last key wherever it is, so a pointer's step
+        // (Kong's /consumer/username) or a pointer naming a plain key keeps the metadata home.
+        for redact in ["username", "/consumer/username", "/api_key_id"] {
+            let mut config = Config::default();
+            config.loki.redact = vec![redact.into()];
+            config.loki.structured_metadata = vec!["api_key_id".into()];
+            let mut shaper = EntryShaper::new(&config);
+            for line in [
+                r#"{"consumer":{"username":"SECRETC"},"ai":{"proxy":{"usage":{"prompt_tokens":1}}}}"#,
+                r#"{"gen_ai.request.model":"m","gen_ai.usage.input_tokens":1,"api_key_id":"SECRETC"}"#,
+            ] {
+                let shaped = shaper.shape(line);
+                assert!(
+                    shaped.metadata.iter().all(|m| !m.value.contains("SECRETC")),
+                    "{redact}: {line}: {:?}",
+                    shaped.metadata
+                );
+            }
+        }
     }
 
     proptest! {

@@ -179,6 +179,27 @@ impl FieldPath {
     }
 }
 
+/// Why `spec` is not a key or JSON Pointer tokenmeter can read (`None`: it is one). A pointer's
+/// `~` must be `~0` or `~1` (RFC 6901) and its last step must name a key.
+pub fn key_error(spec: &str) -> Option<String> {
+    if spec.is_empty() {
+        return Some("the access-log key is empty".into());
+    }
+    let rest = spec.strip_prefix('/')?;
+    let bytes = rest.as_bytes();
+    for (i, &c) in bytes.iter().enumerate() {
+        if c == b'~' && !matches!(bytes.get(i + 1), Some(b'0' | b'1')) {
+            return Some(format!(
+                "{spec:?}: a JSON Pointer's `~` must be `~0` (a `~`) or `~1` (a `/`)"
+            ));
+        }
+    }
+    if rest.rsplit('/').next().unwrap_or("").is_empty() {
+        return Some(format!("{spec:?}: the JSON Pointer ends without a key"));
+    }
+    None
+}
+
 /// RFC 6901 reference tokens of a pointer without its leading `/`: `~1` is `/`, `~0` is `~`
 /// (in that order, so `~01` is `~1`).
 fn pointer_tokens(rest: &str) -> Vec<String> {

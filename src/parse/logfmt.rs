@@ -42,18 +42,17 @@ impl Iterator for Spans<'_> {
                 return None;
             }
             // A word: up to a space, or to `=` (then a value follows).
+            if b[start] == b'"' {
+                // A quoted word without a key (a message): skip it whole.
+                self.pos = quoted_end(b, start);
+                continue;
+            }
+            // A quote inside a word (`can"t`) is an ordinary byte.
             let mut i = start;
-            let mut quoted_word = false;
             while i < b.len() && !is_space(b[i]) && b[i] != b'=' {
-                if b[i] == b'"' {
-                    // A quoted word without a key (a message): skip it whole.
-                    quoted_word = true;
-                    i = quoted_end(b, i);
-                    continue;
-                }
                 i += 1;
             }
-            if b.get(i) != Some(&b'=') || i == start || quoted_word {
+            if b.get(i) != Some(&b'=') || i == start {
                 // A bare word, or `=` with no key: not a pair.
                 self.pos = skip_word(b, i);
                 continue;

@@ -649,14 +649,29 @@ fn find_plugins(t: &Tables, w: &mut Work, line: &str) {
     }
     let ai = w.tops[t.ai];
     w.members.clear();
-    let members = &mut w.members;
+    // Every member with its key; a key that appears twice: the last one wins (and only an
+    // object is a plugin).
+    let mut keyed: Vec<(Cow<'_, str>, Raw)> = Vec::new();
     let _ = w.scanner.scan(
         line.as_bytes().get(ai.start..ai.end).unwrap_or_default(),
-        |_, raw| {
-            if raw.kind == Kind::Object {
-                members.push(shift(raw, ai.start));
+        |key, raw| {
+            let raw_key = line
+                .get(ai.start + key.start..ai.start + key.end)
+                .unwrap_or("");
+            let name = JsonStr {
+                raw: raw_key,
+                escaped: key.escaped,
             }
+            .decode();
+            keyed.retain(|(k, _)| *k != name);
+            keyed.push((name, shift(raw, ai.start)));
         },
+    );
+    w.members.extend(
+        keyed
+            .iter()
+            .filter(|(_, r)| r.kind == Kind::Object)
+            .map(|(_, r)| *r),
     );
     for i in 0..w.members.len() {
         let plugin = w.members[i];
