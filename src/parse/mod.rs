@@ -973,68 +973,20 @@ fn read_record<'a>(
     if let Some((tops, extra)) = &m.simple {
         return read_simple(t, w, line, format, tops, extra, m.start_time_epoch_ms);
     }
-    let model = val_label(
-        line,
-        field_value(w, line, m.get(Field::Model), plugin, Holds::Label),
-    );
-    let input = val_tokens(
-        line,
-        field_value(w, line, m.get(Field::Input), plugin, Holds::Count),
-    );
-    let output = val_tokens(
-        line,
-        field_value(w, line, m.get(Field::Output), plugin, Holds::Count),
-    );
-    let total = val_tokens(
-        line,
-        field_value(w, line, m.get(Field::Total), plugin, Holds::Count),
-    );
-    let mut invalid = 0u32;
-    let mut valid = 0u32;
-    for (bit, tok) in [(INPUT_BIT, input), (OUTPUT_BIT, output), (TOTAL_BIT, total)] {
-        match tok {
-            Tokens::Valid(_) => valid |= 1 << bit,
-            Tokens::Invalid => invalid |= 1 << bit,
-            Tokens::NotMeasured => {}
-        }
-    }
-    if model.is_none() && valid == 0 {
-        return None;
-    }
-    let mut extra = [0u64; MAX_EXTRA_TOKENS];
-    for (i, paths) in m.extra.iter().enumerate().take(t.n_extra) {
-        let bit = EXTRA_BIT0 + i as u32;
-        match val_tokens(line, field_value(w, line, paths, plugin, Holds::Count)) {
-            Tokens::Valid(v) => {
-                extra[i] = v;
-                valid |= 1 << bit;
-            }
-            Tokens::Invalid => invalid |= 1 << bit,
-            Tokens::NotMeasured => {}
-        }
-    }
-    let (i, o) = (input.valid(), output.valid());
-    let total_tokens = match total.valid() {
-        Some(t) => t,
-        None => i.unwrap_or(0) + o.unwrap_or(0),
-    };
-    let total_mismatch = matches!((i, o, total.valid()), (Some(i), Some(o), Some(t)) if i + o != t);
-    let api_key_id = val_label(
-        line,
-        field_value(w, line, m.get(Field::ApiKey), plugin, Holds::Label),
-    );
-    let service_id = val_label(
-        line,
-        field_value(w, line, m.get(Field::Service), plugin, Holds::Label),
-    );
-    let status = val_status(
-        line,
-        field_value(w, line, m.get(Field::Status), plugin, Holds::Any),
-    );
-    let duration = val_duration(
-        line,
-        field_value(w, line, m.get(Field::Duration), plugin, Holds::Any),
-    );
+    let mut get = |field: Field, need| field_value(w, line, m.get(field), plugin, need);
+    let model = val_label(line, get(Field::Model, Holds::Label));
+    let input = val_tokens(line, get(Field::Input, Holds::Count));
+    let output = val_tokens(line, get(Field::Output, Holds::Count));
+    let total = val_tokens(line, get(Field::Total, Holds::Count));
+    let c = counts(model.is_some(), input, output, total, t.n_extra, |i| {
+        let paths = m.extra.get(i).map_or(&[][..], Vec::as_slice);
+        val_tokens(line, field_value(w, line, paths, plugin, Holds::Count))
+    })?;
+    let mut get = |field: Field, need| field_value(w, line, m.get(field), plugin, need);
+    let api_key_id = val_label(line, get(Field::ApiKey, Holds::Label));
+    let service_id = val_label(line, get(Field::Service, Holds::Label));
+    let status = val_status(line, get(Field::Status, Holds::Any));
+    let duration = val_duration(line, get(Field::Duration, Holds::Any));
     let (start_time, start_ns) = if format == Format::Logfmt && m.get(Field::StartTime).is_empty() {
         // agentgateway's line starts with its time.
         let first = logfmt::first_word(line);
@@ -1049,28 +1001,18 @@ fn read_record<'a>(
     } else {
         val_start(
             line,
-            field_value(w, line, m.get(Field::StartTime), plugin, Holds::Any),
+            get(Field::StartTime, Holds::Any),
             m.start_time_epoch_ms,
         )
     };
-    Some(Record {
-        model: model.unwrap_or(Cow::Borrowed(UNKNOWN)),
-        api_key_id: api_key_id.unwrap_or(Cow::Borrowed(UNKNOWN)),
-        service_id: service_id.unwrap_or(Cow::Borrowed(UNKNOWN)),
-        input_tokens: i.unwrap_or(0),
-        output_tokens: o.unwrap_or(0),
-        total_tokens,
-        extra_tokens: extra,
-        status_class: status,
-        duration_ms: duration,
-        start_time,
-        start_ns,
+    Some(c.record(
+        [model, api_key_id, service_id],
+        status,
+        duration,
+        (start_time, start_ns),
         format,
         first_of_line,
-        invalid,
-        valid,
-        total_mismatch,
-    })
+    ))
 }
 
 /// [`read_record`] of a mapping whose every field is at most one top-level key: each value is
@@ -1090,6 +1032,62 @@ fn read_simple<'a>(
     let input = raw_tokens(line, raw(Field::Input, Holds::Count));
     let output = raw_tokens(line, raw(Field::Output, Holds::Count));
     let total = raw_tokens(line, raw(Field::Total, Holds::Count));
+    let c = counts(
+        model.is_some(),
+        input,
+        output,
+        total,
+        t.n_extra,
+        |i| match extra_tops
+            .get(i)
+            .and_then(|keys| pick(w, line, *keys, Holds::Count))
+        {
+            Some(r) => raw_tokens(line, Some(r)),
+            None => Tokens::NotMeasured,
+        },
+    )?;
+    let (start_time, start_ns) = val_start(
+        line,
+        raw(Field::StartTime, Holds::Any).map(Val::Line),
+        epoch_ms,
+    );
+    Some(c.record(
+        [
+            model,
+            raw_label(line, raw(Field::ApiKey, Holds::Label)),
+            raw_label(line, raw(Field::Service, Holds::Label)),
+        ],
+        status_class(raw(Field::Status, Holds::Any).map(|r| r.value(line))),
+        duration_ms(raw(Field::Duration, Holds::Any).map(|r| r.value(line))),
+        (start_time, start_ns),
+        format,
+        true,
+    ))
+}
+
+/// A request's counts under the rules of SPEC §3: which token fields were valid or invalid,
+/// the extra types, and the total rule.
+struct Counts {
+    input: Option<u64>,
+    output: Option<u64>,
+    total: u64,
+    total_mismatch: bool,
+    extra: [u64; MAX_EXTRA_TOKENS],
+    valid: u32,
+    invalid: u32,
+}
+
+/// The counts of a request, `None` when it is no LLM request (no model and no valid input,
+/// output or total). `extra(i)` reads extra type `i` (asked only for an LLM request).
+#[inline(always)]
+fn counts(
+    has_model: bool,
+    input: Tokens,
+    output: Tokens,
+    total: Tokens,
+    n_extra: usize,
+    mut extra: impl FnMut(usize) -> Tokens,
+) -> Option<Counts> {
     let mut invalid = 0u32;
     let mut valid = 0u32;
     for (bit, tok) in [(INPUT_BIT, input), (OUTPUT_BIT, output), (TOTAL_BIT, total)] {
@@ -1099,18 +1097,15 @@ fn read_simple<'a>(
             Tokens::NotMeasured => {}
         }
     }
-    if model.is_none() && valid == 0 {
+    if !has_model && valid == 0 {
         return None;
     }
-    let mut extra = [0u64; MAX_EXTRA_TOKENS];
-    for (i, keys) in extra_tops.iter().enumerate().take(t.n_extra) {
-        let Some(r) = pick(w, line, *keys, Holds::Count) else {
-            continue;
-        };
+    let mut extras = [0u64; MAX_EXTRA_TOKENS];
+    for (i, slot) in extras.iter_mut().enumerate().take(n_extra) {
         let bit = EXTRA_BIT0 + i as u32;
-        match raw_tokens(line, Some(r)) {
+        match extra(i) {
             Tokens::Valid(v) => {
-                extra[i] = v;
+                *slot = v;
                 valid |= 1 << bit;
             }
             Tokens::Invalid => invalid |= 1 << bit,
@@ -1118,36 +1113,50 @@ fn read_simple<'a>(
         }
     }
     let (i, o) = (input.valid(), output.valid());
-    let total_tokens = match total.valid() {
-        Some(t) => t,
-        None => i.unwrap_or(0) + o.unwrap_or(0),
-    };
-    let total_mismatch = matches!((i, o, total.valid()), (Some(i), Some(o), Some(t)) if i + o != t);
-    let (start_time, start_ns) = val_start(
-        line,
-        raw(Field::StartTime, Holds::Any).map(Val::Line),
-        epoch_ms,
-    );
-    Some(Record {
-        model: model.unwrap_or(Cow::Borrowed(UNKNOWN)),
-        api_key_id: raw_label(line, raw(Field::ApiKey, Holds::Label))
-            .unwrap_or(Cow::Borrowed(UNKNOWN)),
-        service_id: raw_label(line, raw(Field::Service, Holds::Label))
-            .unwrap_or(Cow::Borrowed(UNKNOWN)),
-        input_tokens: i.unwrap_or(0),
-        output_tokens: o.unwrap_or(0),
-        total_tokens,
-        extra_tokens: extra,
-        status_class: status_class(raw(Field::Status, Holds::Any).map(|r| r.value(line))),
-        duration_ms: duration_ms(raw(Field::Duration, Holds::Any).map(|r| r.value(line))),
-        start_time,
-        start_ns,
-        format,
-        first_of_line: true,
-        invalid,
+    Some(Counts {
+        input: i,
+        output: o,
+        total: total.valid().unwrap_or(i.unwrap_or(0) + o.unwrap_or(0)),
+        total_mismatch: matches!((i, o, total.valid()), (Some(i), Some(o), Some(t)) if i + o != t),
+        extra: extras,
         valid,
-        total_mismatch,
+        invalid,
     })
+}
+
+impl Counts {
+    /// The record of these counts with its labels (model, api_key_id, service_id; `unknown`
+    /// where missing) and the rest of its fields.
+    #[inline(always)]
+    fn record<'a>(
+        self,
+        [model, api_key_id, service_id]: [Option<Cow<'a, str>>; 3],
+        status_class: StatusClass,
+        duration_ms: Option<f64>,
+        (start_time, start_ns): (Option<JsonStr<'a>>, Option<i64>),
+        format: Format,
+        first_of_line: bool,
+    ) -> Record<'a> {
+        let known = |v: Option<Cow<'a, str>>| v.unwrap_or(Cow::Borrowed(UNKNOWN));
+        Record {
+            model: known(model),
+            api_key_id: known(api_key_id),
+            service_id: known(service_id),
+            input_tokens: self.input.unwrap_or(0),
+            output_tokens: self.output.unwrap_or(0),
+            total_tokens: self.total,
+            extra_tokens: self.extra,
+            status_class,
+            duration_ms,
+            start_time,
+            start_ns,
+            format,
+            first_of_line,
+            invalid: self.invalid,
+            valid: self.valid,
+            total_mismatch: self.total_mismatch,
+        }
+    }
 }
 
 /// A field's value from its top-level keys: the first that holds a value (see [`Holds`]), else
