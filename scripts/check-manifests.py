@@ -251,11 +251,20 @@ def check_gateway(docs, defaults, base_config):
     settings = ep["spec"]["telemetry"]["accessLog"]["settings"]
     check(len(settings) == 1, f"{name}: one access-log setting")
     log = settings[0]["format"]["json"]
-    # The example logs the keys of tokenmeter's own format: each of its base fields' first key.
-    wanted = {k: v for k, v in format_keys(defaults["__text__"], "tokenmeter").items()
-              if not k.startswith("extra_tokens.")}
+    # The example logs the keys the AI Gateway's docs recommend (the `gen_ai` format): each base
+    # field's first key, and the cache counts the route's llmRequestCosts produce.
+    gen_ai = format_keys(defaults["__text__"], "gen_ai")
+    wanted = {k: v for k, v in gen_ai.items() if not k.startswith("extra_tokens.")}
+    wanted.update({k: gen_ai[k] for k in ("extra_tokens.cached_input",
+                                          "extra_tokens.cache_creation_input")})
     wanted.update({f"extra_tokens.{k}": v for k, v in
                    base_config.get("fields", {}).get("extra_tokens", {}).items()})
+    # Which field each token metadata key of the AI Gateway counts.
+    metadata_field = {"llm_input_token": "input_tokens", "llm_output_token": "output_tokens",
+                      "llm_total_token": "total_tokens",
+                      "llm_cached_input_token": "extra_tokens.cached_input",
+                      "llm_cache_creation_input_token": "extra_tokens.cache_creation_input",
+                      "llm_reasoning_token": "extra_tokens.reasoning"}
     for field, key in sorted(wanted.items()):
         check(key in log, f"{name}: the access log has `{key}` (fields.{field})")
     costs = {c["metadataKey"] for c in route["spec"]["llmRequestCosts"]}
@@ -264,7 +273,9 @@ def check_gateway(docs, defaults, base_config):
         m = re.fullmatch(r"%DYNAMIC_METADATA\(io\.envoy\.ai_gateway:(\w+)\)%", value)
         if m and m[1].startswith("llm_"):
             logged.add(m[1])
-            check(m[1] == key, f"{name}: log key {key} holds metadata {m[1]}")
+            check(gen_ai.get(metadata_field.get(m[1], "")) == key,
+                  f"{name}: log key {key} holds metadata {m[1]}, read as "
+                  f"{metadata_field.get(m[1], '(no field)')}")
     check(logged == costs, f"{name}: logged token metadata {sorted(logged)} == the route's "
           f"llmRequestCosts keys {sorted(costs)}")
     removed = {h.lower() for h in ctp["spec"]["headers"]["earlyRequestHeaders"]["remove"]}
@@ -276,7 +287,7 @@ def check_gateway(docs, defaults, base_config):
         for b in rule["backendRefs"]:
             sets = {s["name"].lower() for s in b.get("headerMutation", {}).get("set", [])}
             check(service_header in sets,
-                  f"{name}: backendRef {b['name']} sets {service_header} (aim_service_id)")
+                  f"{name}: backendRef {b['name']} sets {service_header} (service_id)")
     for h in (api_key_header, service_header):
         check(h in removed, f"{name}: client-sent {h} removed (earlyRequestHeaders)")
 
