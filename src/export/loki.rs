@@ -336,14 +336,17 @@ fn redact_json(line: &str, fields: &[String]) -> Option<String> {
         let colon = skip_ws(b, end);
         let key = &line[start + 1..end - 1];
         if b.get(colon) != Some(&b':') {
-            // A string value: one that holds a JSON object naming a listed key is redacted
-            // inside and written back as a string.
-            // Any string with escaped quotes may hold JSON: its keys may be spelled with
-            // escapes of their own, so the listed names are not looked for in the raw text.
+            // A string value. One with escaped quotes may hold a JSON object (Higress'
+            // `ai_log`), whose keys may be spelled with escapes of their own: it is redacted
+            // at its own level and, when something was masked, written back as a string.
             if key.contains("\\\"") {
                 let inner = unescape_lenient(key);
                 if inner.trim_start().starts_with('{') {
                     let clean = redact_json(&inner, fields)?;
+                    if clean == inner {
+                        i = end;
+                        continue;
+                    }
                     out.push_str(&line[copied..start]);
                     out.push_str(&serde_json::to_string(&clean).ok()?);
                     rest.push_str(&line[copied..start]);
@@ -843,6 +846,13 @@ mod tests {
             serde_json::json!({"model": "qwen", "consumer": "[REDACTED]"})
         );
         assert!(!out.contains("bob"), "{out}");
+        // JSON held in a string with nothing listed in it is left exactly as written.
+        // (`\/` would come back as `/` if it were written again.)
+        let untouched = r#"{"ai_log":"{\"path\":\"a\/b\"}","x":1}"#;
+        assert_eq!(
+            red(untouched, &["/ai_log/consumer"]).as_deref(),
+            Some(untouched)
+        );
         // A string naming the key that is not an object: not sure, withheld.
         assert_eq!(red(r#"{"msg":"consumer \"bob\""}"#, &["consumer"]), None);
         // key=value lines (agentgateway): quoted or bare values.

@@ -191,9 +191,10 @@ struct CompiledMapping {
     fields: [Vec<Compiled>; N_FIELDS],
     extra: Vec<Vec<Compiled>>,
     start_time_epoch_ms: bool,
-    /// When every field is at most one top-level key (the seed's format, most configs): the
-    /// index of each field's key and each extra type's, read straight from the line's spans
-    /// (the hot path: no fallbacks, no pointers, no [`Val`]).
+    /// When every field is read from top-level keys only, at most a key and its fallback (the
+    /// seed's format, `gen_ai`, `genai_v04`, most configs): the index of each field's keys and
+    /// each extra type's, read straight from the line's spans (the hot path: no pointers, no
+    /// [`Val`]).
     simple: Option<SimpleForm>,
 }
 
