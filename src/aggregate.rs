@@ -671,7 +671,8 @@ impl Store {
         let (total, w_total) = c.total.overflowing_add(r.total_tokens);
         (c.input, c.output, c.total) = (input, output, total);
         let mut wrapped = w_in | w_out | w_total;
-        if self.n_extra > 0 {
+        // A record with no valid extra count (most) adds nothing to them.
+        if self.n_extra > 0 && r.valid >> EXTRA_BIT0 != 0 {
             let e = &mut self.extras[idx * self.n_extra..(idx + 1) * self.n_extra];
             for (slot, v) in e.iter_mut().zip(&r.extra_tokens) {
                 let (sum, w) = slot.overflowing_add(*v);

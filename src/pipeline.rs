@@ -312,10 +312,10 @@ impl Meter {
         match self.parser.parse(line.text) {
             Parsed::Record(r) => {
                 self.last_format = Some(r.format);
-                self.request(ctx, &line, r, fallback, sink);
+                self.request(ctx, &line, &r, fallback, sink);
                 // A Kong line may report several LLM calls: each counts as a request.
                 while let Some(r) = self.parser.next_request(line.text) {
-                    self.request(ctx, &line, r, fallback, sink);
+                    self.request(ctx, &line, &r, fallback, sink);
                 }
             }
             parsed => {
@@ -347,13 +347,13 @@ impl Meter {
         &mut self,
         ctx: &LineCtx<'_>,
         line: &LogicalLine<'_>,
-        r: Record<'_>,
+        r: &Record<'_>,
         fallback: &mut Fallback,
         sink: &mut dyn LineSink,
     ) {
         let event = match self.event_times {
             EventTimes::Every => {
-                let own = event_time_ns(line.time_ns, Some(&r));
+                let own = event_time_ns(line.time_ns, Some(r));
                 fallback.record_time(own);
                 own.or_else(|| fallback.get())
             }
@@ -362,9 +362,9 @@ impl Meter {
         if r.first_of_line {
             sink.line(ctx.path, line.text, event);
         }
-        if !sink.accept(&r, event) {
+        if !sink.accept(r, event) {
             if self.event_times == EventTimes::OnDemand {
-                fallback.defer(line.time_ns, &r);
+                fallback.defer(line.time_ns, r);
             }
             return;
         }
@@ -389,25 +389,25 @@ impl Meter {
         // Priced at its event time, worked out only if the price depends on it; in
         // `run` (no fallback) a record without one is priced at the time of reading.
         let series = match self.event_times {
-            EventTimes::Every => self.store.add_at(&r, || event),
+            EventTimes::Every => self.store.add_at(r, || event),
             EventTimes::Off => self
                 .store
-                .add_at(&r, || event_time_ns(line.time_ns, Some(&r))),
+                .add_at(r, || event_time_ns(line.time_ns, Some(r))),
             EventTimes::OnDemand => {
                 let mut asked = false;
-                let series = self.store.add_at(&r, || {
+                let series = self.store.add_at(r, || {
                     asked = true;
-                    let own = event_time_ns(line.time_ns, Some(&r));
+                    let own = event_time_ns(line.time_ns, Some(r));
                     fallback.record_time(own);
                     own.or_else(|| fallback.get())
                 });
                 if !asked {
-                    fallback.defer(line.time_ns, &r);
+                    fallback.defer(line.time_ns, r);
                 }
                 series
             }
         };
-        sink.counted(&self.store, series, &r, event);
+        sink.counted(&self.store, series, r, event);
     }
 
     fn skip(&mut self, path: &Path, line_no: u64, reason: SkipReason) {

@@ -199,14 +199,20 @@ struct CompiledMapping {
 }
 
 /// Per field, then per extra type, the top-level keys it is read from, in fallback order.
-type SimpleForm = ([TopKeys; N_FIELDS], Vec<TopKeys>);
+struct SimpleForm {
+    fields: [TopKeys; N_FIELDS],
+    extra: Vec<TopKeys>,
+    /// The bits of every extra type's keys: a line with none of them (most lines) has no
+    /// extra counts to read.
+    extra_keys: u64,
+}
 
-/// A field's top-level keys: none, one, or a key and its fallback (`gen_ai`'s model).
+/// A field's top-level keys: a key and its fallback (`gen_ai`'s model), [`NO_KEY`] where
+/// there is none. Two bytes, so that reading a field is a bit test and an index.
 #[derive(Clone, Copy, Debug)]
-enum TopKeys {
-    None,
-    One(usize),
-    Two(usize, usize),
+struct TopKeys {
+    first: u8,
+    then: u8,
 }
 
 /// The `simple` form of a mapping, if it has one.
@@ -215,23 +221,37 @@ fn simple_form(
     extra: &[Vec<Compiled>],
     format: Format,
 ) -> Option<SimpleForm> {
+    let key = |k: usize| u8::try_from(k).ok().filter(|&k| k < NO_KEY);
     let tops = |paths: &[Compiled]| -> Option<TopKeys> {
-        match paths {
-            [] => Some(TopKeys::None),
-            [Compiled::Top(a)] => Some(TopKeys::One(*a)),
-            [Compiled::Top(a), Compiled::Top(b)] => Some(TopKeys::Two(*a, *b)),
-            _ => None,
-        }
+        let (first, then) = match paths {
+            [] => (NO_KEY, NO_KEY),
+            [Compiled::Top(a)] => (key(*a)?, NO_KEY),
+            [Compiled::Top(a), Compiled::Top(b)] => (key(*a)?, key(*b)?),
+            _ => return None,
+        };
+        Some(TopKeys { first, then })
     };
     if !format.is_json() || format == Format::Kong {
         return None;
     }
-    let mut out = [TopKeys::None; N_FIELDS];
+    let mut out = [TopKeys {
+        first: NO_KEY,
+        then: NO_KEY,
+    }; N_FIELDS];
     for (slot, paths) in out.iter_mut().zip(fields) {
         *slot = tops(paths)?;
     }
     let extra = extra.iter().map(|p| tops(p)).collect::<Option<Vec<_>>>()?;
-    Some((out, extra))
+    let extra_keys = extra
+        .iter()
+        .flat_map(|k| [k.first, k.then])
+        .filter(|&k| k != NO_KEY)
+        .fold(0, |bits, k| bits | 1 << k);
+    Some(SimpleForm {
+        fields: out,
+        extra,
+        extra_keys,
+    })
 }
 
 impl CompiledMapping {
@@ -247,6 +267,10 @@ struct Tables {
     mappings: Vec<CompiledMapping>,
     /// Top-level keys of every JSON format → index into `Work::tops`.
     top_keys: KeyTable,
+    /// How many top-level keys the mappings name: below [`NO_KEY`], or the last are never
+    /// found.
+    #[cfg_attr(not(test), allow(dead_code))]
+    wanted_top_keys: usize,
     /// `ai` (Kong) and `ai_log` (Higress): what detection looks at.
     ai: usize,
     ai_log: usize,
@@ -264,25 +288,29 @@ enum PairValue {
     Owned(String),
 }
 
+/// Most wanted top-level keys: every format's keys, and a config's overrides and extra token
+/// types, fit far below it (`Parser::new` checks). Index [`NO_KEY`] is never present.
+const TOP_KEYS: usize = 64;
+const NO_KEY: u8 = (TOP_KEYS - 1) as u8;
+
 /// Per-line scratch, reused.
 struct Work {
     scanner: Scanner,
-    /// Where each wanted top-level key's value is in the current line; valid where `stamps`
-    /// holds the current `line_gen` (so nothing is cleared between lines).
-    tops: Vec<Raw>,
-    stamps: Vec<u32>,
-    line_gen: u32,
+    /// Where each wanted top-level key's value is in the current line, valid where its bit in
+    /// `present` is set (so nothing is cleared between lines but one integer).
+    tops: Box<[Raw; TOP_KEYS]>,
+    present: u64,
     pairs: Vec<PairValue>,
     /// Spans of the Kong plugins (`ai.<plugin>` objects holding `usage`) of the current line,
     /// and the next one to read.
     plugins: Vec<Raw>,
     next_plugin: usize,
     members: Vec<Raw>,
-    /// The decoded text of a top-level string that holds JSON (Higress' `ai_log`), kept for
-    /// the line it was decoded for: (key index, `line_gen`). Decoded once per line, however
-    /// many fields point into it.
+    /// The decoded text of a top-level string that holds JSON (Higress' `ai_log`), and the
+    /// key it was decoded from in the current line. Decoded once per line, however many
+    /// fields point into it.
     embedded: String,
-    embedded_for: Option<(usize, u32)>,
+    embedded_for: Option<usize>,
     /// The top-level members of `embedded` when it is a JSON object (key span, value span):
     /// one scan, however many fields read it.
     embedded_members: Vec<(std::ops::Range<usize>, bool, Raw)>,
@@ -290,25 +318,26 @@ struct Work {
 }
 
 impl Work {
-    /// Whether the current line has wanted top-level key `i`.
+    /// Wanted top-level key `i`'s value in the current line, if the line has it.
     #[inline(always)]
-    fn has(&self, i: usize) -> bool {
-        self.stamps[i] == self.line_gen
+    fn top(&self, i: usize) -> Option<Raw> {
+        let i = i % TOP_KEYS;
+        (self.present >> i & 1 == 1).then(|| self.tops[i])
     }
 
     /// The decoded text of top-level string `k` of `line` (decoded once per line), taken out
     /// of `self` to be handed back with [`Work::put_embedded`].
     fn take_embedded(&mut self, line: &str, k: usize) -> String {
         let mut text = std::mem::take(&mut self.embedded);
-        if self.embedded_for != Some((k, self.line_gen)) {
+        if self.embedded_for != Some(k) {
             text.clear();
-            let raw = self.tops[k];
+            let raw = self.tops[k % TOP_KEYS];
             let body = line.get(raw.start..raw.end).unwrap_or("");
             match raw.kind {
                 Kind::Str { escaped: true } => crate::json::unescape_into(body, &mut text),
                 _ => text.push_str(body),
             }
-            self.embedded_for = Some((k, self.line_gen));
+            self.embedded_for = Some(k);
             let members = &mut self.embedded_members;
             members.clear();
             self.embedded_is_object = self
@@ -389,7 +418,9 @@ impl Parser {
     pub fn new(fields: &Fields) -> Self {
         let choice = fields.format_choice();
         let mappings = Mapping::all(fields);
-        let mut top_names: Vec<String> = Vec::new();
+        // `ai` (Kong) and `ai_log` (Higress) are what detection looks at.
+        let (ai, ai_log) = (0, 1);
+        let mut top_names: Vec<String> = vec!["ai".into(), "ai_log".into()];
         let mut pair_names: Vec<String> = Vec::new();
         let index_of = |names: &mut Vec<String>, name: &str| -> usize {
             match names.iter().position(|n| n == name) {
@@ -411,11 +442,14 @@ impl Parser {
                 };
                 return Some(Compiled::Pair(index_of(&mut pair_names, &key)));
             }
+            // A key past the table's size is never found (`every_config_fits_the_key_table`
+            // shows none is).
+            let mut top_index = |name: &str| index_of(&mut top_names, name).min(NO_KEY.into());
             Some(match path {
-                FieldPath::Key(k) => Compiled::Top(index_of(&mut top_names, k)),
+                FieldPath::Key(k) => Compiled::Top(top_index(k)),
                 FieldPath::Pointer(steps) => {
                     let (first, rest) = steps.split_first()?;
-                    let top = index_of(&mut top_names, first);
+                    let top = top_index(first);
                     if rest.is_empty() {
                         Compiled::Top(top)
                     } else {
@@ -443,8 +477,8 @@ impl Parser {
                 simple,
             });
         }
-        let ai = index_of(&mut top_names, "ai");
-        let ai_log = index_of(&mut top_names, "ai_log");
+        let wanted_top_keys = top_names.len();
+        top_names.truncate(NO_KEY.into());
         let table = |names: &[String]| {
             KeyTable::new(
                 &names
@@ -454,12 +488,12 @@ impl Parser {
                     .collect::<Vec<_>>(),
             )
         };
-        let n_tops = top_names.len();
         Parser {
             tables: Tables {
                 choice,
                 mappings: compiled,
                 top_keys: table(&top_names),
+                wanted_top_keys,
                 ai,
                 ai_log,
                 pair_keys: table(&pair_names),
@@ -467,16 +501,14 @@ impl Parser {
             },
             work: Work {
                 scanner: Scanner::new(),
-                tops: vec![
-                    Raw {
+                tops: Box::new(
+                    [Raw {
                         kind: Kind::Null,
                         start: 0,
                         end: 0,
-                    };
-                    n_tops
-                ],
-                stamps: vec![0; n_tops],
-                line_gen: 0,
+                    }; TOP_KEYS],
+                ),
+                present: 0,
                 pairs: vec![PairValue::Absent; pair_names.len()],
                 plugins: Vec::new(),
                 next_plugin: 0,
@@ -496,23 +528,19 @@ impl Parser {
         let w = &mut self.work;
         w.plugins.clear();
         w.next_plugin = 0;
-        w.line_gen = w.line_gen.wrapping_add(1);
-        if w.line_gen == 0 {
-            // Stamps from 2^32 lines ago must not look current.
-            w.stamps.iter_mut().for_each(|s| *s = 0);
-            w.line_gen = 1;
-        }
+        w.embedded_for = None;
         let mut seen = 0u8;
-        let line_gen = w.line_gen;
+        let mut present = 0u64;
         let auto = t.choice == FormatChoice::Auto;
-        let (tops, stamps) = (&mut w.tops, &mut w.stamps);
+        let tops = &mut w.tops;
         let scanned = w.scanner.scan(
             line.as_bytes(),
             #[inline(always)]
             |key, raw| {
                 let mut put = |i: usize| {
+                    let i = i % TOP_KEYS;
                     tops[i] = raw;
-                    stamps[i] = line_gen;
+                    present |= 1 << i;
                 };
                 let decoded;
                 let name: &[u8] = if key.escaped {
@@ -531,6 +559,7 @@ impl Parser {
                 }
             },
         );
+        w.present = present;
         if scanned.is_err() {
             return self.parse_text(line);
         }
@@ -550,10 +579,7 @@ impl Parser {
                 None => Parsed::NotLlm,
             };
         }
-        match read_record(t, w, line, format, None, true) {
-            Some(r) => Parsed::Record(r),
-            None => Parsed::NotLlm,
-        }
+        read_record(t, w, line, format, None, true)
     }
 
     /// The next request of the line last given to [`Parser::parse`] (the same `line`): more
@@ -586,10 +612,7 @@ impl Parser {
                     }
                 });
             }
-            if let Some(r) = read_record(t, w, line, Format::Logfmt, None, true) {
-                return Parsed::Record(r);
-            }
-            return Parsed::NotLlm;
+            return read_record(t, w, line, Format::Logfmt, None, true);
         }
         if has_pairs {
             Parsed::NotLlm
@@ -622,14 +645,14 @@ fn detect(t: &Tables, w: &mut Work, line: &str, seen: u8) -> Format {
     if seen & SEEN_GENAI_V04 != 0 {
         return Format::GenaiV04;
     }
-    if w.has(t.ai) && w.tops[t.ai].kind == Kind::Object {
+    if w.top(t.ai).is_some_and(|ai| ai.kind == Kind::Object) {
         find_plugins(t, w, line);
         if !w.plugins.is_empty() {
             return Format::Kong;
         }
     }
-    if w.has(t.ai_log) {
-        if let Kind::Str { .. } = w.tops[t.ai_log].kind {
+    if let Some(ai_log) = w.top(t.ai_log) {
+        if let Kind::Str { .. } = ai_log.kind {
             let text = w.take_embedded(line, t.ai_log);
             let holds_object = w.embedded_is_object;
             w.put_embedded(text);
@@ -645,10 +668,9 @@ fn detect(t: &Tables, w: &mut Work, line: &str, seen: u8) -> Format {
 /// `usage` object.
 fn find_plugins(t: &Tables, w: &mut Work, line: &str) {
     w.plugins.clear();
-    if !w.has(t.ai) || w.tops[t.ai].kind != Kind::Object {
+    let Some(ai) = w.top(t.ai).filter(|ai| ai.kind == Kind::Object) else {
         return;
-    }
-    let ai = w.tops[t.ai];
+    };
     w.members.clear();
     // Every member with its key; a key that appears twice: the last one wins (and only an
     // object is a plugin).
@@ -694,7 +716,7 @@ fn next_plugin_record<'a>(
     while w.next_plugin < w.plugins.len() {
         let plugin = w.plugins[w.next_plugin];
         w.next_plugin += 1;
-        if let Some(r) = read_record(t, w, line, Format::Kong, Some(plugin), first) {
+        if let Parsed::Record(r) = read_record(t, w, line, Format::Kong, Some(plugin), first) {
             return Some(r);
         }
     }
@@ -824,9 +846,13 @@ fn field_value<'a>(
     let mut last = None;
     for (i, path) in paths.iter().enumerate() {
         let v = match path {
-            Compiled::Top(k) => w.has(*k).then(|| Val::Line(w.tops[*k])),
-            Compiled::Pointer(k, steps) if w.has(*k) => match w.tops[*k].kind {
-                Kind::Str { .. } => {
+            Compiled::Top(k) => w.top(*k).map(Val::Line),
+            Compiled::Pointer(k, steps) => match w.top(*k) {
+                None => None,
+                Some(Raw {
+                    kind: Kind::Str { .. },
+                    ..
+                }) => {
                     // Into JSON held in a top-level string: its decoded text, once per line.
                     let text = w.take_embedded(line, *k);
                     let v = match steps.split_first() {
@@ -842,9 +868,8 @@ fn field_value<'a>(
                     w.put_embedded(text);
                     v
                 }
-                _ => follow(&mut w.scanner, line, w.tops[*k], steps),
+                Some(at) => follow(&mut w.scanner, line, at, steps),
             },
-            Compiled::Pointer(..) => None,
             Compiled::InPlugin(steps) => {
                 plugin.and_then(|p| follow(&mut w.scanner, line, p, steps))
             }
@@ -960,8 +985,9 @@ fn epoch_ms_ns(n: &str) -> Option<i64> {
     (0.0..9.2e12).contains(&ms).then_some((ms * 1e6) as i64)
 }
 
-/// Reads one request of `line` with `format`'s mapping (for Kong, of one plugin); `None` when
-/// it is not an LLM request (no model and no valid count).
+/// Reads one request of `line` with `format`'s mapping (for Kong, of one plugin); `NotLlm`
+/// when it is not an LLM request (no model and no valid count). Returns a [`Parsed`] rather
+/// than an `Option`, so that the record is built where the caller returns it.
 fn read_record<'a>(
     t: &Tables,
     w: &mut Work,
@@ -969,20 +995,22 @@ fn read_record<'a>(
     format: Format,
     plugin: Option<Raw>,
     first_of_line: bool,
-) -> Option<Record<'a>> {
+) -> Parsed<'a> {
     let m = &t.mappings[format as usize];
-    if let Some((tops, extra)) = &m.simple {
-        return read_simple(t, w, line, format, tops, extra, m.start_time_epoch_ms);
+    if let Some(simple) = &m.simple {
+        return read_simple(t, w, line, format, simple, m.start_time_epoch_ms);
     }
     let mut get = |field: Field, need| field_value(w, line, m.get(field), plugin, need);
     let model = val_label(line, get(Field::Model, Holds::Label));
     let input = val_tokens(line, get(Field::Input, Holds::Count));
     let output = val_tokens(line, get(Field::Output, Holds::Count));
     let total = val_tokens(line, get(Field::Total, Holds::Count));
-    let c = counts(model.is_some(), input, output, total, t.n_extra, |i| {
+    let Some(c) = counts(model.is_some(), input, output, total, t.n_extra, |i| {
         let paths = m.extra.get(i).map_or(&[][..], Vec::as_slice);
         val_tokens(line, field_value(w, line, paths, plugin, Holds::Count))
-    })?;
+    }) else {
+        return Parsed::NotLlm;
+    };
     let mut get = |field: Field, need| field_value(w, line, m.get(field), plugin, need);
     let api_key_id = val_label(line, get(Field::ApiKey, Holds::Label));
     let service_id = val_label(line, get(Field::Service, Holds::Label));
@@ -1006,7 +1034,7 @@ fn read_record<'a>(
             m.start_time_epoch_ms,
         )
     };
-    Some(c.record(
+    Parsed::Record(c.record(
         [model, api_key_id, service_id],
         status,
         duration,
@@ -1024,46 +1052,88 @@ fn read_simple<'a>(
     w: &Work,
     line: &'a str,
     format: Format,
-    tops: &[TopKeys; N_FIELDS],
-    extra_tops: &[TopKeys],
+    simple: &SimpleForm,
     epoch_ms: bool,
-) -> Option<Record<'a>> {
-    let raw = |f: Field, need: Holds| pick(w, line, tops[f as usize], need);
+) -> Parsed<'a> {
+    let raw = |f: Field, need: Holds| pick(w, line, simple.fields[f as usize], need);
     let model = raw_label(line, raw(Field::Model, Holds::Label));
     let input = raw_tokens(line, raw(Field::Input, Holds::Count));
     let output = raw_tokens(line, raw(Field::Output, Holds::Count));
     let total = raw_tokens(line, raw(Field::Total, Holds::Count));
-    let c = counts(
+    let n_extra = if w.present & simple.extra_keys == 0 {
+        0
+    } else {
+        t.n_extra
+    };
+    let Some(c) = counts(
         model.is_some(),
         input,
         output,
         total,
-        t.n_extra,
-        |i| match extra_tops
+        n_extra,
+        |i| match simple
+            .extra
             .get(i)
             .and_then(|keys| pick(w, line, *keys, Holds::Count))
         {
             Some(r) => raw_tokens(line, Some(r)),
             None => Tokens::NotMeasured,
         },
-    )?;
-    let (start_time, start_ns) = val_start(
-        line,
-        raw(Field::StartTime, Holds::Any).map(Val::Line),
-        epoch_ms,
-    );
-    Some(c.record(
+    ) else {
+        return Parsed::NotLlm;
+    };
+    let start = match raw(Field::StartTime, Holds::Any) {
+        Some(Raw {
+            kind: Kind::Str { escaped },
+            start,
+            end,
+        }) if !epoch_ms => (
+            line.get(start..end).map(|raw| JsonStr { raw, escaped }),
+            None,
+        ),
+        other => val_start(line, other.map(Val::Line), epoch_ms),
+    };
+    Parsed::Record(c.record(
         [
             model,
             raw_label(line, raw(Field::ApiKey, Holds::Label)),
             raw_label(line, raw(Field::Service, Holds::Label)),
         ],
-        status_class(raw(Field::Status, Holds::Any).map(|r| r.value(line))),
-        duration_ms(raw(Field::Duration, Holds::Any).map(|r| r.value(line))),
-        (start_time, start_ns),
+        raw_status(line, raw(Field::Status, Holds::Any)),
+        raw_duration(line, raw(Field::Duration, Holds::Any)),
+        start,
         format,
         true,
     ))
+}
+
+/// [`status_class`] straight from a value's span: a three-digit number without building a
+/// [`Value`].
+#[inline(always)]
+fn raw_status(line: &str, raw: Option<Raw>) -> StatusClass {
+    let Some(raw) = raw else {
+        return StatusClass::Other;
+    };
+    if let (Kind::Number, Some(&[a, b, c])) = (raw.kind, line.as_bytes().get(raw.start..raw.end)) {
+        let [a, b, c] = [a, b, c].map(|d| d.wrapping_sub(b'0'));
+        if a <= 9 && b <= 9 && c <= 9 {
+            return StatusClass::from_code(u64::from(a) * 100 + u64::from(b) * 10 + u64::from(c));
+        }
+    }
+    status_class(Some(raw.value(line)))
+}
+
+/// [`duration_ms`] straight from a value's span: integer milliseconds of up to 15 digits
+/// without building a [`Value`].
+#[inline(always)]
+fn raw_duration(line: &str, raw: Option<Raw>) -> Option<f64> {
+    let raw = raw?;
+    if raw.kind == Kind::Number {
+        if let Some(ms) = short_integer(line, raw) {
+            return Some(ms as f64);
+        }
+    }
+    duration_ms(Some(raw.value(line)))
 }
 
 /// A request's counts under the rules of SPEC §3: which token fields were valid or invalid,
@@ -1164,16 +1234,9 @@ impl Counts {
 /// the last one present.
 #[inline(always)]
 fn pick(w: &Work, line: &str, keys: TopKeys, need: Holds) -> Option<Raw> {
-    match keys {
-        TopKeys::None => None,
-        TopKeys::One(k) => w.has(k).then(|| w.tops[k]),
-        TopKeys::Two(a, b) => {
-            let first = w.has(a).then(|| w.tops[a]);
-            match first {
-                Some(r) if holds(&Val::Line(r), line, need) => Some(r),
-                _ => w.has(b).then(|| w.tops[b]).or(first),
-            }
-        }
+    match w.top(keys.first.into()) {
+        Some(r) if keys.then == NO_KEY || holds(&Val::Line(r), line, need) => Some(r),
+        first => w.top(keys.then.into()).or(first),
     }
 }
 
@@ -1210,22 +1273,67 @@ fn raw_tokens(line: &str, raw: Option<Raw>) -> Tokens {
     let Some(raw) = raw else {
         return Tokens::NotMeasured;
     };
-    let text = line.as_bytes().get(raw.start..raw.end).unwrap_or_default();
-    if matches!(raw.kind, Kind::Number | Kind::Str { escaped: false })
-        && (1..=15).contains(&text.len())
-    {
-        let mut v = 0u64;
-        let mut plain = true;
-        for &c in text {
-            let d = c.wrapping_sub(b'0');
-            plain &= d <= 9;
-            v = v.wrapping_mul(10).wrapping_add(u64::from(d));
-        }
-        if plain {
+    if matches!(raw.kind, Kind::Number | Kind::Str { escaped: false }) {
+        if let Some(v) = short_integer(line, raw) {
             return Tokens::Valid(v);
         }
     }
     tokens(Some(raw.value(line)))
+}
+
+/// A value's span when it is 1 to 15 ASCII digits (far below 2^53), read in one pass.
+#[inline(always)]
+fn short_integer(line: &str, raw: Raw) -> Option<u64> {
+    let len = raw.end.wrapping_sub(raw.start);
+    if (1..=8).contains(&len) {
+        // The 8 bytes that end where the value ends, when the line has them (it has for any
+        // value past its first 8 bytes): all the digits at once.
+        if let Some(word) = raw
+            .end
+            .checked_sub(8)
+            .and_then(|s| line.as_bytes().get(s..raw.end))
+        {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(word);
+            return eight_digits(u64::from_le_bytes(bytes), len);
+        }
+    }
+    let text = line.as_bytes().get(raw.start..raw.end)?;
+    if !(1..=15).contains(&text.len()) {
+        return None;
+    }
+    let mut v = 0u64;
+    let mut plain = true;
+    for &c in text {
+        let d = c.wrapping_sub(b'0');
+        plain &= d <= 9;
+        v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+    }
+    plain.then_some(v)
+}
+
+/// The number written by the last `len` (1 to 8) bytes of `word` (read little-endian: the
+/// first byte is the lowest), `None` unless they are all ASCII digits: SWAR, a few
+/// multiplications instead of a loop per digit.
+#[inline(always)]
+fn eight_digits(word: u64, len: usize) -> Option<u64> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // The bytes before the value are the low ones: zeroed, they read as leading zeros.
+    let mask = u64::MAX.checked_shl(8 * (8 - len as u32))?;
+    let digits = word & mask;
+    let zeros = (b'0' as u64 * ONES) & mask;
+    // Each byte in '0'..='9': its high nibble is 3, and adding 6 leaves it 3.
+    let plain = digits & (0xF0 * ONES) & mask == zeros
+        && (digits.wrapping_add(6 * ONES) & (0xF0 * ONES) & mask) == zeros;
+    if !plain {
+        return None;
+    }
+    let d = digits - zeros;
+    // Pairs, then fours, then eight (the lowest byte is the first, most significant, digit).
+    let d = d.wrapping_mul(10).wrapping_add(d >> 8) & 0x00FF_00FF_00FF_00FF;
+    let d = d.wrapping_mul(100).wrapping_add(d >> 16) & 0x0000_FFFF_0000_FFFF;
+    let d = d.wrapping_mul(10_000).wrapping_add(d >> 32) & 0xFFFF_FFFF;
+    Some(d)
 }
 
 /// A label value: the string, cut to 256 bytes; `None` for missing, null, `"-"`, `""` or a
@@ -1793,6 +1901,77 @@ mod tests {
             requests("[2026-11-26 10:00:00.000][1][info] text"),
             Err("not_json")
         );
+    }
+
+    #[test]
+    fn short_integers_are_read_as_digit_by_digit() {
+        // Against the plain reading, for every length, with and without 8 bytes before the
+        // value, and with each byte in turn made a non-digit (the neighbours of '0' and '9'
+        // in ASCII, and bytes whose high nibble is 3).
+        let reference = |t: &str| -> Option<u64> {
+            (!t.is_empty() && t.len() <= 15 && t.bytes().all(|c| c.is_ascii_digit()))
+                .then(|| t.parse().ok())
+                .flatten()
+        };
+        let mut checked = 0;
+        for len in 1..=15 {
+            for seed in [0u64, 1, 7, 42, 99_999, 12_345_678_901, u64::MAX / 3] {
+                let digits: String = (0..len)
+                    .map(|i| char::from(b'0' + ((seed >> (i % 60)) % 10) as u8))
+                    .collect();
+                let mut values = vec![digits.clone()];
+                for at in 0..len {
+                    for bad in ['/', ':', ';', '?', 'a', 'é', ' '] {
+                        let mut v: Vec<char> = digits.chars().collect();
+                        v[at] = bad;
+                        values.push(v.into_iter().collect());
+                    }
+                }
+                for value in values {
+                    for before in ["", "{\"a\":", "{\"a_much_longer_key\":"] {
+                        let line = format!("{before}{value},");
+                        let raw = Raw {
+                            kind: Kind::Number,
+                            start: before.len(),
+                            end: before.len() + value.len(),
+                        };
+                        assert_eq!(short_integer(&line, raw), reference(&value), "{line}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 1_000);
+    }
+
+    #[test]
+    fn every_config_fits_the_key_table() {
+        // The most top-level keys a config can name: every format's keys, and a key of its own
+        // for every extra type it may add (a field set in the config replaces the formats'
+        // keys for it, so setting fields names fewer).
+        let mut extras_only = Fields::default();
+        for i in 0..MAX_EXTRA_TOKENS {
+            extras_only
+                .extra_tokens
+                .insert(format!("extra{i:02}"), format!("own_extra{i:02}"));
+        }
+        let every_field = Fields {
+            model: Some("own_model".into()),
+            input_tokens: Some("own_input".into()),
+            output_tokens: Some("own_output".into()),
+            total_tokens: Some("own_total".into()),
+            api_key_id: Some("own_key".into()),
+            service_id: Some("own_service".into()),
+            status: Some("own_status".into()),
+            start_time: Some("/own/start".into()),
+            duration_ms: Some("own_duration".into()),
+            ..extras_only.clone()
+        };
+        // An extra type adds at most one key.
+        let most = Parser::new(&Fields::default()).tables.wanted_top_keys + MAX_EXTRA_TOKENS;
+        assert!(most < usize::from(NO_KEY), "{most} top-level keys");
+        assert!(Parser::new(&extras_only).tables.wanted_top_keys <= most);
+        assert!(Parser::new(&every_field).tables.wanted_top_keys <= most);
     }
 
     #[test]
