@@ -326,7 +326,8 @@ pub struct SeriesSnapshot {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub total_tokens: u64,
-    /// In the order of [`Snapshot::extra_names`].
+    /// In the order of [`Snapshot::extra_names`]; empty when all are 0 (most series: no
+    /// allocation per series), so read it with `get(i)`, a missing value being 0.
     pub extra_tokens: Vec<u64>,
     /// When the series was created (ns since the epoch): the start of its cumulative
     /// counters, and the time of the 0 its first OTLP pushes carry. 0: unknown (a state of
@@ -1191,7 +1192,10 @@ impl Store {
                     input_tokens: c.input,
                     output_tokens: c.output,
                     total_tokens: c.total,
-                    extra_tokens: self.extras[i * self.n_extra..(i + 1) * self.n_extra].to_vec(),
+                    extra_tokens: match &self.extras[i * self.n_extra..(i + 1) * self.n_extra] {
+                        e if e.iter().all(|&n| n == 0) => Vec::new(),
+                        e => e.to_vec(),
+                    },
                     start_ns: c.start_ns,
                     cost_units: self.series_cost(i),
                 }

@@ -310,9 +310,9 @@ impl Meter {
         sink: &mut dyn LineSink,
     ) {
         match self.parser.parse(line.text) {
-            Parsed::Record(r) => {
+            Parsed::Record(ref r) => {
                 self.last_format = Some(r.format);
-                self.request(ctx, &line, &r, fallback, sink);
+                self.request(ctx, &line, r, fallback, sink);
                 // A Kong line may report several LLM calls: each counts as a request.
                 while let Some(r) = self.parser.next_request(line.text) {
                     self.request(ctx, &line, &r, fallback, sink);

@@ -1338,7 +1338,11 @@ pub fn summary_text(r: &ReplayReport) -> String {
     let _ = writeln!(out, "output     {outp:>14} tokens");
     let _ = writeln!(out, "total      {tot:>14} tokens");
     for (i, name) in s.extra_names.iter().enumerate() {
-        let sum: u64 = s.series.iter().map(|x| x.extra_tokens[i]).sum();
+        let sum: u64 = s
+            .series
+            .iter()
+            .map(|x| x.extra_tokens.get(i).copied().unwrap_or(0))
+            .sum();
         let _ = writeln!(out, "{:<11}{sum:>14} tokens", name);
     }
     let names = invalid_field_names(&s.extra_names);

@@ -72,15 +72,16 @@ impl KeyTable {
         table
     }
 
-    /// Calls `hit` with the slot of every wanted key equal to `key`.
+    /// Calls `hit` with the slot of every wanted key equal to `key`. Returns the key's first
+    /// 8 bytes as a little-endian integer (zero-padded), for a caller that looks at them too.
     #[inline(always)]
-    pub fn lookup(&self, key: &[u8], mut hit: impl FnMut(usize)) {
+    pub fn lookup(&self, key: &[u8], mut hit: impl FnMut(usize)) -> u64 {
         let (head, tail) = head_tail(key);
         let mut h = bucket(key.len(), head);
         loop {
             let i = self.buckets[h] as usize;
             let Some(e) = i.checked_sub(1).and_then(|i| self.entries.get(i)) else {
-                return;
+                return head;
             };
             if e.head == head
                 && e.tail == tail

@@ -553,8 +553,10 @@ impl Parser {
                 } else {
                     key.raw
                 };
-                t.top_keys.lookup(name, &mut put);
-                if auto && name.first() == Some(&b'g') {
+                let head = t.top_keys.lookup(name, &mut put);
+                // Every key detection looks for starts with `gen` (the lookup has read the
+                // key's first bytes already).
+                if auto && head & 0xFF_FFFF == u64::from_le_bytes(*b"gen\0\0\0\0\0") {
                     seen |= detect_key(name);
                 }
             },
