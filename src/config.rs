@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::endpoint::{BasicAuth, Tls};
+pub use crate::parse::fields::{Fields, DEFAULT_EXTRA_TOKENS, MAX_EXTRA_TOKENS};
 use crate::pricing::{PriceTable, PricingWarning};
+pub use crate::source::StartAt;
 use std::sync::Arc;
-
-/// At most this many `[fields.extra_tokens]`; each one is a counter per series.
-pub const MAX_EXTRA_TOKENS: usize = 16;
 
 /// The most `otlp.max_backoff` / `loki.max_backoff` may be.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
@@ -75,13 +75,6 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartAt {
-    End,
-    Beginning,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Source {
@@ -124,75 +117,6 @@ impl Default for Source {
             max_open_files: 0,
             remember_for: Dur::secs(3600),
         }
-    }
-}
-
-/// How access-log lines are read (docs/formats.md): `format` tells the formats apart line by
-/// line (`"auto"`) or pins one; a key set here overrides that field for every format (a key
-/// starting with `/` is a JSON Pointer). Unset keys take each format's own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Fields {
-    pub format: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub input_tokens: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_tokens: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub total_tokens: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_key_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<String>,
-    /// Counter name (`llm_<name>_tokens_total`) → access-log key.
-    pub extra_tokens: BTreeMap<String, String>,
-}
-
-impl Default for Fields {
-    fn default() -> Self {
-        Self {
-            format: "auto".into(),
-            model: None,
-            input_tokens: None,
-            output_tokens: None,
-            total_tokens: None,
-            api_key_id: None,
-            service_id: None,
-            status: None,
-            start_time: None,
-            duration_ms: None,
-            extra_tokens: BTreeMap::new(),
-        }
-    }
-}
-
-/// The extra token types every config has (SPEC §3): each format maps them where its
-/// gateway logs them, and a series of one appears with its first non-zero value.
-pub const DEFAULT_EXTRA_TOKENS: [&str; 3] = ["cache_creation_input", "cached_input", "reasoning"];
-
-impl Fields {
-    /// The extra token types, in name order: the defaults and those of `[fields.extra_tokens]`.
-    pub fn extra_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = DEFAULT_EXTRA_TOKENS.iter().map(|s| s.to_string()).collect();
-        names.extend(self.extra_tokens.keys().cloned());
-        names.sort();
-        names.dedup();
-        names.truncate(MAX_EXTRA_TOKENS);
-        names
-    }
-
-    /// `format` as a choice; validation has refused anything else.
-    pub fn format_choice(&self) -> crate::parse::format::FormatChoice {
-        crate::parse::format::FormatChoice::parse(&self.format)
-            .unwrap_or(crate::parse::format::FormatChoice::Auto)
     }
 }
 
@@ -284,20 +208,6 @@ impl Default for Server {
 pub enum Compression {
     Gzip,
     None,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BasicAuth {
-    pub username: String,
-    pub password_file: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Tls {
-    pub ca_file: String,
-    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -500,7 +410,7 @@ impl Config {
                 let content = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
                 if key == "tls.ca_file" {
                     // As the TLS stack will load it; the content is never shown.
-                    crate::export::http::pem_certificates(&content).map_err(fail)?;
+                    crate::endpoint::pem_certificates(&content).map_err(fail)?;
                 }
             }
         }
@@ -718,7 +628,7 @@ impl Config {
             }
             // What the HTTP client would refuse makes every push fail: found here instead.
             // The value itself is not repeated: it may hold credentials.
-            if let Err(message) = crate::export::http::parse_endpoint(endpoint) {
+            if let Err(message) = crate::endpoint::parse_endpoint(endpoint) {
                 return Err(err(key, message));
             }
         }
@@ -809,7 +719,7 @@ impl Config {
             }
         }
         for e in [&mut c.otlp.endpoint, &mut c.loki.endpoint] {
-            *e = crate::export::http::display_endpoint(e);
+            *e = crate::endpoint::display_endpoint(e);
         }
         c
     }
@@ -861,19 +771,6 @@ impl Config {
     /// [`Config::price_table_with_warnings`] without the warnings.
     pub fn price_table(&self) -> Result<Option<Arc<PriceTable>>, ConfigError> {
         self.price_table_with_warnings().map(|(t, _)| t)
-    }
-
-    /// The budgets as their gauges show them.
-    pub fn budget_views(&self) -> Vec<crate::schema::BudgetView> {
-        self.budgets
-            .iter()
-            .map(|b| crate::schema::BudgetView {
-                api_key_id: b.api_key_id.clone(),
-                window: b.window.clone(),
-                tokens: b.tokens,
-                cost_units: crate::pricing::budget_cost_units(b),
-            })
-            .collect()
     }
 
     /// The config as TOML, as `check-config` prints it (after [`Config::masked`]).

@@ -359,6 +359,12 @@ fn parse_cri(line: &[u8]) -> Option<Cri<'_>> {
     })
 }
 
+/// The physical line limit for a logical limit: envelopes (a CRI prefix, docker's JSON
+/// escaping) make physical lines longer than their content.
+pub fn physical_line_limit(max_line_bytes: usize) -> usize {
+    max_line_bytes.saturating_mul(2).saturating_add(64 << 10)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! tokenmeter: meters LLM token usage from Envoy AI Gateway access logs.
 //!
-//! The pipeline, one module per stage, data flowing one way:
+//! The pipeline, one module per stage, data flowing one way (`layers` gives the import order
+//! and a test keeps it):
 //! `source` (files → physical lines) → `decode` (envelopes, partials) → `parse` (a borrowed
 //! record) → `aggregate` (counters) → exports. `pipeline` chains the stages for one line;
 //! `replay` drives them over whole files; `cli` is wiring only.
@@ -14,10 +15,12 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decode;
+pub mod endpoint;
 pub mod export;
 pub mod forwarder;
 pub mod health;
 pub mod json;
+pub mod layers;
 pub mod parse;
 pub mod pipeline;
 pub mod pricing;

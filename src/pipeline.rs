@@ -169,12 +169,6 @@ pub trait LineSink {
 pub struct NoSink;
 impl LineSink for NoSink {}
 
-/// The physical line limit for a logical limit: envelopes (a CRI prefix, docker's JSON
-/// escaping) make physical lines longer than their content.
-pub fn physical_line_limit(max_line_bytes: usize) -> usize {
-    max_line_bytes.saturating_mul(2).saturating_add(64 << 10)
-}
-
 /// The one event-time rule (SPEC §3): the envelope's timestamp when there is one, else the
 /// record's `start_time` + `duration`, else its `start_time`. `None` leaves the fallback to the
 /// caller: `run` takes the time of reading, `replay` the previous record's event time.

@@ -17,13 +17,14 @@ use serde::Serialize;
 
 use crate::aggregate::{invalid_field_names, SkipReason, Snapshot, OVERFLOW_LABELS};
 use crate::config::Config;
+use crate::decode::physical_line_limit;
 use crate::export::backfill::{Shape, StepStream, Window};
 use crate::export::loki::{stream_labels, Batch, EntryShaper, LokiClient, LokiStats, PushResult};
 use crate::export::openmetrics::{otlp_requests, write_openmetrics, Emitted};
 use crate::export::otlp::OtlpClient;
 use crate::parse::format::Format;
 use crate::parse::Record;
-use crate::pipeline::{physical_line_limit, EventTimes, FileCursor, LineSink, Meter};
+use crate::pipeline::{EventTimes, FileCursor, LineSink, Meter};
 use crate::source::{expand_inputs, open_input, AtEof, Input, InputError, LineReader, PodLabels};
 
 /// Stands for "for ever" where `--retry-for` is too large to add to a clock reading.

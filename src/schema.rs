@@ -148,6 +148,19 @@ pub struct BudgetView {
     pub cost_units: Option<u128>,
 }
 
+/// The configured budgets as their gauges show them.
+pub fn budget_views(budgets: &[crate::pricing::Budget]) -> Vec<BudgetView> {
+    budgets
+        .iter()
+        .map(|b| BudgetView {
+            api_key_id: b.api_key_id.clone(),
+            window: b.window.clone(),
+            tokens: b.tokens,
+            cost_units: crate::pricing::budget_cost_units(b),
+        })
+        .collect()
+}
+
 /// The token types of SPEC §10 in their index order: input, output, total, then the extras.
 pub fn token_type_names(extra_names: &[String]) -> Vec<String> {
     let mut v = vec!["input".to_string(), "output".into(), "total".into()];

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::config::Fields;
+use super::fields::Fields;
 
 /// An access-log format. The order is the order formats are tried in (`tokenmeter` last: it
 /// reads any JSON object of no other format).

@@ -18,15 +18,16 @@
 //! - A pointer step into an array, or into a string that does not hold a JSON object, finds
 //!   nothing.
 
+pub mod fields;
 pub mod format;
 mod keys;
 pub mod logfmt;
 
 use std::borrow::Cow;
 
-use crate::config::{Fields, MAX_EXTRA_TOKENS};
 use crate::json::{JsonStr, Kind, Raw, Scanner, Value};
 use crate::timefmt::parse_rfc3339_nanos;
+use fields::{Fields, MAX_EXTRA_TOKENS};
 use format::{Field, FieldPath, Format, FormatChoice, Mapping, N_FIELDS};
 use keys::KeyTable;
 

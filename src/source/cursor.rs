@@ -295,7 +295,7 @@ impl TailCursor {
                 pos: offset,
             },
             offset,
-            crate::pipeline::physical_line_limit(max),
+            crate::decode::physical_line_limit(max),
             AtEof::KeepPartial,
         )
     }

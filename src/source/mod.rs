@@ -21,5 +21,5 @@ pub use input::{expand_inputs, open_input, Input, InputError};
 pub use lines::{AtEof, Line, LineReader};
 pub use registry::{
     ErrorReason, FileEvent, FileMeta, FilePosition, FileStatus, Registry, RegistryOptions,
-    RegistrySummary, FATE_NAMES,
+    RegistrySummary, StartAt, FATE_NAMES,
 };

@@ -38,8 +38,17 @@ use std::time::{Duration, Instant};
 
 use super::cursor::{DescriptorCount, FileId, FileIdentity, SharedFile, TailCursor, Truncation};
 use super::discover::{FileSystem, Globs, PodLabels, RealFs, Scan};
-use crate::config::StartAt;
 use crate::decode::Decoded;
+
+/// Where a file first seen at start is read from (`source.start_at`): its end (only what is
+/// written from now on; the state file's offsets win) or its beginning. A file that appears
+/// later is always read from its beginning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    End,
+    Beginning,
+}
 
 /// How often a warning about the same failing path is repeated while it keeps failing.
 const WARN_EVERY: Duration = Duration::from_secs(300);
