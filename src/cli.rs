@@ -67,7 +67,7 @@ pub enum Command {
         max_delay: String,
         /// A sample at every step for every series, from one step before its first value to
         /// the end of the replay, as a live agent's series would have: `increase()` then
-        /// reads backfilled chargeback right at the edges (more samples; see README).
+        /// reads backfilled chargeback right at the edges (more samples; see docs/backfill.md).
         #[arg(long)]
         dense: bool,
         /// Files counted at once, each on its own thread, merged in the order given (the

@@ -863,36 +863,93 @@ pub fn bucket_counts(h: &Histogram) -> Vec<(f64, u64)> {
         .collect()
 }
 
-/// The `/metrics` row of the README's endpoint table, from the schema (the README is checked
-/// against it: `cargo test --lib schema`).
-pub fn readme_metrics_row() -> String {
-    let names: Vec<String> = families("llm", &["<extra>".to_string()])
-        .iter()
-        .map(|f| {
-            if f.labels.is_empty() {
-                format!("`{}`", f.full_name())
-            } else {
-                format!("`{}{{{}}}`", f.full_name(), f.labels.join(","))
-            }
-        })
-        .collect();
-    format!(
-        "| `GET /metrics` | OpenMetrics text, every family of the one schema (`src/schema.rs`; the same names, labels and help go over OTLP): {} |",
-        names.join(", ")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `llm_*` and `tokenmeter_*` names in `text`: a name starts where no name character, `:`
+    /// or `/` comes before it (`api_key_id:llm_tokens:increase1h` is a rule, not a family), runs
+    /// over `[a-z0-9_<>]` (`llm_<extra>_tokens_total`), and one ending in `_` is a pattern such
+    /// as `tokenmeter_*`, not a name.
+    fn metric_names_in(text: &str) -> Vec<String> {
+        let is_name = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_<>".contains(c);
+        let mut out = Vec::new();
+        for prefix in ["llm_", "tokenmeter_"] {
+            for (at, _) in text.match_indices(prefix) {
+                let before = text[..at].chars().next_back();
+                if before
+                    .is_some_and(|c| is_name(c) || c.is_ascii_alphanumeric() || ":/.-".contains(c))
+                {
+                    continue;
+                }
+                let name: String = text[at..].chars().take_while(|&c| is_name(c)).collect();
+                if !name.ends_with('_') {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    /// docs/metrics.md is the metric reference and cannot go stale: it has a row
+    /// `| `<family>` | <its labels> |` for every family of the schema (default prefix, the
+    /// built-in extra token types and the `<extra>` placeholder), and every `llm_*` or
+    /// `tokenmeter_*` name on the page is a family (or a histogram's series) of the schema.
     #[test]
-    fn the_readme_lists_exactly_the_schema() {
-        let readme = include_str!("../README.md");
-        let row = readme_metrics_row();
+    fn docs_metrics_md_lists_every_family_with_its_labels_and_names_no_other() {
+        let doc = include_str!("../docs/metrics.md");
+        let mut extra: Vec<String> = crate::config::DEFAULT_EXTRA_TOKENS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        extra.push("<extra>".to_string());
+        let mut known = std::collections::BTreeSet::new();
+        for f in families("llm", &extra) {
+            let name = f.full_name();
+            let labels = if f.labels.is_empty() {
+                "—".to_string()
+            } else {
+                let quoted: Vec<String> = f.labels.iter().map(|l| format!("`{l}`")).collect();
+                quoted.join(", ")
+            };
+            let row = format!("| `{name}` | {labels} |");
+            assert!(
+                doc.lines().any(|l| l.starts_with(&row)),
+                "docs/metrics.md has no row starting {row:?}: add the family, or correct its labels"
+            );
+            if f.kind == Kind::Histogram {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    known.insert(format!("{name}{suffix}"));
+                }
+            }
+            known.insert(name);
+        }
+        let named = metric_names_in(doc);
         assert!(
-            readme.lines().any(|l| l == row),
-            "README.md's /metrics row differs from the schema; it should read:\n{row}"
+            named.len() >= known.len(),
+            "the scan found too few names: {named:?}"
+        );
+        for name in named {
+            assert!(
+                known.contains(&name),
+                "docs/metrics.md names `{name}`, which is no family of src/schema.rs"
+            );
+        }
+    }
+
+    #[test]
+    fn metric_names_in_skips_rules_patterns_and_paths() {
+        let names = metric_names_in(
+            "`llm_tokens_total{model}`, api_key_id:llm_tokens:increase1h, `tokenmeter_*`, \
+             llm_<extra>_tokens_total, config/tokenmeter_x, xllm_y, tokenmeter_series.",
+        );
+        assert_eq!(
+            names,
+            [
+                "llm_tokens_total",
+                "llm_<extra>_tokens_total",
+                "tokenmeter_series"
+            ]
         );
     }
 

@@ -327,8 +327,8 @@ fn ownership_hint(path: &Path) -> Option<String> {
     };
     Some(format!(
         " ({} is owned by uid {} (mode {:o}) and this agent runs as uid {uid}: give the state \
-         directory to the agent's uid, e.g. `chown -R {uid}:{gid} {}` on the node; README \
-         \"Upgrading from the uid-65532 manifests\")",
+         directory to the agent's uid, e.g. `chown -R {uid}:{gid} {}` on the node; \
+         docs/install.md \"Upgrading from the uid-65532 manifests\")",
         path.display(),
         meta.uid(),
         meta.mode() & 0o7777,

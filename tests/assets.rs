@@ -195,6 +195,239 @@ fn dashboards_are_well_formed() {
     }
 }
 
+/// The anchors GitHub gives the headings of a Markdown page: lower case, letters, digits, `-`
+/// and `_` kept, spaces made `-`, everything else dropped; a repeated heading gets `-1`, `-2`.
+/// Lines inside code fences are not headings.
+fn heading_anchors(markdown: &str) -> BTreeSet<String> {
+    let mut anchors = BTreeSet::new();
+    let mut in_fence = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        let Some(text) = line.strip_prefix('#') else {
+            continue;
+        };
+        if in_fence {
+            continue;
+        }
+        let text = text.trim_start_matches('#');
+        if !text.starts_with(' ') {
+            continue;
+        }
+        let slug: String = text
+            .trim()
+            .chars()
+            .flat_map(char::to_lowercase)
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .collect();
+        let mut unique = slug.clone();
+        let mut n = 0;
+        while !anchors.insert(unique.clone()) {
+            n += 1;
+            unique = format!("{slug}-{n}");
+        }
+    }
+    anchors
+}
+
+/// Relative link targets `](target)` of a Markdown page, outside code fences, with their line.
+fn relative_links(markdown: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut in_fence = false;
+    for (i, line) in markdown.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        for part in line.split("](").skip(1) {
+            let target = part.split(')').next().unwrap_or("");
+            if !target.contains("://") && !target.starts_with("mailto:") {
+                out.push((i + 1, target.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Nothing points at a moved anchor: every alert of the rules has a `runbook_url` naming its own
+/// section of docs/runbook.md (and so does every expected alert of the `promtool test rules`
+/// files); every relative link of the README, BENCHMARKS.md and docs/ reaches an existing file
+/// and, with `#anchor`, one of its headings; and every `docs/<page>.md "Heading"` named in a
+/// comment or message under config/, src/, tests/ and scripts/ is a heading of that page.
+#[test]
+fn runbook_urls_doc_links_and_doc_references_reach_existing_headings() {
+    let read = |rel: &str| std::fs::read_to_string(root().join(rel)).unwrap();
+    let runbook = heading_anchors(&read("docs/runbook.md"));
+    const RUNBOOK: &str = "https://github.com/example/tokenmeter/blob/main/docs/runbook.md#";
+
+    // Alerts and their runbook URLs.
+    let rules = read("config/prometheus/tokenmeter-rules.yaml");
+    let mut alert: Option<String> = None;
+    let mut alerts = 0;
+    for line in rules.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix("- alert: ") {
+            assert!(alert.is_none(), "alert {alert:?} has no runbook_url");
+            alert = Some(name.trim().to_string());
+            alerts += 1;
+        } else if let Some(url) = line.strip_prefix("runbook_url: ") {
+            let url = url.trim_matches('"');
+            let name = alert.take().expect("a runbook_url outside an alert");
+            assert_eq!(
+                url,
+                format!("{RUNBOOK}{}", name.to_lowercase()),
+                "alert {name}: runbook_url"
+            );
+        }
+    }
+    assert!(alert.is_none(), "alert {alert:?} has no runbook_url");
+    assert!(alerts >= 15, "only {alerts} alerts found");
+    for file in [
+        "config/prometheus/tokenmeter-rules.yaml",
+        "config/prometheus/tokenmeter-rules.test.yaml",
+        "config/prometheus/tokenmeter-rules.hourly.test.yaml",
+    ] {
+        for line in read(file).lines() {
+            if let Some(url) = line.trim().strip_prefix("runbook_url: ") {
+                let url = url.trim_matches('"');
+                let anchor = url.strip_prefix(RUNBOOK).unwrap_or_else(|| {
+                    panic!("{file}: runbook_url {url} is not docs/runbook.md#...")
+                });
+                assert!(
+                    runbook.contains(anchor),
+                    "{file}: {url}: docs/runbook.md has no heading #{anchor}"
+                );
+            }
+        }
+    }
+
+    // Links between the pages.
+    let mut pages = vec!["README.md".to_string(), "BENCHMARKS.md".to_string()];
+    for e in std::fs::read_dir(root().join("docs")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            pages.push(format!("docs/{name}"));
+        }
+    }
+    let mut links = 0;
+    for page in &pages {
+        let text = read(page);
+        let dir = root().join(page).parent().unwrap().to_path_buf();
+        for (line, target) in relative_links(&text) {
+            let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let file = if path.is_empty() {
+                root().join(page)
+            } else {
+                dir.join(path)
+            };
+            assert!(file.exists(), "{page}:{line}: {target}: no such file");
+            if !anchor.is_empty() {
+                let anchors = heading_anchors(&std::fs::read_to_string(&file).unwrap());
+                assert!(
+                    anchors.contains(anchor),
+                    "{page}:{line}: {target}: no heading #{anchor} there"
+                );
+            }
+            links += 1;
+        }
+    }
+    assert!(links >= 50, "only {links} relative links found");
+
+    // `docs/<page>.md "Heading"` in comments and messages.
+    let mut files = Vec::new();
+    let mut dirs: Vec<PathBuf> = ["config", "src", "tests", "scripts"]
+        .iter()
+        .map(|d| root().join(d))
+        .collect();
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if !p.ends_with("fixtures") {
+                    dirs.push(p);
+                }
+            } else if p.extension().is_some_and(|x| {
+                ["rs", "py", "sh", "yaml", "toml", "mjs"]
+                    .iter()
+                    .any(|e| x == *e)
+            }) {
+                files.push(p);
+            }
+        }
+    }
+    let mut references = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (at, _) in text.match_indices("docs/") {
+            let rest = &text[at..];
+            let name: String = rest["docs/".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            let Some(after) = rest["docs/".len() + name.len()..].strip_prefix(".md") else {
+                continue;
+            };
+            let page = format!("docs/{name}.md");
+            let where_ = format!("{}: {page}", file.strip_prefix(root()).unwrap().display());
+            assert!(root().join(&page).exists(), "{where_}: no such page");
+            references += 1;
+            // A heading in quotes right after the page name (`\"` inside a Rust string).
+            let after = after.strip_prefix(' ').unwrap_or("\n");
+            let after = after.strip_prefix('\\').unwrap_or(after);
+            let Some(quoted) = after.strip_prefix('"') else {
+                continue;
+            };
+            let heading: String = quoted
+                .chars()
+                .take_while(|&c| c != '"' && c != '\\')
+                .collect::<String>()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                // A heading wrapped onto the next comment line (`probes,\n # priority`).
+                .replace(" # ", " ");
+            let anchor = heading_anchors(&format!("# {heading}"))
+                .into_iter()
+                .next()
+                .unwrap();
+            assert!(
+                heading_anchors(&read(&page)).contains(&anchor),
+                "{where_} \"{heading}\": no such heading there"
+            );
+        }
+    }
+    assert!(
+        references >= 10,
+        "only {references} references to docs/ found"
+    );
+}
+
+#[test]
+fn heading_anchors_are_githubs() {
+    let anchors = heading_anchors(
+        "# Runbook\n## TokenmeterAgentDown\n### replay --loki\n```\n# not a heading\n```\n\
+         ## Which path: OTLP push or scrape\n### [state] and [server]\n## Runbook\n#nope\n",
+    );
+    let want = [
+        "runbook",
+        "tokenmeteragentdown",
+        "replay---loki",
+        "which-path-otlp-push-or-scrape",
+        "state-and-server",
+        "runbook-1",
+    ];
+    assert_eq!(anchors, want.iter().map(|s| s.to_string()).collect());
+}
+
 fn needs_self_metrics(expr: &str) -> bool {
     expr.contains("tokenmeter_") || expr.contains("up{")
 }

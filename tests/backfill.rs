@@ -1202,7 +1202,7 @@ fn dense_backfill_gives_exact_daily_sums_per_key_in_prometheus() {
     );
 
     // The day the backfill ends in: its series stop before the next midnight, so the plain
-    // invoice query misses that day's part; with last_over_time it is exact (README).
+    // invoice query misses that day's part; with last_over_time it is exact (docs/backfill.md).
     let x = "llm_tokens_total{instance=\"cut\"}";
     let robust = format!(
         "sum by (api_key_id) (last_over_time({x}[1d]) - {x} offset 1d or last_over_time({x}[1d]))"

@@ -482,6 +482,162 @@ fn check_config_prints_the_effective_config() {
         .contains("/var/log/pods/envoy-gateway-system_*/envoy/*.log"));
 }
 
+/// Tables whose keys are the user's own names (headers, labels, token types): one key each.
+const CONFIG_MAPS: &[&str] = &[
+    "fields.extra_tokens",
+    "metrics.labels",
+    "otlp.headers",
+    "otlp.resource_attributes",
+    "loki.labels",
+    "loki.headers",
+    "pricing.included_in",
+    "pricing.prices[].per_million",
+    "pricing.prices[].tiers[].per_million",
+];
+
+/// The key paths of a serialized config: `a.b` into tables, `a[].b` into arrays of tables; a
+/// table of [`CONFIG_MAPS`], an empty table and an array are keys themselves.
+fn config_key_paths(v: &toml::Value, path: &str, out: &mut std::collections::BTreeSet<String>) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        toml::Value::Table(t) if !t.is_empty() && !CONFIG_MAPS.contains(&path) => {
+            for (k, item) in t {
+                config_key_paths(item, &join(k), out);
+            }
+        }
+        toml::Value::Array(a) if a.first().is_some_and(toml::Value::is_table) => {
+            out.insert(path.to_string());
+            config_key_paths(&a[0], &format!("{path}[]"), out);
+        }
+        _ => {
+            out.insert(path.to_string());
+        }
+    }
+}
+
+/// docs/configuration.md is the config reference and cannot go stale: its key tables list
+/// exactly the keys of the config types (every optional key set, every list of tables given
+/// an entry, so none is left out of the serialization), and every TOML example in the README
+/// and docs/ is a config the parser accepts (`toml price-file` blocks: a price file).
+#[test]
+fn docs_configuration_md_lists_exactly_the_config_keys_and_every_doc_toml_example_parses() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use tokenmeter::config::{Config, Fields};
+    use tokenmeter::pricing::{Budget, PriceEntry, Rate, Tier};
+
+    // Struct literals without `..`: a new field does not compile until it is set here.
+    let mut config = Config::default();
+    let key = |k: &str| Some(k.to_string());
+    config.fields = Fields {
+        format: "auto".into(),
+        model: key("model"),
+        input_tokens: key("in"),
+        output_tokens: key("out"),
+        total_tokens: key("total"),
+        api_key_id: key("key"),
+        service_id: key("service"),
+        status: key("status"),
+        start_time: key("start"),
+        duration_ms: key("duration"),
+        extra_tokens: BTreeMap::from([("audio_input".into(), "audio".into())]),
+    };
+    let rates = || BTreeMap::from([("input".to_string(), Rate("1".into()))]);
+    config.pricing.prices = vec![PriceEntry {
+        model: "*".into(),
+        service_id: "*".into(),
+        from: Some("2026-01-01T00:00:00Z".into()),
+        per_million: rates(),
+        per_request: Some(Rate("0.1".into())),
+        tiers: vec![Tier {
+            above_input: 1000,
+            per_million: rates(),
+        }],
+    }];
+    config.budgets = vec![Budget {
+        api_key_id: "*".into(),
+        window: "1d".into(),
+        tokens: Some(1),
+        cost: Some(Rate("1".into())),
+    }];
+    let mut code = BTreeSet::new();
+    config_key_paths(&toml::Value::try_from(&config).unwrap(), "", &mut code);
+
+    let doc = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
+    let reference = doc
+        .split("\n## Every key\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/configuration.md has a section `## Every key`");
+    let documented: BTreeSet<String> = reference
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split_once("` |"))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let missing: Vec<&String> = code.difference(&documented).collect();
+    let unknown: Vec<&String> = documented.difference(&code).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "docs/configuration.md \"Every key\": keys of the config types not documented: \
+         {missing:?}; documented keys the config does not have: {unknown:?}"
+    );
+
+    // Every TOML example of the README and docs/ parses (variables get a plausible value).
+    let env = |name: &str| {
+        Some(if name.contains("ENDPOINT") {
+            "http://backend.example:8080/push".to_string()
+        } else {
+            "example".to_string()
+        })
+    };
+    let mut pages = vec![root().join("README.md")];
+    for e in std::fs::read_dir(root().join("docs")).unwrap() {
+        pages.push(e.unwrap().path());
+    }
+    let mut examples = 0;
+    for page in pages
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+    {
+        let text = std::fs::read_to_string(page).unwrap();
+        let mut lines = text.lines().enumerate();
+        while let Some((at, line)) = lines.next() {
+            let info = line.trim_start().strip_prefix("```").unwrap_or("");
+            if info != "toml" && info != "toml price-file" {
+                continue;
+            }
+            let block: Vec<&str> = lines
+                .by_ref()
+                .map(|(_, l)| l)
+                .take_while(|l| !l.trim_start().starts_with("```"))
+                .collect();
+            let block = block.join("\n");
+            let place = format!(
+                "{}:{}",
+                page.strip_prefix(root()).unwrap_or(page).display(),
+                at + 1
+            );
+            if info == "toml" {
+                if let Err(e) = Config::from_toml(&block, &env) {
+                    panic!("{place}: the example is not a valid config: {e}");
+                }
+            } else if let Err(e) = tokenmeter::pricing::parse_price_file(&block) {
+                panic!("{place}: the example is not a valid price file: {e:?}");
+            }
+            examples += 1;
+        }
+    }
+    assert!(
+        examples >= 8,
+        "only {examples} TOML examples found in the README and docs/"
+    );
+}
+
 #[test]
 fn the_local_config_replays_the_sample_logs() {
     let out = bin()

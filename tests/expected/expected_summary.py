@@ -238,7 +238,7 @@ def read_bytes(path):
 def logical_lines(data, max_line=MAX_LINE):
     """Yields (kind, text, envelope_ns) with kind 'line' or 'too_long' after envelopes and
     partials; envelope_ns is the CRI/docker timestamp (of a joined line's first part, as the
-    README decides), None for a plain line."""
+    docs/guarantees.md decides), None for a plain line."""
     partial = {}  # stream -> [bytearray, first part's time]
     physical = data.split(b"\n")
     if physical and physical[-1] == b"":
@@ -411,7 +411,7 @@ def token(v, present):
 
 def clean_label(v):
     # A lone surrogate (from "\ud800") is not a character: the rule is U+FFFD. So are C0 controls
-    # and DEL (README "Label values": a label never carries a raw control character).
+    # and DEL (docs/guarantees.md "What counts", label values: a label never carries a raw control character).
     v = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF or ord(c) < 0x20 or ord(c) == 0x7F else c
                 for c in v)
     b = v.encode("utf-8")
@@ -422,7 +422,7 @@ def clean_label(v):
 
 
 def status_class(v):
-    """README: from the status value, a number or a digit string; 2xx..5xx, else other."""
+    """docs/guarantees.md: from the status value, a number or a digit string; 2xx..5xx, else other."""
     n = None
     if isinstance(v, bool) or v is None:
         n = None
