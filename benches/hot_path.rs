@@ -19,10 +19,13 @@ use tokenmeter::parse::{Parsed, Parser, Record};
 use tokenmeter::pricing::{parse_price_file, PriceTable, Pricing};
 
 fn main() {
-    // At least a second per benchmark (divan's default stops after 100 samples, a fraction of
-    // a second here): this VM's noise needs more. `--min-time` / `DIVAN_MIN_TIME` override it.
+    // 500 samples of 1,000 iterations each (0.1-1.5 s per benchmark). Left to itself divan
+    // takes samples of 1-16 iterations here, and between two samples its own bookkeeping
+    // evicts the store's and the parser's cache lines (a single `Store::add_at` measured
+    // 2-3x slower than in a batch). `--sample-count` / `--sample-size` override these.
     divan::Divan::default()
-        .min_time(std::time::Duration::from_secs(1))
+        .sample_count(500)
+        .sample_size(1000)
         .config_with_args()
         .main();
 }
