@@ -123,7 +123,29 @@ fn standard_input_and_a_fifo_give_the_summary_of_the_file() {
         "gzip on stdin"
     );
 
+    // Standard input redirected from a file (`< file`) is read from it, not from a file named
+    // `-` in the working directory.
     let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("-"),
+        "{\"model\":\"decoy\",\"llm_input_token\":1}\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .env_remove("TOKENMETER_CONFIG")
+        .current_dir(tmp.path())
+        .args(["replay", "--summary", "json", "-"])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got, want, "stdin redirected from a file");
+
     let fifo = tmp.path().join("access.fifo");
     let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(status.success(), "mkfifo");

@@ -689,16 +689,21 @@ fn find_plugins(t: &Tables, w: &mut Work, line: &str) {
                 escaped: key.escaped,
             }
             .decode();
-            keyed.retain(|(k, _)| *k != name);
             keyed.push((name, shift(raw, ai.start)));
         },
     );
-    w.members.extend(
-        keyed
-            .iter()
-            .filter(|(_, r)| r.kind == Kind::Object)
-            .map(|(_, r)| *r),
-    );
+    // Each key at its last occurrence, in the order of those occurrences (one pass from the
+    // end: a line of many members costs linear time, not quadratic).
+    let mut seen = std::collections::HashSet::with_capacity(keyed.len());
+    let mut last: Vec<Raw> = keyed
+        .iter()
+        .rev()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .filter(|(_, r)| r.kind == Kind::Object)
+        .map(|(_, r)| *r)
+        .collect();
+    last.reverse();
+    w.members.extend(last);
     for i in 0..w.members.len() {
         let plugin = w.members[i];
         if let Some(usage) = member(&mut w.scanner, line, plugin, "usage") {

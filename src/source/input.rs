@@ -127,7 +127,9 @@ pub fn open_input(path: &Path) -> Result<Input, InputError> {
         }
     }
     let gzip = got == 2 && magic == GZIP_MAGIC;
-    let seekable = meta.is_file();
+    // Standard input is read as a stream even when it is a file (`< file`): it has no path
+    // to open again from its start.
+    let seekable = meta.is_file() && path != Path::new(STDIN);
     let (file, sniffed) = if seekable {
         (File::open(path).map_err(err)?, Vec::new()) // start again at byte 0
     } else {
