@@ -44,20 +44,28 @@ fn expected(name: &str) -> Value {
 
 /// `tokenmeter replay --summary json` of `args` with no config at all, `stdin` fed to it.
 fn replay_json(args: &[&Path], stdin: Option<&[u8]>) -> Value {
+    let input = if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    replay_json_in(Path::new("."), args, input, stdin)
+}
+
+/// [`replay_json`] run in directory `dir`, with standard input `input` (`bytes` written to it
+/// when it is a pipe).
+fn replay_json_in(dir: &Path, args: &[&Path], input: Stdio, bytes: Option<&[u8]>) -> Value {
     let mut child = Command::new(bin())
         .env_remove("TOKENMETER_CONFIG")
+        .current_dir(dir)
         .args(["replay", "--summary", "json"])
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(input)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    if let Some(bytes) = stdin {
+    if let Some(bytes) = bytes {
         let mut pipe = child.stdin.take().unwrap();
         std::io::Write::write_all(&mut pipe, bytes).unwrap();
     }
@@ -131,19 +139,12 @@ fn standard_input_and_a_fifo_give_the_summary_of_the_file() {
         "{\"model\":\"decoy\",\"llm_input_token\":1}\n",
     )
     .unwrap();
-    let out = Command::new(bin())
-        .env_remove("TOKENMETER_CONFIG")
-        .current_dir(tmp.path())
-        .args(["replay", "--summary", "json", "-"])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let got = replay_json_in(
+        tmp.path(),
+        &[Path::new("-")],
+        std::fs::File::open(&path).unwrap().into(),
+        None,
     );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got, want, "stdin redirected from a file");
 
     let fifo = tmp.path().join("access.fifo");
