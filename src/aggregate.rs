@@ -1291,6 +1291,7 @@ mod tests {
             duration_ms: Some(1500.0),
             start_time: None,
             start_ns: None,
+            written_ns: None,
             format: crate::parse::format::Format::Tokenmeter,
             first_of_line: true,
             invalid: 0,

@@ -156,6 +156,25 @@ fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
     })
 }
 
+/// Writes `text` to standard output. A reader that went away (`tokenmeter replay … | head`)
+/// is no error: the output is simply not wanted any more (and `print!` would panic). Any
+/// other write error is reported, with exit code 1.
+fn print_out(text: &str) -> Result<(), ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => {
+            eprintln!("error: writing to standard output: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
 fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::CheckConfig {
@@ -164,8 +183,10 @@ fn run(cli: Cli) -> ExitCode {
         } => match load(&config) {
             Ok(c) => {
                 let shown = if show_secrets { c.clone() } else { c.masked() };
-                print!("{}", shown.to_toml());
-                print!("{}", crate::parse::format::describe_mappings(&c.fields));
+                let text = shown.to_toml() + &crate::parse::format::describe_mappings(&c.fields);
+                if let Err(code) = print_out(&text) {
+                    return code;
+                }
                 // A warning, not an error: the pods may simply not be there yet.
                 if let Ok(globs) =
                     crate::source::discover::Globs::new(&c.source.include, &c.source.exclude)
@@ -338,7 +359,9 @@ fn run(cli: Cli) -> ExitCode {
                         SummaryFormat::Json => summary_json(&report),
                         SummaryFormat::Text => summary_text(&report),
                     };
-                    print!("{out}");
+                    if let Err(code) = print_out(&out) {
+                        return code;
+                    }
                     let push_failed = report
                         .pushed
                         .as_ref()

@@ -672,6 +672,22 @@ impl Config {
             if let Some(why) = crate::parse::format::key_error(field) {
                 return Err(err(&format!("loki.redact[{i}]"), why));
             }
+            if let crate::parse::format::FieldPath::Pointer(steps) =
+                crate::parse::format::FieldPath::parse(field)
+            {
+                // Redaction masks a key's value wherever the key is; an array element has no
+                // key, so a pointer ending in an index would mask nothing: refused (fail closed).
+                let last = steps.last().map_or("", String::as_str);
+                if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(err(
+                        &format!("loki.redact[{i}]"),
+                        format!(
+                            "{field:?} ends in an array index; redaction masks keys: name the \
+                             key that holds the array to mask it whole"
+                        ),
+                    ));
+                }
+            }
         }
         if self.loki.max_line_bytes == 0 || self.loki.batch_bytes == 0 {
             return Err(err(
@@ -926,6 +942,13 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.key.as_deref(), Some("loki.redact[1]"), "{e}");
         }
+        // Redaction masks keys: a pointer ending in an array index would mask nothing.
+        let e =
+            Config::from_toml("[loki]\nredact = [\"a\", \"/headers/0\"]\n", &no_env).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("loki.redact[1]"), "{e}");
+        assert!(e.to_string().contains("array index"), "{e}");
+        // RFC 6901's empty key is a key like any other.
+        assert!(Config::from_toml("[loki]\nredact = [\"/a/\"]\n", &no_env).is_ok());
     }
 
     #[test]

@@ -222,6 +222,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             self_metrics: config.otlp.self_metrics,
             announced: Default::default(),
             since_ns: now_ns(),
+            previous_push_ns: std::sync::atomic::AtomicI64::new(0),
         };
         Some(runtime.spawn(otlp_loop(
             client,
@@ -521,6 +522,8 @@ struct OtlpSource {
     announced: std::sync::Mutex<std::collections::HashSet<u64>>,
     /// This process's start: older series had their 0 sent by an earlier run.
     since_ns: i64,
+    /// When the previous push took its snapshot (0: none yet), for `Zeros::previous_push_ns`.
+    previous_push_ns: std::sync::atomic::AtomicI64,
 }
 
 impl OtlpSource {
@@ -533,6 +536,8 @@ impl OtlpSource {
         deadline: tokio::time::Instant,
         last: bool,
     ) -> PushOutcome {
+        // Taken before the snapshot: a point not in it was 0 at this time.
+        let taken_ns = now_ns();
         let snap = if last {
             self.meter.final_snapshot(deadline).await
         } else {
@@ -550,6 +555,7 @@ impl OtlpSource {
         let zeros = Zeros {
             since_ns: self.since_ns,
             announced: &announced,
+            previous_push_ns: self.previous_push_ns.swap(taken_ns, Ordering::Relaxed),
         };
         let mut outcome = PushOutcome::Success;
         let mut accepted = Vec::new();

@@ -113,8 +113,9 @@ impl Fallback {
         if envelope_ns.is_some() {
             return self.record_time(envelope_ns);
         }
-        if r.start_ns.is_some() {
-            // Worked out while reading (epoch milliseconds, a time inside a string).
+        if r.start_ns.is_some() || r.written_ns.is_some() {
+            // Worked out while reading (epoch milliseconds, a time inside a string, the time
+            // a logfmt line starts with).
             return self.record_time(r.event_time_ns(None));
         }
         let Some(start_time) = &r.start_time else {

@@ -627,11 +627,20 @@ pub fn replay(
 ) -> Result<ReplayReport, ReplayError> {
     let started = Instant::now();
     let paths = expand_inputs(args).map_err(ReplayError::Open)?;
-    // A stream is read once: named twice, the second would get what the first left.
-    for (i, p) in paths.iter().enumerate() {
-        let stream = p.as_os_str() == crate::source::input::STDIN
-            || std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
-        if stream && paths[..i].contains(p) {
+    // A stream is read once: named twice (under any name: `a.fifo` and `./a.fifo` are one
+    // FIFO), the second would get what the first left.
+    let mut streams = std::collections::HashSet::new();
+    for p in &paths {
+        use std::os::unix::fs::MetadataExt;
+        let stream = if p.as_os_str() == crate::source::input::STDIN {
+            Some((0, 0)) // standard input: no file has inode 0
+        } else {
+            std::fs::metadata(p)
+                .ok()
+                .filter(|m| !m.is_file() && !m.is_dir())
+                .map(|m| (m.dev(), m.ino()))
+        };
+        if stream.is_some_and(|id| !streams.insert(id)) {
             return Err(ReplayError::Open(crate::source::InputError {
                 path: p.clone(),
                 error: std::io::Error::new(
@@ -1338,13 +1347,18 @@ pub fn summary_text(r: &ReplayReport) -> String {
     let _ = writeln!(out, "input      {inp:>14} tokens");
     let _ = writeln!(out, "output     {outp:>14} tokens");
     let _ = writeln!(out, "total      {tot:>14} tokens");
+    // The extra types counted (a type no line had is not listed), under the total they are
+    // part of, their numbers ending in the same column as the others' when the name fits.
     for (i, name) in s.extra_names.iter().enumerate() {
         let sum: u64 = s
             .series
             .iter()
             .map(|x| x.extra_tokens.get(i).copied().unwrap_or(0))
             .sum();
-        let _ = writeln!(out, "{:<11}{sum:>14} tokens", name);
+        if sum > 0 {
+            let width = 22usize.saturating_sub(name.len()).max(1);
+            let _ = writeln!(out, "  {name} {sum:>width$} tokens");
+        }
     }
     let names = invalid_field_names(&s.extra_names);
     for (i, n) in st.invalid_fields.iter().enumerate() {
@@ -1509,6 +1523,51 @@ fn spend_tables(out: &mut String, s: &Snapshot, currency: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_text_summary_lists_the_extra_types_counted_aligned_and_not_the_others() {
+        let config = Config::default();
+        let mut meter = Meter::new(&config, EventTimes::Off);
+        let mut parser = crate::parse::Parser::new(&config.fields);
+        let line = r#"{"model":"m","llm_input_token":5000,"llm_output_token":700,"llm_cache_creation_input_token":12,"llm_cached_input_token":7}"#;
+        let crate::parse::Parsed::Record(r) = parser.parse(line) else {
+            panic!("a record")
+        };
+        meter.store.add(&r);
+        let report = ReplayReport {
+            snapshot: meter.store.snapshot(&config.fields.extra_names()),
+            files: 1,
+            bytes_read: line.len() as u64,
+            elapsed: Duration::from_secs(1),
+            emitted: None,
+            pushed: None,
+            loki: None,
+            outside_range: 0,
+            late: None,
+        };
+        let text = summary_text(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        let at = |prefix: &str| {
+            lines
+                .iter()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("{prefix:?} in\n{text}"))
+                .to_string()
+        };
+        let total = at("total ");
+        let cached = at("  cached_input ");
+        let creation = at("  cache_creation_input ");
+        assert!(total.ends_with(" 5700 tokens"), "{text}");
+        assert!(cached.ends_with(" 7 tokens"), "{text}");
+        assert!(creation.ends_with(" 12 tokens"), "{text}");
+        // The numbers end in one column.
+        assert_eq!(total.len(), cached.len(), "{text}");
+        assert_eq!(total.len(), creation.len(), "{text}");
+        assert!(
+            !text.contains("reasoning"),
+            "no line had reasoning tokens:\n{text}"
+        );
+    }
 
     /// `--jobs`: a file counted again in order (its series would fold) is read from the handle
     /// opened with the others, as `--jobs 1` reads it, not from whatever its path names by

@@ -158,6 +158,24 @@ fn standard_input_and_a_fifo_give_the_summary_of_the_file() {
     };
     assert_eq!(replay_json(&[&fifo], None), want, "fifo");
     writer.join().unwrap();
+
+    // One FIFO under two names (or `-` twice) is refused before anything is read.
+    let again = tmp.path().join(".").join("access.fifo");
+    for args in [
+        [fifo.as_path(), again.as_path()],
+        [Path::new("-"), Path::new("-")],
+    ] {
+        let out = Command::new(bin())
+            .env_remove("TOKENMETER_CONFIG")
+            .arg("replay")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains("name it once"), "{args:?}: {stderr}");
+    }
 }
 
 #[test]
@@ -242,5 +260,26 @@ fn the_daemon_counts_every_format_and_status_names_the_formats_of_each_file() {
                 .collect();
             assert_eq!(formats, all);
         }
+    }
+}
+
+#[test]
+fn a_summary_reader_that_went_away_ends_the_replay_quietly_with_its_exit_code() {
+    // `tokenmeter replay … | head -0`: standard output is a pipe whose reader is gone, so the
+    // summary's write fails with EPIPE, every time (no race with a reader closing late).
+    for summary in ["json", "text"] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(bin())
+            .env_remove("TOKENMETER_CONFIG")
+            .args(["replay", "--summary", summary])
+            .arg(fixture("mixed.log"))
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{summary}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{summary}: {stderr}");
     }
 }

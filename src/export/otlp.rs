@@ -76,12 +76,20 @@ pub const MAX_POINTS: usize = 5000;
 pub const ZERO_WINDOW_NS: i64 = 10 * 60 * 1_000_000_000;
 
 /// Which counter series get their 0: those created by this process (started at or after
-/// `since_ns`: older ones had their chance before a restart), younger than
-/// [`ZERO_WINDOW_NS`], and not yet in an accepted request (a 0 sent again after the value
-/// would be an out-of-order sample).
+/// `since_ns`: older ones had their chance before a restart), not yet in an accepted request
+/// (a 0 sent again after the value would be an out-of-order sample), and whose 0 is younger
+/// than [`ZERO_WINDOW_NS`].
+///
+/// The 0 is at the series' start, or at `previous_push_ns` when that is later: a point that
+/// appears after its series was created (an extra token type's first non-zero count, a
+/// status class first seen, a currency) was 0 when the previous push took its snapshot (or
+/// was in a request that failed, so nothing of it was stored). Its first increment then
+/// reaches `increase()` however long after the series' start it comes.
 pub struct Zeros<'a> {
     pub since_ns: i64,
     pub announced: &'a std::collections::HashSet<u64>,
+    /// When the previous push of this process took its snapshot; 0: this is the first.
+    pub previous_push_ns: i64,
 }
 
 /// The identity of one OTLP series (family and labels), for [`Zeros::announced`].
@@ -167,25 +175,26 @@ impl<'v> Requests<'v> {
             )),
             Value::Histogram(_) => None,
         };
-        // The 0 at the start, and the value strictly after it.
+        // The 0 (see `Zeros`), and the value strictly after it.
+        let zero_ns = start.max(self.zeros.previous_push_ns);
         let first = zero.is_some_and(|key| {
             p.start_ns >= self.zeros.since_ns
                 && p.start_ns > 0
-                && self.time_ns.saturating_sub(start) < ZERO_WINDOW_NS
+                && self.time_ns.saturating_sub(zero_ns) < ZERO_WINDOW_NS
                 && !self.zeros.announced.contains(&key)
         });
         if let (true, Some(key)) = (first, zero) {
             announced.push(key);
         }
         let time = if first {
-            self.time_ns.max(start.saturating_add(1))
+            self.time_ns.max(zero_ns.saturating_add(1))
         } else {
             self.time_ns
         };
         let zero_point = first.then(|| NumberDataPoint {
             attributes: attrs(),
             start_time_unix_nano: nanos(start),
-            time_unix_nano: nanos(start),
+            time_unix_nano: nanos(zero_ns),
             value: int(0),
             ..Default::default()
         });
@@ -473,6 +482,11 @@ mod tests {
     use crate::schema::AgentView;
 
     fn store(config: &Config, lines: &[String]) -> Snapshot {
+        store_of(config, lines, &[])
+    }
+
+    /// [`store`] whose snapshot carries `extra_names`' families.
+    fn store_of(config: &Config, lines: &[String], extra_names: &[String]) -> Snapshot {
         let mut store = Store::new(config);
         store.set_clock(100); // the series are created at t = 100 ns
         let mut parser = Parser::new(&Fields::default());
@@ -481,7 +495,7 @@ mod tests {
                 store.add(&r);
             }
         }
-        store.snapshot(&[])
+        store.snapshot(extra_names)
     }
 
     fn points(req: &ExportMetricsServiceRequest) -> usize {
@@ -514,6 +528,7 @@ mod tests {
         let zeros = || Zeros {
             since_ns: 0,
             announced: &none,
+            previous_push_ns: 0,
         };
         let all: Vec<_> = Requests::new(&view, &shape, 1, 200, false, zeros()).collect();
         assert_eq!(
@@ -586,6 +601,7 @@ mod tests {
             Zeros {
                 since_ns: 0,
                 announced: &announced,
+                previous_push_ns: 0,
             },
         )
         .collect();
@@ -600,6 +616,7 @@ mod tests {
             Zeros {
                 since_ns: 101,
                 announced: &none,
+                previous_push_ns: 0,
             },
         )
         .collect();
@@ -615,6 +632,75 @@ mod tests {
     }
 
     #[test]
+    fn a_point_first_seen_long_after_its_series_started_gets_its_0_at_the_previous_push() {
+        let config = Config::default();
+        let first = r#"{"model":"m","api_key_id":"k","llm_input_token":3,"response_code":200}"#;
+        let later = [
+            first.to_string(),
+            // 20 minutes on: a status class and an extra token type the series had not had.
+            r#"{"model":"m","api_key_id":"k","llm_input_token":5,"llm_cached_input_token":2,"response_code":503}"#.to_string(),
+        ];
+        let shape = OtlpShape::from_config(&config, "node-a");
+        let none = std::collections::HashSet::new();
+        let before = store(&config, &[first.to_string()]);
+        let view = View::new(&before, &shape.static_labels, None);
+        let zeros = Zeros {
+            since_ns: 0,
+            announced: &none,
+            previous_push_ns: 0,
+        };
+        let announced: std::collections::HashSet<u64> =
+            Requests::new(&view, &shape, 1, 200, false, zeros)
+                .flat_map(|r| r.1)
+                .collect();
+        let after = store_of(&config, &later, &config.fields.extra_names());
+        let view = View::new(&after, &shape.static_labels, None);
+        let now = 100 + 2 * ZERO_WINDOW_NS;
+        let previous = now - 15_000_000_000;
+        let reqs: Vec<_> = Requests::new(
+            &view,
+            &shape,
+            1,
+            now,
+            false,
+            Zeros {
+                since_ns: 0,
+                announced: &announced,
+                previous_push_ns: previous,
+            },
+        )
+        .collect();
+        let metrics = &reqs[0].0.resource_metrics[0].scope_metrics[0].metrics;
+        let sum = |name: &str| -> Vec<(i64, u64, u64)> {
+            let m = metrics.iter().find(|m| m.name == name).expect(name);
+            let Some(metric::Data::Sum(s)) = &m.data else {
+                panic!("{name}")
+            };
+            s.data_points
+                .iter()
+                .map(|p| {
+                    let Some(number_data_point::Value::AsInt(v)) = p.value else {
+                        panic!("{name}")
+                    };
+                    (v, p.start_time_unix_nano, p.time_unix_nano)
+                })
+                .collect()
+        };
+        let (start, prev, now) = (100, previous as u64, now as u64);
+        // The series and its 2xx class were announced: no 0. The new 5xx class and the first
+        // cached tokens: a 0 at the previous push, then the value.
+        assert_eq!(
+            sum("llm_requests_total"),
+            vec![(1, start, now), (0, start, prev), (1, start, now)]
+        );
+        assert_eq!(
+            sum("llm_cached_input_tokens_total"),
+            vec![(0, start, prev), (2, start, now)]
+        );
+        assert_eq!(sum("llm_input_tokens_total"), vec![(8, start, now)]);
+    }
+
+    #[test]
     fn many_series_are_split_into_bounded_requests_with_every_point_once() {
         let config = Config::default();
         let lines: Vec<String> = (0..997)
@@ -627,6 +713,7 @@ mod tests {
         let zeros = || Zeros {
             since_ns: 0,
             announced: &none,
+            previous_push_ns: 0,
         };
         let whole: usize = Requests::new(&view, &shape, 1, i64::MAX / 2, false, zeros())
             .with_max_points(usize::MAX)
@@ -654,6 +741,7 @@ mod tests {
         let zeros = || Zeros {
             since_ns: 0,
             announced: &none,
+            previous_push_ns: 0,
         };
         let names: Vec<String> = Requests::new(&view, &shape, 1, 2, true, zeros())
             .map(|r| r.0)
@@ -702,6 +790,7 @@ mod tests {
         let zeros = Zeros {
             since_ns: 0,
             announced: &none,
+            previous_push_ns: 0,
         };
         let reqs: Vec<_> = Requests::new(&view, &shape, 50, 200, true, zeros)
             .map(|r| r.0)

@@ -180,7 +180,8 @@ impl FieldPath {
 }
 
 /// Why `spec` is not a key or JSON Pointer tokenmeter can read (`None`: it is one). A pointer's
-/// `~` must be `~0` or `~1` (RFC 6901) and its last step must name a key.
+/// `~` must be `~0` or `~1` (RFC 6901). An empty step is the key `""` (RFC 6901: `/` is the
+/// member named by the empty string).
 pub fn key_error(spec: &str) -> Option<String> {
     if spec.is_empty() {
         return Some("the access-log key is empty".into());
@@ -193,9 +194,6 @@ pub fn key_error(spec: &str) -> Option<String> {
                 "{spec:?}: a JSON Pointer's `~` must be `~0` (a `~`) or `~1` (a `/`)"
             ));
         }
-    }
-    if rest.rsplit('/').next().unwrap_or("").is_empty() {
-        return Some(format!("{spec:?}: the JSON Pointer ends without a key"));
     }
     None
 }
@@ -232,7 +230,8 @@ pub struct Mapping {
     pub fields: [Vec<FieldPath>; N_FIELDS],
     /// In the order of the extra token types' names (`[fields.extra_tokens]`).
     pub extra: Vec<Vec<FieldPath>>,
-    /// The start-time field holds epoch milliseconds (Kong's `started_at`), not RFC 3339.
+    /// A number in the start-time field is epoch milliseconds (Kong's `started_at`, also when
+    /// `fields.start_time` names another key); a string is RFC 3339 in every format.
     pub start_time_epoch_ms: bool,
 }
 
@@ -248,9 +247,6 @@ impl Mapping {
             if let Some(key) = field.configured(fields) {
                 m.fields[field as usize] =
                     vec![configured_path(format, field_in_plugin(field), key)];
-                if field == Field::StartTime {
-                    m.start_time_epoch_ms = false;
-                }
             }
         }
         m.extra = fields
@@ -518,7 +514,8 @@ mod tests {
                 m.format
             );
             assert_eq!(m.get(Field::StartTime), [FieldPath::Key("ts".into())]);
-            assert!(!m.start_time_epoch_ms);
+            // Kong reads a number there as epoch milliseconds whichever key holds it.
+            assert_eq!(m.start_time_epoch_ms, m.format == Format::Kong);
         }
         let kong = Mapping::of(Format::Kong, &Fields::default());
         assert!(kong.start_time_epoch_ms);

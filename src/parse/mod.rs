@@ -15,8 +15,9 @@
 //!   a string other than `""` and `"-"`; for the others any value but null.
 //! - The skip reason depends on the line's shape only: a JSON object or a `key=value` line
 //!   that is not read as a record is `not_llm`, anything else `not_json`.
-//! - A pointer step into an array, or into a string that does not hold a JSON object, finds
-//!   nothing.
+//! - A pointer step into an array takes the element at that index (RFC 6901: `0` or digits
+//!   without a leading zero); a step into a string that does not hold a JSON object, or past
+//!   an array's end, finds nothing.
 
 pub mod fields;
 pub mod format;
@@ -124,6 +125,9 @@ pub struct Record<'a> {
     /// The start time when it was worked out while reading (epoch milliseconds, or a time
     /// decoded out of a string): it comes before `start_time`.
     pub start_ns: Option<i64>,
+    /// The time the line says it was written (agentgateway's leading timestamp, taken at the
+    /// request's end): the event time as it is, no duration added, before any start time.
+    pub written_ns: Option<i64>,
     /// The format the line was read with.
     pub format: Format,
     /// The first request of its line (a Kong line may hold several): lines are counted once.
@@ -137,10 +141,14 @@ pub struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// Event time (SPEC §3): the envelope's timestamp, else start + duration, else start.
+    /// Event time (SPEC §3): the envelope's timestamp, else the time the line was written,
+    /// else start + duration, else start.
     pub fn event_time_ns(&self, envelope_ns: Option<i64>) -> Option<i64> {
         if envelope_ns.is_some() {
             return envelope_ns;
+        }
+        if self.written_ns.is_some() {
+            return self.written_ns;
         }
         if let Some(start) = self.start_ns {
             return Some(plus_duration(start, self.duration_ms));
@@ -788,12 +796,56 @@ fn follow<'a>(scanner: &mut Scanner, line: &'a str, at: Raw, steps: &[String]) -
                 cur = member(scanner, &inner, whole, step)?;
                 embedded = Some(inner);
             }
+            Kind::Array => {
+                cur = shift(element(text.get(cur.start..cur.end)?, step)?, cur.start);
+            }
             _ => return None,
         }
     }
     Some(match embedded {
         None => Val::Line(cur),
         Some(text) => Val::Embedded(owned(&text, cur)),
+    })
+}
+
+/// Where `part` (a sub-slice of `whole`) starts in it.
+fn cur_start(part: &str, whole: &str) -> usize {
+    (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize)
+}
+
+/// The element at RFC 6901 array index `step` (`0`, or digits without a leading zero) of the
+/// JSON array `array`, as a span of it. A pointer into an array is rare and never on the hot
+/// path, so the array is parsed with serde_json rather than by the scanner.
+fn element(array: &str, step: &str) -> Option<Raw> {
+    let digits_ok = step == "0"
+        || (!step.starts_with('0') && !step.is_empty() && step.bytes().all(|b| b.is_ascii_digit()));
+    if !digits_ok {
+        return None;
+    }
+    let index: usize = step.parse().ok()?;
+    let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(array).ok()?;
+    let item = items.get(index)?.get();
+    let start = cur_start(item, array);
+    let end = start + item.len();
+    let kind = match item.as_bytes().first()? {
+        b'"' => Kind::Str {
+            escaped: item.contains('\\'),
+        },
+        b'{' => Kind::Object,
+        b'[' => Kind::Array,
+        b't' => Kind::True,
+        b'f' => Kind::False,
+        b'n' => Kind::Null,
+        _ => Kind::Number,
+    };
+    Some(match kind {
+        // A string's span is the bytes between its quotes.
+        Kind::Str { .. } => Raw {
+            kind,
+            start: start + 1,
+            end: end.saturating_sub(1),
+        },
+        _ => Raw { kind, start, end },
     })
 }
 
@@ -964,12 +1016,13 @@ fn val_start<'a>(
     epoch_ms: bool,
 ) -> (Option<JsonStr<'a>>, Option<i64>) {
     match v {
+        // A string is RFC 3339 in every format (a key configured for Kong may name one).
         Some(Val::Line(raw)) => match raw.value(line) {
-            Value::Str(s) if !epoch_ms => (Some(s), None),
+            Value::Str(s) => (Some(s), None),
             Value::Number(n) if epoch_ms => (None, epoch_ms_ns(n)),
             _ => (None, None),
         },
-        Some(Val::Embedded(Owned::Str(s))) if !epoch_ms => (None, parse_rfc3339_nanos(&s)),
+        Some(Val::Embedded(Owned::Str(s))) => (None, parse_rfc3339_nanos(&s)),
         Some(Val::Embedded(Owned::Number(n))) if epoch_ms => (None, epoch_ms_ns(&n)),
         Some(Val::Text(Cow::Borrowed(s))) => (
             Some(JsonStr {
@@ -1024,32 +1077,27 @@ fn read_record<'a>(
     let service_id = val_label(line, get(Field::Service, Holds::Label));
     let status = val_status(line, get(Field::Status, Holds::Any));
     let duration = val_duration(line, get(Field::Duration, Holds::Any));
-    let (start_time, start_ns) = if format == Format::Logfmt && m.get(Field::StartTime).is_empty() {
-        // agentgateway's line starts with its time.
-        let first = logfmt::first_word(line);
-        let is_time = parse_rfc3339_nanos(first).is_some();
-        (
-            is_time.then_some(JsonStr {
-                raw: first,
-                escaped: false,
-            }),
-            None,
-        )
+    let (mut start_time, mut start_ns, mut written_ns) = (None, None, None);
+    if format == Format::Logfmt && m.get(Field::StartTime).is_empty() {
+        // agentgateway's line starts with the time it was written: the event time itself.
+        written_ns = parse_rfc3339_nanos(logfmt::first_word(line));
     } else {
-        val_start(
+        (start_time, start_ns) = val_start(
             line,
             get(Field::StartTime, Holds::Any),
             m.start_time_epoch_ms,
-        )
-    };
-    Parsed::Record(c.record(
+        );
+    }
+    let mut r = c.record(
         [model, api_key_id, service_id],
         status,
         duration,
         (start_time, start_ns),
         format,
         first_of_line,
-    ))
+    );
+    r.written_ns = written_ns;
+    Parsed::Record(r)
 }
 
 /// [`read_record`] of a mapping whose every field is at most one top-level key: each value is
@@ -1095,7 +1143,7 @@ fn read_simple<'a>(
             kind: Kind::Str { escaped },
             start,
             end,
-        }) if !epoch_ms => (
+        }) => (
             line.get(start..end).map(|raw| JsonStr { raw, escaped }),
             None,
         ),
@@ -1229,6 +1277,7 @@ impl Counts {
             duration_ms,
             start_time,
             start_ns,
+            written_ns: None,
             format,
             first_of_line,
             invalid: self.invalid,
@@ -1828,6 +1877,33 @@ mod tests {
             Some((1_756_572_697_894 + 812) * 1_000_000),
             "started_at (epoch ms) + latencies.request"
         );
+        // A start time named by `fields.start_time` is still epoch milliseconds when a number
+        // (Kong's way), and RFC 3339 when a string, as in every format.
+        let kong = |start: &str| {
+            format!(
+                r#"{{"ts":{start},"ai":{{"proxy":{{"usage":{{"prompt_tokens":1}},"meta":{{"request_model":"m"}}}}}}}}"#
+            )
+        };
+        let fields = Fields {
+            start_time: Some("ts".into()),
+            ..Fields::default()
+        };
+        let mut p = Parser::new(&fields);
+        for (start, want) in [
+            ("1756572697894", Some(1_756_572_697_894 * 1_000_000)),
+            (
+                r#""2025-08-30T16:51:37.894Z""#,
+                parse_rfc3339_nanos("2025-08-30T16:51:37.894Z"),
+            ),
+            (r#""1756572697894""#, None),
+        ] {
+            let line = kong(start);
+            let Parsed::Record(r) = p.parse(&line) else {
+                panic!("record: {line}")
+            };
+            assert_eq!(r.format, Format::Kong, "{line}");
+            assert_eq!(r.event_time_ns(None), want, "{line}");
+        }
         // The consumer's id when it has no username; no plugin with usage: not Kong.
         let line = r#"{"consumer":{"id":"c-1"},"ai":{"proxy":{"usage":{"total_tokens":5}}}}"#;
         assert_eq!(
@@ -1895,10 +1971,13 @@ mod tests {
             panic!("record")
         };
         assert_eq!(r.status_class, StatusClass::C2xx);
+        // The leading time is when the line was written, at the request's end: the event
+        // time as it is, the duration not added to it.
         assert_eq!(
             r.event_time_ns(None),
-            parse_rfc3339_nanos("2025-08-13T20:51:07.261107Z")
+            parse_rfc3339_nanos("2025-08-13T20:51:06.054107Z")
         );
+        assert_eq!(r.duration_ms, Some(1207.0));
         // A key=value line of no format is not_llm; other text not_json.
         assert_eq!(requests("level=info msg=\"started\""), Err("not_llm"));
         assert_eq!(
@@ -1980,6 +2059,84 @@ mod tests {
         assert!(most < usize::from(NO_KEY), "{most} top-level keys");
         assert!(Parser::new(&extras_only).tables.wanted_top_keys <= most);
         assert!(Parser::new(&every_field).tables.wanted_top_keys <= most);
+    }
+
+    #[test]
+    fn json_pointers_reach_array_elements_and_the_empty_key_as_rfc_6901_says() {
+        let model_at = |pointer: &str, line: &str| -> Result<String, &'static str> {
+            let fields = Fields {
+                model: Some(pointer.into()),
+                ..Fields::default()
+            };
+            requests_with(&fields, line).map(|rows| rows[0].1.clone())
+        };
+        let choices = r#"{"choices":[{"model":"a"},{"model":"b"}],"llm_input_token":1}"#;
+        assert_eq!(model_at("/choices/1/model", choices), Ok("b".into()));
+        assert_eq!(model_at("/choices/0/model", choices), Ok("a".into()));
+        // Past the end, a leading zero, a sign or a name: no element (the label is unknown).
+        for step in ["2", "01", "-1", "+1", "x", ""] {
+            let pointer = format!("/choices/{step}/model");
+            assert_eq!(
+                model_at(&pointer, choices),
+                Ok("unknown".into()),
+                "{pointer}"
+            );
+        }
+        // A string element with escapes, arrays in arrays, whitespace between elements.
+        let line = r#"{"l":[ ["x", "a\"b" ] ],"llm_input_token":1}"#;
+        assert_eq!(model_at("/l/0/1", line), Ok("a\"b".into()));
+        // Into an array inside a string that holds a JSON object.
+        let line = r#"{"x":"{\"l\":[\"q\"]}","llm_input_token":1}"#;
+        assert_eq!(model_at("/x/l/0", line), Ok("q".into()));
+        // The empty reference token is the member named "" (`/` is the top-level one).
+        let line = r#"{"":"top","a":{"":"inner"},"llm_input_token":1}"#;
+        assert_eq!(model_at("/", line), Ok("top".into()));
+        assert_eq!(model_at("/a/", line), Ok("inner".into()));
+        // A count in an array.
+        let fields = Fields {
+            input_tokens: Some("/usage/1".into()),
+            ..Fields::default()
+        };
+        let line = r#"{"model":"m","usage":[7, 12, "x"]}"#;
+        assert_eq!(
+            requests_with(&fields, line),
+            Ok(vec![one(
+                Format::Tokenmeter,
+                "m",
+                "unknown",
+                "unknown",
+                12,
+                0,
+                12
+            )])
+        );
+    }
+
+    #[test]
+    fn agentgateway_json_lines_of_v0_9_keys_are_read_with_the_documented_fields() {
+        // Without config such a line is of no format (no model key of any): not_llm, as
+        // docs/formats.md says; the [fields] it gives read it.
+        let line = r#"{"time":"2025-08-13T20:51:06.054107Z","http.status":200,"llm.provider":"openai","llm.request.model":"gpt-4o","llm.request.tokens":39,"llm.response.tokens":9,"duration":"1207ms"}"#;
+        assert_eq!(requests(line), Err("not_llm"));
+        let fields = Fields {
+            model: Some("llm.request.model".into()),
+            input_tokens: Some("llm.request.tokens".into()),
+            output_tokens: Some("llm.response.tokens".into()),
+            service_id: Some("llm.provider".into()),
+            ..Fields::default()
+        };
+        assert_eq!(
+            requests_with(&fields, line),
+            Ok(vec![one(
+                Format::Tokenmeter,
+                "gpt-4o",
+                "unknown",
+                "openai",
+                39,
+                9,
+                48
+            )])
+        );
     }
 
     #[test]

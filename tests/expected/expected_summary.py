@@ -200,7 +200,10 @@ def go_duration_ns(v):
 
 
 def epoch_ms_ns(v):
-    """Kong's `started_at`: epoch milliseconds as a JSON number >= 0 (a string is not a time)."""
+    """Kong's `started_at`: epoch milliseconds as a JSON number >= 0; a string (a configured
+    start-time key may name one) is read as RFC 3339."""
+    if isinstance(v, str):
+        return parse_rfc3339(v)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     if isinstance(v, float) and not math.isfinite(v) or v < 0:
@@ -217,6 +220,9 @@ def record_time(top, envelope_ns, fmt, mapping):
     each read with the format's keys and the format's way of writing a time."""
     if envelope_ns is not None:
         return envelope_ns
+    if fmt == "logfmt" and mapping["start_time"] == [LEADING]:
+        # agentgateway writes the line at the request's end: its leading time is the event time.
+        return parse_rfc3339(first_present(top, [LEADING]))
     start_kind, duration_kind = TIME_KINDS.get(fmt, ("rfc3339", "ms"))
     start = START_PARSERS[start_kind](first_present(top, mapping["start_time"]))
     if start is None:
@@ -979,8 +985,11 @@ def self_test():
     check("kong time: started_at alone",
           record_time({"started_at": 1767225600000, "latencies": {"request": "x"}}, None, "kong", MAPPINGS["kong"]),
           1767225600000 * 10**6)
-    check("kong time: an RFC 3339 started_at is no time",
-          record_time({"started_at": "2026-01-01T00:00:00Z"}, None, "kong", MAPPINGS["kong"]), None)
+    check("kong time: a string started_at is RFC 3339 (a configured key may name one)",
+          record_time({"started_at": "2026-01-01T00:00:00Z"}, None, "kong", MAPPINGS["kong"]),
+          1767225600 * 10**9)
+    check("kong time: a string that is no RFC 3339 time is none",
+          record_time({"started_at": "1767225600000"}, None, "kong", MAPPINGS["kong"]), None)
     check("kong plugin-relative override", calls(kong, Config(table={"fields": {"input_tokens": "/usage/completion_tokens"}}))[0][1],
           {"input_tokens": 5, "output_tokens": 5, "total_tokens": 15})
 
@@ -1005,8 +1014,8 @@ def self_test():
            'http.status=200 duration=1.2s api_key_id="k 2"')
     check("logfmt call", calls(agw),
           [(("lm", "k 2", "openai"), {"input_tokens": 12, "output_tokens": 9, "total_tokens": 0}, "2xx")])
-    # 1767225600 s + 0.5 s + 1.2 s
-    check("logfmt time", record_time(logfmt_pairs(agw), None, "logfmt", MAPPINGS["logfmt"]), 1767225601_700_000_000)
+    # 1767225600 s + 0.5 s: the time the line was written, the duration not added
+    check("logfmt time", record_time(logfmt_pairs(agw), None, "logfmt", MAPPINGS["logfmt"]), 1767225600_500_000_000)
     check("logfmt time without duration", record_time(logfmt_pairs("2026-01-01T00:00:00Z llm.x=1 duration=-"),
                                                       None, "logfmt", MAPPINGS["logfmt"]), 1767225600 * 10**9)
     check("logfmt: envelope first", record_time(logfmt_pairs(agw), 7, "logfmt", MAPPINGS["logfmt"]), 7)
