@@ -1,15 +1,12 @@
-# Multi-stage build: a static-ish binary (glibc only) on a distroless base, running as nonroot.
-#   docker build -t tokenmeter:0.1.0 .
-FROM rust:1-bookworm AS build
-WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-RUN cargo build --release --locked && strip target/release/tokenmeter
-
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/tokenmeter /usr/bin/tokenmeter
-COPY config/tokenmeter.toml /etc/tokenmeter/tokenmeter.toml
-USER 65532:65532
+# The tokenmeter image. Build it with scripts/build-image.sh, which builds the release binary
+# and lays out its build context (rootfs/: the binary, exactly the shared libraries it links,
+# CA certificates, the example config); CI builds and runs the image from this same file.
+# FROM scratch: nothing but what the agent needs, so no base image is pulled.
+FROM scratch
+COPY rootfs/ /
+# uid 0 with every capability dropped, as the DaemonSet runs it (the pod logs are root's and
+# 0640/0600); the manifests set runAsUser and the capabilities, not the image.
+USER 0:0
 EXPOSE 9464
-ENTRYPOINT ["/usr/bin/tokenmeter"]
+ENTRYPOINT ["/tokenmeter"]
 CMD ["run", "--config", "/etc/tokenmeter/tokenmeter.toml"]

@@ -77,6 +77,17 @@ step "Kubernetes manifests: every kustomization renders and validates (kubernete
 if [ "$FUZZ_SECONDS" != 0 ]; then
   step "cargo fuzz: decode + parse for ${FUZZ_SECONDS}s" scripts/fuzz.sh "$FUZZ_SECONDS"
 fi
+# The image test (tests/image.rs) runs the image this builds; without it, it builds its own.
+image_build() {
+  scripts/install-podman.sh || return 1
+  local out
+  out=$(scripts/build-image.sh) || return 1
+  TOKENMETER_IMAGE=$(printf '%s\n' "$out" | tail -1)
+  export TOKENMETER_IMAGE
+  echo "built $TOKENMETER_IMAGE"
+}
+step "the container image: Podman, and the release image built from the Dockerfile (scripts/build-image.sh)" \
+  image_build
 step "date-sensitive tests with the clock a year ahead and a year back (libfaketime)" \
   scripts/test-clock-moved.sh
 # Last, so the test runner's summary closes the output.

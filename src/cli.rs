@@ -9,13 +9,23 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::Config;
 use crate::replay::{replay, summary_json, summary_text, ReplayError, ReplayOptions};
 
-const ABOUT: &str = "Meters LLM token usage from Envoy AI Gateway access logs.
+const ABOUT: &str = "Meters LLM token usage and spend from AI gateway access logs.
 
-tokenmeter reads Envoy access-log lines (plain JSON, Kubernetes CRI or docker json-file pod
-logs), counts requests and tokens per model, API key and service, and exports the counters.";
+tokenmeter reads access-log lines of Envoy AI Gateway, agentgateway, Kong and Higress (plain
+files, Kubernetes CRI or docker json-file pod logs), counts requests, tokens and cost per
+model, API key and service, and exports the counters (OTLP, /metrics, backfill); the lines can
+go to Loki.";
+
+/// `tokenmeter --version`: the release and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TOKENMETER_GIT_COMMIT"),
+    ")"
+);
 
 #[derive(Parser, Debug)]
-#[command(name = "tokenmeter", version, about = ABOUT, long_about = None)]
+#[command(name = "tokenmeter", version = VERSION, about = ABOUT, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

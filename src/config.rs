@@ -675,10 +675,21 @@ impl Config {
             if let crate::parse::format::FieldPath::Pointer(steps) =
                 crate::parse::format::FieldPath::parse(field)
             {
-                // Redaction masks a key's value wherever the key is; an array element has no
-                // key, so a pointer ending in an index would mask nothing: refused (fail closed).
+                // Redaction masks a key's value wherever the key is. The empty key (`/`,
+                // `/a/`) would be found in every line and withhold them all; an array element
+                // has no key, so a pointer ending in an index (below the top level, which is
+                // an object) would mask nothing: both refused (fail closed).
                 let last = steps.last().map_or("", String::as_str);
-                if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+                if last.is_empty() {
+                    return Err(err(
+                        &format!("loki.redact[{i}]"),
+                        format!(
+                            "{field:?} ends in the empty key: it would withhold every line; \
+                             name the key to mask"
+                        ),
+                    ));
+                }
+                if steps.len() > 1 && last.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(err(
                         &format!("loki.redact[{i}]"),
                         format!(
@@ -947,8 +958,14 @@ mod tests {
             Config::from_toml("[loki]\nredact = [\"a\", \"/headers/0\"]\n", &no_env).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("loki.redact[1]"), "{e}");
         assert!(e.to_string().contains("array index"), "{e}");
-        // RFC 6901's empty key is a key like any other.
-        assert!(Config::from_toml("[loki]\nredact = [\"/a/\"]\n", &no_env).is_ok());
+        // The empty key would be in every line: refused like an empty entry.
+        for bad in ["/", "/a/"] {
+            let e =
+                Config::from_toml(&format!("[loki]\nredact = [\"{bad}\"]\n"), &no_env).unwrap_err();
+            assert!(e.to_string().contains("withhold every line"), "{e}");
+        }
+        // At the top level a number is a key (a line is an object).
+        assert!(Config::from_toml("[loki]\nredact = [\"/0\"]\n", &no_env).is_ok());
     }
 
     #[test]

@@ -34,7 +34,7 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::export::loki::LokiClient;
-use crate::export::otlp::{OtlpClient, OtlpShape, PushOutcome, Requests, Zeros};
+use crate::export::otlp::{counter_points, OtlpClient, OtlpShape, PushOutcome, Requests, ZeroBook};
 use crate::forwarder::{Forwarder, ForwarderStatus};
 use crate::health::{agent_view, AgentStatus, MeterHandle};
 use crate::pipeline::{EventTimes, Meter};
@@ -220,9 +220,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             shape: OtlpShape::from_config(&config, &node),
             budgets: crate::schema::budget_views(&config.budgets),
             self_metrics: config.otlp.self_metrics,
-            announced: Default::default(),
-            since_ns: now_ns(),
-            previous_push_ns: std::sync::atomic::AtomicI64::new(0),
+            zeros: Default::default(),
         };
         Some(runtime.spawn(otlp_loop(
             client,
@@ -518,12 +516,10 @@ struct OtlpSource {
     shape: OtlpShape,
     budgets: Vec<crate::schema::BudgetView>,
     self_metrics: bool,
-    /// Series whose 0 went out in an accepted request (see `export::otlp::Zeros`).
-    announced: std::sync::Mutex<std::collections::HashSet<u64>>,
-    /// This process's start: older series had their 0 sent by an earlier run.
-    since_ns: i64,
-    /// When the previous push took its snapshot (0: none yet), for `Zeros::previous_push_ns`.
-    previous_push_ns: std::sync::atomic::AtomicI64,
+    /// Which counter points carry a 0 (`export::otlp::ZeroBook`): its baseline is taken when
+    /// the agent is ready, before the first push. Held for a whole push (an async lock), so a
+    /// push dropped at shutdown leaves it as it was.
+    zeros: tokio::sync::Mutex<Option<ZeroBook>>,
 }
 
 impl OtlpSource {
@@ -536,6 +532,7 @@ impl OtlpSource {
         deadline: tokio::time::Instant,
         last: bool,
     ) -> PushOutcome {
+        let mut zeros = self.zeros.lock().await;
         // Taken before the snapshot: a point not in it was 0 at this time.
         let taken_ns = now_ns();
         let snap = if last {
@@ -546,30 +543,22 @@ impl OtlpSource {
         let agent = agent_view(&self.status, self.loki.as_deref());
         let view =
             View::new(&snap, &self.shape.static_labels, Some(&agent)).with_budgets(&self.budgets);
+        let book = zeros.get_or_insert_with(|| {
+            // The first push: every point there now was there when the agent became ready.
+            ZeroBook::baseline(
+                counter_points(&view, &self.shape, self.self_metrics),
+                taken_ns,
+            )
+        });
         let start = self.status.start_time_ns;
-        let announced = self
-            .announced
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let zeros = Zeros {
-            since_ns: self.since_ns,
-            announced: &announced,
-            previous_push_ns: self.previous_push_ns.swap(taken_ns, Ordering::Relaxed),
-        };
         let mut outcome = PushOutcome::Success;
-        let mut accepted = Vec::new();
-        let requests = Requests::new(
-            &view,
-            &self.shape,
-            start,
-            now_ns(),
-            self.self_metrics,
-            zeros,
-        );
-        for (req, keys) in requests {
-            match client.push(&req, deadline).await {
-                PushOutcome::Success => accepted.extend(keys),
+        let mut outcomes = Vec::new();
+        let requests = Requests::new(&view, &self.shape, start, now_ns(), self.self_metrics, book);
+        for (req, offered) in requests {
+            let pushed = client.push(&req, deadline).await;
+            outcomes.push((offered, pushed == PushOutcome::Success));
+            match pushed {
+                PushOutcome::Success => {}
                 PushOutcome::Rejected => outcome = PushOutcome::Rejected,
                 PushOutcome::Failed => {
                     outcome = PushOutcome::Failed;
@@ -577,10 +566,10 @@ impl OtlpSource {
                 }
             }
         }
-        self.announced
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(accepted);
+        for (offered, accepted) in &outcomes {
+            book.outcome(offered, *accepted);
+        }
+        book.pushed(taken_ns, now_ns());
         outcome
     }
 }

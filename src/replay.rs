@@ -618,6 +618,15 @@ fn count_in_parallel(
     })
 }
 
+/// The device and inode of standard input (a pipe, a FIFO, a file it was redirected from).
+fn stdin_identity() -> Option<(u64, u64)> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let meta = std::fs::File::from(fd).metadata().ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
 /// Replays `args` (files, directories, globs) in order, with the backfill and forwarding
 /// options of SPEC §2. The progress bar is drawn on stderr only when it is a terminal.
 pub fn replay(
@@ -633,7 +642,8 @@ pub fn replay(
     for p in &paths {
         use std::os::unix::fs::MetadataExt;
         let stream = if p.as_os_str() == crate::source::input::STDIN {
-            Some((0, 0)) // standard input: no file has inode 0
+            // Standard input is what descriptor 0 is (the pipe `/dev/stdin` names too).
+            Some(stdin_identity().unwrap_or((0, 0)))
         } else {
             std::fs::metadata(p)
                 .ok()

@@ -159,17 +159,19 @@ fn standard_input_and_a_fifo_give_the_summary_of_the_file() {
     assert_eq!(replay_json(&[&fifo], None), want, "fifo");
     writer.join().unwrap();
 
-    // One FIFO under two names (or `-` twice) is refused before anything is read.
+    // One FIFO under two names, `-` twice, or `-` and the pipe it is under another name, is
+    // refused before anything is read.
     let again = tmp.path().join(".").join("access.fifo");
     for args in [
         [fifo.as_path(), again.as_path()],
         [Path::new("-"), Path::new("-")],
+        [Path::new("-"), Path::new("/dev/stdin")],
     ] {
         let out = Command::new(bin())
             .env_remove("TOKENMETER_CONFIG")
             .arg("replay")
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

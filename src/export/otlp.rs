@@ -69,30 +69,113 @@ fn kv(k: &str, v: &str) -> KeyValue {
 /// Data points per request: bounds the memory of a push whatever the number of series
 /// (~100 B a point encoded; a request stays well under 1 MB).
 pub const MAX_POINTS: usize = 5000;
-/// A counter series created by this process carries a 0 at its start time until a request
-/// with it is accepted, so the 0 → value step of its first records reaches Mimir with its
-/// default settings and PromQL's `increase()` sees it; not once it is older than this
-/// (Mimir would refuse a sample that old).
+/// A counter point's 0 is sent for at most this long after the time it is put at (Mimir
+/// would refuse a sample that old), so that the 0 → value step of its first records reaches
+/// Mimir with its default settings and PromQL's `increase()` sees it.
 pub const ZERO_WINDOW_NS: i64 = 10 * 60 * 1_000_000_000;
 
-/// Which counter series get their 0: those created by this process (started at or after
-/// `since_ns`: older ones had their chance before a restart), not yet in an accepted request
-/// (a 0 sent again after the value would be an out-of-order sample), and whose 0 is younger
-/// than [`ZERO_WINDOW_NS`].
+/// The one owner of the decision "does this counter point carry a 0, and at what time",
+/// across the pushes of a process. A point is one OTLP series (family and labels, see
+/// [`series_key`]); each goes through: new → pending (its 0 offered, not accepted yet) →
+/// done (accepted, expired, or there before this process was ready).
 ///
-/// The 0 is at the series' start, or at `previous_push_ns` when that is later: a point that
-/// appears after its series was created (an extra token type's first non-zero count, a
-/// status class first seen, a currency) was 0 when the previous push took its snapshot (or
-/// was in a request that failed, so nothing of it was stored). Its first increment then
-/// reaches `increase()` however long after the series' start it comes.
-pub struct Zeros<'a> {
-    pub since_ns: i64,
-    pub announced: &'a std::collections::HashSet<u64>,
-    /// When the previous push of this process took its snapshot; 0: this is the first.
-    pub previous_push_ns: i64,
+/// - **Baseline.** The points present when the process became ready (the state read and
+///   every file read to its end) are done from the start: an earlier run may have exported
+///   them, past its last state save, and a 0 after their stored value would be a reset.
+///   Every point seen later comes from lines no earlier run read, so it never had a sample.
+/// - **When.** A new point's 0 is at its series' start, or at the previous push's snapshot if
+///   that is later: a point that appears after its series (an extra token type's first count,
+///   a status class or currency first seen) was 0 then.
+/// - **Fixed.** The time is chosen at the point's first offer and kept for every retry, so a
+///   request that Mimir stored but whose answer was lost never leads to a later 0 (which
+///   would be a counter reset); a 0 sent again at the same time is a duplicate Mimir ignores
+///   or refuses as out of order, both harmless.
+/// - **Bounded.** A pending 0 older than [`ZERO_WINDOW_NS`] is dropped for good.
+#[derive(Debug, Default)]
+pub struct ZeroBook {
+    /// Points that get no 0 any more.
+    done: std::collections::HashSet<u64>,
+    /// Points whose 0 was offered and not accepted: the time it is put at.
+    pending: std::collections::HashMap<u64, i64>,
+    /// When the previous push (or the baseline) took its snapshot.
+    previous_ns: i64,
 }
 
-/// The identity of one OTLP series (family and labels), for [`Zeros::announced`].
+impl ZeroBook {
+    /// The book of a process that became ready at `taken_ns` with these points.
+    pub fn baseline(points: impl IntoIterator<Item = u64>, taken_ns: i64) -> ZeroBook {
+        ZeroBook {
+            done: points.into_iter().collect(),
+            pending: Default::default(),
+            previous_ns: taken_ns,
+        }
+    }
+
+    /// The time of `key`'s 0 in a push at `time_ns`, if it carries one; `start_ns` is its
+    /// series' start.
+    fn zero_at(&self, key: u64, start_ns: i64, time_ns: i64) -> Option<i64> {
+        if self.done.contains(&key) {
+            return None;
+        }
+        let at = match self.pending.get(&key) {
+            Some(&at) => at,
+            None => start_ns.max(self.previous_ns),
+        };
+        (time_ns.saturating_sub(at) < ZERO_WINDOW_NS).then_some(at)
+    }
+
+    /// What became of a request offering these 0s (`(key, time)`, from [`Requests`]).
+    pub fn outcome(&mut self, offered: &[(u64, i64)], accepted: bool) {
+        for &(key, at) in offered {
+            if accepted {
+                self.pending.remove(&key);
+                self.done.insert(key);
+            } else {
+                self.pending.entry(key).or_insert(at);
+            }
+        }
+    }
+
+    /// A push whose snapshot was taken at `taken_ns` ended at `now_ns`: the next one puts new
+    /// points' 0 at `taken_ns`, and pending 0s past the window are dropped for good.
+    pub fn pushed(&mut self, taken_ns: i64, now_ns: i64) {
+        self.previous_ns = taken_ns;
+        let done = &mut self.done;
+        self.pending.retain(|&key, &mut at| {
+            let keep = now_ns.saturating_sub(at) < ZERO_WINDOW_NS;
+            if !keep {
+                done.insert(key);
+            }
+            keep
+        });
+    }
+
+    /// How many points it knows (for tests and memory accounting).
+    pub fn len(&self) -> usize {
+        self.done.len() + self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The keys of every counter point a push of `view` would send: the baseline of a
+/// [`ZeroBook`].
+pub fn counter_points(view: &View<'_>, shape: &OtlpShape, self_metrics: bool) -> Vec<u64> {
+    let mut keys = Vec::new();
+    for family in families(&shape.prefix, &view.snap.extra_names) {
+        if family.kind != Kind::Counter || (!family.token && !self_metrics) {
+            continue;
+        }
+        family.points(view, &mut |p| {
+            keys.push(series_key(&family.name, &p.labels))
+        });
+    }
+    keys
+}
+
+/// The identity of one OTLP series (family and labels), for [`ZeroBook`].
 pub fn series_key(family: &str, labels: &[(&str, &str)]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
@@ -112,7 +195,7 @@ pub struct Requests<'v> {
     default_start_ns: i64,
     time_ns: i64,
     self_metrics: bool,
-    zeros: Zeros<'v>,
+    zeros: &'v ZeroBook,
     max_points: usize,
     next_family: usize,
     /// Points of the family being sent, and how many of them are sent.
@@ -127,7 +210,7 @@ impl<'v> Requests<'v> {
         default_start_ns: i64,
         time_ns: i64,
         self_metrics: bool,
-        zeros: Zeros<'v>,
+        zeros: &'v ZeroBook,
     ) -> Self {
         Requests {
             zeros,
@@ -154,7 +237,7 @@ impl<'v> Requests<'v> {
         &self,
         p: &Point<'_>,
         zero: Option<u64>,
-        announced: &mut Vec<u64>,
+        offered: &mut Vec<(u64, i64)>,
     ) -> (Option<NumberDataPoint>, NumberDataPoint) {
         let start = if p.start_ns > 0 {
             p.start_ns
@@ -175,26 +258,21 @@ impl<'v> Requests<'v> {
             )),
             Value::Histogram(_) => None,
         };
-        // The 0 (see `Zeros`), and the value strictly after it.
-        let zero_ns = start.max(self.zeros.previous_push_ns);
-        let first = zero.is_some_and(|key| {
-            p.start_ns >= self.zeros.since_ns
-                && p.start_ns > 0
-                && self.time_ns.saturating_sub(zero_ns) < ZERO_WINDOW_NS
-                && !self.zeros.announced.contains(&key)
+        // The 0 (see `ZeroBook`), and the value strictly after it.
+        // A point of unknown start (a self-metric, a series of an older state) gets none.
+        let zero_ns = zero.filter(|_| p.start_ns > 0).and_then(|key| {
+            let at = self.zeros.zero_at(key, start, self.time_ns)?;
+            offered.push((key, at));
+            Some(at)
         });
-        if let (true, Some(key)) = (first, zero) {
-            announced.push(key);
-        }
-        let time = if first {
-            self.time_ns.max(zero_ns.saturating_add(1))
-        } else {
-            self.time_ns
+        let time = match zero_ns {
+            Some(at) => self.time_ns.max(at.saturating_add(1)),
+            None => self.time_ns,
         };
-        let zero_point = first.then(|| NumberDataPoint {
+        let zero_point = zero_ns.map(|at| NumberDataPoint {
             attributes: attrs(),
             start_time_unix_nano: nanos(start),
-            time_unix_nano: nanos(zero_ns),
+            time_unix_nano: nanos(at),
             value: int(0),
             ..Default::default()
         });
@@ -210,13 +288,18 @@ impl<'v> Requests<'v> {
         )
     }
 
-    fn metric(&self, family: &Family, points: &[Point<'_>], announced: &mut Vec<u64>) -> Metric {
+    fn metric(
+        &self,
+        family: &Family,
+        points: &[Point<'_>],
+        offered: &mut Vec<(u64, i64)>,
+    ) -> Metric {
         let data = match family.kind {
             Kind::Counter => {
                 let mut data_points = Vec::with_capacity(points.len());
                 for p in points {
                     let key = series_key(&family.name, &p.labels);
-                    let (zero, value) = self.data_point(p, Some(key), announced);
+                    let (zero, value) = self.data_point(p, Some(key), offered);
                     data_points.extend(zero);
                     data_points.push(value);
                 }
@@ -229,7 +312,7 @@ impl<'v> Requests<'v> {
             Kind::Gauge => metric::Data::Gauge(Gauge {
                 data_points: points
                     .iter()
-                    .map(|p| self.data_point(p, None, announced).1)
+                    .map(|p| self.data_point(p, None, offered).1)
                     .collect(),
             }),
             Kind::Histogram => metric::Data::Histogram(Histogram {
@@ -291,12 +374,12 @@ impl<'v> Requests<'v> {
 }
 
 impl Iterator for Requests<'_> {
-    /// A request, and the keys of the series whose 0 it carries (announced once accepted).
-    type Item = (ExportMetricsServiceRequest, Vec<u64>);
+    /// A request, and the 0s it offers (key, time), for [`ZeroBook::outcome`].
+    type Item = (ExportMetricsServiceRequest, Vec<(u64, i64)>);
 
     fn next(&mut self) -> Option<Self::Item> {
         let mut metrics = Vec::new();
-        let mut announced = Vec::new();
+        let mut offered = Vec::new();
         let mut budget = self.max_points;
         while budget > 0 {
             if self.sent == self.buf.len() {
@@ -321,16 +404,12 @@ impl Iterator for Requests<'_> {
             if take == 0 {
                 break;
             }
-            let m = self.metric(
-                family,
-                &self.buf[self.sent..self.sent + take],
-                &mut announced,
-            );
+            let m = self.metric(family, &self.buf[self.sent..self.sent + take], &mut offered);
             self.sent += take;
             budget -= take * cost;
             metrics.push(m);
         }
-        (!metrics.is_empty()).then(|| (self.request(metrics), announced))
+        (!metrics.is_empty()).then(|| (self.request(metrics), offered))
     }
 }
 
@@ -524,13 +603,8 @@ mod tests {
         );
         let shape = OtlpShape::from_config(&config, "node-a");
         let view = View::new(&snap, &shape.static_labels, None);
-        let none = std::collections::HashSet::new();
-        let zeros = || Zeros {
-            since_ns: 0,
-            announced: &none,
-            previous_push_ns: 0,
-        };
-        let all: Vec<_> = Requests::new(&view, &shape, 1, 200, false, zeros()).collect();
+        let book = ZeroBook::default();
+        let all: Vec<_> = Requests::new(&view, &shape, 1, 200, false, &book).collect();
         assert_eq!(
             all[0].1.len(),
             5,
@@ -587,41 +661,22 @@ mod tests {
             h.data_points[0].bucket_counts.len(),
             DURATION_BUCKETS.len() + 1
         );
-        // Announced (accepted once), or older than the window: no 0 any more.
-        let announced: std::collections::HashSet<u64> =
-            Requests::new(&view, &shape, 1, 200, false, zeros())
-                .flat_map(|r| r.1)
-                .collect();
-        let again: Vec<_> = Requests::new(
-            &view,
-            &shape,
-            1,
-            300,
-            false,
-            Zeros {
-                since_ns: 0,
-                announced: &announced,
-                previous_push_ns: 0,
-            },
-        )
-        .collect();
+        // Accepted once: no 0 any more.
+        let mut accepted = ZeroBook::default();
+        let offered: Vec<_> = Requests::new(&view, &shape, 1, 200, false, &accepted)
+            .flat_map(|r| r.1)
+            .collect();
+        accepted.outcome(&offered, true);
+        let again: Vec<_> = Requests::new(&view, &shape, 1, 300, false, &accepted).collect();
         assert_eq!(points(&again[0].0), 6, "{:?}", again[0].1);
-        // A series from before this process started: no 0 either.
-        let old: Vec<_> = Requests::new(
-            &view,
-            &shape,
-            1,
-            300,
-            false,
-            Zeros {
-                since_ns: 101,
-                announced: &none,
-                previous_push_ns: 0,
-            },
-        )
-        .collect();
+        // There when the process became ready (an earlier run may have sent it): no 0.
+        let keys = counter_points(&view, &shape, false);
+        assert_eq!(keys.len(), 5);
+        let baseline = ZeroBook::baseline(keys, 50);
+        let old: Vec<_> = Requests::new(&view, &shape, 1, 300, false, &baseline).collect();
         assert_eq!(points(&old[0].0), 6);
-        let reqs: Vec<_> = Requests::new(&view, &shape, 100, 100 + ZERO_WINDOW_NS, false, zeros())
+        // Its 0 older than the window: not sent.
+        let reqs: Vec<_> = Requests::new(&view, &shape, 100, 100 + ZERO_WINDOW_NS, false, &book)
             .map(|r| r.0)
             .collect();
         assert_eq!(
@@ -629,6 +684,25 @@ mod tests {
             6,
             "two status classes, input, output, total, one histogram"
         );
+    }
+
+    /// `llm_requests_total` and `llm_cached_input_tokens_total` points of a request:
+    /// (value, start, time) each, 0s included.
+    fn counter_points_of(req: &ExportMetricsServiceRequest, name: &str) -> Vec<(i64, u64, u64)> {
+        let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let m = metrics.iter().find(|m| m.name == name).expect(name);
+        let Some(metric::Data::Sum(s)) = &m.data else {
+            panic!("{name}")
+        };
+        s.data_points
+            .iter()
+            .map(|p| {
+                let Some(number_data_point::Value::AsInt(v)) = p.value else {
+                    panic!("{name}")
+                };
+                (v, p.start_time_unix_nano, p.time_unix_nano)
+            })
+            .collect()
     }
 
     #[test]
@@ -641,63 +715,69 @@ mod tests {
             r#"{"model":"m","api_key_id":"k","llm_input_token":5,"llm_cached_input_token":2,"response_code":503}"#.to_string(),
         ];
         let shape = OtlpShape::from_config(&config, "node-a");
-        let none = std::collections::HashSet::new();
         let before = store(&config, &[first.to_string()]);
         let view = View::new(&before, &shape.static_labels, None);
-        let zeros = Zeros {
-            since_ns: 0,
-            announced: &none,
-            previous_push_ns: 0,
-        };
-        let announced: std::collections::HashSet<u64> =
-            Requests::new(&view, &shape, 1, 200, false, zeros)
-                .flat_map(|r| r.1)
-                .collect();
+        // The series was there when the process became ready (restored from the state file):
+        // its points get no 0; the points that appear later do.
+        let mut book = ZeroBook::baseline(counter_points(&view, &shape, false), 150);
+        for (_, offered) in Requests::new(&view, &shape, 1, 200, false, &book) {
+            assert!(offered.is_empty(), "{offered:?}");
+        }
         let after = store_of(&config, &later, &config.fields.extra_names());
         let view = View::new(&after, &shape.static_labels, None);
         let now = 100 + 2 * ZERO_WINDOW_NS;
         let previous = now - 15_000_000_000;
-        let reqs: Vec<_> = Requests::new(
-            &view,
-            &shape,
-            1,
-            now,
-            false,
-            Zeros {
-                since_ns: 0,
-                announced: &announced,
-                previous_push_ns: previous,
-            },
-        )
-        .collect();
-        let metrics = &reqs[0].0.resource_metrics[0].scope_metrics[0].metrics;
-        let sum = |name: &str| -> Vec<(i64, u64, u64)> {
-            let m = metrics.iter().find(|m| m.name == name).expect(name);
-            let Some(metric::Data::Sum(s)) = &m.data else {
-                panic!("{name}")
-            };
-            s.data_points
-                .iter()
-                .map(|p| {
-                    let Some(number_data_point::Value::AsInt(v)) = p.value else {
-                        panic!("{name}")
-                    };
-                    (v, p.start_time_unix_nano, p.time_unix_nano)
-                })
-                .collect()
+        book.pushed(previous, previous);
+        let push = |book: &ZeroBook, at: i64| {
+            Requests::new(&view, &shape, 1, at, false, book).collect::<Vec<_>>()
         };
-        let (start, prev, now) = (100, previous as u64, now as u64);
-        // The series and its 2xx class were announced: no 0. The new 5xx class and the first
-        // cached tokens: a 0 at the previous push, then the value.
+        let reqs = push(&book, now);
+        let (start, prev, t) = (100, previous as u64, now as u64);
+        // The 2xx class was there: no 0. The new 5xx class and the first cached tokens: a 0
+        // at the previous push, then the value.
         assert_eq!(
-            sum("llm_requests_total"),
-            vec![(1, start, now), (0, start, prev), (1, start, now)]
+            counter_points_of(&reqs[0].0, "llm_requests_total"),
+            vec![(1, start, t), (0, start, prev), (1, start, t)]
         );
         assert_eq!(
-            sum("llm_cached_input_tokens_total"),
-            vec![(0, start, prev), (2, start, now)]
+            counter_points_of(&reqs[0].0, "llm_cached_input_tokens_total"),
+            vec![(0, start, prev), (2, start, t)]
         );
-        assert_eq!(sum("llm_input_tokens_total"), vec![(8, start, now)]);
+        assert_eq!(
+            counter_points_of(&reqs[0].0, "llm_input_tokens_total"),
+            vec![(8, start, t)]
+        );
+
+        // That push failed (perhaps after Mimir stored it): the next pushes, whatever their
+        // time and however many fail, put the 0 at the same time, never later (a 0 after a
+        // stored value would be a counter reset).
+        book.outcome(&reqs[0].1, false);
+        for k in 1..=3 {
+            let at = now + k * 15_000_000_000;
+            book.pushed(at - 15_000_000_000, at - 15_000_000_000);
+            let reqs = push(&book, at);
+            assert_eq!(
+                counter_points_of(&reqs[0].0, "llm_cached_input_tokens_total"),
+                vec![(0, start, prev), (2, start, at as u64)],
+                "retry {k}"
+            );
+            book.outcome(&reqs[0].1, false);
+        }
+        // Past the window after its first offer: dropped for good, never offered again.
+        let late = previous + ZERO_WINDOW_NS;
+        book.pushed(late, late);
+        let reqs = push(&book, late + 1);
+        assert!(reqs[0].1.is_empty(), "{:?}", reqs[0].1);
+        assert_eq!(
+            counter_points_of(&reqs[0].0, "llm_cached_input_tokens_total"),
+            vec![(2, start, late as u64 + 1)]
+        );
+        // Accepted: done.
+        let mut accepted = ZeroBook::default();
+        let reqs = push(&accepted, 200);
+        accepted.outcome(&reqs[0].1, true);
+        assert!(push(&accepted, 201)[0].1.is_empty());
+        assert_eq!(accepted.len(), 6, "every counter point of the snapshot");
     }
 
     #[test]
@@ -709,17 +789,12 @@ mod tests {
         let snap = store(&config, &lines);
         let shape = OtlpShape::from_config(&config, "node-a");
         let view = View::new(&snap, &shape.static_labels, None);
-        let none = std::collections::HashSet::new();
-        let zeros = || Zeros {
-            since_ns: 0,
-            announced: &none,
-            previous_push_ns: 0,
-        };
-        let whole: usize = Requests::new(&view, &shape, 1, i64::MAX / 2, false, zeros())
+        let book = ZeroBook::default();
+        let whole: usize = Requests::new(&view, &shape, 1, i64::MAX / 2, false, &book)
             .with_max_points(usize::MAX)
             .map(|r| points(&r.0))
             .sum();
-        let parts: Vec<_> = Requests::new(&view, &shape, 1, i64::MAX / 2, false, zeros())
+        let parts: Vec<_> = Requests::new(&view, &shape, 1, i64::MAX / 2, false, &book)
             .with_max_points(100)
             .map(|r| r.0)
             .collect();
@@ -737,13 +812,8 @@ mod tests {
         let shape = OtlpShape::from_config(&config, "node-a");
         let agent = AgentView::default();
         let view = View::new(&snap, &shape.static_labels, Some(&agent));
-        let none = std::collections::HashSet::new();
-        let zeros = || Zeros {
-            since_ns: 0,
-            announced: &none,
-            previous_push_ns: 0,
-        };
-        let names: Vec<String> = Requests::new(&view, &shape, 1, 2, true, zeros())
+        let book = ZeroBook::default();
+        let names: Vec<String> = Requests::new(&view, &shape, 1, 2, true, &book)
             .map(|r| r.0)
             .flat_map(|r| {
                 r.resource_metrics[0].scope_metrics[0]
@@ -763,7 +833,7 @@ mod tests {
         ] {
             assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
         }
-        let without: usize = Requests::new(&view, &shape, 1, 2, false, zeros()).count();
+        let without: usize = Requests::new(&view, &shape, 1, 2, false, &book).count();
         assert_eq!(
             without, 0,
             "no token series and no self-metrics: nothing to send"
@@ -786,13 +856,8 @@ mod tests {
             ..AgentView::default()
         };
         let view = View::new(&snap, &shape.static_labels, Some(&agent));
-        let none = std::collections::HashSet::new();
-        let zeros = Zeros {
-            since_ns: 0,
-            announced: &none,
-            previous_push_ns: 0,
-        };
-        let reqs: Vec<_> = Requests::new(&view, &shape, 50, 200, true, zeros)
+        let book = ZeroBook::default();
+        let reqs: Vec<_> = Requests::new(&view, &shape, 50, 200, true, &book)
             .map(|r| r.0)
             .collect();
         let text = format!("{reqs:#?}\n").replace(env!("CARGO_PKG_VERSION"), "VERSION");

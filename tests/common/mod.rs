@@ -653,26 +653,11 @@ pub fn config(root: &Path, state: &Path, top: &str, sections: &str) -> String {
     )
 }
 
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SS.000Z` (UTC), written independently of the crate's
-/// own time code so tests do not check the code with itself.
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SS.000Z` (UTC), by `humantime` rather than the crate's
+/// own time code, so tests do not check the code with itself.
 pub fn iso(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).expect("after 1970"));
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 // --- Waiting on what the daemon shows instead of sleeping, and saying what it was doing when
