@@ -11,6 +11,7 @@
 //! reads, `shutdown` the one deadline, `daemon` wires them, `server` exposes them.
 
 pub mod aggregate;
+pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -1,10 +1,16 @@
 //! `tokenmeter replay`: read files once from their start through the pipeline and summarise.
 //!
 //! Owns: the order of files, opening them all before reading any (so a missing file stops the
-//! replay before anything is written), the progress bar, and the summary formats of SPEC §2.
+//! replay before anything is written), which sinks get the records (backfill, Loki), reading in
+//! order or in parallel, the progress bar, and (in `summary`) the summary formats of SPEC §2.
+//! Must not: bucket, format or send backfill samples (`backfill` does, handed the records and
+//! the windows).
+
+mod summary;
+
+pub use summary::{summary_json, summary_text};
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,20 +21,15 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::aggregate::{invalid_field_names, SkipReason, Snapshot, OVERFLOW_LABELS};
+use crate::aggregate::Snapshot;
+use crate::backfill::push::YEAR;
+use crate::backfill::{Emitted, Emitter, Output, Shape, StepStream};
 use crate::config::Config;
 use crate::decode::physical_line_limit;
-use crate::export::backfill::{Shape, StepStream, Window};
 use crate::export::loki::{stream_labels, Batch, EntryShaper, LokiClient, LokiStats, PushResult};
-use crate::export::openmetrics::{otlp_requests, write_openmetrics, Emitted};
-use crate::export::otlp::OtlpClient;
-use crate::parse::format::Format;
 use crate::parse::Record;
 use crate::pipeline::{EventTimes, FileCursor, LineSink, Meter};
 use crate::source::{expand_inputs, open_input, AtEof, Input, InputError, LineReader, PodLabels};
-
-/// Stands for "for ever" where `--retry-for` is too large to add to a clock reading.
-const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
 /// What to do besides summarising (SPEC §2 `replay` flags).
 #[derive(Clone, Debug, Default)]
@@ -322,7 +323,7 @@ fn read_bytes(
                 meter.physical_with(&path, &mut cursor, line, &mut sinks);
                 if let Some(b) = o.backfill.as_mut() {
                     for w in b.take_ready() {
-                        o.emitter.emit(w)?;
+                        o.emitter.emit(w).map_err(ReplayError::Read)?;
                     }
                 }
             }
@@ -738,7 +739,16 @@ pub fn replay(
         meter.store.cost_per_record();
     }
     let mut backfill = wants_backfill.then(|| StepStream::new(shape, meter.extra_names().len()));
-    let mut emitter = Emitter::new(config, opts, &meter)?;
+    let output = Output {
+        openmetrics: opts.openmetrics.clone().map(|p| (p, opts.openmetrics_dir)),
+        push: opts.push,
+        instance: opts.instance.clone(),
+        step_ns: opts.step_ns,
+        threaded: opts.jobs > 1,
+        retry_for: opts.retry_for,
+    };
+    let mut emitter = Emitter::new(config, &output, meter.extra_names(), meter.store.currency())
+        .map_err(ReplayError::Read)?;
     let read = Arc::new(AtomicU64::new(0));
     let files = inputs.len();
     let mut tick = |m: &Meter| {
@@ -809,9 +819,9 @@ pub fn replay(
     if let Some(b) = backfill.as_mut() {
         b.finish();
         for w in b.take_ready() {
-            emitter.emit(w)?;
+            emitter.emit(w).map_err(ReplayError::Read)?;
         }
-        let written = emitter.finish()?;
+        let written = emitter.finish().map_err(ReplayError::Read)?;
         outside_range = b.outside;
         late = Some(b.late);
         pushed = written.outcomes.clone();
@@ -835,739 +845,15 @@ pub fn replay(
     })
 }
 
-/// Where finished block windows go: an OpenMetrics file (the single file, or one per window
-/// in a directory) and/or OTLP pushes, and what was emitted, for the summary. The windows
-/// are formatted and written by a [`WindowWriter`]: on a thread of its own with `--jobs` ≥ 2,
-/// so that formatting overlaps counting. The hand-over is a rendezvous: at most two windows
-/// are held, the one being written and the one being filled (or handed over).
-struct Emitter {
-    /// Shared with the writer: set before its channel is closed.
-    closing: Arc<AtomicBool>,
-    writer: Writer,
-    windows: usize,
-}
-
-/// What the writer wrote: samples, the first and last sample times (ns), push outcomes.
-struct Written {
-    samples: usize,
-    first: Option<i64>,
-    last: Option<i64>,
-    outcomes: Option<PushOutcomes>,
-}
-
-enum Writer {
-    Inline(WindowWriter),
-    Thread {
-        /// `None` once finished.
-        to: Option<std::sync::mpsc::SyncSender<Window>>,
-        done: Option<std::thread::JoinHandle<Result<WindowWriter, ReplayError>>>,
-    },
-    /// The writer's result, once taken from it.
-    Finished(WindowWriter),
-}
-
-/// Formats and writes or pushes windows: owns the output file names, the OTLP client and the
-/// samples written.
-struct WindowWriter {
-    prefix: String,
-    static_labels: BTreeMap<String, String>,
-    instance: String,
-    step_ns: i64,
-    extra_names: Vec<String>,
-    currency: Option<String>,
-    /// `--openmetrics`: the path, and whether it is a directory of window files.
-    openmetrics: Option<(PathBuf, bool)>,
-    push: Option<Pusher>,
-    samples: usize,
-    /// The first and last sample times written (ns).
-    first: Option<i64>,
-    last: Option<i64>,
-    /// Set when the replay stops handing over windows (at the end, or on an error; at once
-    /// when the writer runs inline).
-    closing: Arc<AtomicBool>,
-}
-
-/// OTLP requests per outcome (`success`, `rejected`, `failed`).
-type PushOutcomes = BTreeMap<&'static str, u64>;
-
-/// `--push`: the client, the request shape, and one `--retry-for` for all requests.
-struct Pusher {
-    client: OtlpClient,
-    rt: tokio::runtime::Runtime,
-    shape: crate::export::otlp::OtlpShape,
-    deadline: tokio::time::Instant,
-    outcomes: PushOutcomes,
-}
-
-impl Emitter {
-    fn new(config: &Config, opts: &ReplayOptions, meter: &Meter) -> Result<Self, ReplayError> {
-        let push = if opts.push {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let now = tokio::time::Instant::now();
-            Some(Pusher {
-                client: OtlpClient::new(config).map_err(ReplayError::Read)?,
-                rt: tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| ReplayError::Read(e.into()))?,
-                // The resource as a live agent sends it, with the replay's instance as its
-                // identity.
-                shape: crate::export::otlp::OtlpShape::from_config(config, &opts.instance),
-                deadline: now.checked_add(opts.retry_for).unwrap_or(now + YEAR),
-                outcomes: BTreeMap::new(),
-            })
-        } else {
-            None
-        };
-        if let Some(dir) = opts.openmetrics.as_ref().filter(|_| opts.openmetrics_dir) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                ReplayError::Read(anyhow::anyhow!("creating {}: {e}", dir.display()))
-            })?;
-        }
-        let writer = WindowWriter {
-            prefix: config.metrics.prefix.clone(),
-            static_labels: config.metrics.labels.clone(),
-            instance: opts.instance.clone(),
-            step_ns: opts.step_ns,
-            extra_names: meter.extra_names().to_vec(),
-            currency: meter.store.currency().map(str::to_string),
-            openmetrics: opts
-                .openmetrics
-                .clone()
-                .map(|path| (path, opts.openmetrics_dir)),
-            push,
-            samples: 0,
-            first: None,
-            last: None,
-            closing: Arc::new(AtomicBool::new(false)),
-        };
-        let closing = writer.closing.clone();
-        let writer = if opts.jobs > 1 {
-            let (to, from) = std::sync::mpsc::sync_channel::<Window>(0);
-            let done = std::thread::Builder::new()
-                .name("tokenmeter-backfill-writer".into())
-                .spawn(move || {
-                    let mut writer = writer;
-                    for w in from {
-                        writer.write(w)?;
-                    }
-                    Ok(writer)
-                })
-                .map_err(|e| ReplayError::Read(anyhow::anyhow!("starting a writer thread: {e}")))?;
-            Writer::Thread {
-                to: Some(to),
-                done: Some(done),
-            }
-        } else {
-            // Inline, a window is written before the next is counted: nothing is handed over.
-            writer.closing.store(true, Ordering::Relaxed);
-            Writer::Inline(writer)
-        };
-        Ok(Emitter {
-            closing,
-            writer,
-            windows: 0,
-        })
-    }
-
-    fn emit(&mut self, w: Window) -> Result<(), ReplayError> {
-        if w.is_empty() {
-            return Ok(());
-        }
-        self.windows += 1;
-        match &mut self.writer {
-            Writer::Inline(writer) => writer.write(w),
-            Writer::Thread { to: Some(to), .. } => {
-                if to.send(w).is_err() {
-                    // The writer stopped on an error: it is the replay's.
-                    self.join()?;
-                }
-                Ok(())
-            }
-            Writer::Thread { to: None, .. } | Writer::Finished(_) => Err(ReplayError::Read(
-                anyhow::anyhow!("a window after the end of the backfill"),
-            )),
-        }
-    }
-
-    /// Waits for the writer thread (after closing its channel) and keeps its result.
-    fn join(&mut self) -> Result<(), ReplayError> {
-        if let Writer::Thread { to, done } = &mut self.writer {
-            if let Some(to) = to.take() {
-                self.closing.store(true, Ordering::Relaxed);
-                drop(to);
-            }
-            let Some(done) = done.take() else {
-                return Ok(());
-            };
-            let writer = done.join().map_err(|_| {
-                ReplayError::Read(anyhow::anyhow!("the backfill writer thread panicked"))
-            })??;
-            self.writer = Writer::Finished(writer);
-        }
-        Ok(())
-    }
-
-    /// Writes what is left and makes the window files durable; returns what was written.
-    fn finish(&mut self) -> Result<Written, ReplayError> {
-        self.join()?;
-        let (Writer::Inline(writer) | Writer::Finished(writer)) = &self.writer else {
-            return Err(ReplayError::Read(anyhow::anyhow!(
-                "the backfill writer did not finish"
-            )));
-        };
-        writer.finish()?;
-        Ok(Written {
-            samples: writer.samples,
-            first: writer.first,
-            last: writer.last,
-            outcomes: writer.push.as_ref().map(|p| p.outcomes.clone()),
-        })
-    }
-
-    fn emitted(&self, series: usize, written: &Written) -> Emitted {
-        Emitted {
-            series,
-            samples: written.samples,
-            windows: self.windows,
-            first_sample: written.first.map(crate::timefmt::format_rfc3339_millis),
-            last_sample: written.last.map(crate::timefmt::format_rfc3339_millis),
-        }
-    }
-}
-
-/// Debug builds only: `TOKENMETER_FAULT_WINDOW_WRITER=hold-first` makes the writer hold its
-/// first window file, before the rename, until the replay stops handing over windows, so a
-/// test can make a replay fail while a window is being written.
-#[cfg(debug_assertions)]
-fn injected_writer_fault(first: bool, closing: &AtomicBool) {
-    if first && std::env::var("TOKENMETER_FAULT_WINDOW_WRITER").is_ok_and(|v| v == "hold-first") {
-        while !closing.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-#[cfg(not(debug_assertions))]
-fn injected_writer_fault(_: bool, _: &AtomicBool) {}
-
-impl Drop for Emitter {
-    /// A replay that stops on an error still waits for the windows already handed over:
-    /// they are finished and renamed, as `--jobs 1` would have written them before reading
-    /// further, so no temp file is left and the same files exist with any `--jobs`.
-    fn drop(&mut self) {
-        let _ = self.join();
-    }
-}
-
-impl WindowWriter {
-    fn write(&mut self, w: Window) -> Result<(), ReplayError> {
-        let name = window_file_name(&w);
-        let series = w.into_sorted();
-        for s in &series {
-            if let (Some(a), Some(b)) = (s.points.first(), s.points.last()) {
-                // A series starting in this window starts with its 0 one step earlier.
-                let a = if s.before.is_none() {
-                    a.0 - self.step_ns
-                } else {
-                    a.0
-                };
-                self.first = Some(self.first.map_or(a, |f| f.min(a)));
-                self.last = Some(self.last.map_or(b.0, |l| l.max(b.0)));
-            }
-        }
-        if let Some((out, dir)) = &self.openmetrics {
-            let path = if *dir { out.join(&name) } else { out.clone() };
-            let e = self.write_file(&path, *dir, &series)?;
-            self.samples += e.samples;
-        }
-        if let Some(p) = self.push.as_mut() {
-            let requests = otlp_requests(
-                &series,
-                &self.extra_names,
-                self.currency.as_deref(),
-                &p.shape,
-                5000,
-            );
-            for req in &requests {
-                // Once `--retry-for` is spent the rest is not tried: reported as failed.
-                let o = if tokio::time::Instant::now() >= p.deadline {
-                    crate::export::otlp::PushOutcome::Failed
-                } else {
-                    p.rt.block_on(p.client.push(req, p.deadline))
-                };
-                *p.outcomes.entry(o.as_str()).or_insert(0) += 1;
-            }
-            if self.openmetrics.is_none() {
-                self.samples += series.iter().map(|s| s.points.len()).sum::<usize>();
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes one OpenMetrics file through a temp file and a rename (the temp file removed
-    /// if that fails): a failed replay never leaves half a file behind.
-    fn write_file(
-        &self,
-        out: &Path,
-        in_dir: bool,
-        series: &[crate::export::openmetrics::SeriesSamples],
-    ) -> Result<Emitted, ReplayError> {
-        let tmp = out.with_extension("tmp-tokenmeter");
-        let write = || -> std::io::Result<Emitted> {
-            let mut f = std::fs::File::create(&tmp)?;
-            let e = write_openmetrics(
-                &mut f,
-                series,
-                &self.prefix,
-                &self.extra_names,
-                self.currency.as_deref(),
-                &self.static_labels,
-                &self.instance,
-                self.step_ns,
-            )?;
-            injected_writer_fault(self.samples == 0, &self.closing);
-            if in_dir {
-                // A window file is synced with all the others at the end (one syncfs, not one
-                // fsync per file: a month of 2 h windows is 360 files). Its write-back starts
-                // now, without waiting, so the end waits only for the last windows.
-                use std::os::fd::AsRawFd;
-                // SAFETY: a hint on a descriptor we own; errors are the syncfs's to report.
-                unsafe {
-                    libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-                }
-            } else {
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, out)?;
-            Ok(e)
-        };
-        write().map_err(|e| {
-            // Nothing half-written stays behind.
-            let _ = std::fs::remove_file(&tmp);
-            ReplayError::Read(anyhow::anyhow!("writing {}: {e}", out.display()))
-        })
-    }
-
-    /// Makes the window files durable (they were written without a sync each).
-    fn finish(&self) -> Result<(), ReplayError> {
-        let Some((dir, true)) = &self.openmetrics else {
-            return Ok(());
-        };
-        let sync = || -> std::io::Result<()> {
-            let d = std::fs::File::open(dir)?;
-            use std::os::fd::AsRawFd;
-            // SAFETY: syncfs on a descriptor we own; it only flushes the filesystem.
-            if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        };
-        sync().map_err(|e| ReplayError::Read(anyhow::anyhow!("syncing {}: {e}", dir.display())))
-    }
-}
-
-/// `<start>-<end>.om` in compact UTC (`20261120T000000Z-20261120T020000Z.om`): sorts in time
-/// order.
-fn window_file_name(w: &Window) -> String {
-    let compact = |t: i64| {
-        crate::timefmt::format_rfc3339_millis(t)
-            .replace(".000", "")
-            .replace(['-', ':'], "")
-    };
-    format!("{}-{}.om", compact(w.start_ns), compact(w.end_ns))
-}
-
 fn update_bar(bar: &ProgressBar, bytes: u64, lines: u64, started: Instant) {
     let secs = started.elapsed().as_secs_f64().max(1e-3);
     bar.set_position(bytes);
     bar.set_message(format!("{lines} lines, {:.0} lines/s", lines as f64 / secs));
 }
 
-#[derive(Serialize)]
-struct JsonSummary<'a> {
-    lines: u64,
-    records: u64,
-    skipped: BTreeMap<&'static str, u64>,
-    /// Records per format read (formats with none are left out).
-    formats: BTreeMap<&'static str, u64>,
-    series: Vec<JsonSeries<'a>>,
-    /// Only with --openmetrics/--push/--from/--to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    emitted: Option<&'a Emitted>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    outside_range: Option<u64>,
-    /// Records older than a step already written, counted in the oldest open step.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    late: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pushed: Option<&'a BTreeMap<&'static str, u64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    loki: Option<&'a LokiReport>,
-    /// With pricing (SPEC §10): the currency, the total cost, and the requests that were
-    /// unpriced (wholly or in part) and unmetered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    currency: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cost: Option<Money>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unpriced_requests: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unmetered_requests: Option<u64>,
-}
-
-/// An amount written as a JSON number in plain decimal notation from its integer units, never
-/// through a float (SPEC §10 "Summary").
-struct Money(u128);
-
-impl Serialize for Money {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let raw = serde_json::value::RawValue::from_string(crate::pricing::format_units(self.0))
-            .map_err(serde::ser::Error::custom)?;
-        raw.serialize(s)
-    }
-}
-
-#[derive(Serialize)]
-struct JsonSeries<'a> {
-    model: &'a str,
-    api_key_id: &'a str,
-    service_id: &'a str,
-    requests: u64,
-    input_tokens: u64,
-    output_tokens: u64,
-    total_tokens: u64,
-    /// `<type>_tokens` for each extra token type this series counted any of.
-    #[serde(flatten)]
-    extra: BTreeMap<String, u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cost: Option<Money>,
-}
-
-/// The `--summary json` object of SPEC §2 (one line, then `\n`). Every skip reason is present,
-/// zero or not, so scripts can rely on the keys. Backfill and Loki results are added under
-/// their own keys only when those flags were given.
-pub fn summary_json(r: &ReplayReport) -> String {
-    let s = &r.snapshot;
-    let priced = s.currency.is_some();
-    let summary = JsonSummary {
-        emitted: r.emitted.as_ref(),
-        outside_range: r.emitted.as_ref().map(|_| r.outside_range),
-        late: r.late,
-        pushed: r.pushed.as_ref(),
-        loki: r.loki.as_ref(),
-        currency: s.currency.as_deref(),
-        cost: priced.then(|| Money(total_cost(s))),
-        unpriced_requests: priced.then(|| s.pairs.iter().map(|p| p.unpriced).sum()),
-        unmetered_requests: priced.then(|| s.pairs.iter().map(|p| p.unmetered).sum()),
-        lines: s.stats.lines(),
-        records: s.stats.records,
-        skipped: SkipReason::ALL
-            .iter()
-            .map(|r| (r.as_str(), s.stats.skipped[*r as usize]))
-            .collect(),
-        formats: Format::ALL
-            .iter()
-            .map(|f| (f.name(), s.stats.records_by_format[*f as usize]))
-            .filter(|(_, n)| *n > 0)
-            .collect(),
-        series: s
-            .series
-            .iter()
-            .map(|x| JsonSeries {
-                model: &x.model,
-                api_key_id: &x.api_key_id,
-                service_id: &x.service_id,
-                requests: x.requests_total(),
-                input_tokens: x.input_tokens,
-                output_tokens: x.output_tokens,
-                total_tokens: x.total_tokens,
-                extra: s
-                    .extra_names
-                    .iter()
-                    .zip(&x.extra_tokens)
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(name, n)| (format!("{name}_tokens"), *n))
-                    .collect(),
-                cost: priced.then_some(Money(x.cost_units)),
-            })
-            .collect(),
-    };
-    let mut out =
-        serde_json::to_string(&summary).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-    out.push('\n');
-    out
-}
-
-fn total_cost(s: &Snapshot) -> u128 {
-    s.series
-        .iter()
-        .fold(0u128, |a, x| a.saturating_add(x.cost_units))
-}
-
-/// The readable `--summary text` report: totals, top models, keys and services, skipped lines.
-pub fn summary_text(r: &ReplayReport) -> String {
-    let s = &r.snapshot;
-    let st = &s.stats;
-    let mut out = String::new();
-    let secs = r.elapsed.as_secs_f64().max(1e-9);
-    let _ = writeln!(
-        out,
-        "replayed {} file(s), {} bytes, {} lines in {:.2}s ({:.0} lines/s)\n",
-        r.files,
-        r.bytes_read,
-        st.lines(),
-        secs,
-        st.lines() as f64 / secs
-    );
-    let (mut req, mut inp, mut outp, mut tot) = (0u64, 0u64, 0u64, 0u64);
-    for x in &s.series {
-        req += x.requests_total();
-        inp += x.input_tokens;
-        outp += x.output_tokens;
-        tot += x.total_tokens;
-    }
-    let _ = writeln!(out, "lines      {:>14}", st.lines());
-    let _ = writeln!(out, "records    {:>14}", st.records);
-    for format in Format::ALL {
-        let n = st.records_by_format[format as usize];
-        if n > 0 {
-            let _ = writeln!(out, "  {:<10}{:>13}", format.name(), n);
-        }
-    }
-    let _ = writeln!(out, "skipped    {:>14}", st.lines() - st.records);
-    for reason in SkipReason::ALL {
-        let n = st.skipped[reason as usize];
-        if n > 0 {
-            let _ = writeln!(out, "  {:<9}{:>14}", reason.as_str(), n);
-        }
-    }
-    let _ = writeln!(out, "series     {:>14}", s.series.len());
-    let _ = writeln!(out, "requests   {req:>14}");
-    let _ = writeln!(out, "input      {inp:>14} tokens");
-    let _ = writeln!(out, "output     {outp:>14} tokens");
-    let _ = writeln!(out, "total      {tot:>14} tokens");
-    // The extra types counted (a type no line had is not listed), under the total they are
-    // part of, their numbers ending in the same column as the others' when the name fits.
-    for (i, name) in s.extra_names.iter().enumerate() {
-        let sum: u64 = s
-            .series
-            .iter()
-            .map(|x| x.extra_tokens.get(i).copied().unwrap_or(0))
-            .sum();
-        if sum > 0 {
-            let width = 22usize.saturating_sub(name.len()).max(1);
-            let _ = writeln!(out, "  {name} {sum:>width$} tokens");
-        }
-    }
-    let names = invalid_field_names(&s.extra_names);
-    for (i, n) in st.invalid_fields.iter().enumerate() {
-        if *n > 0 {
-            let _ = writeln!(out, "invalid {:<14}{n:>7} records", names[i]);
-        }
-    }
-    if st.total_mismatches > 0 {
-        let _ = writeln!(
-            out,
-            "total != input + output in {} records",
-            st.total_mismatches
-        );
-    }
-    for (i, n) in st.overflows.iter().enumerate() {
-        if *n > 0 {
-            let _ = writeln!(
-                out,
-                "overflow {:<11}{n:>9} records folded into __overflow__",
-                OVERFLOW_LABELS[i]
-            );
-        }
-    }
-    let unmetered: u64 = s.pairs.iter().map(|p| p.unmetered).sum();
-    if unmetered > 0 {
-        let _ = writeln!(
-            out,
-            "unmetered  {unmetered:>14} 2xx requests without any valid token count"
-        );
-    }
-    if let Some(currency) = &s.currency {
-        let unpriced: u64 = s.pairs.iter().map(|p| p.unpriced).sum();
-        let _ = writeln!(
-            out,
-            "cost       {:>14} {currency}",
-            crate::pricing::format_units(total_cost(s))
-        );
-        let _ = writeln!(
-            out,
-            "unpriced   {unpriced:>14} requests (no price, or only part priced)"
-        );
-    }
-    if let Some(e) = &r.emitted {
-        let _ = writeln!(
-            out,
-            "backfill: {} series, {} samples in {} window(s), {} .. {} ({} records outside --from/--to, {} late)",
-            e.series,
-            e.samples,
-            e.windows,
-            e.first_sample.as_deref().unwrap_or("-"),
-            e.last_sample.as_deref().unwrap_or("-"),
-            r.outside_range,
-            r.late.unwrap_or(0)
-        );
-    }
-    if let Some(p) = &r.pushed {
-        let _ = writeln!(out, "OTLP push requests: {p:?}");
-    }
-    if let Some(l) = &r.loki {
-        let _ = writeln!(
-            out,
-            "Loki: {} entries accepted, {} rejected, {} older than --loki-max-age not sent",
-            l.sent, l.rejected, l.too_old
-        );
-        for m in &l.messages {
-            let _ = writeln!(out, "  rejected: {m}");
-        }
-    }
-    type LabelOf = fn(&crate::aggregate::SeriesSnapshot) -> &str;
-    let tops: [(&str, LabelOf); 3] = [
-        ("model", |x| &x.model),
-        ("api_key_id", |x| &x.api_key_id),
-        ("service_id", |x| &x.service_id),
-    ];
-    for (title, label) in tops {
-        let mut by: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
-        for x in &s.series {
-            let e = by.entry(label(x)).or_default();
-            e.0 += x.requests_total();
-            e.1 += x.input_tokens;
-            e.2 += x.output_tokens;
-            e.3 += x.total_tokens;
-        }
-        let mut rows: Vec<_> = by.into_iter().collect();
-        rows.sort_by(|a, b| b.1 .3.cmp(&a.1 .3).then(a.0.cmp(b.0)));
-        let _ = writeln!(
-            out,
-            "\ntop {title} by total tokens ({} of {}):",
-            rows.len().min(10),
-            rows.len()
-        );
-        let width = rows
-            .iter()
-            .take(10)
-            .map(|r| r.0.chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(title.len());
-        let _ = writeln!(
-            out,
-            "  {title:<width$}  {:>10} {:>14} {:>14} {:>14}",
-            "requests", "input", "output", "total"
-        );
-        for (name, (rq, i, o, t)) in rows.iter().take(10) {
-            let _ = writeln!(out, "  {name:<width$}  {rq:>10} {i:>14} {o:>14} {t:>14}");
-        }
-    }
-    if let Some(currency) = &s.currency {
-        spend_tables(&mut out, s, currency);
-    }
-    out
-}
-
-/// SPEC §10: spend by API key and by model (every row, largest first), and where requests
-/// were unpriced or unmetered.
-fn spend_tables(out: &mut String, s: &Snapshot, currency: &str) {
-    type LabelOf = fn(&crate::aggregate::SeriesSnapshot) -> &str;
-    let by_label: [(&str, LabelOf); 2] =
-        [("api_key_id", |x| &x.api_key_id), ("model", |x| &x.model)];
-    for (title, label) in by_label {
-        let mut by: BTreeMap<&str, (u64, u128)> = BTreeMap::new();
-        for x in &s.series {
-            let e = by.entry(label(x)).or_default();
-            e.0 += x.requests_total();
-            e.1 = e.1.saturating_add(x.cost_units);
-        }
-        let mut rows: Vec<_> = by.into_iter().collect();
-        rows.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then(a.0.cmp(b.0)));
-        let width = rows
-            .iter()
-            .map(|r| r.0.chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(title.len());
-        let _ = writeln!(out, "\nspend by {title} ({currency}):");
-        let _ = writeln!(out, "  {title:<width$}  {:>10} {:>22}", "requests", "cost");
-        for (name, (rq, cost)) in rows {
-            let cost = crate::pricing::format_units(cost);
-            let _ = writeln!(out, "  {name:<width$}  {rq:>10} {cost:>22}");
-        }
-    }
-    let flagged: Vec<_> = s
-        .pairs
-        .iter()
-        .filter(|p| p.unpriced > 0 || p.unmetered > 0)
-        .collect();
-    if !flagged.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nunpriced and unmetered requests by model and service_id:"
-        );
-        for p in flagged {
-            let _ = writeln!(
-                out,
-                "  {} / {}: {} unpriced, {} unmetered",
-                p.model, p.service_id, p.unpriced, p.unmetered
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_text_summary_lists_the_extra_types_counted_aligned_and_not_the_others() {
-        let config = Config::default();
-        let mut meter = Meter::new(&config, EventTimes::Off);
-        let mut parser = crate::parse::Parser::new(&config.fields);
-        let line = r#"{"model":"m","llm_input_token":5000,"llm_output_token":700,"llm_cache_creation_input_token":12,"llm_cached_input_token":7}"#;
-        let crate::parse::Parsed::Record(r) = parser.parse(line) else {
-            panic!("a record")
-        };
-        meter.store.add(&r);
-        let report = ReplayReport {
-            snapshot: meter.store.snapshot(&config.fields.extra_names()),
-            files: 1,
-            bytes_read: line.len() as u64,
-            elapsed: Duration::from_secs(1),
-            emitted: None,
-            pushed: None,
-            loki: None,
-            outside_range: 0,
-            late: None,
-        };
-        let text = summary_text(&report);
-        let lines: Vec<&str> = text.lines().collect();
-        let at = |prefix: &str| {
-            lines
-                .iter()
-                .find(|l| l.starts_with(prefix))
-                .unwrap_or_else(|| panic!("{prefix:?} in\n{text}"))
-                .to_string()
-        };
-        let total = at("total ");
-        let cached = at("  cached_input ");
-        let creation = at("  cache_creation_input ");
-        assert!(total.ends_with(" 5700 tokens"), "{text}");
-        assert!(cached.ends_with(" 7 tokens"), "{text}");
-        assert!(creation.ends_with(" 12 tokens"), "{text}");
-        // The numbers end in one column.
-        assert_eq!(total.len(), cached.len(), "{text}");
-        assert_eq!(total.len(), creation.len(), "{text}");
-        assert!(
-            !text.contains("reasoning"),
-            "no line had reasoning tokens:\n{text}"
-        );
-    }
 
     /// `--jobs`: a file counted again in order (its series would fold) is read from the handle
     /// opened with the others, as `--jobs 1` reads it, not from whatever its path names by
