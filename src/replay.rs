@@ -22,7 +22,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::aggregate::Snapshot;
-use crate::backfill::push::YEAR;
 use crate::backfill::{Emitted, Emitter, Output, Shape, StepStream};
 use crate::config::Config;
 use crate::decode::physical_line_limit;
@@ -30,6 +29,9 @@ use crate::export::loki::{stream_labels, Batch, EntryShaper, LokiClient, LokiSta
 use crate::parse::Record;
 use crate::pipeline::{EventTimes, FileCursor, LineSink, Meter};
 use crate::source::{expand_inputs, open_input, AtEof, Input, InputError, LineReader, PodLabels};
+
+/// Stands for "for ever" where `--retry-for` is too large to add to a clock reading.
+const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
 /// What to do besides summarising (SPEC §2 `replay` flags).
 #[derive(Clone, Debug, Default)]

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::export::otlp::{family_metric, kv, request, OtlpClient, OtlpShape, PushOutcome};
 
 /// Stands for "for ever" where `--retry-for` is too large to add to a clock reading.
-pub const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
 /// OTLP requests per outcome (`success`, `rejected`, `failed`).
 pub type PushOutcomes = BTreeMap<&'static str, u64>;
