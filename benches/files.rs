@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use divan::counter::BytesCount;
 use divan::{black_box, Bencher};
+use tokenmeter::backfill::openmetrics::write_openmetrics;
+use tokenmeter::backfill::{Cumulative, SeriesLabels, SeriesSamples};
 use tokenmeter::config::StartAt;
-use tokenmeter::export::openmetrics::{write_openmetrics, Cumulative, SeriesLabels, SeriesSamples};
 use tokenmeter::source::{Registry, RegistryOptions};
 
 fn main() {

@@ -29,6 +29,7 @@ pub const LAYERS: &[&str] = &[
     "pipeline",
     // What leaves the process.
     "export",
+    "backfill",
     "forwarder",
     "health",
     "state",

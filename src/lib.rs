@@ -4,13 +4,15 @@
 //! and a test keeps it):
 //! `source` (files → physical lines) → `decode` (envelopes, partials) → `parse` (a borrowed
 //! record) → `aggregate` (counters) → exports. `pipeline` chains the stages for one line;
-//! `replay` drives them over whole files; `cli` is wiring only.
+//! `replay` drives them over whole files, handing records to `backfill` (step windows written as
+//! OpenMetrics or pushed as OTLP); `cli` is wiring only.
 //!
 //! The daemon side: `source::registry` owns every tailed file's fate, `forwarder` forwards the
 //! same files to Loki (fed by the registry's events), `health` holds the handles the server
 //! reads, `shutdown` the one deadline, `daemon` wires them, `server` exposes them.
 
 pub mod aggregate;
+pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod daemon;

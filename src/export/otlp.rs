@@ -3,8 +3,9 @@
 //! protobuf (gzip) with retries.
 //!
 //! Owns: the OTLP shape (names exactly as the Prometheus names, `_total` included, because
-//! Mimir's default translation adds no suffix), resource attributes, and the push policy.
-//! Reads snapshots only; never changes counting. Cumulative values mean a failed push loses
+//! Mimir's default translation adds no suffix), resource attributes, the one request envelope
+//! (resource and instrumentation scope; `backfill::push` builds its requests with it too), and
+//! the push policy. Reads snapshots only; never changes counting. Cumulative values mean a failed push loses
 //! nothing: the next one carries everything.
 
 use std::collections::BTreeMap;
@@ -57,12 +58,51 @@ impl OtlpShape {
     }
 }
 
-fn kv(k: &str, v: &str) -> KeyValue {
+/// A string attribute (resource or data point).
+pub fn kv(k: &str, v: &str) -> KeyValue {
     KeyValue {
         key: k.to_string(),
         value: Some(AnyValue {
             value: Some(any_value::Value::StringValue(v.to_string())),
         }),
+    }
+}
+
+/// The one OTLP request envelope, for the daemon's pushes and `replay --push` alike (they
+/// drifted apart when each built its own): the resource of `shape` (`service.name`,
+/// `service.instance.id`, `k8s.node.name`, `host.name`, `service.version` and the configured
+/// `otlp.resource_attributes`), the instrumentation scope (`tokenmeter` and its version),
+/// and `metrics` in one `ScopeMetrics`.
+pub fn request(shape: &OtlpShape, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: shape.resource.iter().map(|(k, v)| kv(k, v)).collect(),
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: "tokenmeter".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A family's metric: its name, help and unit as the schema has them (the same on the scrape
+/// path, the push and the backfill), around `data`.
+pub fn family_metric(family: &Family, data: metric::Data) -> Metric {
+    Metric {
+        name: family.full_name(),
+        description: family.help.to_string(),
+        unit: family.unit.to_string(),
+        data: Some(data),
+        ..Default::default()
     }
 }
 
@@ -342,34 +382,7 @@ impl<'v> Requests<'v> {
                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
             }),
         };
-        Metric {
-            name: family.full_name(),
-            description: family.help.to_string(),
-            unit: family.unit.to_string(),
-            data: Some(data),
-            ..Default::default()
-        }
-    }
-
-    fn request(&self, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
-        ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                resource: Some(Resource {
-                    attributes: self.shape.resource.iter().map(|(k, v)| kv(k, v)).collect(),
-                    ..Default::default()
-                }),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: "tokenmeter".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    metrics,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
+        family_metric(family, data)
     }
 }
 
@@ -409,7 +422,7 @@ impl Iterator for Requests<'_> {
             budget -= take * cost;
             metrics.push(m);
         }
-        (!metrics.is_empty()).then(|| (self.request(metrics), offered))
+        (!metrics.is_empty()).then(|| (request(self.shape, metrics), offered))
     }
 }
 

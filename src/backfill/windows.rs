@@ -4,8 +4,8 @@
 //!
 //! Owns: the open steps (the reorder window), each series' cumulative values, the samples of
 //! the block window being filled, and the `late` / `untimed` / `outside` counts. Must not:
-//! format or send anything (the caller writes each [`Window`] with `openmetrics`'
-//! formatters), nor read files.
+//! format or send anything (`backfill::emitter` writes each [`Window`] with the
+//! `backfill::openmetrics` and `backfill::push` formatters), nor read files.
 //!
 //! Memory is bounded by the series × the steps of one block window (plus the deltas of the
 //! steps still open), not by the history: a month of logs is written two hours at a time.
@@ -29,9 +29,9 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use super::samples::{Cumulative, SeriesLabels, SeriesSamples};
 use crate::aggregate::Store;
 use crate::config::MAX_EXTRA_TOKENS;
-use crate::export::openmetrics::{Cumulative, SeriesLabels, SeriesSamples};
 use crate::parse::Record;
 use crate::pipeline::LineSink;
 

@@ -1,0 +1,218 @@
+//! Backfill samples: one series' cumulative values at the end of each step, and how they are
+//! read family by family through the schema (the same reading for the OpenMetrics text and
+//! the OTLP points, so the two cannot disagree on a label set or its first 0).
+//!
+//! Owns: `SeriesSamples`, `SeriesLabels`, `Cumulative`, the backfill's choice of families, and
+//! the per-family reader. Must not: format, write or send anything, nor know about steps and
+//! windows (`backfill::windows` makes the samples).
+
+use std::sync::Arc;
+
+use crate::aggregate::SeriesSnapshot;
+use crate::schema::{families, Family, Kind, SeriesRead, Value};
+
+/// One series' cumulative samples: (timestamp ns = end of step, values).
+pub struct SeriesSamples {
+    /// Shared with the stream's series (a window hands out its labels without copying them).
+    pub labels: Arc<SeriesLabels>,
+    /// First event step start: the OTLP start time of the series.
+    pub start_ns: i64,
+    pub points: Vec<(i64, Cumulative)>,
+    /// The values at the end of the previous block window, for a series that continues from
+    /// one: its label sets that had a sample there do not start again with a 0.
+    pub before: Option<Cumulative>,
+}
+
+/// A series' labels; ordered as the output orders series.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SeriesLabels {
+    pub model: String,
+    pub api_key_id: String,
+    pub service_id: String,
+}
+
+impl SeriesLabels {
+    /// The label pairs, in the schema's order.
+    pub fn pairs(&self) -> [(&'static str, &str); 3] {
+        [
+            ("model", &self.model),
+            ("api_key_id", &self.api_key_id),
+            ("service_id", &self.service_id),
+        ]
+    }
+}
+
+/// Cumulative values at one step end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cumulative {
+    pub requests: [u64; 5],
+    pub input: u64,
+    pub output: u64,
+    pub total: u64,
+    pub extra: Vec<u64>,
+    /// Units of 10^-12 currency.
+    pub cost: u128,
+}
+
+/// One label set of one series in one family: the label after the series' own and
+/// `metrics.labels` (`status_class`, `currency`, or none), its first sample's time, and
+/// whether it starts here (no sample in an earlier window: it then starts with a 0, SPEC §4
+/// "First increments").
+#[derive(Clone, Copy)]
+pub(super) struct LabelSet<'c> {
+    pub(super) own: Option<(&'static str, &'c str)>,
+    pub(super) first_ns: i64,
+    pub(super) starts_here: bool,
+}
+
+/// Whether two own labels are the same: by address first (the schema hands out the same
+/// `&'static str` or currency string every step), then by text.
+fn same_label(a: Option<(&str, &str)>, b: Option<(&str, &str)>) -> bool {
+    let addr = |l: Option<(&str, &str)>| l.map(|(k, v)| (k.as_ptr(), k.len(), v.as_ptr(), v.len()));
+    addr(a) == addr(b) || a == b
+}
+
+/// The samples of one per-series family for one series, read step by step through the
+/// schema's [`SeriesRead`]; the buffers are reused from series to series.
+pub(super) struct FamilySeries<'c> {
+    /// The series at one step, as the schema reads it: its counters (no labels).
+    scratch: SeriesSnapshot,
+    /// Label sets in the order first seen.
+    sets: Vec<LabelSet<'c>>,
+    /// Indices into `sets`, sorted by labels (the series' labels being equal, by the own
+    /// label).
+    order: Vec<usize>,
+    /// (index into `sets`, time ns, value), in time order; a cost in units of 10^-12.
+    samples: Vec<(usize, i64, u128)>,
+    continuing: Vec<Option<(&'static str, &'c str)>>,
+}
+
+impl<'c> FamilySeries<'c> {
+    pub(super) fn new() -> Self {
+        FamilySeries {
+            scratch: SeriesSnapshot::default(),
+            sets: Vec::new(),
+            order: Vec::new(),
+            samples: Vec::new(),
+            continuing: Vec::new(),
+        }
+    }
+
+    fn load(x: &mut SeriesSnapshot, c: &Cumulative) {
+        x.requests = c.requests;
+        x.input_tokens = c.input;
+        x.output_tokens = c.output;
+        x.total_tokens = c.total;
+        x.extra_tokens.clone_from(&c.extra);
+        x.cost_units = c.cost;
+    }
+
+    /// Reads every step of `s` through `read`. Linear in the steps; label sets are told
+    /// apart by their own label alone (at most one per status class).
+    pub(super) fn read(&mut self, read: &SeriesRead, s: &SeriesSamples, currency: Option<&'c str>) {
+        self.sets.clear();
+        self.order.clear();
+        self.samples.clear();
+        self.continuing.clear();
+        // Counters only: a per-series read does not look at labels (the formatter writes
+        // them), and copying them per family and series was a cache miss each.
+        let x = &mut self.scratch;
+        x.start_ns = s.start_ns;
+        // Label sets that had a sample in an earlier window continue (no new 0).
+        if let Some(before) = &s.before {
+            Self::load(x, before);
+            let continuing = &mut self.continuing;
+            read(x, currency, &mut |own, _| continuing.push(own));
+        }
+        for (t, c) in &s.points {
+            Self::load(x, c);
+            let (sets, samples, continuing) = (&mut self.sets, &mut self.samples, &self.continuing);
+            read(x, currency, &mut |own, value| {
+                let v = match value {
+                    Value::Int(v) => u128::from(v),
+                    Value::Cost(v) => v,
+                    _ => return,
+                };
+                let i = match sets.iter().position(|l| same_label(l.own, own)) {
+                    Some(i) => i,
+                    None => {
+                        sets.push(LabelSet {
+                            own,
+                            first_ns: *t,
+                            starts_here: !continuing.contains(&own),
+                        });
+                        sets.len() - 1
+                    }
+                };
+                samples.push((i, *t, v));
+            });
+        }
+        self.order.extend(0..self.sets.len());
+        let sets = &self.sets;
+        self.order.sort_by_key(|&i| sets[i].own);
+    }
+
+    /// The label sets in label order, each with its samples in time order.
+    pub(super) fn each(
+        &self,
+    ) -> impl Iterator<Item = (LabelSet<'c>, impl Iterator<Item = (i64, u128)> + '_)> {
+        self.order.iter().map(move |&i| {
+            let samples = self
+                .samples
+                .iter()
+                .filter(move |(j, _, _)| *j == i)
+                .map(|&(_, t, v)| (t, v));
+            (self.sets[i], samples)
+        })
+    }
+}
+
+/// Whether a family's values are money (the schema's unit says so).
+pub(super) fn is_money(family: &Family) -> bool {
+    family.unit == "{cost}"
+}
+
+/// The per-series token counters of the schema: backfill has no histogram, no self-metrics
+/// and no per-(model, service_id) counters (unpriced/unmetered are in the summary), and cost
+/// only with pricing.
+pub(super) fn backfill_families(
+    prefix: &str,
+    extra_names: &[String],
+    currency: Option<&str>,
+) -> Vec<Family> {
+    families(prefix, extra_names)
+        .into_iter()
+        .filter(|f| f.token && f.kind == Kind::Counter && f.series.is_some())
+        .filter(|f| currency.is_some() || !is_money(f))
+        .collect()
+}
+
+/// One series of `points` steps of 60 s from 2023-11-14T22:13:20Z (tests of the formatters).
+#[cfg(test)]
+pub(super) fn one_series(points: usize) -> SeriesSamples {
+    let step = 60_000_000_000i64;
+    SeriesSamples {
+        labels: Arc::new(SeriesLabels {
+            model: "m".into(),
+            api_key_id: "k".into(),
+            service_id: "s".into(),
+        }),
+        start_ns: 1_700_000_000_000_000_000,
+        before: None,
+        points: (0..points as i64)
+            .map(|i| {
+                (
+                    1_700_000_000_000_000_000 + (i + 1) * step,
+                    Cumulative {
+                        requests: [i as u64 + 1, 0, 0, 0, 0],
+                        input: 10 * i as u64,
+                        output: i as u64,
+                        total: 11 * i as u64,
+                        extra: vec![],
+                        cost: 0,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
