@@ -177,8 +177,9 @@ pub fn summary_text(r: &ReplayReport) -> String {
     let _ = writeln!(out, "input      {inp:>14} tokens");
     let _ = writeln!(out, "output     {outp:>14} tokens");
     let _ = writeln!(out, "total      {tot:>14} tokens");
-    // The extra types counted (a type no line had is not listed), under the total they are
-    // part of, their numbers ending in the same column as the others' when the name fits.
+    // The extra types counted (a type no line had is not listed), each a row of its own (a
+    // type is part of input or of output, as `included_in` says, so not indented under any
+    // row), its number ending in the same column as the others' when the name fits.
     for (i, name) in s.extra_names.iter().enumerate() {
         let sum: u64 = s
             .series
@@ -186,8 +187,8 @@ pub fn summary_text(r: &ReplayReport) -> String {
             .map(|x| x.extra_tokens.get(i).copied().unwrap_or(0))
             .sum();
         if sum > 0 {
-            let width = 22usize.saturating_sub(name.len()).max(1);
-            let _ = writeln!(out, "  {name} {sum:>width$} tokens");
+            let width = 24usize.saturating_sub(name.len()).max(1);
+            let _ = writeln!(out, "{name} {sum:>width$} tokens");
         }
     }
     let names = invalid_field_names(&s.extra_names);
@@ -362,7 +363,7 @@ mod tests {
         let config = Config::default();
         let mut meter = Meter::new(&config, EventTimes::Off);
         let mut parser = crate::parse::Parser::new(&config.fields);
-        let line = r#"{"model":"m","llm_input_token":5000,"llm_output_token":700,"llm_cache_creation_input_token":12,"llm_cached_input_token":7}"#;
+        let line = r#"{"model":"m","llm_input_token":5000,"llm_output_token":700,"llm_cache_creation_input_token":1234,"llm_cached_input_token":7}"#;
         let crate::parse::Parsed::Record(r) = parser.parse(line) else {
             panic!("a record")
         };
@@ -388,11 +389,11 @@ mod tests {
                 .to_string()
         };
         let total = at("total ");
-        let cached = at("  cached_input ");
-        let creation = at("  cache_creation_input ");
+        let cached = at("cached_input ");
+        let creation = at("cache_creation_input ");
         assert!(total.ends_with(" 5700 tokens"), "{text}");
         assert!(cached.ends_with(" 7 tokens"), "{text}");
-        assert!(creation.ends_with(" 12 tokens"), "{text}");
+        assert!(creation.ends_with(" 1234 tokens"), "{text}");
         // The numbers end in one column.
         assert_eq!(total.len(), cached.len(), "{text}");
         assert_eq!(total.len(), creation.len(), "{text}");
