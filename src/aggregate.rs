@@ -17,7 +17,9 @@ use rustc_hash::{FxBuildHasher, FxHasher};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::parse::{Record, StatusClass, EXTRA_BIT0, INPUT_BIT, OUTPUT_BIT, TOTAL_BIT};
+use crate::parse::{
+    Record, StatusClass, EXTRA_BIT0, INPUT_BIT, MAX_LABEL_BYTES, OUTPUT_BIT, TOTAL_BIT,
+};
 use crate::pricing::{EntryId, PriceTable, TypeCounts};
 
 /// The value a label takes past its limit.
@@ -82,9 +84,6 @@ impl SelfStats {
         self.records + self.skipped.iter().sum::<u64>()
     }
 }
-
-/// Longest label value kept, in bytes (longer ones are cut on a character boundary).
-pub const MAX_LABEL_BYTES: usize = 256;
 
 /// A label value as it may become a series: control characters (NUL and the other C0
 /// controls, DEL) replaced by U+FFFD, at most [`MAX_LABEL_BYTES`]. Borrowed when clean.

@@ -34,7 +34,10 @@ use keys::KeyTable;
 
 /// Largest valid token value: 2^53, the largest integer every JSON consumer holds exactly.
 pub const MAX_TOKENS: u64 = 1 << 53;
-/// Label values are cut to this many bytes (on a character boundary).
+/// Label values are cut to this many bytes (on a character boundary; SPEC §3): here when a
+/// record is read, in `aggregate::label_value` for any other value that becomes a label, and
+/// `pricing` warns that a longer budget key never matches. Defined once, here, the earliest
+/// layer that needs it.
 pub const MAX_LABEL_BYTES: usize = 256;
 /// The value of a label that is missing, null, `"-"`, `""` or not a string.
 pub const UNKNOWN: &str = "unknown";

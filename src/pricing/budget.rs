@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use super::config::Budget;
 use super::units::{amount_units, format_units};
-use super::{PricingError, PricingWarning, BUDGET_WINDOWS, MAX_LABEL_BYTES};
+use super::{PricingError, PricingWarning, BUDGET_WINDOWS};
+use crate::parse::MAX_LABEL_BYTES;
 
 /// The length of a budget window in seconds; `None` for anything but `1d`, `7d`, `30d`.
 pub fn budget_window_secs(window: &str) -> Option<u64> {

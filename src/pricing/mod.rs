@@ -63,9 +63,6 @@ const CORE_TYPES: u64 = 1 << INPUT | 1 << OUTPUT | 1 << TOTAL;
 pub const BUDGET_WINDOWS: [(&str, u64); 3] =
     [("1d", 86_400), ("7d", 7 * 86_400), ("30d", 30 * 86_400)];
 
-/// Labels are cut to this many bytes (SPEC §3); a longer budget key can never match.
-const MAX_LABEL_BYTES: usize = 256;
-
 // ---------------------------------------------------------------------------------------------
 // Errors and warnings
 // ---------------------------------------------------------------------------------------------
