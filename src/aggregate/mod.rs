@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::parse::{Record, StatusClass, EXTRA_BIT0, MAX_LABEL_BYTES};
 
 use interner::Interner;
-use spend::Spend;
+use spend::{Counted, Spend};
 
 pub use snapshot::{HistogramSnapshot, PairSnapshot, SeriesSnapshot, Snapshot};
 
@@ -305,7 +305,14 @@ impl Store {
             self.count_unmetered([m, s]);
         }
         if self.spend.pricing.is_some() {
-            self.price(idx, [m, s], r, event_ns, own_text, wrapped);
+            let at = Counted {
+                idx,
+                ids: [m, s],
+                r,
+                own_text,
+                wrapped,
+            };
+            self.price(at, event_ns);
         }
         idx
     }

@@ -87,6 +87,20 @@ pub(super) struct Run {
     pub(super) requests_2xx: u64,
 }
 
+/// A record just counted, as [`Store::price`] needs it.
+#[derive(Clone, Copy)]
+pub(super) struct Counted<'a, 'r> {
+    /// The series it went to, and its (model, service_id) label ids.
+    pub(super) idx: usize,
+    pub(super) ids: [u32; 2],
+    pub(super) r: &'a Record<'r>,
+    /// The series' labels are the record's own text (found on the fast path), so its cached
+    /// selection applies.
+    pub(super) own_text: bool,
+    /// A token counter of the series wrapped when `r` was added.
+    pub(super) wrapped: bool,
+}
+
 /// The unpriced and unmetered counters of one (model, service_id).
 #[derive(Clone, Debug, Default)]
 pub(super) struct Pair {
@@ -137,37 +151,29 @@ impl Store {
     }
 
     /// SPEC §10 per record: the price in force at its event time, its cost, unpriced and
-    /// child-above-parent counts. `own_text`: the series' labels are the record's own text
-    /// (found on the fast path), so its cached selection applies. `wrapped`: a token counter
-    /// of the series wrapped when `r` was added.
-    pub(super) fn price(
-        &mut self,
-        idx: usize,
-        ids: [u32; 2],
-        r: &Record<'_>,
-        event_ns: impl FnOnce() -> Option<i64>,
-        own_text: bool,
-        wrapped: bool,
-    ) {
+    /// child-above-parent counts, for the record `at` says was counted.
+    pub(super) fn price(&mut self, at: Counted<'_, '_>, event_ns: impl FnOnce() -> Option<i64>) {
         // Taken out and put back (no reference count touched per record).
         let Some(table) = self.spend.pricing.take() else {
             return;
         };
-        self.charge(idx, ids, r, event_ns, own_text, wrapped, &table);
+        self.charge(at, event_ns, &table);
         self.spend.pricing = Some(table);
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn charge(
         &mut self,
-        idx: usize,
-        ids: [u32; 2],
-        r: &Record<'_>,
+        at: Counted<'_, '_>,
         event_ns: impl FnOnce() -> Option<i64>,
-        own_text: bool,
-        wrapped: bool,
         table: &PriceTable,
     ) {
+        let Counted {
+            idx,
+            ids,
+            r,
+            own_text,
+            wrapped,
+        } = at;
         // The series' own cached selection, when it holds at every time, needs nothing else:
         // the common case, kept free of writes and of the event time.
         let entry = match self.spend.always.get(idx) {
@@ -175,7 +181,7 @@ impl Store {
             Some(&n) if own_text && n != 0 => Some(EntryId(n - 1)),
             _ => {
                 let series_cached = self.spend.selections.get(idx).copied().flatten();
-                self.select(idx, ids, r, event_ns, own_text, table, series_cached)
+                self.select(at, event_ns, table, series_cached)
             }
         };
         let core = [r.input_tokens, r.output_tokens, r.total_tokens];
@@ -227,17 +233,20 @@ impl Store {
 
     /// The entry in force for a record whose series has no selection cached for all times:
     /// the series' (when `from` ≤ t < `until`), else its (model, service_id)'s, else matched.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn select(
         &mut self,
-        idx: usize,
-        ids: [u32; 2],
-        r: &Record<'_>,
+        at: Counted<'_, '_>,
         event_ns: impl FnOnce() -> Option<i64>,
-        own_text: bool,
         table: &PriceTable,
         series_cached: Option<Selection>,
     ) -> Option<EntryId> {
+        let Counted {
+            idx,
+            ids,
+            r,
+            own_text,
+            ..
+        } = at;
         let cached = if own_text {
             series_cached.or_else(|| self.spend.pair_selections.get(&ids).copied())
         } else {
