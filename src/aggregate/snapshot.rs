@@ -49,11 +49,11 @@ pub struct SeriesSnapshot {
     pub cost_units: u128,
 }
 
-pub(super) fn is_zero(n: &i64) -> bool {
+fn is_zero(n: &i64) -> bool {
     *n == 0
 }
 
-pub(super) fn is_zero_units(n: &u128) -> bool {
+fn is_zero_units(n: &u128) -> bool {
     *n == 0
 }
 

@@ -26,15 +26,15 @@ pub(super) struct Spend {
     /// The price selected for each series (indexed like `series`) and the event-time interval
     /// over which it holds (until the next `from` boundary); only for series whose labels
     /// are the records' own text (not folded).
-    pub(super) selections: Vec<Option<Selection>>,
+    selections: Vec<Option<Selection>>,
     /// The same, for the series whose selection holds at every time (most): 0 not known,
     /// `ALWAYS_UNPRICED`, else the entry's index + 1. Four bytes to read per record.
-    pub(super) always: Vec<u32>,
+    always: Vec<u32>,
     /// The same per (model, service_id) label ids, for a series' first records (most series
     /// share their model and service with many others).
-    pub(super) pair_selections: HashMap<[u32; 2], Selection, FxBuildHasher>,
+    pair_selections: HashMap<[u32; 2], Selection, FxBuildHasher>,
     /// Per (model, service_id) label ids: unpriced and unmetered requests.
-    pub(super) pair_index: HashMap<[u32; 2], u32, FxBuildHasher>,
+    pair_index: HashMap<[u32; 2], u32, FxBuildHasher>,
     pub(super) pairs: Vec<Pair>,
     /// Cost restored from a state saved in this currency (see [`Store::restore`]).
     pub(super) currency: Option<String>,
@@ -42,11 +42,11 @@ pub(super) struct Spend {
     /// computed per record, see [`Store::cost_per_record`]).
     pub(super) last_cost: u128,
     /// Cost charged per run of records (the default) rather than per record.
-    pub(super) defer_cost: bool,
+    defer_cost: bool,
     /// Each series' open run (indexed like `series`), and its extra counters when it began
     /// (`n_extra` per series).
-    pub(super) runs: Vec<Option<Run>>,
-    pub(super) run_extras: Vec<u64>,
+    runs: Vec<Option<Run>>,
+    run_extras: Vec<u64>,
 }
 
 impl Spend {
@@ -69,22 +69,22 @@ impl Spend {
 }
 
 /// [`Store::always`] of a series that no entry prices at any time.
-pub(super) const ALWAYS_UNPRICED: u32 = u32::MAX;
+const ALWAYS_UNPRICED: u32 = u32::MAX;
 
 /// A cached price selection: the entry (if any) and `[from, until)` of event time.
-pub(super) type Selection = (Option<EntryId>, i64, i64);
+type Selection = (Option<EntryId>, i64, i64);
 
 /// Records of one series priced by one linear entry in a row ([`PriceTable::linear`]): their
 /// cost is the entry's rates times the counts summed since the run began, so a record costs
 /// a comparison, not a multiplication, and the run is charged when it ends (another entry,
 /// new prices, a merge or restore) or read (a snapshot). The counters when it began:
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Run {
-    pub(super) entry: EntryId,
-    pub(super) input: u64,
-    pub(super) output: u64,
-    pub(super) total: u64,
-    pub(super) requests_2xx: u64,
+struct Run {
+    entry: EntryId,
+    input: u64,
+    output: u64,
+    total: u64,
+    requests_2xx: u64,
 }
 
 /// A record just counted, as [`Store::price`] needs it.
@@ -161,7 +161,7 @@ impl Store {
         self.spend.pricing = Some(table);
     }
 
-    pub(super) fn charge(
+    fn charge(
         &mut self,
         at: Counted<'_, '_>,
         event_ns: impl FnOnce() -> Option<i64>,
@@ -233,7 +233,7 @@ impl Store {
 
     /// The entry in force for a record whose series has no selection cached for all times:
     /// the series' (when `from` ≤ t < `until`), else its (model, service_id)'s, else matched.
-    pub(super) fn select(
+    fn select(
         &mut self,
         at: Counted<'_, '_>,
         event_ns: impl FnOnce() -> Option<i64>,
@@ -281,7 +281,7 @@ impl Store {
 
     /// Opens series `idx`'s run of `entry` with record `r` (already in the counters) as its
     /// first record.
-    pub(super) fn start_run(&mut self, idx: usize, entry: EntryId, r: &Record<'_>) {
+    fn start_run(&mut self, idx: usize, entry: EntryId, r: &Record<'_>) {
         if self.spend.runs.len() <= idx {
             self.spend.runs.resize(idx + 1, None);
             self.spend.run_extras.resize((idx + 1) * self.n_extra, 0);
@@ -305,12 +305,7 @@ impl Store {
     /// The cost of series `idx`'s open run (0 when none): its entry's rates times the counts
     /// since it began, without `except`'s (a record counted but not of the run). Counters
     /// only grow (wrapping, like the counters themselves), so the differences are the sums.
-    pub(super) fn run_cost(
-        &self,
-        idx: usize,
-        table: &PriceTable,
-        except: Option<&Record<'_>>,
-    ) -> u128 {
+    fn run_cost(&self, idx: usize, table: &PriceTable, except: Option<&Record<'_>>) -> u128 {
         let Some(Some(run)) = self.spend.runs.get(idx) else {
             return 0;
         };
@@ -350,7 +345,7 @@ impl Store {
     }
 
     /// Charges and closes series `idx`'s open run (before `except`, see [`Store::run_cost`]).
-    pub(super) fn end_run(&mut self, idx: usize, table: &PriceTable, except: Option<&Record<'_>>) {
+    fn end_run(&mut self, idx: usize, table: &PriceTable, except: Option<&Record<'_>>) {
         let units = self.run_cost(idx, table, except);
         self.spend.cost[idx] = self.spend.cost[idx].saturating_add(units);
         if let Some(run) = self.spend.runs.get_mut(idx) {
@@ -387,7 +382,7 @@ impl Store {
         self.spend.defer_cost = false;
     }
 
-    pub(super) fn remember_selection(&mut self, idx: usize, sel: Selection) {
+    fn remember_selection(&mut self, idx: usize, sel: Selection) {
         if self.spend.selections.len() <= idx {
             self.spend.selections.resize(idx + 1, None);
             self.spend.always.resize(idx + 1, 0);
@@ -400,7 +395,7 @@ impl Store {
         };
     }
 
-    pub(super) fn count_unpriced(&mut self, ids: [u32; 2]) {
+    fn count_unpriced(&mut self, ids: [u32; 2]) {
         self.count_pair(ids, |p| (&mut p.unpriced, &mut p.unpriced_start_ns));
     }
 
@@ -409,11 +404,7 @@ impl Store {
     }
 
     /// Adds 1 to one counter of a (model, service_id); its series starts when it first counts.
-    pub(super) fn count_pair(
-        &mut self,
-        ids: [u32; 2],
-        which: fn(&mut Pair) -> (&mut u64, &mut i64),
-    ) {
+    fn count_pair(&mut self, ids: [u32; 2], which: fn(&mut Pair) -> (&mut u64, &mut i64)) {
         let clock = self.clock_ns;
         let pair = self.pair_slot(ids);
         let (n, start_ns) = which(&mut self.spend.pairs[pair]);

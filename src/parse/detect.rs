@@ -15,8 +15,8 @@ use super::tables::{Tables, Work};
 use super::{Parsed, Record};
 
 /// Detection flags, set while the top level is scanned.
-pub(super) const SEEN_GEN_AI: u8 = 1;
-pub(super) const SEEN_GENAI_V04: u8 = 2;
+const SEEN_GEN_AI: u8 = 1;
+const SEEN_GENAI_V04: u8 = 2;
 
 /// The detection flags a top-level key sets (SPEC §3: gen_ai is "any key starting
 /// `gen_ai.usage.` or `gen_ai.request.model`", genai_v04 "a key starting `genai_tokens_` or

@@ -113,14 +113,14 @@ pub(super) fn follow<'a>(
 }
 
 /// Where `part` (a sub-slice of `whole`) starts in it.
-pub(super) fn cur_start(part: &str, whole: &str) -> usize {
+fn cur_start(part: &str, whole: &str) -> usize {
     (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize)
 }
 
 /// The element at RFC 6901 array index `step` (`0`, or digits without a leading zero) of the
 /// JSON array `array`, as a span of it. A pointer into an array is rare and never on the hot
 /// path, so the array is parsed with serde_json rather than by the scanner.
-pub(super) fn element(array: &str, step: &str) -> Option<Raw> {
+fn element(array: &str, step: &str) -> Option<Raw> {
     let digits_ok = step == "0"
         || (!step.starts_with('0') && !step.is_empty() && step.bytes().all(|b| b.is_ascii_digit()));
     if !digits_ok {

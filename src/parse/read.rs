@@ -25,7 +25,7 @@ use super::{
 
 /// What a field's first key must hold for the key to win over the next one.
 #[derive(Clone, Copy, PartialEq)]
-pub(super) enum Holds {
+enum Holds {
     /// A measured count: anything but null, `""` and `"-"`.
     Count,
     /// A label: a string other than `""` and `"-"`.
@@ -34,7 +34,7 @@ pub(super) enum Holds {
     Any,
 }
 
-pub(super) fn holds(v: &Val<'_>, line: &str, need: Holds) -> bool {
+fn holds(v: &Val<'_>, line: &str, need: Holds) -> bool {
     let text_ok = |s: &str| !s.is_empty() && s != "-";
     match (v, need) {
         (Val::Line(r), Holds::Any) => r.kind != Kind::Null,
@@ -61,7 +61,7 @@ pub(super) fn holds(v: &Val<'_>, line: &str, need: Holds) -> bool {
 
 /// A field's value: the first of its paths that holds one (see [`Holds`]), else the last
 /// path's value, which says whether the field is missing, null or invalid.
-pub(super) fn field_value<'a>(
+fn field_value<'a>(
     w: &mut Work,
     line: &'a str,
     paths: &[Compiled],
@@ -113,7 +113,7 @@ pub(super) fn field_value<'a>(
     last
 }
 
-pub(super) fn val_tokens(line: &str, v: Option<Val<'_>>) -> Tokens {
+fn val_tokens(line: &str, v: Option<Val<'_>>) -> Tokens {
     match v {
         None => Tokens::NotMeasured,
         Some(Val::Line(raw)) => raw_tokens(line, Some(raw)),
@@ -125,7 +125,7 @@ pub(super) fn val_tokens(line: &str, v: Option<Val<'_>>) -> Tokens {
     }
 }
 
-pub(super) fn val_label<'a>(line: &'a str, v: Option<Val<'a>>) -> Option<Cow<'a, str>> {
+fn val_label<'a>(line: &'a str, v: Option<Val<'a>>) -> Option<Cow<'a, str>> {
     match v? {
         Val::Line(raw) => raw_label(line, Some(raw)),
         Val::Embedded(Owned::Str(s)) => text_label(Cow::Owned(s)),
@@ -134,14 +134,14 @@ pub(super) fn val_label<'a>(line: &'a str, v: Option<Val<'a>>) -> Option<Cow<'a,
     }
 }
 
-pub(super) fn text_label(s: Cow<'_, str>) -> Option<Cow<'_, str>> {
+fn text_label(s: Cow<'_, str>) -> Option<Cow<'_, str>> {
     if s.is_empty() || s == "-" {
         return None;
     }
     Some(cut_label(s))
 }
 
-pub(super) fn val_status(line: &str, v: Option<Val<'_>>) -> StatusClass {
+fn val_status(line: &str, v: Option<Val<'_>>) -> StatusClass {
     match v {
         Some(Val::Line(raw)) => status_class(Some(raw.value(line))),
         Some(Val::Embedded(Owned::Number(n))) => status_class(Some(Value::Number(&n))),
@@ -159,7 +159,7 @@ pub(super) fn val_status(line: &str, v: Option<Val<'_>>) -> StatusClass {
     }
 }
 
-pub(super) fn val_duration(line: &str, v: Option<Val<'_>>) -> Option<f64> {
+fn val_duration(line: &str, v: Option<Val<'_>>) -> Option<f64> {
     match v? {
         Val::Line(raw) => duration_ms(Some(raw.value(line))),
         Val::Embedded(Owned::Number(n)) => duration_ms(Some(Value::Number(&n))),
@@ -175,7 +175,7 @@ pub(super) fn val_duration(line: &str, v: Option<Val<'_>>) -> Option<f64> {
 /// The start time: kept as written when it is RFC 3339 text in the line (parsed only if the
 /// event time is needed), else worked out now.
 #[inline]
-pub(super) fn val_start<'a>(
+fn val_start<'a>(
     line: &'a str,
     v: Option<Val<'a>>,
     epoch_ms: bool,
@@ -202,7 +202,7 @@ pub(super) fn val_start<'a>(
 }
 
 /// Epoch milliseconds (a JSON number) as nanoseconds; `None` when negative or out of range.
-pub(super) fn epoch_ms_ns(n: &str) -> Option<i64> {
+fn epoch_ms_ns(n: &str) -> Option<i64> {
     // Integer milliseconds (what Kong writes) exactly; anything else through a float.
     if let Some(ms) = digits(n) {
         return i64::try_from(ms).ok()?.checked_mul(1_000_000);
@@ -268,7 +268,7 @@ pub(super) fn read_record<'a>(
 /// [`read_record`] of a mapping whose every field is at most one top-level key: each value is
 /// read from its span in the line, as the seed's single-format parser did.
 #[inline]
-pub(super) fn read_simple<'a>(
+fn read_simple<'a>(
     t: &Tables,
     w: &Work,
     line: &'a str,
@@ -331,7 +331,7 @@ pub(super) fn read_simple<'a>(
 /// [`status_class`] straight from a value's span: a three-digit number without building a
 /// [`Value`].
 #[inline(always)]
-pub(super) fn raw_status(line: &str, raw: Option<Raw>) -> StatusClass {
+fn raw_status(line: &str, raw: Option<Raw>) -> StatusClass {
     let Some(raw) = raw else {
         return StatusClass::Other;
     };
@@ -347,7 +347,7 @@ pub(super) fn raw_status(line: &str, raw: Option<Raw>) -> StatusClass {
 /// [`duration_ms`] straight from a value's span: integer milliseconds of up to 15 digits
 /// without building a [`Value`].
 #[inline(always)]
-pub(super) fn raw_duration(line: &str, raw: Option<Raw>) -> Option<f64> {
+fn raw_duration(line: &str, raw: Option<Raw>) -> Option<f64> {
     let raw = raw?;
     if raw.kind == Kind::Number {
         if let Some(ms) = short_integer(line, raw) {
@@ -359,20 +359,20 @@ pub(super) fn raw_duration(line: &str, raw: Option<Raw>) -> Option<f64> {
 
 /// A request's counts under the rules of SPEC §3: which token fields were valid or invalid,
 /// the extra types, and the total rule.
-pub(super) struct Counts {
-    pub(super) input: Option<u64>,
-    pub(super) output: Option<u64>,
-    pub(super) total: u64,
-    pub(super) total_mismatch: bool,
+struct Counts {
+    input: Option<u64>,
+    output: Option<u64>,
+    total: u64,
+    total_mismatch: bool,
     pub(super) extra: [u64; MAX_EXTRA_TOKENS],
-    pub(super) valid: u32,
-    pub(super) invalid: u32,
+    valid: u32,
+    invalid: u32,
 }
 
 /// The counts of a request, `None` when it is no LLM request (no model and no valid input,
 /// output or total). `extra(i)` reads extra type `i` (asked only for an LLM request).
 #[inline(always)]
-pub(super) fn counts(
+fn counts(
     has_model: bool,
     input: Tokens,
     output: Tokens,
@@ -420,7 +420,7 @@ impl Counts {
     /// The record of these counts with its labels (model, api_key_id, service_id; `unknown`
     /// where missing) and the rest of its fields.
     #[inline(always)]
-    pub(super) fn record<'a>(
+    fn record<'a>(
         self,
         [model, api_key_id, service_id]: [Option<Cow<'a, str>>; 3],
         status_class: StatusClass,
@@ -455,7 +455,7 @@ impl Counts {
 /// A field's value from its top-level keys: the first that holds a value (see [`Holds`]), else
 /// the last one present.
 #[inline(always)]
-pub(super) fn pick(w: &Work, line: &str, keys: TopKeys, need: Holds) -> Option<Raw> {
+fn pick(w: &Work, line: &str, keys: TopKeys, need: Holds) -> Option<Raw> {
     match w.top(keys.first.into()) {
         Some(r) if keys.then == NO_KEY || holds(&Val::Line(r), line, need) => Some(r),
         first => w.top(keys.then.into()).or(first),

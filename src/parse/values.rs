@@ -87,7 +87,7 @@ pub(super) fn short_integer(line: &str, raw: Raw) -> Option<u64> {
 /// first byte is the lowest), `None` unless they are all ASCII digits: SWAR, a few
 /// multiplications instead of a loop per digit.
 #[inline(always)]
-pub(super) fn eight_digits(word: u64, len: usize) -> Option<u64> {
+fn eight_digits(word: u64, len: usize) -> Option<u64> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     // The bytes before the value are the low ones: zeroed, they read as leading zeros.
     let mask = u64::MAX.checked_shl(8 * (8 - len as u32))?;
@@ -109,7 +109,7 @@ pub(super) fn eight_digits(word: u64, len: usize) -> Option<u64> {
 
 /// A label value: the string, cut to 256 bytes; `None` for missing, null, `"-"`, `""` or a
 /// non-string (the caller writes `unknown`).
-pub(super) fn label(v: Option<Value<'_>>) -> Option<Cow<'_, str>> {
+fn label(v: Option<Value<'_>>) -> Option<Cow<'_, str>> {
     let Some(Value::Str(s)) = v else {
         return None;
     };

@@ -153,7 +153,7 @@ pub(super) fn value_end(b: &[u8], i: usize) -> ValueEnd {
 /// trailing comma): the end of the line, `}` or `]`, or `,` then the end, `}`, `]` or a key
 /// (a string followed by `:`). Anything else (`, 10.2.2.2`, `, "10.2.2.2"}`, `x`, a string
 /// cut before its `:` is seen) could still be part of the value.
-pub(super) fn member_follows(b: &[u8], i: usize) -> bool {
+fn member_follows(b: &[u8], i: usize) -> bool {
     let i = skip_ws(b, i);
     match b.get(i) {
         None | Some(b'}' | b']') => true,
@@ -170,7 +170,7 @@ pub(super) fn member_follows(b: &[u8], i: usize) -> bool {
 }
 
 /// Whether `t` is a number under JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-pub(super) fn is_json_number(t: &[u8]) -> bool {
+fn is_json_number(t: &[u8]) -> bool {
     fn digits(t: &[u8], mut i: usize) -> usize {
         while t.get(i).is_some_and(u8::is_ascii_digit) {
             i += 1;

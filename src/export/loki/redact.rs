@@ -52,7 +52,7 @@ pub(super) fn redacted_key(field: &str) -> String {
 
 /// [`redact`] of a `key=value` line (agentgateway's text log): each listed key's value, quoted
 /// or not, becomes `[REDACTED]`; `None` when a listed name is still anywhere in the line.
-pub(super) fn redact_pairs(line: &str, names: &[String]) -> Option<String> {
+fn redact_pairs(line: &str, names: &[String]) -> Option<String> {
     let mut out = String::with_capacity(line.len());
     let mut rest = String::with_capacity(line.len());
     let mut copied = 0;
@@ -81,7 +81,7 @@ pub(super) fn redact_pairs(line: &str, names: &[String]) -> Option<String> {
     Some(out)
 }
 
-pub(super) fn redact_json(line: &str, fields: &[String]) -> Option<String> {
+fn redact_json(line: &str, fields: &[String]) -> Option<String> {
     const MASK: &str = "\"[REDACTED]\"";
     let b = line.as_bytes();
     let mut out = String::with_capacity(line.len());
@@ -147,7 +147,7 @@ pub(super) fn redact_json(line: &str, fields: &[String]) -> Option<String> {
 
 /// Whether any of `names` is in `text`, as written or with the line's escapes decoded (a
 /// string value holding JSON is checked at its own level, when it is redacted inside).
-pub(super) fn names_left(text: &str, names: &[String]) -> bool {
+fn names_left(text: &str, names: &[String]) -> bool {
     if names.iter().any(|n| text.contains(n.as_str())) {
         return true;
     }
@@ -158,7 +158,7 @@ pub(super) fn names_left(text: &str, names: &[String]) -> bool {
 }
 
 /// Whether the raw text of a JSON string (between its quotes) decodes to `field`.
-pub(super) fn decodes_to(raw: &str, field: &str) -> bool {
+fn decodes_to(raw: &str, field: &str) -> bool {
     if raw.contains('\\') {
         unescape_lenient(raw) == field
     } else {
