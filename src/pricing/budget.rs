@@ -1,0 +1,190 @@
+//! The `[[budgets]]` checks of SPEC §10: windows, a budget's cost in units, and the config
+//! errors and warnings of the list.
+//!
+//! Owns: what a budget entry may say. Must not: track spend against a budget (that is
+//! `aggregate`'s).
+
+use std::collections::HashMap;
+
+use super::config::Budget;
+use super::units::{amount_units, format_units};
+use super::{PricingError, PricingWarning, BUDGET_WINDOWS};
+use crate::parse::MAX_LABEL_BYTES;
+
+/// The length of a budget window in seconds; `None` for anything but `1d`, `7d`, `30d`.
+pub fn budget_window_secs(window: &str) -> Option<u64> {
+    BUDGET_WINDOWS
+        .iter()
+        .find(|(name, _)| *name == window)
+        .map(|&(_, secs)| secs)
+}
+
+/// A budget's cost in units of 10^-12 currency (rounded half to even); `None` without a cost
+/// or with one [`validate_budgets`] rejects.
+pub fn budget_cost_units(budget: &Budget) -> Option<u128> {
+    let cost = budget.cost.as_ref()?;
+    amount_units(cost.as_str(), 12, None).ok().map(|a| a.units)
+}
+
+/// Checks `[[budgets]]` (keys `budgets[i]...`, messages naming the api_key_id): an empty
+/// api_key_id, a window other than 1d/7d/30d, neither tokens nor cost, a negative or
+/// unreadable cost, a duplicate (api_key_id, window). Warns about a cost rounding changed and
+/// a key too long to ever match.
+pub fn validate_budgets(budgets: &[Budget]) -> Result<Vec<PricingWarning>, PricingError> {
+    let mut warnings = Vec::new();
+    let mut first_with: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, budget) in budgets.iter().enumerate() {
+        let key = format!("budgets[{i}]");
+        let who = format!("(api_key_id {:?})", budget.api_key_id);
+        let error = |key: String, message: String| PricingError {
+            key,
+            message: format!("{who}: {message}"),
+        };
+        if budget.api_key_id.is_empty() {
+            return Err(error(
+                format!("{key}.api_key_id"),
+                "is empty: write an exact api_key_id, or \"*\" for the default".into(),
+            ));
+        }
+        if budget_window_secs(&budget.window).is_none() {
+            return Err(error(
+                format!("{key}.window"),
+                format!(
+                    "window {:?} is not one of \"1d\", \"7d\", \"30d\"",
+                    budget.window
+                ),
+            ));
+        }
+        if budget.tokens.is_none() && budget.cost.is_none() {
+            return Err(error(
+                key,
+                "has neither tokens nor cost: give a token budget, a cost budget or both".into(),
+            ));
+        }
+        if let Some(cost) = &budget.cost {
+            let cost_key = format!("{key}.cost");
+            let amount = amount_units(cost.as_str(), 12, None)
+                .map_err(|m| error(cost_key.clone(), format!("cost {m}")))?;
+            if amount.rounded {
+                warnings.push(PricingWarning {
+                    key: cost_key,
+                    message: format!(
+                        "{who}: cost {cost} is not a whole number of 10^-12 currency; it is applied as {}",
+                        format_units(amount.units)
+                    ),
+                });
+            }
+        }
+        if budget.api_key_id.len() > MAX_LABEL_BYTES {
+            warnings.push(PricingWarning {
+                key: format!("{key}.api_key_id"),
+                message: format!(
+                    "{who}: longer than {MAX_LABEL_BYTES} bytes; label values are cut to that, so it never matches"
+                ),
+            });
+        }
+        let identity = (budget.api_key_id.as_str(), budget.window.as_str());
+        if let Some(&earlier) = first_with.get(&identity) {
+            return Err(error(
+                key,
+                format!("same api_key_id and window as budgets[{earlier}]"),
+            ));
+        }
+        first_with.insert(identity, i);
+    }
+    Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pricing::test_support::*;
+
+    // ---- budgets ----------------------------------------------------------------------------
+
+    fn budgets(text: &str) -> Vec<Budget> {
+        doc(text).budgets
+    }
+
+    #[test]
+    fn budgets_are_checked_and_their_cost_read_exactly() {
+        let list = budgets(
+            r#"
+            [[budgets]]
+            api_key_id = "team-billing"
+            window = "30d"
+            tokens = 500000000
+            cost = 1200.0
+            [[budgets]]
+            api_key_id = "*"
+            window = "1d"
+            tokens = 0
+            [[budgets]]
+            api_key_id = "team-billing"
+            window = "7d"
+            cost = "0.0000000000005"
+            "#,
+        );
+        let warnings = validate_budgets(&list).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].key, "budgets[2].cost");
+        assert!(warnings[0]
+            .message
+            .starts_with("(api_key_id \"team-billing\"): cost 0.0000000000005"));
+        assert_eq!(budget_cost_units(&list[0]), Some(1_200_000_000_000_000));
+        assert_eq!(budget_cost_units(&list[1]), None);
+        assert_eq!(budget_cost_units(&list[2]), Some(0));
+        assert_eq!(budget_window_secs("30d"), Some(2_592_000));
+        assert_eq!(budget_window_secs("1d"), Some(86_400));
+        assert_eq!(budget_window_secs("1w"), None);
+    }
+
+    #[test]
+    fn every_budget_error_names_the_budget_and_key() {
+        let ok = "[[budgets]]\napi_key_id = \"k\"\nwindow = \"1d\"\ntokens = 1\n";
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "api_key_id = \"k\"\nwindow = \"2d\"\ntokens = 1",
+                "budgets[1].window",
+                "not one of",
+            ),
+            (
+                "api_key_id = \"k\"\nwindow = \"1d\"\ncost = 5",
+                "budgets[1]",
+                "same api_key_id and window as budgets[0]",
+            ),
+            (
+                "api_key_id = \"k\"\nwindow = \"7d\"",
+                "budgets[1]",
+                "neither tokens nor cost",
+            ),
+            (
+                "api_key_id = \"k\"\nwindow = \"7d\"\ncost = -1.5",
+                "budgets[1].cost",
+                "negative",
+            ),
+            (
+                "api_key_id = \"\"\nwindow = \"7d\"\ntokens = 1",
+                "budgets[1].api_key_id",
+                "empty",
+            ),
+        ];
+        for (entry, key, phrase) in cases {
+            let list = budgets(&format!("{ok}[[budgets]]\n{entry}\n"));
+            let e = validate_budgets(&list).expect_err(entry);
+            assert_eq!(e.key, *key, "{e}");
+            assert!(e.message.starts_with("(api_key_id "), "{e}");
+            assert!(e.message.contains(phrase), "{e}");
+        }
+        let long = Budget {
+            api_key_id: "k".repeat(257),
+            window: "1d".into(),
+            tokens: Some(1),
+            cost: None,
+        };
+        assert_eq!(
+            validate_budgets(&[long]).unwrap()[0].key,
+            "budgets[0].api_key_id"
+        );
+    }
+}
