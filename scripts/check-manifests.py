@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Assertions over the rendered Kubernetes manifests (issue 14), run by scripts/check-manifests.sh.
 
-    check-manifests.py RENDERED_DIR DEFAULTS_TOML
+    check-manifests.py RENDERED_DIR DEFAULTS_TOML TOKENMETER
 
 RENDERED_DIR holds one `<name>.yaml` per rendered kustomization (`base`, `overlays-<x>`,
-`gateway-example`); DEFAULTS_TOML is `tokenmeter check-config` without a config (the binary's
-defaults, so the default [fields] and limits.max_series are read from the program itself).
+`install-doc` (the overlay of docs/install.md on the local base), `gateway-example`);
+DEFAULTS_TOML is `tokenmeter check-config` without a config (the binary's defaults, so the
+default [fields] and limits.max_series are read from the program itself); TOKENMETER is the
+binary that checks every TOML file of every rendered ConfigMap.
 
 Checks, each failure named:
 - custom resources with a CRD vendored in tests/fixtures/crds are valid against it, strictly
@@ -13,9 +15,20 @@ Checks, each failure named:
 - the install: Pod Security labels, no Secret and no priorityClassName in the base (the priority
   class only from its component), the pod security context (uid 0, every capability dropped, no
   privilege escalation, read-only root filesystem, seccomp RuntimeDefault, hostPaths read-only
-  but the state's DirectoryOrCreate, no init container), rolling updates of 10%, tolerations,
-  the ConfigMap's hashed name, memory request/limit against BENCHMARKS.md's measured peak for
-  the default limits.max_series;
+  but the state's DirectoryOrCreate, no init container), rolling updates of 10%, tolerations
+  (every taint, but only the gateway nodes' with components/gateway-nodes), memory
+  request/limit against BENCHMARKS.md's measured peak for the default limits.max_series;
+- the image: the base's placeholder `ghcr.io/your-org/tokenmeter` tagged with the newest
+  release of CHANGELOG.md, replaced by the install doc's overlay;
+- the config: the tenants required (no `${MIMIR_TENANT:-...}` default), the listen port the
+  container port; every `--config` of the args is a file or directory of a mounted ConfigMap;
+  the base config and the drop-ins in hashed ConfigMaps (a change rolls the pods), the price
+  table `tokenmeter-prices` unhashed and mounted as a directory (a change reaches the running
+  agents), no subPath mount; every TOML file of every ConfigMap passes `tokenmeter
+  check-config` (a price file as `pricing.file`);
+- the NetworkPolicy (components/network-policy): it selects the DaemonSet's pods, lets in
+  only TCP 9464 (the container port) from the monitoring namespace, and lets out DNS and the
+  namespaces of the example Secret's Mimir and Loki endpoints;
 - the PodMonitor: the release label, only tokenmeter_* kept, instance = node name;
 - the gateway example: the EnvoyProxy is attached to the Gateway and logs every key the default
   [fields] and the base config's extra tokens read; token keys are the AIGatewayRoute's
@@ -25,8 +38,11 @@ Checks, each failure named:
 import glob
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import tomllib
+from urllib.parse import urlparse
 
 import jsonschema
 import yaml
@@ -150,8 +166,18 @@ def check_install(name, docs, defaults):
     strategy = ds["spec"]["updateStrategy"]
     check(strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
           f"{name}: RollingUpdate with maxUnavailable 10%, got {strategy}")
-    check(pod.get("tolerations") == [{"operator": "Exists"}],
-          f"{name}: tolerates every taint (runs on every node)")
+    tolerations = pod.get("tolerations", [])
+    if name == "overlays-gateway-nodes":
+        check(not any(t.get("operator") == "Exists" and "key" not in t for t in tolerations),
+              f"{name}: no toleration of every taint (`operator: Exists` without a key), "
+              f"got {tolerations}")
+        check(tolerations and all(t.get("key") and t.get("effect") for t in tolerations),
+              f"{name}: tolerations name their taint's key and effect, got {tolerations}")
+        check(pod.get("nodeSelector"), f"{name}: a nodeSelector for the gateway nodes")
+    else:
+        check(tolerations == [{"operator": "Exists"}],
+              f"{name}: tolerates every taint (runs on every node)")
+        check("nodeSelector" not in pod, f"{name}: no nodeSelector (every node)")
     check("initContainers" not in pod, f"{name}: no init container")
     psc = pod.get("securityContext", {})
     check(psc.get("runAsUser") == 0 and psc.get("runAsGroup") == 0
@@ -188,14 +214,17 @@ def check_install(name, docs, defaults):
     check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz",
           f"{name}: readiness probe on /readyz")
 
-    cms = find(docs, "ConfigMap")
-    if check(len(cms) == 1, f"{name}: one ConfigMap"):
+    check_image(name, c)
+    check_config_mounts(name, docs, pod, c)
+    cms = [d for d in find(docs, "ConfigMap")
+           if d["metadata"]["name"] == volumes.get("config", {}).get("configMap", {}).get("name")]
+    if check(len(cms) == 1, f"{name}: the DaemonSet's volume `config` mounts a ConfigMap of the "
+             f"rendering"):
         cm = cms[0]
         check(re.fullmatch(r"tokenmeter-[a-z0-9]{10}", cm["metadata"]["name"]) is not None,
               f"{name}: ConfigMap name carries the content hash, got {cm['metadata']['name']}")
-        check(volumes.get("config", {}).get("configMap", {}).get("name") == cm["metadata"]["name"],
-              f"{name}: the DaemonSet mounts the generated ConfigMap")
         config = tomllib.loads(cm["data"]["tokenmeter.toml"])
+        check_base_config(name, cm["data"]["tokenmeter.toml"], config, c)
         max_series = config.get("limits", {}).get("max_series", defaults["limits"]["max_series"])
         check(max_series == defaults["limits"]["max_series"],
               f"{name}: the ConfigMap keeps the default limits.max_series the resources are sized for")
@@ -219,7 +248,215 @@ def check_install(name, docs, defaults):
               f"{name}: instance = node name")
     elif name != "overlays-podmonitor":
         check(not pms, f"{name}: no PodMonitor (opt-in: its CRD may be missing)")
+    nps = find(docs, "NetworkPolicy")
+    if name == "overlays-network-policy":
+        if check(len(nps) == 1, f"{name}: one NetworkPolicy"):
+            check_network_policy(name, nps[0], ds, c)
+    else:
+        check(not nps, f"{name}: no NetworkPolicy (opt-in: it needs adapting to the cluster)")
     return config if cms else None
+
+
+def release_version():
+    """The newest release of CHANGELOG.md (`## [x.y.z] - date`)."""
+    with open(os.path.join(ROOT, "CHANGELOG.md"), encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"## \[(\d+\.\d+\.\d+)\]", line)
+            if m:
+                return m[1]
+    raise SystemExit("CHANGELOG.md: no `## [x.y.z]` release heading")
+
+
+PLACEHOLDER_IMAGE = "ghcr.io/your-org/tokenmeter"
+
+
+def check_image(name, c):
+    version = release_version()
+    image = c.get("image", "")
+    repo, _, tag = image.rpartition(":")
+    check(tag == version, f"{name}: image tag {tag!r} is the newest release of CHANGELOG.md "
+          f"({version})")
+    if name == "install-doc":
+        check(repo != PLACEHOLDER_IMAGE and repo != "tokenmeter",
+              f"{name}: the overlay of docs/install.md replaces the image, got {image}")
+    else:
+        check(repo == PLACEHOLDER_IMAGE,
+              f"{name}: image {PLACEHOLDER_IMAGE}:<release> (the base's images: entry), got {image}")
+
+
+def check_base_config(name, text, config, c):
+    """The base config: tenants without a default, the listen port the container's."""
+    for section, var in (("otlp", "MIMIR_TENANT"), ("loki", "LOKI_TENANT")):
+        tenant = config.get(section, {}).get("headers", {}).get("X-Scope-OrgID")
+        check(tenant == "${" + var + "}",
+              f"{name}: {section}.headers X-Scope-OrgID is ${{{var}}} with no default (an unset "
+              f"tenant stops the agent instead of writing to a default tenant), got {tenant!r}")
+    check("anonymous" not in text, f"{name}: the base config names no `anonymous` tenant")
+    listen = config.get("server", {}).get("listen", "")
+    port = int(listen.rpartition(":")[2]) if listen else None
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    check(port == ports.get("http-metrics"),
+          f"{name}: server.listen {listen!r} is on the container port http-metrics "
+          f"({ports.get('http-metrics')})")
+
+
+HASHED = re.compile(r"(.+)-[a-z0-9]{10}")
+
+
+def check_config_mounts(name, docs, pod, c):
+    """Every --config of the args lies in a mounted ConfigMap; which ConfigMaps are hashed."""
+    args = c.get("args", [])
+    check(args[:3] == ["run", "--config", "/etc/tokenmeter/tokenmeter.toml"],
+          f"{name}: args start with run --config /etc/tokenmeter/tokenmeter.toml, got {args}")
+    cms = {d["metadata"]["name"]: d for d in find(docs, "ConfigMap")}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = c.get("volumeMounts", [])
+    for m in mounts:
+        check("subPath" not in m and "subPathExpr" not in m,
+              f"{name}: mount {m['mountPath']} has no subPath (a subPath mount never sees a "
+              f"ConfigMap change)")
+    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    check(len(configs) == args.count("--config") and all(not a.startswith("-") for a in configs),
+          f"{name}: every --config has a path, got {args}")
+    for path in configs:
+        found = None
+        for m in mounts:
+            if path == m["mountPath"] or os.path.dirname(path) == m["mountPath"]:
+                found = m
+        if not check(found, f"{name}: --config {path} is in a mounted volume"):
+            continue
+        cm_name = volumes.get(found["name"], {}).get("configMap", {}).get("name")
+        if not check(cm_name in cms, f"{name}: --config {path}: volume {found['name']} is a "
+                     f"ConfigMap of the rendering, got {cm_name}"):
+            continue
+        check(found.get("readOnly") is True, f"{name}: {found['mountPath']} mounted read-only")
+        if path != found["mountPath"]:
+            check(os.path.basename(path) in cms[cm_name].get("data", {}),
+                  f"{name}: --config {path}: ConfigMap {cm_name} has the key "
+                  f"{os.path.basename(path)}")
+        else:
+            check(any(k.endswith(".toml") for k in cms[cm_name].get("data", {})),
+                  f"{name}: --config {path}: ConfigMap {cm_name} holds *.toml files")
+    # Read at start (a change must roll the pods): hashed. Re-read live (the price table):
+    # unhashed, or every price change would restart every agent.
+    for cm_name, cm in cms.items():
+        if cm_name == "tokenmeter-prices":
+            continue
+        check(HASHED.fullmatch(cm_name),
+              f"{name}: ConfigMap {cm_name} carries the content hash (a change rolls the pods)")
+    if name == "overlays-prices" or "tokenmeter-prices" in cms \
+            or any(v.get("configMap", {}).get("name") == "tokenmeter-prices"
+                   for v in volumes.values()):
+        check_prices(name, cms, volumes, mounts)
+
+
+def check_prices(name, cms, volumes, mounts):
+    if not check("tokenmeter-prices" in cms,
+                 f"{name}: the price table is the ConfigMap tokenmeter-prices, with no name hash, "
+                 f"got {sorted(cms)}"):
+        return
+    vol = [v for v in volumes.values() if v.get("configMap", {}).get("name") == "tokenmeter-prices"]
+    if not check(len(vol) == 1, f"{name}: one volume of ConfigMap tokenmeter-prices"):
+        return
+    mount = [m for m in mounts if m["name"] == vol[0]["name"]]
+    if not check(len(mount) == 1, f"{name}: tokenmeter-prices mounted once"):
+        return
+    files = [tomllib.loads(text).get("pricing", {}).get("file")
+             for cm in cms.values() for key, text in cm.get("data", {}).items()
+             if key.endswith(".toml") and cm["metadata"]["name"] != "tokenmeter-prices"]
+    files = [f for f in files if f]
+    check(len(files) == 1 and os.path.dirname(files[0]) == mount[0]["mountPath"]
+          and os.path.basename(files[0]) in cms["tokenmeter-prices"]["data"],
+          f"{name}: pricing.file {files} is a key of tokenmeter-prices in its mount "
+          f"{mount[0]['mountPath']}")
+    if name == "overlays-prices":
+        with open(os.path.join(ROOT, "config/pricing.example.toml"), encoding="utf-8") as f:
+            check(cms["tokenmeter-prices"]["data"].get("prices.toml") == f.read(),
+                  f"{name}: prices.toml is config/pricing.example.toml")
+
+
+def check_network_policy(name, np, ds, c):
+    spec = np["spec"]
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    selector = spec.get("podSelector", {})
+    check(np["metadata"].get("namespace") == ds["metadata"]["namespace"],
+          f"{name}: NetworkPolicy in the DaemonSet's namespace")
+    check(selector.get("matchLabels") and set(selector) == {"matchLabels"}
+          and all(labels.get(k) == v for k, v in selector["matchLabels"].items()),
+          f"{name}: NetworkPolicy selects the DaemonSet's pods, got {selector}")
+    check(set(spec.get("policyTypes", [])) == {"Ingress", "Egress"},
+          f"{name}: NetworkPolicy restricts ingress and egress")
+    port = {p["name"]: p["containerPort"] for p in c.get("ports", [])}.get("http-metrics")
+    ingress = spec.get("ingress", [])
+    check(ingress == [{
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        "ports": [{"protocol": "TCP", "port": port}]}],
+        f"{name}: ingress only to TCP {port} and only from the monitoring namespace, got {ingress}")
+    egress = spec.get("egress", [])
+    dns = [r for r in egress if {"protocol": "UDP", "port": 53} in r.get("ports", [])
+           and {"protocol": "TCP", "port": 53} in r.get("ports", [])]
+    check(len(dns) == 1 and all(t.get("podSelector") for t in dns[0].get("to", [])),
+          f"{name}: egress to the cluster DNS pods on 53/UDP and 53/TCP")
+    allowed = {t.get("namespaceSelector", {}).get("matchLabels", {})
+               .get("kubernetes.io/metadata.name") for r in egress for t in r.get("to", [])}
+    check(all(r.get("to") for r in egress), f"{name}: every egress rule names where it goes")
+    # The example Secret's endpoints (<service>.<namespace>.svc) must be reachable.
+    secret = load(os.path.join(ROOT, "config/kubernetes/components/example-secret/secret.yaml"))[0]
+    for key in ("MIMIR_OTLP_ENDPOINT", "LOKI_PUSH_ENDPOINT"):
+        host = urlparse(secret["stringData"][key]).hostname or ""
+        parts = host.split(".")
+        ns = parts[1] if len(parts) > 2 and parts[2] == "svc" else None
+        check(ns in allowed, f"{name}: egress allows namespace {ns} of the example {key} {host}")
+
+
+def check_config_files(rendered, binary):
+    """Every TOML file of every rendered ConfigMap, checked by the binary: configs and
+    drop-ins as --config (with pricing.file pointing at the rendered price table), price
+    tables as pricing.file."""
+    seen = set()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MIMIR_OTLP_ENDPOINT", "LOKI_PUSH_ENDPOINT", "TOKENMETER_CONFIG")}
+    env.update(MIMIR_TENANT="check-manifests", LOKI_TENANT="check-manifests")
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in sorted(glob.glob(os.path.join(rendered, "*.yaml"))):
+            name = os.path.basename(path)[:-5]
+            cms = {d["metadata"]["name"]: d for d in load(path) if d["kind"] == "ConfigMap"}
+            prices = cms.get("tokenmeter-prices", {}).get("data", {})
+            price_file = os.path.join(tmp, f"{name}-prices.toml")
+            if "prices.toml" in prices:
+                with open(price_file, "w", encoding="utf-8") as f:
+                    f.write(prices["prices.toml"])
+            for cm_name, cm in cms.items():
+                for key, text in cm.get("data", {}).items():
+                    if not key.endswith(".toml") or (cm_name, key, text) in seen:
+                        continue
+                    seen.add((cm_name, key, text))
+                    if cm_name == "tokenmeter-prices":
+                        text = f'[pricing]\ncurrency = "USD"\nfile = "{price_file}"\n'
+                    else:
+                        text = text.replace('"/etc/tokenmeter/prices/prices.toml"',
+                                            f'"{price_file}"')
+                    conf = os.path.join(tmp, "check.toml")
+                    with open(conf, "w", encoding="utf-8") as f:
+                        f.write(text)
+                    r = subprocess.run([binary, "check-config", "--config", conf], env=env,
+                                       capture_output=True, text=True)
+                    if check(r.returncode == 0, f"{name}: ConfigMap {cm_name} {key}: check-config "
+                             f"failed: {r.stderr.strip()}"):
+                        print(f"INFO {name}: ConfigMap {cm_name} {key}: check-config passes")
+        # The tenant is required: without it the base config is refused, naming the variable.
+        with open(os.path.join(ROOT, "config/kubernetes/base/tokenmeter.toml")) as f:
+            base = f.read()
+        for var in ("MIMIR_TENANT", "LOKI_TENANT"):
+            conf = os.path.join(tmp, "check.toml")
+            with open(conf, "w", encoding="utf-8") as f:
+                f.write(base)
+            without = {k: v for k, v in env.items() if k != var}
+            r = subprocess.run([binary, "check-config", "--config", conf], env=without,
+                               capture_output=True, text=True)
+            check(r.returncode == 2 and f"environment variable {var} is not set" in r.stderr,
+                  f"base config without {var}: refused (exit 2) naming it, got exit "
+                  f"{r.returncode}: {r.stderr.strip()}")
 
 
 def header_of(value):
@@ -310,7 +547,7 @@ def format_keys(defaults_text, fmt):
 
 
 def main():
-    rendered, defaults_path = sys.argv[1], sys.argv[2]
+    rendered, defaults_path, binary = sys.argv[1], sys.argv[2], sys.argv[3]
     with open(defaults_path, encoding="utf-8") as f:
         defaults_text = f.read()
     defaults = tomllib.loads(defaults_text)
@@ -322,12 +559,14 @@ def main():
     for name in names:
         docs = load(os.path.join(rendered, f"{name}.yaml"))
         validate_crs(name, docs, crds)
-        if name == "base" or name.startswith("overlays-"):
+        if name in ("base", "install-doc") or name.startswith("overlays-"):
             config = check_install(name, docs, defaults)
             if name == "base":
                 base_config = config
     if base_config is not None and "gateway-example" in names:
         check_gateway(load(os.path.join(rendered, "gateway-example.yaml")), defaults, base_config)
+    check("install-doc" in names, "the overlay of docs/install.md rendered")
+    check_config_files(rendered, binary)
     for f in failures:
         print(f"FAIL {f}")
     print(f"manifest assertions over {len(names)} renderings: {len(failures)} failed")

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Renders every kustomization under config/kubernetes (base, overlays/*, gateway-example) with
-# `kubectl kustomize` and checks each rendering:
+# Renders every kustomization under config/kubernetes (base, overlays/*, gateway-example), and
+# the overlay docs/install.md tells users to write (its remote base of this release replaced by
+# the local one), with `kubectl kustomize` and checks each rendering:
 #   1. kubernetes-validate --strict (PyPI; bundled schemas of the Kubernetes API, offline) for
 #      the built-in kinds;
 #   2. scripts/check-crs.mjs: Gateway API, Envoy Gateway and Prometheus Operator resources
 #      against the @kubernetes-models schemas (npm), with unknown fields rejected;
 #   3. scripts/check-manifests.py: the AIGatewayRoute against the CRD excerpt vendored in
 #      tests/fixtures/crds, and the install's assertions (pod security, no Secret or priority
-#      class in the base, resources against BENCHMARKS.md, the gateway example against the
-#      binary's default [fields]).
+#      class in the base, resources against BENCHMARKS.md, the image and its release tag, the
+#      tenants required, every --config in a mounted ConfigMap, hashed config and unhashed
+#      price table, the NetworkPolicy, the gateway-nodes tolerations, the gateway example
+#      against the binary's default [fields]), and every TOML file of every rendered ConfigMap
+#      through `tokenmeter check-config`.
 # The OpenShift SecurityContextConstraints has no schema here and is not validated.
 # Installs kubernetes-validate into .cache/venv and the npm packages into .cache/node the first
 # time; fails (never skips) when kubectl, node or python3 is missing.
@@ -52,8 +56,29 @@ cp scripts/check-crs.mjs .cache/node/check-crs.mjs
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for dir in config/kubernetes/base config/kubernetes/overlays/* config/kubernetes/gateway-example; do
+# The overlay of docs/install.md (the yaml block after `<!-- check-manifests: install overlay
+# -->`), on the local base: its remote base must be this repository's at the newest release of
+# CHANGELOG.md.
+rm -rf .cache/install-doc && mkdir -p .cache/install-doc
+"$venv/bin/python" - docs/install.md CHANGELOG.md .cache/install-doc/kustomization.yaml <<'PY' \
+  || die "docs/install.md: no usable install overlay"
+import re, sys
+doc, changelog = (open(p, encoding="utf-8").read() for p in sys.argv[1:3])
+dest = sys.argv[3]
+m = re.search(r"<!-- check-manifests: install overlay -->\s*```yaml\n(.*?)```", doc, re.S)
+if not m:
+    sys.exit("docs/install.md: no ```yaml block after <!-- check-manifests: install overlay -->")
+release = re.search(r"^## \[(\d+\.\d+\.\d+)\]", changelog, re.M)[1]
+remote = "https://github.com/tokenmeter/tokenmeter//"
+refs = set(re.findall(re.escape(remote) + r"[^?\s]+\?ref=(\S+)", m[1]))
+if refs != {f"v{release}"}:
+    sys.exit(f"docs/install.md: the overlay's remote refs {sorted(refs)} are not v{release}")
+text = re.sub(re.escape(remote) + r"([^?\s]+)\?ref=\S+", r"../../\1", m[1])
+open(dest, "w", encoding="utf-8").write(text)
+PY
+for dir in config/kubernetes/base config/kubernetes/overlays/* .cache/install-doc config/kubernetes/gateway-example; do
   name=${dir#config/kubernetes/}
+  name=${name#.cache/}
   name=${name//\//-}
   kubectl kustomize "$dir" > "$out/$name.yaml" || die "kubectl kustomize $dir failed"
   echo "== $dir: $(grep -c '^kind:' "$out/$name.yaml") resources"
@@ -67,8 +92,8 @@ done
 # the program itself.
 cargo build --quiet --bin tokenmeter
 env -u TOKENMETER_CONFIG target/debug/tokenmeter check-config > "$out/defaults.toml"
-env -u MIMIR_OTLP_ENDPOINT -u LOKI_PUSH_ENDPOINT \
+env -u MIMIR_OTLP_ENDPOINT -u LOKI_PUSH_ENDPOINT MIMIR_TENANT=check-manifests LOKI_TENANT=check-manifests \
   target/debug/tokenmeter check-config --config config/kubernetes/base/tokenmeter.toml > /dev/null \
   || die "config/kubernetes/base/tokenmeter.toml: check-config failed"
 rm -f "$out"/*.json
-"$venv/bin/python" scripts/check-manifests.py "$out" "$out/defaults.toml"
+"$venv/bin/python" scripts/check-manifests.py "$out" "$out/defaults.toml" target/debug/tokenmeter
