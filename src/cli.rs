@@ -124,9 +124,12 @@ pub enum Command {
 
 #[derive(clap::Args, Debug)]
 pub struct ConfigArg {
-    /// Config file (TOML). Default: $TOKENMETER_CONFIG, else built-in defaults.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    /// Config file (TOML), or a directory of `*.toml` files read in name order. Give it
+    /// several times to layer files (`-c base.toml -c conf.d/`): a later file overrides the
+    /// keys it sets (tables merge, other values and arrays are replaced). Default:
+    /// $TOKENMETER_CONFIG (one file or directory), else built-in defaults.
+    #[arg(long, short = 'c', value_name = "FILE|DIR", action = clap::ArgAction::Append)]
+    pub config: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -160,7 +163,7 @@ fn init_logging() {
 }
 
 fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
-    Config::load(arg.config.as_deref()).map_err(|e| {
+    Config::load(&arg.config).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
@@ -319,7 +322,7 @@ fn run(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             let to_ns = if to_live {
-                match live_start(&config, config_path.as_deref()) {
+                match live_start(&config, &config_path) {
                     Ok(t) => Some(t),
                     Err(message) => {
                         eprintln!("error: --to live: {message}");
@@ -407,14 +410,20 @@ fn run(cli: Cli) -> ExitCode {
 /// lines written after that moment, so records with an earlier event time are the backfill's
 /// and later ones the agent's. With `start_at = "beginning"` it also counted the history in
 /// the files present at its first start, so no instant separates the two: refused.
-fn live_start(config: &Config, config_path: Option<&std::path::Path>) -> Result<i64, String> {
-    let from = match config_path.map(PathBuf::from).or_else(|| {
-        std::env::var_os("TOKENMETER_CONFIG")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-    }) {
-        Some(p) => format!("config {}", p.display()),
-        None => "the built-in default config".to_string(),
+fn live_start(config: &Config, config_paths: &[PathBuf]) -> Result<i64, String> {
+    let mut paths = config_paths.to_vec();
+    if paths.is_empty() {
+        paths.extend(
+            std::env::var_os("TOKENMETER_CONFIG")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+        );
+    }
+    let from = if paths.is_empty() {
+        "the built-in default config".to_string()
+    } else {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        format!("config {}", names.join(" + "))
     };
     let dir = &config.state_dir;
     if config.source.start_at == crate::config::StartAt::Beginning {

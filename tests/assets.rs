@@ -267,7 +267,7 @@ fn relative_links(markdown: &str) -> Vec<(usize, String)> {
 fn runbook_urls_doc_links_and_doc_references_reach_existing_headings() {
     let read = |rel: &str| std::fs::read_to_string(root().join(rel)).unwrap();
     let runbook = heading_anchors(&read("docs/runbook.md"));
-    const RUNBOOK: &str = "https://github.com/example/tokenmeter/blob/main/docs/runbook.md#";
+    const RUNBOOK: &str = "https://github.com/tokenmeter/tokenmeter/blob/main/docs/runbook.md#";
 
     // Alerts and their runbook URLs.
     let rules = read("config/prometheus/tokenmeter-rules.yaml");

@@ -460,6 +460,54 @@ fn config_errors_name_the_key_and_exit_2() {
 }
 
 #[test]
+fn config_files_and_directories_layer_and_an_error_names_the_file_that_set_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.toml");
+    std::fs::write(
+        &base,
+        "[source]\ninclude = [\"/a/*.log\", \"/b/*.log\"]\nmax_line_bytes = 4096\n[otlp.headers]\nA = \"1\"\n",
+    )
+    .unwrap();
+    let drop_in = dir.path().join("conf.d");
+    std::fs::create_dir(&drop_in).unwrap();
+    std::fs::write(drop_in.join("20-late.toml"), "[source]\nmax_line_bytes = 8192\n").unwrap();
+    std::fs::write(
+        drop_in.join("10-early.toml"),
+        "[source]\ninclude = [\"/c/*.log\"]\nmax_line_bytes = 2048\n[otlp.headers]\nB = \"2\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--show-secrets", "-c"])
+        .arg(&base)
+        .arg("-c")
+        .arg(&drop_in)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    // The array replaced whole, the last file's number, the header tables merged.
+    assert!(text.contains("include = [\"/c/*.log\"]"), "{text}");
+    assert!(text.contains("max_line_bytes = 8192"), "{text}");
+    assert!(text.contains("A = \"1\"") && text.contains("B = \"2\""), "{text}");
+
+    // A bad key in the drop-in: the error names the drop-in, not the base.
+    std::fs::write(drop_in.join("30-bad.toml"), "[source]\nmax_line_bytes = -1\n").unwrap();
+    let out = bin()
+        .args(["check-config", "-c"])
+        .arg(&base)
+        .arg("-c")
+        .arg(&drop_in)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("30-bad.toml") && err.contains("source.max_line_bytes"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_config_prints_the_effective_config() {
     let out = bin()
         .args(["check-config", "--config"])
