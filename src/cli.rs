@@ -1,4 +1,4 @@
-//! The command line of SPEC §2. Wiring only: parse arguments, load the config, call the
+//! The command line of docs/cli.md. Wiring only: parse arguments, load the config, call the
 //! command, map errors to exit codes (2 for usage/config errors, 1 for runtime failures).
 
 use std::path::PathBuf;
@@ -212,7 +212,7 @@ fn run(cli: Cli) -> ExitCode {
                         );
                     }
                 }
-                // Rates that rounding to 10^-12 currency units changed (SPEC §10).
+                // Rates that rounding to 10^-12 currency units changed (docs/spend.md).
                 if let Ok((_, warnings)) = c.price_table_with_warnings() {
                     for w in warnings {
                         eprintln!("warning: {}: {}", w.key, w.message);

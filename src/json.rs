@@ -1,7 +1,7 @@
 //! A validating JSON scanner that reports only the members of the top-level object.
 //!
 //! Owns: the JSON grammar (RFC 8259) plus Envoy's `\NNN` octal escape, string escape decoding,
-//! and the fast path described in `PERF-NOTES.md`. Must not know about access-log fields: callers
+//! and the fast path described below. Must not know about access-log fields: callers
 //! get `(key, value)` pairs and decide what they mean. Pure, no I/O; the only heap use is
 //! the reused vector of quote masks.
 //!

@@ -19,7 +19,7 @@ pub struct FileCursor {
     pub decoder: Decoder,
     /// Physical lines read so far (1-based number of the last one), for messages.
     pub line_no: u64,
-    /// Event time of the previous record (SPEC §3 fallback), initially the file's mtime.
+    /// Event time of the previous record (docs/guarantees.md "Event time" fallback), initially the file's mtime.
     fallback: Fallback,
 }
 
@@ -62,7 +62,7 @@ struct Unparsed {
     duration_ms: Option<f64>,
 }
 
-/// SPEC §3's fallback of one file: the event time of its latest record that had one. Kept
+/// The fallback of docs/guarantees.md "Event time" for one file: the event time of its latest record that had one. Kept
 /// as the unparsed time fields of the records since the last worked-out time, so that a
 /// replay whose prices depend on time parses timestamps only for the records whose price
 /// needs them (parsing is a tenth of a line's cost).
@@ -170,7 +170,7 @@ pub trait LineSink {
 pub struct NoSink;
 impl LineSink for NoSink {}
 
-/// The one event-time rule (SPEC §3): the envelope's timestamp when there is one, else the
+/// The one event-time rule (docs/guarantees.md "Event time"): the envelope's timestamp when there is one, else the
 /// record's `start_time` + `duration`, else its `start_time`. `None` leaves the fallback to the
 /// caller: `run` takes the time of reading, `replay` the previous record's event time.
 #[inline]

@@ -2,7 +2,7 @@
 //!
 //! Owns: the order of files, opening them all before reading any (so a missing file stops the
 //! replay before anything is written), which sinks get the records (backfill, Loki), reading in
-//! order or in parallel, the progress bar, and (in `summary`) the summary formats of SPEC §2.
+//! order or in parallel, the progress bar, and (in `summary`) the summary formats of docs/cli.md.
 //! Must not: bucket, format or send backfill samples (`backfill` does, handed the records and
 //! the windows).
 
@@ -33,7 +33,7 @@ use crate::source::{expand_inputs, open_input, AtEof, Input, InputError, LineRea
 /// Stands for "for ever" where `--retry-for` is too large to add to a clock reading.
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
-/// What to do besides summarising (SPEC §2 `replay` flags).
+/// What to do besides summarising (docs/cli.md `replay` flags).
 #[derive(Clone, Debug, Default)]
 pub struct ReplayOptions {
     pub from_ns: Option<i64>,
@@ -631,7 +631,7 @@ fn stdin_identity() -> Option<(u64, u64)> {
 }
 
 /// Replays `args` (files, directories, globs) in order, with the backfill and forwarding
-/// options of SPEC §2. The progress bar is drawn on stderr only when it is a terminal.
+/// options of docs/cli.md. The progress bar is drawn on stderr only when it is a terminal.
 pub fn replay(
     config: &Config,
     args: &[PathBuf],
@@ -718,7 +718,7 @@ pub fn replay(
         .price_table()
         .map_err(|e| ReplayError::Read(anyhow::anyhow!("{e}")))?;
     // Each record is priced at its own event time: when a price has a `from`, event times
-    // are tracked (SPEC §3's fallback to the previous record needs every record's).
+    // are tracked (the fallback of docs/guarantees.md "Event time" to the previous record needs every record's).
     let time_dependent = prices.as_ref().is_some_and(|t| t.time_dependent());
     let event_times = if opts.needs_event_time() {
         EventTimes::Every

@@ -1,4 +1,4 @@
-//! The one metric schema (SPEC §4 "One schema"): every family's name, help, unit, type and
+//! The one metric schema (docs/metrics.md): every family's name, help, unit, type and
 //! label names, and how its points are read from a [`View`]. `/metrics` (`server`) and the
 //! live OTLP request (`export::otlp`) are formatters over [`families`]; neither defines a
 //! family, a help string or a label itself.
@@ -29,7 +29,7 @@ pub enum Kind {
 pub enum Value<'a> {
     Int(u64),
     Gauge(i64),
-    /// An amount of money in units of 10^-12 currency (SPEC §10): each formatter writes it
+    /// An amount of money in units of 10^-12 currency (docs/spend.md): each formatter writes it
     /// as a decimal (exactly where the format allows, else as a double).
     Cost(u128),
     Histogram(&'a Histogram),
@@ -130,7 +130,7 @@ pub struct View<'a> {
     /// `metrics.labels`: on every token point.
     pub static_labels: Vec<(&'a str, &'a str)>,
     pub agent: Option<&'a AgentView>,
-    /// The configured budgets (SPEC §10), as gauges on a live agent (none in backfill).
+    /// The configured budgets (docs/spend.md), as gauges on a live agent (none in backfill).
     pub budgets: &'a [BudgetView],
     /// Label values of `tokenmeter_invalid_fields`, in the order of the snapshot's counts.
     invalid_names: Vec<String>,
@@ -161,7 +161,7 @@ pub fn budget_views(budgets: &[crate::pricing::Budget]) -> Vec<BudgetView> {
         .collect()
 }
 
-/// The token types of SPEC §10 in their index order: input, output, total, then the extras.
+/// The token types of docs/spend.md in their index order: input, output, total, then the extras.
 pub fn token_type_names(extra_names: &[String]) -> Vec<String> {
     let mut v = vec!["input".to_string(), "output".into(), "total".into()];
     v.extend(extra_names.iter().cloned());
@@ -391,7 +391,7 @@ fn per_pair(read: fn(&PairSnapshot) -> (u64, i64)) -> Points {
     })
 }
 
-/// SPEC §10: cost per series, unpriced and unmetered requests per (model, service_id), and
+/// docs/spend.md: cost per series, unpriced and unmetered requests per (model, service_id), and
 /// the budgets. Cost has points only while pricing is on (the snapshot has a currency).
 fn spend_families(p: &str) -> Vec<Family> {
     let pair_family = |name: String, help, read: fn(&PairSnapshot) -> (u64, i64)| Family {
@@ -407,7 +407,7 @@ fn spend_families(p: &str) -> Vec<Family> {
     vec![
         token(
             format!("{p}_cost"),
-            "Cost of the requests at the prices in force at their event time (SPEC §10).",
+            "Cost of the requests at the prices in force at their event time (docs/spend.md).",
             "{cost}",
             &["model", "api_key_id", "service_id", "currency"],
             read(|x, currency, f| {

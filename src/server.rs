@@ -1,7 +1,7 @@
 //! HTTP endpoints (axum): `/metrics`, `/healthz` (the metering loop's heartbeat against
 //! `server.liveness_timeout`), `/readyz`, `/status`.
 //!
-//! Owns: the exposition of the token counters and self-metrics of SPEC §4 through
+//! Owns: the exposition of the token counters and self-metrics of docs/metrics.md through
 //! `prometheus-client`, with one collector that encodes straight from a snapshot of the store
 //! at scrape time. Reads snapshots and published statuses only, through the narrow handles of
 //! [`ServerContext`]; it never sees the daemon.

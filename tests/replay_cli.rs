@@ -470,7 +470,11 @@ fn config_files_and_directories_layer_and_an_error_names_the_file_that_set_the_k
     .unwrap();
     let drop_in = dir.path().join("conf.d");
     std::fs::create_dir(&drop_in).unwrap();
-    std::fs::write(drop_in.join("20-late.toml"), "[source]\nmax_line_bytes = 8192\n").unwrap();
+    std::fs::write(
+        drop_in.join("20-late.toml"),
+        "[source]\nmax_line_bytes = 8192\n",
+    )
+    .unwrap();
     std::fs::write(
         drop_in.join("10-early.toml"),
         "[source]\ninclude = [\"/c/*.log\"]\nmax_line_bytes = 2048\n[otlp.headers]\nB = \"2\"\n",
@@ -483,15 +487,26 @@ fn config_files_and_directories_layer_and_an_error_names_the_file_that_set_the_k
         .arg(&drop_in)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     // The array replaced whole, the last file's number, the header tables merged.
     assert!(text.contains("include = [\"/c/*.log\"]"), "{text}");
     assert!(text.contains("max_line_bytes = 8192"), "{text}");
-    assert!(text.contains("A = \"1\"") && text.contains("B = \"2\""), "{text}");
+    assert!(
+        text.contains("A = \"1\"") && text.contains("B = \"2\""),
+        "{text}"
+    );
 
     // A bad key in the drop-in: the error names the drop-in, not the base.
-    std::fs::write(drop_in.join("30-bad.toml"), "[source]\nmax_line_bytes = -1\n").unwrap();
+    std::fs::write(
+        drop_in.join("30-bad.toml"),
+        "[source]\nmax_line_bytes = -1\n",
+    )
+    .unwrap();
     let out = bin()
         .args(["check-config", "-c"])
         .arg(&base)

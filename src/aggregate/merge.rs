@@ -32,7 +32,7 @@ impl Store {
     /// order they were created in `part`, which is the order their first records came in.
     ///
     /// Refused (`false`, nothing changed) when a label value or a series of `part` would be
-    /// folded here (a limit of SPEC §4 reached): folding is decided record by record, so the
+    /// folded here (a limit of docs/metrics.md reached): folding is decided record by record, so the
     /// caller counts that input again here. Without folding every counter is a sum, so the
     /// result is the one reading in order gives — except the duration histograms' float
     /// sums, added in another order (not in replay's outputs).

@@ -1,4 +1,4 @@
-//! Records → the counter store of SPEC §4, with the cardinality guard and the self-counters.
+//! Records → the counter store of docs/metrics.md, with the cardinality guard and the self-counters.
 //!
 //! Owns: one counter set per (model, api_key_id, service_id), requests per status class, the
 //! duration histogram per (model, service_id, status_class), the per-label value limits and
@@ -9,7 +9,7 @@
 //! it is seen; series are keyed by the id triple. Counting a record then costs three lookups
 //! of borrowed strings and one of three integers, and allocates nothing unless a value is new.
 //!
-//! The parts: [`interner`] (label values ↔ ids), [`spend`] (prices and cost, SPEC §10),
+//! The parts: [`interner`] (label values ↔ ids), [`spend`] (prices and cost, docs/spend.md),
 //! [`merge`] (a part counted apart joins the store), [`snapshot`] (the owned copy and the
 //! restore).
 
@@ -84,7 +84,7 @@ pub struct SelfStats {
     /// Records whose label was folded, indexed like [`OVERFLOW_LABELS`].
     pub overflows: [u64; 4],
     /// Per token type (input, output, total, extras): records whose count of that type was
-    /// above its nearest priced ancestor's (SPEC §10 arithmetic). Empty without pricing.
+    /// above its nearest priced ancestor's (docs/spend.md arithmetic). Empty without pricing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub child_exceeds: Vec<u64>,
 }
@@ -184,7 +184,7 @@ pub struct Store {
     stats: SelfStats,
     /// The time new series are stamped with (set by the caller between reads; 0 in replay).
     clock_ns: i64,
-    /// SPEC §10: the prices, the cost per series and the unpriced and unmetered counts.
+    /// docs/spend.md: the prices, the cost per series and the unpriced and unmetered counts.
     spend: Spend,
     /// For an [`Store::unlimited`] part: the limits of the store it is merged into (model,
     /// api_key_id and service_id values, series). A part beyond any of them cannot be

@@ -1,4 +1,4 @@
-//! Spend (SPEC §10) in the store: the price in force for each record (cached per series and
+//! Spend (docs/spend.md) in the store: the price in force for each record (cached per series and
 //! per (model, service_id) until the next `from`), its cost charged per record or per run of
 //! records of one linear entry, and the unpriced and unmetered counts.
 //!
@@ -15,11 +15,11 @@ use crate::pricing::{EntryId, PriceTable, TypeCounts};
 
 use super::{label_value, Store};
 
-/// The spend ledger of SPEC §10: everything the store keeps for prices and cost, beside the
+/// The spend ledger of docs/spend.md: everything the store keeps for prices and cost, beside the
 /// counters. Held by [`Store`] as one field; its methods are [`Store`]'s, since charging reads
 /// the series' counters.
 pub(super) struct Spend {
-    /// Cost per series in units of 10^-12 currency (SPEC §10), indexed like `series`.
+    /// Cost per series in units of 10^-12 currency (docs/spend.md), indexed like `series`.
     pub(super) cost: Vec<u128>,
     /// The price table in force (`None`: pricing off) and its currency.
     pub(super) pricing: Option<Arc<PriceTable>>,
@@ -107,7 +107,7 @@ pub(super) struct Pair {
     pub(super) ids: [u32; 2],
     pub(super) unpriced: u64,
     pub(super) unmetered: u64,
-    /// When each counter first went above 0 (the start of its series, SPEC §4 "First
+    /// When each counter first went above 0 (the start of its series, docs/metrics.md "Series start times and first
     /// increments").
     pub(super) unpriced_start_ns: i64,
     pub(super) unmetered_start_ns: i64,
@@ -150,7 +150,7 @@ impl Store {
         self.spend.currency.as_deref()
     }
 
-    /// SPEC §10 per record: the price in force at its event time, its cost, unpriced and
+    /// docs/spend.md per record: the price in force at its event time, its cost, unpriced and
     /// child-above-parent counts, for the record `at` says was counted.
     pub(super) fn price(&mut self, at: Counted<'_, '_>, event_ns: impl FnOnce() -> Option<i64>) {
         // Taken out and put back (no reference count touched per record).
@@ -186,7 +186,7 @@ impl Store {
         };
         let core = [r.input_tokens, r.output_tokens, r.total_tokens];
         let extra = &r.extra_tokens[..self.n_extra];
-        // The total of SPEC §3 is valid when its field is, or when input or output is.
+        // The total of docs/guarantees.md "What counts" is valid when its field is, or when input or output is.
         let counts = || {
             let mut valid = u64::from(r.valid);
             if valid & (1 << INPUT_BIT | 1 << OUTPUT_BIT) != 0 {

@@ -1,4 +1,4 @@
-//! Backfill (SPEC §6, `replay --openmetrics` / `--push` / `--from` / `--to`): counted records
+//! Backfill (docs/backfill.md, `replay --openmetrics` / `--push` / `--from` / `--to`): counted records
 //! bucketed by `--step` into block windows as they are read, each window's cumulative samples
 //! written as OpenMetrics text or pushed as OTLP with historical timestamps.
 //!

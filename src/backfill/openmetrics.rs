@@ -1,4 +1,4 @@
-//! Backfill as OpenMetrics text (SPEC §6): the cumulative value of every series at the end of
+//! Backfill as OpenMetrics text (docs/backfill.md): the cumulative value of every series at the end of
 //! each `--step` that has data, for `promtool tsdb create-blocks-from openmetrics` /
 //! `mimirtool backfill`.
 //!
@@ -37,7 +37,7 @@ fn escape(v: &str) -> String {
 /// Writes the OpenMetrics text: per metric family of the schema a `# TYPE` and `# HELP` line,
 /// each series' samples in time order with timestamps in seconds, `job="tokenmeter"` and
 /// `instance`, then `# EOF`. Each series starts with a 0 one step before its first value, so
-/// PromQL's `increase()` sees its first increment (SPEC §4 "First increments").
+/// PromQL's `increase()` sees its first increment (docs/metrics.md "Series start times and first increments").
 #[allow(clippy::too_many_arguments)]
 pub fn write_openmetrics(
     out: &mut dyn Write,
@@ -110,7 +110,7 @@ pub fn write_openmetrics(
                     first = first.min(t);
                     last = last.max(t);
                     buf.extend_from_slice(line_start.as_bytes());
-                    // Money exactly, in decimal (SPEC §10: divided only when written).
+                    // Money exactly, in decimal (docs/spend.md: divided only when written).
                     if money {
                         buf.extend_from_slice(crate::pricing::format_units(v).as_bytes());
                     } else {

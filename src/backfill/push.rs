@@ -1,4 +1,4 @@
-//! Backfill as OTLP (SPEC §6, `replay --push`): a block window's samples as OTLP requests with
+//! Backfill as OTLP (docs/backfill.md, `replay --push`): a block window's samples as OTLP requests with
 //! their historical timestamps, and the client that sends them within one `--retry-for`.
 //!
 //! Owns: the backfill's data points (every point with its series' start time, a 0 at that

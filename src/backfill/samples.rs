@@ -56,7 +56,7 @@ pub struct Cumulative {
 
 /// One label set of one series in one family: the label after the series' own and
 /// `metrics.labels` (`status_class`, `currency`, or none), its first sample's time, and
-/// whether it starts here (no sample in an earlier window: it then starts with a 0, SPEC §4
+/// whether it starts here (no sample in an earlier window: it then starts with a 0, docs/metrics.md
 /// "First increments").
 #[derive(Clone, Copy)]
 pub(super) struct LabelSet<'c> {

@@ -1,4 +1,4 @@
-//! Streaming backfill (SPEC §6, issue 13): counted records bucketed by `--step` as they are
+//! Streaming backfill (docs/backfill.md, issue 13): counted records bucketed by `--step` as they are
 //! read; a step's samples are taken once no more records can fall into it, and samples are
 //! grouped in block windows (`--block`, 2 h) that are handed out as soon as they are complete.
 //!
@@ -72,7 +72,7 @@ pub struct Shape {
 }
 
 /// One block window's samples: each series' in time order. A series whose first sample is in
-/// this window has `start_ns` one step before it (the 0 of SPEC §4 "First increments"); a
+/// this window has `start_ns` one step before it (the 0 of docs/metrics.md "Series start times and first increments"); a
 /// series continuing from an earlier window keeps its start. The series are put in label
 /// order by [`Window::into_sorted`], on the writer's side (off the counting path).
 pub struct Window {

@@ -1,4 +1,4 @@
-//! The TOML config of SPEC §7: every key with its default, `${ENV}` expansion, durations, and
+//! The TOML config of docs/configuration.md: every key with its default, `${ENV}` expansion, durations, and
 //! validation that names the offending key.
 //!
 //! Owns: reading and checking the config file. Must not start anything: the rest of the
@@ -55,9 +55,9 @@ pub struct Config {
     pub server: Server,
     pub otlp: Otlp,
     pub loki: Loki,
-    /// SPEC §10: prices (cost is off while there are none).
+    /// docs/spend.md: prices (cost is off while there are none).
     pub pricing: crate::pricing::Pricing,
-    /// SPEC §10: token and cost budgets per API key, exported as gauges.
+    /// docs/spend.md: token and cost budgets per API key, exported as gauges.
     pub budgets: Vec<crate::pricing::Budget>,
 }
 
@@ -795,7 +795,7 @@ impl Config {
         Ok(pricing)
     }
 
-    /// The compiled price table (`None`: no prices, cost off) and the warnings of SPEC §10
+    /// The compiled price table (`None`: no prices, cost off) and the warnings of docs/spend.md
     /// (rates that rounding to 10^-12 units changed).
     pub fn price_table_with_warnings(
         &self,

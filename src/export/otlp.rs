@@ -1,4 +1,4 @@
-//! OTLP/HTTP metrics export (SPEC §4, §6): the store's snapshot as an
+//! OTLP/HTTP metrics export (docs/metrics.md, docs/otlp-and-loki.md): the store's snapshot as an
 //! `ExportMetricsServiceRequest` of monotonic cumulative Sums and a Histogram, POSTed as
 //! protobuf (gzip) with retries.
 //!

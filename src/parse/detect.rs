@@ -1,4 +1,4 @@
-//! Telling the formats apart line by line (SPEC §3 order: gen_ai, genai_v04, kong, higress,
+//! Telling the formats apart line by line (docs/formats.md order: gen_ai, genai_v04, kong, higress,
 //! then tokenmeter), and Kong's plugins: one request per plugin that reports usage.
 //!
 //! Owns: the detection flags, the choice of a JSON line's format, the list of a Kong line's
@@ -18,7 +18,7 @@ use super::{Parsed, Record};
 const SEEN_GEN_AI: u8 = 1;
 const SEEN_GENAI_V04: u8 = 2;
 
-/// The detection flags a top-level key sets (SPEC §3: gen_ai is "any key starting
+/// The detection flags a top-level key sets (docs/formats.md: gen_ai is "any key starting
 /// `gen_ai.usage.` or `gen_ai.request.model`", genai_v04 "a key starting `genai_tokens_` or
 /// `genai_model_name`").
 #[inline]
@@ -32,7 +32,7 @@ pub(super) fn detect_key(name: &[u8]) -> u8 {
     }
 }
 
-/// The format of a JSON line, tried in SPEC order: gen_ai, genai_v04, kong, higress, then
+/// The format of a JSON line, tried in the order of docs/formats.md: gen_ai, genai_v04, kong, higress, then
 /// tokenmeter for any other object. Kong's plugins are found on the way.
 pub(super) fn detect(t: &Tables, w: &mut Work, line: &str, seen: u8) -> Format {
     if seen & SEEN_GEN_AI != 0 {

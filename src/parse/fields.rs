@@ -58,7 +58,7 @@ impl Default for Fields {
     }
 }
 
-/// The extra token types every config has (SPEC §3): each format maps them where its
+/// The extra token types every config has (docs/formats.md): each format maps them where its
 /// gateway logs them, and a series of one appears with its first non-zero value.
 pub const DEFAULT_EXTRA_TOKENS: [&str; 3] = ["cache_creation_input", "cached_input", "reasoning"];
 

@@ -1,4 +1,4 @@
-//! One logical line → borrowed [`Record`]s under the rules of SPEC §3, in whichever of the
+//! One logical line → borrowed [`Record`]s under the rules of docs/guarantees.md "What counts", in whichever of the
 //! access-log formats of [`format`] the line is written.
 //!
 //! Owns: telling the formats apart line by line (`detect`), reading a line with its format's
@@ -8,7 +8,7 @@
 //! case (top-level keys, no escapes in the wanted values) it allocates nothing: label values
 //! borrow from the line. Must not count anything: that is `aggregate`'s job.
 //!
-//! Deliberate rules beyond SPEC §3:
+//! Deliberate rules beyond docs/guarantees.md "What counts":
 //! - A key that appears twice: the last one wins (as in JavaScript's and Python's JSON).
 //! - Where a field has two keys, the first that holds a value wins: for a token field a value
 //!   other than null, `""` and `"-"` (an invalid first value does not fall back); for a label
@@ -48,7 +48,7 @@ pub use values::tokens;
 
 /// Largest valid token value: 2^53, the largest integer every JSON consumer holds exactly.
 pub const MAX_TOKENS: u64 = 1 << 53;
-/// Label values are cut to this many bytes (on a character boundary; SPEC §3): here when a
+/// Label values are cut to this many bytes (on a character boundary; docs/guarantees.md "What counts"): here when a
 /// record is read, in `aggregate::label_value` for any other value that becomes a label, and
 /// `pricing` warns that a longer budget key never matches. Defined once, here, the earliest
 /// layer that needs it.
@@ -97,7 +97,7 @@ impl StatusClass {
     }
 }
 
-/// A token field's value under SPEC §3.
+/// A token field's value under docs/guarantees.md "What counts".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tokens {
     /// Missing, `null`, `"-"` or `""`: nothing to add.
@@ -158,7 +158,7 @@ pub struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// Event time (SPEC §3): the envelope's timestamp, else the time the line was written,
+    /// Event time (docs/guarantees.md "Event time"): the envelope's timestamp, else the time the line was written,
     /// else start + duration, else start.
     pub fn event_time_ns(&self, envelope_ns: Option<i64>) -> Option<i64> {
         if envelope_ns.is_some() {
@@ -174,7 +174,7 @@ impl Record<'_> {
     }
 }
 
-/// The record part of the event time (SPEC §3): `start_time` + `duration`, else `start_time`;
+/// The record part of the event time (docs/guarantees.md "Event time"): `start_time` + `duration`, else `start_time`;
 /// `None` when `start_time` is not an RFC 3339 time.
 pub fn start_plus_duration(start_time: &JsonStr<'_>, duration_ms: Option<f64>) -> Option<i64> {
     let start = parse_rfc3339_nanos(&start_time.decode())?;

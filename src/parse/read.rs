@@ -1,5 +1,5 @@
 //! Reading one request's fields with its format's mapping: the first key that holds a value
-//! wins, the hot path for mappings of top-level keys only (`read_simple`), and the SPEC §3
+//! wins, the hot path for mappings of top-level keys only (`read_simple`), and the docs/guarantees.md "What counts"
 //! total rule that turns the counts into a [`Record`].
 //!
 //! Owns: field fallback (`Holds`), `read_record`, `read_simple`, what is an LLM request.
@@ -357,7 +357,7 @@ fn raw_duration(line: &str, raw: Option<Raw>) -> Option<f64> {
     duration_ms(Some(raw.value(line)))
 }
 
-/// A request's counts under the rules of SPEC §3: which token fields were valid or invalid,
+/// A request's counts under the rules of docs/guarantees.md "What counts": which token fields were valid or invalid,
 /// the extra types, and the total rule.
 struct Counts {
     input: Option<u64>,

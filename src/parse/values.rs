@@ -1,4 +1,4 @@
-//! The value rules of SPEC §3 on one JSON value: token counts (digits, at most 2^53, a number
+//! The value rules of docs/guarantees.md "What counts" on one JSON value: token counts (digits, at most 2^53, a number
 //! with no fraction), labels (cut to [`MAX_LABEL_BYTES`]), the status class and durations,
 //! with fast paths that read them straight from a value's span.
 //!
@@ -137,7 +137,7 @@ pub(super) fn cut_label(s: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
-/// The token value rules of SPEC §3.
+/// The token value rules of docs/guarantees.md "What counts".
 pub fn tokens(v: Option<Value<'_>>) -> Tokens {
     match v {
         None | Some(Value::Null) => Tokens::NotMeasured,

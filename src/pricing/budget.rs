@@ -1,4 +1,4 @@
-//! The `[[budgets]]` checks of SPEC §10: windows, a budget's cost in units, and the config
+//! The `[[budgets]]` checks of docs/spend.md: windows, a budget's cost in units, and the config
 //! errors and warnings of the list.
 //!
 //! Owns: what a budget entry may say. Must not: track spend against a budget (that is

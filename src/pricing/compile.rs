@@ -268,7 +268,7 @@ fn compile_rates(
     Ok(rates)
 }
 
-/// SPEC: a `total` rate beside an `input` or `output` rate is an error.
+/// docs/spend.md: a `total` rate beside an `input` or `output` rate is an error.
 fn check_total_alone(
     rates: &[Option<u64>],
     context: &EntryContext,

@@ -1,4 +1,4 @@
-//! The price table of SPEC §10 ("Spend"): the `[pricing]` and `[[budgets]]` config types and
+//! The price table of docs/spend.md ("Spend"): the `[pricing]` and `[[budgets]]` config types and
 //! the price-file syntax, their validation, exact rate arithmetic, the choice of the entry in
 //! force for a record, and a record's cost in integer units of 10^-12 currency.
 //!
@@ -59,7 +59,7 @@ const MAX_TYPES: usize = 64;
 /// Bits of input, output and total.
 const CORE_TYPES: u64 = 1 << INPUT | 1 << OUTPUT | 1 << TOTAL;
 
-/// The budget windows of SPEC §10 and their length in seconds.
+/// The budget windows of docs/spend.md and their length in seconds.
 pub const BUDGET_WINDOWS: [(&str, u64); 3] =
     [("1d", 86_400), ("7d", 7 * 86_400), ("30d", 30 * 86_400)];
 
@@ -149,7 +149,7 @@ mod test_support {
     pub(super) const FEB: i64 = 1_769_904_000_000_000_000;
     pub(super) const MAR: i64 = 1_772_323_200_000_000_000;
 
-    pub(super) const SPEC_EXAMPLE: &str = r#"
+    pub(super) const SPEND_EXAMPLE: &str = r#"
         [[pricing.prices]]
         model = "gpt-4o-mini*"
         per_million = { input = 0.15, output = 0.60, cached_input = 0.075 }

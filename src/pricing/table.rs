@@ -2,7 +2,7 @@
 //! service_id and event time) and the cost of one record, or of many summed when an entry is
 //! linear.
 //!
-//! Owns: [`PriceTable`] and what it holds, selection, the charge rule (SPEC §10 "Arithmetic"
+//! Owns: [`PriceTable`] and what it holds, selection, the charge rule (docs/spend.md "Arithmetic"
 //! and "Unpriced"). Must not: validate config (that is [`super::compile`]), read decimal text,
 //! or cache selections (it says for how long a selection holds so the caller can).
 
@@ -15,7 +15,7 @@ use super::{CORE_TYPES, INPUT, MAX_TYPES, OUTPUT, TOTAL};
 pub struct EntryId(pub u32);
 
 /// A record's token counts by type index (see [`PriceTable::type_names`]) and which of them
-/// were measured. A type without its valid bit counts 0. The `total` count is SPEC §3's total
+/// were measured. A type without its valid bit counts 0. The `total` count is the total of docs/guarantees.md "What counts"
 /// (the total field when valid, else input + output of the valid ones), valid when that exists.
 #[derive(Clone, Copy, Debug)]
 pub struct TypeCounts<'a> {
@@ -62,7 +62,7 @@ impl<'a> TypeCounts<'a> {
 pub struct Charge {
     /// Cost in units of 10^-12 currency.
     pub units: u128,
-    /// The entry prices only part of the record (SPEC "Unpriced"): the caller adds 1 to
+    /// The entry prices only part of the record (docs/spend.md "Unpriced"): the caller adds 1 to
     /// `llm_unpriced_requests_total`.
     pub incomplete: bool,
     /// Bit `i`: priced type `i`'s count is above its nearest priced ancestor's (the caller adds
@@ -113,7 +113,7 @@ impl RateSet {
         units
     }
 
-    /// SPEC §10 "Unpriced": a count > 0 of input or output (of total when neither is valid)
+    /// docs/spend.md "Unpriced": a count > 0 of input or output (of total when neither is valid)
     /// that no rate of this set covers.
     #[inline]
     fn incomplete(&self, counts: &TypeCounts<'_>) -> bool {
@@ -248,7 +248,7 @@ impl PriceTable {
             if let Some(&(from, id)) = in_force.checked_sub(1).and_then(|i| group.entries.get(i)) {
                 return (Some(id), from.unwrap_or(i64::MIN), until);
             }
-            // Nothing in force yet: the next group gets its chance (SPEC "Selection").
+            // Nothing in force yet: the next group gets its chance (docs/spend.md "Selection").
         }
         (None, i64::MIN, until)
     }
@@ -372,7 +372,7 @@ mod tests {
     #[test]
     fn spec_example_charges_cached_input_at_its_rate_and_reasoning_as_output() {
         // Types: input, output, total, cached_input (3), reasoning (4); default included_in.
-        let t = table(SPEC_EXAMPLE, &["cached_input", "reasoning"]);
+        let t = table(SPEND_EXAMPLE, &["cached_input", "reasoning"]);
         assert_eq!(
             t.type_names(),
             ["input", "output", "total", "cached_input", "reasoning"]
@@ -389,7 +389,7 @@ mod tests {
 
     #[test]
     fn a_type_without_a_valid_value_counts_zero() {
-        let t = table(SPEC_EXAMPLE, &["cached_input", "reasoning"]);
+        let t = table(SPEND_EXAMPLE, &["cached_input", "reasoning"]);
         // cached_input's valid bit (3) unset: input is charged in full, 1000 × 150_000.
         let valid = 0b10111;
         let c = charge(&t, &[1000, 0, 1000, 400, 0], valid, true);
@@ -471,7 +471,7 @@ mod tests {
 
     #[test]
     fn a_child_above_its_priced_parent_is_charged_alone_and_flagged() {
-        let t = table(SPEC_EXAMPLE, &["cached_input"]);
+        let t = table(SPEND_EXAMPLE, &["cached_input"]);
         // A pre-v0.5.0 log: cached 1200 > input 1000. input is charged max(0, 1000 - 1200) = 0;
         // cached 1200 × 75_000 = 90_000_000; output 0.
         let c = charge(&t, &[1000, 0, 1000, 1200], ALL, true);
@@ -557,7 +557,7 @@ mod tests {
 
     #[test]
     fn an_unknown_entry_id_costs_nothing() {
-        let t = table(SPEC_EXAMPLE, &["cached_input"]);
+        let t = table(SPEND_EXAMPLE, &["cached_input"]);
         let c = t.charge(EntryId(7), &TypeCounts::from_slice(&[5, 5, 10], ALL), true);
         assert_eq!(c, Charge::default());
     }
@@ -674,7 +674,7 @@ mod tests {
         assert_eq!(empty.select("gpt-5", "x", JAN), (None, i64::MIN, i64::MAX));
     }
 
-    /// A random token-type tree with a random priced subset (SPEC-valid: no total beside
+    /// A random token-type tree with a random priced subset (valid by docs/spend.md: no total beside
     /// input/output) and random per-token rates.
     #[derive(Debug, Clone)]
     struct Scenario {
@@ -812,7 +812,7 @@ mod tests {
             prop_assert_eq!(c.units, top_most);
         }
 
-        /// The precomputed charge agrees with a direct reading of SPEC "Arithmetic" and
+        /// The precomputed charge agrees with a direct reading of docs/spend.md "Arithmetic" and
         /// "Unpriced" for any counts and validity, consistent or not.
         #[test]
         fn charge_agrees_with_a_direct_reading_of_the_spec(

@@ -58,7 +58,7 @@ impl TypeTree {
                     ),
                 });
             }
-            // SPEC: keys naming a type that [fields.extra_tokens] does not define are ignored
+            // docs/spend.md: keys naming a type that [fields.extra_tokens] does not define are ignored
             // (the default names cache and reasoning types a deployment may not collect).
             let Some(child_index) = tree.index(child) else {
                 continue;
@@ -148,7 +148,7 @@ mod tests {
     fn included_in_keys_of_undefined_types_are_ignored() {
         // The default names cached_input, cache_creation_input and reasoning; none defined.
         compile(
-            SPEC_EXAMPLE.replace(", cached_input = 0.075", "").as_str(),
+            SPEND_EXAMPLE.replace(", cached_input = 0.075", "").as_str(),
             &[],
         )
         .unwrap();

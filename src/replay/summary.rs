@@ -1,4 +1,4 @@
-//! The replay's summary (SPEC §2 `--summary`): the readable text report and the one-line JSON
+//! The replay's summary (docs/cli.md `--summary`): the readable text report and the one-line JSON
 //! object, from a [`ReplayReport`].
 //!
 //! Owns: the summary formats: what they list, their keys and their alignment. Must not: count,
@@ -34,7 +34,7 @@ struct JsonSummary<'a> {
     pushed: Option<&'a BTreeMap<&'static str, u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     loki: Option<&'a LokiReport>,
-    /// With pricing (SPEC §10): the currency, the total cost, and the requests that were
+    /// With pricing (docs/spend.md): the currency, the total cost, and the requests that were
     /// unpriced (wholly or in part) and unmetered.
     #[serde(skip_serializing_if = "Option::is_none")]
     currency: Option<&'a str>,
@@ -47,7 +47,7 @@ struct JsonSummary<'a> {
 }
 
 /// An amount written as a JSON number in plain decimal notation from its integer units, never
-/// through a float (SPEC §10 "Summary").
+/// through a float (docs/spend.md "Summary").
 struct Money(u128);
 
 impl Serialize for Money {
@@ -74,7 +74,7 @@ struct JsonSeries<'a> {
     cost: Option<Money>,
 }
 
-/// The `--summary json` object of SPEC §2 (one line, then `\n`). Every skip reason is present,
+/// The `--summary json` object of docs/cli.md (one line, then `\n`). Every skip reason is present,
 /// zero or not, so scripts can rely on the keys. Backfill and Loki results are added under
 /// their own keys only when those flags were given.
 pub fn summary_json(r: &ReplayReport) -> String {
@@ -303,7 +303,7 @@ pub fn summary_text(r: &ReplayReport) -> String {
     out
 }
 
-/// SPEC §10: spend by API key and by model (every row, largest first), and where requests
+/// docs/spend.md: spend by API key and by model (every row, largest first), and where requests
 /// were unpriced or unmetered.
 fn spend_tables(out: &mut String, s: &Snapshot, currency: &str) {
     type LabelOf = fn(&crate::aggregate::SeriesSnapshot) -> &str;

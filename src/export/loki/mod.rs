@@ -1,4 +1,4 @@
-//! Loki export (SPEC §6): every logical line, LLM record or not, to `POST /loki/api/v1/push`
+//! Loki export (docs/otlp-and-loki.md): every logical line, LLM record or not, to `POST /loki/api/v1/push`
 //! as a `logproto.PushRequest` (protobuf, raw snappy), at least once from the file.
 //!
 //! Owns: the wire messages, the shape of an entry (redaction, Envoy-escape repair, truncation,

@@ -1,4 +1,4 @@
-//! Redaction of `loki.redact` fields (SPEC §6) before a line leaves: every listed key's value
+//! Redaction of `loki.redact` fields (docs/otlp-and-loki.md) before a line leaves: every listed key's value
 //! masked wherever it is — nested, spelled with escapes, in JSON held in a string, in a
 //! `key=value` line, in a malformed or cut line — or, when that cannot be done with
 //! certainty, the whole line withheld (it fails closed).
