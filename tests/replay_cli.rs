@@ -576,7 +576,11 @@ fn config_key_paths(v: &toml::Value, path: &str, out: &mut std::collections::BTr
         }
         toml::Value::Array(a) if a.first().is_some_and(toml::Value::is_table) => {
             out.insert(path.to_string());
-            config_key_paths(&a[0], &format!("{path}[]"), out);
+            // Every element: entries of one list may set different keys (a key's or a team's
+            // budget).
+            for item in a {
+                config_key_paths(item, &format!("{path}[]"), out);
+            }
         }
         _ => {
             out.insert(path.to_string());
@@ -622,12 +626,22 @@ fn docs_configuration_md_lists_exactly_the_config_keys_and_every_doc_toml_exampl
             per_million: rates(),
         }],
     }];
-    config.budgets = vec![Budget {
-        api_key_id: "*".into(),
-        window: "1d".into(),
-        tokens: Some(1),
-        cost: Some(Rate("1".into())),
-    }];
+    config.budgets = vec![
+        Budget {
+            api_key_id: "*".into(),
+            team: String::new(),
+            window: "1d".into(),
+            tokens: Some(1),
+            cost: Some(Rate("1".into())),
+        },
+        Budget {
+            api_key_id: String::new(),
+            team: "*".into(),
+            window: "month".into(),
+            tokens: Some(1),
+            cost: Some(Rate("1".into())),
+        },
+    ];
     let mut code = BTreeSet::new();
     config_key_paths(&toml::Value::try_from(&config).unwrap(), "", &mut code);
 
@@ -671,7 +685,7 @@ fn docs_configuration_md_lists_exactly_the_config_keys_and_every_doc_toml_exampl
         let mut lines = text.lines().enumerate();
         while let Some((at, line)) = lines.next() {
             let info = line.trim_start().strip_prefix("```").unwrap_or("");
-            if info != "toml" && info != "toml price-file" {
+            if info != "toml" && info != "toml price-file" && info != "toml owners-file" {
                 continue;
             }
             let block: Vec<&str> = lines
@@ -688,6 +702,12 @@ fn docs_configuration_md_lists_exactly_the_config_keys_and_every_doc_toml_exampl
             if info == "toml" {
                 if let Err(e) = Config::from_toml(&block, &env) {
                     panic!("{place}: the example is not a valid config: {e}");
+                }
+            } else if info == "toml owners-file" {
+                let table = tokenmeter::owners::parse_owners_file(&block)
+                    .and_then(|file| tokenmeter::owners::OwnerTable::compile(&file, "unassigned"));
+                if let Err(e) = table {
+                    panic!("{place}: the example is not a valid owners file: {e:?}");
                 }
             } else if let Err(e) = tokenmeter::pricing::parse_price_file(&block) {
                 panic!("{place}: the example is not a valid price file: {e:?}");

@@ -63,6 +63,9 @@ struct JsonSeries<'a> {
     model: &'a str,
     api_key_id: &'a str,
     service_id: &'a str,
+    /// docs/owners.md: only when owners are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    team: Option<&'a str>,
     requests: u64,
     input_tokens: u64,
     output_tokens: u64,
@@ -108,6 +111,7 @@ pub fn summary_json(r: &ReplayReport) -> String {
                 model: &x.model,
                 api_key_id: &x.api_key_id,
                 service_id: &x.service_id,
+                team: s.team_label.as_ref().map(|_| x.team.as_str()),
                 requests: x.requests_total(),
                 input_tokens: x.input_tokens,
                 output_tokens: x.output_tokens,
