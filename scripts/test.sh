@@ -30,6 +30,8 @@ reference_check() {
     && python3 tests/expected/expected_summary.py --check tests/expected "${fixtures[@]}" \
     && python3 tests/expected/expected_summary.py --config tests/fixtures/pricing.toml \
       --check tests/expected "${fixtures[@]}" \
+    && python3 tests/expected/expected_summary.py --config tests/fixtures/owners.toml \
+      --check tests/expected "${fixtures[@]}" \
     && (cd tests/fixtures/formats && python3 ../../expected/expected_summary.py \
       --check ../../expected/formats gen_ai.jsonl genai_v04.jsonl kong.jsonl higress.jsonl \
       logfmt.log tokenmeter.jsonl cri.log docker.log mixed.log)

@@ -23,6 +23,8 @@ mod snapshot;
 mod spend;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_owners;
 
 use std::collections::HashMap;
 
