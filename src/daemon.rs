@@ -799,7 +799,13 @@ fn metering_loop(
             saver.meter.lock().store.set_pricing(table);
         }
         if let Some(table) = watches.owners.as_mut().and_then(|w| w.poll(status)) {
-            saver.meter.lock().store.set_owners(Some(table));
+            let mut meter = saver.meter.lock();
+            meter.store.set_owners(Some(table));
+            // The owners file's budgets are in the snapshot: readers see them now, not at
+            // the next line read.
+            if status.is_ready() {
+                saver.meter.publish(&meter, true);
+            }
         }
         let n = {
             let mut meter = saver.meter.lock();

@@ -221,7 +221,17 @@ fn the_daemon_reloads_the_owners_file_and_keeps_the_old_one_when_it_is_invalid_o
     let root_dir = tmp.path().join("pods");
     let log = pod_dir(&root_dir, "gw-owners").join("0.log");
     let owners = tmp.path().join("owners.toml");
-    let mapping = |team: &str| format!("[[owners]]\napi_key_id = \"k*\"\nteam = \"{team}\"\n");
+    // Each version maps every key to one team and gives that team a month budget.
+    let mapping = |team: &str| {
+        format!(
+            "[[owners]]\napi_key_id = \"k*\"\nteam = \"{team}\"\n\
+             [[budgets]]\nteam = \"{team}\"\nwindow = \"month\"\ntokens = 1000\n"
+        )
+    };
+    let budget = |d: &Daemon, team: &str| {
+        d.metrics()
+            .map(|m| m.sum("llm_budget_tokens", &[("team", team), ("window", "month")]))
+    };
     write_owners(&owners, &mapping("one"));
     let sections = format!("[owners]\nfile = \"{}\"\n", owners.display());
     let cfg = config(&root_dir, &tmp.path().join("state"), "", &sections);
@@ -247,6 +257,10 @@ fn the_daemon_reloads_the_owners_file_and_keeps_the_old_one_when_it_is_invalid_o
     write_owners(&owners, &mapping("two"));
     cond_wait(&d, "the new owners file in force", WAIT, || {
         (reloads(&d, "success")? == 1.0).then_some(())
+    });
+    // The owners file's budgets are live too: the gauge follows the file.
+    cond_wait(&d, "the new team's budget", WAIT, || {
+        (budget(&d, "two")? == 1000.0 && budget(&d, "one")? == 0.0).then_some(())
     });
     append(&log, &lines(3));
     cond_wait(&d, "3 lines for team two", WAIT, || {
@@ -278,6 +292,9 @@ fn the_daemon_reloads_the_owners_file_and_keeps_the_old_one_when_it_is_invalid_o
     append(&log, &lines(1));
     cond_wait(&d, "1 line for team three", WAIT, || {
         (team_tokens(&d, "three")? == 10).then_some(())
+    });
+    cond_wait(&d, "team three's budget", WAIT, || {
+        (budget(&d, "three")? == 1000.0).then_some(())
     });
     let m = d.metrics().unwrap();
     // The histogram has no team; the token series all have one.
