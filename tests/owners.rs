@@ -409,3 +409,55 @@ fn teams_are_exact_across_kill9_and_equal_the_reference() {
     // replay of the same file agrees too.
     assert_eq!(summary_by_team(&replay(&config_path, &[&log])), want);
 }
+
+#[test]
+fn backfill_carries_the_team_label_and_ends_at_the_reference_totals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = out_of_order_log(tmp.path());
+    let owners = tmp.path().join("owners.toml");
+    write_owners(&owners, CHANGING);
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[owners]\nfile = \"{}\"\n",
+            tmp.path().join("state").display(),
+            owners.display()
+        ),
+    )
+    .unwrap();
+    let om = tmp.path().join("out.om");
+    let out = Command::new(bin())
+        .args(["replay", "--summary", "json", "--config"])
+        .arg(&config)
+        .arg("--openmetrics")
+        .arg(&om)
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The last sample of each llm_tokens_total series: its total.
+    let text = std::fs::read_to_string(&om).unwrap();
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("llm_tokens_total{")) {
+        let (head, rest) = line.split_once("} ").unwrap();
+        let value = rest.split_whitespace().next().unwrap().parse().unwrap();
+        last.insert(head.to_string(), value);
+    }
+    let want: BTreeMap<String, u64> = summary_by_team(&reference(&config, &[&log]))
+        .into_iter()
+        .map(|((m, k, s, t), n)| {
+            (
+                format!(
+                    "llm_tokens_total{{model=\"{m}\",api_key_id=\"{k}\",service_id=\"{s}\",team=\"{t}\",job=\"tokenmeter\",instance=\"replay\""
+                ),
+                n,
+            )
+        })
+        .collect();
+    assert_eq!(last, want);
+}
