@@ -500,7 +500,10 @@ fn every_promql_expression_runs_on_victoriametrics_fed_only_by_otlp() {
         // budget rules) cannot without a ruler; they must still run.
         let is_alert = at == "rules" && (expr.contains(" > ") || expr.contains(" == "));
         let reads_rules = at == "rules" && expr.contains(":llm_");
-        if empty && !is_alert && !reads_rules {
+        // A one-minute subquery (the invoice rule's) steps on whole minutes: series younger
+        // than its last step, as all of these are, are not in it yet.
+        let young = at == "rules" && expr.contains(":1m]");
+        if empty && !is_alert && !reads_rules && !young {
             failures.push(format!("{at}: no data: {q}"));
         }
     }

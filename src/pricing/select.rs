@@ -1,7 +1,7 @@
-//! Selection of the entry in force (docs/spend.md "Selection", shared by docs/owners.md):
-//! entries with identical patterns form a group; a record uses the first group, in file order,
-//! whose patterns all match it and that has an entry in force at its event time (`from` absent
-//! or at or before it), and within that group the entry with the latest `from`.
+//! Selection of the entry in force (docs/spend.md "How cost is worked out", docs/owners.md
+//! "Selection"): entries with identical patterns form a group; a record uses the first group,
+//! in file order, whose patterns all match it and that has an entry in force at its event time
+//! (`from` absent or at or before it), and within that group the entry with the latest `from`.
 //!
 //! Owns: the groups and that rule, for any number of patterns per entry and any value an entry
 //! selects (a price entry's id, an owner entry's team). Must not: validate entries, know what
