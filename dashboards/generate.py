@@ -146,9 +146,32 @@ def column_units(columns):
             for c in columns]
 
 
+# Chargeback tables and the invoice (docs/owners.md, docs/dashboards-and-rules.md "Invoices and
+# team budgets"): exact differences of the never-resetting, zero-started counters between the
+# range's two ends, per series before summing (a series that began in the range counts from 0;
+# one that stopped keeps its last value), never an extrapolating increase().
+TSEL = 'pod="", team=~"$team", model=~"$model"'
+# Keys no owners entry matched (the default owners.default).
+UNOWNED = TSEL + ', team="unassigned"'
+
+
+def grown(metric, sel=TSEL):
+    """What each series of `metric` added over the dashboard's range: its last value in the range
+    minus its last value before the range (0 for a series that began in it)."""
+    end = f'last_over_time({metric}{{{sel}}}[$__range])'
+    return f'{end} - (last_over_time({metric}{{{sel}}}[$__range] offset $__range) or {end} * 0)'
+
+
+def with_currency(expr, by):
+    """`expr` (summed by `by`) with the `currency` of the same rows' cost, so token and cost
+    columns join into one row; as it is where there is no cost (pricing off)."""
+    return (f'(sum by ({by}) ({expr}) * on ({by}) group_left (currency) group by ({by}, currency) (llm_cost_total{{{TSEL}}}))'
+            f' or on ({by}) sum by ({by}) ({expr})')
+
+
 def per_key_table(sel, by="model, api_key_id, service_id"):
     cols = ["Tokens", "Input tokens", "Output tokens", "Requests"]
-    targets = [q(f'sum by ({by}) (increase({m}{{{sel}}}[$__range]))', instant=True, fmt="table")
+    targets = [q(f'sum by ({by}) ({grown(m, sel)})', instant=True, fmt="table")
                for m in ("llm_tokens_total", "llm_input_tokens_total", "llm_output_tokens_total", "llm_requests_total")]
     return cols, targets
 
@@ -319,7 +342,7 @@ def spend():
         description="Successful requests without any token count: above 5 % for 15 minutes fires TokenUsageMissing (see its "
                     "runbook: usually Envoy Gateway without extensionManager, or io.envoy.ai_gateway missing from writableNamespaces).")
     p.add("table", "Spend per model × API key × service (selected range)", [q(
-        f'sum by (model, api_key_id, service_id, currency) (increase(llm_cost_total{{{SEL}}}[$__range]))', instant=True, fmt="table")],
+        f'sum by (model, api_key_id, service_id, currency) ({grown("llm_cost_total", SEL)})', instant=True, fmt="table")],
         w=24, h=12, description="One row per model, API key, service and currency; Inspect > Data > Download CSV exports it.",
         options={"showHeader": True, "sortBy": [{"displayName": "Cost", "desc": True}]},
         transformations=table(["Cost"], ("model", "api_key_id", "service_id", "currency")))
@@ -330,30 +353,6 @@ def spend():
                          var("api_key_id", "API key", 'label_values(llm_tokens_total{pod="", model=~"$model"}, api_key_id)'),
                          var("service_id", "Service", 'label_values(llm_tokens_total{pod="", model=~"$model"}, service_id)')],
                      time_from="now/M")
-
-
-# The invoice (docs/owners.md, docs/dashboards-and-rules.md "Invoices and team budgets"): exact
-# differences of the never-resetting, zero-started counters between the range's two ends, per
-# series before summing (a series that began in the range counts from 0; one that stopped keeps
-# its last value), never an extrapolating increase(). The range is a calendar month: "Previous
-# month" (the default) or "This month so far".
-TSEL = 'pod="", team=~"$team", model=~"$model"'
-# Keys no owners entry matched (the default owners.default).
-UNOWNED = TSEL + ', team="unassigned"'
-
-
-def grown(metric, sel=TSEL):
-    """What each series of `metric` added over the dashboard's range: its last value in the range
-    minus its last value before the range (0 for a series that began in it)."""
-    end = f'last_over_time({metric}{{{sel}}}[$__range])'
-    return f'{end} - (last_over_time({metric}{{{sel}}}[$__range] offset $__range) or {end} * 0)'
-
-
-def with_currency(expr, by):
-    """`expr` (summed by `by`) with the `currency` of the same rows' cost, so token and cost
-    columns join into one row; as it is where there is no cost (pricing off)."""
-    return (f'(sum by ({by}) ({expr}) * on ({by}) group_left (currency) group by ({by}, currency) (llm_cost_total{{{TSEL}}}))'
-            f' or on ({by}) sum by ({by}) ({expr})')
 
 
 def invoice():
