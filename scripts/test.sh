@@ -41,7 +41,7 @@ rules_check() {
   local promtool=$backends/root/usr/bin/promtool
   "$promtool" check rules config/prometheus/tokenmeter-rules.yaml \
     && (cd config/prometheus && "$promtool" test rules tokenmeter-rules.test.yaml \
-      tokenmeter-rules.hourly.test.yaml tokenmeter-rules.invoice.test.yaml)
+      tokenmeter-rules.hourly.test.yaml tokenmeter-rules.invoice.test.yaml tokenmeter-rules.owners.test.yaml)
 }
 
 dashboards_check() {

@@ -298,6 +298,7 @@ fn runbook_urls_doc_links_and_doc_references_reach_existing_headings() {
         "config/prometheus/tokenmeter-rules.test.yaml",
         "config/prometheus/tokenmeter-rules.hourly.test.yaml",
         "config/prometheus/tokenmeter-rules.invoice.test.yaml",
+        "config/prometheus/tokenmeter-rules.owners.test.yaml",
     ] {
         for line in read(file).lines() {
             if let Some(url) = line.trim().strip_prefix("runbook_url: ") {
