@@ -461,3 +461,39 @@ fn backfill_carries_the_team_label_and_ends_at_the_reference_totals() {
         .collect();
     assert_eq!(last, want);
 }
+
+#[test]
+fn the_text_summary_ranks_teams_by_total_tokens_as_the_reference_sums_them() {
+    let config = root().join("tests/fixtures/owners.toml");
+    let file = root().join("tests/fixtures/envoy-ai-access.jsonl");
+    let want = reference(&config, &[&file]);
+    let mut by_team: BTreeMap<String, u64> = BTreeMap::new();
+    for s in want["series"].as_array().unwrap() {
+        *by_team
+            .entry(s["team"].as_str().unwrap().to_string())
+            .or_default() += s["total_tokens"].as_u64().unwrap();
+    }
+    let out = Command::new(bin())
+        .current_dir(root())
+        .args(["replay", "--summary", "text", "--config"])
+        .arg(&config)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let section = text
+        .split("\ntop team by total tokens")
+        .nth(1)
+        .expect("a team section");
+    let got: BTreeMap<String, u64> = section
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            (words[0].to_string(), words[4].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(got, by_team, "{text}");
+}
