@@ -114,6 +114,8 @@ struct Files {
     descriptors: DescriptorCount,
     max_open_files: usize,
     max_line_bytes: usize,
+    /// Lines read per file per round ([`LINES_PER_ROUND`]; fewer in the model tests).
+    lines_per_round: usize,
     /// First delay before a failed reopen is tried again (doubling, as the registry's).
     retry_first: Duration,
     config: Config,
@@ -156,6 +158,7 @@ impl Files {
             descriptors,
             max_open_files,
             max_line_bytes: config.source.max_line_bytes,
+            lines_per_round: LINES_PER_ROUND,
             retry_first: RETRY_FIRST,
             config: config.clone(),
             node: node.to_string(),
@@ -403,9 +406,8 @@ impl Files {
             else {
                 continue;
             };
-            let size = cursor.file().size().unwrap_or(0);
-            if cursor.read_to() >= size && f.acked == f.batched && cursor.committed() == f.batched {
-                f.size = size;
+            if cursor.at_end() && f.acked == f.batched && cursor.committed() == f.batched {
+                f.size = cursor.file().size().unwrap_or(f.size);
                 if *forgotten {
                     remove.push(*id);
                 } else {
@@ -515,7 +517,7 @@ impl Files {
                 continue;
             };
             let stream = &f.stream;
-            let result = cursor.read(LINES_PER_ROUND, |_, d| sink.line(*id, stream, d));
+            let result = cursor.read(self.lines_per_round, |_, d| sink.line(*id, stream, d));
             match result {
                 Ok(n) => any |= n > 0,
                 Err(e) => tracing::warn!("{}: Loki reader: {e}", f.path.display()),

@@ -178,6 +178,9 @@ struct Entry {
     idle_at: Option<(u64, std::time::SystemTime)>,
     /// Loaded from the state file and not yet found (in the globs or in its directory).
     from_state: bool,
+    /// Loaded from the state file as let go (read to its end and remembered), not as a file
+    /// still being read or waiting with unread bytes when the state was saved.
+    saved_let_go: bool,
     /// Loaded from the state file and not opened (or let go) since: readiness waits for it.
     restored: bool,
     /// Its size changed since the last read: read it even if it is dormant.
@@ -338,6 +341,7 @@ impl Registry {
                     active: Instant::now(),
                     idle_at: None,
                     from_state: true,
+                    saved_let_go: s.let_go_ns.is_some(),
                     restored: true,
                     wake: false,
                     first_open,
@@ -629,6 +633,7 @@ impl Registry {
                             active: Instant::now(),
                             idle_at: None,
                             from_state: false,
+                            saved_let_go: false,
                             restored: false,
                             wake: false,
                             first_open: Some(first_open),
@@ -692,11 +697,15 @@ impl Registry {
                 // Found: opened once more and read to its end (with the let-go grace), so
                 // what was appended after it was closed is counted and other readers can
                 // finish it too.
-                // Empty when it was last read, and now outside the globs: nothing of its
-                // content can confirm it is still the file it was (a copy may have been
-                // written into it), so it is not read again: never count a line twice.
+                // Let go empty, and now outside the globs: nothing of its content can
+                // confirm it is still the file it was (a copy may have been written into
+                // it), so it is not read again: never count a line twice. (One saved while
+                // it still waited with unread bytes is read: found by the forwarder's model
+                // test, a restart lost them.)
                 (Fate::Remembered { since_ns }, Some(Some(_)))
-                    if e.identity.fingerprint_len == 0 && e.first_open.is_none() =>
+                    if e.identity.fingerprint_len == 0
+                        && e.first_open.is_none()
+                        && e.saved_let_go =>
                 {
                     e.restored = false;
                     Fate::Remembered { since_ns }
@@ -1165,4 +1174,4 @@ fn last_line_boundary(file: &fs::File, len: u64) -> io::Result<u64> {
 
 #[cfg(test)]
 #[path = "registry_model.rs"]
-mod model;
+pub(crate) mod model;
