@@ -349,3 +349,36 @@ fn a_restart_sends_again_only_what_loki_had_not_acknowledged() {
     );
     assert_eq!(m.r.delivered.len(), 8);
 }
+
+/// Found by the generated cases: a file truncated (so its identity has no first bytes),
+/// grown while the forwarder held the only descriptor, rotated out of the globs while it
+/// still waited for one (opens failing), then a restart: metering reads it after the restart
+/// (it was taken for a let-go empty file before, and its lines were never read by anyone).
+#[test]
+fn a_file_saved_while_it_waited_with_unread_bytes_is_read_after_a_restart() {
+    use Action::*;
+    let steps: Vec<Step> = [
+        Append(3, 1),
+        Append(1, 1),
+        Append(0, 1),
+        CopyTruncate(0),
+        Poll,
+        CopyTruncate(3),
+        Append(0, 1),
+        Append(0, 1),
+        Append(0, 1),
+        Append(3, 1),
+        Vanish(true),
+        Rotate(3),
+        Restart,
+    ]
+    .into_iter()
+    .map(Step::File)
+    .collect();
+    for _ in 0..8 {
+        let m = run(&steps, 1);
+        let (missing, lost) = m.h.undelivered(&m.h.delivered);
+        assert!(missing.is_empty(), "never read by metering: {missing:?}");
+        assert!(lost.is_empty(), "seen, on disk, never read: {lost:?}");
+    }
+}
