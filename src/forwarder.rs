@@ -2,10 +2,13 @@
 //! the file, beside metering and never in its way.
 //!
 //! Owns: its own place in every file ([`TailCursor`] over the registry's descriptor, so no
-//! second descriptor), an explicit per-file state ([`Forwarding`]) keyed by [`FileId`], fed
-//! by the registry's [`FileEvent`]s, the batch being filled, the one request in flight, and
-//! the acknowledged offsets it publishes for the state file. A file's acknowledged offset
-//! moves only when Loki answers 2xx (or 4xx: rejected, counted, dropped).
+//! second descriptor), an explicit per-file state ([`Forwarding`]: open, parked, behind)
+//! keyed by [`FileId`], fed by the registry's [`FileEvent`]s, its own reopens of files the
+//! registry closed while Loki was behind (through the one rule, [`reopen`], and the
+//! registry's [`FileSystem`], backing off as the registry does), the batch being filled, the
+//! one request in flight, and the acknowledged offsets it publishes for the state file. A
+//! file's acknowledged offset moves only when Loki answers 2xx (or 4xx: rejected, counted,
+//! dropped); a failure to open or read a file never moves it.
 //!
 //! Must not: decide which files exist (the registry does), read the counters, or block
 //! metering: it runs on its own thread, pushes on the async runtime, and keeps taking
@@ -241,42 +244,48 @@ impl Files {
         let id = identity.id();
         let stream = stream_labels(&self.config, &self.node, labels.as_ref());
         let max = self.max_line_bytes;
+        /// Where a known file goes on.
+        enum Resume {
+            /// Being read already, through this same descriptor.
+            Reading,
+            At(u64),
+            /// Not the file this place was for.
+            New,
+        }
         if let Some(f) = self.files.get_mut(&id) {
             let resume = match &mut f.state {
                 Forwarding::Open {
                     release, forgotten, ..
                 } => {
-                    // Reading it already, through this same descriptor.
                     *release = false;
                     *forgotten = false;
-                    None
+                    Resume::Reading
                 }
                 Forwarding::Parked | Forwarding::Behind { .. } => {
                     match check_open(file.file(), &f.identity, f.batched) {
-                        Verdict::Continue { .. } => Some(f.batched),
+                        Verdict::Continue { .. } => Resume::At(f.batched),
                         // The registry has just confirmed it by its identity: a read that
                         // fails now is no reason to lose this place.
-                        Verdict::Unreadable { .. } => Some(f.batched),
+                        Verdict::Unreadable { .. } => Resume::At(f.batched),
                         // Shrank while no descriptor was held: what was past `acked` is
                         // unknown; the new content is read from 0.
                         Verdict::Restart {
                             why: Truncation::Shrunk { .. },
                             ..
-                        } => Some(0),
-                        // Other first bytes (a reused inode): a new file to the forwarder,
-                        // below.
-                        _ => Some(u64::MAX),
+                        } => Resume::At(0),
+                        // Other first bytes (a reused inode): a new file to the forwarder.
+                        Verdict::Restart { .. } | Verdict::OtherFile => Resume::New,
                     }
                 }
             };
             match resume {
-                None => {
+                Resume::Reading => {
                     f.path = path;
                     f.stream = stream;
                     f.identity = identity;
                     return;
                 }
-                Some(at) if at <= f.batched => {
+                Resume::At(at) => {
                     let lost = f.size.max(f.batched).saturating_sub(f.acked);
                     if at != f.batched {
                         f.acked = at;
@@ -299,7 +308,7 @@ impl Files {
                     };
                     return;
                 }
-                Some(_) => {}
+                Resume::New => {}
             }
         }
         // New to the forwarder (or a reused inode): start where metering starts.

@@ -26,6 +26,10 @@
 //!   `max_open_files` descriptors in all (counted whoever holds them): beyond it, idle files
 //!   are closed and reopened by identity when they grow; files that cannot get one wait.
 //!
+//! Reopening a closed file (idle, waiting, remembered) follows the one rule of
+//! [`super::reopen`], which the Loki forwarder follows too; errors are kept and counted by
+//! [`super::file_error`].
+//!
 //! Other readers of the same files (the Loki forwarder) learn of them through
 //! [`FileEvent`]s; the registry does not know who listens.
 
