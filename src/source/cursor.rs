@@ -426,6 +426,20 @@ mod tests {
     }
 
     #[test]
+    fn a_read_that_ended_on_its_budget_is_not_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "one\ntwo\nthree\npart").unwrap();
+        let file = SharedFile::open(&path, &DescriptorCount::default()).unwrap();
+        let mut c = TailCursor::new(file, 0, 1 << 20);
+        assert_eq!(c.read(1, |_, _| {}).unwrap(), 1);
+        assert_eq!(c.read_to(), 18, "every byte is out of the file");
+        assert!(!c.at_end(), "but two lines are still to be handed out");
+        assert_eq!(c.read(10, |_, _| {}).unwrap(), 2);
+        assert!(c.at_end(), "a line still being written does not count");
+    }
+
+    #[test]
     fn truncation_rules() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
