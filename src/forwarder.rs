@@ -632,7 +632,7 @@ impl Sink for BatchSink<'_> {
                     .redaction_failures
                     .fetch_add(1, Ordering::Relaxed);
             }
-            // SPEC §3 event time; `run` falls back to the time of reading.
+            // docs/guarantees.md "Event time"; `run` falls back to the time of reading.
             let t = time_ns.or(shaped.record_time_ns).unwrap_or(self.now);
             self.batch.push(stream, t, shaped);
         }
