@@ -1,0 +1,446 @@
+//! Prometheus TSDB blocks, written directly: one [`Block`] per time window, gathered a series
+//! at a time, then written by a [`BlockWriter`] as a complete block directory
+//! `DIR/<ULID>/` (`meta.json`, `index`, `chunks/000001…`, `tombstones`) that Prometheus,
+//! promtool, Mimir and Thanos load as their own.
+//!
+//! Owns: the on-disk block format (float samples, XOR chunks) and writing a block so that it
+//! appears whole or not at all: everything goes to `DIR/<ULID>.tmp-for-creation/` (the name
+//! Prometheus's own compactor uses, and which Prometheus deletes at start-up if it finds one
+//! left over), each file and directory is fsynced, then the directory is renamed to
+//! `DIR/<ULID>/`. Must not know where the samples come from (the replay's windows, steps,
+//! labels are the caller's): it imports nothing of the crate.
+//!
+//! Deterministic: no clock, no randomness. A block's ULID has the block's start as its time
+//! and a hash of the block's content (index and chunk bytes) as its 80 bits of entropy, so
+//! the same series and samples always give byte-identical directories under the same names,
+//! and re-writing a block that exists replaces it with identical bytes.
+//!
+//! Memory: a [`Block`] holds its series' labels and their samples already XOR-encoded (about
+//! 1–2 bytes a sample for counters); writing it builds the index in memory and streams the
+//! chunks to disk. Nothing outlives [`BlockWriter::write`].
+//!
+//! The format, read from the Prometheus repository at v2.53.3 (commit
+//! 1491d29fb1e8f8acbab29fd54fd4ce9be2cbd7bc), the version whose promtool and server the tests
+//! run: `tsdb/docs/format/index.md`, `chunks.md`, `tombstones.md`; and the Go writers they
+//! describe, which win where the docs lag: `tsdb/index/index.go`, `tsdb/chunks/chunks.go`,
+//! `tsdb/chunkenc/xor.go`, `tsdb/chunkenc/bstream.go`, `tsdb/encoding/encoding.go`,
+//! `tsdb/tombstones/tombstones.go`, `tsdb/block.go` (`BlockMeta`, `writeMetaFile`),
+//! `tsdb/compact.go` (`LeveledCompactor.write`: level 1, sources = itself, no block for zero
+//! samples, the temporary directory and rename) and `tsdb/db.go` (`isTmpDir`).
+
+pub mod chunks;
+pub mod encoding;
+pub mod index;
+pub mod ulid;
+pub mod xor;
+
+use encoding::ContentHash;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use xor::{XorChunk, MAX_SAMPLES_PER_CHUNK};
+
+/// The suffix of a block directory being written (Prometheus's `tmpForCreationBlockDirSuffix`).
+pub const TMP_SUFFIX: &str = ".tmp-for-creation";
+/// The suffix of a block directory being replaced (`tmpForDeletionBlockDirSuffix`).
+pub const DELETE_SUFFIX: &str = ".tmp-for-deletion";
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// One encoded chunk of a series.
+#[derive(Debug)]
+struct Chunk {
+    min_time: i64,
+    max_time: i64,
+    data: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Series {
+    labels: Vec<(Box<str>, Box<str>)>,
+    chunks: Vec<Chunk>,
+}
+
+/// One block's contents: the series of one time window `[min_time, max_time)`, each added
+/// once, in any order.
+#[derive(Debug)]
+pub struct Block {
+    min_time: i64,
+    max_time: i64,
+    series: Vec<Series>,
+    num_samples: u64,
+    num_chunks: u64,
+}
+
+impl Block {
+    /// An empty block for samples with `min_time <= t < max_time` (milliseconds). The start
+    /// becomes the ULID's time, so it must lie in `0 .. 2^48`.
+    pub fn new(min_time: i64, max_time: i64) -> io::Result<Block> {
+        if max_time <= min_time {
+            return Err(invalid(format!(
+                "block range [{min_time}, {max_time}) is empty"
+            )));
+        }
+        if min_time < 0 || min_time as u64 > ulid::MAX_TIME {
+            return Err(invalid(format!(
+                "block start {min_time} ms is outside 0 .. 2^48 ms"
+            )));
+        }
+        Ok(Block {
+            min_time,
+            max_time,
+            series: Vec::new(),
+            num_samples: 0,
+            num_chunks: 0,
+        })
+    }
+
+    pub fn min_time(&self) -> i64 {
+        self.min_time
+    }
+
+    pub fn max_time(&self) -> i64 {
+        self.max_time
+    }
+
+    /// Series added with at least one sample.
+    pub fn num_series(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn num_samples(&self) -> u64 {
+        self.num_samples
+    }
+
+    /// Adds one series: its labels as `(name, value)` pairs sorted by name, `__name__`
+    /// included (a pair with an empty value is left out, as Prometheus treats it as absent),
+    /// and its samples `(t_ms, value)` in strictly increasing time within the block's range.
+    /// Samples are encoded at once, [`MAX_SAMPLES_PER_CHUNK`] to a chunk. A series without
+    /// samples is not added. On an error nothing of the series is kept.
+    ///
+    /// Adding the same label set twice is reported by [`BlockWriter::write`].
+    pub fn add_series<N, V>(
+        &mut self,
+        labels: impl IntoIterator<Item = (N, V)>,
+        samples: impl IntoIterator<Item = (i64, f64)>,
+    ) -> io::Result<()>
+    where
+        N: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut set: Vec<(Box<str>, Box<str>)> = Vec::new();
+        for (n, v) in labels {
+            let (n, v) = (n.as_ref(), v.as_ref());
+            if n.is_empty() {
+                return Err(invalid("a label name is empty".into()));
+            }
+            if let Some((prev, _)) = set.last() {
+                if **prev >= *n {
+                    return Err(invalid(format!(
+                        "label names not strictly increasing: {prev:?} then {n:?}"
+                    )));
+                }
+            }
+            if !v.is_empty() {
+                set.push((n.into(), v.into()));
+            }
+        }
+        if set.is_empty() {
+            return Err(invalid("a series has no label with a value".into()));
+        }
+        let mut chunks = Vec::new();
+        let mut current = XorChunk::new();
+        let mut last: Option<i64> = None;
+        let mut count = 0u64;
+        for (t, v) in samples {
+            if t < self.min_time || t >= self.max_time {
+                return Err(invalid(format!(
+                    "sample at {t} ms is outside the block [{}, {}) ({})",
+                    self.min_time,
+                    self.max_time,
+                    describe(&set)
+                )));
+            }
+            if let Some(prev) = last {
+                if t <= prev {
+                    return Err(invalid(format!(
+                        "sample times not increasing: {prev} then {t} ({})",
+                        describe(&set)
+                    )));
+                }
+            }
+            last = Some(t);
+            if current.num_samples() >= MAX_SAMPLES_PER_CHUNK {
+                chunks.push(seal(std::mem::take(&mut current)));
+            }
+            current.append(t, v);
+            count = count.saturating_add(1);
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        chunks.push(seal(current));
+        self.num_samples = self.num_samples.saturating_add(count);
+        self.num_chunks = self.num_chunks.saturating_add(chunks.len() as u64);
+        set.shrink_to_fit();
+        self.series.push(Series {
+            labels: set,
+            chunks,
+        });
+        Ok(())
+    }
+}
+
+fn seal(c: XorChunk) -> Chunk {
+    let (min_time, max_time) = (c.min_time(), c.max_time());
+    let mut data = c.into_bytes();
+    data.shrink_to_fit();
+    Chunk {
+        min_time,
+        max_time,
+        data,
+    }
+}
+
+/// `{a="b", …}` for error messages.
+fn describe(labels: &[(Box<str>, Box<str>)]) -> String {
+    let inner: Vec<String> = labels.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+/// What a written block holds, as its `meta.json` says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockMeta {
+    pub ulid: String,
+    /// `DIR/<ULID>`.
+    pub dir: PathBuf,
+    pub min_time: i64,
+    pub max_time: i64,
+    pub num_samples: u64,
+    pub num_series: u64,
+    pub num_chunks: u64,
+    /// Bytes of all its files.
+    pub bytes: u64,
+}
+
+/// Writes blocks into one directory (a Prometheus data directory, or one to upload from).
+#[derive(Clone, Debug)]
+pub struct BlockWriter {
+    dir: PathBuf,
+    segment_size: u64,
+}
+
+impl BlockWriter {
+    /// A writer into `dir`, created if missing.
+    pub fn new(dir: impl Into<PathBuf>) -> io::Result<BlockWriter> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir)?;
+        Ok(BlockWriter {
+            dir,
+            segment_size: chunks::DEFAULT_SEGMENT_SIZE,
+        })
+    }
+
+    /// Chunk segment files of at most `bytes` (512 MiB by default, as Prometheus); for tests
+    /// that want several segments from little data. Must be within 9 B .. 4 GiB.
+    pub fn with_segment_size(mut self, bytes: u64) -> io::Result<BlockWriter> {
+        chunks::Layout::new(bytes)?;
+        self.segment_size = bytes;
+        Ok(self)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `block` as `DIR/<ULID>/`, or nothing when it holds no sample (as Prometheus
+    /// writes no empty block): `Ok(None)`. On an error no `DIR/<ULID>` is created or changed
+    /// and the temporary directory is removed.
+    pub fn write(&self, block: Block) -> io::Result<Option<BlockMeta>> {
+        let Block {
+            min_time,
+            max_time,
+            mut series,
+            num_samples,
+            num_chunks,
+        } = block;
+        if num_samples == 0 {
+            return Ok(None);
+        }
+        series.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
+        if let Some(w) = series.windows(2).find(|w| w[0].labels == w[1].labels) {
+            return Err(invalid(format!(
+                "series {} added twice to the block",
+                describe(&w[0].labels)
+            )));
+        }
+
+        // Plan where every chunk goes, then build the index on those references.
+        let mut layout = chunks::Layout::new(self.segment_size)?;
+        let mut index_series = Vec::with_capacity(series.len());
+        let mut hash = ContentHash::new();
+        hash.update(&min_time.to_be_bytes());
+        hash.update(&max_time.to_be_bytes());
+        for s in &series {
+            let mut metas = Vec::with_capacity(s.chunks.len());
+            for c in &s.chunks {
+                let (reference, _) = layout.place(c.data.len())?;
+                metas.push(index::ChunkMeta {
+                    min_time: c.min_time,
+                    max_time: c.max_time,
+                    reference,
+                });
+                hash.update(&c.data);
+            }
+            index_series.push(index::IndexSeries {
+                labels: &s.labels,
+                chunks: metas,
+            });
+        }
+        let index_bytes = index::build(&index_series)?;
+        hash.update(&index_bytes);
+        let (hi, lo) = hash.finish();
+        let entropy = (u128::from(hi) << 16) | u128::from(lo & 0xffff);
+        let id = ulid::encode(min_time, entropy)?;
+
+        let final_dir = self.dir.join(&id);
+        let tmp = self.dir.join(format!("{id}{TMP_SUFFIX}"));
+        remove_if_present(&tmp)?;
+        let guard = RemoveOnDrop(Some(tmp.clone()));
+
+        fs::create_dir(&tmp)?;
+        let chunks_dir = tmp.join("chunks");
+        fs::create_dir(&chunks_dir)?;
+        fail_point("chunks")?;
+        let mut seg = chunks::SegmentWriter::new(&chunks_dir, self.segment_size)?;
+        for (s, is) in series.iter().zip(&index_series) {
+            for (c, m) in s.chunks.iter().zip(&is.chunks) {
+                seg.write(&c.data, m.reference)?;
+            }
+        }
+        let (_, chunk_bytes) = seg.finish()?;
+        sync_dir(&chunks_dir)?;
+        let num_series = series.len() as u64;
+        drop(index_series);
+        drop(series);
+
+        fail_point("index")?;
+        write_file(&tmp.join("index"), &index_bytes)?;
+        let meta = BlockMeta {
+            ulid: id.clone(),
+            dir: final_dir.clone(),
+            min_time,
+            max_time,
+            num_samples,
+            num_series,
+            num_chunks,
+            bytes: 0,
+        };
+        let meta_json = meta_json(&meta);
+        fail_point("meta")?;
+        write_file(&tmp.join("meta.json"), meta_json.as_bytes())?;
+        let tombstones = empty_tombstones();
+        write_file(&tmp.join("tombstones"), &tombstones)?;
+        sync_dir(&tmp)?;
+        fail_point("rename")?;
+
+        // Make it visible: a block of the same name (the same content, by construction) is
+        // moved aside first, as Prometheus's `fileutil.Replace` would remove it.
+        if final_dir.exists() {
+            let aside = self.dir.join(format!("{id}{DELETE_SUFFIX}"));
+            remove_if_present(&aside)?;
+            fs::rename(&final_dir, &aside)?;
+            fs::rename(&tmp, &final_dir)?;
+            fs::remove_dir_all(&aside)?;
+        } else {
+            fs::rename(&tmp, &final_dir)?;
+        }
+        guard.disarm();
+        sync_dir(&self.dir)?;
+
+        let bytes = chunk_bytes
+            .saturating_add(index_bytes.len() as u64)
+            .saturating_add(meta_json.len() as u64)
+            .saturating_add(tombstones.len() as u64);
+        Ok(Some(BlockMeta { bytes, ..meta }))
+    }
+}
+
+/// `meta.json` as Go's `json.MarshalIndent(meta, "", "\t")` writes a fresh level-1 block:
+/// stats, compaction level 1 with the block itself as its only source, version 1.
+fn meta_json(m: &BlockMeta) -> String {
+    format!(
+        "{{\n\t\"ulid\": \"{id}\",\n\t\"minTime\": {mint},\n\t\"maxTime\": {maxt},\n\t\"stats\": {{\n\t\t\"numSamples\": {ns},\n\t\t\"numSeries\": {nser},\n\t\t\"numChunks\": {nc}\n\t}},\n\t\"compaction\": {{\n\t\t\"level\": 1,\n\t\t\"sources\": [\n\t\t\t\"{id}\"\n\t\t]\n\t}},\n\t\"version\": 1\n}}",
+        id = m.ulid,
+        mint = m.min_time,
+        maxt = m.max_time,
+        ns = m.num_samples,
+        nser = m.num_series,
+        nc = m.num_chunks,
+    )
+}
+
+/// An empty `tombstones` file: magic `0x0130BA30`, version 1, then the CRC32-C of nothing
+/// (the version byte is left out of the checksum, `tombstones.WriteFile`): 9 bytes.
+fn empty_tombstones() -> Vec<u8> {
+    let mut b = Vec::with_capacity(9);
+    b.extend_from_slice(&0x0130_BA30u32.to_be_bytes());
+    b.push(1);
+    b.extend_from_slice(&encoding::crc32c(&[]).to_be_bytes());
+    b
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn remove_if_present(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The stage at which the tests make [`BlockWriter::write`] fail.
+    static FAIL_AT: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// A failure injected by the tests at `stage` (nothing outside tests).
+fn fail_point(stage: &str) -> io::Result<()> {
+    #[cfg(test)]
+    if FAIL_AT.with(|f| f.get()) == Some(stage) {
+        return Err(io::Error::other(format!("injected failure at {stage}")));
+    }
+    let _ = stage;
+    Ok(())
+}
+
+/// Removes a temporary block directory when writing it fails half-way.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
