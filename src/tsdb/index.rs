@@ -17,7 +17,7 @@
 use super::encoding::{
     crc32c, pad_to, put_be32, put_be64, put_uvarint, put_uvarint_str, put_varint,
 };
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 use std::io;
 
 /// `MagicIndex`.
@@ -36,7 +36,7 @@ pub struct ChunkMeta {
 /// One series for the index: its labels (names strictly increasing, values non-empty) and its
 /// chunks in time order. Series must come sorted by label set, with no two equal.
 pub struct IndexSeries<'a> {
-    pub labels: &'a [(Box<str>, Box<str>)],
+    pub labels: Vec<(&'a str, &'a str)>,
     pub chunks: Vec<ChunkMeta>,
 }
 
@@ -62,20 +62,24 @@ pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
     out.push(FORMAT_V2);
 
     // Symbols: every label name and value, sorted, once.
-    let mut symbols: Vec<&str> = series
-        .iter()
-        .flat_map(|s| s.labels.iter())
-        .flat_map(|(n, v)| [&**n, &**v])
-        .collect();
+    let mut ids: FxHashMap<&str, u32> = FxHashMap::default();
+    for s in series {
+        for &(n, v) in &s.labels {
+            ids.entry(n).or_insert(0);
+            ids.entry(v).or_insert(0);
+        }
+    }
+    let mut symbols: Vec<&str> = ids.keys().copied().collect();
     symbols.sort_unstable();
-    symbols.dedup();
     let num_symbols = u32::try_from(symbols.len())
         .map_err(|_| invalid("more than 2^32 symbols in one block".into()))?;
+    for (i, s) in symbols.iter().enumerate() {
+        ids.insert(s, i as u32);
+    }
     let sym = |s: &str| -> io::Result<u32> {
-        symbols
-            .binary_search(&s)
-            .map(|i| i as u32)
-            .map_err(|_| io::Error::other(format!("symbol {s:?} missing from the table")))
+        ids.get(s)
+            .copied()
+            .ok_or_else(|| io::Error::other(format!("symbol {s:?} missing from the table")))
     };
 
     let toc_symbols = out.len() as u64;
@@ -89,7 +93,10 @@ pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
 
     // Series, each at a multiple of 16; its reference is offset / 16.
     let toc_series = out.len() as u64;
-    let mut postings: BTreeMap<(u32, u32), Vec<u32>> = BTreeMap::new();
+    let mut postings: FxHashMap<(u32, u32), Vec<u32>> = FxHashMap::default();
+    // The previous series' label ids by position: sorted neighbours share most of them, so
+    // most lookups are a string comparison (as Go's writer caches the last value per name).
+    let mut prev: Vec<(&str, u32, &str, u32)> = Vec::new();
     let mut all = Vec::with_capacity(series.len());
     let mut entry = Vec::with_capacity(256);
     for s in series {
@@ -98,8 +105,23 @@ pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
             .map_err(|_| invalid("index series section exceeds 64 GiB".into()))?;
         entry.clear();
         put_uvarint(&mut entry, s.labels.len() as u64);
-        for (n, v) in s.labels {
-            let (n, v) = (sym(n)?, sym(v)?);
+        for (k, &(n, v)) in s.labels.iter().enumerate() {
+            let (n, v) = match prev.get(k) {
+                Some(&(pn, pni, pv, pvi)) if pn == n => {
+                    let vi = if pv == v { pvi } else { sym(v)? };
+                    prev[k] = (n, pni, v, vi);
+                    (pni, vi)
+                }
+                _ => {
+                    let (ni, vi) = (sym(n)?, sym(v)?);
+                    if k < prev.len() {
+                        prev[k] = (n, ni, v, vi);
+                    } else {
+                        prev.push((n, ni, v, vi));
+                    }
+                    (ni, vi)
+                }
+            };
             put_uvarint(&mut entry, u64::from(n));
             put_uvarint(&mut entry, u64::from(v));
             postings.entry((n, v)).or_default().push(id);
@@ -129,9 +151,11 @@ pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
 
     // Label indices: for each name, its values' symbol references (no longer read for
     // lookups, but written by Prometheus 2.53 and listed by the TOC).
+    let mut postings: Vec<((u32, u32), Vec<u32>)> = postings.into_iter().collect();
+    postings.sort_unstable_by_key(|p| p.0);
     let toc_label_indices = out.len() as u64;
     let mut label_index_offsets: Vec<(u32, u64)> = Vec::new();
-    let mut pairs = postings.keys().peekable();
+    let mut pairs = postings.iter().map(|p| &p.0).peekable();
     while let Some(&&(name, _)) = pairs.peek() {
         let mut values = Vec::new();
         while let Some(&&(n, v)) = pairs.peek() {
@@ -171,8 +195,8 @@ pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
     pad_to(&mut out, 4);
     let off = write_posting(&mut out, &all)?;
     posting_offsets.push(("", "", off));
-    for (&(n, v), ids) in &postings {
-        let (name, value) = (symbols[n as usize], symbols[v as usize]);
+    for ((n, v), ids) in &postings {
+        let (name, value) = (symbols[*n as usize], symbols[*v as usize]);
         let off = write_posting(&mut out, ids)?;
         posting_offsets.push((name, value, off));
     }
@@ -225,11 +249,8 @@ pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> Vec<(Box<str>, Box<str>)> {
-        pairs
-            .iter()
-            .map(|(n, v)| ((*n).into(), (*v).into()))
-            .collect()
+    fn labels<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        pairs.to_vec()
     }
 
     fn be32(b: &[u8], at: usize) -> u32 {
@@ -253,7 +274,7 @@ mod tests {
     fn a_one_series_index_has_every_section_where_the_go_writer_puts_it() {
         let l = labels(&[("__name__", "up"), ("job", "a")]);
         let idx = build(&[IndexSeries {
-            labels: &l,
+            labels: l.clone(),
             chunks: vec![ChunkMeta {
                 min_time: 1000,
                 max_time: 2000,
@@ -315,7 +336,7 @@ mod tests {
     fn later_chunk_metas_are_deltas_to_the_previous_chunk() {
         let l = labels(&[("__name__", "x")]);
         let idx = build(&[IndexSeries {
-            labels: &l,
+            labels: l.clone(),
             chunks: vec![
                 ChunkMeta {
                     min_time: 0,
@@ -359,15 +380,15 @@ mod tests {
         };
         let idx = build(&[
             IndexSeries {
-                labels: &a,
+                labels: a.clone(),
                 chunks: chunk(8),
             },
             IndexSeries {
-                labels: &b,
+                labels: b.clone(),
                 chunks: chunk(30),
             },
             IndexSeries {
-                labels: &c,
+                labels: c.clone(),
                 chunks: chunk(60),
             },
         ])

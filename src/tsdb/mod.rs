@@ -49,29 +49,46 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-/// One encoded chunk of a series.
-#[derive(Debug)]
+/// One encoded chunk of a series: its time range and its bytes in [`Block::data`].
+#[derive(Clone, Copy, Debug)]
 struct Chunk {
     min_time: i64,
     max_time: i64,
-    data: Vec<u8>,
+    start: usize,
+    len: usize,
 }
 
-#[derive(Debug)]
+/// One series: ranges into the block's label and chunk lists.
+#[derive(Clone, Copy, Debug)]
 struct Series {
-    labels: Vec<(Box<str>, Box<str>)>,
-    chunks: Vec<Chunk>,
+    labels: (usize, usize),
+    chunks: (usize, usize),
+}
+
+/// One label: `text[name.0..name.1]`, `text[value.0..value.1]`.
+#[derive(Clone, Copy, Debug)]
+struct Label {
+    name: (usize, usize),
+    value: (usize, usize),
 }
 
 /// One block's contents: the series of one time window `[min_time, max_time)`, each added
-/// once, in any order.
+/// once, in any order. Labels and chunk bytes are kept in a few growing buffers, not one
+/// allocation per series.
 #[derive(Debug)]
 pub struct Block {
     min_time: i64,
     max_time: i64,
+    /// Every label name and value, back to back.
+    text: String,
+    labels: Vec<Label>,
+    /// Every chunk's bytes, back to back.
+    data: Vec<u8>,
+    chunks: Vec<Chunk>,
     series: Vec<Series>,
     num_samples: u64,
-    num_chunks: u64,
+    /// The chunk being appended to, reused.
+    scratch: XorChunk,
 }
 
 impl Block {
@@ -91,9 +108,13 @@ impl Block {
         Ok(Block {
             min_time,
             max_time,
+            text: String::new(),
+            labels: Vec::new(),
+            data: Vec::new(),
+            chunks: Vec::new(),
             series: Vec::new(),
             num_samples: 0,
-            num_chunks: 0,
+            scratch: XorChunk::new(),
         })
     }
 
@@ -114,6 +135,19 @@ impl Block {
         self.num_samples
     }
 
+    /// The label pairs of series `i`.
+    fn series_labels(&self, s: &Series) -> Vec<(&str, &str)> {
+        self.labels[s.labels.0..s.labels.1]
+            .iter()
+            .map(|l| {
+                (
+                    &self.text[l.name.0..l.name.1],
+                    &self.text[l.value.0..l.value.1],
+                )
+            })
+            .collect()
+    }
+
     /// Adds one series: its labels as `(name, value)` pairs sorted by name, `__name__`
     /// included (a pair with an empty value is left out, as Prometheus treats it as absent),
     /// and its samples `(t_ms, value)` in strictly increasing time within the block's range.
@@ -130,82 +164,132 @@ impl Block {
         N: AsRef<str>,
         V: AsRef<str>,
     {
-        let mut set: Vec<(Box<str>, Box<str>)> = Vec::new();
+        let marks = (
+            self.text.len(),
+            self.labels.len(),
+            self.data.len(),
+            self.chunks.len(),
+        );
+        let res = self.add_series_inner(labels, samples);
+        if res.is_err() || self.chunks.len() == marks.3 {
+            self.text.truncate(marks.0);
+            self.labels.truncate(marks.1);
+            self.data.truncate(marks.2);
+            self.chunks.truncate(marks.3);
+        }
+        res
+    }
+
+    fn add_series_inner<N, V>(
+        &mut self,
+        labels: impl IntoIterator<Item = (N, V)>,
+        samples: impl IntoIterator<Item = (i64, f64)>,
+    ) -> io::Result<()>
+    where
+        N: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let first_label = self.labels.len();
+        let mut prev_name = (0, 0);
+        let mut any = false;
         for (n, v) in labels {
             let (n, v) = (n.as_ref(), v.as_ref());
             if n.is_empty() {
                 return Err(invalid("a label name is empty".into()));
             }
-            if let Some((prev, _)) = set.last() {
-                if **prev >= *n {
+            if any {
+                let prev = &self.text[prev_name.0..prev_name.1];
+                if prev >= n {
                     return Err(invalid(format!(
                         "label names not strictly increasing: {prev:?} then {n:?}"
                     )));
                 }
             }
-            if !v.is_empty() {
-                set.push((n.into(), v.into()));
+            let start = self.text.len();
+            self.text.push_str(n);
+            let mid = self.text.len();
+            self.text.push_str(v);
+            let end = self.text.len();
+            prev_name = (start, mid);
+            any = true;
+            if v.is_empty() {
+                // Kept in `text` only for the order check above.
+                continue;
             }
+            self.labels.push(Label {
+                name: (start, mid),
+                value: (mid, end),
+            });
         }
-        if set.is_empty() {
+        let label_range = (first_label, self.labels.len());
+        if label_range.0 == label_range.1 {
             return Err(invalid("a series has no label with a value".into()));
         }
-        let mut chunks = Vec::new();
-        let mut current = XorChunk::new();
+        let first_chunk = self.chunks.len();
         let mut last: Option<i64> = None;
         let mut count = 0u64;
+        self.scratch.reset();
         for (t, v) in samples {
             if t < self.min_time || t >= self.max_time {
                 return Err(invalid(format!(
                     "sample at {t} ms is outside the block [{}, {}) ({})",
                     self.min_time,
                     self.max_time,
-                    describe(&set)
+                    self.describe(label_range)
                 )));
             }
             if let Some(prev) = last {
                 if t <= prev {
                     return Err(invalid(format!(
                         "sample times not increasing: {prev} then {t} ({})",
-                        describe(&set)
+                        self.describe(label_range)
                     )));
                 }
             }
             last = Some(t);
-            if current.num_samples() >= MAX_SAMPLES_PER_CHUNK {
-                chunks.push(seal(std::mem::take(&mut current)));
+            if self.scratch.num_samples() >= MAX_SAMPLES_PER_CHUNK {
+                self.seal();
             }
-            current.append(t, v);
+            self.scratch.append(t, v);
             count = count.saturating_add(1);
         }
         if count == 0 {
             return Ok(());
         }
-        chunks.push(seal(current));
+        self.seal();
         self.num_samples = self.num_samples.saturating_add(count);
-        self.num_chunks = self.num_chunks.saturating_add(chunks.len() as u64);
-        set.shrink_to_fit();
         self.series.push(Series {
-            labels: set,
-            chunks,
+            labels: label_range,
+            chunks: (first_chunk, self.chunks.len()),
         });
         Ok(())
     }
-}
 
-fn seal(c: XorChunk) -> Chunk {
-    let (min_time, max_time) = (c.min_time(), c.max_time());
-    let mut data = c.into_bytes();
-    data.shrink_to_fit();
-    Chunk {
-        min_time,
-        max_time,
-        data,
+    /// Moves the scratch chunk's bytes into `data` and starts a new one.
+    fn seal(&mut self) {
+        let start = self.data.len();
+        self.data.extend_from_slice(self.scratch.bytes());
+        self.chunks.push(Chunk {
+            min_time: self.scratch.min_time(),
+            max_time: self.scratch.max_time(),
+            start,
+            len: self.data.len() - start,
+        });
+        self.scratch.reset();
+    }
+
+    /// `{a="b", …}` of a label range, for error messages.
+    fn describe(&self, range: (usize, usize)) -> String {
+        let s = Series {
+            labels: range,
+            chunks: (0, 0),
+        };
+        describe(&self.series_labels(&s))
     }
 }
 
 /// `{a="b", …}` for error messages.
-fn describe(labels: &[(Box<str>, Box<str>)]) -> String {
+fn describe(labels: &[(&str, &str)]) -> String {
     let inner: Vec<String> = labels.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
     format!("{{{}}}", inner.join(", "))
 }
@@ -259,45 +343,49 @@ impl BlockWriter {
     /// writes no empty block): `Ok(None)`. On an error no `DIR/<ULID>` is created or changed
     /// and the temporary directory is removed.
     pub fn write(&self, block: Block) -> io::Result<Option<BlockMeta>> {
-        let Block {
-            min_time,
-            max_time,
-            mut series,
-            num_samples,
-            num_chunks,
-        } = block;
-        if num_samples == 0 {
+        if block.num_samples == 0 {
             return Ok(None);
         }
-        series.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
-        if let Some(w) = series.windows(2).find(|w| w[0].labels == w[1].labels) {
+        let (min_time, max_time, num_samples) = (block.min_time, block.max_time, block.num_samples);
+        let mut order: Vec<(Vec<(&str, &str)>, Series)> = block
+            .series
+            .iter()
+            .map(|s| (block.series_labels(s), *s))
+            .collect();
+        order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(invalid(format!(
                 "series {} added twice to the block",
-                describe(&w[0].labels)
+                describe(&w[0].0)
             )));
         }
 
         // Plan where every chunk goes, then build the index on those references.
         let mut layout = chunks::Layout::new(self.segment_size)?;
-        let mut index_series = Vec::with_capacity(series.len());
+        let mut index_series = Vec::with_capacity(order.len());
+        let mut ranges = Vec::with_capacity(order.len());
         let mut hash = ContentHash::new();
         hash.update(&min_time.to_be_bytes());
         hash.update(&max_time.to_be_bytes());
-        for s in &series {
-            let mut metas = Vec::with_capacity(s.chunks.len());
-            for c in &s.chunks {
-                let (reference, _) = layout.place(c.data.len())?;
+        let mut num_chunks = 0u64;
+        for (labels, s) in order {
+            let chunks = &block.chunks[s.chunks.0..s.chunks.1];
+            let mut metas = Vec::with_capacity(chunks.len());
+            for c in chunks {
+                let (reference, _) = layout.place(c.len)?;
                 metas.push(index::ChunkMeta {
                     min_time: c.min_time,
                     max_time: c.max_time,
                     reference,
                 });
-                hash.update(&c.data);
+                hash.update(&block.data[c.start..c.start + c.len]);
             }
+            num_chunks = num_chunks.saturating_add(metas.len() as u64);
             index_series.push(index::IndexSeries {
-                labels: &s.labels,
+                labels,
                 chunks: metas,
             });
+            ranges.push(s.chunks);
         }
         let index_bytes = index::build(&index_series)?;
         hash.update(&index_bytes);
@@ -315,16 +403,17 @@ impl BlockWriter {
         fs::create_dir(&chunks_dir)?;
         fail_point("chunks")?;
         let mut seg = chunks::SegmentWriter::new(&chunks_dir, self.segment_size)?;
-        for (s, is) in series.iter().zip(&index_series) {
-            for (c, m) in s.chunks.iter().zip(&is.chunks) {
-                seg.write(&c.data, m.reference)?;
+        for (is, r) in index_series.iter().zip(&ranges) {
+            let chunks = &block.chunks[r.0..r.1];
+            for (c, m) in chunks.iter().zip(&is.chunks) {
+                seg.write(&block.data[c.start..c.start + c.len], m.reference)?;
             }
         }
         let (_, chunk_bytes) = seg.finish()?;
         sync_dir(&chunks_dir)?;
-        let num_series = series.len() as u64;
+        let num_series = index_series.len() as u64;
         drop(index_series);
-        drop(series);
+        drop(block);
 
         fail_point("index")?;
         write_file(&tmp.join("index"), &index_bytes)?;

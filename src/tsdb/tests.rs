@@ -174,6 +174,12 @@ fn bad_series_are_refused_without_keeping_any_of_them() {
         .add_series([("a", "1")], [(T0 + 5, 1.0), (T0 + 4, 2.0)])
         .is_err());
     assert_eq!((b.num_series(), b.num_samples()), (0, 0));
+    assert!(b.text.is_empty() && b.labels.is_empty() && b.data.is_empty() && b.chunks.is_empty());
+    // A good series after the refused ones is whole.
+    b.add_series([("a", "1"), ("b", "")], [(T0, 1.0), (T0 + 1, 2.0)])
+        .unwrap();
+    assert_eq!(b.series_labels(&b.series[0]), [("a", "1")]);
+    assert_eq!(b.chunks.len(), 1);
     // Ranges that cannot be a block.
     assert!(Block::new(T0, T0).is_err());
     assert!(Block::new(-1, H).is_err());
@@ -186,7 +192,7 @@ fn an_empty_label_value_is_dropped_as_prometheus_drops_it() {
     let mut b = Block::new(T0, T0 + H).unwrap();
     b.add_series([("__name__", "x"), ("model", "")], [(T0, 1.0)])
         .unwrap();
-    assert_eq!(b.series[0].labels.len(), 1);
+    assert_eq!(b.series_labels(&b.series[0]), [("__name__", "x")]);
     // …so the same series without the label is a duplicate, reported at write.
     b.add_series([("__name__", "x")], [(T0, 2.0)]).unwrap();
     let err = BlockWriter::new(d.path()).unwrap().write(b).unwrap_err();
@@ -204,17 +210,17 @@ fn chunks_hold_at_most_120_samples_and_decode_to_what_was_added() {
     let mut b = Block::new(T0, T0 + 2 * H).unwrap();
     let samples = counter(T0, 1000, 241);
     b.add_series([("__name__", "x")], samples.clone()).unwrap();
-    let s = &b.series[0];
-    let sizes: Vec<usize> = s
-        .chunks
+    let s = b.series[0];
+    let chunks = &b.chunks[s.chunks.0..s.chunks.1];
+    let decoded: Vec<Vec<(i64, f64)>> = chunks
         .iter()
-        .map(|c| xor::decode(&c.data).len())
+        .map(|c| xor::decode(&b.data[c.start..c.start + c.len]))
         .collect();
+    let sizes: Vec<usize> = decoded.iter().map(Vec::len).collect();
     assert_eq!(sizes, [120, 120, 1]);
-    let back: Vec<(i64, f64)> = s.chunks.iter().flat_map(|c| xor::decode(&c.data)).collect();
-    assert_eq!(back, samples);
-    assert_eq!(s.chunks[1].min_time, T0 + 120_000);
-    assert_eq!(s.chunks[1].max_time, T0 + 239_000);
+    assert_eq!(decoded.concat(), samples);
+    assert_eq!(chunks[1].min_time, T0 + 120_000);
+    assert_eq!(chunks[1].max_time, T0 + 239_000);
 }
 
 #[test]

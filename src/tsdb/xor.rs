@@ -108,6 +108,20 @@ impl XorChunk {
         }
     }
 
+    /// Empties the chunk, keeping its buffer.
+    pub fn reset(&mut self) {
+        self.bits.bytes.clear();
+        self.bits.bytes.extend_from_slice(&[0, 0]);
+        self.bits.free = 0;
+        self.num = 0;
+        self.t = 0;
+        self.v = 0.0;
+        self.t_delta = 0;
+        self.leading = 0xff;
+        self.trailing = 0;
+        self.min_t = 0;
+    }
+
     pub fn num_samples(&self) -> usize {
         usize::from(self.num)
     }
