@@ -45,6 +45,45 @@ pub const TMP_SUFFIX: &str = ".tmp-for-creation";
 /// The suffix of a block directory being replaced (`tmpForDeletionBlockDirSuffix`).
 pub const DELETE_SUFFIX: &str = ".tmp-for-deletion";
 
+/// Prometheus's default block range: 2 h (`DefaultBlockDuration`).
+pub const DEFAULT_BLOCK_RANGE_MS: i64 = 2 * 3_600_000;
+
+/// The block window `[start, start + range)` holding `t_ms`, aligned as Prometheus aligns its
+/// blocks: `start` a multiple of `range` since the epoch (`rangeForTimestamp`, floored for
+/// times before 1970). `None` for a range that is not positive or a window past `i64`.
+pub fn block_window(t_ms: i64, range_ms: i64) -> Option<(i64, i64)> {
+    if range_ms <= 0 {
+        return None;
+    }
+    let start = t_ms.checked_sub(t_ms.rem_euclid(range_ms))?;
+    Some((start, start.checked_add(range_ms)?))
+}
+
+/// Removes what interrupted writes left in `dir`: directories named `<ULID>.tmp-for-creation`
+/// or `<ULID>.tmp-for-deletion` (exactly what Prometheus itself removes at start-up, so that
+/// an upload of `dir/*` to Mimir or Thanos never meets a half block). Returns how many.
+pub fn remove_stale_temporaries(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let stem = name
+            .strip_suffix(TMP_SUFFIX)
+            .or_else(|| name.strip_suffix(DELETE_SUFFIX));
+        if stem.is_some_and(ulid::is_ulid) {
+            fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }

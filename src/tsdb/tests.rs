@@ -280,3 +280,81 @@ fn a_write_that_fails_half_way_leaves_no_directory_at_all() {
         assert!(left.is_empty(), "{stage}: {left:?}");
     }
 }
+
+#[test]
+fn block_windows_are_aligned_to_multiples_of_the_range_as_prometheus_aligns_them() {
+    let r = DEFAULT_BLOCK_RANGE_MS;
+    assert_eq!(block_window(T0, r), Some((T0, T0 + r)));
+    assert_eq!(block_window(T0 + r - 1, r), Some((T0, T0 + r)));
+    assert_eq!(block_window(T0 + r, r), Some((T0 + r, T0 + 2 * r)));
+    assert_eq!(block_window(0, r), Some((0, r)));
+    assert_eq!(block_window(-1, r), Some((-r, 0)));
+    assert_eq!(block_window(T0, 0), None);
+    assert_eq!(block_window(i64::MAX, r), None);
+}
+
+#[test]
+fn stale_temporaries_of_interrupted_writes_are_removed_and_nothing_else() {
+    let d = tempfile::tempdir().unwrap();
+    let w = BlockWriter::new(d.path()).unwrap();
+    let m = w.write(sample_block()).unwrap().unwrap();
+    let id = ulid::encode(T0, 7).unwrap();
+    for name in [
+        format!("{id}{TMP_SUFFIX}"),
+        format!("{id}{DELETE_SUFFIX}"),
+        "notaulid.tmp-for-creation".to_string(),
+        "wal".to_string(),
+    ] {
+        fs::create_dir_all(d.path().join(name).join("chunks")).unwrap();
+    }
+    fs::write(d.path().join(format!("{id}.tmp-for-creation.txt")), b"").unwrap();
+    assert_eq!(remove_stale_temporaries(d.path()).unwrap(), 2);
+    let mut left: Vec<String> = fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut want = vec![
+        m.ulid.clone(),
+        "notaulid.tmp-for-creation".to_string(),
+        "wal".to_string(),
+        format!("{id}.tmp-for-creation.txt"),
+    ];
+    want.sort();
+    assert_eq!(left, want);
+}
+
+proptest::proptest! {
+    /// Any increasing timestamps and any float bits (NaNs included) come back from the
+    /// encoder exactly, through the test decoder and the block's chunk cutting.
+    #[test]
+    fn any_series_round_trips_through_the_xor_chunks_bit_for_bit(
+        gaps in proptest::collection::vec(1i64..10_000_000, 1..400),
+        bits in proptest::collection::vec(proptest::num::u64::ANY, 400),
+        repeat in proptest::collection::vec(proptest::bool::ANY, 400),
+    ) {
+        let mut t = T0;
+        let mut samples = Vec::new();
+        let mut prev = 0u64;
+        for (i, g) in gaps.iter().enumerate() {
+            let b = if repeat[i] { prev } else { bits[i] };
+            samples.push((t, f64::from_bits(b)));
+            prev = b;
+            t += g;
+        }
+        let mut b = Block::new(T0, t + 1).unwrap();
+        b.add_series([("__name__", "p")], samples.clone()).unwrap();
+        let s = b.series[0];
+        let mut back = Vec::new();
+        for c in &b.chunks[s.chunks.0..s.chunks.1] {
+            let d = xor::decode(&b.data[c.start..c.start + c.len]);
+            proptest::prop_assert!(d.len() <= 120);
+            proptest::prop_assert_eq!(d.first().map(|x| x.0), Some(c.min_time));
+            proptest::prop_assert_eq!(d.last().map(|x| x.0), Some(c.max_time));
+            back.extend(d);
+        }
+        let want: Vec<(i64, u64)> = samples.iter().map(|(t, v)| (*t, v.to_bits())).collect();
+        let got: Vec<(i64, u64)> = back.iter().map(|(t, v)| (*t, v.to_bits())).collect();
+        proptest::prop_assert_eq!(got, want);
+    }
+}

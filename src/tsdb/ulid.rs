@@ -35,6 +35,16 @@ pub fn encode(time_ms: i64, entropy: u128) -> io::Result<String> {
     Ok(out)
 }
 
+/// Whether `s` is a ULID as Prometheus's `ulid.ParseStrict` takes one: 26 characters of the
+/// alphabet (upper or lower case), the first at most '7'.
+pub fn is_ulid(s: &str) -> bool {
+    s.len() == 26
+        && s.bytes().enumerate().all(|(i, b)| {
+            let b = b.to_ascii_uppercase();
+            ALPHABET.contains(&b) && (i > 0 || b <= b'7')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +74,20 @@ mod tests {
         assert!(encode(0, 1).unwrap().ends_with("0000000000000001"));
         assert!(encode(0, 32).unwrap().ends_with("0000000000000010"));
         assert_eq!(&encode(0, 0x1F << 75).unwrap()[10..], "Z000000000000000");
+    }
+
+    #[test]
+    fn only_26_crockford_characters_starting_at_most_with_7_are_ulids() {
+        assert!(is_ulid("01ARYZ6S41TSV4RRFFQ69G5FAV"));
+        assert!(is_ulid("01aryz6s41tsv4rrffq69g5fav"));
+        assert!(is_ulid(&encode(MAX_TIME as i64, u128::MAX).unwrap()));
+        assert!(!is_ulid("81ARYZ6S41TSV4RRFFQ69G5FAV"), "overflows 128 bits");
+        assert!(
+            !is_ulid("01ARYZ6S41TSV4RRFFQ69G5FAI"),
+            "I is not in the alphabet"
+        );
+        assert!(!is_ulid("01ARYZ6S41TSV4RRFFQ69G5FA"));
+        assert!(!is_ulid("checkpoint.00000001"));
     }
 
     #[test]
