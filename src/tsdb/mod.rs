@@ -19,6 +19,13 @@
 //! 1–2 bytes a sample for counters); writing it builds the index in memory and streams the
 //! chunks to disk. Nothing outlives [`BlockWriter::write`].
 //!
+//! For Mimir's block upload (`docs/sources/mimir/configure/configure-tsdb-block-upload.md` in
+//! grafana/mimir): `minTime`/`maxTime` are never negative and `maxTime > minTime`; a 2 h
+//! window from [`block_window`] never crosses a 24 h boundary; `meta.json` has no Thanos
+//! section (no external labels, no downsampling); chunks lie within the block, in order, each
+//! series' labels sorted and unique. A `maxTime` in the future is refused by Mimir: the
+//! caller ends a window that is not over yet with [`Block::shrink_max_time`].
+//!
 //! The format, read from the Prometheus repository at v2.53.3 (commit
 //! 1491d29fb1e8f8acbab29fd54fd4ce9be2cbd7bc), the version whose promtool and server the tests
 //! run: `tsdb/docs/format/index.md`, `chunks.md`, `tombstones.md`; and the Go writers they
@@ -126,6 +133,8 @@ pub struct Block {
     chunks: Vec<Chunk>,
     series: Vec<Series>,
     num_samples: u64,
+    /// The earliest and latest sample time added.
+    sample_range: Option<(i64, i64)>,
     /// The chunk being appended to, reused.
     scratch: XorChunk,
 }
@@ -153,6 +162,7 @@ impl Block {
             chunks: Vec::new(),
             series: Vec::new(),
             num_samples: 0,
+            sample_range: None,
             scratch: XorChunk::new(),
         })
     }
@@ -172,6 +182,26 @@ impl Block {
 
     pub fn num_samples(&self) -> u64 {
         self.num_samples
+    }
+
+    /// The earliest and the latest sample time added, if any.
+    pub fn sample_range(&self) -> Option<(i64, i64)> {
+        self.sample_range
+    }
+
+    /// Ends the block earlier, at `max_time` (exclusive), for a last window that is not over
+    /// yet: Mimir refuses a block whose `maxTime` is in the future. Fails if a sample added
+    /// is at or after `max_time`, or if the range would be empty or grow.
+    pub fn shrink_max_time(&mut self, max_time: i64) -> io::Result<()> {
+        let last = self.sample_range.map_or(self.min_time, |r| r.1);
+        if max_time <= self.min_time || max_time > self.max_time || max_time <= last {
+            return Err(invalid(format!(
+                "cannot end block [{}, {}) at {max_time} (last sample at {last})",
+                self.min_time, self.max_time
+            )));
+        }
+        self.max_time = max_time;
+        Ok(())
     }
 
     /// The label pairs of series `i`.
@@ -265,6 +295,7 @@ impl Block {
             return Err(invalid("a series has no label with a value".into()));
         }
         let first_chunk = self.chunks.len();
+        let mut first: Option<i64> = None;
         let mut last: Option<i64> = None;
         let mut count = 0u64;
         self.scratch.reset();
@@ -286,6 +317,7 @@ impl Block {
                 }
             }
             last = Some(t);
+            first.get_or_insert(t);
             if self.scratch.num_samples() >= MAX_SAMPLES_PER_CHUNK {
                 self.seal();
             }
@@ -297,6 +329,12 @@ impl Block {
         }
         self.seal();
         self.num_samples = self.num_samples.saturating_add(count);
+        if let (Some(f), Some(l)) = (first, last) {
+            self.sample_range = Some(match self.sample_range {
+                Some((a, b)) => (a.min(f), b.max(l)),
+                None => (f, l),
+            });
+        }
         self.series.push(Series {
             labels: label_range,
             chunks: (first_chunk, self.chunks.len()),

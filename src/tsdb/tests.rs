@@ -358,3 +358,32 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got, want);
     }
 }
+
+#[test]
+fn a_last_window_can_end_after_its_last_sample_but_never_before_it() {
+    let d = tempfile::tempdir().unwrap();
+    let mut b = sample_block();
+    assert_eq!(b.sample_range(), Some((T0, T0 + 2 * H - 1)));
+    assert!(
+        b.shrink_max_time(T0 + 2 * H - 1).is_err(),
+        "would drop the last sample"
+    );
+    assert!(b.shrink_max_time(T0 + 2 * H + 1).is_err(), "cannot grow");
+    let mut early = Block::new(T0, T0 + 2 * H).unwrap();
+    early
+        .add_series([("__name__", "x")], [(T0 + 10, 1.0), (T0 + 20, 2.0)])
+        .unwrap();
+    assert!(early.shrink_max_time(T0 + 20).is_err());
+    early.shrink_max_time(T0 + 21).unwrap();
+    let m = BlockWriter::new(d.path())
+        .unwrap()
+        .write(early)
+        .unwrap()
+        .unwrap();
+    assert_eq!((m.min_time, m.max_time), (T0, T0 + 21));
+    let meta = fs::read_to_string(m.dir.join("meta.json")).unwrap();
+    assert!(
+        meta.contains(&format!("\"maxTime\": {},", T0 + 21)),
+        "{meta}"
+    );
+}
