@@ -61,8 +61,11 @@ pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
     put_be32(&mut out, MAGIC);
     out.push(FORMAT_V2);
 
-    // Symbols: every label name and value, sorted, once.
+    // Symbols: every label name and value, sorted, once; and the empty string, as in every
+    // block Prometheus writes (its head's symbols come from its postings, whose all-series
+    // list is keyed `""=""`), so that the whole file is byte-identical to Prometheus's.
     let mut ids: FxHashMap<&str, u32> = FxHashMap::default();
+    ids.insert("", 0);
     for s in series {
         for &(n, v) in &s.labels {
             ids.entry(n).or_insert(0);
@@ -284,11 +287,11 @@ mod tests {
         .unwrap();
         assert_eq!(&idx[..5], &[0xBA, 0xAA, 0xD7, 0x00, 2]);
         let [sym, ser, li, lt, po, pt] = toc(&idx);
-        // Symbols at 5: "__name__", "a", "job", "up".
+        // Symbols at 5: "", "__name__", "a", "job", "up".
         assert_eq!(sym, 5);
         let len = be32(&idx, 5) as usize;
-        assert_eq!(be32(&idx, 9), 4);
-        assert_eq!(&idx[13..22], b"\x08__name__");
+        assert_eq!(be32(&idx, 9), 5);
+        assert_eq!(&idx[13..23], b"\x00\x08__name__");
         assert_eq!(
             be32(&idx, 9 + len),
             crc32c(&idx[9..9 + len]),
@@ -300,11 +303,11 @@ mod tests {
         assert!(idx[ser as usize..at].iter().all(|&b| b == 0));
         let entry_len = idx[at] as usize;
         let entry = &idx[at + 1..at + 1 + entry_len];
-        // 2 labels: (0 "__name__", 3 "up"), (2 "job", 1 "a"); 1 chunk: mint varint 1000,
+        // 2 labels: (1 "__name__", 4 "up"), (3 "job", 2 "a"); 1 chunk: mint varint 1000,
         // maxt-mint 1000, ref 8.
         assert_eq!(
             entry,
-            &[2, 0, 3, 2, 1, 1, 0xd0, 0x0f, 0xe8, 0x07, 8],
+            &[2, 1, 4, 3, 2, 1, 0xd0, 0x0f, 0xe8, 0x07, 8],
             "labels then chunk metas"
         );
         assert_eq!(be32(&idx, at + 1 + entry_len), crc32c(entry));
@@ -314,7 +317,7 @@ mod tests {
         assert_eq!(be32(&idx, first), 4 + 4 + 4, "names, entries, one value");
         assert_eq!(be32(&idx, first + 4), 1);
         assert_eq!(be32(&idx, first + 8), 1);
-        assert_eq!(be32(&idx, first + 12), 3, "__name__'s value up is symbol 3");
+        assert_eq!(be32(&idx, first + 12), 4, "__name__'s value up is symbol 4");
         // Postings: all-series list first, 4-aligned, holding the series' reference.
         let p0 = (po as usize).div_ceil(4) * 4;
         assert_eq!(be32(&idx, p0), 8, "count and one reference");
@@ -359,7 +362,7 @@ mod tests {
         let ser = toc(&idx)[1] as usize;
         let at = ser.div_ceil(16) * 16;
         let len = idx[at] as usize;
-        let mut want = vec![1, 0, 1, 3, 0, 100, 8, 10, 40];
+        let mut want = vec![1, 1, 2, 3, 0, 100, 8, 10, 40];
         put_varint(&mut want, 52);
         want.extend_from_slice(&[1, 0]);
         put_varint(&mut want, ((1i64 << 32) | 8) - 60);

@@ -31,6 +31,10 @@ struct BitWriter {
     free: u8,
 }
 
+/// Go's `bstream` writer, operation for operation: besides the bits, its byte count is part
+/// of the format as written, because `writeByte` always appends the next byte at once — a
+/// stream whose last write was a byte on a byte boundary ends with an empty byte (a chunk of
+/// one sample is 17 bytes, not 16), and Prometheus's blocks carry it.
 impl BitWriter {
     fn write_bit(&mut self, bit: bool) {
         if self.free == 0 {
@@ -45,28 +49,42 @@ impl BitWriter {
         self.free -= 1;
     }
 
-    /// The `nbits` right-most bits of `u`, left to right.
+    /// `writeByte`: the top `free` bits of `byte` complete the last byte, the rest start a
+    /// new one, which keeps `free` free bits.
+    fn write_byte(&mut self, byte: u8) {
+        if self.free == 0 {
+            self.bytes.push(0);
+            self.free = 8;
+        }
+        let free = u32::from(self.free);
+        if let Some(last) = self.bytes.last_mut() {
+            *last |= byte.checked_shr(8 - free).unwrap_or(0);
+        }
+        self.bytes.push(byte.checked_shl(free).unwrap_or(0));
+    }
+
+    /// `writeBits`: the `nbits` right-most bits of `u`, left to right, whole bytes first.
     fn write_bits(&mut self, u: u64, nbits: u32) {
+        if nbits == 0 {
+            return;
+        }
+        let mut u = u << (64 - nbits);
         let mut left = nbits;
+        while left >= 8 {
+            self.write_byte((u >> 56) as u8);
+            u <<= 8;
+            left -= 8;
+        }
         while left > 0 {
-            if self.free == 0 {
-                self.bytes.push(0);
-                self.free = 8;
-            }
-            let take = left.min(u32::from(self.free));
-            let shift = left - take;
-            let chunk = ((u >> shift) & ((1u64 << take) - 1)) as u8;
-            if let Some(last) = self.bytes.last_mut() {
-                *last |= chunk << (u32::from(self.free) - take);
-            }
-            self.free -= take as u8;
-            left -= take;
+            self.write_bit((u >> 63) == 1);
+            u <<= 1;
+            left -= 1;
         }
     }
 
     fn write_bytes(&mut self, b: &[u8]) {
         for &x in b {
-            self.write_bits(u64::from(x), 8);
+            self.write_byte(x);
         }
     }
 }
@@ -325,17 +343,19 @@ mod tests {
     }
 
     #[test]
-    fn one_sample_is_count_varint_timestamp_and_raw_value_bits() {
-        // 1000 → zig-zag 2000 → 0xd0 0x0f; 1.0 = 0x3ff0000000000000.
+    fn one_sample_is_count_varint_timestamp_raw_value_bits_and_go_s_empty_last_byte() {
+        // 1000 → zig-zag 2000 → 0xd0 0x0f; 1.0 = 0x3ff0000000000000; then the byte Go's
+        // `writeByte` appends after the value's last byte (a one-sample chunk in a block
+        // Prometheus writes has it too).
         assert_eq!(
             chunk(&[(1000, 1.0)]),
-            [0x00, 0x01, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0]
+            [0x00, 0x01, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0]
         );
         // Zero and a negative timestamp.
-        assert_eq!(chunk(&[(0, 0.0)]), [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(chunk(&[(0, 0.0)]), [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
             chunk(&[(-1, -2.0)]),
-            [0, 1, 0x01, 0xc0, 0x00, 0, 0, 0, 0, 0, 0]
+            [0, 1, 0x01, 0xc0, 0x00, 0, 0, 0, 0, 0, 0, 0]
         );
     }
 
