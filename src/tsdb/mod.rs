@@ -19,6 +19,13 @@
 //! 1–2 bytes a sample for counters); writing it builds the index in memory and streams the
 //! chunks to disk. Nothing outlives [`BlockWriter::write`].
 //!
+//! Fidelity: where Prometheus's head would cut chunks where this writer does (at most 120
+//! samples a series in a window; beyond that the head spreads samples over chunks of up to
+//! 240, this writer cuts at 120), `index` and `chunks/000001` are byte-identical to what
+//! Prometheus 2.53's own writer makes of the same samples (`promtool tsdb create-blocks-from
+//! openmetrics`), which `tests/tsdb.rs` checks; `meta.json` differs only in the ULID and in
+//! the time range (promtool's ends at its last sample + 1, a window here).
+//!
 //! For Mimir's block upload (`docs/sources/mimir/configure/configure-tsdb-block-upload.md` in
 //! grafana/mimir): `minTime`/`maxTime` are never negative and `maxTime > minTime`; a 2 h
 //! window from [`block_window`] never crosses a 24 h boundary; `meta.json` has no Thanos
