@@ -545,10 +545,11 @@ fn promtool_refuses_a_block_with_one_flipped_bit_in_a_chunk_or_in_the_index() {
 }
 
 /// With at most 120 samples a series in each 2 h window (so Prometheus's head cuts no chunk
-/// either), the `index` and `chunks/000001` that promtool's own writer makes from the same
-/// samples are byte-identical to these: the strongest check of the format there is.
+/// either), the `index`, `chunks/000001` and `tombstones` that promtool's own writer makes
+/// from the same samples are byte-identical to these, and `meta.json` is but for the ULID
+/// and the time range: the strongest check of the format there is.
 #[test]
-fn index_and_chunk_files_are_byte_identical_to_those_promtool_writes_for_the_same_samples() {
+fn block_files_are_byte_identical_to_those_promtool_writes_for_the_same_samples() {
     let tmp = tempfile::tempdir().unwrap();
     // Every 90 s: 80 samples a window; the sparse and odd-label series as they are.
     let history: Vec<(Labels, Samples)> = whole_seconds(&history())
@@ -603,9 +604,28 @@ fn index_and_chunk_files_are_byte_identical_to_those_promtool_writes_for_the_sam
                 );
             }
         }
-        assert_eq!(meta["stats"]["numSamples"].as_u64(), Some(mine.num_samples));
-        assert_eq!(meta["stats"]["numSeries"].as_u64(), Some(mine.num_series));
-        assert_eq!(meta["stats"]["numChunks"].as_u64(), Some(mine.num_chunks));
+        // meta.json: the same text but for the ULID and the time range.
+        let theirs_text = std::fs::read_to_string(block.join("meta.json")).unwrap();
+        let their_id = meta["ulid"].as_str().unwrap();
+        let max = meta["maxTime"].as_i64().unwrap();
+        let expected_text = theirs_text
+            .replace(their_id, &mine.ulid)
+            .replace(
+                &format!("\"minTime\": {min},"),
+                &format!("\"minTime\": {},", mine.min_time),
+            )
+            .replace(
+                &format!("\"maxTime\": {max},"),
+                &format!("\"maxTime\": {},", mine.max_time),
+            );
+        assert_eq!(
+            std::fs::read_to_string(mine.dir.join("meta.json")).unwrap(),
+            expected_text
+        );
+        assert_eq!(
+            std::fs::read(block.join("tombstones")).unwrap(),
+            std::fs::read(mine.dir.join("tombstones")).unwrap()
+        );
         compared += 1;
     }
     assert_eq!(compared, 3);

@@ -23,8 +23,8 @@
 //! samples a series in a window; beyond that the head spreads samples over chunks of up to
 //! 240, this writer cuts at 120), `index` and `chunks/000001` are byte-identical to what
 //! Prometheus 2.53's own writer makes of the same samples (`promtool tsdb create-blocks-from
-//! openmetrics`), which `tests/tsdb.rs` checks; `meta.json` differs only in the ULID and in
-//! the time range (promtool's ends at its last sample + 1, a window here).
+//! openmetrics`), which `tests/tsdb.rs` checks; so is `meta.json` but for the ULID and the
+//! time range (promtool's runs from its first sample to its last + 1, here it is the window).
 //!
 //! For Mimir's block upload (`docs/sources/mimir/configure/configure-tsdb-block-upload.md` in
 //! grafana/mimir): `minTime`/`maxTime` are never negative and `maxTime > minTime`; a 2 h
