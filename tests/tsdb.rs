@@ -649,7 +649,7 @@ fn blocks_of_thousands_of_series_are_byte_identical_to_promtool_s_too() {
     let mut history = Vec::new();
     for key in 0..1500 {
         for model in ["gpt-4o", "gpt-4o-mini", "llama-3"] {
-            if rng.next() % 3 == 0 {
+            if rng.next().is_multiple_of(3) {
                 continue;
             }
             let start = T0 + (rng.next() % 10_800) as i64 * 1000;
