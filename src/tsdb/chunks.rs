@@ -94,6 +94,7 @@ pub struct SegmentWriter {
     layout: Layout,
     current: Option<(BufWriter<File>, PathBuf)>,
     scratch: Vec<u8>,
+    fsync: bool,
     /// Segment files written, each flushed and fsynced when the next one opens or at
     /// [`SegmentWriter::finish`].
     pub files: Vec<PathBuf>,
@@ -101,12 +102,15 @@ pub struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    pub fn new(dir: &Path, segment_size: u64) -> io::Result<SegmentWriter> {
+    /// A writer of segments of at most `segment_size` bytes into `dir`, each fsynced when
+    /// complete if `fsync`.
+    pub fn new(dir: &Path, segment_size: u64, fsync: bool) -> io::Result<SegmentWriter> {
         Ok(SegmentWriter {
             dir: dir.to_path_buf(),
             layout: Layout::new(segment_size)?,
             current: None,
             scratch: Vec::with_capacity(16),
+            fsync,
             files: Vec::new(),
             bytes: 0,
         })
@@ -115,7 +119,9 @@ impl SegmentWriter {
     fn close_current(&mut self) -> io::Result<()> {
         if let Some((w, path)) = self.current.take() {
             let f = w.into_inner().map_err(|e| e.into_error())?;
-            f.sync_all()?;
+            if self.fsync {
+                f.sync_all()?;
+            }
             self.files.push(path);
         }
         Ok(())
@@ -154,7 +160,7 @@ impl SegmentWriter {
         Ok(r)
     }
 
-    /// Flushes and fsyncs the last segment.
+    /// Flushes (and fsyncs, if asked) the last segment.
     pub fn finish(mut self) -> io::Result<(Vec<PathBuf>, u64)> {
         self.close_current()?;
         Ok((self.files, self.bytes))
@@ -194,7 +200,7 @@ mod tests {
     #[test]
     fn a_record_is_length_encoding_data_and_crc32c_of_encoding_and_data() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SegmentWriter::new(dir.path(), DEFAULT_SEGMENT_SIZE).unwrap();
+        let mut w = SegmentWriter::new(dir.path(), DEFAULT_SEGMENT_SIZE, true).unwrap();
         let data = [0x00, 0x01, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0];
         assert_eq!(w.write(&data, 8).unwrap(), 8);
         let (files, bytes) = w.finish().unwrap();

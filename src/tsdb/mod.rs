@@ -398,6 +398,7 @@ pub struct BlockMeta {
 pub struct BlockWriter {
     dir: PathBuf,
     segment_size: u64,
+    fsync: bool,
 }
 
 impl BlockWriter {
@@ -408,7 +409,34 @@ impl BlockWriter {
         Ok(BlockWriter {
             dir,
             segment_size: chunks::DEFAULT_SEGMENT_SIZE,
+            fsync: true,
         })
+    }
+
+    /// Whether each block's files and directories are fsynced before its rename (the
+    /// default, as Prometheus does: a block is whole even after a power loss). Without, a
+    /// block still appears only once complete to anything that reads the directory, and an
+    /// interrupted process still leaves no half block; only an OS crash or power loss during
+    /// the run could leave a renamed block whose files never reached the disk. That saves
+    /// 7 fsyncs a block (measured here: 100 small blocks in 2.6 s with them, 0.05 s without,
+    /// then 0.01 s for one [`BlockWriter::sync`]: ~9 s over a month of 2 h blocks); call
+    /// [`BlockWriter::sync`] once at the end to make everything durable.
+    pub fn with_fsync(mut self, fsync: bool) -> BlockWriter {
+        self.fsync = fsync;
+        self
+    }
+
+    /// Makes everything written so far durable at once: `syncfs(2)` of the file system that
+    /// holds the directory.
+    pub fn sync(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let dir = File::open(&self.dir)?;
+        // SAFETY: `syncfs` takes a file descriptor, which `dir` keeps open for the call.
+        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Chunk segment files of at most `bytes` (512 MiB by default, as Prometheus); for tests
@@ -486,7 +514,7 @@ impl BlockWriter {
         let chunks_dir = tmp.join("chunks");
         fs::create_dir(&chunks_dir)?;
         fail_point("chunks")?;
-        let mut seg = chunks::SegmentWriter::new(&chunks_dir, self.segment_size)?;
+        let mut seg = chunks::SegmentWriter::new(&chunks_dir, self.segment_size, self.fsync)?;
         for (is, r) in index_series.iter().zip(&ranges) {
             let chunks = &block.chunks[r.0..r.1];
             for (c, m) in chunks.iter().zip(&is.chunks) {
@@ -494,13 +522,13 @@ impl BlockWriter {
             }
         }
         let (_, chunk_bytes) = seg.finish()?;
-        sync_dir(&chunks_dir)?;
+        self.sync_dir(&chunks_dir)?;
         let num_series = index_series.len() as u64;
         drop(index_series);
         drop(block);
 
         fail_point("index")?;
-        write_file(&tmp.join("index"), &index_bytes)?;
+        self.write_file(&tmp.join("index"), &index_bytes)?;
         let meta = BlockMeta {
             ulid: id.clone(),
             dir: final_dir.clone(),
@@ -513,10 +541,10 @@ impl BlockWriter {
         };
         let meta_json = meta_json(&meta);
         fail_point("meta")?;
-        write_file(&tmp.join("meta.json"), meta_json.as_bytes())?;
+        self.write_file(&tmp.join("meta.json"), meta_json.as_bytes())?;
         let tombstones = empty_tombstones();
-        write_file(&tmp.join("tombstones"), &tombstones)?;
-        sync_dir(&tmp)?;
+        self.write_file(&tmp.join("tombstones"), &tombstones)?;
+        self.sync_dir(&tmp)?;
         fail_point("rename")?;
 
         // Make it visible: a block of the same name (the same content, by construction) is
@@ -531,7 +559,7 @@ impl BlockWriter {
             fs::rename(&tmp, &final_dir)?;
         }
         guard.disarm();
-        sync_dir(&self.dir)?;
+        self.sync_dir(&self.dir)?;
 
         let bytes = chunk_bytes
             .saturating_add(index_bytes.len() as u64)
@@ -565,14 +593,22 @@ fn empty_tombstones() -> Vec<u8> {
     b
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
+impl BlockWriter {
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut f = File::create(path)?;
+        f.write_all(bytes)?;
+        if self.fsync {
+            f.sync_all()?;
+        }
+        Ok(())
+    }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.fsync {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
 }
 
 fn remove_if_present(dir: &Path) -> io::Result<()> {

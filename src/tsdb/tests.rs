@@ -387,3 +387,16 @@ fn a_last_window_can_end_after_its_last_sample_but_never_before_it() {
         "{meta}"
     );
 }
+
+#[test]
+fn without_fsync_the_bytes_are_the_same_and_sync_makes_them_durable_at_once() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    BlockWriter::new(a.path())
+        .unwrap()
+        .write(sample_block())
+        .unwrap();
+    let w = BlockWriter::new(b.path()).unwrap().with_fsync(false);
+    w.write(sample_block()).unwrap();
+    w.sync().unwrap();
+    assert!(tree(a.path()) == tree(b.path()));
+}
