@@ -6,7 +6,8 @@
 //! Owns: the on-disk block format (float samples, XOR chunks) and writing a block so that it
 //! appears whole or not at all: everything goes to `DIR/<ULID>.tmp-for-creation/` (the name
 //! Prometheus's own compactor uses, and which Prometheus deletes at start-up if it finds one
-//! left over), each file and directory is fsynced, then the directory is renamed to
+//! left over), each file and directory is fsynced (unless the caller defers that to one
+//! [`BlockWriter::sync`] at the end), then the directory is renamed to
 //! `DIR/<ULID>/`. Must not know where the samples come from (the replay's windows, steps,
 //! labels are the caller's): it imports nothing of the crate.
 //!
