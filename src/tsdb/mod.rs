@@ -554,7 +554,13 @@ impl BlockWriter {
             let aside = self.dir.join(format!("{id}{DELETE_SUFFIX}"));
             remove_if_present(&aside)?;
             fs::rename(&final_dir, &aside)?;
-            fs::rename(&tmp, &final_dir)?;
+            if let Err(e) = fs::rename(&tmp, &final_dir) {
+                // Put the old one back: an error leaves `DIR/<ULID>` as it was.
+                let _ = fs::rename(&aside, &final_dir);
+                return Err(e);
+            }
+            // The new block is in place (and equal to the old one); a failure to delete the
+            // old copy is still reported, and Prometheus removes `*.tmp-for-deletion` itself.
             fs::remove_dir_all(&aside)?;
         } else {
             fs::rename(&tmp, &final_dir)?;
