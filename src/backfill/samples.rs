@@ -65,6 +65,16 @@ pub(super) struct LabelSet<'c> {
     pub(super) starts_here: bool,
 }
 
+impl LabelSet<'_> {
+    /// The 0 a label set that starts in this window has one step before its first value, so
+    /// that PromQL's `increase()` sees its first increment (docs/metrics.md "Series start
+    /// times and first increments"); `None` for one that continues from an earlier window.
+    pub(super) fn first_zero(&self, step_ns: i64) -> Option<(i64, u128)> {
+        self.starts_here
+            .then_some((self.first_ns.saturating_sub(step_ns), 0))
+    }
+}
+
 /// Whether two own labels are the same: by address first (the schema hands out the same
 /// `&'static str` or currency string every step), then by text.
 fn same_label(a: Option<(&str, &str)>, b: Option<(&str, &str)>) -> bool {
