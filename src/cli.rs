@@ -289,6 +289,10 @@ fn run(cli: Cli) -> ExitCode {
             let openmetrics_dir = openmetrics
                 .as_ref()
                 .is_some_and(|p| p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/'));
+            if tsdb.is_some() && 86_400_000_000_000 % block_ns != 0 {
+                eprintln!("error: --block {block:?} must divide 24h with --tsdb: Mimir refuses a block that crosses a UTC midnight (e.g. 1h, 2h, 6h, 24h)");
+                return ExitCode::from(2);
+            }
             if tsdb.is_some() && openmetrics.is_some() && !openmetrics_dir {
                 eprintln!("error: --tsdb writes one block per --block window; --openmetrics FILE holds everything in one file: give --openmetrics a directory (ending in /) to write both");
                 return ExitCode::from(2);

@@ -244,6 +244,9 @@ pub fn summary_text(r: &ReplayReport) -> String {
             r.outside_range,
             r.late.unwrap_or(0)
         );
+        if let Some(blocks) = e.blocks {
+            let _ = writeln!(out, "TSDB blocks written: {blocks}");
+        }
     }
     if let Some(p) = &r.pushed {
         let _ = writeln!(out, "OTLP push requests: {p:?}");
