@@ -107,8 +107,8 @@ pub(super) struct Pair {
     pub(super) ids: [u32; 2],
     pub(super) unpriced: u64,
     pub(super) unmetered: u64,
-    /// When each counter first went above 0 (the start of its series, docs/metrics.md "Series start times and first
-    /// increments").
+    /// When each counter first went above 0: the start of its series (see
+    /// docs/metrics.md "Series start times and first increments").
     pub(super) unpriced_start_ns: i64,
     pub(super) unmetered_start_ns: i64,
 }

@@ -67,8 +67,8 @@ pub(super) struct LabelSet<'c> {
 
 impl LabelSet<'_> {
     /// The 0 a label set that starts in this window has one step before its first value, so
-    /// that PromQL's `increase()` sees its first increment (docs/metrics.md "Series start
-    /// times and first increments"); `None` for one that continues from an earlier window.
+    /// that PromQL's `increase()` sees its first increment; `None` for one that continues
+    /// from an earlier window. See docs/metrics.md "Series start times and first increments".
     pub(super) fn first_zero(&self, step_ns: i64) -> Option<(i64, u128)> {
         self.starts_here
             .then_some((self.first_ns.saturating_sub(step_ns), 0))

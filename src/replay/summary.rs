@@ -47,7 +47,7 @@ struct JsonSummary<'a> {
 }
 
 /// An amount written as a JSON number in plain decimal notation from its integer units, never
-/// through a float (docs/spend.md "Summary").
+/// through a float (docs/spend.md "Summaries").
 struct Money(u128);
 
 impl Serialize for Money {
