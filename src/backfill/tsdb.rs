@@ -77,18 +77,8 @@ impl TsdbSink {
         let (start_ms, end_ms) = (sample_ms(start_ns), sample_ms(end_ns));
         let mut block = Block::new(start_ms, end_ms).map_err(|e| self.err(e))?;
         let mut earlier: Vec<BlockSeries> = Vec::new();
-        let mut samples = 0;
-        for (labels, points) in block_series(series, with) {
-            samples += points.len();
-            // Only a first 0 can come before the window (a step before its first value).
-            let cut = points.partition_point(|&(t, _)| t < start_ms);
-            if cut > 0 {
-                earlier.push((labels.clone(), points[..cut].to_vec()));
-            }
-            block
-                .add_series(labels, points[cut..].iter().copied())
-                .map_err(|e| self.err(e))?;
-        }
+        let samples =
+            add_window(&mut block, &mut earlier, series, with).map_err(|e| self.err(e))?;
         if !earlier.is_empty() {
             let step_ms = sample_ms(with.step_ns).max(1);
             let first = earlier.iter().map(|s| s.1[0].0).min().unwrap_or(start_ms);
@@ -107,14 +97,11 @@ impl TsdbSink {
                         .map_err(|e| self.err(e))?,
                 );
             }
+            let dir = self.writer.dir().display().to_string();
             if let Some(p) = self.pending.as_mut() {
                 for (labels, points) in earlier {
-                    p.add_series(labels, points).map_err(|e| {
-                        anyhow::anyhow!(
-                            "writing TSDB blocks in {}: {e}",
-                            self.writer.dir().display()
-                        )
-                    })?;
+                    p.add_series(labels, points)
+                        .map_err(|e| anyhow::anyhow!("writing TSDB blocks in {dir}: {e}"))?;
                 }
             }
         }
@@ -160,48 +147,106 @@ impl TsdbSink {
     }
 }
 
-/// Every label set of `series` in every backfill family, with its samples (the first 0
-/// included), as the OpenMetrics text of the same window has them.
-fn block_series(series: &[SeriesSamples], with: &BlockLabels<'_>) -> Vec<BlockSeries> {
-    let mut out = Vec::new();
+/// Where a label's value comes from, for every label set of a window but the family's name
+/// and own label.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Series(usize),
+    Fixed(&'a str),
+}
+
+/// Adds every label set of `series` in every backfill family to `block`, with its samples
+/// (the first 0 included) as the OpenMetrics text of the same window has them; samples before
+/// the block's start (a first 0) go to `earlier`. Returns the samples. Label sets are added
+/// in the block's own order (label pairs sorted by name, compared in turn) as far as the
+/// labels allow, so the block's sort finds them in order; one allocation per label set.
+fn add_window<'s>(
+    block: &mut Block,
+    earlier: &mut Vec<BlockSeries>,
+    series: &'s [SeriesSamples],
+    with: &BlockLabels<'s>,
+) -> std::io::Result<usize> {
+    let start_ms = block.min_time();
+    // The labels every label set has besides `__name__` and its own, sorted by name.
+    let mut common: Vec<(&str, Source<'s>)> = vec![
+        ("model", Source::Series(0)),
+        ("api_key_id", Source::Series(1)),
+        ("service_id", Source::Series(2)),
+        ("job", Source::Fixed("tokenmeter")),
+        ("instance", Source::Fixed(with.instance)),
+    ];
+    common.extend(
+        with.static_labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), Source::Fixed(v.as_str()))),
+    );
+    common.sort_by_key(|&(name, _)| name);
+    let value = |s: &'s SeriesSamples, source: Source<'s>| -> &'s str {
+        match source {
+            Source::Series(i) => s.labels.pairs()[i].1,
+            Source::Fixed(v) => v,
+        }
+    };
+    // Every series' values in name order, back to back (`width` a series), and the series in
+    // the order of those values.
+    let width = common.len();
+    let keys: Vec<&str> = series
+        .iter()
+        .flat_map(|s| common.iter().map(move |&(_, src)| value(s, src)))
+        .collect();
+    let key = |i: usize| &keys[i * width..(i + 1) * width];
+    let mut order: Vec<usize> = (0..series.len()).collect();
+    order.sort_by(|&a, &b| key(a).cmp(key(b)));
+    let mut families = backfill_families(with.prefix, with.extra_names, with.currency);
+    families.sort_by_key(|f| f.full_name());
     let mut reader = FamilySeries::new();
-    for family in backfill_families(with.prefix, with.extra_names, with.currency) {
+    let mut points: Vec<(i64, f64)> = Vec::new();
+    let mut samples = 0;
+    for family in &families {
         let Some(read) = family.series.as_ref() else {
             continue;
         };
         let name = family.full_name();
-        let money = is_money(&family);
-        for s in series {
+        let money = is_money(family);
+        let as_f64 = |v: u128| -> f64 {
+            if money {
+                // As promtool reads the decimal text (correctly rounded).
+                crate::pricing::format_units(v).parse().unwrap_or(f64::NAN)
+            } else {
+                v as f64
+            }
+        };
+        let mut labels: Vec<(&str, &str)> = Vec::with_capacity(width + 2);
+        for &i in &order {
+            let s = &series[i];
             reader.read(read, s, with.currency);
-            for (set, samples) in reader.each() {
-                let mut labels: Vec<(String, String)> = vec![("__name__".into(), name.clone())];
-                labels.extend(s.labels.pairs().iter().map(|&(k, v)| (k.into(), v.into())));
-                labels.extend(
-                    with.static_labels
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone())),
+            for (set, set_samples) in reader.each() {
+                labels.clear();
+                labels.push(("__name__", &name));
+                labels.extend(common.iter().zip(key(i)).map(|(&(n, _), &v)| (n, v)));
+                labels.extend(set.own);
+                // Nearly sorted already (a static label may sort before `__name__`).
+                labels.sort_unstable_by_key(|&(n, _)| n);
+                points.clear();
+                points.extend(
+                    set.first_zero(with.step_ns)
+                        .into_iter()
+                        .chain(set_samples)
+                        .map(|(t, v)| (sample_ms(t), as_f64(v))),
                 );
-                labels.extend(set.own.map(|(k, v)| (k.to_string(), v.to_string())));
-                labels.push(("job".into(), "tokenmeter".into()));
-                labels.push(("instance".into(), with.instance.to_string()));
-                labels.sort();
-                let value = |v: u128| -> f64 {
-                    if money {
-                        // As promtool reads the decimal text (correctly rounded).
-                        crate::pricing::format_units(v).parse().unwrap_or(f64::NAN)
-                    } else {
-                        v as f64
-                    }
-                };
-                let points: Vec<(i64, f64)> = set
-                    .first_zero(with.step_ns)
-                    .into_iter()
-                    .chain(samples)
-                    .map(|(t, v)| (sample_ms(t), value(v)))
-                    .collect();
-                out.push((labels, points));
+                samples += points.len();
+                // Only a first 0 can come before the window (a step before its first value).
+                let cut = points.partition_point(|&(t, _)| t < start_ms);
+                if cut > 0 {
+                    let owned = labels
+                        .iter()
+                        .map(|&(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    earlier.push((owned, points[..cut].to_vec()));
+                }
+                block.add_series(labels.iter().copied(), points[cut..].iter().copied())?;
             }
         }
     }
-    out
+    Ok(samples)
 }

@@ -17,8 +17,6 @@
 //!   previous leading/trailing-zero window, or `1` + 5 bits of leading zeros (at most 31) + 6
 //!   bits of significant-bit count (64 written as 0) + the bits.
 
-use super::encoding::{put_uvarint, put_varint};
-
 /// Samples per chunk at most: what Prometheus's head cuts at, and so what its readers and
 /// compactor are used to.
 pub const MAX_SAMPLES_PER_CHUNK: usize = 120;
@@ -68,17 +66,39 @@ impl BitWriter {
         if nbits == 0 {
             return;
         }
-        let mut u = u << (64 - nbits);
+        let mut u = u << (64 - nbits.min(64));
         let mut left = nbits;
         while left >= 8 {
             self.write_byte((u >> 56) as u8);
             u <<= 8;
             left -= 8;
         }
-        while left > 0 {
-            self.write_bit((u >> 63) == 1);
-            u <<= 1;
-            left -= 1;
+        if left > 0 {
+            self.write_few((u >> (64 - left)) as u8, left);
+        }
+    }
+
+    /// The low `n` (1 to 7) bits of `bits`, most significant first: what `n` calls of
+    /// [`BitWriter::write_bit`] write, in at most two steps.
+    fn write_few(&mut self, bits: u8, n: u32) {
+        if self.free == 0 {
+            self.bytes.push(0);
+            self.free = 8;
+        }
+        let free = u32::from(self.free);
+        if n <= free {
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= bits << (free - n);
+            }
+            self.free -= n as u8;
+        } else {
+            // The last byte's free bits, then the rest at the top of a new byte.
+            let rest = n - free;
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= bits >> rest;
+            }
+            self.bytes.push(bits << (8 - rest));
+            self.free = (8 - rest) as u8;
         }
     }
 
@@ -90,6 +110,21 @@ impl BitWriter {
 }
 
 /// One XOR chunk being appended to.
+/// `x` as an unsigned varint (the encoding of `encoding::put_uvarint`), on the stack: the
+/// first two samples of every chunk write one, and most series of a sparse window have one or
+/// two samples.
+fn varint_bytes(mut x: u64) -> ([u8; 10], usize) {
+    let mut buf = [0u8; 10];
+    let mut n = 0;
+    while x >= 0x80 {
+        buf[n] = (x as u8) | 0x80;
+        x >>= 7;
+        n += 1;
+    }
+    buf[n] = x as u8;
+    (buf, n + 1)
+}
+
 #[derive(Debug)]
 pub struct XorChunk {
     bits: BitWriter,
@@ -156,21 +191,20 @@ impl XorChunk {
 
     /// Appends a sample. The caller keeps timestamps increasing and cuts the chunk at
     /// [`MAX_SAMPLES_PER_CHUNK`]; the count is a `u16` and saturates rather than wraps.
+    /// Appends one sample; times must increase (the caller checks).
     pub fn append(&mut self, t: i64, v: f64) {
         let mut t_delta = 0u64;
         match self.num {
             0 => {
-                let mut buf = Vec::with_capacity(10);
-                put_varint(&mut buf, t);
-                self.bits.write_bytes(&buf);
+                let (buf, n) = varint_bytes(((t << 1) ^ (t >> 63)) as u64);
+                self.bits.write_bytes(&buf[..n]);
                 self.bits.write_bits(v.to_bits(), 64);
                 self.min_t = t;
             }
             1 => {
                 t_delta = t.wrapping_sub(self.t) as u64;
-                let mut buf = Vec::with_capacity(10);
-                put_uvarint(&mut buf, t_delta);
-                self.bits.write_bytes(&buf);
+                let (buf, n) = varint_bytes(t_delta);
+                self.bits.write_bytes(&buf[..n]);
                 self.write_value(v);
             }
             _ => {
@@ -332,6 +366,32 @@ fn sign_extend(x: u64, n: u32) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stack_varints_equal_the_encoding_modules() {
+        for x in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut want = Vec::new();
+            crate::tsdb::encoding::put_uvarint(&mut want, x);
+            let (buf, n) = super::varint_bytes(x);
+            assert_eq!(&buf[..n], &want[..], "{x}");
+        }
+        for t in [0i64, -1, 1, i64::MIN, i64::MAX, 1_764_000_000_000] {
+            let mut want = Vec::new();
+            crate::tsdb::encoding::put_varint(&mut want, t);
+            let (buf, n) = super::varint_bytes(((t << 1) ^ (t >> 63)) as u64);
+            assert_eq!(&buf[..n], &want[..], "{t}");
+        }
+    }
+
     use super::*;
 
     fn chunk(samples: &[(i64, f64)]) -> Vec<u8> {
