@@ -66,8 +66,16 @@ pub enum Command {
         /// memory until the end (small inputs).
         #[arg(long, value_name = "OUT")]
         openmetrics: Option<PathBuf>,
-        /// Length of one window of backfill (one OpenMetrics file in a directory, or one
-        /// round of `--push`).
+        /// Write Prometheus TSDB blocks into DIR (created if missing): the samples of
+        /// `--openmetrics`, one block per `--block` window as it closes (memory: one window),
+        /// each `DIR/<ULID>/` complete before it appears. Serve DIR with Prometheus, or upload
+        /// it with `mimirtool backfill` / `thanos tools bucket upload-blocks`
+        /// (docs/backfill.md). The same input and flags give the same bytes.
+        #[arg(long, value_name = "DIR")]
+        tsdb: Option<PathBuf>,
+        /// Length of one window of backfill (one OpenMetrics file in a directory, one TSDB
+        /// block, or one round of `--push`). Blocks for Mimir must not cross a UTC day: use a
+        /// divisor of 24h (the default 2h is).
         #[arg(long, value_name = "DURATION", default_value = "2h")]
         block: String,
         /// How far (in event time) a record may come after newer ones and still land in its
@@ -82,7 +90,7 @@ pub enum Command {
         dense: bool,
         /// Files counted at once, each on its own thread, merged in the order given (the
         /// summary is the same as with 1). Default: the number of cores. Backfill
-        /// (`--openmetrics`, `--push`), `--loki` and `--from`/`--to` need the records in
+        /// (`--openmetrics`, `--tsdb`, `--push`), `--loki` and `--from`/`--to` need the records in
         /// order and read on one thread.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
         jobs: Option<u16>,
@@ -246,6 +254,7 @@ fn run(cli: Cli) -> ExitCode {
             to,
             step,
             openmetrics,
+            tsdb,
             block,
             max_delay,
             dense,
@@ -280,6 +289,14 @@ fn run(cli: Cli) -> ExitCode {
             let openmetrics_dir = openmetrics
                 .as_ref()
                 .is_some_and(|p| p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/'));
+            if tsdb.is_some() && 86_400_000_000_000 % block_ns != 0 {
+                eprintln!("error: --block {block:?} must divide 24h with --tsdb: Mimir refuses a block that crosses a UTC midnight (e.g. 1h, 2h, 6h, 24h)");
+                return ExitCode::from(2);
+            }
+            if tsdb.is_some() && openmetrics.is_some() && !openmetrics_dir {
+                eprintln!("error: --tsdb writes one block per --block window; --openmetrics FILE holds everything in one file: give --openmetrics a directory (ending in /) to write both");
+                return ExitCode::from(2);
+            }
             let retry_for = match humantime::parse_duration(retry_for.trim()) {
                 // Bounded: it is added to the clock.
                 Ok(d) if !d.is_zero() && d <= crate::config::MAX_DURATION => d,
@@ -352,6 +369,7 @@ fn run(cli: Cli) -> ExitCode {
                 step_ns,
                 openmetrics,
                 openmetrics_dir,
+                tsdb,
                 block_ns,
                 max_delay_ns,
                 dense,

@@ -153,7 +153,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             max_open_files,
             remember_for: config.source.remember_for.0,
             let_go_after: (config.source.glob_interval.0 * 2).max(Duration::from_secs(2)),
-            retry_first: Duration::from_millis(500),
+            retry_first: crate::source::reopen::RETRY_FIRST,
             dormant_after: Duration::from_secs(10),
         },
         saved_files,

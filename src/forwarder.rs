@@ -2,10 +2,13 @@
 //! the file, beside metering and never in its way.
 //!
 //! Owns: its own place in every file ([`TailCursor`] over the registry's descriptor, so no
-//! second descriptor), an explicit per-file state ([`Forwarding`]) keyed by [`FileId`], fed
-//! by the registry's [`FileEvent`]s, the batch being filled, the one request in flight, and
-//! the acknowledged offsets it publishes for the state file. A file's acknowledged offset
-//! moves only when Loki answers 2xx (or 4xx: rejected, counted, dropped).
+//! second descriptor), an explicit per-file state ([`Forwarding`]: open, parked, behind)
+//! keyed by [`FileId`], fed by the registry's [`FileEvent`]s, its own reopens of files the
+//! registry closed while Loki was behind (through the one rule, [`reopen`], and the
+//! registry's [`FileSystem`], backing off as the registry does), the batch being filled, the
+//! one request in flight, and the acknowledged offsets it publishes for the state file. A
+//! file's acknowledged offset moves only when Loki answers 2xx (or 4xx: rejected, counted,
+//! dropped); a failure to open or read a file never moves it.
 //!
 //! Must not: decide which files exist (the registry does), read the counters, or block
 //! metering: it runs on its own thread, pushes on the async runtime, and keeps taking
@@ -26,9 +29,10 @@ use crate::config::Config;
 use crate::decode::{Decoded, LogicalLine};
 use crate::export::loki::{stream_labels, Batch, EntryShaper, LokiClient, LokiStats, PushResult};
 use crate::shutdown::Shutdown;
-use crate::source::FileSystem;
+use crate::source::reopen::RETRY_FIRST;
 use crate::source::{
-    DescriptorCount, FileEvent, FileId, FileIdentity, FilePosition, PodLabels, TailCursor,
+    check_open, reopen, Backoff, DescriptorCount, FileEvent, FileId, FileIdentity, FilePosition,
+    FileSystem, PodLabels, RealFs, Reopened, SharedFile, TailCursor, Truncation, Verdict,
 };
 
 /// Lines read per file per round, so one busy file does not starve the others.
@@ -46,11 +50,16 @@ enum Forwarding {
         /// Forgotten by the registry (deleted): removed once delivered.
         forgotten: bool,
     },
-    /// No descriptor. Everything read was delivered up to `acked`, or (`behind`) the registry
-    /// closed an idle file before Loki had all of it: the forwarder then reopens it by path
-    /// and identity itself when a descriptor is free, so a Loki outage never holds
-    /// descriptors that metering needs.
-    Parked { behind: bool },
+    /// No descriptor, and nothing the forwarder knows of is left to read: everything read
+    /// was delivered up to `acked`. The registry's next `Opened` continues it.
+    Parked,
+    /// No descriptor, and Loki is behind on it: the registry closed it (idle, or let go
+    /// after it left the globs) before everything was read. The forwarder reopens it itself
+    /// through the one [`reopen`] rule, when a descriptor is free and `retry` allows, so a
+    /// Loki outage never holds descriptors that metering needs. A failure to open (EACCES,
+    /// EMFILE, not found for now) keeps its place and waits longer; only the registry's
+    /// `Forgotten` ends it.
+    Behind { retry: Backoff },
 }
 
 struct FileFwd {
@@ -62,7 +71,7 @@ struct FileFwd {
     /// End of the last line put into the batch being filled or in flight (a committed
     /// offset of the file; reading resumes there).
     batched: u64,
-    /// Size last seen, for the lag of a parked file.
+    /// Size last seen, for the lag of a file without a descriptor.
     size: u64,
     /// Bumped when the file is read again from 0, so an answer for lines of the old
     /// content does not move the new offset.
@@ -87,41 +96,44 @@ impl ForwarderStatus {
     }
 }
 
-/// A request on its way: the task, and the offset each file reaches when it is accepted.
-struct InFlight {
-    task: tokio::task::JoinHandle<Option<PushResult>>,
-    entries: usize,
-    bytes: usize,
-    marks: Vec<(FileId, u32, u64)>,
+/// Where the lines read go: the batch being filled (or, in the tests, a model of Loki).
+trait Sink {
+    /// No room for more lines this round.
+    fn full(&self) -> bool;
+    fn line(&mut self, id: FileId, stream: &str, decoded: Decoded<'_>);
 }
 
-pub struct Forwarder {
+/// An answer of Loki for a batch: the offset each file reaches once it is accepted.
+type Marks = Vec<(FileId, u32, u64)>;
+
+/// Every file the forwarder follows, each in its explicit [`Forwarding`] state, and its own
+/// reopens: the part of the forwarder that reads files, apart from Loki (so the model tests
+/// drive it through the registry's fault-injecting file system without a network).
+struct Files {
     files: BTreeMap<FileId, FileFwd>,
-    events: Receiver<FileEvent>,
-    status: Arc<ForwarderStatus>,
-    client: Arc<LokiClient>,
-    shaper: EntryShaper,
-    config: Config,
-    node: String,
-    batch: Batch,
-    in_flight: Option<InFlight>,
+    /// The registry's file system (faults are injected through it in the tests).
+    fs: Box<dyn FileSystem>,
     /// The registry's descriptor count and ceiling, which the forwarder's own reopens obey.
     descriptors: DescriptorCount,
     max_open_files: usize,
+    max_line_bytes: usize,
+    /// Lines read per file per round ([`LINES_PER_ROUND`]; fewer in the model tests).
+    lines_per_round: usize,
+    /// First delay before a failed reopen is tried again (doubling, as the registry's).
+    retry_first: Duration,
+    config: Config,
+    node: String,
+    status: Arc<ForwarderStatus>,
 }
 
-impl Forwarder {
-    /// `saved`: the acknowledged offsets of the state file; `descriptors` and
-    /// `max_open_files`: the registry's, shared.
-    pub fn new(
+impl Files {
+    fn new(
         config: &Config,
         node: &str,
-        client: LokiClient,
-        events: Receiver<FileEvent>,
         saved: Vec<FilePosition>,
         status: Arc<ForwarderStatus>,
         (descriptors, max_open_files): (DescriptorCount, usize),
-    ) -> Self {
+    ) -> Files {
         let files = saved
             .into_iter()
             .map(|p| {
@@ -136,80 +148,25 @@ impl Forwarder {
                         batched: p.offset,
                         size: p.offset,
                         generation: 0,
-                        state: Forwarding::Parked { behind: false },
+                        // The registry reopens every file of its state it finds, and its
+                        // `Opened` continues this one at `acked`.
+                        state: Forwarding::Parked,
                     },
                 )
             })
             .collect();
-        Forwarder {
+        Files {
             files,
-            events,
-            status,
-            client: Arc::new(client),
-            shaper: EntryShaper::new(config),
-            config: config.clone(),
-            node: node.to_string(),
-            batch: Batch::default(),
-            in_flight: None,
+            fs: Box::new(RealFs),
             descriptors,
             max_open_files,
+            max_line_bytes: config.source.max_line_bytes,
+            lines_per_round: LINES_PER_ROUND,
+            retry_first: RETRY_FIRST,
+            config: config.clone(),
+            node: node.to_string(),
+            status,
         }
-    }
-
-    /// Runs until shutdown is complete (everything delivered or the deadline passed).
-    pub fn run(mut self, shutdown: &Shutdown, rt: &tokio::runtime::Handle) {
-        let mut last_publish = Instant::now() - Duration::from_secs(1);
-        loop {
-            let stopping = shutdown.stopping();
-            let mut busy = self.take_events();
-            busy |= self.finish_push(rt);
-            if stopping && shutdown.deadline_passed() {
-                if let Some(f) = self.in_flight.take() {
-                    f.task.abort();
-                    tracing::warn!(
-                        "shutdown deadline: a Loki batch of {} entries was not confirmed; it is sent again after the restart",
-                        f.entries
-                    );
-                }
-                self.publish();
-                return;
-            }
-            if self.in_flight.is_none() {
-                busy |= self.fill();
-                let full = self.batch.bytes >= self.config.loki.batch_bytes;
-                let old = self
-                    .batch
-                    .started
-                    .is_some_and(|t| t.elapsed() >= self.config.loki.batch_wait.0);
-                if !self.batch.is_empty() && (full || old || stopping) {
-                    self.send(rt);
-                    busy = true;
-                } else if stopping && self.batch.is_empty() && self.all_read() {
-                    self.publish();
-                    return;
-                }
-            }
-            if last_publish.elapsed() >= Duration::from_millis(200) || stopping {
-                self.publish();
-                last_publish = Instant::now();
-            }
-            if !busy {
-                match self.events.recv_timeout(IDLE_WAIT) {
-                    Ok(ev) => self.apply(ev),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAIT),
-                }
-            }
-        }
-    }
-
-    fn take_events(&mut self) -> bool {
-        let mut any = false;
-        while let Ok(ev) = self.events.try_recv() {
-            self.apply(ev);
-            any = true;
-        }
-        any
     }
 
     fn apply(&mut self, ev: FileEvent) {
@@ -220,111 +177,15 @@ impl Forwarder {
                 labels,
                 file,
                 committed,
-            } => {
-                let id = identity.id();
-                let stream = stream_labels(&self.config, &self.node, labels.as_ref());
-                let max = self.config.source.max_line_bytes;
-                match self.files.get_mut(&id) {
-                    Some(f)
-                        if f.identity.matches(file.file())
-                            || matches!(f.state, Forwarding::Open { .. }) =>
-                    {
-                        f.path = path;
-                        f.stream = stream;
-                        f.identity = identity;
-                        match &mut f.state {
-                            Forwarding::Open {
-                                release, forgotten, ..
-                            } => {
-                                *release = false;
-                                *forgotten = false;
-                            }
-                            Forwarding::Parked { .. } => {
-                                let len = file.size().unwrap_or(0);
-                                if f.batched > len {
-                                    // Shrank while no descriptor was held: what was past
-                                    // `acked` is unknown; the new content is read from 0.
-                                    f.acked = 0;
-                                    f.batched = 0;
-                                    f.generation = f.generation.wrapping_add(1);
-                                }
-                                f.state = Forwarding::Open {
-                                    cursor: Box::new(TailCursor::new(file, f.batched, max)),
-                                    release: false,
-                                    forgotten: false,
-                                };
-                            }
-                        }
-                    }
-                    _ => {
-                        // New to the forwarder (or a reused inode): start where metering
-                        // starts.
-                        self.files.insert(
-                            id,
-                            FileFwd {
-                                identity,
-                                path,
-                                stream,
-                                acked: committed,
-                                batched: committed,
-                                size: committed,
-                                generation: 0,
-                                state: Forwarding::Open {
-                                    cursor: Box::new(TailCursor::new(file, committed, max)),
-                                    release: false,
-                                    forgotten: false,
-                                },
-                            },
-                        );
-                    }
-                }
-            }
-            FileEvent::Closed { id, left, path } => {
-                let held_deleted = self.held_deleted();
-                let limit = self.max_open_files / 2;
-                let mut lost = None;
-                if let Some(f) = self.files.get_mut(&id) {
-                    f.path = path;
-                    if let Forwarding::Open {
-                        release, cursor, ..
-                    } = &mut f.state
-                    {
-                        f.size = cursor.file().size().unwrap_or(f.size);
-                        let deleted = left && cursor.file().links().is_ok_and(|n| n == 0);
-                        if deleted && f.acked < f.size && held_deleted < limit {
-                            // Deleted: its descriptor is the only way left to its lines; kept
-                            // until they are delivered (at most half the ceiling is held so).
-                            *release = true;
-                        } else if deleted && f.acked < f.size {
-                            lost = Some((f.path.display().to_string(), f.size - f.acked));
-                            f.acked = f.size;
-                            f.batched = f.size;
-                            f.state = Forwarding::Parked { behind: false };
-                        } else {
-                            // Closed to free a descriptor, or let go while it still exists:
-                            // give the descriptor back now and reopen it by identity later,
-                            // so a Loki outage never holds descriptors metering needs.
-                            f.state = Forwarding::Parked {
-                                behind: f.batched < f.size,
-                            };
-                        }
-                    }
-                }
-                if let Some((path, bytes)) = lost {
-                    tracing::warn!(
-                        "{path}: deleted before Loki had {bytes} bytes of it, and too many deleted files are held already; counted as lost"
-                    );
-                    self.lost(&path, bytes);
-                }
-                self.release_delivered();
-            }
+            } => self.opened(identity, path, labels, file, committed),
+            FileEvent::Closed { id, left, path } => self.closed(id, left, path),
             FileEvent::Truncated { id } => {
                 let Some(f) = self.files.get_mut(&id) else {
                     return;
                 };
                 let read_to = match &f.state {
                     Forwarding::Open { cursor, .. } => cursor.read_to(),
-                    Forwarding::Parked { .. } => f.size,
+                    Forwarding::Parked | Forwarding::Behind { .. } => f.size,
                 };
                 let lost = read_to.max(f.size).saturating_sub(f.acked);
                 let path = f.path.display().to_string();
@@ -332,11 +193,16 @@ impl Forwarder {
                 f.batched = 0;
                 f.size = 0;
                 f.generation = f.generation.wrapping_add(1);
-                if let Forwarding::Open { cursor, .. } = &mut f.state {
-                    cursor.restart(0);
-                    if let Ok(identity) = FileIdentity::read(cursor.file().file()) {
-                        f.identity = identity;
+                match &mut f.state {
+                    Forwarding::Open { cursor, .. } => {
+                        cursor.restart(0);
+                        if let Ok(identity) = FileIdentity::read(cursor.file().file()) {
+                            f.identity = identity;
+                        }
                     }
+                    // Nothing of the old content is left to read; the registry's `Opened`
+                    // brings the new one.
+                    state => *state = Forwarding::Parked,
                 }
                 self.lost(&path, lost);
             }
@@ -362,6 +228,154 @@ impl Forwarder {
                 self.release_delivered();
             }
         }
+    }
+
+    /// The registry opened a descriptor: a file without one continues at its own place when
+    /// the one rule says it is the same file ([`check_open`]), from 0 when it shrank, and as a
+    /// new file (where metering starts) when its first bytes are not those it had.
+    fn opened(
+        &mut self,
+        identity: FileIdentity,
+        path: PathBuf,
+        labels: Option<PodLabels>,
+        file: SharedFile,
+        committed: u64,
+    ) {
+        let id = identity.id();
+        let stream = stream_labels(&self.config, &self.node, labels.as_ref());
+        let max = self.max_line_bytes;
+        /// Where a known file goes on.
+        enum Resume {
+            /// Being read already, through this same descriptor.
+            Reading,
+            At(u64),
+            /// Not the file this place was for.
+            New,
+        }
+        if let Some(f) = self.files.get_mut(&id) {
+            let resume = match &mut f.state {
+                Forwarding::Open {
+                    release, forgotten, ..
+                } => {
+                    *release = false;
+                    *forgotten = false;
+                    Resume::Reading
+                }
+                Forwarding::Parked | Forwarding::Behind { .. } => {
+                    match check_open(file.file(), &f.identity, f.batched) {
+                        Verdict::Continue { .. } => Resume::At(f.batched),
+                        // The registry has just confirmed it by its identity: a read that
+                        // fails now is no reason to lose this place.
+                        Verdict::Unreadable { .. } => Resume::At(f.batched),
+                        // Shrank while no descriptor was held: what was past `acked` is
+                        // unknown; the new content is read from 0.
+                        Verdict::Restart {
+                            why: Truncation::Shrunk { .. },
+                            ..
+                        } => Resume::At(0),
+                        // Other first bytes (a reused inode): a new file to the forwarder.
+                        Verdict::Restart { .. } | Verdict::OtherFile => Resume::New,
+                    }
+                }
+            };
+            match resume {
+                Resume::Reading => {
+                    f.path = path;
+                    f.stream = stream;
+                    f.identity = identity;
+                    return;
+                }
+                Resume::At(at) => {
+                    let lost = f.size.max(f.batched).saturating_sub(f.acked);
+                    if at != f.batched {
+                        f.acked = at;
+                        f.batched = at;
+                        f.generation = f.generation.wrapping_add(1);
+                        let path = f.path.display().to_string();
+                        self.lost(&path, lost);
+                    }
+                    let Some(f) = self.files.get_mut(&id) else {
+                        return;
+                    };
+                    f.path = path;
+                    f.stream = stream;
+                    f.identity = identity;
+                    f.size = file.size().unwrap_or(f.size);
+                    f.state = Forwarding::Open {
+                        cursor: Box::new(TailCursor::new(file, at, max)),
+                        release: false,
+                        forgotten: false,
+                    };
+                    return;
+                }
+                Resume::New => {}
+            }
+        }
+        // New to the forwarder (or a reused inode): start where metering starts.
+        let generation = self
+            .files
+            .get(&id)
+            .map_or(0, |f| f.generation.wrapping_add(1));
+        self.files.insert(
+            id,
+            FileFwd {
+                identity,
+                path,
+                stream,
+                acked: committed,
+                batched: committed,
+                size: committed,
+                generation,
+                state: Forwarding::Open {
+                    cursor: Box::new(TailCursor::new(file, committed, max)),
+                    release: false,
+                    forgotten: false,
+                },
+            },
+        );
+    }
+
+    fn closed(&mut self, id: FileId, left: bool, path: PathBuf) {
+        let held_deleted = self.held_deleted();
+        let limit = self.max_open_files / 2;
+        let retry_first = self.retry_first;
+        let mut lost = None;
+        if let Some(f) = self.files.get_mut(&id) {
+            f.path = path;
+            if let Forwarding::Open {
+                release, cursor, ..
+            } = &mut f.state
+            {
+                f.size = cursor.file().size().unwrap_or(f.size);
+                let deleted = left && cursor.file().links().is_ok_and(|n| n == 0);
+                if deleted && f.acked < f.size && held_deleted < limit {
+                    // Deleted: its descriptor is the only way left to its lines; kept until
+                    // they are delivered (at most half the ceiling is held so).
+                    *release = true;
+                } else if deleted && f.acked < f.size {
+                    lost = Some((f.path.display().to_string(), f.size - f.acked));
+                    f.acked = f.size;
+                    f.batched = f.size;
+                    f.state = Forwarding::Parked;
+                } else if f.batched < f.size {
+                    // Closed to free a descriptor, or let go while it still exists, before
+                    // everything was read: give the descriptor back now and reopen it by
+                    // identity later, so a Loki outage never holds descriptors metering needs.
+                    f.state = Forwarding::Behind {
+                        retry: Backoff::new(retry_first),
+                    };
+                } else {
+                    f.state = Forwarding::Parked;
+                }
+            }
+        }
+        if let Some((path, bytes)) = lost {
+            tracing::warn!(
+                "{path}: deleted before Loki had {bytes} bytes of it, and too many deleted files are held already; counted as lost"
+            );
+            self.lost(&path, bytes);
+        }
+        self.release_delivered();
     }
 
     /// Deleted files whose descriptor the forwarder holds to deliver the rest.
@@ -401,13 +415,12 @@ impl Forwarder {
             else {
                 continue;
             };
-            let size = cursor.file().size().unwrap_or(0);
-            if cursor.read_to() >= size && f.acked == f.batched && cursor.committed() == f.batched {
-                f.size = size;
+            if cursor.at_end() && f.acked == f.batched && cursor.committed() == f.batched {
+                f.size = cursor.file().size().unwrap_or(f.size);
                 if *forgotten {
                     remove.push(*id);
                 } else {
-                    f.state = Forwarding::Parked { behind: false };
+                    f.state = Forwarding::Parked;
                 }
             }
         }
@@ -416,10 +429,12 @@ impl Forwarder {
         }
     }
 
-    /// Reopens, by path and identity, files the registry closed while Loki was behind on
-    /// them, as long as descriptors are free under the ceiling.
+    /// Reopens, through the one [`reopen`] rule, files the registry closed while Loki was
+    /// behind on them, as long as descriptors are free under the ceiling and their backoff
+    /// allows.
     fn reopen_behind(&mut self) {
-        let max = self.config.source.max_line_bytes;
+        let max = self.max_line_bytes;
+        let now = Instant::now();
         // At most a quarter of the ceiling is held by the forwarder's own reopens, so even
         // while a push keeps failing metering keeps the rest.
         let share = (self.max_open_files / 4).max(1);
@@ -429,77 +444,89 @@ impl Forwarder {
             .filter(|f| matches!(f.state, Forwarding::Open { release: true, .. }))
             .count();
         let mut wanted = 0;
+        let mut lost = Vec::new();
         for f in self.files.values_mut() {
-            if !matches!(f.state, Forwarding::Parked { behind: true }) {
+            let Forwarding::Behind { retry } = &mut f.state else {
                 continue;
-            }
+            };
             if own >= share {
                 break;
+            }
+            if !retry.due(now) {
+                continue;
             }
             if self.descriptors.open() >= self.max_open_files {
                 // The registry closes idle files for us at its next scan.
                 wanted += 1;
                 continue;
             }
-            let fs = crate::source::RealFs;
-            let file = match fs.open(&f.path) {
-                Ok(file) if f.identity.matches(&file) => file,
-                // Moved on (rotated again): look for it next to where it was.
-                _ => match crate::source::registry::find_in_dir(&fs, &f.path, &f.identity) {
-                    Ok(Some((path, _))) => match fs.open(&path) {
-                        Ok(file) => {
-                            f.path = path;
-                            file
-                        }
-                        Err(_) => continue,
-                    },
-                    _ => continue, // gone, or cannot tell now: tried again later
-                },
-            };
-            let file = crate::source::SharedFile::new(file, &self.descriptors);
-            own += 1;
-            f.state = Forwarding::Open {
-                cursor: Box::new(TailCursor::new(file, f.batched, max)),
-                release: true,
-                forgotten: false,
-            };
+            let mut found = reopen(self.fs.as_ref(), &f.path, &f.identity, f.batched);
+            if let Reopened::Moved(path) = found {
+                // Renamed beside its path (rotated again): follow it there.
+                f.path = path;
+                found = reopen(self.fs.as_ref(), &f.path, &f.identity, f.batched);
+            }
+            match found {
+                Reopened::Continue { file, len } => {
+                    let file = SharedFile::new(file, &self.descriptors);
+                    own += 1;
+                    f.size = len;
+                    f.state = Forwarding::Open {
+                        cursor: Box::new(TailCursor::new(file, f.batched, max)),
+                        release: true,
+                        forgotten: false,
+                    };
+                }
+                Reopened::Restart { why, .. } => {
+                    // Truncated or rewritten while no one held it: what Loki did not have is
+                    // gone, and never is a byte of another content read at this offset. If
+                    // the registry reads it again, its `Opened` brings the new content.
+                    tracing::info!(
+                        "{}: {} while closed; {} bytes not forwarded",
+                        f.path.display(),
+                        match why {
+                            Truncation::Shrunk { .. } => "truncated",
+                            Truncation::Rewritten => "rewritten",
+                        },
+                        f.size.saturating_sub(f.acked)
+                    );
+                    lost.push((f.path.display().to_string(), f.size.saturating_sub(f.acked)));
+                    f.acked = 0;
+                    f.batched = 0;
+                    f.size = 0;
+                    f.generation = f.generation.wrapping_add(1);
+                    f.state = Forwarding::Parked;
+                }
+                // Cannot tell now, or not found for now: its place is kept, and it is tried
+                // again later, less often while it keeps failing. Whether it is gone is the
+                // registry's word (`Forgotten`).
+                Reopened::Moved(_) | Reopened::NotThere => retry.failed(),
+                Reopened::Unreadable { op, error } => {
+                    tracing::debug!("{}: Loki reader: {op}: {error}; retried", f.path.display());
+                    retry.failed();
+                }
+            }
         }
         self.descriptors.set_wanted(wanted);
+        for (path, bytes) in lost {
+            self.lost(&path, bytes);
+        }
     }
 
-    /// Reads lines into the batch until it is full or every file is read.
-    fn fill(&mut self) -> bool {
+    /// Reads lines into `sink` until it is full or every open file is read. Returns whether
+    /// any line was read.
+    fn read(&mut self, sink: &mut dyn Sink) -> bool {
         self.reopen_behind();
-        let batch_bytes = self.config.loki.batch_bytes;
-        let now = crate::timefmt::now_ns();
         let mut any = false;
-        for f in self.files.values_mut() {
-            if self.batch.bytes >= batch_bytes {
+        for (id, f) in self.files.iter_mut() {
+            if sink.full() {
                 break;
             }
             let Forwarding::Open { cursor, .. } = &mut f.state else {
                 continue;
             };
-            let (shaper, batch, stats, stream) = (
-                &mut self.shaper,
-                &mut self.batch,
-                &self.status.stats,
-                &f.stream,
-            );
-            let result = cursor.read(LINES_PER_ROUND, |_, d| {
-                if let Decoded::Line(LogicalLine { text, time_ns, .. }) = d {
-                    let shaped = shaper.shape(text);
-                    if shaped.truncated {
-                        stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if shaped.redaction_failed {
-                        stats.redaction_failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // SPEC §3 event time; `run` falls back to the time of reading.
-                    let t = time_ns.or(shaped.record_time_ns).unwrap_or(now);
-                    batch.push(stream, t, shaped);
-                }
-            });
+            let stream = &f.stream;
+            let result = cursor.read(self.lines_per_round, |_, d| sink.line(*id, stream, d));
             match result {
                 Ok(n) => any |= n > 0,
                 Err(e) => tracing::warn!("{}: Loki reader: {e}", f.path.display()),
@@ -513,19 +540,208 @@ impl Forwarder {
         self.files.values().all(|f| match &f.state {
             Forwarding::Open { cursor, .. } => cursor.at_end(),
             // Not reopened at shutdown: saved offsets say where to resume.
-            Forwarding::Parked { .. } => true,
+            Forwarding::Parked | Forwarding::Behind { .. } => true,
         })
+    }
+
+    /// The offset each file with lines in the batch reaches when Loki accepts it.
+    fn marks(&self) -> Marks {
+        self.files
+            .iter()
+            .filter(|(_, f)| f.batched != f.acked)
+            .map(|(id, f)| (*id, f.generation, f.batched))
+            .collect()
+    }
+
+    /// Loki accepted (or rejected for good) the batch these marks were taken for.
+    fn acknowledge(&mut self, marks: Marks) {
+        for (id, generation, end) in marks {
+            if let Some(file) = self.files.get_mut(&id) {
+                if file.generation == generation {
+                    file.acked = file.acked.max(end);
+                }
+            }
+        }
+        self.release_delivered();
+    }
+
+    /// The acknowledged offsets, and the lag: every undelivered byte in the files.
+    fn positions(&self) -> (Vec<FilePosition>, Vec<(String, u64)>) {
+        let mut positions = Vec::with_capacity(self.files.len());
+        let mut lag = Vec::with_capacity(self.files.len());
+        for f in self.files.values() {
+            let size = match &f.state {
+                Forwarding::Open { cursor, .. } => cursor.file().size().unwrap_or(f.size),
+                Forwarding::Parked | Forwarding::Behind { .. } => f.size,
+            };
+            positions.push(FilePosition {
+                path: f.path.clone(),
+                identity: f.identity.clone(),
+                offset: f.acked,
+                let_go_ns: None,
+                unopened: false,
+                align: false,
+            });
+            lag.push((f.path.display().to_string(), size.saturating_sub(f.acked)));
+        }
+        (positions, lag)
+    }
+}
+
+/// A request on its way: the task, and the offset each file reaches when it is accepted.
+struct InFlight {
+    task: tokio::task::JoinHandle<Option<PushResult>>,
+    entries: usize,
+    bytes: usize,
+    marks: Marks,
+}
+
+pub struct Forwarder {
+    files: Files,
+    events: Receiver<FileEvent>,
+    status: Arc<ForwarderStatus>,
+    client: Arc<LokiClient>,
+    shaper: EntryShaper,
+    config: Config,
+    batch: Batch,
+    in_flight: Option<InFlight>,
+}
+
+/// The batch being filled, as the [`Files`] see it.
+struct BatchSink<'a> {
+    shaper: &'a mut EntryShaper,
+    batch: &'a mut Batch,
+    stats: &'a LokiStats,
+    batch_bytes: usize,
+    now: i64,
+}
+
+impl Sink for BatchSink<'_> {
+    fn full(&self) -> bool {
+        self.batch.bytes >= self.batch_bytes
+    }
+
+    fn line(&mut self, _: FileId, stream: &str, d: Decoded<'_>) {
+        if let Decoded::Line(LogicalLine { text, time_ns, .. }) = d {
+            let shaped = self.shaper.shape(text);
+            if shaped.truncated {
+                self.stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
+            }
+            if shaped.redaction_failed {
+                self.stats
+                    .redaction_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            // docs/guarantees.md "Event time"; `run` falls back to the time of reading.
+            let t = time_ns.or(shaped.record_time_ns).unwrap_or(self.now);
+            self.batch.push(stream, t, shaped);
+        }
+    }
+}
+
+impl Forwarder {
+    /// `saved`: the acknowledged offsets of the state file; `descriptors` and
+    /// `max_open_files`: the registry's, shared.
+    pub fn new(
+        config: &Config,
+        node: &str,
+        client: LokiClient,
+        events: Receiver<FileEvent>,
+        saved: Vec<FilePosition>,
+        status: Arc<ForwarderStatus>,
+        descriptors: (DescriptorCount, usize),
+    ) -> Self {
+        Forwarder {
+            files: Files::new(config, node, saved, status.clone(), descriptors),
+            events,
+            status,
+            client: Arc::new(client),
+            shaper: EntryShaper::new(config),
+            config: config.clone(),
+            batch: Batch::default(),
+            in_flight: None,
+        }
+    }
+
+    /// Replaces the file-system calls of the forwarder's own reopens (the registry's, so
+    /// faults injected there reach both).
+    pub fn with_fs(mut self, fs: Box<dyn FileSystem>) -> Self {
+        self.files.fs = fs;
+        self
+    }
+
+    /// Runs until shutdown is complete (everything delivered or the deadline passed).
+    pub fn run(mut self, shutdown: &Shutdown, rt: &tokio::runtime::Handle) {
+        let mut last_publish = Instant::now() - Duration::from_secs(1);
+        loop {
+            let stopping = shutdown.stopping();
+            let mut busy = self.take_events();
+            busy |= self.finish_push(rt);
+            if stopping && shutdown.deadline_passed() {
+                if let Some(f) = self.in_flight.take() {
+                    f.task.abort();
+                    tracing::warn!(
+                        "shutdown deadline: a Loki batch of {} entries was not confirmed; it is sent again after the restart",
+                        f.entries
+                    );
+                }
+                self.publish();
+                return;
+            }
+            if self.in_flight.is_none() {
+                busy |= self.fill();
+                let full = self.batch.bytes >= self.config.loki.batch_bytes;
+                let old = self
+                    .batch
+                    .started
+                    .is_some_and(|t| t.elapsed() >= self.config.loki.batch_wait.0);
+                if !self.batch.is_empty() && (full || old || stopping) {
+                    self.send(rt);
+                    busy = true;
+                } else if stopping && self.batch.is_empty() && self.files.all_read() {
+                    self.publish();
+                    return;
+                }
+            }
+            if last_publish.elapsed() >= Duration::from_millis(200) || stopping {
+                self.publish();
+                last_publish = Instant::now();
+            }
+            if !busy {
+                match self.events.recv_timeout(IDLE_WAIT) {
+                    Ok(ev) => self.files.apply(ev),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAIT),
+                }
+            }
+        }
+    }
+
+    fn take_events(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(ev) = self.events.try_recv() {
+            self.files.apply(ev);
+            any = true;
+        }
+        any
+    }
+
+    /// Reads lines into the batch until it is full or every file is read.
+    fn fill(&mut self) -> bool {
+        let mut sink = BatchSink {
+            shaper: &mut self.shaper,
+            batch: &mut self.batch,
+            stats: &self.status.stats,
+            batch_bytes: self.config.loki.batch_bytes,
+            now: crate::timefmt::now_ns(),
+        };
+        self.files.read(&mut sink)
     }
 
     fn send(&mut self, rt: &tokio::runtime::Handle) {
         let batch = std::mem::take(&mut self.batch);
         let body = batch.encode();
-        let marks = self
-            .files
-            .iter()
-            .filter(|(_, f)| f.batched != f.acked)
-            .map(|(id, f)| (*id, f.generation, f.batched))
-            .collect();
+        let marks = self.files.marks();
         let client = self.client.clone();
         let status = self.status.clone();
         let bytes = body.len();
@@ -573,36 +789,13 @@ impl Forwarder {
             }
             Ok(None) | Err(_) => return true, // cancelled: nothing acknowledged
         }
-        for (id, generation, end) in f.marks {
-            if let Some(file) = self.files.get_mut(&id) {
-                if file.generation == generation {
-                    file.acked = file.acked.max(end);
-                }
-            }
-        }
-        self.release_delivered();
+        self.files.acknowledge(f.marks);
         true
     }
 
     /// Publishes the acknowledged offsets and the lag: every undelivered byte in the files.
     fn publish(&self) {
-        let mut positions = Vec::with_capacity(self.files.len());
-        let mut lag = Vec::with_capacity(self.files.len());
-        for f in self.files.values() {
-            let size = match &f.state {
-                Forwarding::Open { cursor, .. } => cursor.file().size().unwrap_or(f.size),
-                Forwarding::Parked { .. } => f.size,
-            };
-            positions.push(FilePosition {
-                path: f.path.clone(),
-                identity: f.identity.clone(),
-                offset: f.acked,
-                let_go_ns: None,
-                unopened: false,
-                align: false,
-            });
-            lag.push((f.path.display().to_string(), size.saturating_sub(f.acked)));
-        }
+        let (positions, lag) = self.files.positions();
         *self
             .status
             .positions
@@ -616,3 +809,9 @@ impl Forwarder {
             .unwrap_or_else(|e| e.into_inner()) = lag;
     }
 }
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod model;

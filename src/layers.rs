@@ -18,6 +18,7 @@ pub const LAYERS: &[&str] = &[
     "ratelog",
     "shutdown",
     "endpoint",
+    "tsdb",
     // The stages, in the order a line goes through them.
     "decode",
     "source",

@@ -35,3 +35,4 @@ pub mod shutdown;
 pub mod source;
 pub mod state;
 pub mod timefmt;
+pub mod tsdb;

@@ -43,6 +43,8 @@ pub struct ReplayOptions {
     pub openmetrics: Option<PathBuf>,
     /// `--openmetrics` names a directory: one file per block window (bounded memory).
     pub openmetrics_dir: bool,
+    /// `--tsdb`: the directory of the TSDB blocks.
+    pub tsdb: Option<PathBuf>,
     /// `--block`: the window of one OpenMetrics file / one push.
     pub block_ns: i64,
     /// `--max-delay`: how far (event time) a record may come after newer ones and still land
@@ -68,6 +70,7 @@ impl ReplayOptions {
         self.from_ns.is_some()
             || self.to_ns.is_some()
             || self.openmetrics.is_some()
+            || self.tsdb.is_some()
             || self.push
             || self.loki
     }
@@ -737,8 +740,11 @@ pub fn replay(
     let mut meter = Meter::new(config, event_times);
     meter.store.set_pricing(prices);
     meter.store.set_owners(owners);
-    let wants_backfill =
-        opts.from_ns.is_some() || opts.to_ns.is_some() || opts.openmetrics.is_some() || opts.push;
+    let wants_backfill = opts.from_ns.is_some()
+        || opts.to_ns.is_some()
+        || opts.openmetrics.is_some()
+        || opts.tsdb.is_some()
+        || opts.push;
     // One OpenMetrics file must group each series' samples together, so it holds everything
     // until the end; a directory of window files (and the push) stream.
     let single_file = opts.openmetrics.is_some() && !opts.openmetrics_dir;
@@ -761,6 +767,7 @@ pub fn replay(
     let mut backfill = wants_backfill.then(|| StepStream::new(shape, meter.extra_names().len()));
     let output = Output {
         openmetrics: opts.openmetrics.clone().map(|p| (p, opts.openmetrics_dir)),
+        tsdb: opts.tsdb.clone(),
         push: opts.push,
         instance: opts.instance.clone(),
         step_ns: opts.step_ns,

@@ -497,3 +497,63 @@ fn the_text_summary_ranks_teams_by_total_tokens_as_the_reference_sums_them() {
         .collect();
     assert_eq!(got, by_team, "{text}");
 }
+
+#[test]
+fn tsdb_blocks_carry_the_team_label_and_end_at_the_reference_totals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = root().join("tests/fixtures/owners.toml");
+    let file = root().join("tests/fixtures/envoy-ai-access.jsonl");
+    let blocks = tmp.path().join("blocks");
+    let out = Command::new(bin())
+        .current_dir(root())
+        .args(["replay", "--summary", "json", "--config"])
+        .arg(&config)
+        .arg("--tsdb")
+        .arg(&blocks)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // promtool reads the blocks as Prometheus would (it wants a WAL directory beside them).
+    std::fs::create_dir_all(blocks.join("wal")).unwrap();
+    let dump = Command::new(backends_root().join("promtool"))
+        .args(["tsdb", "dump", "--match=llm_tokens_total"])
+        .arg(format!("--sandbox-dir-root={}", tmp.path().display()))
+        .arg(&blocks)
+        .output()
+        .expect("promtool runs");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    // `{name="value", ...} value timestamp`, samples in time order: the last one per series.
+    let mut last: BTreeMap<(String, String, String, String), (i64, u64)> = BTreeMap::new();
+    for line in String::from_utf8(dump.stdout).unwrap().lines() {
+        let (labels, rest) = line.trim_start_matches('{').split_once("} ").unwrap();
+        let l: BTreeMap<&str, &str> = labels
+            .split(", ")
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        let mut rest = rest.split_whitespace();
+        let value: f64 = rest.next().unwrap().parse().unwrap();
+        let t: i64 = rest.next().unwrap().parse().unwrap();
+        let key = (
+            l["model"].to_string(),
+            l["api_key_id"].to_string(),
+            l["service_id"].to_string(),
+            l["team"].to_string(),
+        );
+        let e = last.entry(key).or_insert((i64::MIN, 0));
+        if t >= e.0 {
+            *e = (t, value as u64);
+        }
+    }
+    let got: BTreeMap<_, _> = last.into_iter().map(|(k, (_, v))| (k, v)).collect();
+    assert_eq!(got, summary_by_team(&reference(&config, &[&file])));
+}

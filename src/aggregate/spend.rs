@@ -111,8 +111,8 @@ pub(super) struct Pair {
     /// The tokens (the total of docs/guarantees.md "What counts") of the unpriced requests.
     pub(super) unpriced_tokens: u64,
     pub(super) unmetered: u64,
-    /// When each counter first went above 0 (the start of its series, docs/metrics.md "Series start times and first
-    /// increments").
+    /// When each counter first went above 0: the start of its series (see
+    /// docs/metrics.md "Series start times and first increments").
     pub(super) unpriced_start_ns: i64,
     pub(super) unmetered_start_ns: i64,
 }

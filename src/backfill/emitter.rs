@@ -1,5 +1,6 @@
 //! Where a backfill's block windows go: an OpenMetrics file (the single file, or one file per
-//! window in a directory) and/or OTLP pushes, written on a thread of their own with `--jobs` ≥ 2.
+//! window in a directory), TSDB blocks and/or OTLP pushes, written on a thread of their own
+//! with `--jobs` ≥ 2.
 //!
 //! Owns: the hand-over of windows to the writer, the window file names, writing each file
 //! through a temp file and a rename, the final sync, and what was written (for the summary).
@@ -15,6 +16,7 @@ use std::time::Duration;
 use super::openmetrics::write_openmetrics;
 use super::push::{PushOutcomes, Pusher};
 use super::samples::SeriesSamples;
+use super::tsdb::{BlockLabels, TsdbSink};
 use super::windows::Window;
 use crate::config::Config;
 
@@ -23,6 +25,8 @@ use crate::config::Config;
 pub struct Output {
     /// `--openmetrics`: the path, and whether it is a directory of window files.
     pub openmetrics: Option<(PathBuf, bool)>,
+    /// `--tsdb`: the directory of the blocks.
+    pub tsdb: Option<PathBuf>,
     /// `--push`.
     pub push: bool,
     /// `--instance`: the `instance` label, and the pushed resource's identity.
@@ -43,6 +47,9 @@ pub struct Emitted {
     pub samples: usize,
     /// Block windows written or pushed (files with `--openmetrics DIR`).
     pub windows: usize,
+    /// `--tsdb`: blocks written (a window's first 0s may make one more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<usize>,
     pub first_sample: Option<String>,
     pub last_sample: Option<String>,
 }
@@ -64,6 +71,7 @@ pub struct Written {
     samples: usize,
     first: Option<i64>,
     last: Option<i64>,
+    blocks: Option<usize>,
     pub outcomes: Option<PushOutcomes>,
 }
 
@@ -89,6 +97,7 @@ struct WindowWriter {
     currency: Option<String>,
     /// `--openmetrics`: the path, and whether it is a directory of window files.
     openmetrics: Option<(PathBuf, bool)>,
+    tsdb: Option<TsdbSink>,
     push: Option<Pusher>,
     samples: usize,
     /// The first and last sample times written (ns).
@@ -116,6 +125,10 @@ impl Emitter {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
         }
+        let tsdb = match &output.tsdb {
+            Some(dir) => Some(TsdbSink::new(dir)?),
+            None => None,
+        };
         let writer = WindowWriter {
             prefix: config.metrics.prefix.clone(),
             static_labels: config.metrics.labels.clone(),
@@ -124,6 +137,7 @@ impl Emitter {
             extra_names: extra_names.to_vec(),
             currency: currency.map(str::to_string),
             openmetrics: output.openmetrics.clone(),
+            tsdb,
             push,
             samples: 0,
             first: None,
@@ -200,7 +214,7 @@ impl Emitter {
     /// Writes what is left and makes the window files durable; returns what was written.
     pub fn finish(&mut self) -> anyhow::Result<Written> {
         self.join()?;
-        let (Writer::Inline(writer) | Writer::Finished(writer)) = &self.writer else {
+        let (Writer::Inline(writer) | Writer::Finished(writer)) = &mut self.writer else {
             return Err(anyhow::anyhow!("the backfill writer did not finish"));
         };
         writer.finish()?;
@@ -208,6 +222,7 @@ impl Emitter {
             samples: writer.samples,
             first: writer.first,
             last: writer.last,
+            blocks: writer.tsdb.as_ref().map(|t| t.blocks),
             outcomes: writer.push.as_ref().map(|p| p.outcomes.clone()),
         })
     }
@@ -219,6 +234,7 @@ impl Emitter {
             windows: self.windows,
             first_sample: written.first.map(crate::timefmt::format_rfc3339_millis),
             last_sample: written.last.map(crate::timefmt::format_rfc3339_millis),
+            blocks: written.blocks,
         }
     }
 }
@@ -250,6 +266,7 @@ impl Drop for Emitter {
 impl WindowWriter {
     fn write(&mut self, w: Window) -> anyhow::Result<()> {
         let name = window_file_name(&w);
+        let range = (w.start_ns, w.end_ns);
         let series = w.into_sorted();
         for s in &series {
             if let (Some(a), Some(b)) = (s.points.first(), s.points.last()) {
@@ -268,9 +285,23 @@ impl WindowWriter {
             let e = self.write_file(&path, *dir, &series)?;
             self.samples += e.samples;
         }
+        if let Some(sink) = self.tsdb.as_mut() {
+            let with = BlockLabels {
+                prefix: &self.prefix,
+                extra_names: &self.extra_names,
+                currency: self.currency.as_deref(),
+                static_labels: &self.static_labels,
+                instance: &self.instance,
+                step_ns: self.step_ns,
+            };
+            let n = sink.write(range, &series, &with)?;
+            if self.openmetrics.is_none() {
+                self.samples += n;
+            }
+        }
         if let Some(p) = self.push.as_mut() {
             p.push(&series, &self.extra_names, self.currency.as_deref());
-            if self.openmetrics.is_none() {
+            if self.openmetrics.is_none() && self.tsdb.is_none() {
                 self.samples += series.iter().map(|s| s.points.len()).sum::<usize>();
             }
         }
@@ -321,8 +352,12 @@ impl WindowWriter {
         })
     }
 
-    /// Makes the window files durable (they were written without a sync each).
-    fn finish(&self) -> anyhow::Result<()> {
+    /// Writes the last block and makes the window files and blocks durable (they were written
+    /// without a sync each).
+    fn finish(&mut self) -> anyhow::Result<()> {
+        if let Some(sink) = self.tsdb.as_mut() {
+            sink.finish()?;
+        }
         let Some((dir, true)) = &self.openmetrics else {
             return Ok(());
         };

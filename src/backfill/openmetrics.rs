@@ -104,8 +104,7 @@ pub fn write_openmetrics(
                     push_label(&mut line_start, k, v);
                 }
                 line_start.push_str(&tail);
-                let zero = set.starts_here.then_some((set.first_ns - step_ns, 0));
-                for (t, v) in zero.into_iter().chain(samples) {
+                for (t, v) in set.first_zero(step_ns).into_iter().chain(samples) {
                     emitted.samples += 1;
                     first = first.min(t);
                     last = last.max(t);

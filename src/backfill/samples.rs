@@ -34,6 +34,18 @@ pub struct SeriesLabels {
 }
 
 impl SeriesLabels {
+    /// The value of label `i` of [`SeriesLabels::pairs`] (model, api_key_id, service_id, the
+    /// team), without building them; "" past the end.
+    pub fn value(&self, i: usize) -> &str {
+        match i {
+            0 => &self.model,
+            1 => &self.api_key_id,
+            2 => &self.service_id,
+            3 => self.team.as_ref().map_or("", |(_, v)| v.as_str()),
+            _ => "",
+        }
+    }
+
     /// The label pairs, in the schema's order.
     pub fn pairs(&self) -> Vec<(&str, &str)> {
         let mut l = vec![
@@ -67,6 +79,16 @@ pub(super) struct LabelSet<'c> {
     pub(super) own: Option<(&'static str, &'c str)>,
     pub(super) first_ns: i64,
     pub(super) starts_here: bool,
+}
+
+impl LabelSet<'_> {
+    /// The 0 a label set that starts in this window has one step before its first value, so
+    /// that PromQL's `increase()` sees its first increment; `None` for one that continues
+    /// from an earlier window. See docs/metrics.md "Series start times and first increments".
+    pub(super) fn first_zero(&self, step_ns: i64) -> Option<(i64, u128)> {
+        self.starts_here
+            .then_some((self.first_ns.saturating_sub(step_ns), 0))
+    }
 }
 
 /// Whether two own labels are the same: by address first (the schema hands out the same

@@ -2,7 +2,7 @@
 //! service_id and event time) and the cost of one record, or of many summed when an entry is
 //! linear.
 //!
-//! Owns: [`PriceTable`] and what it holds, selection, the charge rule (docs/spend.md "Arithmetic"
+//! Owns: [`PriceTable`] and what it holds, selection, the charge rule (docs/spend.md "How cost is worked out"
 //! and "Unpriced"). Must not: validate config (that is [`super::compile`]), read decimal text,
 //! or cache selections (it says for how long a selection holds so the caller can).
 
@@ -62,7 +62,7 @@ impl<'a> TypeCounts<'a> {
 pub struct Charge {
     /// Cost in units of 10^-12 currency.
     pub units: u128,
-    /// The entry prices only part of the record (docs/spend.md "Unpriced"): the caller adds 1 to
+    /// The entry prices only part of the record (docs/spend.md "How cost is worked out"): the caller adds 1 to
     /// `llm_unpriced_requests_total`.
     pub incomplete: bool,
     /// Bit `i`: priced type `i`'s count is above its nearest priced ancestor's (the caller adds
@@ -113,7 +113,7 @@ impl RateSet {
         units
     }
 
-    /// docs/spend.md "Unpriced": a count > 0 of input or output (of total when neither is valid)
+    /// docs/spend.md "How cost is worked out": a count > 0 of input or output (of total when neither is valid)
     /// that no rate of this set covers.
     #[inline]
     fn incomplete(&self, counts: &TypeCounts<'_>) -> bool {
@@ -785,7 +785,7 @@ mod tests {
             prop_assert_eq!(c.units, top_most);
         }
 
-        /// The precomputed charge agrees with a direct reading of docs/spend.md "Arithmetic" and
+        /// The precomputed charge agrees with a direct reading of docs/spend.md "How cost is worked out" and
         /// "Unpriced" for any counts and validity, consistent or not.
         #[test]
         fn charge_agrees_with_a_direct_reading_of_the_spec(

@@ -47,7 +47,7 @@ struct JsonSummary<'a> {
 }
 
 /// An amount written as a JSON number in plain decimal notation from its integer units, never
-/// through a float (docs/spend.md "Summary").
+/// through a float (docs/spend.md "Summaries").
 struct Money(u128);
 
 impl Serialize for Money {
@@ -248,6 +248,9 @@ pub fn summary_text(r: &ReplayReport) -> String {
             r.outside_range,
             r.late.unwrap_or(0)
         );
+        if let Some(blocks) = e.blocks {
+            let _ = writeln!(out, "TSDB blocks written: {blocks}");
+        }
     }
     if let Some(p) = &r.pushed {
         let _ = writeln!(out, "OTLP push requests: {p:?}");

@@ -319,9 +319,12 @@ impl TailCursor {
         self.reader.bytes_read()
     }
 
-    /// Whether everything in the file has been read.
+    /// Whether everything in the file has been handed out (but a line still being written).
+    /// Bytes read from the file are not enough: a read that ended on its budget leaves
+    /// complete lines in the buffer, and a file closed or let go then would never hand them
+    /// out (found by the forwarder's model test).
     pub fn at_end(&self) -> bool {
-        self.file.size().is_ok_and(|len| self.read_to() >= len)
+        !self.reader.holds_line() && self.file.size().is_ok_and(|len| self.read_to() >= len)
     }
 
     /// Hands out up to `budget` lines to `on_line(line_no, decoded, end)`; a physical line
@@ -420,6 +423,20 @@ mod tests {
             0,
             "the descriptor is closed with its last reader"
         );
+    }
+
+    #[test]
+    fn a_read_that_ended_on_its_budget_is_not_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "one\ntwo\nthree\npart").unwrap();
+        let file = SharedFile::open(&path, &DescriptorCount::default()).unwrap();
+        let mut c = TailCursor::new(file, 0, 1 << 20);
+        assert_eq!(c.read(1, |_, _| {}).unwrap(), 1);
+        assert_eq!(c.read_to(), 18, "every byte is out of the file");
+        assert!(!c.at_end(), "but two lines are still to be handed out");
+        assert_eq!(c.read(10, |_, _| {}).unwrap(), 2);
+        assert!(c.at_end(), "a line still being written does not count");
     }
 
     #[test]

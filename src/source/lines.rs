@@ -78,6 +78,12 @@ impl<R: Read> LineReader<R> {
         self.end - self.start
     }
 
+    /// Whether a complete line is buffered, not handed out yet (a caller's budget ended the
+    /// read before it): the bytes are out of the file, the line is not.
+    pub fn holds_line(&self) -> bool {
+        memchr::memchr(b'\n', &self.buf[self.start..self.end]).is_some()
+    }
+
     pub fn get_ref(&self) -> &R {
         &self.inner
     }

@@ -26,18 +26,25 @@
 //!   `max_open_files` descriptors in all (counted whoever holds them): beyond it, idle files
 //!   are closed and reopened by identity when they grow; files that cannot get one wait.
 //!
+//! Reopening a closed file (idle, waiting, remembered) follows the one rule of
+//! [`super::reopen`], which the Loki forwarder follows too; errors are kept and counted by
+//! [`super::file_error`].
+//!
 //! Other readers of the same files (the Loki forwarder) learn of them through
 //! [`FileEvent`]s; the registry does not know who listens.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use super::cursor::{DescriptorCount, FileId, FileIdentity, SharedFile, TailCursor, Truncation};
 use super::discover::{FileSystem, Globs, PodLabels, RealFs, Scan};
+use super::file_error::{clear_error, record_error};
+pub use super::file_error::{ErrorReason, FileError};
+use super::reopen::{find_in_dir, reopen, Backoff, Reopened};
 use crate::decode::Decoded;
 
 /// Where a file first seen at start is read from (`source.start_at`): its end (only what is
@@ -49,11 +56,6 @@ pub enum StartAt {
     End,
     Beginning,
 }
-
-/// How often a warning about the same failing path is repeated while it keeps failing.
-const WARN_EVERY: Duration = Duration::from_secs(300);
-/// Longest delay between two attempts to open a failing file.
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct RegistryOptions {
     pub include: Vec<String>,
@@ -123,58 +125,6 @@ pub enum FileEvent {
     Forgotten { id: FileId },
 }
 
-/// Why an operation on a file failed, as self-metrics count it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ErrorReason {
-    /// EACCES, EPERM.
-    Permission,
-    /// EMFILE, ENFILE: out of descriptors.
-    Descriptors,
-    /// EIO.
-    Io,
-    Other,
-}
-
-impl ErrorReason {
-    pub const ALL: [ErrorReason; 4] = [
-        ErrorReason::Permission,
-        ErrorReason::Descriptors,
-        ErrorReason::Io,
-        ErrorReason::Other,
-    ];
-
-    pub fn of(e: &io::Error) -> ErrorReason {
-        match e.raw_os_error() {
-            Some(libc::EACCES) | Some(libc::EPERM) => ErrorReason::Permission,
-            Some(libc::EMFILE) | Some(libc::ENFILE) => ErrorReason::Descriptors,
-            Some(libc::EIO) => ErrorReason::Io,
-            _ => ErrorReason::Other,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorReason::Permission => "permission",
-            ErrorReason::Descriptors => "descriptors",
-            ErrorReason::Io => "io",
-            ErrorReason::Other => "other",
-        }
-    }
-}
-
-/// The last error of a file or directory, while it lasts.
-#[derive(Clone, Debug)]
-pub struct FileError {
-    /// What failed: "list directory", "stat", "open" or "read"; only a success of the same
-    /// operation clears it.
-    pub op: &'static str,
-    pub reason: ErrorReason,
-    pub message: String,
-    /// Failures in a row.
-    pub count: u64,
-    warned: Instant,
-}
-
 /// A file's fate. Exactly one per known identity.
 pub enum Fate {
     /// Descriptor held, read on every poll.
@@ -223,8 +173,8 @@ struct Entry {
     size: u64,
     fate: Fate,
     error: Option<FileError>,
-    retry_at: Option<Instant>,
-    retry_delay: Duration,
+    /// When opening it is tried again after a failure.
+    retry: Backoff,
     /// Last time lines were read (or the file was opened): idle files close first.
     active: Instant,
     /// Read position and modification time when it was closed idle: the same size and
@@ -232,6 +182,9 @@ struct Entry {
     idle_at: Option<(u64, std::time::SystemTime)>,
     /// Loaded from the state file and not yet found (in the globs or in its directory).
     from_state: bool,
+    /// Loaded from the state file as let go (read to its end and remembered), not as a file
+    /// still being read or waiting with unread bytes when the state was saved.
+    saved_let_go: bool,
     /// Loaded from the state file and not opened (or let go) since: readiness waits for it.
     restored: bool,
     /// Its size changed since the last read: read it even if it is dormant.
@@ -388,11 +341,11 @@ impl Registry {
                         since_ns: s.let_go_ns.unwrap_or(now_ns),
                     },
                     error: None,
-                    retry_at: None,
-                    retry_delay: opts.retry_first,
+                    retry: Backoff::new(opts.retry_first),
                     active: Instant::now(),
                     idle_at: None,
                     from_state: true,
+                    saved_let_go: s.let_go_ns.is_some(),
                     restored: true,
                     wake: false,
                     first_open,
@@ -680,11 +633,11 @@ impl Registry {
                             size: len,
                             fate: Fate::Waiting { left: false },
                             error: None,
-                            retry_at: None,
-                            retry_delay: self.opts.retry_first,
+                            retry: Backoff::new(self.opts.retry_first),
                             active: Instant::now(),
                             idle_at: None,
                             from_state: false,
+                            saved_let_go: false,
                             restored: false,
                             wake: false,
                             first_open: Some(first_open),
@@ -748,11 +701,15 @@ impl Registry {
                 // Found: opened once more and read to its end (with the let-go grace), so
                 // what was appended after it was closed is counted and other readers can
                 // finish it too.
-                // Empty when it was last read, and now outside the globs: nothing of its
-                // content can confirm it is still the file it was (a copy may have been
-                // written into it), so it is not read again: never count a line twice.
+                // Let go empty, and now outside the globs: nothing of its content can
+                // confirm it is still the file it was (a copy may have been written into
+                // it), so it is not read again: never count a line twice. (One saved while
+                // it still waited with unread bytes is read: found by the forwarder's model
+                // test, a restart lost them.)
                 (Fate::Remembered { since_ns }, Some(Some(_)))
-                    if e.identity.fingerprint_len == 0 && e.first_open.is_none() =>
+                    if e.identity.fingerprint_len == 0
+                        && e.first_open.is_none()
+                        && e.saved_let_go =>
                 {
                     e.restored = false;
                     Fate::Remembered { since_ns }
@@ -852,7 +809,7 @@ impl Registry {
             .entries
             .iter()
             .filter(|(_, e)| matches!(e.fate, Fate::Waiting { .. }))
-            .filter(|(_, e)| e.retry_at.is_none_or(|t| now >= t))
+            .filter(|(_, e)| e.retry.due(now))
             .map(|(id, e)| (e.first_open.is_some(), e.active, *id))
             .collect();
         waiting.sort();
@@ -934,62 +891,46 @@ impl Registry {
             return false;
         };
         let left = matches!(e.fate, Fate::Waiting { left: true });
-        let file = match self
-            .fs
-            .open(&e.meta.path)
-            .map(|f| SharedFile::new(f, &self.descriptors))
+        // A file never opened has no offset to check yet (its identity so far is device,
+        // inode and birth time): where it starts is decided below.
+        let offset = if e.first_open.is_some() {
+            0
+        } else {
+            e.committed
+        };
+        let (file, len, restart) = match reopen(self.fs.as_ref(), &e.meta.path, &e.identity, offset)
         {
-            Ok(f) => f,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                // Moved or deleted since the scan: look for it by identity next to its path;
-                // the next scan decides about it.
-                if let Ok(Some((path, _))) =
-                    find_in_dir(self.fs.as_ref(), &e.meta.path, &e.identity)
-                {
-                    e.meta.labels = PodLabels::from_path(&path);
-                    e.meta.path = path;
-                }
+            Reopened::Continue { file, len } => (file, len, None),
+            Reopened::Restart { file, len, why } => (file, len, Some(why)),
+            Reopened::Moved(path) => {
+                // Moved since the scan: followed by identity; the next scan decides about it.
+                e.meta.labels = PodLabels::from_path(&path);
+                e.meta.path = path;
                 return false;
             }
-            Err(err) => {
-                record_error(&mut self.errors, &mut e.error, &e.meta.path, "open", &err);
-                backoff(&mut e.retry_at, &mut e.retry_delay);
-                return false;
-            }
-        };
-        let len = file.size().unwrap_or(0);
-        let same = match e.identity.check(file.file()) {
-            Ok(same) => same,
-            Err(err) => {
+            // Gone, or another file has the path: the scan will find ours (or not) later.
+            Reopened::NotThere => return false,
+            Reopened::Unreadable { op, error } => {
                 // Cannot tell now: retried, never taken for a rewrite.
-                record_error(&mut self.errors, &mut e.error, &e.meta.path, "read", &err);
-                backoff(&mut e.retry_at, &mut e.retry_delay);
+                record_error(&mut self.errors, &mut e.error, &e.meta.path, op, &error);
+                e.retry.failed();
                 return false;
             }
         };
-        let start = if let (Some(first), true) = (e.first_open, same) {
-            // Never opened: its identity so far is device, inode and birth time.
-            match first {
+        let file = SharedFile::new(file, &self.descriptors);
+        let start = match (e.first_open, restart) {
+            (Some(first), None) => match first {
                 FirstOpen::FromStart => 0,
                 FirstOpen::LineBefore(n) => match last_line_boundary(file.file(), n.min(len)) {
                     Ok(o) => o,
                     Err(err) => {
                         record_error(&mut self.errors, &mut e.error, &e.meta.path, "read", &err);
-                        backoff(&mut e.retry_at, &mut e.retry_delay);
+                        e.retry.failed();
                         return false;
                     }
                 },
-            }
-        } else if !same {
-            if FileId::of(&match file.file().metadata() {
-                Ok(m) => m,
-                Err(_) => return false,
-            }) != id
-            {
-                // Another file now has this path; the scan will find ours (or not) later.
-                return false;
-            }
-            if left {
+            },
+            (_, Some(Truncation::Rewritten)) if left => {
                 // Outside the globs, same inode, other first bytes: our file was deleted and
                 // its inode reused by a file we were never asked to read.
                 tracing::info!(
@@ -1000,22 +941,24 @@ impl Registry {
                 send(&self.events, FileEvent::Forgotten { id });
                 return false;
             }
-            tracing::info!(
-                "{}: first bytes changed while closed (rewritten); reading from 0",
-                e.meta.path.display()
-            );
-            send(&self.events, FileEvent::Truncated { id });
-            0
-        } else if len < e.committed {
-            tracing::info!(
-                "{}: shorter ({len}) than its offset {} (truncated while closed); reading from 0",
-                e.meta.path.display(),
-                e.committed
-            );
-            send(&self.events, FileEvent::Truncated { id });
-            0
-        } else {
-            e.committed
+            (_, Some(Truncation::Rewritten)) => {
+                tracing::info!(
+                    "{}: first bytes changed while closed (rewritten); reading from 0",
+                    e.meta.path.display()
+                );
+                send(&self.events, FileEvent::Truncated { id });
+                0
+            }
+            (_, Some(Truncation::Shrunk { .. })) => {
+                tracing::info!(
+                    "{}: shorter ({len}) than its offset {} (truncated while closed); reading from 0",
+                    e.meta.path.display(),
+                    e.committed
+                );
+                send(&self.events, FileEvent::Truncated { id });
+                0
+            }
+            (None, None) => e.committed,
         };
         if start == 0 || e.first_open.is_some() {
             if let Ok(identity) = FileIdentity::read(file.file()) {
@@ -1028,8 +971,7 @@ impl Registry {
         e.restored = false;
         clear_error(&mut e.error, "open", &e.meta.path);
         clear_error(&mut e.error, "stat", &e.meta.path);
-        e.retry_at = None;
-        e.retry_delay = self.opts.retry_first;
+        e.retry.succeeded();
         e.committed = start;
         e.size = len;
         e.active = Instant::now();
@@ -1216,102 +1158,6 @@ fn send(events: &Option<Sender<FileEvent>>, ev: FileEvent) {
     }
 }
 
-/// Counts the error, keeps it as the path's last error, and warns when it is new (or has
-/// lasted another `WARN_EVERY`).
-fn record_error(
-    counts: &mut [u64; 4],
-    slot: &mut Option<FileError>,
-    path: &Path,
-    op: &'static str,
-    err: &io::Error,
-) {
-    let reason = ErrorReason::of(err);
-    counts[reason as usize] = counts[reason as usize].saturating_add(1);
-    let message = format!("{op}: {err}");
-    match slot {
-        Some(e) if e.reason == reason && e.op == op => {
-            e.count = e.count.saturating_add(1);
-            e.message = message;
-            if e.warned.elapsed() >= WARN_EVERY {
-                e.warned = Instant::now();
-                tracing::warn!(
-                    "{}: {} (failing {} times in a row; kept, retried)",
-                    path.display(),
-                    e.message,
-                    e.count
-                );
-            }
-        }
-        _ => {
-            tracing::warn!(
-                "{}: {message}; its place is kept and it is retried",
-                path.display()
-            );
-            *slot = Some(FileError {
-                op,
-                reason,
-                message,
-                count: 1,
-                warned: Instant::now(),
-            });
-        }
-    }
-}
-
-/// Clears the last error if it came from `op`, which just succeeded.
-fn clear_error(slot: &mut Option<FileError>, op: &str, path: &Path) {
-    if slot.as_ref().is_some_and(|e| e.op == op) {
-        *slot = None;
-        tracing::info!("{}: {op} works again", path.display());
-    }
-}
-
-fn backoff(retry_at: &mut Option<Instant>, delay: &mut Duration) {
-    *retry_at = Some(Instant::now() + *delay);
-    *delay = (*delay * 2).min(RETRY_MAX);
-}
-
-/// Looks for `identity` in the directory of `path` (a file renamed within its directory, as
-/// kubelet rotates). Returns its path and size. A file with the same inode but other first
-/// bytes is a reused inode, not ours; one that cannot be opened to check is taken as ours.
-pub(crate) fn find_in_dir(
-    fs: &dyn FileSystem,
-    path: &Path,
-    identity: &FileIdentity,
-) -> io::Result<Option<(PathBuf, u64)>> {
-    let id = identity.id();
-    let ours = |p: &Path| match fs.open(p) {
-        Ok(f) => identity.matches(&f),
-        Err(_) => true,
-    };
-    if let Ok(m) = fs.metadata(path) {
-        if m.is_file() && FileId::of(&m) == id {
-            return Ok(ours(path).then(|| (path.to_path_buf(), m.len())));
-        }
-    }
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let items = match fs.read_dir(dir) {
-        Ok(items) => items,
-        // The directory itself is gone: so is the file, as far as anyone can find it.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    for item in items {
-        if item.ino != id.ino || item.is_dir {
-            continue;
-        }
-        if let Ok(m) = fs.metadata(&item.path) {
-            if m.is_file() && FileId::of(&m) == id {
-                return Ok(ours(&item.path).then(|| (item.path.clone(), m.len())));
-            }
-        }
-    }
-    Ok(None)
-}
-
 /// Start for `start_at = "end"`: just past the last `\n`, so a line being written when the
 /// daemon starts is counted whole when it completes.
 fn last_line_boundary(file: &fs::File, len: u64) -> io::Result<u64> {
@@ -1332,4 +1178,4 @@ fn last_line_boundary(file: &fs::File, len: u64) -> io::Result<u64> {
 
 #[cfg(test)]
 #[path = "registry_model.rs"]
-mod model;
+pub(crate) mod model;

@@ -12,6 +12,9 @@
 //! Every line is unique (`L<n>`), so a duplicate or a gap names the line. Scans run at every
 //! poll and nothing waits on a clock (glob interval and let-go grace are zero), so a case
 //! replays identically.
+//!
+//! The Loki forwarder's model test (`forwarder/model.rs`) drives its files through this same
+//! harness: the same actions, faults and file system, with the registry's events.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, Metadata, OpenOptions};
@@ -28,15 +31,18 @@ use crate::source::discover::{DirItem, FileSystem, RealFs};
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
 #[derive(Clone, Copy, Debug, Default)]
-struct Faults {
+pub(crate) struct Faults {
     /// The log directory cannot be listed or searched (EACCES), as with `chmod 700` by
     /// another owner.
     dir_locked: bool,
     /// Out of descriptors (EMFILE) for every open and listing.
     no_descriptors: bool,
+    /// Every open of a file in the log directory fails with ENOENT, as in the moment between
+    /// a rename away and the rename back: the files are there again when it ends.
+    vanished: bool,
 }
 
-struct FaultyFs {
+pub(crate) struct FaultyFs {
     faults: Arc<Mutex<Faults>>,
     logs: PathBuf,
 }
@@ -52,11 +58,20 @@ impl FaultyFs {
         }
         Ok(())
     }
+
+    fn check_open(&self, path: &Path) -> io::Result<()> {
+        self.check(path, true)?;
+        let f = *self.faults.lock().unwrap();
+        if f.vanished && path.starts_with(&self.logs) {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        Ok(())
+    }
 }
 
 impl FileSystem for FaultyFs {
     fn open(&self, path: &Path) -> io::Result<File> {
-        self.check(path, true)?;
+        self.check_open(path)?;
         RealFs.open(path)
     }
     fn metadata(&self, path: &Path) -> io::Result<Metadata> {
@@ -70,7 +85,7 @@ impl FileSystem for FaultyFs {
 }
 
 #[derive(Clone, Debug)]
-enum Action {
+pub(crate) enum Action {
     /// Appends lines to `<name>.log` (creating it).
     Append(usize, u8),
     /// Renames `<name>.log` out of the globs (`<name>.log.hold`).
@@ -89,13 +104,18 @@ enum Action {
     ReplaceByDir(usize),
     LockDir(bool),
     NoDescriptors(bool),
+    /// Opens fail with ENOENT while on (the files stay where they are). Not generated for
+    /// the registry's own cases: a file that could never be opened, rotated and then
+    /// overwritten by a copy of lines already counted, is new content to any reader (the
+    /// forwarder's model allows for it, see `copied_over`).
+    Vanish(bool),
     Poll,
     /// Saves the positions (between two polls, as the daemon does) and starts a new registry
     /// from them.
     Restart,
 }
 
-fn action() -> impl Strategy<Value = Action> {
+pub(crate) fn action() -> impl Strategy<Value = Action> {
     let n = 0..NAMES.len();
     prop_oneof![
         6 => (n.clone(), 1u8..6).prop_map(|(i, k)| Action::Append(i, k)),
@@ -113,17 +133,25 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
-struct Harness {
+pub(crate) struct Harness {
     dir: tempfile::TempDir,
-    faults: Arc<Mutex<Faults>>,
-    registry: Option<Registry>,
+    pub(crate) faults: Arc<Mutex<Faults>>,
+    pub(crate) registry: Option<Registry>,
     next_line: u64,
-    delivered: BTreeMap<String, u32>,
-    max_open: usize,
+    pub(crate) delivered: BTreeMap<String, u32>,
+    pub(crate) max_open: usize,
     /// Lines that were in a matched file when the registry scanned without faults.
-    visible: HashSet<String>,
+    pub(crate) visible: HashSet<String>,
     /// Lines whose file was truncated, deleted or overwritten since (may be lost).
-    lost_ok: HashSet<String>,
+    pub(crate) lost_ok: HashSet<String>,
+    /// The files (device and inode) each line was written to: appended, or copied (a copy
+    /// onto an existing `.1` keeps that file's inode).
+    pub(crate) written: BTreeMap<String, Vec<FileId>>,
+    /// Lines a copy wrote over an existing `.1` (in place: its inode kept), so a reader that
+    /// never got to read that file before may read them there again.
+    pub(crate) copied_over: HashSet<String>,
+    /// Where the registry's events go (the forwarder's model test listens).
+    pub(crate) events: Option<std::sync::mpsc::Sender<FileEvent>>,
     /// The let-go grace (zero but where a test needs a writer's last lines after a rename).
     let_go_after: Duration,
     /// Zero: every file is dormant, read only when a scan wakes it (the path that serves
@@ -132,7 +160,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(max_open: usize) -> Harness {
+    pub(crate) fn new(max_open: usize) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("logs")).unwrap();
         let mut h = Harness {
@@ -144,6 +172,9 @@ impl Harness {
             max_open,
             visible: HashSet::new(),
             lost_ok: HashSet::new(),
+            written: BTreeMap::new(),
+            copied_over: HashSet::new(),
+            events: None,
             let_go_after: Duration::ZERO,
             dormant_after: Duration::from_secs(3600),
         };
@@ -159,7 +190,7 @@ impl Harness {
         self.logs().join(format!("{}.log{suffix}", NAMES[i]))
     }
 
-    fn make(&self, saved: Option<Vec<FilePosition>>) -> Registry {
+    pub(crate) fn make(&self, saved: Option<Vec<FilePosition>>) -> Registry {
         let opts = RegistryOptions {
             include: vec![format!("{}/*.log", self.logs().display())],
             exclude: vec![],
@@ -172,7 +203,7 @@ impl Harness {
             retry_first: Duration::ZERO,
             dormant_after: self.dormant_after,
         };
-        Registry::new(opts, saved, None)
+        Registry::new(opts, saved, self.events.clone())
             .unwrap()
             .with_fs(Box::new(FaultyFs {
                 faults: self.faults.clone(),
@@ -182,20 +213,32 @@ impl Harness {
 
     fn append(&mut self, path: &Path, k: u8) {
         let mut text = String::new();
+        let first = self.next_line;
         for _ in 0..k {
             text.push_str(&format!("L{:06}\n", self.next_line));
             self.next_line += 1;
         }
-        OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .unwrap()
-            .write_all(text.as_bytes())
             .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        let id = FileId::of(&file.metadata().unwrap());
+        for n in first..self.next_line {
+            self.written.entry(format!("L{n:06}")).or_default().push(id);
+        }
     }
 
-    fn lines_of(path: &Path) -> Vec<String> {
+    /// The file system the registry sees, faults included (for another reader of the files).
+    pub(crate) fn fs(&self) -> FaultyFs {
+        FaultyFs {
+            faults: self.faults.clone(),
+            logs: self.logs(),
+        }
+    }
+
+    pub(crate) fn lines_of(path: &Path) -> Vec<String> {
         fs::read_to_string(path)
             .map(|t| t.lines().map(str::to_string).collect())
             .unwrap_or_default()
@@ -208,9 +251,9 @@ impl Harness {
     }
 
     /// After a poll without faults, every line in a matched file was visible to the scan.
-    fn note_visible(&mut self) {
+    pub(crate) fn note_visible(&mut self) {
         let f = *self.faults.lock().unwrap();
-        if f.dir_locked || f.no_descriptors {
+        if f.dir_locked || f.no_descriptors || f.vanished {
             return;
         }
         for i in 0..NAMES.len() {
@@ -219,7 +262,7 @@ impl Harness {
         }
     }
 
-    fn poll(&mut self) -> usize {
+    pub(crate) fn poll(&mut self) -> usize {
         let delivered = &mut self.delivered;
         self.registry.as_mut().unwrap().poll(1000, |_, _, d| {
             if let Decoded::Line(l) = d {
@@ -228,7 +271,7 @@ impl Harness {
         })
     }
 
-    fn apply(&mut self, a: &Action) {
+    pub(crate) fn apply(&mut self, a: &Action) {
         match *a {
             Action::Append(i, k) => {
                 let p = self.path(i, "");
@@ -269,7 +312,15 @@ impl Harness {
                 if p.is_file() {
                     self.mark_lost(&self.path(i, ".1"));
                     self.mark_lost(&p);
+                    let over = self.path(i, ".1").is_file();
                     fs::copy(&p, self.path(i, ".1")).unwrap();
+                    let copy = FileId::of(&fs::metadata(self.path(i, ".1")).unwrap());
+                    for l in Self::lines_of(&p) {
+                        self.written.entry(l.clone()).or_default().push(copy);
+                        if over {
+                            self.copied_over.insert(l);
+                        }
+                    }
                     OpenOptions::new()
                         .write(true)
                         .open(&p)
@@ -294,6 +345,7 @@ impl Harness {
             }
             Action::LockDir(on) => self.faults.lock().unwrap().dir_locked = on,
             Action::NoDescriptors(on) => self.faults.lock().unwrap().no_descriptors = on,
+            Action::Vanish(on) => self.faults.lock().unwrap().vanished = on,
             Action::Poll => {
                 self.poll();
             }
@@ -304,7 +356,7 @@ impl Harness {
         }
     }
 
-    fn assert_at_most_once(&self, step: usize, a: &Action) {
+    pub(crate) fn assert_at_most_once(&self, step: usize, a: &Action) {
         let twice: Vec<_> = self.delivered.iter().filter(|(_, n)| **n > 1).collect();
         assert!(
             twice.is_empty(),
@@ -314,48 +366,10 @@ impl Harness {
 
     /// Faults cleared, files back from directories, polled until nothing moves: every line
     /// of every file the globs match was delivered exactly once.
-    fn settle_and_check(&mut self) {
-        *self.faults.lock().unwrap() = Faults::default();
-        for i in 0..NAMES.len() {
-            let p = self.path(i, "");
-            if p.is_dir() {
-                fs::remove_dir(&p).unwrap();
-            }
-        }
-        let mut quiet = 0;
-        for _ in 0..200 {
-            if self.poll() == 0 {
-                quiet += 1;
-                if quiet >= 3 && self.registry.as_ref().unwrap().waiting() == 0 {
-                    break;
-                }
-            } else {
-                quiet = 0;
-            }
-        }
-        let mut want = HashSet::new();
-        for i in 0..NAMES.len() {
-            if let Ok(text) = fs::read_to_string(self.path(i, "")) {
-                want.extend(text.lines().map(str::to_string));
-            }
-        }
-        let missing: Vec<_> = want
-            .iter()
-            .filter(|l| !self.delivered.contains_key(*l))
-            .collect();
+    pub(crate) fn settle_and_check(&mut self) {
+        self.settle(|_| false);
+        let (missing, lost) = self.undelivered(&self.delivered);
         assert!(missing.is_empty(), "never delivered: {missing:?}");
-        let mut existing = HashSet::new();
-        for i in 0..NAMES.len() {
-            for suffix in ["", ".1", ".hold"] {
-                existing.extend(Self::lines_of(&self.path(i, suffix)));
-            }
-        }
-        let lost: Vec<_> = self
-            .visible
-            .iter()
-            .filter(|l| existing.contains(*l) && !self.lost_ok.contains(*l))
-            .filter(|l| !self.delivered.contains_key(*l))
-            .collect();
         assert!(
             lost.is_empty(),
             "seen by the registry, still on disk, never delivered: {lost:?}"
@@ -368,6 +382,73 @@ impl Harness {
             "{:?}",
             r.summary()
         );
+    }
+
+    /// Faults cleared, files back from directories, polled (and `other` run after every
+    /// poll: another reader; it returns whether anything moved) until nothing moves.
+    pub(crate) fn settle(&mut self, mut other: impl FnMut(&mut Harness) -> bool) {
+        *self.faults.lock().unwrap() = Faults::default();
+        for i in 0..NAMES.len() {
+            let p = self.path(i, "");
+            if p.is_dir() {
+                fs::remove_dir(&p).unwrap();
+            }
+        }
+        let mut quiet = 0;
+        for _ in 0..200 {
+            let read = self.poll();
+            let moved = other(self);
+            if read == 0 && !moved {
+                quiet += 1;
+                if quiet >= 3 && self.registry.as_ref().unwrap().waiting() == 0 {
+                    break;
+                }
+            } else {
+                quiet = 0;
+            }
+        }
+    }
+
+    /// Every line on disk, under any name.
+    pub(crate) fn on_disk(&self) -> HashSet<String> {
+        let mut existing = HashSet::new();
+        for i in 0..NAMES.len() {
+            for suffix in ["", ".1", ".hold"] {
+                existing.extend(Self::lines_of(&self.path(i, suffix)));
+            }
+        }
+        existing
+    }
+
+    /// Of the lines a reader must have delivered once everything settled, those missing from
+    /// `delivered`: lines of the files the globs match now, and lines the registry saw that
+    /// are still on disk under any name (unless their file was truncated, deleted or
+    /// overwritten since).
+    pub(crate) fn undelivered(
+        &self,
+        delivered: &BTreeMap<String, u32>,
+    ) -> (Vec<String>, Vec<String>) {
+        let mut want = HashSet::new();
+        for i in 0..NAMES.len() {
+            if let Ok(text) = fs::read_to_string(self.path(i, "")) {
+                want.extend(text.lines().map(str::to_string));
+            }
+        }
+        let mut missing: Vec<String> = want
+            .into_iter()
+            .filter(|l| !delivered.contains_key(l))
+            .collect();
+        missing.sort();
+        let existing = self.on_disk();
+        let mut lost: Vec<String> = self
+            .visible
+            .iter()
+            .filter(|l| existing.contains(*l) && !self.lost_ok.contains(*l))
+            .filter(|l| !delivered.contains_key(*l))
+            .cloned()
+            .collect();
+        lost.sort();
+        (missing, lost)
     }
 }
 

@@ -1,0 +1,258 @@
+//! Backfill as Prometheus TSDB blocks (`replay --tsdb DIR`): the label sets and samples the
+//! OpenMetrics text of the same replay holds — read through the same [`FamilySeries`], with
+//! the same first 0 — gathered into one [`Block`] per block window and written by the
+//! [`BlockWriter`] of [`crate::tsdb`].
+//!
+//! Owns: a block's label sets (the schema's labels, `metrics.labels`, the family's own label,
+//! `job`, `instance`; sorted by name), values as promtool reads the OpenMetrics text (counts
+//! exactly, money through its decimal text), timestamps in whole seconds as the text writes
+//! them, and the one-window delay that puts a series' first 0 into the block of its time: a
+//! series whose first value is at the very start of a window has its 0 one step earlier, in
+//! the previous window's range. Must not: choose windows or steps, read input, or know the
+//! block format (`crate::tsdb` does).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::samples::{backfill_families, is_money, FamilySeries, SeriesSamples};
+use crate::tsdb::{Block, BlockWriter};
+
+/// One series of a block: labels sorted by name, samples `(t_ms, value)` in time order.
+type BlockSeries = (Vec<(String, String)>, Vec<(i64, f64)>);
+
+/// What the blocks are built from besides the samples: the replay's labels and step.
+pub struct BlockLabels<'a> {
+    pub prefix: &'a str,
+    pub extra_names: &'a [String],
+    pub currency: Option<&'a str>,
+    pub static_labels: &'a BTreeMap<String, String>,
+    pub instance: &'a str,
+    pub step_ns: i64,
+}
+
+/// Writes block windows as TSDB blocks under one directory.
+pub struct TsdbSink {
+    writer: BlockWriter,
+    /// The previous window's block, written when the next window comes (or at the end).
+    pending: Option<Block>,
+    /// Blocks written.
+    pub blocks: usize,
+}
+
+/// Milliseconds of a sample time, cut to whole seconds as the OpenMetrics text writes it (so
+/// both backfills hold the same samples).
+fn sample_ms(t_ns: i64) -> i64 {
+    t_ns.div_euclid(1_000_000_000).saturating_mul(1000)
+}
+
+fn io(what: &str, dir: &Path, e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!("{what} {}: {e}", dir.display())
+}
+
+impl TsdbSink {
+    /// A sink into `dir` (created if missing); temporary directories a killed replay left
+    /// there are removed first. Blocks are written without an fsync each and made durable
+    /// together by [`TsdbSink::finish`].
+    pub fn new(dir: &Path) -> anyhow::Result<TsdbSink> {
+        let writer = BlockWriter::new(dir)
+            .map_err(|e| io("creating", dir, e))?
+            .with_fsync(false);
+        crate::tsdb::remove_stale_temporaries(dir)
+            .map_err(|e| io("removing unfinished blocks in", dir, e))?;
+        Ok(TsdbSink {
+            writer,
+            pending: None,
+            blocks: 0,
+        })
+    }
+
+    /// The block window `[start_ns, end_ns)` with these series: its samples into a block of
+    /// its own, a 0 before its start into the previous window's block. Returns the samples.
+    pub fn write(
+        &mut self,
+        (start_ns, end_ns): (i64, i64),
+        series: &[SeriesSamples],
+        with: &BlockLabels<'_>,
+    ) -> anyhow::Result<usize> {
+        let (start_ms, end_ms) = (sample_ms(start_ns), sample_ms(end_ns));
+        let mut block = Block::new(start_ms, end_ms).map_err(|e| self.err(e))?;
+        let mut earlier: Vec<BlockSeries> = Vec::new();
+        let samples =
+            add_window(&mut block, &mut earlier, series, with).map_err(|e| self.err(e))?;
+        if !earlier.is_empty() {
+            let step_ms = sample_ms(with.step_ns).max(1);
+            let first = earlier.iter().map(|s| s.1[0].0).min().unwrap_or(start_ms);
+            // The 0s go into the previous window's block when it is the one before this
+            // (it is still open), else into a block of their own window.
+            let adjacent = self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.max_time() == start_ms && p.min_time() <= first);
+            if !adjacent {
+                self.flush()?;
+                let block_ms = (end_ms - start_ms).max(step_ms);
+                let from = first.div_euclid(block_ms).saturating_mul(block_ms);
+                self.pending = Some(
+                    Block::new(from, start_ms.min(from.saturating_add(block_ms)))
+                        .map_err(|e| self.err(e))?,
+                );
+            }
+            let dir = self.writer.dir().display().to_string();
+            if let Some(p) = self.pending.as_mut() {
+                for (labels, points) in earlier {
+                    p.add_series(labels, points)
+                        .map_err(|e| anyhow::anyhow!("writing TSDB blocks in {dir}: {e}"))?;
+                }
+            }
+        }
+        self.flush()?;
+        self.pending = Some(block);
+        Ok(samples)
+    }
+
+    /// Writes the block held back, if any.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if let Some(block) = self.pending.take() {
+            if self.writer.write(block).map_err(|e| self.err(e))?.is_some() {
+                self.blocks += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the last block and makes every block durable.
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        // The last window may not be over (`--to live`): it ends just after its last sample,
+        // as Mimir refuses a block that ends in the future.
+        if let Some(p) = self.pending.as_mut() {
+            if let Some((_, last)) = p.sample_range() {
+                if last.saturating_add(1) < p.max_time() {
+                    p.shrink_max_time(last + 1).map_err(|e| {
+                        anyhow::anyhow!(
+                            "writing TSDB blocks in {}: {e}",
+                            self.writer.dir().display()
+                        )
+                    })?;
+                }
+            }
+        }
+        self.flush()?;
+        self.writer
+            .sync()
+            .map_err(|e| io("syncing", self.writer.dir(), e))
+    }
+
+    fn err(&self, e: std::io::Error) -> anyhow::Error {
+        io("writing TSDB blocks in", self.writer.dir(), e)
+    }
+}
+
+/// Where a label's value comes from, for every label set of a window but the family's name
+/// and own label.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Series(usize),
+    Fixed(&'a str),
+}
+
+/// Adds every label set of `series` in every backfill family to `block`, with its samples
+/// (the first 0 included) as the OpenMetrics text of the same window has them; samples before
+/// the block's start (a first 0) go to `earlier`. Returns the samples. Label sets are added
+/// in the block's own order (label pairs sorted by name, compared in turn) as far as the
+/// labels allow, so the block's sort finds them in order; one allocation per label set.
+fn add_window<'s>(
+    block: &mut Block,
+    earlier: &mut Vec<BlockSeries>,
+    series: &'s [SeriesSamples],
+    with: &BlockLabels<'s>,
+) -> std::io::Result<usize> {
+    let start_ms = block.min_time();
+    // The labels every label set has besides `__name__` and its own, sorted by name.
+    let mut common: Vec<(&str, Source<'s>)> = vec![
+        ("model", Source::Series(0)),
+        ("api_key_id", Source::Series(1)),
+        ("service_id", Source::Series(2)),
+        ("job", Source::Fixed("tokenmeter")),
+        ("instance", Source::Fixed(with.instance)),
+    ];
+    // docs/owners.md: the team label, which every series has when owners are configured.
+    if let Some((name, _)) = series.first().and_then(|s| s.labels.team.as_ref()) {
+        if series.iter().all(|s| s.labels.team.is_some()) {
+            common.push((name.as_str(), Source::Series(3)));
+        }
+    }
+    common.extend(
+        with.static_labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), Source::Fixed(v.as_str()))),
+    );
+    common.sort_by_key(|&(name, _)| name);
+    let value = |s: &'s SeriesSamples, source: Source<'s>| -> &'s str {
+        match source {
+            Source::Series(i) => s.labels.value(i),
+            Source::Fixed(v) => v,
+        }
+    };
+    // Every series' values in name order, back to back (`width` a series), and the series in
+    // the order of those values.
+    let width = common.len();
+    let keys: Vec<&str> = series
+        .iter()
+        .flat_map(|s| common.iter().map(move |&(_, src)| value(s, src)))
+        .collect();
+    let key = |i: usize| &keys[i * width..(i + 1) * width];
+    let mut order: Vec<usize> = (0..series.len()).collect();
+    order.sort_by(|&a, &b| key(a).cmp(key(b)));
+    let mut families = backfill_families(with.prefix, with.extra_names, with.currency);
+    families.sort_by_key(|f| f.full_name());
+    let mut reader = FamilySeries::new();
+    let mut points: Vec<(i64, f64)> = Vec::new();
+    let mut samples = 0;
+    for family in &families {
+        let Some(read) = family.series.as_ref() else {
+            continue;
+        };
+        let name = family.full_name();
+        let money = is_money(family);
+        let as_f64 = |v: u128| -> f64 {
+            if money {
+                // As promtool reads the decimal text (correctly rounded).
+                crate::pricing::format_units(v).parse().unwrap_or(f64::NAN)
+            } else {
+                v as f64
+            }
+        };
+        let mut labels: Vec<(&str, &str)> = Vec::with_capacity(width + 2);
+        for &i in &order {
+            let s = &series[i];
+            reader.read(read, s, with.currency);
+            for (set, set_samples) in reader.each() {
+                labels.clear();
+                labels.push(("__name__", &name));
+                labels.extend(common.iter().zip(key(i)).map(|(&(n, _), &v)| (n, v)));
+                labels.extend(set.own);
+                // Nearly sorted already (a static label may sort before `__name__`).
+                labels.sort_unstable_by_key(|&(n, _)| n);
+                points.clear();
+                points.extend(
+                    set.first_zero(with.step_ns)
+                        .into_iter()
+                        .chain(set_samples)
+                        .map(|(t, v)| (sample_ms(t), as_f64(v))),
+                );
+                samples += points.len();
+                // Only a first 0 can come before the window (a step before its first value).
+                let cut = points.partition_point(|&(t, _)| t < start_ms);
+                if cut > 0 {
+                    let owned = labels
+                        .iter()
+                        .map(|&(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    earlier.push((owned, points[..cut].to_vec()));
+                }
+                block.add_series(labels.iter().copied(), points[cut..].iter().copied())?;
+            }
+        }
+    }
+    Ok(samples)
+}
