@@ -163,9 +163,10 @@ def grown(metric, sel=TSEL):
 
 
 def with_currency(expr, by):
-    """`expr` (summed by `by`) with the `currency` of the same rows' cost, so token and cost
-    columns join into one row; as it is where there is no cost (pricing off)."""
-    return (f'(sum by ({by}) ({expr}) * on ({by}) group_left (currency) group by ({by}, currency) (llm_cost_total{{{TSEL}}}))'
+    """`expr` (summed by `by`) with the `currency` of the same rows' cost in the range, so token
+    and cost columns join into one row; as it is where there is no cost (pricing off)."""
+    return (f'(sum by ({by}) ({expr}) * on ({by}) group_left (currency) group by ({by}, currency) '
+            f'(last_over_time(llm_cost_total{{{TSEL}}}[$__range])))'
             f' or on ({by}) sum by ({by}) ({expr})')
 
 

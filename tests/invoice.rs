@@ -2,8 +2,9 @@
 //! a real rule evaluator over the agent's own data: `tokenmeter replay --push --dense` writes a
 //! night across a month boundary (with a key changing team) into VictoriaMetrics, vmalert
 //! evaluates the shipped rules over it (its replay mode, hour by hour), and each month's
-//! invoice read back from the rule series equals what the test wrote: tokens exactly, cost to
-//! 10^-9. Expected values are summed here from the lines the test wrote.
+//! invoice read back from the rule series, and from the invoice dashboard's table, equals what
+//! the test wrote: tokens exactly, cost to 10^-9. Expected values are summed here from the lines
+//! the test wrote.
 
 mod common;
 
@@ -186,6 +187,66 @@ fn the_invoice_rules_evaluated_by_vmalert_give_each_months_tokens_and_cost_exact
             vm.query_at("count by (__name__) ({__name__=~\"llm_.*\"})", BOUNDARY),
         );
         std::thread::sleep(Duration::from_millis(500));
+    }
+    // The invoice dashboard's table (dashboards/invoice.json) over the same data, with the
+    // dashboard's time range set to each month's part of the night, as Grafana would query it
+    // (instant queries at the range's end): its token and cost columns per team × model.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/invoice.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let panel = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == "Invoice: team × model (selected month)")
+        .expect("the invoice table");
+    let expr = |i: usize, range: &str| {
+        panel["targets"][i]["expr"]
+            .as_str()
+            .unwrap()
+            .replace("$__range", range)
+            .replace("$team", ".*")
+            .replace("$model", ".*")
+    };
+    let by_team_model = |i: &Invoice| -> BTreeMap<(String, String), (u64, u128)> {
+        let mut out: BTreeMap<(String, String), (u64, u128)> = BTreeMap::new();
+        for ((team, model, _), (t, c)) in i {
+            let e = out.entry((team.clone(), model.clone())).or_default();
+            e.0 += t;
+            e.1 += c;
+        }
+        out.into_iter()
+            .map(|(k, (t, c))| (k, (t, (c + 500) / 1000 * 1000)))
+            .collect()
+    };
+    for (month, end, range) in [
+        (&october, BOUNDARY, "4h"),
+        (&november, BOUNDARY + 6 * 3600, "6h"),
+    ] {
+        let mut table: BTreeMap<(String, String), (u64, u128)> = BTreeMap::new();
+        for (l, v) in vm.query_at(&expr(2, range), end) {
+            assert_eq!(l.get("currency").map(String::as_str), Some("USD"), "{l:?}");
+            table
+                .entry((l["team"].clone(), l["model"].clone()))
+                .or_default()
+                .0 = v as u64;
+        }
+        for (l, v) in vm.query_at(&expr(3, range), end) {
+            table
+                .entry((l["team"].clone(), l["model"].clone()))
+                .or_default()
+                .1 = (v * 1e9).round() as u128 * 1000;
+        }
+        table.retain(|_, v| v.0 > 0 || v.1 > 0);
+        assert_eq!(
+            table,
+            by_team_model(month),
+            "the invoice table ending at {end}"
+        );
     }
     // k-1 is on both teams' October invoices, only on "after"'s in November.
     assert!(october.keys().any(|k| k.0 == "before") && october.keys().any(|k| k.0 == "after"));
