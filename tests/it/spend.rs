@@ -4,14 +4,13 @@
 //! currency from the lines the test wrote and the rates it configured, never by the code under
 //! test.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 

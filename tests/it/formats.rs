@@ -3,12 +3,11 @@
 //! see its README) against the summaries `tests/expected/expected_summary.py` computes
 //! independently; a file mixing every format line by line; standard input and a FIFO.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::bin;
+use crate::common::bin;
 use serde_json::Value;
 
 /// One fixture per format, named after it.
@@ -182,7 +181,7 @@ fn standard_input_and_a_fifo_give_the_summary_of_the_file() {
 
 #[test]
 fn the_daemon_counts_every_format_and_status_names_the_formats_of_each_file() {
-    use common::{append, config, pod_dir, wait_until, Daemon};
+    use crate::common::{append, config, pod_dir, wait_until, Daemon};
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("pods");
     let mixed = pod_dir(&root, "gw-mixed").join("0.log");
@@ -235,7 +234,7 @@ fn the_daemon_counts_every_format_and_status_names_the_formats_of_each_file() {
         "both files' formats in /status",
         std::time::Duration::from_secs(30),
         || {
-            let (_, body) = common::get(&d.addr, "/status").ok()?;
+            let (_, body) = crate::common::get(&d.addr, "/status").ok()?;
             let v: Value = serde_json::from_str(&body).ok()?;
             let files = v["files"].as_array()?.clone();
             (files.len() == 2

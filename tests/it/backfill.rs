@@ -2,14 +2,13 @@
 //! 2.53, `replay --push` into a real VictoriaMetrics, `replay --loki` into the Loki receiver.
 //! The workload's cumulative values are computed by the test from what it generated.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::loki::{Behavior, LokiReceiver};
-use common::*;
+use crate::common::loki::{Behavior, LokiReceiver};
+use crate::common::*;
 
 const STEP: i64 = 60;
 

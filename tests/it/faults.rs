@@ -17,7 +17,6 @@
 //! `daemon.rs`) stalls or panics the metering loop; `/healthz` must then fail with a body naming
 //! how long the loop has been silent, and a panic must end the process.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -30,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::loki::LokiReceiver;
-use common::*;
+use crate::common::loki::LokiReceiver;
+use crate::common::*;
 use serde_json::Value;
 
 /// Deadline of every wait on the daemon.

@@ -6,7 +6,6 @@
 //! must parse, and return data where that backend holds the metrics it reads. The dashboards'
 //! structure is checked too. (`promtool test rules` and the LogQL check run in scripts/test.sh.)
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -15,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::loki::LokiReceiver;
-use common::*;
+use crate::common::loki::LokiReceiver;
+use crate::common::*;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

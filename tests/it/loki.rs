@@ -1,13 +1,12 @@
 //! End-to-end tests of the Loki export: the daemon binary forwarding real files to a receiver
 //! that decodes Loki's wire format and applies Loki's validation (see `common/loki.rs`).
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::loki::{Behavior, LokiReceiver, Received};
-use common::*;
+use crate::common::loki::{Behavior, LokiReceiver, Received};
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 

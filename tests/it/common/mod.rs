@@ -1,6 +1,5 @@
 //! Shared helpers of the end-to-end tests: start the daemon binary and a real VictoriaMetrics,
 //! talk HTTP to them, and write access-log lines whose token sums the tests compute themselves.
-#![allow(dead_code)]
 
 pub mod loki;
 
