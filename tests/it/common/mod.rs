@@ -1,7 +1,10 @@
 //! Shared helpers of the end-to-end tests: start the daemon binary and a real VictoriaMetrics,
 //! talk HTTP to them, and write access-log lines whose token sums the tests compute themselves.
 
+mod cli;
 pub mod loki;
+
+pub use cli::*;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -63,10 +66,6 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tokenmeter"))
 }
 
 /// One running `tokenmeter run`.
