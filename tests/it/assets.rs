@@ -6,7 +6,6 @@
 //! must parse, and return data where that backend holds the metrics it reads. The dashboards'
 //! structure is checked too. (`promtool test rules` and the LogQL check run in scripts/test.sh.)
 
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

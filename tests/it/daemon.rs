@@ -2,7 +2,6 @@
 //! HTTP, pushing OTLP into a real VictoriaMetrics. Every expected value is computed by the
 //! test from the lines it wrote (`common::record_line`), never by the code under test.
 
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,12 +7,13 @@
 //! grace period, and continue exactly after a restart. Fails (never skips) without Podman:
 //! `scripts/install-podman.sh` installs it.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::common::{append, cri, free_port, get, pod_dir, record_line, wait_until, Expected, Metrics};
+use crate::common::{
+    append, cri, free_port, get, pod_dir, record_line, wait_until, Expected, Metrics,
+};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

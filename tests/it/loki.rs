@@ -1,7 +1,6 @@
 //! End-to-end tests of the Loki export: the daemon binary forwarding real files to a receiver
 //! that decodes Loki's wire format and applies Loki's validation (see `common/loki.rs`).
 
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 

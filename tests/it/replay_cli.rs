@@ -14,8 +14,7 @@ use serde_json::Value;
 
 use crate::common::{
     check_config, dir_files, expected, fixture, replay_cmd, replay_json, root, run,
-    series_sum as sum,
-    summary, tokenmeter as bin,
+    series_sum as sum, summary, tokenmeter as bin,
 };
 
 #[test]
@@ -394,9 +393,12 @@ fn config_files_and_directories_layer_and_an_error_names_the_file_that_set_the_k
         "[source]\ninclude = [\"/c/*.log\"]\nmax_line_bytes = 2048\n[otlp.headers]\nB = \"2\"\n",
     )
     .unwrap();
-    let text = run(check_config(&base).arg("-c").arg(&drop_in).arg("--show-secrets"))
-        .ok()
-        .stdout;
+    let text = run(check_config(&base)
+        .arg("-c")
+        .arg(&drop_in)
+        .arg("--show-secrets"))
+    .ok()
+    .stdout;
     // The array replaced whole, the last file's number, the header tables merged.
     assert!(text.contains("include = [\"/c/*.log\"]"), "{text}");
     assert!(text.contains("max_line_bytes = 8192"), "{text}");
@@ -423,7 +425,9 @@ fn config_files_and_directories_layer_and_an_error_names_the_file_that_set_the_k
 #[test]
 fn check_config_prints_the_effective_config() {
     let config = root().join("config/tokenmeter.toml");
-    let text = run(check_config(&config).env("NODE_NAME", "node-a")).ok().stdout;
+    let text = run(check_config(&config).env("NODE_NAME", "node-a"))
+        .ok()
+        .stdout;
     assert!(text.contains("max_line_bytes = 1048576"), "{text}");
     assert!(text.contains("interval = \"15s\""), "{text}");
     // Defaults alone.
@@ -1080,7 +1084,10 @@ fn replay_jobs_2_writes_the_summary_of_jobs_1_byte_for_byte() {
     assert_eq!(summary["lines"].as_u64(), Some(lines));
     assert_eq!(summary["records"].as_u64(), Some(records));
     // The limits fold: the fallback to counting in order was taken.
-    let folded = replay_stdout(&["--config", limits.to_str().unwrap(), "--jobs", "2"], &files);
+    let folded = replay_stdout(
+        &["--config", limits.to_str().unwrap(), "--jobs", "2"],
+        &files,
+    );
     assert!(folded.contains("__overflow__"), "{folded}");
 }
 
@@ -1104,8 +1111,16 @@ fn backfill_with_jobs_2_writes_the_files_of_jobs_1_byte_for_byte() {
     for jobs in ["1", "2"] {
         let out_dir = dir.path().join(format!("om-{jobs}/"));
         let mut cmd = replay_cmd(&files);
-        cmd.args(["--jobs", jobs, "--step", "10s", "--block", "1m", "--openmetrics"])
-            .arg(&out_dir);
+        cmd.args([
+            "--jobs",
+            jobs,
+            "--step",
+            "10s",
+            "--block",
+            "1m",
+            "--openmetrics",
+        ])
+        .arg(&out_dir);
         let text = summary(&mut cmd, None).0;
         let written = dir_files(&out_dir);
         assert!(written.len() > 1, "several windows: {written:?}");

@@ -4,7 +4,6 @@
 //! currency from the lines the test wrote and the rates it configured, never by the code under
 //! test.
 
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;

@@ -1,5 +1,7 @@
-//! Shared helpers of the end-to-end tests: start the daemon binary and a real VictoriaMetrics,
-//! talk HTTP to them, and write access-log lines whose token sums the tests compute themselves.
+//! Shared helpers of the integration tests: the binary as a command and the one replay runner
+//! (`cli`), the daemon spawner (`Daemon`), the real backends (VictoriaMetrics, Prometheus,
+//! promtool; the Loki receiver in `loki`), HTTP to them, and access-log lines whose token sums
+//! the tests compute themselves.
 
 mod cli;
 pub mod loki;
@@ -78,18 +80,51 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon with `config` (TOML) written into `dir`, and waits for `/healthz`.
     pub fn start(dir: &Path, name: &str, config: &str) -> Daemon {
-        let d = Daemon::spawn(dir, name, config, &[], &bin());
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if get(&d.addr, "/healthz").is_ok_and(|(c, _)| c == 200) {
+        Daemon::start_env(dir, name, config, &[], &bin(), &[])
+    }
+
+    /// [`Daemon::spawn`], then waits for `/healthz` 200; fails at once if the process exits
+    /// first.
+    pub fn start_under(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        wrapper: &[&str],
+        binary: &Path,
+    ) -> Daemon {
+        Daemon::start_env(dir, name, config, wrapper, binary, &[])
+    }
+
+    /// [`Daemon::start_under`] with extra environment variables (the debug builds' fault hooks).
+    pub fn start_env(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        wrapper: &[&str],
+        binary: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let mut d = Daemon::spawn_env(dir, name, config, wrapper, binary, env);
+        let limit = Duration::from_secs(60);
+        let t = Instant::now();
+        loop {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!(
+                    "daemon {name} exited before it was healthy ({status}); log:\n{}",
+                    d.log_text()
+                );
+            }
+            if matches!(get(&d.addr, "/healthz"), Ok((200, _))) {
                 return d;
+            }
+            if t.elapsed() > limit {
+                panic!(
+                    "daemon {name}: no /healthz 200 after {limit:?}; log:\n{}",
+                    d.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "timed out after 20s waiting for daemon /healthz; its log:\n{}",
-            d.log_text()
-        );
     }
 
     /// Starts `binary run --config <dir>/<name>.toml` under `wrapper` (a command that execs
@@ -447,16 +482,33 @@ pub struct Prometheus {
     _dir: tempfile::TempDir,
 }
 
+/// `name` (e.g. `promtool`) from the test backends; fails (never skips) when it is missing.
+pub fn backend(name: &str) -> PathBuf {
+    let p = backends_root().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-backends.sh",
+        p.display()
+    );
+    p
+}
+
+/// `promtool tsdb create-blocks-from openmetrics <om> <blocks>`: the TSDB blocks of one
+/// OpenMetrics file, added to the directory `blocks`.
+pub fn promtool_blocks(om: &Path, blocks: &Path) {
+    let mut cmd = Command::new(backend("promtool"));
+    cmd.args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(om)
+        .arg(blocks);
+    let out = run(&mut cmd);
+    assert_eq!(out.code, Some(0), "promtool of {}: {out:?}", om.display());
+}
+
 impl Prometheus {
     /// Starts Prometheus on the blocks in `blocks`, with nothing to scrape, and waits until it
     /// is ready. Fails (never skips) when it is not installed.
     pub fn start_on_blocks(blocks: &Path) -> Prometheus {
-        let binary = backends_root().join("prometheus");
-        assert!(
-            binary.exists(),
-            "{} is missing: run scripts/install-backends.sh",
-            binary.display()
-        );
+        let binary = backend("prometheus");
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n").unwrap();
@@ -605,12 +657,9 @@ pub fn record_line_at(i: u64, t: i64, expected: &mut Expected) -> String {
 /// and the unix time of its day's midnight.
 pub fn cri_fixture_of_yesterday(dir: &Path) -> (std::path::PathBuf, i64) {
     let day = (test_start() - 86_400).div_euclid(86_400) * 86_400;
-    let fixture = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/cri-wrapped.log"
-    ))
-    .unwrap()
-    .replace("2026-03-17T", &iso(day).replacen("T00:00:00.000Z", "T", 1));
+    let fixture = std::fs::read_to_string(fixture("cri-wrapped.log"))
+        .unwrap()
+        .replace("2026-03-17T", &iso(day).replacen("T00:00:00.000Z", "T", 1));
     let log = dir.join("cri-wrapped.log");
     std::fs::write(&log, fixture).unwrap();
     (log, day)
