@@ -28,27 +28,27 @@ fn format_fixtures() -> impl Iterator<Item = &'static str> {
 }
 
 /// `tests/fixtures/formats/<name>`.
-fn fixture(name: &str) -> PathBuf {
+fn format_fixture(name: &str) -> PathBuf {
     common::fixture(&format!("formats/{name}"))
 }
 
 /// The summary of `tests/fixtures/formats/<name>`, by the independent reference.
-fn expected(name: &str) -> Value {
+fn format_expected(name: &str) -> Value {
     common::expected(&format!("formats/{name}"))
 }
 
 #[test]
 fn every_format_fixture_matches_the_independent_reference_with_no_config() {
     for name in format_fixtures() {
-        let got = replay_json([fixture(name)]);
-        assert_eq!(got, expected(name), "{name}");
+        let got = replay_json([format_fixture(name)]);
+        assert_eq!(got, format_expected(name), "{name}");
     }
 }
 
 #[test]
 fn each_single_format_fixture_is_read_in_its_own_format_only() {
     for name in SINGLE_FORMAT {
-        let got = replay_json([fixture(name)]);
+        let got = replay_json([format_fixture(name)]);
         let formats = got["formats"].as_object().unwrap();
         let format = name.split('.').next().unwrap();
         assert_eq!(
@@ -62,10 +62,10 @@ fn each_single_format_fixture_is_read_in_its_own_format_only() {
 
 #[test]
 fn a_file_mixing_every_format_line_by_line_sums_to_the_single_format_files() {
-    let singles: Vec<PathBuf> = SINGLE_FORMAT.iter().map(|n| fixture(n)).collect();
+    let singles: Vec<PathBuf> = SINGLE_FORMAT.iter().map(|n| format_fixture(n)).collect();
     let refs: Vec<&Path> = singles.iter().map(PathBuf::as_path).collect();
     let together = replay_json(&refs);
-    let mixed = replay_json([fixture("mixed.log")]);
+    let mixed = replay_json([format_fixture("mixed.log")]);
     assert_eq!(mixed, together);
     // And the mixed file holds records of every format.
     assert_eq!(
@@ -76,7 +76,7 @@ fn a_file_mixing_every_format_line_by_line_sums_to_the_single_format_files() {
 
 #[test]
 fn standard_input_and_a_fifo_give_the_summary_of_the_file() {
-    let path = fixture("mixed.log");
+    let path = format_fixture("mixed.log");
     let bytes = std::fs::read(&path).unwrap();
     let want = replay_json([&path]);
     let stdin = |bytes: &[u8]| summary(&mut replay_cmd(["-"]), Some(bytes)).1;
@@ -142,15 +142,15 @@ fn the_daemon_counts_every_format_and_status_names_the_formats_of_each_file() {
     let d = Daemon::start(tmp.path(), "formats", &cfg);
     append(
         &mixed,
-        &std::fs::read_to_string(fixture("mixed.log")).unwrap(),
+        &std::fs::read_to_string(format_fixture("mixed.log")).unwrap(),
     );
     append(
         &kong,
-        &std::fs::read_to_string(fixture("kong.jsonl")).unwrap(),
+        &std::fs::read_to_string(format_fixture("kong.jsonl")).unwrap(),
     );
     // The counters: the reference's records per format of the two files together.
-    let want_mixed = expected("mixed.log");
-    let want_kong = expected("kong.jsonl");
+    let want_mixed = format_expected("mixed.log");
+    let want_kong = format_expected("kong.jsonl");
     let want = |format: &str| {
         want_mixed["formats"][format].as_u64().unwrap_or(0)
             + want_kong["formats"][format].as_u64().unwrap_or(0)
@@ -225,7 +225,7 @@ fn a_summary_reader_that_went_away_ends_the_replay_quietly_with_its_exit_code() 
         drop(reader);
         let stderr = run(common::tokenmeter()
             .args(["replay", "--summary", summary])
-            .arg(fixture("mixed.log"))
+            .arg(format_fixture("mixed.log"))
             .stdout(writer))
         .ok()
         .stderr;

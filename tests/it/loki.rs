@@ -90,12 +90,8 @@ fn cri_fixture_arrives_exactly_once_through_503_and_429() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("pods");
     let dir = pod_dir(&root, "gw-fixture");
-    let fixture = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/cri-wrapped.log"
-    ))
-    .unwrap();
-    std::fs::write(dir.join("0.log"), &fixture).unwrap();
+    let cri_fixture = std::fs::read_to_string(fixture("cri-wrapped.log")).unwrap();
+    std::fs::write(dir.join("0.log"), &cri_fixture).unwrap();
     let cfg = config(
         &root,
         &tmp.path().join("state"),
@@ -108,15 +104,12 @@ fn cri_fixture_arrives_exactly_once_through_503_and_429() {
 
     // Every logical line of the fixture exactly once: 30 access-log lines (one joined from
     // three CRI partials) and 4 Envoy stderr lines, envelope removed.
-    let mut expected_lines: Vec<String> = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/envoy-ai-access.jsonl"
-    ))
-    .unwrap()
-    .lines()
-    .map(String::from)
-    .collect();
-    for l in fixture.lines().filter(|l| l.contains(" stderr F ")) {
+    let mut expected_lines: Vec<String> = std::fs::read_to_string(fixture("envoy-ai-access.jsonl"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    for l in cri_fixture.lines().filter(|l| l.contains(" stderr F ")) {
         expected_lines.push(l.split_once(" stderr F ").unwrap().1.to_string());
     }
     let got = counts(&entries);
