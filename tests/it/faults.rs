@@ -521,7 +521,7 @@ fn an_unreadable_log_directory_for_3s_loses_and_doubles_nothing() {
         "--regid=65534",
         "--clear-groups",
     ];
-    let d = Daemon::start_under(tmp.path(), "perm", &cfg, &wrapper, &binary);
+    let d = Daemon::spawn(tmp.path(), "perm", &cfg, &wrapper, &binary).healthy();
     assert_eq!(
         uids(d.child.id()),
         vec![NOBODY; 4],
@@ -601,7 +601,7 @@ fn three_hundred_files_under_nofile_256_are_counted_once_then_exact_after_a_rest
     }
     let cfg = config(&root, &state, "", "");
     let wrapper = ["prlimit", "--nofile=256:256"];
-    let mut d = Daemon::start_under(tmp.path(), "nofile", &cfg, &wrapper, &bin());
+    let mut d = Daemon::spawn(tmp.path(), "nofile", &cfg, &wrapper, &bin()).healthy();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id())).unwrap();
     let nofile = limits
         .lines()
@@ -1114,14 +1114,15 @@ fn healthz_fails_while_the_metering_loop_makes_no_progress_and_recovers_after() 
     std::fs::write(&fault, "").unwrap();
     let cfg = config(&root, &state, "", "[server]\nliveness_timeout = \"2s\"\n");
     let fault_env = fault.to_str().unwrap();
-    let mut d = Daemon::start_env(
+    let mut d = Daemon::spawn_env(
         tmp.path(),
         "live",
         &cfg,
         &[],
         &bin(),
         &[("TOKENMETER_FAULT_METERING", fault_env)],
-    );
+    )
+    .healthy();
     wait_exact(&d, &exp, "before the stall");
     // An idle node is alive: nothing is written for longer than the timeout, /healthz stays ok.
     let idle_from = Instant::now();
@@ -1168,14 +1169,15 @@ fn a_panic_on_the_metering_thread_ends_the_process() {
     let fault = tmp.path().join("fault");
     std::fs::write(&fault, "").unwrap();
     let cfg = config(&root, &state, "", "");
-    let mut d = Daemon::start_env(
+    let mut d = Daemon::spawn_env(
         tmp.path(),
         "panic",
         &cfg,
         &[],
         &bin(),
         &[("TOKENMETER_FAULT_METERING", fault.to_str().unwrap())],
-    );
+    )
+    .healthy();
     wait_exact(&d, &exp, "before the panic");
     std::fs::write(&fault, "panic").unwrap();
     let status = wait_exit(&mut d, WAIT).unwrap_or_else(|| {
@@ -1236,7 +1238,7 @@ fn as_uid_0_without_capabilities_it_reads_0600_root_logs_and_keeps_its_state() {
     std::fs::create_dir(&state).unwrap();
     chmod(&state, 0o755);
     let cfg = config(&root, &state, "", "");
-    let mut d = Daemon::start_under(tmp.path(), "nocaps", &cfg, &NO_CAPS, &bin());
+    let mut d = Daemon::spawn(tmp.path(), "nocaps", &cfg, &NO_CAPS, &bin()).healthy();
     assert_eq!(uids(d.child.id()), vec![0; 4]);
     assert_eq!(effective_caps(d.child.id()), "0000000000000000");
     wait_exact(&d, &exp, "uid 0 without capabilities");
@@ -1245,7 +1247,7 @@ fn as_uid_0_without_capabilities_it_reads_0600_root_logs_and_keeps_its_state() {
     assert_eq!(terminate(&mut d), Some(0), "{}", log_tail(&d));
     drop(d);
     // The state it wrote is its own: a restart resumes from it (nothing counted twice).
-    let d = Daemon::start_under(tmp.path(), "nocaps-again", &cfg, &NO_CAPS, &bin());
+    let d = Daemon::spawn(tmp.path(), "nocaps-again", &cfg, &NO_CAPS, &bin()).healthy();
     write_records(&log, 150..160, &exp);
     wait_exact(&d, &exp, "after a restart without capabilities");
     assert!(d.log_text().contains("resumed from"), "{}", log_tail(&d));

@@ -80,47 +80,31 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon with `config` (TOML) written into `dir`, and waits for `/healthz`.
     pub fn start(dir: &Path, name: &str, config: &str) -> Daemon {
-        Daemon::start_env(dir, name, config, &[], &bin(), &[])
+        Daemon::spawn(dir, name, config, &[], &bin()).healthy()
     }
 
-    /// [`Daemon::spawn`], then waits for `/healthz` 200; fails at once if the process exits
+    /// Waits for `/healthz` 200 of a daemon just spawned ([`Daemon::spawn`], under a wrapper, a
+    /// binary, extra environment variables of its own); fails at once if the process exits
     /// first.
-    pub fn start_under(
-        dir: &Path,
-        name: &str,
-        config: &str,
-        wrapper: &[&str],
-        binary: &Path,
-    ) -> Daemon {
-        Daemon::start_env(dir, name, config, wrapper, binary, &[])
-    }
-
-    /// [`Daemon::start_under`] with extra environment variables (the debug builds' fault hooks).
-    pub fn start_env(
-        dir: &Path,
-        name: &str,
-        config: &str,
-        wrapper: &[&str],
-        binary: &Path,
-        env: &[(&str, &str)],
-    ) -> Daemon {
-        let mut d = Daemon::spawn_env(dir, name, config, wrapper, binary, env);
+    pub fn healthy(mut self) -> Daemon {
         let limit = Duration::from_secs(60);
         let t = Instant::now();
         loop {
-            if let Ok(Some(status)) = d.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
-                    "daemon {name} exited before it was healthy ({status}); log:\n{}",
-                    d.log_text()
+                    "daemon of {} exited before it was healthy ({status}); log:\n{}",
+                    self.log.display(),
+                    self.log_text()
                 );
             }
-            if matches!(get(&d.addr, "/healthz"), Ok((200, _))) {
-                return d;
+            if matches!(get(&self.addr, "/healthz"), Ok((200, _))) {
+                return self;
             }
             if t.elapsed() > limit {
                 panic!(
-                    "daemon {name}: no /healthz 200 after {limit:?}; log:\n{}",
-                    d.log_text()
+                    "daemon of {}: no /healthz 200 after {limit:?}; log:\n{}",
+                    self.log.display(),
+                    self.log_text()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -334,9 +318,45 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
 
 /// A real VictoriaMetrics (Debian's package, unpacked by scripts/install-backends.sh).
 pub struct Victoria {
-    child: Child,
+    _process: Backend,
     pub addr: String,
+}
+
+/// A backend's process with its data directory: killed when dropped, so a test that fails
+/// leaves none behind.
+struct Backend {
+    child: Child,
     _dir: tempfile::TempDir,
+}
+
+impl Backend {
+    /// Starts `cmd` (its output discarded) and waits up to `timeout` until `GET <addr><ready>`
+    /// answers 200.
+    fn start(
+        cmd: &mut Command,
+        dir: tempfile::TempDir,
+        addr: &str,
+        ready: &str,
+        timeout: Duration,
+    ) -> Backend {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let backend = Backend { child, _dir: dir };
+        wait_until(&format!("{addr}{ready} answering 200"), timeout, || {
+            get(addr, ready).ok().filter(|(c, _)| *c == 200).map(|_| ())
+        });
+        backend
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub fn backends_root() -> PathBuf {
@@ -359,16 +379,9 @@ impl Victoria {
 
     /// Starts VictoriaMetrics on `addr` with extra flags (e.g. `-promscrape.config=…`).
     pub fn start_with(addr: &str, extra: &[String]) -> Victoria {
-        let addr = addr.to_string();
-        let binary = backends_root().join("victoria-metrics");
-        assert!(
-            binary.exists(),
-            "{} is missing: run scripts/install-backends.sh (the end-to-end tests need a real VictoriaMetrics)",
-            binary.display()
-        );
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(binary)
-            .arg(format!("-storageDataPath={}", dir.path().display()))
+        let mut cmd = Command::new(backend("victoria-metrics"));
+        cmd.arg(format!("-storageDataPath={}", dir.path().display()))
             .arg(format!("-httpListenAddr={addr}"))
             .arg("-opentelemetry.usePrometheusNaming")
             // Keep what backfill tests push of a fixed past day (the default, 1 month, would
@@ -378,23 +391,11 @@ impl Victoria {
             .arg("-search.latencyOffset=0s")
             .arg("-search.disableCache")
             .arg("-loggerLevel=ERROR")
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let vm = Victoria {
-            child,
-            addr,
-            _dir: dir,
-        };
-        wait_until("VictoriaMetrics /health", Duration::from_secs(30), || {
-            get(&vm.addr, "/health")
-                .ok()
-                .filter(|(c, _)| *c == 200)
-                .map(|_| ())
-        });
-        vm
+            .args(extra);
+        Victoria {
+            _process: Backend::start(&mut cmd, dir, addr, "/health", Duration::from_secs(30)),
+            addr: addr.to_string(),
+        }
     }
 
     pub fn otlp_endpoint(&self) -> String {
@@ -477,9 +478,8 @@ pub fn instant_query(addr: &str, body: &str, promql: &str) -> Vec<(BTreeMap<Stri
 
 /// A real Prometheus 2.53 (Debian's package) serving TSDB blocks made by promtool.
 pub struct Prometheus {
-    child: Child,
+    _process: Backend,
     pub addr: String,
-    _dir: tempfile::TempDir,
 }
 
 /// `name` (e.g. `promtool`) from the test backends; fails (never skips) when it is missing.
@@ -513,27 +513,15 @@ impl Prometheus {
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n").unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", cfg.display()))
+        let mut cmd = Command::new(binary);
+        cmd.arg(format!("--config.file={}", cfg.display()))
             .arg(format!("--storage.tsdb.path={}", blocks.display()))
             .arg("--storage.tsdb.retention.time=100y")
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let prom = Prometheus {
-            child,
+            .arg(format!("--web.listen-address={addr}"));
+        Prometheus {
+            _process: Backend::start(&mut cmd, dir, &addr, "/-/ready", Duration::from_secs(60)),
             addr,
-            _dir: dir,
-        };
-        wait_until("Prometheus ready", Duration::from_secs(60), || {
-            get(&prom.addr, "/-/ready")
-                .ok()
-                .filter(|(c, _)| *c == 200)
-                .map(|_| ())
-        });
-        prom
+        }
     }
 
     /// An instant query at unix time `t` (seconds).
@@ -543,20 +531,6 @@ impl Prometheus {
             &format!("query={}&time={t}", urlencode(promql)),
             promql,
         )
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Victoria {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
