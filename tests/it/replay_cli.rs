@@ -17,6 +17,14 @@ use crate::common::{
     series_sum as sum, summary, tokenmeter as bin,
 };
 
+/// `text` as `c.toml` in a new temporary directory (removed when the first is dropped).
+fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, text).unwrap();
+    (dir, cfg)
+}
+
 #[test]
 fn every_fixture_matches_the_independent_reference() {
     for name in [
@@ -638,13 +646,9 @@ fn check_config_refuses_an_invalid_glob_and_warns_about_one_that_matches_nothing
 
 #[test]
 fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let (_dir, cfg) = config_file(
         "[otlp]\nendpoint = \"https://agent:pa55w0rd@mimir:8080/otlp/v1/metrics?token=q5ecret\"\nheaders = { \"Authorization\" = \"Bearer ${TOKEN}\" }\n[loki]\nendpoint = \"http://loki/loki/api/v1/push\"\nheaders = { \"X-Scope-OrgID\" = \"tenant-s3cret\" }\nbasic_auth = { username = \"${BASIC_USER}\" }\n",
-    )
-    .unwrap();
+    );
     let check = |extra: &[&str]| {
         let mut cmd = check_config(&cfg);
         cmd.args(extra)
@@ -675,13 +679,9 @@ fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
 
 #[test]
 fn check_config_refuses_an_unreadable_token_file_of_an_enabled_exporter() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let (_dir, cfg) = config_file(
         "[otlp]\nendpoint = \"http://mimir/otlp/v1/metrics\"\nbearer_token_file = \"/nonexistent/token\"\n",
-    )
-    .unwrap();
+    );
     let err = run(&mut check_config(&cfg)).exits(2).stderr;
     assert!(err.contains("otlp.bearer_token_file"), "{err}");
     // The same key without an endpoint: the exporter is off, nothing to read.
@@ -753,25 +753,28 @@ fn check_config_refuses_each_pricing_error_naming_the_entry_and_warns_about_roun
             "{what}: says why ({fragment}): {err}"
         );
     }
-    // An included_in cycle, and budgets.
-    let (code, err) = check(
-        "cycle",
-        "[fields.extra_tokens]\na = \"la\"\nb = \"lb\"\n[pricing]\nincluded_in = { a = \"b\", b = \"a\" }\n[[pricing.prices]]\nmodel = \"x\"\nper_million = { input = 1 }\n",
-    );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("included_in"), "{err}");
-    let (code, err) = check(
-        "budget",
-        "[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\ntokens = 1\n[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\ncost = 2\n",
-    );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("budgets[1]"), "{err}");
-    let (code, err) = check(
-        "budget2",
-        "[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\n",
-    );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("budgets[0]"), "{err}");
+    // An included_in cycle, and budgets: (file, config, what the message names).
+    for (name, toml, named) in [
+        (
+            "cycle",
+            "[fields.extra_tokens]\na = \"la\"\nb = \"lb\"\n[pricing]\nincluded_in = { a = \"b\", b = \"a\" }\n[[pricing.prices]]\nmodel = \"x\"\nper_million = { input = 1 }\n",
+            "included_in",
+        ),
+        (
+            "budget",
+            "[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\ntokens = 1\n[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\ncost = 2\n",
+            "budgets[1]",
+        ),
+        (
+            "budget2",
+            "[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\n",
+            "budgets[0]",
+        ),
+    ] {
+        let (code, err) = check(name, toml);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert!(err.contains(named), "{name}: {err}");
+    }
     // A rate that rounding to 10^-12 units changes is accepted with a warning naming it.
     let (code, err) = check(
         "round",
@@ -805,13 +808,9 @@ fn check_config_refuses_an_endpoint_every_push_would_fail_on_without_showing_it(
 
 #[test]
 fn check_config_refuses_a_header_value_with_a_newline_from_env_without_showing_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let (_dir, cfg) = config_file(
         "[otlp]\nendpoint = \"http://mimir/otlp/v1/metrics\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\n",
-    )
-    .unwrap();
+    );
     let mut cmd = check_config(&cfg);
     cmd.arg("--show-secrets").env("TOKEN", "tok-from-env-123\n");
     let text = run(&mut cmd).exits(2).text();
