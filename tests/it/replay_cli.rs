@@ -138,11 +138,8 @@ fn priced_summaries_match_the_independent_reference() {
 
 #[test]
 fn priced_totals_by_hand() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prices.toml");
     // No `included_in`: the default (cached_input inside input) applies. Custom input field name.
-    std::fs::write(
-        &config,
+    let (dir, config) = config_file(
         r#"
 [pricing]
 currency = "USD"
@@ -161,8 +158,7 @@ from = "2026-03-01T00:00:00Z"
 per_million = { input = 3, output = 8 }
 per_request = 0.002
 "#,
-    )
-    .unwrap();
+    );
     let log = dir.path().join("access.log");
     std::fs::write(
         &log,
@@ -930,10 +926,7 @@ fn the_example_price_file_is_valid_and_prices_the_fixtures() {
 /// worked out eagerly) must agree.
 #[test]
 fn a_price_change_prices_records_without_a_time_of_their_own_at_the_previous_records_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prices.toml");
-    std::fs::write(
-        &config,
+    let (dir, config) = config_file(
         r#"
 [pricing]
 currency = "USD"
@@ -948,8 +941,7 @@ per_million = { input = 2 }
 model = "steady"
 per_million = { input = 1 }
 "#,
-    )
-    .unwrap();
+    );
     let line = |model: &str, start: Option<&str>| {
         let start = start.map_or(String::new(), |s| format!(r#","start_time":"{s}""#));
         format!(
