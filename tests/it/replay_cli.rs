@@ -33,7 +33,7 @@ fn every_fixture_matches_the_independent_reference() {
         "edge-cases.log",
         "docker-json.log",
     ] {
-        let got = replay_json(&[&fixture(name)]);
+        let got = replay_json([fixture(name)]);
         assert_eq!(got, expected(name), "{name}");
         let skipped: u64 = got["skipped"]
             .as_object()
@@ -204,7 +204,7 @@ per_request = 0.002
 fn fixture_totals_by_hand() {
     // From the tok tuples of gen_fixtures.py: 18 records with tokens, 8 LLM records without
     // (errors, a 404 for an unknown model, a client disconnect), 4 lines with no model.
-    let jsonl = replay_json(&[&fixture("envoy-ai-access.jsonl")]);
+    let jsonl = replay_json([fixture("envoy-ai-access.jsonl")]);
     assert_eq!(jsonl["lines"], 30);
     assert_eq!(jsonl["records"], 26);
     assert_eq!(jsonl["skipped"]["not_llm"], 4);
@@ -213,7 +213,7 @@ fn fixture_totals_by_hand() {
     assert_eq!(sum(&jsonl, "total_tokens"), 165_624);
     assert_eq!(sum(&jsonl, "requests"), 26);
     // The CRI file holds the same 30 lines (one split P,P,F) plus 4 Envoy stderr lines.
-    let cri = replay_json(&[&fixture("cri-wrapped.log")]);
+    let cri = replay_json([fixture("cri-wrapped.log")]);
     assert_eq!(cri["series"], jsonl["series"]);
     assert_eq!(cri["lines"], 34);
     assert_eq!(cri["skipped"]["not_json"], 4);
@@ -232,7 +232,7 @@ fn fixture_totals_by_hand() {
 #[test]
 fn edge_cases_by_hand() {
     // tests/fixtures/edge-cases.txt numbers each case; see make_edge_cases.py.
-    let s = replay_json(&[&fixture("edge-cases.log")]);
+    let s = replay_json([fixture("edge-cases.log")]);
     assert_eq!(s["lines"], 25, "three blank lines are not counted");
     assert_eq!(s["skipped"]["not_json"], 5);
     assert_eq!(s["skipped"]["not_llm"], 3);
@@ -289,16 +289,16 @@ fn multi_member_gzip_equals_the_plain_files() {
     let mut both = a.clone();
     both.extend_from_slice(&b);
     std::fs::write(&plain, both).unwrap();
-    let got = replay_json(&[&path]);
-    assert_eq!(got, replay_json(&[&plain]));
+    let got = replay_json([&path]);
+    assert_eq!(got, replay_json([&plain]));
     assert_eq!(got["lines"], 30 + 25);
 }
 
 #[test]
 fn files_are_replayed_in_order_and_summed() {
-    let got = replay_json(&[
-        &fixture("envoy-ai-access.jsonl"),
-        &fixture("envoy-ai-access.jsonl"),
+    let got = replay_json([
+        fixture("envoy-ai-access.jsonl"),
+        fixture("envoy-ai-access.jsonl"),
     ]);
     let one = expected("envoy-ai-access.jsonl");
     assert_eq!(got["lines"], 60);
@@ -319,7 +319,7 @@ fn a_two_mib_line_is_skipped_and_the_rest_counts() {
     .unwrap();
     write!(f, r#"{{"model":"m","llm_input_token":2}}"#).unwrap(); // no final newline
     drop(f);
-    let s = replay_json(&[&path]);
+    let s = replay_json([&path]);
     assert_eq!(s["lines"], 3);
     assert_eq!(s["records"], 2);
     assert_eq!(s["skipped"]["too_long"], 1);
