@@ -15,3 +15,4 @@ mod loki;
 mod properties;
 mod replay_cli;
 mod spend;
+mod tsdb;
