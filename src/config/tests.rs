@@ -114,7 +114,7 @@ fn endpoints_the_http_client_would_refuse_are_config_errors_that_hide_credential
 
 #[test]
 fn an_empty_header_value_is_refused_so_no_push_goes_to_an_empty_tenant() {
-    let env = |k: &str| (k == "MIMIR_TENANT").then(|| String::new());
+    let env = |k: &str| (k == "MIMIR_TENANT").then(String::new);
     let e = Config::from_toml(
         "[otlp]\nendpoint = \"http://m/otlp\"\nheaders = { \"X-Scope-OrgID\" = \"${MIMIR_TENANT}\" }\n",
         &env,
