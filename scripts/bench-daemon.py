@@ -95,7 +95,7 @@ class LokiSink(http.server.BaseHTTPRequestHandler):
 
 
 def start_victoria(tmp):
-    """A real VictoriaMetrics on a loopback port, flags as tests/common/mod.rs Victoria::start_with."""
+    """A real VictoriaMetrics on a loopback port, flags as tests/it/common/mod.rs Victoria::start_with."""
     root = os.environ.get("TOKENMETER_BACKENDS") or os.path.join(ROOT, ".cache", "backends")
     binary = os.path.join(root, "root", "usr", "bin", "victoria-metrics")
     if not os.access(binary, os.X_OK):

@@ -79,7 +79,7 @@ step "Kubernetes manifests: every kustomization renders and validates (kubernete
 if [ "$FUZZ_SECONDS" != 0 ]; then
   step "cargo fuzz: decode + parse for ${FUZZ_SECONDS}s" scripts/fuzz.sh "$FUZZ_SECONDS"
 fi
-# The image test (tests/image.rs) runs the image this builds; without it, it builds its own.
+# The image test (tests/it/image.rs) runs the image this builds; without it, it builds its own.
 image_build() {
   scripts/install-podman.sh || return 1
   local out

@@ -697,6 +697,16 @@ impl Config {
                         "not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)".into(),
                     ));
                 }
+                if value.trim().is_empty() {
+                    // An empty tenant header (`${MIMIR_TENANT}` set to "") would send the
+                    // data to another tenant, or be refused; either way not what was meant.
+                    return Err(err(
+                        &key,
+                        "the value is empty (an unset or empty ${VAR}?): give it a value or \
+                         remove the header"
+                            .into(),
+                    ));
+                }
                 if reqwest::header::HeaderValue::from_str(value).is_err() {
                     // The value is not repeated: it is often a token.
                     return Err(err(

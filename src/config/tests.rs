@@ -113,6 +113,18 @@ fn endpoints_the_http_client_would_refuse_are_config_errors_that_hide_credential
 }
 
 #[test]
+fn an_empty_header_value_is_refused_so_no_push_goes_to_an_empty_tenant() {
+    let env = |k: &str| (k == "MIMIR_TENANT").then(String::new);
+    let e = Config::from_toml(
+        "[otlp]\nendpoint = \"http://m/otlp\"\nheaders = { \"X-Scope-OrgID\" = \"${MIMIR_TENANT}\" }\n",
+        &env,
+    )
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("otlp.headers.X-Scope-OrgID"), "{e}");
+    assert!(e.to_string().contains("empty"), "{e}");
+}
+
+#[test]
 fn header_names_and_values_must_be_valid_http_and_values_are_not_shown() {
     let env = |k: &str| (k == "TOKEN").then(|| "tok-s3cret\n".to_string());
     for (text, key) in [

@@ -6,21 +6,14 @@
 //! must parse, and return data where that backend holds the metrics it reads. The dashboards'
 //! structure is checked too. (`promtool test rules` and the LogQL check run in scripts/test.sh.)
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::loki::LokiReceiver;
-use common::*;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::loki::LokiReceiver;
+use crate::common::*;
 
 fn dashboards() -> Vec<(String, serde_json::Value)> {
     let mut out = Vec::new();
@@ -553,28 +546,15 @@ fn every_promql_expression_runs_on_prometheus_with_backfilled_blocks() {
     let cfg = tmp.path().join("spend.toml");
     std::fs::write(&cfg, SPEND).unwrap();
     let om = tmp.path().join("a.om");
-    let out = Command::new(bin())
-        .args(["replay", "--summary", "json", "--config"])
+    let mut replay = replay_cmd([&log]);
+    replay
+        .arg("--config")
         .arg(&cfg)
         .arg("--openmetrics")
-        .arg(&om)
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&om);
+    summary(&mut replay, None);
     let blocks = tmp.path().join("blocks");
-    let st = Command::new(backends_root().join("promtool"))
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(&om)
-        .arg(&blocks)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    promtool_blocks(&om, &blocks);
     let prom = Prometheus::start_on_blocks(&blocks);
     let addr = &prom.addr;
     let t = start + 3600;

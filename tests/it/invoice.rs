@@ -6,13 +6,11 @@
 //! the test wrote: tokens exactly, cost to 10^-9. Expected values are summed here from the lines
 //! the test wrote.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// 2026-10-31T20:00:00Z and the month boundary 2026-11-01T00:00:00Z (`date -u -d ... +%s`).
 const START: i64 = 1_793_476_800;
@@ -88,18 +86,15 @@ fn the_invoice_rules_evaluated_by_vmalert_give_each_months_tokens_and_cost_exact
     }
     let log = tmp.path().join("night.log");
     std::fs::write(&log, text).unwrap();
-    let out = Command::new(bin())
-        .args(["replay", "--summary", "json", "--config"])
-        .arg(&cfg)
-        .args(["--push", "--dense", "--instance", "invoice"])
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_json([
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--push".as_ref(),
+        "--dense".as_ref(),
+        "--instance".as_ref(),
+        "invoice".as_ref(),
+        log.as_os_str(),
+    ] as [&std::ffi::OsStr; 7]);
 
     // What was pushed is searchable once flushed: then the rule evaluator may read it.
     let _ = get(&vm.addr, "/internal/force_flush");
@@ -109,8 +104,7 @@ fn the_invoice_rules_evaluated_by_vmalert_give_each_months_tokens_and_cost_exact
     });
     // vmalert evaluates the shipped rules over the night, group by group at its interval (the
     // invoice group on the hour), writing the rule series back into VictoriaMetrics.
-    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("config/prometheus/tokenmeter-rules.yaml");
+    let rules = root().join("config/prometheus/tokenmeter-rules.yaml");
     let status = Command::new(backends_root().join("vmalert"))
         .arg(format!("-rule={}", rules.display()))
         .arg(format!("-datasource.url=http://{}", vm.addr))

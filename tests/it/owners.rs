@@ -5,37 +5,23 @@
 //! exact across kill -9. Expected values come from the reference or from the lines the test
 //! wrote, never from the code under test.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `tokenmeter replay --config <config> --summary json <files>`, parsed.
+/// `tokenmeter replay --summary json --config <config> <files>` (from the repository root, where
+/// the fixtures' paths are relative to), parsed.
 fn replay(config: &Path, files: &[&Path]) -> Value {
-    let out = Command::new(bin())
-        .current_dir(root())
-        .args(["replay", "--summary", "json", "--config"])
-        .arg(config)
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut args = vec![std::ffi::OsStr::new("--config"), config.as_os_str()];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let mut cmd = replay_cmd(args);
+    summary(cmd.current_dir(root()), None).1
 }
 
 /// The independent reference's summary of `files` with `config`.
@@ -427,19 +413,13 @@ fn backfill_carries_the_team_label_and_ends_at_the_reference_totals() {
     )
     .unwrap();
     let om = tmp.path().join("out.om");
-    let out = Command::new(bin())
-        .args(["replay", "--summary", "json", "--config"])
-        .arg(&config)
-        .arg("--openmetrics")
-        .arg(&om)
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_json([
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--openmetrics".as_ref(),
+        om.as_os_str(),
+        log.as_os_str(),
+    ] as [&std::ffi::OsStr; 5]);
     // The last sample of each llm_tokens_total series: its total.
     let text = std::fs::read_to_string(&om).unwrap();
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
@@ -473,15 +453,13 @@ fn the_text_summary_ranks_teams_by_total_tokens_as_the_reference_sums_them() {
             .entry(s["team"].as_str().unwrap().to_string())
             .or_default() += s["total_tokens"].as_u64().unwrap();
     }
-    let out = Command::new(bin())
+    let text = run(tokenmeter()
         .current_dir(root())
         .args(["replay", "--summary", "text", "--config"])
         .arg(&config)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+        .arg(&file))
+    .ok()
+    .stdout;
     let section = text
         .split("\ntop team by total tokens")
         .nth(1)
@@ -504,20 +482,14 @@ fn tsdb_blocks_carry_the_team_label_and_end_at_the_reference_totals() {
     let config = root().join("tests/fixtures/owners.toml");
     let file = root().join("tests/fixtures/envoy-ai-access.jsonl");
     let blocks = tmp.path().join("blocks");
-    let out = Command::new(bin())
-        .current_dir(root())
-        .args(["replay", "--summary", "json", "--config"])
-        .arg(&config)
-        .arg("--tsdb")
-        .arg(&blocks)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = replay_cmd([
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--tsdb".as_ref(),
+        blocks.as_os_str(),
+        file.as_os_str(),
+    ] as [&std::ffi::OsStr; 5]);
+    summary(cmd.current_dir(root()), None);
     // promtool reads the blocks as Prometheus would (it wants a WAL directory beside them).
     std::fs::create_dir_all(blocks.join("wal")).unwrap();
     let dump = Command::new(backends_root().join("promtool"))
