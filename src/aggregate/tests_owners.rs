@@ -3,7 +3,6 @@
 //! unpriced tokens. Expected values are worked out by hand from the records written here.
 
 use super::*;
-use crate::config::MAX_EXTRA_TOKENS;
 use crate::owners::{parse_owners_file, OwnerTable};
 use crate::pricing::PriceTable;
 use std::borrow::Cow;
@@ -11,23 +10,8 @@ use std::sync::Arc;
 
 fn record(key: &str, input: u64, output: u64) -> Record<'static> {
     Record {
-        model: Cow::Owned("m".into()),
-        api_key_id: Cow::Owned(key.into()),
-        service_id: Cow::Owned("s".into()),
-        input_tokens: input,
-        output_tokens: output,
-        total_tokens: input + output,
-        extra_tokens: [0; MAX_EXTRA_TOKENS],
-        status_class: StatusClass::C2xx,
         duration_ms: None,
-        start_time: None,
-        start_ns: None,
-        written_ns: None,
-        format: crate::parse::format::Format::Tokenmeter,
-        first_of_line: true,
-        invalid: 0,
-        valid: 0b111,
-        total_mismatch: false,
+        ..super::tests::record("m", key, "s", input, output)
     }
 }
 

@@ -18,19 +18,6 @@ const BOUNDARY: i64 = 1_793_491_200;
 /// k-1 moves from team "before" to team "after" at 22:30 on the 31st.
 const CHANGE: i64 = START + 2 * 3600 + 1800;
 
-const OWNERS: &str = r#"
-[[owners]]
-api_key_id = "k-1"
-team = "before"
-[[owners]]
-api_key_id = "k-1"
-team = "after"
-from = "2026-10-31T22:30:00Z"
-[[owners]]
-api_key_id = "k-*"
-team = "rest"
-"#;
-
 /// (team, model, api_key_id) → (total tokens, cost in units of 10^-12), per month.
 type Invoice = BTreeMap<(String, String, String), (u64, u128)>;
 
@@ -39,7 +26,11 @@ fn the_invoice_rules_evaluated_by_vmalert_give_each_months_tokens_and_cost_exact
     let tmp = tempfile::tempdir().unwrap();
     let vm = Victoria::start();
     let owners = tmp.path().join("owners.toml");
-    std::fs::write(&owners, OWNERS).unwrap();
+    std::fs::write(
+        &owners,
+        crate::common::owners_k1_moving_at("2026-10-31T22:30:00Z"),
+    )
+    .unwrap();
     let cfg = tmp.path().join("invoice.toml");
     std::fs::write(
         &cfg,

@@ -120,35 +120,31 @@ fn write_owners(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-const CHANGING: &str = r#"
-[[owners]]
-api_key_id = "k-1"
-team = "before"
-[[owners]]
-api_key_id = "k-1"
-team = "after"
-from = "2026-11-30T12:00:00Z"
-[[owners]]
-api_key_id = "k-*"
-team = "rest"
-"#;
+/// k-1 moves from team "before" to "after" at noon on 2026-11-30.
+const CHANGE_AT: &str = "2026-11-30T12:00:00Z";
 
-#[test]
-fn replay_attributes_a_key_changing_team_mid_file_by_each_records_event_time() {
-    let tmp = tempfile::tempdir().unwrap();
-    let log = out_of_order_log(tmp.path());
-    let owners = tmp.path().join("owners.toml");
-    write_owners(&owners, CHANGING);
-    let config = tmp.path().join("config.toml");
+/// In `dir`: the out-of-order log and a config whose owners file moves k-1 at [`CHANGE_AT`]: (log, config).
+fn changing_owners_replay(dir: &Path) -> (PathBuf, PathBuf) {
+    let log = out_of_order_log(dir);
+    let owners = dir.join("owners.toml");
+    write_owners(&owners, &owners_k1_moving_at(CHANGE_AT));
+    let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
             "state_dir = \"{}\"\n[owners]\nfile = \"{}\"\n",
-            tmp.path().join("state").display(),
+            dir.join("state").display(),
             owners.display()
         ),
     )
     .unwrap();
+    (log, config)
+}
+
+#[test]
+fn replay_attributes_a_key_changing_team_mid_file_by_each_records_event_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, config) = changing_owners_replay(tmp.path());
     let got = replay(&config, &[&log]);
     let want = reference(&config, &[&log]);
     assert_eq!(got, want);
@@ -351,7 +347,7 @@ fn teams_are_exact_across_kill9_and_equal_the_reference() {
     let root_dir = tmp.path().join("pods");
     let log = pod_dir(&root_dir, "gw-kill").join("0.log");
     let owners = tmp.path().join("owners.toml");
-    write_owners(&owners, CHANGING);
+    write_owners(&owners, &owners_k1_moving_at(CHANGE_AT));
     let sections = format!("[owners]\nfile = \"{}\"\n", owners.display());
     let cfg = config(&root_dir, &tmp.path().join("state"), "", &sections);
     let mut d = Daemon::start(tmp.path(), "owners-kill", &cfg);
@@ -399,19 +395,7 @@ fn teams_are_exact_across_kill9_and_equal_the_reference() {
 #[test]
 fn backfill_carries_the_team_label_and_ends_at_the_reference_totals() {
     let tmp = tempfile::tempdir().unwrap();
-    let log = out_of_order_log(tmp.path());
-    let owners = tmp.path().join("owners.toml");
-    write_owners(&owners, CHANGING);
-    let config = tmp.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{}\"\n[owners]\nfile = \"{}\"\n",
-            tmp.path().join("state").display(),
-            owners.display()
-        ),
-    )
-    .unwrap();
+    let (log, config) = changing_owners_replay(tmp.path());
     let om = tmp.path().join("out.om");
     replay_json([
         "--config".as_ref(),

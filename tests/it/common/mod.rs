@@ -802,3 +802,13 @@ pub fn cond_kill9_reported(d: &mut Daemon, context: &str) {
     eprintln!("--- kill -9: {context}\n{}", cond_daemon_report(d, 15));
     d.kill9();
 }
+
+/// An owners file where `k-1` is team `before` until `from` (RFC 3339) and `after` from then
+/// on, and every other `k-*` key team `rest`.
+pub fn owners_k1_moving_at(from: &str) -> String {
+    format!(
+        "[[owners]]\napi_key_id = \"k-1\"\nteam = \"before\"\n\
+         [[owners]]\napi_key_id = \"k-1\"\nteam = \"after\"\nfrom = \"{from}\"\n\
+         [[owners]]\napi_key_id = \"k-*\"\nteam = \"rest\"\n"
+    )
+}
