@@ -23,9 +23,11 @@ Checks, each failure named:
 - the config: the tenants required (no `${MIMIR_TENANT:-...}` default), the listen port the
   container port; every `--config` of the args is a file or directory of a mounted ConfigMap;
   the base config and the drop-ins in hashed ConfigMaps (a change rolls the pods), the price
-  table `tokenmeter-prices` unhashed and mounted as a directory (a change reaches the running
-  agents), no subPath mount; every TOML file of every ConfigMap passes `tokenmeter
-  check-config` (a price file as `pricing.file`);
+  table `tokenmeter-prices` and the owners file `tokenmeter-owners` unhashed and mounted as
+  directories (a change reaches the running agents), each named by its drop-in's `file`, the
+  overlays' copies equal to config/pricing.example.toml and docs/owners.md's first example; no
+  subPath mount; every TOML file of every ConfigMap passes `tokenmeter check-config` (a price
+  file as `pricing.file`, an owners file as `owners.file`);
 - the NetworkPolicy (components/network-policy): it selects the DaemonSet's pods, lets in
   only TCP 9464 (the container port) from the monitoring namespace, and lets out DNS and the
   namespaces of the example Secret's Mimir and Loki endpoints;
@@ -341,42 +343,73 @@ def check_config_mounts(name, docs, pod, c):
         else:
             check(any(k.endswith(".toml") for k in cms[cm_name].get("data", {})),
                   f"{name}: --config {path}: ConfigMap {cm_name} holds *.toml files")
-    # Read at start (a change must roll the pods): hashed. Re-read live (the price table):
-    # unhashed, or every price change would restart every agent.
+    # Read at start (a change must roll the pods): hashed. Re-read live (the price table, the
+    # owners file): unhashed, or every price or owners change would restart every agent.
     for cm_name, cm in cms.items():
-        if cm_name == "tokenmeter-prices":
+        if cm_name in LIVE_FILES:
             continue
         check(HASHED.fullmatch(cm_name),
               f"{name}: ConfigMap {cm_name} carries the content hash (a change rolls the pods)")
-    if name == "overlays-prices" or "tokenmeter-prices" in cms \
-            or any(v.get("configMap", {}).get("name") == "tokenmeter-prices"
-                   for v in volumes.values()):
-        check_prices(name, cms, volumes, mounts)
+    for cm_name, live in LIVE_FILES.items():
+        if name == live.overlay or cm_name in cms \
+                or any(v.get("configMap", {}).get("name") == cm_name for v in volumes.values()):
+            check_live_file(name, cm_name, live, cms, volumes, mounts)
 
 
-def check_prices(name, cms, volumes, mounts):
-    if not check("tokenmeter-prices" in cms,
-                 f"{name}: the price table is the ConfigMap tokenmeter-prices, with no name hash, "
+class LiveFile:
+    """A file the agent re-reads while it runs, deployed as an unhashed ConfigMap mounted as a
+    directory: `section.key` of a config drop-in names it, `overlay` ships `example`."""
+
+    def __init__(self, section, key, overlay, example):
+        self.section, self.key, self.overlay, self.example = section, key, overlay, example
+
+
+def docs_block(path, info):
+    """The first ```<info> block of a doc."""
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        m = re.search(r"```" + re.escape(info) + r"\n(.*?)```", f.read(), re.S)
+    return m[1] if m else None
+
+
+def file_text(path):
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        return f.read()
+
+
+LIVE_FILES = {
+    "tokenmeter-prices": LiveFile("pricing", "file", "overlays-prices",
+                                  ("config/pricing.example.toml",
+                                   lambda: file_text("config/pricing.example.toml"))),
+    "tokenmeter-owners": LiveFile("owners", "file", "overlays-owners",
+                                  ("the first owners-file example of docs/owners.md",
+                                   lambda: docs_block("docs/owners.md", "toml owners-file"))),
+}
+
+
+def check_live_file(name, cm_name, live, cms, volumes, mounts):
+    if not check(cm_name in cms,
+                 f"{name}: the {live.section} file is the ConfigMap {cm_name}, with no name hash, "
                  f"got {sorted(cms)}"):
         return
-    vol = [v for v in volumes.values() if v.get("configMap", {}).get("name") == "tokenmeter-prices"]
-    if not check(len(vol) == 1, f"{name}: one volume of ConfigMap tokenmeter-prices"):
+    vol = [v for v in volumes.values() if v.get("configMap", {}).get("name") == cm_name]
+    if not check(len(vol) == 1, f"{name}: one volume of ConfigMap {cm_name}"):
         return
     mount = [m for m in mounts if m["name"] == vol[0]["name"]]
-    if not check(len(mount) == 1, f"{name}: tokenmeter-prices mounted once"):
+    if not check(len(mount) == 1, f"{name}: {cm_name} mounted once"):
         return
-    files = [tomllib.loads(text).get("pricing", {}).get("file")
+    files = [tomllib.loads(text).get(live.section, {}).get(live.key)
              for cm in cms.values() for key, text in cm.get("data", {}).items()
-             if key.endswith(".toml") and cm["metadata"]["name"] != "tokenmeter-prices"]
+             if key.endswith(".toml") and cm["metadata"]["name"] not in LIVE_FILES]
     files = [f for f in files if f]
     check(len(files) == 1 and os.path.dirname(files[0]) == mount[0]["mountPath"]
-          and os.path.basename(files[0]) in cms["tokenmeter-prices"]["data"],
-          f"{name}: pricing.file {files} is a key of tokenmeter-prices in its mount "
+          and os.path.basename(files[0]) in cms[cm_name]["data"],
+          f"{name}: {live.section}.{live.key} {files} is a key of {cm_name} in its mount "
           f"{mount[0]['mountPath']}")
-    if name == "overlays-prices":
-        with open(os.path.join(ROOT, "config/pricing.example.toml"), encoding="utf-8") as f:
-            check(cms["tokenmeter-prices"]["data"].get("prices.toml") == f.read(),
-                  f"{name}: prices.toml is config/pricing.example.toml")
+    if name == live.overlay:
+        what, text = live.example
+        data = cms[cm_name]["data"]
+        check(len(data) == 1 and next(iter(data.values())) == text(),
+              f"{name}: {cm_name} holds {what}")
 
 
 def check_network_policy(name, np, ds, c):
@@ -415,8 +448,8 @@ def check_network_policy(name, np, ds, c):
 
 def check_config_files(rendered, binary):
     """Every TOML file of every rendered ConfigMap, checked by the binary: configs and
-    drop-ins as --config (with pricing.file pointing at the rendered price table), price
-    tables as pricing.file."""
+    drop-ins as --config (with pricing.file and owners.file pointing at the rendered live
+    files), price tables as pricing.file, owners files as owners.file."""
     seen = set()
     env = {k: v for k, v in os.environ.items()
            if k not in ("MIMIR_OTLP_ENDPOINT", "LOKI_PUSH_ENDPOINT", "TOKENMETER_CONFIG")}
@@ -425,21 +458,28 @@ def check_config_files(rendered, binary):
         for path in sorted(glob.glob(os.path.join(rendered, "*.yaml"))):
             name = os.path.basename(path)[:-5]
             cms = {d["metadata"]["name"]: d for d in load(path) if d["kind"] == "ConfigMap"}
-            prices = cms.get("tokenmeter-prices", {}).get("data", {})
-            price_file = os.path.join(tmp, f"{name}-prices.toml")
-            if "prices.toml" in prices:
-                with open(price_file, "w", encoding="utf-8") as f:
-                    f.write(prices["prices.toml"])
+            # Each live file of the rendering, written out; the mounted path it replaces.
+            local = {}
+            for cm_name, live in LIVE_FILES.items():
+                for key, text in cms.get(cm_name, {}).get("data", {}).items():
+                    out = os.path.join(tmp, f"{name}-{cm_name}-{key}")
+                    with open(out, "w", encoding="utf-8") as f:
+                        f.write(text)
+                    local[cm_name, key] = out
+            mounted = {f"/etc/tokenmeter/{cm_name.removeprefix('tokenmeter-')}/{key}": out
+                       for (cm_name, key), out in local.items()}
             for cm_name, cm in cms.items():
                 for key, text in cm.get("data", {}).items():
                     if not key.endswith(".toml") or (cm_name, key, text) in seen:
                         continue
                     seen.add((cm_name, key, text))
                     if cm_name == "tokenmeter-prices":
-                        text = f'[pricing]\ncurrency = "USD"\nfile = "{price_file}"\n'
+                        text = f'[pricing]\ncurrency = "USD"\nfile = "{local[cm_name, key]}"\n'
+                    elif cm_name == "tokenmeter-owners":
+                        text = f'[owners]\nfile = "{local[cm_name, key]}"\n'
                     else:
-                        text = text.replace('"/etc/tokenmeter/prices/prices.toml"',
-                                            f'"{price_file}"')
+                        for path_in_pod, out in mounted.items():
+                            text = text.replace(f'"{path_in_pod}"', f'"{out}"')
                     conf = os.path.join(tmp, "check.toml")
                     with open(conf, "w", encoding="utf-8") as f:
                         f.write(text)
