@@ -532,8 +532,11 @@ fn text_hash(model: &str, key: &str, service: &str, team: &str) -> u64 {
     h.write(key.as_bytes());
     h.write_u8(0xff);
     h.write(service.as_bytes());
-    h.write_u8(0xff);
-    h.write(team.as_bytes());
+    // Without owners every team is empty: nothing to mix in (and no cost on the hot path).
+    if !team.is_empty() {
+        h.write_u8(0xff);
+        h.write(team.as_bytes());
+    }
     h.finish()
 }
 
