@@ -404,6 +404,11 @@ fn month_at_step(step: i64) {
 
     let model = Model::of(&recs, step);
     let january = model.month_to_date(744);
+    // The precision argument of the module's comment: every team under 1 USD a month.
+    assert!(
+        january.values().all(|(_, c)| *c < 1_000_000_000_000),
+        "{january:?}"
+    );
     // Budgets as the agents export them (docs/owners.md "Budgets"), the same on two nodes:
     // team "rest" 3/4 of its January tokens (it crosses 80 % and then 100 % during the month),
     // team "after" 90 % of its January cost, in whole microdollars, and a default far above
