@@ -12,6 +12,7 @@ mod faults;
 mod formats;
 mod image;
 mod invoice;
+mod invoice_month;
 mod loki;
 mod owners;
 mod properties;
