@@ -76,6 +76,9 @@ impl TsdbSink {
     ) -> anyhow::Result<usize> {
         let (start_ms, end_ms) = (sample_ms(start_ns), sample_ms(end_ns));
         let mut block = Block::new(start_ms, end_ms).map_err(|e| self.err(e))?;
+        if let Some(p) = &self.pending {
+            block.reserve_like(p);
+        }
         let mut earlier: Vec<BlockSeries> = Vec::new();
         let samples =
             add_window(&mut block, &mut earlier, series, with).map_err(|e| self.err(e))?;
@@ -207,14 +210,20 @@ fn add_window<'s>(
             Source::Series(_) => None,
         });
     }
-    let mut refs: Vec<LabelRef> = Vec::with_capacity(keys.len());
-    for i in 0..series.len() {
-        for ((&(n, _), f), &v) in common.iter().zip(&fixed).zip(key(i)) {
-            refs.push(match f {
-                Some(r) => *r,
-                None => block.label(n, v)?,
-            });
+    // Series in order: a value equal to the previous series' at its position (as sorted
+    // neighbours' mostly are) takes its pair without a look-up.
+    let mut refs: Vec<LabelRef> = vec![LabelRef::default(); keys.len()];
+    let mut prev: Option<usize> = None;
+    for &i in &order {
+        for (k, (&(n, _), f)) in common.iter().zip(&fixed).enumerate() {
+            let v = keys[i * width + k];
+            refs[i * width + k] = match (f, prev) {
+                (Some(r), _) => *r,
+                (None, Some(p)) if keys[p * width + k] == v => refs[p * width + k],
+                (None, _) => block.label(n, v)?,
+            };
         }
+        prev = Some(i);
     }
     let refs_of = |i: usize| &refs[i * width..(i + 1) * width];
     // Own labels seen, by address (the schema hands out the same strings every time).
@@ -236,6 +245,9 @@ fn add_window<'s>(
             if money {
                 // As promtool reads the decimal text (correctly rounded).
                 crate::pricing::format_units(v).parse().unwrap_or(f64::NAN)
+            } else if let Ok(v) = u64::try_from(v) {
+                // The same rounding, without the software u128 conversion.
+                v as f64
             } else {
                 v as f64
             }

@@ -54,6 +54,7 @@ use rustc_hash::FxHashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use xor::{XorChunk, MAX_SAMPLES_PER_CHUNK};
 
 /// The suffix of a block directory being written (Prometheus's `tmpForCreationBlockDirSuffix`).
@@ -125,6 +126,13 @@ struct Series {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LabelRef(u32);
 
+/// No label (as for an empty value).
+impl Default for LabelRef {
+    fn default() -> Self {
+        LabelRef::ABSENT
+    }
+}
+
 impl LabelRef {
     /// A pair with an empty value: left out of the series, as Prometheus treats it as absent.
     const ABSENT: LabelRef = LabelRef(u32::MAX);
@@ -139,8 +147,8 @@ pub struct Block {
     min_time: i64,
     max_time: i64,
     /// Distinct label names and values, by number.
-    symbols: Vec<Box<str>>,
-    symbol_ids: FxHashMap<Box<str>, u32>,
+    symbols: Vec<Arc<str>>,
+    symbol_ids: FxHashMap<Arc<str>, u32>,
     /// Distinct label pairs (name, value) as symbol numbers, by number.
     pairs: Vec<(u32, u32)>,
     pair_ids: FxHashMap<(u32, u32), u32>,
@@ -193,6 +201,19 @@ impl Block {
 
     pub fn min_time(&self) -> i64 {
         self.min_time
+    }
+
+    /// Makes room for as many symbols, label pairs, series, labels and chunk bytes as `other` holds (a block of
+    /// the window before is a good guess), so that adding them grows no buffer.
+    pub fn reserve_like(&mut self, other: &Block) {
+        self.symbols.reserve(other.symbols.len());
+        self.symbol_ids.reserve(other.symbols.len());
+        self.pairs.reserve(other.pairs.len());
+        self.pair_ids.reserve(other.pairs.len());
+        self.labels.reserve(other.labels.len());
+        self.data.reserve(other.data.len());
+        self.chunks.reserve(other.chunks.len());
+        self.series.reserve(other.series.len());
     }
 
     pub fn max_time(&self) -> i64 {
@@ -251,8 +272,9 @@ impl Block {
             .ok()
             .filter(|&id| id < u32::MAX)
             .ok_or_else(|| invalid("more than 2^32 label names and values in one block".into()))?;
-        self.symbols.push(s.into());
-        self.symbol_ids.insert(s.into(), id);
+        let s: Arc<str> = s.into();
+        self.symbols.push(Arc::clone(&s));
+        self.symbol_ids.insert(s, id);
         Ok(id)
     }
 
@@ -590,7 +612,9 @@ impl BlockWriter {
         let mut keys: Vec<u32> = labels.iter().map(|&p| pair_rank[p as usize]).collect();
         for s in series.iter() {
             let k = &mut keys[s.labels.0..s.labels.1];
-            k.sort_unstable();
+            if !k.is_sorted() {
+                k.sort_unstable();
+            }
             if let Some(w) = k
                 .windows(2)
                 .find(|w| sorted_pairs[w[0] as usize].0 == sorted_pairs[w[1] as usize].0)
@@ -620,6 +644,8 @@ impl BlockWriter {
         let mut hash = ContentHash::new();
         hash.update(&min_time.to_be_bytes());
         hash.update(&max_time.to_be_bytes());
+        // Chunks that lie back to back in `data` are hashed at once (series added in order).
+        let mut run = (0, 0);
         for s in &order {
             for c in &chunks[s.chunks.0..s.chunks.1] {
                 let (reference, _) = layout.place(c.len)?;
@@ -628,9 +654,14 @@ impl BlockWriter {
                     max_time: c.max_time,
                     reference,
                 });
-                hash.update(&data[c.start..c.start + c.len]);
+                if c.start != run.1 {
+                    hash.update(&data[run.0..run.1]);
+                    run.0 = c.start;
+                }
+                run.1 = c.start + c.len;
             }
         }
+        hash.update(&data[run.0..run.1]);
         let num_chunks = metas.len() as u64;
         let mut index_series = Vec::with_capacity(order.len());
         let mut at = 0;
