@@ -154,6 +154,7 @@ mod backfill_window {
                     model: format!("model-{:02}/instruct", i % 20),
                     api_key_id: format!("key-{i:05}"),
                     service_id: format!("svc-{:02}", i % 15 + 1),
+                    team: None,
                 });
                 let mut cum = Cumulative::default();
                 let points = (0..POINTS)

@@ -111,13 +111,14 @@ def q(expr, legend="", instant=False, fmt="time_series", interval=None):
     return t
 
 
-def dashboard(uid, title, description, panels, variables, loki=False, tags=("tokenmeter", "llm"), time_from="now-24h"):
+def dashboard(uid, title, description, panels, variables, loki=False, tags=("tokenmeter", "llm"), time_from="now-24h",
+              time_to="now"):
     return {
         "__inputs": inputs(loki),
         "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.4.0"}],
         "uid": uid, "title": title, "description": description, "tags": list(tags),
         "schemaVersion": 39, "version": 1, "editable": True, "graphTooltip": 1,
-        "time": {"from": time_from, "to": "now"}, "refresh": "1m", "timezone": "",
+        "time": {"from": time_from, "to": time_to}, "refresh": "1m", "timezone": "",
         "templating": {"list": [datasource_var("DS_PROMETHEUS", "Metrics", "prometheus")]
                        + ([datasource_var("DS_LOKI", "Logs", "loki")] if loki else []) + variables}, "annotations": {"list": []}, "links": [],
         "panels": panels.items,
@@ -145,9 +146,33 @@ def column_units(columns):
             for c in columns]
 
 
+# Chargeback tables and the invoice (docs/owners.md, docs/dashboards-and-rules.md "Invoices and
+# team budgets"): exact differences of the never-resetting, zero-started counters between the
+# range's two ends, per series before summing (a series that began in the range counts from 0;
+# one that stopped keeps its last value), never an extrapolating increase().
+TSEL = 'pod="", team=~"$team", model=~"$model"'
+# Keys no owners entry matched (the default owners.default).
+UNOWNED = TSEL + ', team="unassigned"'
+
+
+def grown(metric, sel=TSEL):
+    """What each series of `metric` added over the dashboard's range: its last value in the range
+    minus its last value before the range (0 for a series that began in it)."""
+    end = f'last_over_time({metric}{{{sel}}}[$__range])'
+    return f'{end} - (last_over_time({metric}{{{sel}}}[$__range] offset $__range) or {end} * 0)'
+
+
+def with_currency(expr, by):
+    """`expr` (summed by `by`) with the `currency` of the same rows' cost in the range, so token
+    and cost columns join into one row; as it is where there is no cost (pricing off)."""
+    return (f'(sum by ({by}) ({expr}) * on ({by}) group_left (currency) group by ({by}, currency) '
+            f'(last_over_time(llm_cost_total{{{TSEL}}}[$__range])))'
+            f' or on ({by}) sum by ({by}) ({expr})')
+
+
 def per_key_table(sel, by="model, api_key_id, service_id"):
     cols = ["Tokens", "Input tokens", "Output tokens", "Requests"]
-    targets = [q(f'sum by ({by}) (increase({m}{{{sel}}}[$__range]))', instant=True, fmt="table")
+    targets = [q(f'sum by ({by}) ({grown(m, sel)})', instant=True, fmt="table")
                for m in ("llm_tokens_total", "llm_input_tokens_total", "llm_output_tokens_total", "llm_requests_total")]
     return cols, targets
 
@@ -318,7 +343,7 @@ def spend():
         description="Successful requests without any token count: above 5 % for 15 minutes fires TokenUsageMissing (see its "
                     "runbook: usually Envoy Gateway without extensionManager, or io.envoy.ai_gateway missing from writableNamespaces).")
     p.add("table", "Spend per model × API key × service (selected range)", [q(
-        f'sum by (model, api_key_id, service_id, currency) (increase(llm_cost_total{{{SEL}}}[$__range]))', instant=True, fmt="table")],
+        f'sum by (model, api_key_id, service_id, currency) ({grown("llm_cost_total", SEL)})', instant=True, fmt="table")],
         w=24, h=12, description="One row per model, API key, service and currency; Inspect > Data > Download CSV exports it.",
         options={"showHeader": True, "sortBy": [{"displayName": "Cost", "desc": True}]},
         transformations=table(["Cost"], ("model", "api_key_id", "service_id", "currency")))
@@ -329,6 +354,71 @@ def spend():
                          var("api_key_id", "API key", 'label_values(llm_tokens_total{pod="", model=~"$model"}, api_key_id)'),
                          var("service_id", "Service", 'label_values(llm_tokens_total{pod="", model=~"$model"}, service_id)')],
                      time_from="now/M")
+
+
+def invoice():
+    p = Panels()
+    cols = ["Input tokens", "Output tokens", "Tokens", "Cost"]
+    by = "team, model"
+    targets = [q(with_currency(grown(m), by), instant=True, fmt="table")
+               for m in ("llm_input_tokens_total", "llm_output_tokens_total", "llm_tokens_total")]
+    targets.append(q(f'sum by ({by}, currency) ({grown("llm_cost_total")})', instant=True, fmt="table"))
+    p.add("table", "Invoice: team × model (selected month)", targets, w=24, h=12,
+          description="The month's usage and cost per team and model: exact differences of the counters between the "
+                      "range's ends (tokens to the token). Pick \"Previous month\" or \"This month so far\"; "
+                      "Inspect > Data > Download CSV exports it. Tokens by every type: the next table.",
+          options={"showHeader": True, "sortBy": [{"displayName": "Cost", "desc": True}]},
+          overrides=column_units(cols[:3]), transformations=table(cols, ("team", "model", "currency")))
+    # The family's name as a label (label_join copies it; a binary operation drops __name__).
+    typed = 'label_join({__name__=~"llm_(.+_)?tokens_total", __name__!="llm_unpriced_tokens_total", ' + TSEL + '}, "family", "", "__name__")'
+    typed_at_start = typed.replace(TSEL + "}", TSEL + "} offset $__range")
+    p.add("table", "Tokens by type: team × model (selected month)", [q(
+        f'sum by (team, model, family) ({typed} - ({typed_at_start} or {typed} * 0))', instant=True, fmt="table")],
+          w=12, h=10, description="Every token family (input, output, total and the extra types such as cached_input and "
+                                  "reasoning, which are part of input or output), one row per team, model and family.",
+          options={"showHeader": True}, overrides=column_units(["Tokens"]),
+          transformations=table(["Tokens"], ("team", "model", "family")))
+    p.add("table", "Drill-down: team × API key × model (selected month)", [
+        q(f'sum by (team, api_key_id, model) ({grown("llm_tokens_total")})', instant=True, fmt="table"),
+        q(f'sum by (team, api_key_id, model, currency) ({grown("llm_cost_total")})', instant=True, fmt="table")],
+          w=12, h=10, description="Which keys make up each team's invoice (a key that changed team in the month is listed "
+                                  "under both, each with its part).",
+          options={"showHeader": True}, overrides=column_units(["Tokens"]),
+          transformations=table(["Tokens", "Cost"], ("team", "api_key_id", "model", "currency")))
+    bar = {"orientation": "horizontal", "displayMode": "basic"}
+    p.add("bargauge", "Cost per team (selected month)", [q(
+        f'sort_desc(sum by (team, currency) ({grown("llm_cost_total")}))', "{{team}} ({{currency}})", instant=True)],
+          w=8, unit=MONEY, options=bar)
+    p.add("bargauge", "Month-end forecast per team (this month)", [q(
+        f'sort_desc(sum by (team, currency) ({grown("llm_cost_total")}) * scalar(days_in_month(vector(time()))) * 86400 / $__range_s)',
+        "{{team}} ({{currency}})", instant=True)], w=8, unit=MONEY, options=bar,
+          description="With \"This month so far\": the month to date extrapolated linearly to the month's end "
+                      "(cost so far × the month's length / the time elapsed).")
+    p.add("bargauge", "Team budget used this month", [q(
+        'last_over_time(team_window:llm_cost:budget_ratio{team=~"$team"}[2h]) or label_replace(sum by (team, currency) '
+        f'({grown("llm_cost_total")}) / on (team, currency) max by (team, currency) '
+        '(llm_budget_cost{team=~"$team", window="month"}), "window", "month", "", "")', "{{team}} ({{currency}})", instant=True)],
+          w=8, unit="percentunit", options=bar, field=BUDGET_FIELD,
+          description="Cost this calendar month as a share of the team's month budget (docs/owners.md \"Budgets\"), from the "
+                      "rule team_window:llm_cost:budget_ratio (TeamNearBudget at 80 %, TeamOverBudget at 100 %), else from the "
+                      "counters over the selected range (pick \"This month so far\").")
+    share = {"reduceOptions": {"calcs": ["lastNotNull"]}}
+    p.add("stat", "Tokens without an owner (selected month)", [q(
+        f'(sum({grown("llm_tokens_total", UNOWNED)}) or vector(0)) / sum({grown("llm_tokens_total")})',
+        instant=True)], w=12, h=5, unit="percentunit", options=share,
+          description="Share of the tokens whose key no owners entry matched (team=\"unassigned\", the default "
+                      "owners.default): map those keys in the owners file.")
+    p.add("stat", "Tokens without a price (selected month)", [q(
+        f'(sum({grown("llm_unpriced_tokens_total")}) or vector(0))'
+        f' / sum({grown("llm_tokens_total")})', instant=True)], w=12, h=5, unit="percentunit", options=share,
+          description="Share of the tokens of requests that no price entry (or only part of one) priced "
+                      "(llm_unpriced_tokens_total): their cost is missing from the invoice.")
+    return dashboard("tokenmeter-invoice", "LLM invoice",
+                     "Chargeback per team (docs/owners.md): a calendar month's tokens and cost per team and model, exact, "
+                     "exportable as CSV; month-end forecast; usage without an owner or a price; team budgets.",
+                     p, [var("team", "Team", 'label_values(llm_tokens_total{pod=""}, team)'),
+                         var("model", "Model", 'label_values(llm_tokens_total{pod="", team=~"$team"}, model)')],
+                     time_from="now-1M/M", time_to="now-1M/M")
 
 
 def health():
@@ -381,7 +471,7 @@ def logs():
 
 def main():
     for name, d in [("token-usage-overview", overview()), ("api-key-drilldown", drilldown()),
-                    ("spend", spend()), ("agent-health", health()), ("access-logs", logs())]:
+                    ("spend", spend()), ("invoice", invoice()), ("agent-health", health()), ("access-logs", logs())]:
         with open(os.path.join(HERE, f"{name}.json"), "w") as f:
             json.dump(d, f, indent=2)
             f.write("\n")

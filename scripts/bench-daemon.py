@@ -95,7 +95,7 @@ class LokiSink(http.server.BaseHTTPRequestHandler):
 
 
 def start_victoria(tmp):
-    """A real VictoriaMetrics on a loopback port, flags as tests/common/mod.rs Victoria::start_with."""
+    """A real VictoriaMetrics on a loopback port, flags as tests/it/common/mod.rs Victoria::start_with."""
     root = os.environ.get("TOKENMETER_BACKENDS") or os.path.join(ROOT, ".cache", "backends")
     binary = os.path.join(root, "root", "usr", "bin", "victoria-metrics")
     if not os.access(binary, os.X_OK):
@@ -411,9 +411,11 @@ def run(a, binary, tmp, logs, procs, sinks):
             print("  " + x)
     if vm_check:
         got_series, want_series, got_requests = vm_check
-        ok = "OK" if got_series == want_series and got_requests == i else "MISMATCH"
+        # The prefilled lines (one per series, before the load) are requests too.
+        want_requests = i + prefilled
+        ok = "OK" if got_series == want_series and got_requests == want_requests else "MISMATCH"
         print(f"VictoriaMetrics: count(llm_tokens_total) = {got_series:.0f} (want {want_series}), "
-              f"sum(llm_requests_total) = {got_requests:.0f} (want {i}): {ok}")
+              f"sum(llm_requests_total) = {got_requests:.0f} (want {want_requests}): {ok}")
     if a.loki:
         print(f"Loki sink: {LokiSink.stats['requests']} pushes, {LokiSink.stats['bytes'] / 1e6:.1f} MB")
     print()

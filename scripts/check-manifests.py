@@ -173,11 +173,15 @@ def check_install(name, docs, defaults):
               f"got {tolerations}")
         check(tolerations and all(t.get("key") and t.get("effect") for t in tolerations),
               f"{name}: tolerations name their taint's key and effect, got {tolerations}")
-        check(pod.get("nodeSelector"), f"{name}: a nodeSelector for the gateway nodes")
+        selector = pod.get("nodeSelector", {})
+        check(len(selector) > 1 and selector.get("kubernetes.io/os") == "linux",
+              f"{name}: a nodeSelector for the gateway nodes, Linux kept, got {selector}")
     else:
         check(tolerations == [{"operator": "Exists"}],
               f"{name}: tolerates every taint (runs on every node)")
-        check("nodeSelector" not in pod, f"{name}: no nodeSelector (every node)")
+        check(pod.get("nodeSelector") == {"kubernetes.io/os": "linux"},
+              f"{name}: every Linux node (nodeSelector kubernetes.io/os: linux only), "
+              f"got {pod.get('nodeSelector')}")
     check("initContainers" not in pod, f"{name}: no init container")
     psc = pod.get("securityContext", {})
     check(psc.get("runAsUser") == 0 and psc.get("runAsGroup") == 0

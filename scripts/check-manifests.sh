@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { echo "check-manifests: $*" >&2; exit 1; }
-command -v kubectl >/dev/null || die "kubectl (with kustomize v5) is required: install kubectl 1.32 or later"
+command -v kubectl >/dev/null || die "kubectl (with kustomize v5) is required: install kubectl 1.27 or later"
 command -v node >/dev/null && command -v npm >/dev/null || die "node and npm are required (custom resource schemas)"
 command -v python3 >/dev/null || die "python3 is required"
 

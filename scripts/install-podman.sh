@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Podman from Debian's packages (podman, runc) when it is missing, for the image test
-# (tests/image.rs). Needs root and apt; does nothing when podman and runc are there.
+# (tests/it/image.rs). Needs root and apt; does nothing when podman and runc are there.
 set -euo pipefail
 if command -v podman >/dev/null && command -v runc >/dev/null; then
   podman --version

@@ -27,23 +27,21 @@ lib=$backends/root/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketime.so.1
 [ -e "$lib" ] || scripts/install-backends.sh
 [ -e "$lib" ] || { echo "missing $lib (scripts/install-backends.sh installs it)" >&2; exit 1; }
 
-# binary name, then the arguments of its test harness (name filters, --skip …)
+# Test binary (`it`, the integration tests, or `tokenmeter`, the library's unit tests), an
+# extended regex over the names of its tests (`module::test`) to run, and one over those to
+# leave out (no `|` in either: it separates them); an empty regex to run runs the whole binary.
 selection=(
-  "loki|"
-  "backfill|loki to_live"
-  "faults|loki"
-  "replay_cli|"
-  "spend|--skip cost_is_exact_across_kill9_over_metrics_otlp_and_replay"
-  "tokenmeter|--lib"
+  "it|^loki::|"
+  "it|^backfill::.*loki|"
+  "it|^backfill::.*to_live|"
+  "it|^faults::.*loki|"
+  "it|^replay_cli::|"
+  "it|^spend::|::cost_is_exact_across_kill9_over_metrics_otlp_and_replay$"
+  "tokenmeter||"
 )
 
-targets=()
-for entry in "${selection[@]}"; do
-  name=${entry%%|*}
-  if [ "$name" = tokenmeter ]; then targets+=(--lib); else targets+=(--test "$name"); fi
-done
-cargo test --no-run "${targets[@]}"
-executables=$(cargo test --no-run --message-format=json "${targets[@]}" 2>/dev/null | python3 -c '
+cargo test --no-run --test it --lib
+executables=$(cargo test --no-run --message-format=json --test it --lib 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -70,18 +68,28 @@ for shift in "${shifts[@]}"; do
     exit 1
   fi
   for entry in "${selection[@]}"; do
-    name=${entry%%|*}
-    args=${entry#*|}
-    [ "$args" = --lib ] && args=
+    IFS='|' read -r name only skip <<<"$entry"
     exe=$(awk -v n="$name" '$1 == n { print $2 }' <<<"$executables")
     [ -n "$exe" ] || { echo "no test binary for $name" >&2; exit 1; }
-    printf '\n==> clock %s: %s %s\n' "$shift" "$name" "$args"
-    # shellcheck disable=SC2086 # args is a list of harness arguments
-    if ! moved "$exe" $args 2>&1 | tee "$out"; then
-      echo "FAILED with the clock moved $shift: $name $args" >&2
+    # The names, listed by the binary itself under the real clock, run with --exact: a
+    # selection that matches no test fails here, before anything runs.
+    names=()
+    if [ -n "$only" ]; then
+      mapfile -t names < <("$exe" --list --format terse | sed -n 's/: test$//p' \
+        | grep -E -e "$only" | grep -v -E -e "${skip:-^$}")
+      if [ ${#names[@]} -eq 0 ]; then
+        echo "no test of $name matches '$only' (less '$skip'): the selection is stale" >&2
+        failed=1
+        continue
+      fi
+      names=(--exact "${names[@]}")
+    fi
+    printf '\n==> clock %s: %s %s\n' "$shift" "$name" "${only:-(all)}${skip:+, less $skip}"
+    if ! moved "$exe" "${names[@]}" 2>&1 | tee "$out"; then
+      echo "FAILED with the clock moved $shift: $name $only" >&2
       failed=1
     elif grep -q "test result: ok. 0 passed" "$out"; then
-      echo "no test of $name matched '$args': the selection is stale" >&2
+      echo "no test of $name ran for '$only': the selection is stale" >&2
       failed=1
     fi
   done

@@ -30,6 +30,8 @@ reference_check() {
     && python3 tests/expected/expected_summary.py --check tests/expected "${fixtures[@]}" \
     && python3 tests/expected/expected_summary.py --config tests/fixtures/pricing.toml \
       --check tests/expected "${fixtures[@]}" \
+    && python3 tests/expected/expected_summary.py --config tests/fixtures/owners.toml \
+      --check tests/expected "${fixtures[@]}" \
     && (cd tests/fixtures/formats && python3 ../../expected/expected_summary.py \
       --check ../../expected/formats gen_ai.jsonl genai_v04.jsonl kong.jsonl higress.jsonl \
       logfmt.log tokenmeter.jsonl cri.log docker.log mixed.log)
@@ -39,7 +41,7 @@ rules_check() {
   local promtool=$backends/root/usr/bin/promtool
   "$promtool" check rules config/prometheus/tokenmeter-rules.yaml \
     && (cd config/prometheus && "$promtool" test rules tokenmeter-rules.test.yaml \
-      tokenmeter-rules.hourly.test.yaml)
+      tokenmeter-rules.hourly.test.yaml tokenmeter-rules.invoice.test.yaml tokenmeter-rules.owners.test.yaml)
 }
 
 dashboards_check() {
@@ -77,7 +79,7 @@ step "Kubernetes manifests: every kustomization renders and validates (kubernete
 if [ "$FUZZ_SECONDS" != 0 ]; then
   step "cargo fuzz: decode + parse for ${FUZZ_SECONDS}s" scripts/fuzz.sh "$FUZZ_SECONDS"
 fi
-# The image test (tests/image.rs) runs the image this builds; without it, it builds its own.
+# The image test (tests/it/image.rs) runs the image this builds; without it, it builds its own.
 image_build() {
   scripts/install-podman.sh || return 1
   local out

@@ -24,7 +24,7 @@
 //! behind a green probe. Debug builds have a fault hook for the tests ([`injected_fault`]).
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -71,6 +71,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // price file's version is taken before it is read, so a change in between is reloaded.
     let price_watch = PriceFileWatch::new(&config);
     let prices = config.price_table().context("pricing")?;
+    // Owners the same way (docs/owners.md), before the state: restored teams need them on.
+    let owners_watch = OwnersFileWatch::new(&config);
+    let owners = config.owner_table().context("owners")?;
+    if let Some(t) = &owners {
+        tracing::info!("owners: {} teams from {}", t.teams(), config.owners.file);
+    }
+    meter.store.set_owners(owners);
     if let Some(t) = &prices {
         tracing::info!(
             "pricing: {} price entries in {}{}",
@@ -190,7 +197,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let flushed = Arc::new(AtomicBool::new(false));
     let metering = {
-        let prices = price_watch;
+        let watches = Watches {
+            prices: price_watch,
+            owners: owners_watch,
+        };
         let saver = StateSaver {
             dir: state_dir,
             meter: meter.clone(),
@@ -203,7 +213,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .name("tokenmeter-meter".into())
             .spawn(move || {
                 metering_loop(
-                    registry, prices, &saver, &status, &shutdown, &flushed, interval,
+                    registry, watches, &saver, &status, &shutdown, &flushed, interval,
                 )
             })?
     };
@@ -415,37 +425,42 @@ fn price_source(config: &Config) -> String {
     }
 }
 
-/// `pricing.file`, watched by the metering thread: when its content changes, the new prices
-/// apply to the records counted from then on. A file that cannot be read or is invalid keeps
-/// the prices in force and is reported (log and `tokenmeter_pricing_reloads_total`), never
-/// stopping metering.
-struct PriceFileWatch {
-    config: Config,
-    /// (modification time, length, content hash) of the version in force or last refused.
+/// A file the metering thread checks every `source.glob_interval` (`pricing.file`,
+/// `owners.file`): its version is (modification time, length, content hash), taken before it
+/// is read, so a change in between is seen at the next check.
+struct FileWatch {
+    path: PathBuf,
+    /// The version in force or last refused; `None` while the file cannot be read.
     seen: Option<(Option<std::time::SystemTime>, u64, u64)>,
     every: Duration,
     last_check: Instant,
 }
 
-impl PriceFileWatch {
-    fn new(config: &Config) -> Option<Self> {
-        if config.pricing.file.is_empty() {
-            return None;
-        }
-        let mut w = PriceFileWatch {
-            config: config.clone(),
+/// What a check of a [`FileWatch`] found.
+enum FileChange {
+    /// Not checked yet, or the same version.
+    Unchanged,
+    /// It could be read before and cannot now (removed, unreadable): reported once.
+    Gone,
+    /// A new version (its content hash, for the log).
+    Changed(u64),
+}
+
+impl FileWatch {
+    fn new(path: &str, every: Duration) -> Self {
+        let mut w = FileWatch {
+            path: PathBuf::from(path),
             seen: None,
-            every: config.source.glob_interval.0,
+            every,
             last_check: Instant::now(),
         };
         w.seen = w.version();
-        Some(w)
+        w
     }
 
     fn version(&self) -> Option<(Option<std::time::SystemTime>, u64, u64)> {
-        let path = Path::new(&self.config.pricing.file);
-        let meta = std::fs::metadata(path).ok()?;
-        let text = std::fs::read(path).ok()?;
+        let meta = std::fs::metadata(&self.path).ok()?;
+        let text = std::fs::read(&self.path).ok()?;
         let hash = {
             use std::hash::Hasher;
             let mut h = rustc_hash::FxHasher::default();
@@ -455,28 +470,62 @@ impl PriceFileWatch {
         Some((meta.modified().ok(), meta.len(), hash))
     }
 
-    /// Checked every `source.glob_interval`; returns new prices when the file changed and
-    /// is valid.
-    fn poll(&mut self, status: &AgentStatus) -> Option<Option<Arc<crate::pricing::PriceTable>>> {
+    fn check(&mut self) -> FileChange {
         if self.last_check.elapsed() < self.every {
-            return None;
+            return FileChange::Unchanged;
         }
         self.last_check = Instant::now();
         let now = self.version();
-        if now.is_none() || now == self.seen {
-            // Gone or unreadable files are reported when reading them fails below; an
-            // unchanged one is the common case.
-            if now.is_none() && self.seen.is_some() {
+        match now {
+            None if self.seen.is_some() => {
                 self.seen = None;
+                FileChange::Gone
+            }
+            None => FileChange::Unchanged,
+            Some(_) if now == self.seen => FileChange::Unchanged,
+            Some(v) => {
+                self.seen = now;
+                FileChange::Changed(v.2)
+            }
+        }
+    }
+}
+
+/// `pricing.file`, watched by the metering thread: when its content changes, the new prices
+/// apply to the records counted from then on. A file that cannot be read or is invalid keeps
+/// the prices in force and is reported (log and `tokenmeter_pricing_reloads_total`), never
+/// stopping metering.
+struct PriceFileWatch {
+    config: Config,
+    file: FileWatch,
+}
+
+impl PriceFileWatch {
+    fn new(config: &Config) -> Option<Self> {
+        if config.pricing.file.is_empty() {
+            return None;
+        }
+        Some(PriceFileWatch {
+            config: config.clone(),
+            file: FileWatch::new(&config.pricing.file, config.source.glob_interval.0),
+        })
+    }
+
+    /// Checked every `source.glob_interval`; returns new prices when the file changed and
+    /// is valid.
+    fn poll(&mut self, status: &AgentStatus) -> Option<Option<Arc<crate::pricing::PriceTable>>> {
+        let version = match self.file.check() {
+            FileChange::Unchanged => return None,
+            FileChange::Gone => {
                 status.pricing_reloads[1].fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     "pricing.file {}: cannot read; the prices in force stay",
                     self.config.pricing.file
                 );
+                return None;
             }
-            return None;
-        }
-        self.seen = now;
+            FileChange::Changed(version) => version,
+        };
         match self.config.price_table() {
             Ok(None) => {
                 // Most likely a file caught half-written, or a ConfigMap key left empty:
@@ -491,9 +540,8 @@ impl PriceFileWatch {
             Ok(table) => {
                 status.pricing_reloads[0].fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
-                    "pricing.file {} changed (version {:016x}): {} price entries now in force",
+                    "pricing.file {} changed (version {version:016x}): {} price entries now in force",
                     self.config.pricing.file,
-                    now.map_or(0, |v| v.2),
                     table.as_ref().map_or(0, |t| t.entries())
                 );
                 Some(table)
@@ -501,6 +549,67 @@ impl PriceFileWatch {
             Err(e) => {
                 status.pricing_reloads[1].fetch_add(1, Ordering::Relaxed);
                 tracing::error!("{e}; the prices in force stay");
+                None
+            }
+        }
+    }
+}
+
+/// The files the metering thread reloads.
+struct Watches {
+    prices: Option<PriceFileWatch>,
+    owners: Option<OwnersFileWatch>,
+}
+
+/// `owners.file` (docs/owners.md), watched like `pricing.file`: a valid new version applies to
+/// the records counted from then on (and its budgets to the gauges); an invalid, unreadable
+/// or removed file keeps the owners in force and is reported (log and
+/// `tokenmeter_owners_reloads_total`).
+struct OwnersFileWatch {
+    config: Config,
+    file: FileWatch,
+}
+
+impl OwnersFileWatch {
+    fn new(config: &Config) -> Option<Self> {
+        if config.owners.file.is_empty() {
+            return None;
+        }
+        Some(OwnersFileWatch {
+            config: config.clone(),
+            file: FileWatch::new(&config.owners.file, config.source.glob_interval.0),
+        })
+    }
+
+    /// Checked every `source.glob_interval`; returns the new owners when the file changed and
+    /// is valid.
+    fn poll(&mut self, status: &AgentStatus) -> Option<Arc<crate::owners::OwnerTable>> {
+        let version = match self.file.check() {
+            FileChange::Unchanged => return None,
+            FileChange::Gone => {
+                status.owners_reloads[1].fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "owners.file {}: cannot read; the owners in force stay",
+                    self.config.owners.file
+                );
+                return None;
+            }
+            FileChange::Changed(version) => version,
+        };
+        match self.config.owner_table() {
+            Ok(Some(table)) => {
+                status.owners_reloads[0].fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "owners.file {} changed (version {version:016x}): {} teams now in force",
+                    self.config.owners.file,
+                    table.teams()
+                );
+                Some(table)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                status.owners_reloads[1].fetch_add(1, Ordering::Relaxed);
+                tracing::error!("{e}; the owners in force stay");
                 None
             }
         }
@@ -670,7 +779,7 @@ impl StateSaver {
 /// last write succeeded.
 fn metering_loop(
     mut registry: Registry,
-    mut prices: Option<PriceFileWatch>,
+    mut watches: Watches,
     saver: &StateSaver,
     status: &AgentStatus,
     shutdown: &Shutdown,
@@ -686,8 +795,17 @@ fn metering_loop(
         injected_fault(shutdown);
         status.heartbeat.beat();
         registry.maintain();
-        if let Some(table) = prices.as_mut().and_then(|w| w.poll(status)) {
+        if let Some(table) = watches.prices.as_mut().and_then(|w| w.poll(status)) {
             saver.meter.lock().store.set_pricing(table);
+        }
+        if let Some(table) = watches.owners.as_mut().and_then(|w| w.poll(status)) {
+            let mut meter = saver.meter.lock();
+            meter.store.set_owners(Some(table));
+            // The owners file's budgets are in the snapshot: readers see them now, not at
+            // the next line read.
+            if status.is_ready() {
+                saver.meter.publish(&meter, true);
+            }
         }
         let n = {
             let mut meter = saver.meter.lock();

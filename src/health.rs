@@ -238,6 +238,8 @@ pub struct AgentStatus {
     pub otlp_last_success_ns: AtomicU64,
     /// `pricing.file` reloads: applied, refused (the prices in force stayed).
     pub pricing_reloads: [AtomicU64; 2],
+    /// `owners.file` reloads: applied, refused (the owners in force stayed).
+    pub owners_reloads: [AtomicU64; 2],
     /// Beaten by the metering loop once per poll.
     pub heartbeat: Heartbeat,
 }
@@ -255,6 +257,7 @@ impl AgentStatus {
             otlp: ExportStats::default(),
             otlp_last_success_ns: AtomicU64::new(0),
             pricing_reloads: Default::default(),
+            owners_reloads: Default::default(),
             heartbeat: Heartbeat::new(),
         }
     }
@@ -303,6 +306,10 @@ pub fn agent_view(
         checkpoints: [
             load(&status.checkpoints_ok),
             load(&status.checkpoints_failed),
+        ],
+        owners_reloads: [
+            load(&status.owners_reloads[0]),
+            load(&status.owners_reloads[1]),
         ],
         pricing_reloads: [
             load(&status.pricing_reloads[0]),

@@ -6,7 +6,7 @@
 //! position is checkpointed together with its decoder's partial-line state (a CRI line split
 //! into partials must not be counted twice after a restart), so the source's cursor holds a
 //! decoder; and `config` comes after the stages whose settings it gathers (`endpoint`,
-//! `source`, `parse`, `pricing`), which own their settings' types and rules.
+//! `source`, `parse`, `pricing`, `owners`), which own their settings' types and rules.
 //!
 //! Owns: the order and the test that keeps it. Must not be imported by anything.
 
@@ -24,6 +24,7 @@ pub const LAYERS: &[&str] = &[
     "source",
     "parse",
     "pricing",
+    "owners",
     "config",
     "aggregate",
     "schema",

@@ -23,6 +23,7 @@ pub mod forwarder;
 pub mod health;
 pub mod json;
 pub mod layers;
+pub mod owners;
 pub mod parse;
 pub mod pipeline;
 pub mod pricing;

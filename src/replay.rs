@@ -528,6 +528,7 @@ fn count_in_parallel(
     let changed = Condvar::new();
     let stop = AtomicBool::new(false);
     let prices = meter.store.pricing().cloned();
+    let owners = meter.store.owners().cloned();
     let ahead = jobs.saturating_mul(2);
     let lock = || {
         parts
@@ -557,6 +558,7 @@ fn count_in_parallel(
                     Some(input) => {
                         let mut part = Meter::part(config, event_times);
                         part.store.set_pricing(prices.clone());
+                        part.store.set_owners(owners.clone());
                         // The file as opened, not whatever its path names by the merge.
                         let again = input.try_clone();
                         read_input(
@@ -720,9 +722,14 @@ pub fn replay(
     let prices = config
         .price_table()
         .map_err(|e| ReplayError::Read(anyhow::anyhow!("{e}")))?;
-    // Each record is priced at its own event time: when a price has a `from`, event times
-    // are tracked (the fallback of docs/guarantees.md "Event time" to the previous record needs every record's).
-    let time_dependent = prices.as_ref().is_some_and(|t| t.time_dependent());
+    let owners = config
+        .owner_table()
+        .map_err(|e| ReplayError::Read(anyhow::anyhow!("{e}")))?;
+    // Each record is priced (and given its team, docs/owners.md) at its own event time: when
+    // a price or an owner has a `from`, event times are tracked (the fallback of
+    // docs/guarantees.md "Event time" to the previous record needs every record's).
+    let time_dependent = prices.as_ref().is_some_and(|t| t.time_dependent())
+        || owners.as_ref().is_some_and(|t| t.time_dependent());
     let event_times = if opts.needs_event_time() {
         EventTimes::Every
     } else if time_dependent {
@@ -732,6 +739,7 @@ pub fn replay(
     };
     let mut meter = Meter::new(config, event_times);
     meter.store.set_pricing(prices);
+    meter.store.set_owners(owners);
     let wants_backfill = opts.from_ns.is_some()
         || opts.to_ns.is_some()
         || opts.openmetrics.is_some()

@@ -107,6 +107,8 @@ pub struct AgentView {
     pub checkpoints: [u64; 2],
     /// `pricing.file` reloads: applied, refused.
     pub pricing_reloads: [u64; 2],
+    /// `owners.file` reloads: applied, refused.
+    pub owners_reloads: [u64; 2],
     pub loki: Option<LokiView>,
 }
 
@@ -136,12 +138,17 @@ pub struct View<'a> {
     invalid_names: Vec<String>,
     /// Label values of `tokenmeter_pricing_child_exceeds_parent`: the token types.
     type_names: Vec<String>,
+    /// The owners file's budgets (docs/owners.md), as the snapshot brought them.
+    owner_budgets: Vec<BudgetView>,
 }
 
 /// One `[[budgets]]` entry as its gauges show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BudgetView {
+    /// Empty for a team's budget.
     pub api_key_id: String,
+    /// docs/owners.md: empty for a key's budget.
+    pub team: String,
     pub window: String,
     pub tokens: Option<u64>,
     /// In units of 10^-12 of the pricing currency.
@@ -154,6 +161,7 @@ pub fn budget_views(budgets: &[crate::pricing::Budget]) -> Vec<BudgetView> {
         .iter()
         .map(|b| BudgetView {
             api_key_id: b.api_key_id.clone(),
+            team: b.team.clone(),
             window: b.window.clone(),
             tokens: b.tokens,
             cost_units: crate::pricing::budget_cost_units(b),
@@ -190,7 +198,20 @@ impl<'a> View<'a> {
             budgets: &[],
             invalid_names: invalid_field_names(&snap.extra_names),
             type_names: token_type_names(&snap.extra_names),
+            owner_budgets: budget_views(&snap.owner_budgets),
         }
+    }
+
+    /// The team label (docs/owners.md) of a series or pair whose team is `team`: only while
+    /// owners are configured, and never for the empty team (a series counted without owners).
+    fn team_label<'v>(&'v self, team: &'v str) -> Option<(&'v str, &'v str)> {
+        let name = self.snap.team_label.as_deref()?;
+        (!team.is_empty()).then_some((name, team))
+    }
+
+    /// Every budget: the config's, then the owners file's.
+    fn all_budgets(&self) -> impl Iterator<Item = &BudgetView> {
+        self.budgets.iter().chain(&self.owner_budgets)
     }
 }
 
@@ -200,8 +221,21 @@ fn series_labels<'v>(v: &'v View<'v>, x: &'v SeriesSnapshot) -> Labels<'v> {
         ("api_key_id", x.api_key_id.as_str()),
         ("service_id", x.service_id.as_str()),
     ];
+    l.extend(v.team_label(&x.team));
     l.extend(v.static_labels.iter().copied());
     l
+}
+
+/// A budget's owner label: `api_key_id`, or the team label for a team's budget.
+fn budget_owner<'v>(v: &'v View<'v>, b: &'v BudgetView) -> (&'v str, &'v str) {
+    if b.team.is_empty() {
+        ("api_key_id", b.api_key_id.as_str())
+    } else {
+        (
+            v.snap.team_label.as_deref().unwrap_or("team"),
+            b.team.as_str(),
+        )
+    }
 }
 
 /// A per-series token counter: its points are the series' labels, `metrics.labels`, then the
@@ -370,17 +404,20 @@ pub fn families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
     out
 }
 
-fn per_pair(read: fn(&PairSnapshot) -> (u64, i64)) -> Points {
+/// A per-(model, service_id, team) counter's points: `read` gives the value and the start of
+/// its series, and whether it has a point at all.
+fn per_pair(read: fn(&PairSnapshot) -> (u64, i64, bool)) -> Points {
     Box::new(move |v, f| {
         for x in &v.snap.pairs {
-            let (n, start_ns) = read(x);
-            if n == 0 {
+            let (n, start_ns, shown) = read(x);
+            if !shown {
                 continue;
             }
             let mut l = vec![
                 ("model", x.model.as_str()),
                 ("service_id", x.service_id.as_str()),
             ];
+            l.extend(v.team_label(&x.team));
             l.extend(v.static_labels.iter().copied());
             f(Point {
                 labels: l,
@@ -394,16 +431,17 @@ fn per_pair(read: fn(&PairSnapshot) -> (u64, i64)) -> Points {
 /// docs/spend.md: cost per series, unpriced and unmetered requests per (model, service_id), and
 /// the budgets. Cost has points only while pricing is on (the snapshot has a currency).
 fn spend_families(p: &str) -> Vec<Family> {
-    let pair_family = |name: String, help, read: fn(&PairSnapshot) -> (u64, i64)| Family {
-        name,
-        help,
-        unit: "{request}",
-        kind: Kind::Counter,
-        labels: &["model", "service_id"],
-        token: true,
-        series: None,
-        points: per_pair(read),
-    };
+    let pair_family =
+        |name: String, help, unit, read: fn(&PairSnapshot) -> (u64, i64, bool)| Family {
+            name,
+            help,
+            unit,
+            kind: Kind::Counter,
+            labels: &["model", "service_id"],
+            token: true,
+            series: None,
+            points: per_pair(read),
+        };
     vec![
         token(
             format!("{p}_cost"),
@@ -419,12 +457,21 @@ fn spend_families(p: &str) -> Vec<Family> {
         pair_family(
             format!("{p}_unpriced_requests"),
             "Requests with tokens that no price entry (or only part of one) prices.",
-            |x| (x.unpriced, x.unpriced_start_ns),
+            "{request}",
+            |x| (x.unpriced, x.unpriced_start_ns, x.unpriced > 0),
+        ),
+        // Beside the requests: from the same records, so it starts with them (and may be 0).
+        pair_family(
+            format!("{p}_unpriced_tokens"),
+            "Tokens (the total) of the requests that no price entry (or only part of one) prices.",
+            "{token}",
+            |x| (x.unpriced_tokens, x.unpriced_start_ns, x.unpriced > 0),
         ),
         pair_family(
             format!("{p}_unmetered_requests"),
             "2xx requests without any valid token count (e.g. the gateway wrote null).",
-            |x| (x.unmetered, x.unmetered_start_ns),
+            "{request}",
+            |x| (x.unmetered, x.unmetered_start_ns, x.unmetered > 0),
         ),
         Family {
             name: format!("{p}_budget_tokens"),
@@ -435,12 +482,9 @@ fn spend_families(p: &str) -> Vec<Family> {
             token: true,
             series: None,
             points: Box::new(|v, f| {
-                for b in v.budgets {
+                for b in v.all_budgets() {
                     if let Some(t) = b.tokens {
-                        let mut l = vec![
-                            ("api_key_id", b.api_key_id.as_str()),
-                            ("window", b.window.as_str()),
-                        ];
+                        let mut l = vec![budget_owner(v, b), ("window", b.window.as_str())];
                         l.extend(v.static_labels.iter().copied());
                         f(Point {
                             labels: l,
@@ -463,10 +507,10 @@ fn spend_families(p: &str) -> Vec<Family> {
                 let Some(currency) = v.snap.currency.as_deref() else {
                     return;
                 };
-                for b in v.budgets {
+                for b in v.all_budgets() {
                     if let Some(c) = b.cost_units {
                         let mut l = vec![
-                            ("api_key_id", b.api_key_id.as_str()),
+                            budget_owner(v, b),
                             ("window", b.window.as_str()),
                             ("currency", currency),
                         ];
@@ -695,6 +739,10 @@ fn self_metrics() -> Vec<Family> {
                 for (l, n) in OVERFLOW_LABELS.iter().zip(v.snap.stats.overflows) {
                     f(vec![("label", *l)], Value::Int(n));
                 }
+                // The team's (docs/owners.md) only while owners are configured.
+                if let Some(name) = v.snap.team_label.as_deref() {
+                    f(vec![("label", name)], Value::Int(v.snap.stats.team_overflows));
+                }
             }),
         ),
         agent_metric(
@@ -720,6 +768,21 @@ fn self_metrics() -> Vec<Family> {
                     if a.pricing_reloads != [0, 0] {
                         f(vec![("outcome", "success")], Value::Int(a.pricing_reloads[0]));
                         f(vec![("outcome", "failure")], Value::Int(a.pricing_reloads[1]));
+                    }
+                })
+            }),
+        ),
+        agent_metric(
+            "tokenmeter_owners_reloads",
+            "Changes of owners.file: applied, or refused (the owners in force stayed).",
+            "{reload}",
+            Counter,
+            &["outcome"],
+            Box::new(|v, f| {
+                with_agent(v, |a| {
+                    if a.owners_reloads != [0, 0] {
+                        f(vec![("outcome", "success")], Value::Int(a.owners_reloads[0]));
+                        f(vec![("outcome", "failure")], Value::Int(a.owners_reloads[1]));
                     }
                 })
             }),

@@ -415,6 +415,8 @@ mod tests {
                 stats: SelfStats::default(),
                 pairs: vec![],
                 currency: None,
+                team_label: None,
+                owner_budgets: vec![],
             }
             .into(),
         }

@@ -13,10 +13,11 @@ impl Store {
     /// values and series would be at least the part's), so counting it further only costs
     /// memory, without bound (e.g. a key per request).
     pub fn beyond_merge_limits(&self) -> bool {
-        self.merge_limits.is_some_and(|[m, k, s, n]| {
+        self.merge_limits.is_some_and(|[m, k, s, t, n]| {
             self.models.values.len() > m
                 || self.keys.values.len() > k
                 || self.services.values.len() > s
+                || self.teams.values.len() > t
                 || self.series.len() > n
         })
     }
@@ -55,17 +56,29 @@ impl Store {
         let fits = |mine: &Interner, theirs: &Interner| {
             mine.values.len().saturating_add(new_values(mine, theirs)) <= mine.limit
         };
+        // The empty team (owners off) never counts against the limit: it never folds.
+        let fits_teams = |mine: &Interner, theirs: &Interner| {
+            let named = |i: &Interner| i.values.iter().filter(|v| !v.is_empty()).count();
+            let new = theirs
+                .values
+                .iter()
+                .filter(|v| !v.is_empty() && !mine.ids.contains_key(v.as_ref()))
+                .count();
+            named(mine).saturating_add(new) <= mine.limit
+        };
         if !fits(&self.models, &part.models)
             || !fits(&self.keys, &part.keys)
             || !fits(&self.services, &part.services)
+            || !fits_teams(&self.teams, &part.teams)
         {
             return false;
         }
-        let existing = |[m, k, s]: [u32; 3]| -> Option<[u32; 3]> {
+        let existing = |[m, k, s, t]: [u32; 4]| -> Option<[u32; 4]> {
             Some([
                 *self.models.ids.get(part.models.get(m))?,
                 *self.keys.ids.get(part.keys.get(k))?,
                 *self.services.ids.get(part.services.get(s))?,
+                *self.teams.ids.get(part.teams.get(t))?,
             ])
         };
         let new_series = part
@@ -86,9 +99,10 @@ impl Store {
                 store.services.force(part.services.get(s)),
             ]
         };
-        for (i, ([m, k, s], c)) in part.series.iter().enumerate() {
+        for (i, ([m, k, s, t], c)) in part.series.iter().enumerate() {
             let [m, s] = pair([*m, *s], self);
-            let ids = [m, self.keys.force(part.keys.get(*k)), s];
+            let t = self.teams.force(part.teams.get(*t));
+            let ids = [m, self.keys.force(part.keys.get(*k)), s, t];
             let idx = self.series_slot(ids);
             let mine = &mut self.series[idx].1;
             for (n, add) in mine.requests.iter_mut().zip(c.requests) {
@@ -113,9 +127,12 @@ impl Store {
             self.hists[at].1.add(h);
         }
         for p in &part.spend.pairs {
-            let ids = pair(p.ids, self);
+            let [m, s, t] = p.ids;
+            let [m, s] = pair([m, s], self);
+            let ids = [m, s, self.teams.force(part.teams.get(t))];
             let at = self.pair_slot(ids);
             let mine = &mut self.spend.pairs[at];
+            mine.unpriced_tokens = mine.unpriced_tokens.wrapping_add(p.unpriced_tokens);
             for (n, start, add, add_start) in [
                 (
                     &mut mine.unpriced,
@@ -152,6 +169,7 @@ impl Store {
             *n += add;
         }
         st.total_mismatches += theirs.total_mismatches;
+        st.team_overflows += theirs.team_overflows;
         for (n, add) in st.overflows.iter_mut().zip(theirs.overflows) {
             *n += add;
         }

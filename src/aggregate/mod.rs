@@ -1,12 +1,16 @@
 //! Records → the counter store of docs/metrics.md, with the cardinality guard and the self-counters.
 //!
-//! Owns: one counter set per (model, api_key_id, service_id), requests per status class, the
+//! Owns: one counter set per (model, api_key_id, service_id, team), requests per status class, the
 //! duration histogram per (model, service_id, status_class), the per-label value limits and
 //! `max_series` with `__overflow__` folding, and counts of lines by result. No I/O. Exports and
 //! the server read [`Snapshot`]s, never the store's internals.
 //!
+//! The team (docs/owners.md) is the owners table's answer for the record's api_key_id at its
+//! event time; without owners it is the empty value, never exported, so the series are the
+//! (model, api_key_id, service_id) ones.
+//!
 //! Why ids: each distinct label string is stored once and given a small integer the first time
-//! it is seen; series are keyed by the id triple. Counting a record then costs three lookups
+//! it is seen; series are keyed by the id quadruple. Counting a record then costs three lookups
 //! of borrowed strings and one of three integers, and allocates nothing unless a value is new.
 //!
 //! The parts: [`interner`] (label values ↔ ids), [`spend`] (prices and cost, docs/spend.md),
@@ -19,6 +23,8 @@ mod snapshot;
 mod spend;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_owners;
 
 use std::collections::HashMap;
 
@@ -27,6 +33,7 @@ use rustc_hash::{FxBuildHasher, FxHasher};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::owners::OwnerTable;
 use crate::parse::{Record, StatusClass, EXTRA_BIT0, MAX_LABEL_BYTES};
 
 use interner::Interner;
@@ -65,7 +72,8 @@ impl SkipReason {
     }
 }
 
-/// Labels that can overflow, in the order of [`SelfStats::overflows`].
+/// Labels that can overflow, in the order of [`SelfStats::overflows`] (the team's, only with
+/// owners, is [`SelfStats::team_overflows`]).
 pub const OVERFLOW_LABELS: [&str; 4] = ["model", "api_key_id", "service_id", "series"];
 
 /// Counters about the pipeline itself.
@@ -87,6 +95,13 @@ pub struct SelfStats {
     /// above its nearest priced ancestor's (docs/spend.md arithmetic). Empty without pricing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub child_exceeds: Vec<u64>,
+    /// Records whose team was folded into `__overflow__` (docs/owners.md; 0 without owners).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub team_overflows: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SelfStats {
@@ -168,15 +183,17 @@ pub struct Store {
     models: Interner,
     keys: Interner,
     services: Interner,
+    /// Teams (docs/owners.md); only the empty value while owners are off.
+    teams: Interner,
     max_series: usize,
     n_extra: usize,
-    series_index: HashMap<[u32; 3], u32, FxBuildHasher>,
+    series_index: HashMap<[u32; 4], u32, FxBuildHasher>,
     /// Series index by the hash of the label text, for series whose labels are not folded.
     /// Each entry holds the series index and its label ids, so confirming a probe reads the
     /// (hot, small) interners and not the series vector: the series' counters can then be
     /// fetched while the labels are compared, instead of after.
-    by_text: HashTable<(u32, [u32; 3])>,
-    series: Vec<([u32; 3], Counters)>,
+    by_text: HashTable<(u32, [u32; 4])>,
+    series: Vec<([u32; 4], Counters)>,
     /// `n_extra` values per series, flat.
     extras: Vec<u64>,
     hist_index: HashMap<(u32, u32, StatusClass), u32, FxBuildHasher>,
@@ -187,11 +204,17 @@ pub struct Store {
     /// docs/spend.md: the prices, the cost per series and the unpriced and unmetered counts.
     spend: Spend,
     /// For an [`Store::unlimited`] part: the limits of the store it is merged into (model,
-    /// api_key_id and service_id values, series). A part beyond any of them cannot be
+    /// api_key_id, service_id and team values, series). A part beyond any of them cannot be
     /// absorbed, so it need not be counted to its end ([`Store::abandon`]).
-    merge_limits: Option<[usize; 4]>,
+    merge_limits: Option<[usize; 5]>,
     /// Counting stopped part way ([`Store::abandon`]): never absorbed.
     abandoned: bool,
+    /// docs/owners.md: the owners table in force (`None`: owners off, no team).
+    owners: Option<std::sync::Arc<OwnerTable>>,
+    /// The team label's name while owners are configured (`owners.file` set).
+    team_label: Option<String>,
+    /// The team selected for an api_key_id text and the event-time interval it holds over.
+    team_cache: HashMap<Box<str>, (u32, i64, i64), FxBuildHasher>,
 }
 
 impl Store {
@@ -202,6 +225,7 @@ impl Store {
             models: Interner::new(lim.max_values.model),
             keys: Interner::new(lim.max_values.api_key_id),
             services: Interner::new(lim.max_values.service_id),
+            teams: Interner::new(lim.max_values.team),
             max_series: lim.max_series,
             n_extra,
             series_index: HashMap::default(),
@@ -218,6 +242,9 @@ impl Store {
             spend: Spend::new(),
             merge_limits: None,
             abandoned: false,
+            owners: None,
+            team_label: (!config.owners.file.is_empty()).then(|| config.owners.label.clone()),
+            team_cache: HashMap::default(),
         }
     }
 
@@ -225,10 +252,17 @@ impl Store {
     /// no limits, so no series of the part is folded before the merge decides.
     pub fn unlimited(config: &Config) -> Self {
         let mut s = Store::new(config);
-        s.merge_limits = Some([s.models.limit, s.keys.limit, s.services.limit, s.max_series]);
+        s.merge_limits = Some([
+            s.models.limit,
+            s.keys.limit,
+            s.services.limit,
+            s.teams.limit,
+            s.max_series,
+        ]);
         s.models.limit = usize::MAX;
         s.keys.limit = usize::MAX;
         s.services.limit = usize::MAX;
+        s.teams.limit = usize::MAX;
         s.max_series = usize::MAX;
         s
     }
@@ -243,6 +277,55 @@ impl Store {
     /// time of reading): the price in force then is the one charged. It is asked only when the
     /// price depends on it.
     pub fn add_at(&mut self, r: &Record<'_>, event_ns: impl FnOnce() -> Option<i64>) -> usize {
+        // Asked at most once, by whichever of the team and the price needs it first.
+        let mut ask = Some(event_ns);
+        let mut asked: Option<Option<i64>> = None;
+        let mut event = move || *asked.get_or_insert_with(|| ask.take().and_then(|f| f()));
+        let owners = self.owners.take();
+        let team = match &owners {
+            Some(table) => self.team_of(table, &r.api_key_id, &mut event),
+            None => "",
+        };
+        let idx = self.add_with_team(r, team, &mut event);
+        self.owners = owners;
+        idx
+    }
+
+    /// The team of api_key_id `key` at the record's event time (docs/owners.md), through the
+    /// cache of each key's selection and the interval it holds over.
+    fn team_of<'t>(
+        &mut self,
+        table: &'t OwnerTable,
+        key: &str,
+        event: &mut impl FnMut() -> Option<i64>,
+    ) -> &'t str {
+        let t = match self.team_cache.get(key) {
+            Some(&(team, i64::MIN, i64::MAX)) => return table.team(team),
+            Some(&(team, from, until)) => {
+                let t = event().unwrap_or(self.clock_ns);
+                if from <= t && t < until {
+                    return table.team(team);
+                }
+                t
+            }
+            None if table.time_dependent() => event().unwrap_or(self.clock_ns),
+            None => self.clock_ns,
+        };
+        // Matched on the label value (after the 256-byte cut), before folding.
+        let (team, from, until) = table.select_id(&label_value(key), t);
+        if self.team_cache.len() >= TEAM_CACHE_MAX {
+            self.team_cache.clear();
+        }
+        self.team_cache.insert(key.into(), (team, from, until));
+        table.team(team)
+    }
+
+    fn add_with_team(
+        &mut self,
+        r: &Record<'_>,
+        team: &str,
+        event_ns: &mut impl FnMut() -> Option<i64>,
+    ) -> usize {
         self.spend.last_cost = 0;
         let st = &mut self.stats;
         if r.first_of_line {
@@ -258,19 +341,21 @@ impl Store {
 
         // Fast path: one probe keyed by the label text. Only series whose labels are the
         // record's own text are in this table; folded records take the slow path every time.
-        let hash = text_hash(&r.model, &r.api_key_id, &r.service_id);
-        let (models, keys, services) = (&self.models, &self.keys, &self.services);
-        let found = self.by_text.find(hash, |&(_, [m, k, s])| {
+        let hash = text_hash(&r.model, &r.api_key_id, &r.service_id, team);
+        let (models, keys, services, teams) =
+            (&self.models, &self.keys, &self.services, &self.teams);
+        let found = self.by_text.find(hash, |&(_, [m, k, s, t])| {
             models.get(m) == r.model
                 && keys.get(k) == r.api_key_id
                 && services.get(s) == r.service_id
+                && teams.get(t) == team
         });
         let fast = found.is_some();
         let idx = match found {
             Some(&(i, _)) => i as usize,
-            None => self.slow_series(r, hash),
+            None => self.slow_series(r, team, hash),
         };
-        let [m, _, s] = self.series[idx].0;
+        let [m, _, s, t] = self.series[idx].0;
         // The price depends on the model and service_id text only: a series found on the fast
         // path has the record's own text; on the slow path (new, or folded) it is compared.
         let own_text = fast
@@ -302,12 +387,13 @@ impl Store {
         }
         let unmetered = r.status_class == StatusClass::C2xx && r.valid == 0;
         if unmetered {
-            self.count_unmetered([m, s]);
+            self.count_unmetered([m, s, t]);
         }
         if self.spend.pricing.is_some() {
             let at = Counted {
                 idx,
                 ids: [m, s],
+                team: t,
                 r,
                 own_text,
                 wrapped,
@@ -329,42 +415,75 @@ impl Store {
 
     /// The labels of series `idx` (as [`Store::add`] returned it).
     pub fn series_labels(&self, idx: usize) -> Option<(&str, &str, &str)> {
-        let [m, k, s] = self.series.get(idx)?.0;
+        let [m, k, s, _] = self.series.get(idx)?.0;
         Some((self.models.get(m), self.keys.get(k), self.services.get(s)))
+    }
+
+    /// The team of series `idx` (empty without owners).
+    pub fn series_team(&self, idx: usize) -> Option<&str> {
+        let [_, _, _, t] = self.series.get(idx)?.0;
+        Some(self.teams.get(t))
+    }
+
+    /// Sets the owners table for the records counted from now on (`None`: none in force;
+    /// records then go to no team). Series already counted keep their team.
+    pub fn set_owners(&mut self, table: Option<std::sync::Arc<OwnerTable>>) {
+        self.owners = table;
+        self.team_cache.clear();
+    }
+
+    /// The team label's name while owners are configured.
+    pub fn team_label(&self) -> Option<&str> {
+        self.team_label.as_deref()
+    }
+
+    pub fn owners(&self) -> Option<&std::sync::Arc<OwnerTable>> {
+        self.owners.as_ref()
     }
 
     /// Interns the labels under their limits, folds past `max_series`, and finds or creates
     /// the series. A series that needed no folding joins the fast-path table.
     #[cold]
-    fn slow_series(&mut self, r: &Record<'_>, hash: u64) -> usize {
+    fn slow_series(&mut self, r: &Record<'_>, team: &str, hash: u64) -> usize {
         let st = &mut self.stats;
         let (mut m, of_m) = self.models.intern(&r.model);
         let (mut k, of_k) = self.keys.intern(&r.api_key_id);
         let (mut s, of_s) = self.services.intern(&r.service_id);
+        // Without owners the team is the empty value, which never folds.
+        let (mut t, of_t) = if team.is_empty() {
+            (self.teams.force(""), false)
+        } else {
+            self.teams.intern(team)
+        };
         st.overflows[0] += u64::from(of_m);
         st.overflows[1] += u64::from(of_k);
         st.overflows[2] += u64::from(of_s);
-        let mut folded = of_m || of_k || of_s;
-        if !self.series_index.contains_key(&[m, k, s]) && self.series.len() >= self.max_series {
+        st.team_overflows += u64::from(of_t);
+        let mut folded = of_m || of_k || of_s || of_t;
+        if !self.series_index.contains_key(&[m, k, s, t]) && self.series.len() >= self.max_series {
             // Fold the whole series; the folded series itself may exceed the limit by one.
             st.overflows[3] += 1;
             m = self.models.force(OVERFLOW);
             k = self.keys.force(OVERFLOW);
             s = self.services.force(OVERFLOW);
+            if !team.is_empty() {
+                t = self.teams.force(OVERFLOW);
+            }
             folded = true;
         }
-        let idx = self.series_slot([m, k, s]);
+        let idx = self.series_slot([m, k, s, t]);
         if !folded {
-            let (models, keys, services) = (&self.models, &self.keys, &self.services);
+            let (models, keys, services, teams) =
+                (&self.models, &self.keys, &self.services, &self.teams);
             self.by_text
-                .insert_unique(hash, (idx as u32, [m, k, s]), |&(_, [m, k, s])| {
-                    text_hash(models.get(m), keys.get(k), services.get(s))
+                .insert_unique(hash, (idx as u32, [m, k, s, t]), |&(_, [m, k, s, t])| {
+                    text_hash(models.get(m), keys.get(k), services.get(s), teams.get(t))
                 });
         }
         idx
     }
 
-    fn series_slot(&mut self, ids: [u32; 3]) -> usize {
+    fn series_slot(&mut self, ids: [u32; 4]) -> usize {
         if let Some(&i) = self.series_index.get(&ids) {
             return i as usize;
         }
@@ -403,9 +522,9 @@ impl Store {
     }
 }
 
-/// Hash of a label triple's text; the 0xff separators cannot occur in UTF-8.
+/// Hash of a series' labels' text; the 0xff separators cannot occur in UTF-8.
 #[inline]
-fn text_hash(model: &str, key: &str, service: &str) -> u64 {
+fn text_hash(model: &str, key: &str, service: &str, team: &str) -> u64 {
     use std::hash::Hasher;
     let mut h = FxHasher::default();
     h.write(model.as_bytes());
@@ -413,8 +532,15 @@ fn text_hash(model: &str, key: &str, service: &str) -> u64 {
     h.write(key.as_bytes());
     h.write_u8(0xff);
     h.write(service.as_bytes());
+    h.write_u8(0xff);
+    h.write(team.as_bytes());
     h.finish()
 }
+
+/// The most api_key_id texts whose team is cached (then the cache starts over): bounds its
+/// memory when keys are unbounded (the keys past `limits.max_values.api_key_id` fold, but
+/// their text is still looked up).
+const TEAM_CACHE_MAX: usize = 100_000;
 
 /// The field name of each bit of [`Record::invalid`], for `tokenmeter_invalid_fields_total`.
 pub fn invalid_field_names(extra_names: &[String]) -> Vec<String> {

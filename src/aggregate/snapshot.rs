@@ -10,13 +10,19 @@ use crate::parse::StatusClass;
 
 use super::{Histogram, SelfStats, Store};
 
-/// The unpriced and unmetered requests of one (model, service_id).
+/// The unpriced and unmetered requests of one (model, service_id, team).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairSnapshot {
     pub model: String,
     pub service_id: String,
+    /// docs/owners.md: empty without owners (and in states written before them).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub team: String,
     #[serde(default)]
     pub unpriced: u64,
+    /// The tokens of the unpriced requests (0 in states written before it was counted).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub unpriced_tokens: u64,
     #[serde(default)]
     pub unmetered: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -25,12 +31,16 @@ pub struct PairSnapshot {
     pub unmetered_start_ns: i64,
 }
 
-/// One token series in a snapshot: every counter of one (model, api_key_id, service_id).
+/// One token series in a snapshot: every counter of one (model, api_key_id, service_id, team).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeriesSnapshot {
     pub model: String,
     pub api_key_id: String,
     pub service_id: String,
+    /// docs/owners.md: the team the series' records were attributed to; empty without owners
+    /// (and in states written before them).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub team: String,
     /// Indexed like [`StatusClass::ALL`].
     pub requests: [u64; 5],
     pub input_tokens: u64,
@@ -50,6 +60,10 @@ pub struct SeriesSnapshot {
 }
 
 fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -85,6 +99,15 @@ pub struct Snapshot {
     /// The currency of `cost_units` when pricing is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
+    /// docs/owners.md: the team label's name while owners are configured (exports add the
+    /// label then, and only then). Not saved: the config of the agent that reads a state
+    /// decides.
+    #[serde(skip)]
+    pub team_label: Option<String>,
+    /// The owners file's `[[budgets]]` in force (docs/owners.md), for the budget gauges; not
+    /// saved (the file is read again on start).
+    #[serde(skip)]
+    pub owner_budgets: Vec<crate::pricing::Budget>,
 }
 
 impl Store {
@@ -102,11 +125,21 @@ impl Store {
             .iter()
             .map(|n| extra_names.iter().position(|m| m == n))
             .collect();
+        // Without owners, teams are dropped: their series continue as one, without the label.
+        let with_teams = self.team_label.is_some();
+        fn team(with_teams: bool, t: &str) -> &str {
+            if with_teams {
+                t
+            } else {
+                ""
+            }
+        }
         for x in &snap.series {
             let ids = [
                 self.models.force(&x.model),
                 self.keys.force(&x.api_key_id),
                 self.services.force(&x.service_id),
+                self.teams.force(team(with_teams, &x.team)),
             ];
             let idx = self.series_slot(ids);
             let c = &mut self.series[idx].1;
@@ -170,6 +203,7 @@ impl Store {
             *a += b;
         }
         self.stats.total_mismatches += st.total_mismatches;
+        self.stats.team_overflows += st.team_overflows;
         for (a, b) in self.stats.overflows.iter_mut().zip(st.overflows) {
             *a += b;
         }
@@ -180,10 +214,12 @@ impl Store {
             let ids = [
                 self.models.force(&p.model),
                 self.services.force(&p.service_id),
+                self.teams.force(team(with_teams, &p.team)),
             ];
             let i = self.pair_slot(ids);
             let dst = &mut self.spend.pairs[i];
             dst.unpriced += p.unpriced;
+            dst.unpriced_tokens = dst.unpriced_tokens.wrapping_add(p.unpriced_tokens);
             dst.unmetered += p.unmetered;
             if p.unpriced_start_ns != 0 {
                 dst.unpriced_start_ns = p.unpriced_start_ns;
@@ -194,27 +230,34 @@ impl Store {
         }
     }
 
-    /// An owned copy, series sorted by (model, api_key_id, service_id).
+    /// An owned copy, series sorted by (model, api_key_id, service_id, team).
     pub fn snapshot(&self, extra_names: &[String]) -> Snapshot {
         // Sort by each label's rank among its values: integer compares, not string compares.
-        let (rm, rk, rs) = (
+        let (rm, rk, rs, rt) = (
             self.models.ranks(),
             self.keys.ranks(),
             self.services.ranks(),
+            self.teams.ranks(),
         );
         let mut order: Vec<usize> = (0..self.series.len()).collect();
         order.sort_unstable_by_key(|&i| {
-            let [m, k, s] = self.series[i].0;
-            (rm[m as usize], rk[k as usize], rs[s as usize])
+            let [m, k, s, t] = self.series[i].0;
+            (
+                rm[m as usize],
+                rk[k as usize],
+                rs[s as usize],
+                rt[t as usize],
+            )
         });
         let series: Vec<SeriesSnapshot> = order
             .into_iter()
             .map(|i| {
-                let ([m, k, s], c) = &self.series[i];
+                let ([m, k, s, t], c) = &self.series[i];
                 SeriesSnapshot {
                     model: self.models.get(*m).to_string(),
                     api_key_id: self.keys.get(*k).to_string(),
                     service_id: self.services.get(*s).to_string(),
+                    team: self.teams.get(*t).to_string(),
                     requests: c.requests,
                     input_tokens: c.input,
                     output_tokens: c.output,
@@ -251,26 +294,34 @@ impl Store {
             .iter()
             .filter(|p| p.unpriced > 0 || p.unmetered > 0)
             .map(|p| {
-                let [m, s] = p.ids;
+                let [m, s, t] = p.ids;
                 let snap = PairSnapshot {
                     model: self.models.get(m).to_string(),
                     service_id: self.services.get(s).to_string(),
+                    team: self.teams.get(t).to_string(),
                     unpriced: p.unpriced,
+                    unpriced_tokens: p.unpriced_tokens,
                     unmetered: p.unmetered,
                     unpriced_start_ns: p.unpriced_start_ns,
                     unmetered_start_ns: p.unmetered_start_ns,
                 };
-                (rm[m as usize], rs[s as usize], snap)
+                (rm[m as usize], rs[s as usize], rt[t as usize], snap)
             })
             .collect();
-        pairs.sort_unstable_by_key(|p| (p.0, p.1));
+        pairs.sort_unstable_by_key(|p| (p.0, p.1, p.2));
         Snapshot {
             extra_names: extra_names.to_vec(),
             series,
             durations,
             stats: self.stats.clone(),
-            pairs: pairs.into_iter().map(|p| p.2).collect(),
+            pairs: pairs.into_iter().map(|p| p.3).collect(),
             currency: self.spend.currency.clone(),
+            team_label: self.team_label.clone(),
+            owner_budgets: self
+                .owners
+                .as_ref()
+                .map(|o| o.budgets().to_vec())
+                .unwrap_or_default(),
         }
     }
 }

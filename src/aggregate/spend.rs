@@ -1,6 +1,7 @@
 //! Spend (docs/spend.md) in the store: the price in force for each record (cached per series and
 //! per (model, service_id) until the next `from`), its cost charged per record or per run of
-//! records of one linear entry, and the unpriced and unmetered counts.
+//! records of one linear entry, and the unpriced (requests and tokens) and unmetered counts,
+//! per (model, service_id, team).
 //!
 //! Owns: [`Spend`], the ledger of those, and the [`Store`] methods that keep it. Must not: read
 //! prices (the [`PriceTable`] says what a record costs) or change the token counters.
@@ -33,8 +34,8 @@ pub(super) struct Spend {
     /// The same per (model, service_id) label ids, for a series' first records (most series
     /// share their model and service with many others).
     pair_selections: HashMap<[u32; 2], Selection, FxBuildHasher>,
-    /// Per (model, service_id) label ids: unpriced and unmetered requests.
-    pair_index: HashMap<[u32; 2], u32, FxBuildHasher>,
+    /// Per (model, service_id, team) label ids: unpriced and unmetered requests.
+    pair_index: HashMap<[u32; 3], u32, FxBuildHasher>,
     pub(super) pairs: Vec<Pair>,
     /// Cost restored from a state saved in this currency (see [`Store::restore`]).
     pub(super) currency: Option<String>,
@@ -90,9 +91,10 @@ struct Run {
 /// A record just counted, as [`Store::price`] needs it.
 #[derive(Clone, Copy)]
 pub(super) struct Counted<'a, 'r> {
-    /// The series it went to, and its (model, service_id) label ids.
+    /// The series it went to, and its (model, service_id) and team label ids.
     pub(super) idx: usize,
     pub(super) ids: [u32; 2],
+    pub(super) team: u32,
     pub(super) r: &'a Record<'r>,
     /// The series' labels are the record's own text (found on the fast path), so its cached
     /// selection applies.
@@ -101,11 +103,13 @@ pub(super) struct Counted<'a, 'r> {
     pub(super) wrapped: bool,
 }
 
-/// The unpriced and unmetered counters of one (model, service_id).
+/// The unpriced and unmetered counters of one (model, service_id, team).
 #[derive(Clone, Debug, Default)]
 pub(super) struct Pair {
-    pub(super) ids: [u32; 2],
+    pub(super) ids: [u32; 3],
     pub(super) unpriced: u64,
+    /// The tokens (the total of docs/guarantees.md "What counts") of the unpriced requests.
+    pub(super) unpriced_tokens: u64,
     pub(super) unmetered: u64,
     /// When each counter first went above 0: the start of its series (see
     /// docs/metrics.md "Series start times and first increments").
@@ -170,10 +174,12 @@ impl Store {
         let Counted {
             idx,
             ids,
+            team,
             r,
             own_text,
             wrapped,
         } = at;
+        let unpriced = [ids[0], ids[1], team];
         // The series' own cached selection, when it holds at every time, needs nothing else:
         // the common case, kept free of writes and of the event time.
         let entry = match self.spend.always.get(idx) {
@@ -204,7 +210,7 @@ impl Store {
                     self.start_run(idx, entry, r);
                 }
                 if linear.may_be_incomplete() && linear.incomplete(&counts()) {
-                    self.count_unpriced(ids);
+                    self.count_unpriced(unpriced, r.total_tokens);
                 }
                 return;
             }
@@ -214,7 +220,7 @@ impl Store {
         }
         let Some(entry) = entry else {
             if core.iter().chain(extra).any(|&c| c > 0) {
-                self.count_unpriced(ids);
+                self.count_unpriced(unpriced, r.total_tokens);
             }
             return;
         };
@@ -222,7 +228,7 @@ impl Store {
         self.spend.cost[idx] = self.spend.cost[idx].saturating_add(charge.units);
         self.spend.last_cost = charge.units;
         if charge.incomplete {
-            self.count_unpriced(ids);
+            self.count_unpriced(unpriced, r.total_tokens);
         }
         if charge.child_exceeds != 0 {
             for (i, n) in self.stats.child_exceeds.iter_mut().enumerate() {
@@ -395,16 +401,20 @@ impl Store {
         };
     }
 
-    fn count_unpriced(&mut self, ids: [u32; 2]) {
-        self.count_pair(ids, |p| (&mut p.unpriced, &mut p.unpriced_start_ns));
+    /// Counts an unpriced request and its `tokens` (its unpriced-tokens series starts with it).
+    fn count_unpriced(&mut self, ids: [u32; 3], tokens: u64) {
+        let pair = self.count_pair(ids, |p| (&mut p.unpriced, &mut p.unpriced_start_ns));
+        let p = &mut self.spend.pairs[pair];
+        p.unpriced_tokens = p.unpriced_tokens.wrapping_add(tokens);
     }
 
-    pub(super) fn count_unmetered(&mut self, ids: [u32; 2]) {
+    pub(super) fn count_unmetered(&mut self, ids: [u32; 3]) {
         self.count_pair(ids, |p| (&mut p.unmetered, &mut p.unmetered_start_ns));
     }
 
-    /// Adds 1 to one counter of a (model, service_id); its series starts when it first counts.
-    fn count_pair(&mut self, ids: [u32; 2], which: fn(&mut Pair) -> (&mut u64, &mut i64)) {
+    /// Adds 1 to one counter of a (model, service_id, team); its series starts when it first
+    /// counts. Returns the pair's index.
+    fn count_pair(&mut self, ids: [u32; 3], which: fn(&mut Pair) -> (&mut u64, &mut i64)) -> usize {
         let clock = self.clock_ns;
         let pair = self.pair_slot(ids);
         let (n, start_ns) = which(&mut self.spend.pairs[pair]);
@@ -412,9 +422,10 @@ impl Store {
             *start_ns = clock;
         }
         *n += 1;
+        pair
     }
 
-    pub(super) fn pair_slot(&mut self, ids: [u32; 2]) -> usize {
+    pub(super) fn pair_slot(&mut self, ids: [u32; 3]) -> usize {
         if let Some(&i) = self.spend.pair_index.get(&ids) {
             return i as usize;
         }

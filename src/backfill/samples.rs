@@ -29,16 +29,32 @@ pub struct SeriesLabels {
     pub model: String,
     pub api_key_id: String,
     pub service_id: String,
+    /// docs/owners.md: the team label's name and value, only with owners.
+    pub team: Option<(String, String)>,
 }
 
 impl SeriesLabels {
+    /// The value of label `i` of [`SeriesLabels::pairs`] (model, api_key_id, service_id, the
+    /// team), without building them; "" past the end.
+    pub fn value(&self, i: usize) -> &str {
+        match i {
+            0 => &self.model,
+            1 => &self.api_key_id,
+            2 => &self.service_id,
+            3 => self.team.as_ref().map_or("", |(_, v)| v.as_str()),
+            _ => "",
+        }
+    }
+
     /// The label pairs, in the schema's order.
-    pub fn pairs(&self) -> [(&'static str, &str); 3] {
-        [
-            ("model", &self.model),
-            ("api_key_id", &self.api_key_id),
-            ("service_id", &self.service_id),
-        ]
+    pub fn pairs(&self) -> Vec<(&str, &str)> {
+        let mut l = vec![
+            ("model", self.model.as_str()),
+            ("api_key_id", self.api_key_id.as_str()),
+            ("service_id", self.service_id.as_str()),
+        ];
+        l.extend(self.team.as_ref().map(|(k, v)| (k.as_str(), v.as_str())));
+        l
     }
 }
 
@@ -206,6 +222,7 @@ pub(super) fn one_series(points: usize) -> SeriesSamples {
             model: "m".into(),
             api_key_id: "k".into(),
             service_id: "s".into(),
+            team: None,
         }),
         start_ns: 1_700_000_000_000_000_000,
         before: None,

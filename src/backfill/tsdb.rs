@@ -115,7 +115,20 @@ impl TsdbSink {
 
     /// Writes the block held back, if any.
     fn flush(&mut self) -> anyhow::Result<()> {
-        if let Some(block) = self.pending.take() {
+        if let Some(mut block) = self.pending.take() {
+            // A window not over yet (records of the last minutes, `--to live`) ends just after
+            // its last sample: Mimir refuses a block that ends in the future. (A sample at the
+            // end of a step that is not over is itself in the future: such a block is
+            // accepted once that time has passed.)
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            if let Some((_, last)) = block.sample_range() {
+                let end = last.saturating_add(1);
+                if block.max_time() > now_ms && end < block.max_time() {
+                    block.shrink_max_time(end).map_err(|e| self.err(e))?;
+                }
+            }
             if self.writer.write(block).map_err(|e| self.err(e))?.is_some() {
                 self.blocks += 1;
             }
@@ -125,20 +138,6 @@ impl TsdbSink {
 
     /// Writes the last block and makes every block durable.
     pub fn finish(&mut self) -> anyhow::Result<()> {
-        // The last window may not be over (`--to live`): it ends just after its last sample,
-        // as Mimir refuses a block that ends in the future.
-        if let Some(p) = self.pending.as_mut() {
-            if let Some((_, last)) = p.sample_range() {
-                if last.saturating_add(1) < p.max_time() {
-                    p.shrink_max_time(last + 1).map_err(|e| {
-                        anyhow::anyhow!(
-                            "writing TSDB blocks in {}: {e}",
-                            self.writer.dir().display()
-                        )
-                    })?;
-                }
-            }
-        }
         self.flush()?;
         self.writer
             .sync()
@@ -180,6 +179,12 @@ fn add_window<'s>(
         ("job", Source::Fixed("tokenmeter")),
         ("instance", Source::Fixed(with.instance)),
     ];
+    // docs/owners.md: the team label, which every series has when owners are configured.
+    if let Some((name, _)) = series.first().and_then(|s| s.labels.team.as_ref()) {
+        if series.iter().all(|s| s.labels.team.is_some()) {
+            common.push((name.as_str(), Source::Series(3)));
+        }
+    }
     common.extend(
         with.static_labels
             .iter()
@@ -188,7 +193,7 @@ fn add_window<'s>(
     common.sort_by_key(|&(name, _)| name);
     let value = |s: &'s SeriesSamples, source: Source<'s>| -> &'s str {
         match source {
-            Source::Series(i) => s.labels.pairs()[i].1,
+            Source::Series(i) => s.labels.value(i),
             Source::Fixed(v) => v,
         }
     };

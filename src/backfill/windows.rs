@@ -239,10 +239,15 @@ impl StepStream {
         }
         if self.tracks[series].is_none() {
             let (m, k, s) = store.series_labels(series).unwrap_or(("", "", ""));
+            let team = store.series_team(series).filter(|t| !t.is_empty());
             let labels = Arc::new(SeriesLabels {
                 model: m.to_string(),
                 api_key_id: k.to_string(),
                 service_id: s.to_string(),
+                team: store
+                    .team_label()
+                    .zip(team)
+                    .map(|(name, t)| (name.to_string(), t.to_string())),
             });
             self.add_order_key(&labels, idx);
             self.tracks[series] = Some(Track {
@@ -487,6 +492,7 @@ mod tests {
             model: model.to_string(),
             api_key_id: key.to_string(),
             service_id: "s".to_string(),
+            team: None,
         })
     }
 

@@ -29,6 +29,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// The most any other duration key may be: far from overflowing the clock arithmetic.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
+/// Labels of single families besides [`RESERVED_LABELS`]: the team label may not be one.
+const OWN_LABELS: &[&str] = &["currency", "window", "label", "result", "format"];
+
 /// Label names the program sets itself; static labels may not reuse them.
 const RESERVED_LABELS: &[&str] = &[
     "model",
@@ -59,6 +62,31 @@ pub struct Config {
     pub pricing: crate::pricing::Pricing,
     /// docs/spend.md: token and cost budgets per API key, exported as gauges.
     pub budgets: Vec<crate::pricing::Budget>,
+    /// docs/owners.md: the team of each API key (off while `owners.file` is empty).
+    pub owners: Owners,
+}
+
+/// `[owners]` (docs/owners.md): a live-reloaded file maps api_key_id globs to teams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Owners {
+    /// A TOML file of `[[owners]]` (and `[[budgets]]`) entries, checked every
+    /// `source.glob_interval`; empty: no team label anywhere.
+    pub file: String,
+    /// The label name of the team on every `llm_*` series that carries `api_key_id`.
+    pub label: String,
+    /// The team of keys no entry matches.
+    pub default: String,
+}
+
+impl Default for Owners {
+    fn default() -> Self {
+        Self {
+            file: String::new(),
+            label: "team".into(),
+            default: "unassigned".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -77,6 +105,7 @@ impl Default for Config {
             loki: Loki::default(),
             pricing: crate::pricing::Pricing::default(),
             budgets: Vec::new(),
+            owners: Owners::default(),
         }
     }
 }
@@ -164,6 +193,8 @@ pub struct MaxValues {
     pub model: usize,
     pub api_key_id: usize,
     pub service_id: usize,
+    /// Distinct teams (docs/owners.md); only with `owners.file`.
+    pub team: usize,
 }
 
 impl Default for MaxValues {
@@ -172,6 +203,7 @@ impl Default for MaxValues {
             model: 1000,
             api_key_id: 10_000,
             service_id: 1000,
+            team: 1000,
         }
     }
 }
@@ -374,6 +406,8 @@ impl Config {
         config.check_files().map_err(name)?;
         // A separate price file is read (and checked) now: its errors name that file.
         config.price_table()?;
+        // The owners file too (docs/owners.md); a running agent reloads it.
+        config.owner_table()?;
         Ok(config)
     }
 
@@ -565,6 +599,7 @@ impl Config {
             }
         }
         crate::pricing::validate_budgets(&self.budgets).map_err(|e| err(&e.key, e.message))?;
+        self.validate_owners()?;
         if self.pricing.file.is_empty() {
             // Inline prices are checked with the rest; a price file when it is read.
             self.price_table_with_warnings()?;
@@ -575,6 +610,7 @@ impl Config {
             ("limits.max_values.model", lim.max_values.model),
             ("limits.max_values.api_key_id", lim.max_values.api_key_id),
             ("limits.max_values.service_id", lim.max_values.service_id),
+            ("limits.max_values.team", lim.max_values.team),
         ] {
             if v == 0 {
                 return Err(err(key, "must be greater than 0".into()));
@@ -659,6 +695,16 @@ impl Config {
                     return Err(err(
                         &key,
                         "not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)".into(),
+                    ));
+                }
+                if value.trim().is_empty() {
+                    // An empty tenant header (`${MIMIR_TENANT}` set to "") would send the
+                    // data to another tenant, or be refused; either way not what was meant.
+                    return Err(err(
+                        &key,
+                        "the value is empty (an unset or empty ${VAR}?): give it a value or \
+                         remove the header"
+                            .into(),
                     ));
                 }
                 if reqwest::header::HeaderValue::from_str(value).is_err() {
@@ -817,6 +863,69 @@ impl Config {
     /// [`Config::price_table_with_warnings`] without the warnings.
     pub fn price_table(&self) -> Result<Option<Arc<PriceTable>>, ConfigError> {
         self.price_table_with_warnings().map(|(t, _)| t)
+    }
+
+    /// `[owners]`: the label a valid name that no other label uses, a default team, and team
+    /// budgets only with an owners file. The file itself is read when the agent starts (and
+    /// by `check-config`), like `pricing.file`.
+    fn validate_owners(&self) -> Result<(), ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: None,
+            key: Some(key.to_string()),
+            message,
+        };
+        let o = &self.owners;
+        // A static label of the same name only clashes once the team label is there.
+        let taken = RESERVED_LABELS.contains(&o.label.as_str())
+            || OWN_LABELS.contains(&o.label.as_str())
+            || (!o.file.is_empty() && self.metrics.labels.contains_key(&o.label));
+        if !is_label_name(&o.label) || o.label.starts_with("__") || taken {
+            return Err(err(
+                "owners.label",
+                format!(
+                    "{:?} is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*), or one another label uses",
+                    o.label
+                ),
+            ));
+        }
+        if o.default.is_empty() {
+            return Err(err(
+                "owners.default",
+                "is empty: it is the team of keys no entry matches, e.g. \"unassigned\"".into(),
+            ));
+        }
+        if o.file.is_empty() {
+            if let Some(i) = self.budgets.iter().position(|b| !b.team.is_empty()) {
+                return Err(err(
+                    &format!("budgets[{i}].team"),
+                    "a team budget needs owners.file (docs/owners.md)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The owners table of `owners.file` (read now; `None` while the key is empty). Errors
+    /// name the file, and keys relative to it (`owners[2].from`).
+    pub fn owner_table(&self) -> Result<Option<Arc<crate::owners::OwnerTable>>, ConfigError> {
+        if self.owners.file.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(&self.owners.file);
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+            file: None,
+            key: Some("owners.file".into()),
+            message: format!("{}: cannot read: {e}", path.display()),
+        })?;
+        let in_file = |e: crate::pricing::PricingError| ConfigError {
+            file: Some(path.clone()),
+            key: (!e.key.is_empty()).then_some(e.key),
+            message: e.message,
+        };
+        let file = crate::owners::parse_owners_file(&text).map_err(in_file)?;
+        let table =
+            crate::owners::OwnerTable::compile(&file, &self.owners.default).map_err(in_file)?;
+        Ok(Some(Arc::new(table)))
     }
 
     /// The config as TOML, as `check-config` prints it (after [`Config::masked`]).

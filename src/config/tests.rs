@@ -113,6 +113,18 @@ fn endpoints_the_http_client_would_refuse_are_config_errors_that_hide_credential
 }
 
 #[test]
+fn an_empty_header_value_is_refused_so_no_push_goes_to_an_empty_tenant() {
+    let env = |k: &str| (k == "MIMIR_TENANT").then(String::new);
+    let e = Config::from_toml(
+        "[otlp]\nendpoint = \"http://m/otlp\"\nheaders = { \"X-Scope-OrgID\" = \"${MIMIR_TENANT}\" }\n",
+        &env,
+    )
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("otlp.headers.X-Scope-OrgID"), "{e}");
+    assert!(e.to_string().contains("empty"), "{e}");
+}
+
+#[test]
 fn header_names_and_values_must_be_valid_http_and_values_are_not_shown() {
     let env = |k: &str| (k == "TOKEN").then(|| "tok-s3cret\n".to_string());
     for (text, key) in [
@@ -310,4 +322,63 @@ fn extra_tokens_and_round_trip() {
     let e =
         Config::from_toml("[fields.extra_tokens]\n\"bad name\" = \"x\"\n", &no_env).unwrap_err();
     assert_eq!(e.key.as_deref(), Some("fields.extra_tokens.bad name"));
+}
+
+#[test]
+fn owners_keys_are_checked_and_the_owners_file_read_with_errors_naming_it() {
+    let c = Config::from_toml("", &no_env).unwrap();
+    assert_eq!(
+        (c.owners.file.as_str(), c.owners.label.as_str()),
+        ("", "team")
+    );
+    assert_eq!(c.owners.default, "unassigned");
+    assert_eq!(c.limits.max_values.team, 1000);
+    assert!(c.owner_table().unwrap().is_none());
+    for (text, key) in [
+        ("[owners]\nlabel = \"api_key_id\"\n", "owners.label"),
+        ("[owners]\nlabel = \"currency\"\n", "owners.label"),
+        ("[owners]\nlabel = \"2team\"\n", "owners.label"),
+        ("[owners]\ndefault = \"\"\n", "owners.default"),
+        ("[limits.max_values]\nteam = 0\n", "limits.max_values.team"),
+        (
+            "[[budgets]]\nteam = \"t\"\nwindow = \"month\"\ntokens = 1\n",
+            "budgets[0].team",
+        ),
+        (
+            "[metrics.labels]\nteam = \"x\"\n[owners]\nfile = \"o.toml\"\n",
+            "owners.label",
+        ),
+    ] {
+        let e = Config::from_toml(text, &no_env).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+    }
+    // A static label named like the team label is fine while owners are off.
+    Config::from_toml("[metrics.labels]\nteam = \"x\"\n", &no_env).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("owners.toml");
+    let with_file = |default: &str| {
+        Config::from_toml(
+            &format!(
+                "[owners]\nfile = \"{}\"\ndefault = \"{default}\"\n",
+                file.display()
+            ),
+            &no_env,
+        )
+        .unwrap()
+    };
+    let e = with_file("nobody").owner_table().unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("owners.file"), "{e}");
+    std::fs::write(
+        &file,
+        "[[owners]]\napi_key_id = \"k\"\nteam = \"t\"\nfrom = \"soon\"\n",
+    )
+    .unwrap();
+    let e = with_file("nobody").owner_table().unwrap_err();
+    assert_eq!(e.file.as_deref(), Some(file.as_path()), "{e}");
+    assert_eq!(e.key.as_deref(), Some("owners[0].from"), "{e}");
+    std::fs::write(&file, "[[owners]]\napi_key_id = \"k*\"\nteam = \"t\"\n").unwrap();
+    let table = with_file("nobody").owner_table().unwrap().unwrap();
+    assert_eq!(table.select("k1", 0).0, "t");
+    assert_eq!(table.select("x", 0).0, "nobody");
 }

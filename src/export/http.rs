@@ -273,6 +273,15 @@ mod tests {
         (format!("http://{addr}/push"), seen)
     }
 
+    /// The error of a push through `t` that must fail.
+    async fn failed_push(t: &HttpTarget) -> String {
+        t.post("text/plain", vec![])
+            .send()
+            .await
+            .unwrap_err()
+            .to_string()
+    }
+
     fn target(url: &str, token_file: &str, basic: &BasicAuth) -> HttpTarget {
         let _ = rustls::crypto::ring::default_provider().install_default();
         HttpTarget::new(
@@ -333,18 +342,12 @@ mod tests {
         let t = target(&url, token.to_str().unwrap(), &BasicAuth::default());
         t.post("text/plain", vec![]).send().await.unwrap();
         std::fs::remove_file(&token).unwrap();
-        let e = t.post("text/plain", vec![]).send().await.unwrap_err();
-        let text = e.to_string();
+        let text = failed_push(&t).await;
         assert!(text.contains("otlp.bearer_token_file"), "{text}");
         assert!(text.contains(token.to_str().unwrap()), "{text}");
         // A token that cannot be a header value: refused, not shown.
         std::fs::write(&token, "tok-s3cret\u{7f}x").unwrap();
-        let text = t
-            .post("text/plain", vec![])
-            .send()
-            .await
-            .unwrap_err()
-            .to_string();
+        let text = failed_push(&t).await;
         assert!(
             text.contains("otlp.bearer_token_file") && !text.contains("s3cret"),
             "{text}"
@@ -361,12 +364,7 @@ mod tests {
             username: "agent".into(),
             password_file: dir.path().to_str().unwrap().into(),
         };
-        let text = target(&url, "", &basic)
-            .post("text/plain", vec![])
-            .send()
-            .await
-            .unwrap_err()
-            .to_string();
+        let text = failed_push(&target(&url, "", &basic)).await;
         assert!(text.contains("otlp.basic_auth.password_file"), "{text}");
     }
 
@@ -380,12 +378,7 @@ mod tests {
             .port();
         let url = format!("http://agent:pa55w0rd@127.0.0.1:{port}/push?token=q5ecret");
         let t = target(&url, "", &BasicAuth::default());
-        let text = t
-            .post("text/plain", vec![])
-            .send()
-            .await
-            .unwrap_err()
-            .to_string();
+        let text = failed_push(&t).await;
         assert!(text.to_lowercase().contains("connection refused"), "{text}");
         for secret in ["agent", "pa55w0rd", "q5ecret"] {
             assert!(!text.contains(secret), "{text}");

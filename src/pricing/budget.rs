@@ -8,10 +8,11 @@ use std::collections::HashMap;
 
 use super::config::Budget;
 use super::units::{amount_units, format_units};
-use super::{PricingError, PricingWarning, BUDGET_WINDOWS};
+use super::{PricingError, PricingWarning, BUDGET_WINDOWS, MONTH_WINDOW};
 use crate::parse::MAX_LABEL_BYTES;
 
-/// The length of a budget window in seconds; `None` for anything but `1d`, `7d`, `30d`.
+/// The length of a rolling budget window in seconds; `None` for anything but `1d`, `7d`,
+/// `30d` (a calendar month, [`MONTH_WINDOW`], has no fixed length).
 pub fn budget_window_secs(window: &str) -> Option<u64> {
     BUDGET_WINDOWS
         .iter()
@@ -26,31 +27,38 @@ pub fn budget_cost_units(budget: &Budget) -> Option<u128> {
     amount_units(cost.as_str(), 12, None).ok().map(|a| a.units)
 }
 
-/// Checks `[[budgets]]` (keys `budgets[i]...`, messages naming the api_key_id): an empty
-/// api_key_id, a window other than 1d/7d/30d, neither tokens nor cost, a negative or
-/// unreadable cost, a duplicate (api_key_id, window). Warns about a cost rounding changed and
-/// a key too long to ever match.
+/// Checks `[[budgets]]` (keys `budgets[i]...`, messages naming the api_key_id or team): neither
+/// or both of api_key_id and team, a window other than 1d/7d/30d/month, neither tokens nor
+/// cost, a negative or unreadable cost, a duplicate (api_key_id or team, window). Warns about a
+/// cost rounding changed and a key or team too long to ever match.
 pub fn validate_budgets(budgets: &[Budget]) -> Result<Vec<PricingWarning>, PricingError> {
     let mut warnings = Vec::new();
-    let mut first_with: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut first_with: HashMap<(&str, &str, &str), usize> = HashMap::new();
     for (i, budget) in budgets.iter().enumerate() {
         let key = format!("budgets[{i}]");
-        let who = format!("(api_key_id {:?})", budget.api_key_id);
+        let (whose, name) = budget_owner(budget);
+        let who = format!("({whose} {name:?})");
         let error = |key: String, message: String| PricingError {
             key,
             message: format!("{who}: {message}"),
         };
-        if budget.api_key_id.is_empty() {
+        if budget.api_key_id.is_empty() && budget.team.is_empty() {
             return Err(error(
                 format!("{key}.api_key_id"),
-                "is empty: write an exact api_key_id, or \"*\" for the default".into(),
+                "is empty: write an exact api_key_id (or a team), or \"*\" for the default".into(),
             ));
         }
-        if budget_window_secs(&budget.window).is_none() {
+        if !budget.api_key_id.is_empty() && !budget.team.is_empty() {
+            return Err(error(
+                key,
+                "names both api_key_id and team: a budget is a key's or a team's".into(),
+            ));
+        }
+        if budget_window_secs(&budget.window).is_none() && budget.window != MONTH_WINDOW {
             return Err(error(
                 format!("{key}.window"),
                 format!(
-                    "window {:?} is not one of \"1d\", \"7d\", \"30d\"",
+                    "window {:?} is not one of \"1d\", \"7d\", \"30d\", \"month\"",
                     budget.window
                 ),
             ));
@@ -75,24 +83,37 @@ pub fn validate_budgets(budgets: &[Budget]) -> Result<Vec<PricingWarning>, Prici
                 });
             }
         }
-        if budget.api_key_id.len() > MAX_LABEL_BYTES {
+        if name.len() > MAX_LABEL_BYTES {
             warnings.push(PricingWarning {
-                key: format!("{key}.api_key_id"),
+                key: format!("{key}.{whose}"),
                 message: format!(
                     "{who}: longer than {MAX_LABEL_BYTES} bytes; label values are cut to that, so it never matches"
                 ),
             });
         }
-        let identity = (budget.api_key_id.as_str(), budget.window.as_str());
+        let identity = (
+            budget.api_key_id.as_str(),
+            budget.team.as_str(),
+            budget.window.as_str(),
+        );
         if let Some(&earlier) = first_with.get(&identity) {
             return Err(error(
                 key,
-                format!("same api_key_id and window as budgets[{earlier}]"),
+                format!("same {whose} and window as budgets[{earlier}]"),
             ));
         }
         first_with.insert(identity, i);
     }
     Ok(warnings)
+}
+
+/// Whose budget it is: `("api_key_id", key)` for a key's, else `("team", name)`.
+pub fn budget_owner(budget: &Budget) -> (&'static str, &str) {
+    if budget.team.is_empty() || !budget.api_key_id.is_empty() {
+        ("api_key_id", budget.api_key_id.as_str())
+    } else {
+        ("team", budget.team.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +161,39 @@ mod tests {
     }
 
     #[test]
+    fn team_budgets_take_a_calendar_month_and_are_told_apart_from_key_budgets() {
+        let list = budgets(
+            r#"
+            [[budgets]]
+            team = "search"
+            window = "month"
+            cost = 1000
+            [[budgets]]
+            api_key_id = "search"
+            window = "month"
+            tokens = 5
+            [[budgets]]
+            team = "*"
+            window = "month"
+            tokens = 7
+            "#,
+        );
+        assert_eq!(validate_budgets(&list), Ok(Vec::new()));
+        assert_eq!(budget_owner(&list[0]), ("team", "search"));
+        assert_eq!(budget_owner(&list[1]), ("api_key_id", "search"));
+        assert_eq!(budget_window_secs(MONTH_WINDOW), None);
+        let dup = budgets(
+            "[[budgets]]\nteam = \"t\"\nwindow = \"month\"\ntokens = 1\n[[budgets]]\nteam = \"t\"\nwindow = \"month\"\ncost = 2\n",
+        );
+        let e = validate_budgets(&dup).expect_err("duplicate team budget");
+        assert_eq!(e.key, "budgets[1]");
+        assert_eq!(
+            e.message,
+            "(team \"t\"): same team and window as budgets[0]"
+        );
+    }
+
+    #[test]
     fn every_budget_error_names_the_budget_and_key() {
         let ok = "[[budgets]]\napi_key_id = \"k\"\nwindow = \"1d\"\ntokens = 1\n";
         let cases: &[(&str, &str, &str)] = &[
@@ -168,6 +222,16 @@ mod tests {
                 "budgets[1].api_key_id",
                 "empty",
             ),
+            (
+                "api_key_id = \"k\"\nteam = \"t\"\nwindow = \"7d\"\ntokens = 1",
+                "budgets[1]",
+                "names both api_key_id and team",
+            ),
+            (
+                "api_key_id = \"k\"\nwindow = \"year\"\ntokens = 1",
+                "budgets[1].window",
+                "\"month\"",
+            ),
         ];
         for (entry, key, phrase) in cases {
             let list = budgets(&format!("{ok}[[budgets]]\n{entry}\n"));
@@ -178,6 +242,7 @@ mod tests {
         }
         let long = Budget {
             api_key_id: "k".repeat(257),
+            team: String::new(),
             window: "1d".into(),
             tokens: Some(1),
             cost: None,

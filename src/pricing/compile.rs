@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::config::{PriceEntry, Pricing, Rate};
-use super::glob::Glob;
-use super::table::{CompiledEntry, EntryId, Group, PriceTable, RateSet};
+use super::select::Groups;
+use super::table::{CompiledEntry, EntryId, PriceTable, RateSet};
 use super::tree::TypeTree;
 use super::units::{fee_units, format_units, rate_units_per_token};
 use super::{PricingError, PricingWarning, INPUT, OUTPUT, TOTAL};
@@ -47,8 +47,7 @@ impl PriceTable {
         let tree = TypeTree::build(&pricing.included_in, extra_types, &under("included_in"))?;
         let mut warnings = Vec::new();
         let mut entries = Vec::with_capacity(pricing.prices.len());
-        let mut groups: Vec<Group> = Vec::new();
-        let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut groups = Groups::default();
         let mut first_with: HashMap<(&str, &str, Option<i64>), usize> = HashMap::new();
         for (index, entry) in pricing.prices.iter().enumerate() {
             let context = EntryContext {
@@ -71,22 +70,8 @@ impl PriceTable {
                 u32::try_from(index)
                     .map_err(|_| context.error(&context.key, "too many price entries".into()))?,
             );
-            let group = *group_of
-                .entry((entry.model.as_str(), entry.service_id.as_str()))
-                .or_insert_with(|| {
-                    groups.push(Group {
-                        model: Glob::new(&entry.model),
-                        service_id: Glob::new(&entry.service_id),
-                        entries: Vec::new(),
-                    });
-                    groups.len() - 1
-                });
-            groups[group].entries.push((from, id));
+            groups.push([entry.model.as_str(), entry.service_id.as_str()], from, id);
             entries.push(compiled);
-        }
-        for group in &mut groups {
-            // Stable, and no two entries of a group share a `from` (checked above).
-            group.entries.sort_by_key(|&(from, _)| from);
         }
         let table = PriceTable {
             currency: pricing.currency.clone(),

@@ -194,8 +194,14 @@ impl<'de> Deserialize<'de> for Rate {
 #[serde(deny_unknown_fields)]
 pub struct Budget {
     /// An exact api_key_id, or `"*"`: the default for keys without an entry of their own.
+    /// Empty when the budget names a `team`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub api_key_id: String,
-    /// `"1d"`, `"7d"` or `"30d"` (rolling).
+    /// A team of docs/owners.md (exactly one of `api_key_id` and `team`), or `"*"`: the
+    /// default for teams without an entry of their own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub team: String,
+    /// `"1d"`, `"7d"` or `"30d"` (rolling), or `"month"` (the calendar month in UTC so far).
     pub window: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
@@ -217,6 +223,12 @@ pub struct PriceFile {
 /// Parses a price file. Keys in errors are relative to the file (`prices[2].from`); the key is
 /// empty for a TOML syntax error, whose message gives the line.
 pub fn parse_price_file(text: &str) -> Result<PriceFile, PricingError> {
+    parse_toml_file(text)
+}
+
+/// Parses a TOML file (a price file, an owners file) into `T`. Keys in errors are relative to
+/// the file; the key is empty for a TOML syntax error, whose message gives the line.
+pub fn parse_toml_file<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, PricingError> {
     let table: toml::Table = toml::from_str(text).map_err(|e| {
         let line = e
             .span()

@@ -14,8 +14,9 @@
 //!
 //! The parts, in the order a price goes through them: [`config`] (the config types and the
 //! price-file syntax), [`units`] (decimal text ↔ integer units), [`glob`] (price patterns),
-//! [`tree`] (the token-type tree), [`compile`] (validation into a [`PriceTable`]), [`table`]
-//! (selection of the entry in force and the charge of a record), and [`budget`] (the
+//! [`tree`] (the token-type tree), [`compile`] (validation into a [`PriceTable`]), [`select`]
+//! (the entry in force: groups in file order, `from`; shared with `owners`), [`table`]
+//! (the charge of a record), and [`budget`] (the
 //! `[[budgets]]` checks).
 
 use std::fmt;
@@ -24,15 +25,18 @@ mod budget;
 mod compile;
 mod config;
 mod glob;
+mod select;
 mod table;
 mod tree;
 mod units;
 
-pub use budget::{budget_cost_units, budget_window_secs, validate_budgets};
+pub use budget::{budget_cost_units, budget_owner, budget_window_secs, validate_budgets};
 pub use config::{
-    default_included_in, parse_price_file, Budget, PriceEntry, PriceFile, Pricing, Rate, Tier,
+    default_included_in, parse_price_file, parse_toml_file, Budget, PriceEntry, PriceFile, Pricing,
+    Rate, Tier,
 };
 pub use glob::glob_matches;
+pub use select::Groups;
 pub use table::{Charge, EntryId, Linear, PriceTable, TypeCounts};
 pub(crate) use units::write_digits_backwards;
 pub use units::{format_units, units_to_f64};
@@ -59,7 +63,10 @@ const MAX_TYPES: usize = 64;
 /// Bits of input, output and total.
 const CORE_TYPES: u64 = 1 << INPUT | 1 << OUTPUT | 1 << TOTAL;
 
-/// The budget windows of docs/spend.md and their length in seconds.
+/// The calendar-month budget window of docs/owners.md (UTC, month to date).
+pub const MONTH_WINDOW: &str = "month";
+
+/// The rolling budget windows of docs/spend.md and their length in seconds.
 pub const BUDGET_WINDOWS: [(&str, u64); 3] =
     [("1d", 86_400), ("7d", 7 * 86_400), ("30d", 30 * 86_400)];
 

@@ -6,7 +6,7 @@
 //! and "Unpriced"). Must not: validate config (that is [`super::compile`]), read decimal text,
 //! or cache selections (it says for how long a selection holds so the caller can).
 
-use super::glob::Glob;
+use super::select::Groups;
 use super::tree::TypeTree;
 use super::{CORE_TYPES, INPUT, MAX_TYPES, OUTPUT, TOTAL};
 
@@ -178,22 +178,14 @@ pub(super) struct CompiledEntry {
     pub(super) fee_units: u64,
 }
 
-/// Entries with identical (`model`, `service_id`) patterns.
-#[derive(Debug, Clone)]
-pub(super) struct Group {
-    pub(super) model: Glob,
-    pub(super) service_id: Glob,
-    /// By `from`, ascending; `None` (always in force) first.
-    pub(super) entries: Vec<(Option<i64>, EntryId)>,
-}
-
 /// The validated, compiled price table.
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
     pub(super) currency: String,
     pub(super) tree: TypeTree,
     pub(super) entries: Vec<CompiledEntry>,
-    pub(super) groups: Vec<Group>,
+    /// Entries grouped by (`model`, `service_id`) patterns.
+    pub(super) groups: Groups<2, EntryId>,
 }
 
 impl PriceTable {
@@ -214,9 +206,7 @@ impl PriceTable {
 
     /// Whether any entry has a `from`: only then does the price depend on event time.
     pub fn time_dependent(&self) -> bool {
-        self.groups
-            .iter()
-            .any(|g| g.entries.iter().any(|(from, _)| from.is_some()))
+        self.groups.time_dependent()
     }
 
     pub fn currency(&self) -> &str {
@@ -233,24 +223,7 @@ impl PriceTable {
     /// which the answer is the same for this (model, service_id) (`i64::MIN` / `i64::MAX` when
     /// unbounded), so the caller can cache it until the next `from` boundary.
     pub fn select(&self, model: &str, service_id: &str, t_ns: i64) -> (Option<EntryId>, i64, i64) {
-        // The earliest `from` after `t_ns` of the groups passed over: there the answer changes.
-        let mut until = i64::MAX;
-        for group in &self.groups {
-            if !group.model.matches(model) || !group.service_id.matches(service_id) {
-                continue;
-            }
-            let in_force = group
-                .entries
-                .partition_point(|&(from, _)| from.is_none_or(|f| f <= t_ns));
-            if let Some(&(Some(next), _)) = group.entries.get(in_force) {
-                until = until.min(next);
-            }
-            if let Some(&(from, id)) = in_force.checked_sub(1).and_then(|i| group.entries.get(i)) {
-                return (Some(id), from.unwrap_or(i64::MIN), until);
-            }
-            // Nothing in force yet: the next group gets its chance (docs/spend.md "How cost is worked out").
-        }
-        (None, i64::MIN, until)
+        self.groups.select([model, service_id], t_ns)
     }
 
     /// The rates of `entry` when it charges every record linearly — no tiers, no priced type

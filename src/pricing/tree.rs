@@ -115,33 +115,48 @@ mod tests {
 
     #[test]
     fn included_in_errors_name_the_key() {
-        let e = rejected("[pricing]\nincluded_in = { input = \"total\" }\n", &[]);
-        assert_eq!(e.key, "pricing.included_in.input");
-        let e = rejected(
-            "[pricing]\nincluded_in = { cached_input = \"inptu\" }\n",
-            &["cached_input"],
-        );
-        assert_eq!(e.key, "pricing.included_in.cached_input");
-        assert_eq!(
-            e.message,
-            "unknown token type \"inptu\"; known types: input, output, total, cached_input"
-        );
-        let e = rejected(
-            "[pricing]\nincluded_in = { a = \"b\", b = \"a\" }\n",
-            &["a", "b"],
-        );
-        assert_eq!(e.key, "pricing.included_in.a");
-        assert_eq!(e.message, "included_in has a cycle: a -> b -> a");
-        let e = rejected("[pricing]\nincluded_in = { c = \"c\" }\n", &["a", "c"]);
-        assert_eq!(e.key, "pricing.included_in.c");
-        assert_eq!(e.message, "included_in has a cycle: c -> c");
-        // b -> c -> d -> c: found from c, not from b.
-        let e = rejected(
-            "[pricing]\nincluded_in = { b = \"c\", c = \"d\", d = \"c\" }\n",
-            &["b", "c", "d"],
-        );
-        assert_eq!(e.key, "pricing.included_in.c");
-        assert_eq!(e.message, "included_in has a cycle: c -> d -> c");
+        // (included_in, the extra token types defined, the key named, the message or None
+        // when only the key is checked)
+        let cases: [(&str, &[&str], &str, Option<&str>); 5] = [
+            ("input = \"total\"", &[], "input", None),
+            (
+                "cached_input = \"inptu\"",
+                &["cached_input"],
+                "cached_input",
+                Some(
+                    "unknown token type \"inptu\"; known types: input, output, total, cached_input",
+                ),
+            ),
+            (
+                "a = \"b\", b = \"a\"",
+                &["a", "b"],
+                "a",
+                Some("included_in has a cycle: a -> b -> a"),
+            ),
+            (
+                "c = \"c\"",
+                &["a", "c"],
+                "c",
+                Some("included_in has a cycle: c -> c"),
+            ),
+            // b -> c -> d -> c: found from c, not from b.
+            (
+                "b = \"c\", c = \"d\", d = \"c\"",
+                &["b", "c", "d"],
+                "c",
+                Some("included_in has a cycle: c -> d -> c"),
+            ),
+        ];
+        for (included_in, extras, key, message) in cases {
+            let e = rejected(
+                &format!("[pricing]\nincluded_in = {{ {included_in} }}\n"),
+                extras,
+            );
+            assert_eq!(e.key, format!("pricing.included_in.{key}"), "{included_in}");
+            if let Some(message) = message {
+                assert_eq!(e.message, message, "{included_in}");
+            }
+        }
     }
 
     #[test]

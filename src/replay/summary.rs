@@ -63,6 +63,9 @@ struct JsonSeries<'a> {
     model: &'a str,
     api_key_id: &'a str,
     service_id: &'a str,
+    /// docs/owners.md: only when owners are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    team: Option<&'a str>,
     requests: u64,
     input_tokens: u64,
     output_tokens: u64,
@@ -108,6 +111,7 @@ pub fn summary_json(r: &ReplayReport) -> String {
                 model: &x.model,
                 api_key_id: &x.api_key_id,
                 service_id: &x.service_id,
+                team: s.team_label.as_ref().map(|_| x.team.as_str()),
                 requests: x.requests_total(),
                 input_tokens: x.input_tokens,
                 output_tokens: x.output_tokens,
@@ -262,11 +266,15 @@ pub fn summary_text(r: &ReplayReport) -> String {
         }
     }
     type LabelOf = fn(&crate::aggregate::SeriesSnapshot) -> &str;
-    let tops: [(&str, LabelOf); 3] = [
+    let mut tops: Vec<(&str, LabelOf)> = vec![
         ("model", |x| &x.model),
         ("api_key_id", |x| &x.api_key_id),
         ("service_id", |x| &x.service_id),
     ];
+    // docs/owners.md: by team too, under the team label's name.
+    if let Some(name) = s.team_label.as_deref() {
+        tops.push((name, |x| &x.team));
+    }
     for (title, label) in tops {
         let mut by: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
         for x in &s.series {
@@ -310,8 +318,11 @@ pub fn summary_text(r: &ReplayReport) -> String {
 /// were unpriced or unmetered.
 fn spend_tables(out: &mut String, s: &Snapshot, currency: &str) {
     type LabelOf = fn(&crate::aggregate::SeriesSnapshot) -> &str;
-    let by_label: [(&str, LabelOf); 2] =
-        [("api_key_id", |x| &x.api_key_id), ("model", |x| &x.model)];
+    let mut by_label: Vec<(&str, LabelOf)> =
+        vec![("api_key_id", |x| &x.api_key_id), ("model", |x| &x.model)];
+    if let Some(name) = s.team_label.as_deref() {
+        by_label.push((name, |x| &x.team));
+    }
     for (title, label) in by_label {
         let mut by: BTreeMap<&str, (u64, u128)> = BTreeMap::new();
         for x in &s.series {

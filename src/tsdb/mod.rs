@@ -24,7 +24,7 @@
 //! samples a series in a window; beyond that the head spreads samples over chunks of up to
 //! 240, this writer cuts at 120), `index` and `chunks/000001` are byte-identical to what
 //! Prometheus 2.53's own writer makes of the same samples (`promtool tsdb create-blocks-from
-//! openmetrics`), which `tests/tsdb.rs` checks; so is `meta.json` but for the ULID and the
+//! openmetrics`), which `tests/it/tsdb.rs` checks; so is `meta.json` but for the ULID and the
 //! time range (promtool's runs from its first sample to its last + 1, here it is the window).
 //!
 //! For Mimir's block upload (`docs/sources/mimir/configure/configure-tsdb-block-upload.md` in

@@ -1,6 +1,6 @@
 //! The block writer's own checks: inputs it refuses, the files' fixed parts, determinism, and
 //! that a failed or repeated write leaves only whole blocks. Whether Prometheus reads the
-//! blocks is judged by promtool and Prometheus themselves in `tests/tsdb.rs`.
+//! blocks is judged by promtool and Prometheus themselves in `tests/it/tsdb.rs`.
 
 use super::*;
 use std::collections::BTreeMap;

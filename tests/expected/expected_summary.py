@@ -12,6 +12,9 @@ With --config, `[fields]` (incl. `[fields.extra_tokens]`), `source.max_line_byte
 (SPEC §10) apply; when the config has at least one price the summary gets "currency", "cost",
 "unpriced_requests", "unmetered_requests" and a "cost" per series, and --write/--check use
 DIR/<basename>.priced.json. Cost is exact integer arithmetic in units of 10^-12 (never a float).
+With `[owners] file` (docs/owners.md) each series also has its "team" (the key is part of the
+series: model, api_key_id, service_id, team, sorted in that order), and --write/--check use
+DIR/<basename>.owners.json (.owners.priced.json with prices too).
 
     expected_summary.py --self-test                          run the hand-computed checks of the formats
 
@@ -730,6 +733,45 @@ def config_keys(value, what):
     return [value]  # it replaces the whole list of keys of the format's row
 
 
+class Owners:
+    """docs/owners.md, read from the doc: `[[owners]]` entries (api_key_id glob, team, optional
+    `from`) grouped by identical patterns in file order; a record's team is that of the first
+    group whose pattern matches its api_key_id label value and that has an entry in force at its
+    event time (`from` absent or at or before it), the latest `from` within the group; else
+    `owners.default`."""
+
+    def __init__(self, table):
+        import tomllib
+        self.label = table.get("label", "team")
+        self.default = table.get("default", "unassigned")
+        with open(table["file"], "rb") as f:
+            entries = tomllib.load(f).get("owners", [])
+        self.groups = []  # [(pattern_re, [(from_ns or None, team)])] in file order
+        by_pattern = {}
+        for i, e in enumerate(entries):
+            frm = None
+            if "from" in e:
+                frm = parse_rfc3339(e["from"])
+                if frm is None:
+                    raise ConfigError(f"owners[{i}].from: not RFC 3339 with an offset")
+            pattern = e["api_key_id"]
+            if pattern not in by_pattern:
+                by_pattern[pattern] = (glob_regex(pattern), [])
+                self.groups.append(by_pattern[pattern])
+            by_pattern[pattern][1].append((frm, e["team"]))
+
+    def team(self, key, t_ns):
+        for rx, entries in self.groups:
+            if not rx.match(key):
+                continue
+            in_force = [e for e in entries if e[0] is None or e[0] <= t_ns]
+            if in_force:
+                # the latest `from`; absent counts as earliest
+                team = max(in_force, key=lambda e: (e[0] is not None, e[0] or 0))[1]
+                return clean_label(team)
+        return clean_label(self.default)
+
+
 class Config:
     def __init__(self, path=None, table=None):
         if table is None:
@@ -765,6 +807,8 @@ class Config:
         pricing = Pricing(table.get("pricing", {}), types)
         # SPEC §10: pricing is off while there are no prices
         self.pricing = pricing if pricing.groups else None
+        owners = table.get("owners", {})
+        self.owners = Owners(owners) if owners.get("file") else None
 
 
 def cost_text(n):
@@ -785,6 +829,7 @@ class Series:
 def summarize(paths, config=None):
     config = config or Config()
     pricing = config.pricing
+    owners = config.owners
     lines = records = 0
     unpriced = unmetered = 0
     skipped = dict.fromkeys(REASONS, 0)
@@ -813,7 +858,8 @@ def summarize(paths, config=None):
                 t_ns = previous  # replay: the previous record's event time in this file
             previous = t_ns
             for r in calls:
-                _, part, unmet = account(series.setdefault(r.key, Series()), r, t_ns, pricing)
+                key = r.key if owners is None else r.key + (owners.team(r.key[1], t_ns),)
+                _, part, unmet = account(series.setdefault(key, Series()), r, t_ns, pricing)
                 unpriced += part
                 unmetered += unmet
     out = {"lines": lines, "records": records, "skipped": skipped, "formats": dict(sorted(formats.items()))}
@@ -822,8 +868,11 @@ def summarize(paths, config=None):
                     "unpriced_requests": unpriced, "unmetered_requests": unmetered})
     rows = []
     for k, v in sorted(series.items(), key=lambda kv: tuple(x.encode() for x in kv[0])):
-        row = {"model": k[0], "api_key_id": k[1], "service_id": k[2], "requests": v.requests,
-               "input_tokens": v.input, "output_tokens": v.output, "total_tokens": v.total}
+        row = {"model": k[0], "api_key_id": k[1], "service_id": k[2]}
+        if owners is not None:
+            row["team"] = k[3]
+        row.update({"requests": v.requests, "input_tokens": v.input, "output_tokens": v.output,
+                    "total_tokens": v.total})
         for t in sorted(v.extra):
             row[f"{t}_tokens"] = v.extra[t]
         if pricing is not None:
@@ -1107,7 +1156,8 @@ def main(argv):
     except (ConfigError, KeyError, TypeError, ValueError) as e:
         print(f"{config_path}: {e}", file=sys.stderr)
         return 2
-    suffix = ".priced.json" if config.pricing is not None else ".json"
+    suffix = (".owners" if config.owners is not None else "") + \
+        (".priced" if config.pricing is not None else "") + ".json"
     if argv and argv[0] in ("--write", "--check"):
         mode, out_dir, files = argv[0], argv[1], argv[2:]
         bad = 0

@@ -4,9 +4,8 @@
 //! The tools come from `TOKENMETER_BACKENDS` (scripts/install-backends.sh); a missing tool
 //! fails the test, it never skips.
 
-mod common;
-
-use common::{backends_root, Prometheus};
+use crate::common;
+use crate::common::{backend, Prometheus};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,13 +19,7 @@ type Labels = Vec<(String, String)>;
 type Samples = Vec<(i64, f64)>;
 
 fn promtool() -> PathBuf {
-    let p = backends_root().join("promtool");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/install-backends.sh (these tests need the real promtool)",
-        p.display()
-    );
-    p
+    backend("promtool")
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -770,18 +763,7 @@ fn replay_workload(dir: &Path) -> (PathBuf, PathBuf, common::Expected) {
 }
 
 fn replay(args: &[&std::ffi::OsStr]) -> serde_json::Value {
-    let out = Command::new(common::bin())
-        .env_remove("TOKENMETER_CONFIG")
-        .args(["replay", "--summary", "json"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "replay {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::replay_json(args)
 }
 
 /// Every file under `dir` (but promtool's `wal/`) with its bytes, by relative path.
@@ -940,14 +922,14 @@ fn a_replay_cut_by_an_input_error_leaves_only_complete_blocks() {
     let bytes = gz.finish().unwrap();
     std::fs::write(&broken, &bytes[..bytes.len() / 2]).unwrap();
     let blocks = tmp.path().join("blocks");
-    let out = Command::new(common::bin())
-        .env_remove("TOKENMETER_CONFIG")
-        .args(["replay", "--summary", "json", "--tsdb"])
-        .arg(&blocks)
-        .arg(&log)
-        .arg(&broken)
-        .output()
-        .unwrap();
+    let out = common::replay_cmd([
+        "--tsdb".as_ref(),
+        blocks.as_os_str(),
+        log.as_os_str(),
+        broken.as_os_str(),
+    ])
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     for e in std::fs::read_dir(&blocks).unwrap() {
         let p = e.unwrap().path();

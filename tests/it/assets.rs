@@ -6,21 +6,14 @@
 //! must parse, and return data where that backend holds the metrics it reads. The dashboards'
 //! structure is checked too. (`promtool test rules` and the LogQL check run in scripts/test.sh.)
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::loki::LokiReceiver;
-use common::*;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::loki::LokiReceiver;
+use crate::common::*;
 
 fn dashboards() -> Vec<(String, serde_json::Value)> {
     let mut out = Vec::new();
@@ -36,7 +29,7 @@ fn dashboards() -> Vec<(String, serde_json::Value)> {
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(out.len(), 5, "five dashboards");
+    assert_eq!(out.len(), 6, "six dashboards");
     out
 }
 
@@ -126,11 +119,13 @@ fn maybe_unmetered(i: u64, line: String) -> String {
 /// Grafana variables as Grafana would interpolate them for "All".
 fn interpolate(expr: &str) -> String {
     expr.replace("$__rate_interval", "5m")
+        .replace("$__range_s", "3600")
         .replace("$__range", "1h")
         .replace("$__interval", "1m")
         .replace("$model", ".*")
         .replace("$api_key_id", ".*")
         .replace("$service_id", ".*")
+        .replace("$team", ".*")
 }
 
 #[test]
@@ -295,6 +290,8 @@ fn runbook_urls_doc_links_and_doc_references_reach_existing_headings() {
         "config/prometheus/tokenmeter-rules.yaml",
         "config/prometheus/tokenmeter-rules.test.yaml",
         "config/prometheus/tokenmeter-rules.hourly.test.yaml",
+        "config/prometheus/tokenmeter-rules.invoice.test.yaml",
+        "config/prometheus/tokenmeter-rules.owners.test.yaml",
     ] {
         for line in read(file).lines() {
             if let Some(url) = line.trim().strip_prefix("runbook_url: ") {
@@ -443,9 +440,21 @@ fn every_promql_expression_runs_on_victoriametrics_fed_only_by_otlp() {
     std::fs::copy(fixture, &log).unwrap();
     let loki = LokiReceiver::start();
     let vm_addr = format!("127.0.0.1:{}", free_port());
+    // Owners (docs/owners.md): key-0 and key-1 are team alpha's, with month budgets; the other
+    // keys are the default team's. The invoice dashboard's team panels then have data.
+    let owners = tmp.path().join("owners.toml");
+    std::fs::write(
+        &owners,
+        "[[owners]]\napi_key_id = \"key-[01]\"\nteam = \"never\"\n\
+         [[owners]]\napi_key_id = \"key-0\"\nteam = \"alpha\"\n\
+         [[owners]]\napi_key_id = \"key-1\"\nteam = \"alpha\"\n\
+         [[budgets]]\nteam = \"alpha\"\nwindow = \"month\"\ntokens = 100000000\ncost = 1000\n",
+    )
+    .unwrap();
     let sections = format!(
-        "[otlp]\nendpoint = \"http://{vm_addr}/opentelemetry/v1/metrics\"\ninterval = \"1s\"\n[loki]\nendpoint = \"{}\"\nbatch_wait = \"200ms\"\n{SPEND}",
-        loki.endpoint()
+        "[otlp]\nendpoint = \"http://{vm_addr}/opentelemetry/v1/metrics\"\ninterval = \"1s\"\n[loki]\nendpoint = \"{}\"\nbatch_wait = \"200ms\"\n[owners]\nfile = \"{}\"\n{SPEND}",
+        loki.endpoint(),
+        owners.display()
     );
     // Kept running for the whole test (dropped at its end).
     let _daemon = Daemon::start(
@@ -499,7 +508,10 @@ fn every_promql_expression_runs_on_victoriametrics_fed_only_by_otlp() {
         // budget rules) cannot without a ruler; they must still run.
         let is_alert = at == "rules" && (expr.contains(" > ") || expr.contains(" == "));
         let reads_rules = at == "rules" && expr.contains(":llm_");
-        if empty && !is_alert && !reads_rules {
+        // A one-minute subquery (the invoice rule's) steps on whole minutes: series younger
+        // than its last step, as all of these are, are not in it yet.
+        let young = at == "rules" && expr.contains(":1m]");
+        if empty && !is_alert && !reads_rules && !young {
             failures.push(format!("{at}: no data: {q}"));
         }
     }
@@ -534,28 +546,15 @@ fn every_promql_expression_runs_on_prometheus_with_backfilled_blocks() {
     let cfg = tmp.path().join("spend.toml");
     std::fs::write(&cfg, SPEND).unwrap();
     let om = tmp.path().join("a.om");
-    let out = Command::new(bin())
-        .args(["replay", "--summary", "json", "--config"])
+    let mut replay = replay_cmd([&log]);
+    replay
+        .arg("--config")
         .arg(&cfg)
         .arg("--openmetrics")
-        .arg(&om)
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&om);
+    summary(&mut replay, None);
     let blocks = tmp.path().join("blocks");
-    let st = Command::new(backends_root().join("promtool"))
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(&om)
-        .arg(&blocks)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    promtool_blocks(&om, &blocks);
     let prom = Prometheus::start_on_blocks(&blocks);
     let addr = &prom.addr;
     let t = start + 3600;
@@ -577,6 +576,7 @@ fn every_promql_expression_runs_on_prometheus_with_backfilled_blocks() {
             && !expr.contains("_bucket")
             && !expr.contains(':')
             && !expr.contains("_unpriced_requests_total")
+            && !expr.contains("_unpriced_tokens_total")
             && !expr.contains("_unmetered_requests_total");
         let is_alert = at == "rules" && (expr.contains(" > ") || expr.contains(" == "));
         if empty && applicable && !is_alert {

@@ -17,8 +17,6 @@
 //! `daemon.rs`) stalls or panics the metering loop; `/healthz` must then fail with a body naming
 //! how long the loop has been silent, and a panic must end the process.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::TcpListener;
@@ -30,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::loki::LokiReceiver;
-use common::*;
+use crate::common::loki::LokiReceiver;
+use crate::common::*;
 use serde_json::Value;
 
 /// Deadline of every wait on the daemon.
@@ -67,45 +65,6 @@ fn write_records(path: &Path, range: std::ops::Range<u64>, exp: &Exp) {
         }
     }
     append(path, &text);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Starting the daemon under a wrapper (`setpriv`, `prlimit`), without waiting for it.
-
-/// `spawn`, then waits for `/healthz` 200; fails at once if the process exits first.
-fn start(dir: &Path, name: &str, config: &str, wrapper: &[&str], binary: &Path) -> Daemon {
-    start_env(dir, name, config, wrapper, binary, &[])
-}
-
-/// `start` with extra environment variables (the debug builds' fault hooks).
-fn start_env(
-    dir: &Path,
-    name: &str,
-    config: &str,
-    wrapper: &[&str],
-    binary: &Path,
-    env: &[(&str, &str)],
-) -> Daemon {
-    let mut d = Daemon::spawn_env(dir, name, config, wrapper, binary, env);
-    let t = Instant::now();
-    loop {
-        if let Ok(Some(status)) = d.child.try_wait() {
-            panic!(
-                "daemon {name} exited before it was healthy ({status}); log:\n{}",
-                d.log_text()
-            );
-        }
-        if matches!(get(&d.addr, "/healthz"), Ok((200, _))) {
-            return d;
-        }
-        if t.elapsed() > WAIT {
-            panic!(
-                "daemon {name}: no /healthz 200 after {WAIT:?}; log:\n{}",
-                d.log_text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Waits up to `limit` for the process to exit; `None` if it still runs.
@@ -217,22 +176,6 @@ fn wait_exact(d: &Daemon, exp: &Exp, what: &str) -> Metrics {
     }
 }
 
-/// `tokenmeter replay --summary json` of `files`.
-fn replay(files: &[PathBuf]) -> Value {
-    let out = Command::new(bin())
-        .env_remove("TOKENMETER_CONFIG")
-        .args(["replay", "--summary", "json"])
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// The replay summary's series as `Expected::series`.
 fn replay_series(v: &Value) -> BTreeMap<SeriesKey, (u64, u64, u64, u64)> {
     let n = |s: &Value, k: &str| s[k].as_u64().unwrap();
@@ -260,7 +203,7 @@ fn replay_series(v: &Value) -> BTreeMap<SeriesKey, (u64, u64, u64, u64)> {
 fn assert_final(d: &Daemon, exp: &Exp, files: &[PathBuf], what: &str) -> (Metrics, Value) {
     let m = wait_exact(d, exp, what);
     let want = snapshot(exp);
-    let r = replay(files);
+    let r = replay_json(files);
     let rs = replay_series(&r);
     assert_eq!(
         rs, want.series,
@@ -434,7 +377,7 @@ fn a_file_renamed_out_of_the_glob_and_back_is_counted_once() {
     let (a, held) = (dir.join("a.log"), dir.join("a.log.hold"));
     let exp = new_exp();
     let cfg = config(&root, &tmp.path().join("state"), "", "");
-    let d = start(tmp.path(), "rename", &cfg, &[], &bin());
+    let d = Daemon::start(tmp.path(), "rename", &cfg);
 
     write_records(&a, 0..300, &exp);
     wait_offsets_at_end(&d, std::slice::from_ref(&a), "a.log written");
@@ -578,7 +521,7 @@ fn an_unreadable_log_directory_for_3s_loses_and_doubles_nothing() {
         "--regid=65534",
         "--clear-groups",
     ];
-    let d = start(tmp.path(), "perm", &cfg, &wrapper, &binary);
+    let d = Daemon::spawn(tmp.path(), "perm", &cfg, &wrapper, &binary).healthy();
     assert_eq!(
         uids(d.child.id()),
         vec![NOBODY; 4],
@@ -658,7 +601,7 @@ fn three_hundred_files_under_nofile_256_are_counted_once_then_exact_after_a_rest
     }
     let cfg = config(&root, &state, "", "");
     let wrapper = ["prlimit", "--nofile=256:256"];
-    let mut d = start(tmp.path(), "nofile", &cfg, &wrapper, &bin());
+    let mut d = Daemon::spawn(tmp.path(), "nofile", &cfg, &wrapper, &bin()).healthy();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id())).unwrap();
     let nofile = limits
         .lines()
@@ -694,7 +637,7 @@ fn three_hundred_files_under_nofile_256_are_counted_once_then_exact_after_a_rest
     drop(d);
 
     // The same state, no limit: exact, and exact after more lines.
-    let d = start(tmp.path(), "nofile-after", &cfg, &[], &bin());
+    let d = Daemon::start(tmp.path(), "nofile-after", &cfg);
     let monitor = Monitor::start(&d.addr, &exp, None);
     wait_exact(&d, &exp, "restart without the limit");
     for (f, path) in files.iter().enumerate() {
@@ -833,7 +776,7 @@ fn sigterm_with_hung_otlp_and_loki_endpoints_exits_within_shutdown_timeout_plus_
         "node_name = \"node-term\"\nshutdown_timeout = \"3s\"",
         &sections,
     );
-    let mut d = start(tmp.path(), "term", &cfg, &[], &bin());
+    let mut d = Daemon::start(tmp.path(), "term", &cfg);
     let monitor = Monitor::start(&d.addr, &exp, None);
     write_records(&log, 300..400, &exp);
     wait_offsets_at_end(&d, std::slice::from_ref(&log), "before SIGTERM");
@@ -881,7 +824,7 @@ fn sigterm_with_hung_otlp_and_loki_endpoints_exits_within_shutdown_timeout_plus_
         r.endpoint()
     );
     let cfg = config(&root, &state, "node_name = \"node-term\"", &sections);
-    let d = start(tmp.path(), "term-after", &cfg, &[], &bin());
+    let d = Daemon::start(tmp.path(), "term-after", &cfg);
     let monitor = Monitor::start(&d.addr, &exp, None);
     wait_exact(&d, &exp, "restart after SIGTERM");
     write_records(&log, 400..450, &exp);
@@ -929,7 +872,7 @@ fn a_second_daemon_on_the_same_state_dir_exits_2_naming_the_first_pid() {
     let exp = new_exp();
     write_records(&log, 0..100, &exp);
     let cfg = config(&root, &tmp.path().join("state"), "", "");
-    let mut first = start(tmp.path(), "first", &cfg, &[], &bin());
+    let mut first = Daemon::start(tmp.path(), "first", &cfg);
     wait_exact(&first, &exp, "first daemon");
     let first_pid = first.child.id();
 
@@ -961,7 +904,7 @@ fn a_second_daemon_on_the_same_state_dir_exits_2_naming_the_first_pid() {
 
     // A stale lock (the holder killed with SIGKILL) is taken over.
     first.kill9();
-    let third = start(tmp.path(), "third", &cfg, &[], &bin());
+    let third = Daemon::start(tmp.path(), "third", &cfg);
     assert_eq!(get(&third.addr, "/healthz").unwrap().0, 200);
     write_records(&log, 150..200, &exp);
     assert_final(
@@ -989,7 +932,7 @@ fn a_second_sigterm_writes_the_state_and_exits_at_once() {
     );
     // A long deadline: only the second signal can make the exit quick.
     let cfg = config(&root, &state, "shutdown_timeout = \"60s\"", &sections);
-    let mut d = start(tmp.path(), "twice", &cfg, &[], &bin());
+    let mut d = Daemon::start(tmp.path(), "twice", &cfg);
     write_records(&log, 0..300, &exp);
     wait_offsets_at_end(&d, std::slice::from_ref(&log), "before the signals");
     wait_exact(&d, &exp, "before the signals");
@@ -1018,7 +961,7 @@ fn a_second_sigterm_writes_the_state_and_exits_at_once() {
     hung.stop();
     // The state it wrote: a restart is exact, and grows exactly.
     let cfg = config(&root, &state, "", "");
-    let d = start(tmp.path(), "twice-after", &cfg, &[], &bin());
+    let d = Daemon::start(tmp.path(), "twice-after", &cfg);
     write_records(&log, 300..350, &exp);
     wait_offsets_at_end(&d, std::slice::from_ref(&log), "after the restart");
     assert_final(
@@ -1037,7 +980,7 @@ fn a_state_that_cannot_be_written_is_reported_exits_1_and_costs_nothing() {
     let state = tmp.path().join("state");
     let exp = new_exp();
     let cfg = config(&root, &state, "", "");
-    let mut d = start(tmp.path(), "nostate", &cfg, &[], &bin());
+    let mut d = Daemon::start(tmp.path(), "nostate", &cfg);
     write_records(&log, 0..200, &exp);
     wait_offsets_at_end(&d, std::slice::from_ref(&log), "before the fault");
     wait_exact(&d, &exp, "before the fault");
@@ -1082,7 +1025,7 @@ fn a_state_that_cannot_be_written_is_reported_exits_1_and_costs_nothing() {
     drop(d);
     std::fs::remove_dir(&blocker).unwrap();
     // From the last state that was written: the lines after it are read again, once.
-    let d = start(tmp.path(), "nostate-after", &cfg, &[], &bin());
+    let d = Daemon::start(tmp.path(), "nostate-after", &cfg);
     write_records(&log, 300..320, &exp);
     wait_offsets_at_end(&d, std::slice::from_ref(&log), "after the restart");
     assert_final(
@@ -1104,7 +1047,7 @@ fn after_a_restart_more_busy_files_than_descriptors_still_become_ready_and_exact
     let state = tmp.path().join("state");
     let exp = new_exp();
     let cfg = config(&root, &state, "", "").replace("[source]\n", "[source]\nmax_open_files = 2\n");
-    let mut d = start(tmp.path(), "busy", &cfg, &[], &bin());
+    let mut d = Daemon::start(tmp.path(), "busy", &cfg);
     // Three files written all the time, two descriptors.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -1129,7 +1072,7 @@ fn after_a_restart_more_busy_files_than_descriptors_still_become_ready_and_exact
     });
     assert_eq!(terminate(&mut d), Some(0), "{}", log_tail(&d));
     drop(d);
-    let d = start(tmp.path(), "busy-again", &cfg, &[], &bin());
+    let d = Daemon::start(tmp.path(), "busy-again", &cfg);
     wait_until(
         "the restarted daemon to become ready while three busy files share two descriptors",
         WAIT,
@@ -1171,14 +1114,15 @@ fn healthz_fails_while_the_metering_loop_makes_no_progress_and_recovers_after() 
     std::fs::write(&fault, "").unwrap();
     let cfg = config(&root, &state, "", "[server]\nliveness_timeout = \"2s\"\n");
     let fault_env = fault.to_str().unwrap();
-    let mut d = start_env(
+    let mut d = Daemon::spawn_env(
         tmp.path(),
         "live",
         &cfg,
         &[],
         &bin(),
         &[("TOKENMETER_FAULT_METERING", fault_env)],
-    );
+    )
+    .healthy();
     wait_exact(&d, &exp, "before the stall");
     // An idle node is alive: nothing is written for longer than the timeout, /healthz stays ok.
     let idle_from = Instant::now();
@@ -1225,14 +1169,15 @@ fn a_panic_on_the_metering_thread_ends_the_process() {
     let fault = tmp.path().join("fault");
     std::fs::write(&fault, "").unwrap();
     let cfg = config(&root, &state, "", "");
-    let mut d = start_env(
+    let mut d = Daemon::spawn_env(
         tmp.path(),
         "panic",
         &cfg,
         &[],
         &bin(),
         &[("TOKENMETER_FAULT_METERING", fault.to_str().unwrap())],
-    );
+    )
+    .healthy();
     wait_exact(&d, &exp, "before the panic");
     std::fs::write(&fault, "panic").unwrap();
     let status = wait_exit(&mut d, WAIT).unwrap_or_else(|| {
@@ -1293,7 +1238,7 @@ fn as_uid_0_without_capabilities_it_reads_0600_root_logs_and_keeps_its_state() {
     std::fs::create_dir(&state).unwrap();
     chmod(&state, 0o755);
     let cfg = config(&root, &state, "", "");
-    let mut d = start(tmp.path(), "nocaps", &cfg, &NO_CAPS, &bin());
+    let mut d = Daemon::spawn(tmp.path(), "nocaps", &cfg, &NO_CAPS, &bin()).healthy();
     assert_eq!(uids(d.child.id()), vec![0; 4]);
     assert_eq!(effective_caps(d.child.id()), "0000000000000000");
     wait_exact(&d, &exp, "uid 0 without capabilities");
@@ -1302,7 +1247,7 @@ fn as_uid_0_without_capabilities_it_reads_0600_root_logs_and_keeps_its_state() {
     assert_eq!(terminate(&mut d), Some(0), "{}", log_tail(&d));
     drop(d);
     // The state it wrote is its own: a restart resumes from it (nothing counted twice).
-    let d = start(tmp.path(), "nocaps-again", &cfg, &NO_CAPS, &bin());
+    let d = Daemon::spawn(tmp.path(), "nocaps-again", &cfg, &NO_CAPS, &bin()).healthy();
     write_records(&log, 150..160, &exp);
     wait_exact(&d, &exp, "after a restart without capabilities");
     assert!(d.log_text().contains("resumed from"), "{}", log_tail(&d));

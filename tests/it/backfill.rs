@@ -2,14 +2,14 @@
 //! 2.53, `replay --push` into a real VictoriaMetrics, `replay --loki` into the Loki receiver.
 //! The workload's cumulative values are computed by the test from what it generated.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use common::loki::{Behavior, LokiReceiver};
-use common::*;
+use serde_json::Value;
+
+use crate::common::loki::{Behavior, LokiReceiver};
+use crate::common::*;
 
 const STEP: i64 = 60;
 
@@ -53,31 +53,37 @@ fn cumulative(by_model: &BTreeMap<String, Vec<(i64, u64)>>, model: &str, t: i64)
         .sum()
 }
 
-fn replay(args: &[&str], config: Option<&Path>) -> serde_json::Value {
-    let mut c = Command::new(bin());
-    c.env_remove("TOKENMETER_CONFIG")
-        .arg("replay")
-        .args(["--summary", "json"]);
-    if let Some(cfg) = config {
-        c.arg("--config").arg(cfg);
+/// `replay --summary json ARGS [--config CONFIG]`: the summary.
+fn replay(args: &[&str], config: Option<&Path>) -> Value {
+    let mut cmd = replay_cmd(args);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
     }
-    let out = c.args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    summary(&mut cmd, None).1
 }
 
-fn tool(name: &str) -> std::path::PathBuf {
-    let p = backends_root().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/install-backends.sh",
-        p.display()
-    );
-    p
+/// `replay --summary json ARGS --retry-for 2s --config CONFIG FILE` against a peer that never
+/// takes its requests: it must give up, exit 1, within a bound whatever the peer says. How long
+/// it took, the summary and the standard error.
+fn replay_giving_up(args: &[&str], config: &Path, file: &Path) -> (Duration, Value, String) {
+    let t = std::time::Instant::now();
+    let out = run(replay_cmd(args)
+        .args(["--retry-for", "2s", "--config"])
+        .arg(config)
+        .arg(file))
+    .exits(1);
+    (
+        t.elapsed(),
+        serde_json::from_str(&out.stdout).unwrap(),
+        out.stderr,
+    )
+}
+
+/// A config in `dir` whose `[loki]` endpoint is `r`'s.
+fn loki_config(dir: &Path, r: &LokiReceiver) -> PathBuf {
+    let cfg = dir.join("loki.toml");
+    std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r.endpoint())).unwrap();
+    cfg
 }
 
 #[test]
@@ -110,18 +116,7 @@ fn openmetrics_into_promtool_and_prometheus_exact() {
     assert_ne!(sample(3).0, "0");
 
     let blocks = tmp.path().join("blocks");
-    let out = Command::new(tool("promtool"))
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(&om)
-        .arg(&blocks)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_blocks(&om, &blocks);
 
     let prom = Prometheus::start_on_blocks(&blocks);
     let query = |q: &str, t: i64| -> BTreeMap<String, f64> {
@@ -336,8 +331,7 @@ fn replay_loki_does_not_send_lines_older_than_loki_max_age() {
             .sum()
     };
     let r = LokiReceiver::start();
-    let cfg = tmp.path().join("loki.toml");
-    std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r.endpoint())).unwrap();
+    let cfg = loki_config(tmp.path(), &r);
     let s = replay(&["--loki", log.to_str().unwrap()], Some(&cfg));
     assert_eq!(s["loki"]["too_old"], count(7 * DAY), "{s}");
     assert_eq!(s["loki"]["sent"], 14 - count(7 * DAY), "{s}");
@@ -347,15 +341,12 @@ fn replay_loki_does_not_send_lines_older_than_loki_max_age() {
     // The counts are in the text summary too.
     let r = LokiReceiver::start();
     std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r.endpoint())).unwrap();
-    let out = Command::new(bin())
-        .env_remove("TOKENMETER_CONFIG")
+    let text = run(tokenmeter()
         .args(["replay", "--loki", "--config"])
         .arg(&cfg)
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let text = String::from_utf8_lossy(&out.stdout);
+        .arg(&log))
+    .ok()
+    .stdout;
     assert!(
         text.contains(&format!(
             "\nLoki: {} entries accepted, 0 rejected, {} older than --loki-max-age not sent\n",
@@ -389,38 +380,12 @@ fn replay_loki_against_a_loki_that_is_down_gives_up_after_retry_for_with_exit_1(
     let (fixture, _) = cri_fixture_of_yesterday(tmp.path());
     let r = LokiReceiver::start();
     r.set_down(true);
-    let cfg = tmp.path().join("loki.toml");
-    std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r.endpoint())).unwrap();
-    let t = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_tokenmeter"))
-        .args([
-            "replay",
-            "--summary",
-            "json",
-            "--loki",
-            "--retry-for",
-            "2s",
-            "--config",
-        ])
-        .arg(&cfg)
-        .arg(&fixture)
-        .output()
-        .unwrap();
-    let took = t.elapsed();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        took < std::time::Duration::from_secs(30),
-        "gave up after {took:?}"
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cfg = loki_config(tmp.path(), &r);
+    let (took, s, stderr) = replay_giving_up(&["--loki"], &cfg, &fixture);
+    assert!(took < Duration::from_secs(30), "gave up after {took:?}");
     assert_eq!(s["loki"]["sent"], 0);
     assert_eq!(s["loki"]["undelivered"], 34, "{s}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not delivered to Loki"));
+    assert!(stderr.contains("not delivered to Loki"), "{stderr}");
 }
 
 #[test]
@@ -432,34 +397,9 @@ fn a_retry_after_of_zero_is_not_a_tight_loop_and_replay_loki_still_gives_up() {
     for _ in 0..100_000 {
         r.script(Behavior::RetryAfter("0"));
     }
-    let cfg = tmp.path().join("loki.toml");
-    std::fs::write(&cfg, format!("[loki]\nendpoint = \"{}\"\n", r.endpoint())).unwrap();
-    let t = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_tokenmeter"))
-        .args([
-            "replay",
-            "--summary",
-            "json",
-            "--loki",
-            "--retry-for",
-            "2s",
-            "--config",
-        ])
-        .arg(&cfg)
-        .arg(&fixture)
-        .output()
-        .unwrap();
-    let took = t.elapsed();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        took < std::time::Duration::from_secs(30),
-        "gave up after {took:?}"
-    );
+    let cfg = loki_config(tmp.path(), &r);
+    let (took, s, _) = replay_giving_up(&["--loki"], &cfg, &fixture);
+    assert!(took < Duration::from_secs(30), "gave up after {took:?}");
     // The agent's own backoff (0.5 s, 1 s, 2 s, ±25 %) is the floor: within 2 s of retrying
     // there is room for at most 4 attempts, not thousands.
     assert!(
@@ -467,7 +407,6 @@ fn a_retry_after_of_zero_is_not_a_tight_loop_and_replay_loki_still_gives_up() {
         "{} requests in {took:?}: Retry-After: 0 became a tight loop",
         r.requests()
     );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["loki"]["undelivered"], 34, "{s}");
 }
 
@@ -494,34 +433,12 @@ fn replay_push_spends_one_retry_for_on_all_its_requests() {
         format!("[otlp]\nendpoint = \"http://127.0.0.1:{port}/opentelemetry/v1/metrics\"\n"),
     )
     .unwrap();
-    let t = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_tokenmeter"))
-        .args([
-            "replay",
-            "--summary",
-            "json",
-            "--push",
-            "--retry-for",
-            "2s",
-            "--config",
-        ])
-        .arg(&cfg)
-        .arg(&log)
-        .output()
-        .unwrap();
-    let took = t.elapsed();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (took, s, _) = replay_giving_up(&["--push"], &cfg, &log);
     let failed = s["pushed"]["failed"].as_u64().unwrap_or(0);
     assert!(failed >= 3, "several requests, all failed: {s}");
     // One budget of 2 s for all of them (plus one last backoff step), not 2 s each.
     assert!(
-        took < std::time::Duration::from_secs(15),
+        took < Duration::from_secs(15),
         "{failed} requests took {took:?}"
     );
 }
@@ -608,17 +525,7 @@ fn backfilled_cost_uses_the_price_in_force_at_each_event_and_reads_back_exact() 
     );
 
     let blocks = tmp.path().join("blocks");
-    let out = Command::new(tool("promtool"))
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(&om)
-        .arg(&blocks)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_blocks(&om, &blocks);
     let prom = Prometheus::start_on_blocks(&blocks);
     for t in [start + 3600, change, change + 60, start + 3 * 3600] {
         let got: BTreeMap<String, u128> = prom
@@ -715,17 +622,7 @@ fn window_files_hold_the_values_of_one_file_and_prometheus_reads_across_their_ed
     // into the next exactly.
     let blocks = tmp.path().join("blocks");
     for f in &files {
-        let out = Command::new(tool("promtool"))
-            .args(["tsdb", "create-blocks-from", "openmetrics"])
-            .arg(f)
-            .arg(&blocks)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        promtool_blocks(f, &blocks);
     }
     let prom = Prometheus::start_on_blocks(&blocks);
     for t in [start + 2 * 3600 + 1800, start + 4 * 3600 + 600] {
@@ -870,20 +767,10 @@ fn dense_gives_every_series_a_sample_at_every_step_from_its_first() {
     assert_eq!(minutes(series(&dense, "b")), want_b);
 }
 
-/// `replay` with its exit code, stdout and stderr (no assertion on success).
+/// `replay --summary json ARGS --config CONFIG`, whatever its exit code.
 fn replay_raw(args: &[&str], config: &Path) -> (Option<i32>, String, String) {
-    let out = Command::new(bin())
-        .env_remove("TOKENMETER_CONFIG")
-        .args(["replay", "--summary", "json", "--config"])
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let out = run(replay_cmd(args).arg("--config").arg(config));
+    (out.code, out.stdout, out.stderr)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` of unix nanoseconds (independent of the crate's code).
@@ -1076,18 +963,7 @@ fn sparse_keys(start: i64, days: i64) -> (String, Vec<(String, i64, u64)>) {
 /// `--openmetrics DIR/` into promtool blocks in `blocks`, file by file.
 fn promtool_dir(dir: &Path, blocks: &Path) {
     for f in window_files(dir) {
-        let out = Command::new(tool("promtool"))
-            .args(["tsdb", "create-blocks-from", "openmetrics"])
-            .arg(&f)
-            .arg(blocks)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "promtool {}: {}",
-            f.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        promtool_blocks(&f, blocks);
     }
 }
 

@@ -2,14 +2,12 @@
 //! HTTP, pushing OTLP into a real VictoriaMetrics. Every expected value is computed by the
 //! test from the lines it wrote (`common::record_line`), never by the code under test.
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 

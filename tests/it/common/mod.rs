@@ -1,8 +1,12 @@
-//! Shared helpers of the end-to-end tests: start the daemon binary and a real VictoriaMetrics,
-//! talk HTTP to them, and write access-log lines whose token sums the tests compute themselves.
-#![allow(dead_code)]
+//! Shared helpers of the integration tests: the binary as a command and the one replay runner
+//! (`cli`), the daemon spawner (`Daemon`), the real backends (VictoriaMetrics, Prometheus,
+//! promtool; the Loki receiver in `loki`), HTTP to them, and access-log lines whose token sums
+//! the tests compute themselves.
 
+mod cli;
 pub mod loki;
+
+pub use cli::*;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -66,10 +70,6 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
-pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tokenmeter"))
-}
-
 /// One running `tokenmeter run`.
 pub struct Daemon {
     pub child: Child,
@@ -80,18 +80,35 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon with `config` (TOML) written into `dir`, and waits for `/healthz`.
     pub fn start(dir: &Path, name: &str, config: &str) -> Daemon {
-        let d = Daemon::spawn(dir, name, config, &[], &bin());
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if get(&d.addr, "/healthz").is_ok_and(|(c, _)| c == 200) {
-                return d;
+        Daemon::spawn(dir, name, config, &[], &bin()).healthy()
+    }
+
+    /// Waits for `/healthz` 200 of a daemon just spawned ([`Daemon::spawn`], under a wrapper, a
+    /// binary, extra environment variables of its own); fails at once if the process exits
+    /// first.
+    pub fn healthy(mut self) -> Daemon {
+        let limit = Duration::from_secs(60);
+        let t = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "daemon of {} exited before it was healthy ({status}); log:\n{}",
+                    self.log.display(),
+                    self.log_text()
+                );
+            }
+            if matches!(get(&self.addr, "/healthz"), Ok((200, _))) {
+                return self;
+            }
+            if t.elapsed() > limit {
+                panic!(
+                    "daemon of {}: no /healthz 200 after {limit:?}; log:\n{}",
+                    self.log.display(),
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "timed out after 20s waiting for daemon /healthz; its log:\n{}",
-            d.log_text()
-        );
     }
 
     /// Starts `binary run --config <dir>/<name>.toml` under `wrapper` (a command that execs
@@ -301,9 +318,45 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
 
 /// A real VictoriaMetrics (Debian's package, unpacked by scripts/install-backends.sh).
 pub struct Victoria {
-    child: Child,
+    _process: Backend,
     pub addr: String,
+}
+
+/// A backend's process with its data directory: killed when dropped, so a test that fails
+/// leaves none behind.
+struct Backend {
+    child: Child,
     _dir: tempfile::TempDir,
+}
+
+impl Backend {
+    /// Starts `cmd` (its output discarded) and waits up to `timeout` until `GET <addr><ready>`
+    /// answers 200.
+    fn start(
+        cmd: &mut Command,
+        dir: tempfile::TempDir,
+        addr: &str,
+        ready: &str,
+        timeout: Duration,
+    ) -> Backend {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let backend = Backend { child, _dir: dir };
+        wait_until(&format!("{addr}{ready} answering 200"), timeout, || {
+            get(addr, ready).ok().filter(|(c, _)| *c == 200).map(|_| ())
+        });
+        backend
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub fn backends_root() -> PathBuf {
@@ -326,16 +379,9 @@ impl Victoria {
 
     /// Starts VictoriaMetrics on `addr` with extra flags (e.g. `-promscrape.config=…`).
     pub fn start_with(addr: &str, extra: &[String]) -> Victoria {
-        let addr = addr.to_string();
-        let binary = backends_root().join("victoria-metrics");
-        assert!(
-            binary.exists(),
-            "{} is missing: run scripts/install-backends.sh (the end-to-end tests need a real VictoriaMetrics)",
-            binary.display()
-        );
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(binary)
-            .arg(format!("-storageDataPath={}", dir.path().display()))
+        let mut cmd = Command::new(backend("victoria-metrics"));
+        cmd.arg(format!("-storageDataPath={}", dir.path().display()))
             .arg(format!("-httpListenAddr={addr}"))
             .arg("-opentelemetry.usePrometheusNaming")
             // Keep what backfill tests push of a fixed past day (the default, 1 month, would
@@ -345,23 +391,11 @@ impl Victoria {
             .arg("-search.latencyOffset=0s")
             .arg("-search.disableCache")
             .arg("-loggerLevel=ERROR")
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let vm = Victoria {
-            child,
-            addr,
-            _dir: dir,
-        };
-        wait_until("VictoriaMetrics /health", Duration::from_secs(30), || {
-            get(&vm.addr, "/health")
-                .ok()
-                .filter(|(c, _)| *c == 200)
-                .map(|_| ())
-        });
-        vm
+            .args(extra);
+        Victoria {
+            _process: Backend::start(&mut cmd, dir, addr, "/health", Duration::from_secs(30)),
+            addr: addr.to_string(),
+        }
     }
 
     pub fn otlp_endpoint(&self) -> String {
@@ -444,46 +478,50 @@ pub fn instant_query(addr: &str, body: &str, promql: &str) -> Vec<(BTreeMap<Stri
 
 /// A real Prometheus 2.53 (Debian's package) serving TSDB blocks made by promtool.
 pub struct Prometheus {
-    child: Child,
+    _process: Backend,
     pub addr: String,
-    _dir: tempfile::TempDir,
+}
+
+/// `name` (e.g. `promtool`) from the test backends; fails (never skips) when it is missing.
+pub fn backend(name: &str) -> PathBuf {
+    let p = backends_root().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-backends.sh",
+        p.display()
+    );
+    p
+}
+
+/// `promtool tsdb create-blocks-from openmetrics <om> <blocks>`: the TSDB blocks of one
+/// OpenMetrics file, added to the directory `blocks`.
+pub fn promtool_blocks(om: &Path, blocks: &Path) {
+    let mut cmd = Command::new(backend("promtool"));
+    cmd.args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(om)
+        .arg(blocks);
+    let out = run(&mut cmd);
+    assert_eq!(out.code, Some(0), "promtool of {}: {out:?}", om.display());
 }
 
 impl Prometheus {
     /// Starts Prometheus on the blocks in `blocks`, with nothing to scrape, and waits until it
     /// is ready. Fails (never skips) when it is not installed.
     pub fn start_on_blocks(blocks: &Path) -> Prometheus {
-        let binary = backends_root().join("prometheus");
-        assert!(
-            binary.exists(),
-            "{} is missing: run scripts/install-backends.sh",
-            binary.display()
-        );
+        let binary = backend("prometheus");
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n").unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", cfg.display()))
+        let mut cmd = Command::new(binary);
+        cmd.arg(format!("--config.file={}", cfg.display()))
             .arg(format!("--storage.tsdb.path={}", blocks.display()))
             .arg("--storage.tsdb.retention.time=100y")
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let prom = Prometheus {
-            child,
+            .arg(format!("--web.listen-address={addr}"));
+        Prometheus {
+            _process: Backend::start(&mut cmd, dir, &addr, "/-/ready", Duration::from_secs(60)),
             addr,
-            _dir: dir,
-        };
-        wait_until("Prometheus ready", Duration::from_secs(60), || {
-            get(&prom.addr, "/-/ready")
-                .ok()
-                .filter(|(c, _)| *c == 200)
-                .map(|_| ())
-        });
-        prom
+        }
     }
 
     /// An instant query at unix time `t` (seconds).
@@ -493,20 +531,6 @@ impl Prometheus {
             &format!("query={}&time={t}", urlencode(promql)),
             promql,
         )
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Victoria {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -607,12 +631,9 @@ pub fn record_line_at(i: u64, t: i64, expected: &mut Expected) -> String {
 /// and the unix time of its day's midnight.
 pub fn cri_fixture_of_yesterday(dir: &Path) -> (std::path::PathBuf, i64) {
     let day = (test_start() - 86_400).div_euclid(86_400) * 86_400;
-    let fixture = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/cri-wrapped.log"
-    ))
-    .unwrap()
-    .replace("2026-03-17T", &iso(day).replacen("T00:00:00.000Z", "T", 1));
+    let fixture = std::fs::read_to_string(fixture("cri-wrapped.log"))
+        .unwrap()
+        .replace("2026-03-17T", &iso(day).replacen("T00:00:00.000Z", "T", 1));
     let log = dir.join("cri-wrapped.log");
     std::fs::write(&log, fixture).unwrap();
     (log, day)
@@ -780,4 +801,14 @@ pub fn cond_test_seed(default: u64) -> u64 {
 pub fn cond_kill9_reported(d: &mut Daemon, context: &str) {
     eprintln!("--- kill -9: {context}\n{}", cond_daemon_report(d, 15));
     d.kill9();
+}
+
+/// An owners file where `k-1` is team `before` until `from` (RFC 3339) and `after` from then
+/// on, and every other `k-*` key team `rest`.
+pub fn owners_k1_moving_at(from: &str) -> String {
+    format!(
+        "[[owners]]\napi_key_id = \"k-1\"\nteam = \"before\"\n\
+         [[owners]]\napi_key_id = \"k-1\"\nteam = \"after\"\nfrom = \"{from}\"\n\
+         [[owners]]\napi_key_id = \"k-*\"\nteam = \"rest\"\n"
+    )
 }

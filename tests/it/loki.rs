@@ -1,13 +1,12 @@
 //! End-to-end tests of the Loki export: the daemon binary forwarding real files to a receiver
 //! that decodes Loki's wire format and applies Loki's validation (see `common/loki.rs`).
 
-mod common;
-
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::loki::{Behavior, LokiReceiver, Received};
-use common::*;
+use crate::common::loki::{Behavior, LokiReceiver, Received};
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -92,12 +91,8 @@ fn cri_fixture_arrives_exactly_once_through_503_and_429() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("pods");
     let dir = pod_dir(&root, "gw-fixture");
-    let fixture = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/cri-wrapped.log"
-    ))
-    .unwrap();
-    std::fs::write(dir.join("0.log"), &fixture).unwrap();
+    let cri_fixture = std::fs::read_to_string(fixture("cri-wrapped.log")).unwrap();
+    std::fs::write(dir.join("0.log"), &cri_fixture).unwrap();
     let cfg = config(
         &root,
         &tmp.path().join("state"),
@@ -110,15 +105,12 @@ fn cri_fixture_arrives_exactly_once_through_503_and_429() {
 
     // Every logical line of the fixture exactly once: 30 access-log lines (one joined from
     // three CRI partials) and 4 Envoy stderr lines, envelope removed.
-    let mut expected_lines: Vec<String> = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/envoy-ai-access.jsonl"
-    ))
-    .unwrap()
-    .lines()
-    .map(String::from)
-    .collect();
-    for l in fixture.lines().filter(|l| l.contains(" stderr F ")) {
+    let mut expected_lines: Vec<String> = std::fs::read_to_string(fixture("envoy-ai-access.jsonl"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    for l in cri_fixture.lines().filter(|l| l.contains(" stderr F ")) {
         expected_lines.push(l.split_once(" stderr F ").unwrap().1.to_string());
     }
     let got = counts(&entries);
@@ -238,10 +230,45 @@ fn outage(kill_during: bool) {
     wait_exact(&d, &exp);
 }
 
+/// Waits until the daemon's token counters are exactly `exp` (on timeout, what it was doing).
 fn wait_exact(d: &Daemon, exp: &Expected) {
-    wait_until("exact metering", WAIT, || {
+    cond_wait(d, "exact metering", WAIT, || {
         (d.metrics()?.by_series("llm_tokens_total") == exp.column(3)).then_some(())
     });
+}
+
+/// A daemon tailing `<tmp>/pods` with at most `max_open_files` descriptors and forwarding to
+/// `r`, which is down from the start; and the pods' root.
+fn start_with_loki_down(
+    tmp: &Path,
+    r: &LokiReceiver,
+    name: &str,
+    max_open_files: usize,
+) -> (Daemon, PathBuf) {
+    r.set_down(true);
+    let root = tmp.join("pods");
+    let cfg = config(&root, &tmp.join("state"), "", &loki_section(r, "")).replace(
+        "[source]\n",
+        &format!("[source]\nmax_open_files = {max_open_files}\n"),
+    );
+    (Daemon::start(tmp, name, &cfg), root)
+}
+
+/// After an outage with more files than descriptors: metering kept to its ceiling and Loki
+/// got nothing; then Loki comes back and each of the `lines` lines arrives exactly once.
+fn assert_each_line_once_after_the_outage(
+    d: &Daemon,
+    r: &LokiReceiver,
+    lines: usize,
+    max_open_files: usize,
+) {
+    let open = d.metrics().unwrap().sum("tokenmeter_open_files", &[]);
+    assert!(open <= max_open_files as f64, "{open} files open");
+    assert!(r.entries().is_empty());
+    r.set_down(false);
+    let entries = wait_entries(r, lines, d);
+    assert_eq!(entries.len(), lines, "each line once");
+    assert!(counts(&entries).values().all(|n| *n == 1));
 }
 
 #[test]
@@ -469,12 +496,8 @@ fn loki_lag_is_every_undelivered_byte_in_the_files_while_loki_is_down() {
 #[test]
 fn a_loki_outage_with_more_files_than_descriptors_does_not_stall_metering() {
     let r = LokiReceiver::start();
-    r.set_down(true);
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("pods");
-    let cfg = config(&root, &tmp.path().join("state"), "", &loki_section(&r, ""))
-        .replace("[source]\n", "[source]\nmax_open_files = 8\n");
-    let d = Daemon::start(tmp.path(), "loki-fds", &cfg);
+    let (d, root) = start_with_loki_down(tmp.path(), &r, "loki-fds", 8);
     let mut exp = Expected::default();
     let mut lines = 0usize;
     // 24 pods, three times the ceiling, written in three rounds: while Loki is down, the
@@ -493,35 +516,19 @@ fn a_loki_outage_with_more_files_than_descriptors_does_not_stall_metering() {
             }
             append(&log, &text);
         }
-        cond_wait(
-            &d,
-            "metering of every file while Loki is down",
-            WAIT,
-            || {
-                let m = d.metrics()?;
-                (m.by_series("llm_tokens_total") == exp.column(3)).then_some(())
-            },
-        );
+        // Metering of every file while Loki is down.
+        wait_exact(&d, &exp);
     }
     let m = d.metrics().unwrap();
-    assert!(m.sum("tokenmeter_open_files", &[]) <= 8.0);
     assert_eq!(m.sum("tokenmeter_open_files_limit", &[]), 8.0);
-    assert!(r.entries().is_empty());
-    r.set_down(false);
-    let entries = wait_entries(&r, lines, &d);
-    assert_eq!(entries.len(), lines, "each line once");
-    assert!(counts(&entries).values().all(|n| *n == 1));
+    assert_each_line_once_after_the_outage(&d, &r, lines, 8);
 }
 
 #[test]
 fn rotations_during_a_loki_outage_do_not_hold_descriptors_metering_needs() {
     let r = LokiReceiver::start();
-    r.set_down(true);
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("pods");
-    let cfg = config(&root, &tmp.path().join("state"), "", &loki_section(&r, ""))
-        .replace("[source]\n", "[source]\nmax_open_files = 2\n");
-    let d = Daemon::start(tmp.path(), "loki-rot", &cfg);
+    let (d, root) = start_with_loki_down(tmp.path(), &r, "loki-rot", 2);
     let dir = pod_dir(&root, "gw-rot");
     let log = dir.join("0.log");
     let mut exp = Expected::default();
@@ -535,27 +542,14 @@ fn rotations_during_a_loki_outage_do_not_hold_descriptors_metering_needs() {
             lines += 1;
         }
         append(&log, &text);
-        cond_wait(
-            &d,
-            "metering of every rotation while Loki is down",
-            WAIT,
-            || {
-                let m = d.metrics()?;
-                (m.by_series("llm_tokens_total") == exp.column(3)).then_some(())
-            },
-        );
+        // Metering of every rotation while Loki is down.
+        wait_exact(&d, &exp);
         if round < 4 {
             cond_wait_read_to_end(&d, &log, WAIT);
             std::fs::rename(&log, dir.join(format!("0.log.2026113012000{round}"))).unwrap();
         }
     }
-    let m = d.metrics().unwrap();
-    assert!(m.sum("tokenmeter_open_files", &[]) <= 2.0);
-    assert!(r.entries().is_empty());
-    r.set_down(false);
-    let entries = wait_entries(&r, lines, &d);
-    assert_eq!(entries.len(), lines, "each line once");
-    assert!(counts(&entries).values().all(|n| *n == 1));
+    assert_each_line_once_after_the_outage(&d, &r, lines, 2);
 }
 
 #[test]

@@ -9,56 +9,20 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tokenmeter"));
-    c.env_remove("TOKENMETER_CONFIG");
-    c
-}
+use crate::common::{
+    check_config, dir_files, expected, fixture, replay_cmd, replay_json, root, run,
+    series_sum as sum, summary, tokenmeter as bin,
+};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures").join(name)
-}
-
-fn replay_json(files: &[&Path]) -> Value {
-    let out = bin()
-        .args(["replay", "--summary", "json"])
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        text.lines().count(),
-        1,
-        "exactly one JSON object on one line: {text}"
-    );
-    serde_json::from_str(&text).unwrap()
-}
-
-fn expected(name: &str) -> Value {
-    let path = root().join("tests/expected").join(format!("{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn sum(summary: &Value, field: &str) -> u64 {
-    summary["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s[field].as_u64().unwrap())
-        .sum()
+/// `text` as `c.toml` in a new temporary directory (removed when the first is dropped).
+fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, text).unwrap();
+    (dir, cfg)
 }
 
 #[test]
@@ -69,7 +33,7 @@ fn every_fixture_matches_the_independent_reference() {
         "edge-cases.log",
         "docker-json.log",
     ] {
-        let got = replay_json(&[&fixture(name)]);
+        let got = replay_json([fixture(name)]);
         assert_eq!(got, expected(name), "{name}");
         let skipped: u64 = got["skipped"]
             .as_object()
@@ -87,26 +51,8 @@ fn every_fixture_matches_the_independent_reference() {
 
 /// `replay --config CONFIG --summary json FILE...`: the raw stdout (one line) and its value.
 fn replay_priced(config: &Path, files: &[&Path]) -> (String, Value) {
-    let out = bin()
-        .args(["replay", "--config"])
-        .arg(config)
-        .args(["--summary", "json"])
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        text.lines().count(),
-        1,
-        "exactly one JSON object on one line: {text}"
-    );
-    let value = serde_json::from_str(&text).unwrap();
-    (text, value)
+    // Options may follow the files (clap reads them anywhere).
+    summary(replay_cmd(files).arg("--config").arg(config), None)
 }
 
 /// The exact text of the top-level `"cost"` number and of each series' `"cost"`, in series
@@ -192,18 +138,15 @@ fn priced_summaries_match_the_independent_reference() {
 
 #[test]
 fn priced_totals_by_hand() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prices.toml");
     // No `included_in`: the default (cached_input inside input) applies. Custom input field name.
-    std::fs::write(
-        &config,
+    let (dir, config) = config_file(
         r#"
+[pricing]
+currency = "USD"
 [fields]
 input_tokens = "in"
 [fields.extra_tokens]
 cached_input = "cached"
-[pricing]
-currency = "USD"
 [[pricing.prices]]
 model = "m*"
 per_million = { input = 2, output = 8, cached_input = 0.5 }
@@ -215,8 +158,7 @@ from = "2026-03-01T00:00:00Z"
 per_million = { input = 3, output = 8 }
 per_request = 0.002
 "#,
-    )
-    .unwrap();
+    );
     let log = dir.path().join("access.log");
     std::fs::write(
         &log,
@@ -262,7 +204,7 @@ per_request = 0.002
 fn fixture_totals_by_hand() {
     // From the tok tuples of gen_fixtures.py: 18 records with tokens, 8 LLM records without
     // (errors, a 404 for an unknown model, a client disconnect), 4 lines with no model.
-    let jsonl = replay_json(&[&fixture("envoy-ai-access.jsonl")]);
+    let jsonl = replay_json([fixture("envoy-ai-access.jsonl")]);
     assert_eq!(jsonl["lines"], 30);
     assert_eq!(jsonl["records"], 26);
     assert_eq!(jsonl["skipped"]["not_llm"], 4);
@@ -271,7 +213,7 @@ fn fixture_totals_by_hand() {
     assert_eq!(sum(&jsonl, "total_tokens"), 165_624);
     assert_eq!(sum(&jsonl, "requests"), 26);
     // The CRI file holds the same 30 lines (one split P,P,F) plus 4 Envoy stderr lines.
-    let cri = replay_json(&[&fixture("cri-wrapped.log")]);
+    let cri = replay_json([fixture("cri-wrapped.log")]);
     assert_eq!(cri["series"], jsonl["series"]);
     assert_eq!(cri["lines"], 34);
     assert_eq!(cri["skipped"]["not_json"], 4);
@@ -290,7 +232,7 @@ fn fixture_totals_by_hand() {
 #[test]
 fn edge_cases_by_hand() {
     // tests/fixtures/edge-cases.txt numbers each case; see make_edge_cases.py.
-    let s = replay_json(&[&fixture("edge-cases.log")]);
+    let s = replay_json([fixture("edge-cases.log")]);
     assert_eq!(s["lines"], 25, "three blank lines are not counted");
     assert_eq!(s["skipped"]["not_json"], 5);
     assert_eq!(s["skipped"]["not_llm"], 3);
@@ -347,16 +289,16 @@ fn multi_member_gzip_equals_the_plain_files() {
     let mut both = a.clone();
     both.extend_from_slice(&b);
     std::fs::write(&plain, both).unwrap();
-    let got = replay_json(&[&path]);
-    assert_eq!(got, replay_json(&[&plain]));
+    let got = replay_json([&path]);
+    assert_eq!(got, replay_json([&plain]));
     assert_eq!(got["lines"], 30 + 25);
 }
 
 #[test]
 fn files_are_replayed_in_order_and_summed() {
-    let got = replay_json(&[
-        &fixture("envoy-ai-access.jsonl"),
-        &fixture("envoy-ai-access.jsonl"),
+    let got = replay_json([
+        fixture("envoy-ai-access.jsonl"),
+        fixture("envoy-ai-access.jsonl"),
     ]);
     let one = expected("envoy-ai-access.jsonl");
     assert_eq!(got["lines"], 60);
@@ -377,7 +319,7 @@ fn a_two_mib_line_is_skipped_and_the_rest_counts() {
     .unwrap();
     write!(f, r#"{{"model":"m","llm_input_token":2}}"#).unwrap(); // no final newline
     drop(f);
-    let s = replay_json(&[&path]);
+    let s = replay_json([&path]);
     assert_eq!(s["lines"], 3);
     assert_eq!(s["records"], 2);
     assert_eq!(s["skipped"]["too_long"], 1);
@@ -387,46 +329,29 @@ fn a_two_mib_line_is_skipped_and_the_rest_counts() {
 #[test]
 fn a_missing_file_stops_before_anything_is_written() {
     let missing = root().join("tests/fixtures/no-such-file.log");
-    let out: Output = bin()
-        .args(["replay", "--summary", "json"])
-        .arg(fixture("envoy-ai-access.jsonl"))
-        .arg(&missing)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let out = run(&mut replay_cmd([fixture("envoy-ai-access.jsonl"), missing])).exits(1);
     assert!(out.stdout.is_empty(), "nothing on stdout");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no-such-file.log"), "{err}");
+    assert!(out.stderr.contains("no-such-file.log"), "{}", out.stderr);
 }
 
 #[test]
 fn a_glob_that_matches_nothing_stops_the_replay_by_name() {
     let pattern = root().join("tests/fixtures/*.nothing-matches");
-    let out = bin()
-        .args(["replay", "--summary", "json"])
-        .arg(&pattern)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let out = run(&mut replay_cmd([pattern])).exits(1);
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing-matches"));
+    assert!(out.stderr.contains("nothing-matches"), "{}", out.stderr);
 }
 
 #[test]
 fn text_summary_is_readable() {
-    let out = bin()
-        .args(["replay"])
-        .arg(fixture("cri-wrapped.log"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    let out = run(bin().arg("replay").arg(fixture("cri-wrapped.log"))).ok();
+    let text = out.stdout;
     assert!(text.contains("top model by total tokens"), "{text}");
     assert!(text.contains("gpt-4o-mini"), "{text}");
     assert!(text.contains("not_json"), "{text}");
     assert!(text.contains("165624"), "{text}");
     // No progress bar when stderr is not a terminal.
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("ETA"));
+    assert!(!out.stderr.contains("ETA"));
 }
 
 #[test]
@@ -438,25 +363,17 @@ fn config_errors_name_the_key_and_exit_2() {
         "[source]\nstart_at = \"end\"\nglob_intervall = \"1s\"\n",
     )
     .unwrap();
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run(&mut check_config(&path)).exits(2).stderr;
     assert!(
         err.contains("glob_intervall") && err.contains("bad.toml"),
         "{err}"
     );
     // The same through $TOKENMETER_CONFIG, for replay.
-    let out = bin()
+    run(bin()
         .env("TOKENMETER_CONFIG", &path)
-        .args(["replay"])
-        .arg(fixture("envoy-ai-access.jsonl"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+        .arg("replay")
+        .arg(fixture("envoy-ai-access.jsonl")))
+    .exits(2);
 }
 
 #[test]
@@ -480,19 +397,12 @@ fn config_files_and_directories_layer_and_an_error_names_the_file_that_set_the_k
         "[source]\ninclude = [\"/c/*.log\"]\nmax_line_bytes = 2048\n[otlp.headers]\nB = \"2\"\n",
     )
     .unwrap();
-    let out = bin()
-        .args(["check-config", "--show-secrets", "-c"])
-        .arg(&base)
+    let text = run(check_config(&base)
         .arg("-c")
         .arg(&drop_in)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+        .arg("--show-secrets"))
+    .ok()
+    .stdout;
     // The array replaced whole, the last file's number, the header tables merged.
     assert!(text.contains("include = [\"/c/*.log\"]"), "{text}");
     assert!(text.contains("max_line_bytes = 8192"), "{text}");
@@ -507,15 +417,9 @@ fn config_files_and_directories_layer_and_an_error_names_the_file_that_set_the_k
         "[source]\nmax_line_bytes = -1\n",
     )
     .unwrap();
-    let out = bin()
-        .args(["check-config", "-c"])
-        .arg(&base)
-        .arg("-c")
-        .arg(&drop_in)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run(check_config(&base).arg("-c").arg(&drop_in))
+        .exits(2)
+        .stderr;
     assert!(
         err.contains("30-bad.toml") && err.contains("source.max_line_bytes"),
         "{err}"
@@ -524,25 +428,18 @@ fn config_files_and_directories_layer_and_an_error_names_the_file_that_set_the_k
 
 #[test]
 fn check_config_prints_the_effective_config() {
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(root().join("config/tokenmeter.toml"))
-        .env("NODE_NAME", "node-a")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let config = root().join("config/tokenmeter.toml");
+    let text = run(check_config(&config).env("NODE_NAME", "node-a"))
+        .ok()
+        .stdout;
     assert!(text.contains("max_line_bytes = 1048576"), "{text}");
     assert!(text.contains("interval = \"15s\""), "{text}");
     // Defaults alone.
-    let out = bin().args(["check-config"]).output().unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("/var/log/pods/envoy-gateway-system_*/envoy/*.log"));
+    let text = run(bin().arg("check-config")).ok().stdout;
+    assert!(
+        text.contains("/var/log/pods/envoy-gateway-system_*/envoy/*.log"),
+        "{text}"
+    );
 }
 
 /// Tables whose keys are the user's own names (headers, labels, token types): one key each.
@@ -576,7 +473,11 @@ fn config_key_paths(v: &toml::Value, path: &str, out: &mut std::collections::BTr
         }
         toml::Value::Array(a) if a.first().is_some_and(toml::Value::is_table) => {
             out.insert(path.to_string());
-            config_key_paths(&a[0], &format!("{path}[]"), out);
+            // Every element: entries of one list may set different keys (a key's or a team's
+            // budget).
+            for item in a {
+                config_key_paths(item, &format!("{path}[]"), out);
+            }
         }
         _ => {
             out.insert(path.to_string());
@@ -622,12 +523,22 @@ fn docs_configuration_md_lists_exactly_the_config_keys_and_every_doc_toml_exampl
             per_million: rates(),
         }],
     }];
-    config.budgets = vec![Budget {
-        api_key_id: "*".into(),
-        window: "1d".into(),
-        tokens: Some(1),
-        cost: Some(Rate("1".into())),
-    }];
+    config.budgets = vec![
+        Budget {
+            api_key_id: "*".into(),
+            team: String::new(),
+            window: "1d".into(),
+            tokens: Some(1),
+            cost: Some(Rate("1".into())),
+        },
+        Budget {
+            api_key_id: String::new(),
+            team: "*".into(),
+            window: "month".into(),
+            tokens: Some(1),
+            cost: Some(Rate("1".into())),
+        },
+    ];
     let mut code = BTreeSet::new();
     config_key_paths(&toml::Value::try_from(&config).unwrap(), "", &mut code);
 
@@ -671,7 +582,7 @@ fn docs_configuration_md_lists_exactly_the_config_keys_and_every_doc_toml_exampl
         let mut lines = text.lines().enumerate();
         while let Some((at, line)) = lines.next() {
             let info = line.trim_start().strip_prefix("```").unwrap_or("");
-            if info != "toml" && info != "toml price-file" {
+            if info != "toml" && info != "toml price-file" && info != "toml owners-file" {
                 continue;
             }
             let block: Vec<&str> = lines
@@ -689,6 +600,12 @@ fn docs_configuration_md_lists_exactly_the_config_keys_and_every_doc_toml_exampl
                 if let Err(e) = Config::from_toml(&block, &env) {
                     panic!("{place}: the example is not a valid config: {e}");
                 }
+            } else if info == "toml owners-file" {
+                let table = tokenmeter::owners::parse_owners_file(&block)
+                    .and_then(|file| tokenmeter::owners::OwnerTable::compile(&file, "unassigned"));
+                if let Err(e) = table {
+                    panic!("{place}: the example is not a valid owners file: {e:?}");
+                }
             } else if let Err(e) = tokenmeter::pricing::parse_price_file(&block) {
                 panic!("{place}: the example is not a valid price file: {e:?}");
             }
@@ -703,32 +620,21 @@ fn docs_configuration_md_lists_exactly_the_config_keys_and_every_doc_toml_exampl
 
 #[test]
 fn the_local_config_replays_the_sample_logs() {
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(root().join("config/local.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(&mut check_config(&root().join("config/local.toml"))).ok();
 }
 
 #[test]
 fn help_and_version() {
-    let out = bin().arg("--help").output().unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8_lossy(&out.stdout);
+    let help = run(bin().arg("--help")).ok().stdout;
     for cmd in ["run", "replay", "check-config"] {
         assert!(help.contains(cmd), "{help}");
     }
-    let out = bin().args(["replay", "--help"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--summary"));
-    let out = bin().arg("--version").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("tokenmeter "));
-    let out = bin().arg("replay").output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "missing FILE is a usage error");
+    let help = run(bin().args(["replay", "--help"])).stdout;
+    assert!(help.contains("--summary"), "{help}");
+    let version = run(bin().arg("--version")).stdout;
+    assert!(version.starts_with("tokenmeter "), "{version}");
+    // A missing FILE is a usage error.
+    run(bin().arg("replay")).exits(2);
 }
 
 #[test]
@@ -736,17 +642,8 @@ fn check_config_refuses_an_invalid_glob_and_warns_about_one_that_matches_nothing
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[source]\ninclude = [\"/var/log/pods/[.log\"]\n").unwrap();
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "an invalid glob is a config error"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    // An invalid glob is a config error.
+    let err = run(&mut check_config(&bad)).exits(2).stderr;
     assert!(err.contains("source.include[0]"), "{err}");
 
     let empty = dir.path().join("logs");
@@ -757,49 +654,25 @@ fn check_config_refuses_an_invalid_glob_and_warns_about_one_that_matches_nothing
         format!("[source]\ninclude = [\"{}/*.log\"]\n", empty.display()),
     )
     .unwrap();
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(&none)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "matching nothing is only a warning");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("warning: source.include[0]") && err.contains("matches no file"),
-        "{err}"
-    );
+    // Matching nothing is only a warning.
+    let err = run(&mut check_config(&none)).ok().stderr;
+    assert!(err.contains("warning: source.include[0]"), "{err}");
+    assert!(err.contains("matches no file"), "{err}");
 }
 
 #[test]
 fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let (_dir, cfg) = config_file(
         "[otlp]\nendpoint = \"https://agent:pa55w0rd@mimir:8080/otlp/v1/metrics?token=q5ecret\"\nheaders = { \"Authorization\" = \"Bearer ${TOKEN}\" }\n[loki]\nendpoint = \"http://loki/loki/api/v1/push\"\nheaders = { \"X-Scope-OrgID\" = \"tenant-s3cret\" }\nbasic_auth = { username = \"${BASIC_USER}\" }\n",
-    )
-    .unwrap();
-    let run = |extra: &[&str]| {
-        let out = bin()
-            .args(["check-config", "--config"])
-            .arg(&cfg)
-            .args(extra)
+    );
+    let check = |extra: &[&str]| {
+        let mut cmd = check_config(&cfg);
+        cmd.args(extra)
             .env("TOKEN", "tok-from-env-123")
-            .env("BASIC_USER", "user-from-env-456")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+            .env("BASIC_USER", "user-from-env-456");
+        run(&mut cmd).ok().text()
     };
-    let text = run(&[]);
+    let text = check(&[]);
     for secret in [
         "tok-from-env-123",
         "pa55w0rd",
@@ -815,36 +688,21 @@ fn check_config_masks_secrets_from_env_and_urls_unless_asked() {
         text.contains("https://mimir:8080/otlp/v1/metrics"),
         "{text}"
     );
-    let shown = run(&["--show-secrets"]);
+    let shown = check(&["--show-secrets"]);
     assert!(shown.contains("Bearer tok-from-env-123"), "{shown}");
     assert!(shown.contains("user-from-env-456"), "{shown}");
 }
 
 #[test]
 fn check_config_refuses_an_unreadable_token_file_of_an_enabled_exporter() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let (_dir, cfg) = config_file(
         "[otlp]\nendpoint = \"http://mimir/otlp/v1/metrics\"\nbearer_token_file = \"/nonexistent/token\"\n",
-    )
-    .unwrap();
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    let err = run(&mut check_config(&cfg)).exits(2).stderr;
     assert!(err.contains("otlp.bearer_token_file"), "{err}");
     // The same key without an endpoint: the exporter is off, nothing to read.
     std::fs::write(&cfg, "[otlp]\nbearer_token_file = \"/nonexistent/token\"\n").unwrap();
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    run(&mut check_config(&cfg)).ok();
 }
 
 #[test]
@@ -853,15 +711,8 @@ fn check_config_refuses_each_pricing_error_naming_the_entry_and_warns_about_roun
     let check = |name: &str, toml: &str| {
         let path = tmp.path().join(format!("{name}.toml"));
         std::fs::write(&path, toml).unwrap();
-        let out = bin()
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let out = run(&mut check_config(&path));
+        (out.code, out.stderr)
     };
     let ok = "[[pricing.prices]]\nmodel = \"ok\"\nper_million = { input = 1 }\n";
     // (what, the second entry, a fragment the message must contain)
@@ -918,25 +769,28 @@ fn check_config_refuses_each_pricing_error_naming_the_entry_and_warns_about_roun
             "{what}: says why ({fragment}): {err}"
         );
     }
-    // An included_in cycle, and budgets.
-    let (code, err) = check(
-        "cycle",
-        "[fields.extra_tokens]\na = \"la\"\nb = \"lb\"\n[pricing]\nincluded_in = { a = \"b\", b = \"a\" }\n[[pricing.prices]]\nmodel = \"x\"\nper_million = { input = 1 }\n",
-    );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("included_in"), "{err}");
-    let (code, err) = check(
-        "budget",
-        "[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\ntokens = 1\n[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\ncost = 2\n",
-    );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("budgets[1]"), "{err}");
-    let (code, err) = check(
-        "budget2",
-        "[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\n",
-    );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("budgets[0]"), "{err}");
+    // An included_in cycle, and budgets: (file, config, what the message names).
+    for (name, toml, named) in [
+        (
+            "cycle",
+            "[fields.extra_tokens]\na = \"la\"\nb = \"lb\"\n[pricing]\nincluded_in = { a = \"b\", b = \"a\" }\n[[pricing.prices]]\nmodel = \"x\"\nper_million = { input = 1 }\n",
+            "included_in",
+        ),
+        (
+            "budget",
+            "[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\ntokens = 1\n[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\ncost = 2\n",
+            "budgets[1]",
+        ),
+        (
+            "budget2",
+            "[[budgets]]\napi_key_id = \"k\"\nwindow = \"30d\"\n",
+            "budgets[0]",
+        ),
+    ] {
+        let (code, err) = check(name, toml);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert!(err.contains(named), "{name}: {err}");
+    }
     // A rate that rounding to 10^-12 units changes is accepted with a warning naming it.
     let (code, err) = check(
         "round",
@@ -960,17 +814,7 @@ fn check_config_refuses_an_endpoint_every_push_would_fail_on_without_showing_it(
         ("loki", "https://agent:pa55w0rd@:3100/push?token=q5ecret"),
     ] {
         std::fs::write(&cfg, format!("[{section}]\nendpoint = \"{endpoint}\"\n")).unwrap();
-        let out = bin()
-            .args(["check-config", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.status.code(), Some(2), "{endpoint}: {text}");
+        let text = run(&mut check_config(&cfg)).exits(2).text();
         assert!(text.contains(&format!("{section}.endpoint")), "{text}");
         for secret in ["99999", "agent", "pa55w0rd", "q5ecret", "redacted"] {
             assert!(!text.contains(secret), "{secret} shown: {text}");
@@ -980,25 +824,12 @@ fn check_config_refuses_an_endpoint_every_push_would_fail_on_without_showing_it(
 
 #[test]
 fn check_config_refuses_a_header_value_with_a_newline_from_env_without_showing_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let (_dir, cfg) = config_file(
         "[otlp]\nendpoint = \"http://mimir/otlp/v1/metrics\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\n",
-    )
-    .unwrap();
-    let out = bin()
-        .args(["check-config", "--show-secrets", "--config"])
-        .arg(&cfg)
-        .env("TOKEN", "tok-from-env-123\n")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let mut cmd = check_config(&cfg);
+    cmd.arg("--show-secrets").env("TOKEN", "tok-from-env-123\n");
+    let text = run(&mut cmd).exits(2).text();
     assert!(text.contains("otlp.headers.Authorization"), "{text}");
     assert!(!text.contains("tok-from-env-123"), "{text}");
 }
@@ -1033,14 +864,8 @@ fn check_config_refuses_a_directory_as_a_secret_file_and_a_ca_file_without_a_cer
             format!("[otlp]\nendpoint = \"https://mimir/otlp/v1/metrics\"\n{body}"),
         )
         .unwrap();
-        let out = bin()
-            .args(["check-config", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{body}: {err}");
-        assert!(err.contains(key), "{err}");
+        let err = run(&mut check_config(&cfg)).exits(2).stderr;
+        assert!(err.contains(key), "{body}: {err}");
         assert!(!err.contains("s3cret"), "{err}");
     }
     std::fs::write(
@@ -1051,27 +876,17 @@ fn check_config_refuses_a_directory_as_a_secret_file_and_a_ca_file_without_a_cer
         ),
     )
     .unwrap();
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(&mut check_config(&cfg)).ok();
 }
 
 #[test]
 fn durations_too_long_for_the_clock_are_usage_or_config_errors() {
-    let out = bin()
+    let err = run(bin()
         .args(["replay", "--retry-for", "500000000000years"])
-        .arg(fixture("envoy-ai-access.jsonl"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--retry-for"));
+        .arg(fixture("envoy-ai-access.jsonl")))
+    .exits(2)
+    .stderr;
+    assert!(err.contains("--retry-for"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     for (text, key) in [
@@ -1082,13 +897,8 @@ fn durations_too_long_for_the_clock_are_usage_or_config_errors() {
         ),
     ] {
         std::fs::write(&cfg, text).unwrap();
-        let out = bin()
-            .args(["check-config", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{text}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{text}");
+        let err = run(&mut check_config(&cfg)).exits(2).stderr;
+        assert!(err.contains(key), "{text}: {err}");
     }
 }
 
@@ -1109,13 +919,7 @@ fn the_example_price_file_is_valid_and_prices_the_fixtures() {
         ),
     )
     .unwrap();
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let stderr = run(&mut check_config(&config)).ok().stderr;
     assert!(
         !stderr.contains("not a whole number"),
         "every example rate is exact: {stderr}"
@@ -1142,10 +946,7 @@ fn the_example_price_file_is_valid_and_prices_the_fixtures() {
 /// worked out eagerly) must agree.
 #[test]
 fn a_price_change_prices_records_without_a_time_of_their_own_at_the_previous_records_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prices.toml");
-    std::fs::write(
-        &config,
+    let (dir, config) = config_file(
         r#"
 [pricing]
 currency = "USD"
@@ -1160,8 +961,7 @@ per_million = { input = 2 }
 model = "steady"
 per_million = { input = 1 }
 "#,
-    )
-    .unwrap();
+    );
     let line = |model: &str, start: Option<&str>| {
         let start = start.map_or(String::new(), |s| format!(r#","start_time":"{s}""#));
         format!(
@@ -1226,30 +1026,20 @@ per_million = { input = 1 }
     // Old: 1 + 1 + 1 + 1 = 4; new: 2 + 2 + 2 + 2 + 2 = 10.
     let (_, on_demand) = replay_priced(&config, &[&file, &second]);
     assert_eq!(changing_cost(&on_demand), "14", "{on_demand}");
-    let eager = replay_stdout(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--summary",
-            "json",
-            "--from",
-            "1970-01-01T00:00:00Z",
-        ],
-        &[file.clone(), second.clone()],
+    let (_, eager) = summary(
+        replay_cmd([&file, &second])
+            .arg("--config")
+            .arg(&config)
+            .args(["--from", "1970-01-01T00:00:00Z"]),
+        None,
     );
-    let eager: Value = serde_json::from_str(&eager).unwrap();
     assert_eq!(changing_cost(&eager), "14", "{eager}");
     assert_eq!(on_demand["cost"], eager["cost"]);
 }
 
+/// `replay --summary json FILES ARGS`: the summary's line.
 fn replay_stdout(args: &[&str], files: &[PathBuf]) -> String {
-    let out = bin().arg("replay").args(args).args(files).output().unwrap();
-    assert!(
-        out.status.success(),
-        "replay {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    summary(replay_cmd(files).args(args), None).0
 }
 
 /// `--jobs 2` counts files on two threads and merges them in the order given: the summary is
@@ -1284,27 +1074,19 @@ fn replay_jobs_2_writes_the_summary_of_jobs_1_byte_for_byte() {
     ];
     for config in configs {
         let mut one = config.to_vec();
-        one.extend(["--summary", "json", "--jobs", "1"]);
+        one.extend(["--jobs", "1"]);
         let mut two = config.to_vec();
-        two.extend(["--summary", "json", "--jobs", "2"]);
+        two.extend(["--jobs", "2"]);
         assert_eq!(
             replay_stdout(&two, &files),
             replay_stdout(&one, &files),
             "{config:?}"
         );
     }
-    let summary: Value = serde_json::from_str(&replay_stdout(
-        &["--summary", "json", "--jobs", "2"],
-        &files,
-    ))
-    .unwrap();
+    let summary: Value = serde_json::from_str(&replay_stdout(&["--jobs", "2"], &files)).unwrap();
     let (mut lines, mut records) = (0, 0);
     for n in names {
-        let want: Value = serde_json::from_str(
-            &std::fs::read_to_string(root().join("tests/expected").join(format!("{n}.json")))
-                .unwrap(),
-        )
-        .unwrap();
+        let want = expected(n);
         lines += 2 * want["lines"].as_u64().unwrap();
         records += 2 * want["records"].as_u64().unwrap();
     }
@@ -1312,14 +1094,7 @@ fn replay_jobs_2_writes_the_summary_of_jobs_1_byte_for_byte() {
     assert_eq!(summary["records"].as_u64(), Some(records));
     // The limits fold: the fallback to counting in order was taken.
     let folded = replay_stdout(
-        &[
-            "--config",
-            limits.to_str().unwrap(),
-            "--summary",
-            "json",
-            "--jobs",
-            "2",
-        ],
+        &["--config", limits.to_str().unwrap(), "--jobs", "2"],
         &files,
     );
     assert!(folded.contains("__overflow__"), "{folded}");
@@ -1344,34 +1119,21 @@ fn backfill_with_jobs_2_writes_the_files_of_jobs_1_byte_for_byte() {
     let mut outputs = Vec::new();
     for jobs in ["1", "2"] {
         let out_dir = dir.path().join(format!("om-{jobs}/"));
-        let summary = replay_stdout(
-            &[
-                "--summary",
-                "json",
-                "--jobs",
-                jobs,
-                "--step",
-                "10s",
-                "--block",
-                "1m",
-                "--openmetrics",
-                out_dir.to_str().unwrap(),
-            ],
-            &files,
-        );
-        let mut written: Vec<(String, Vec<u8>)> = std::fs::read_dir(&out_dir)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    std::fs::read(e.path()).unwrap(),
-                )
-            })
-            .collect();
-        written.sort();
+        let mut cmd = replay_cmd(&files);
+        cmd.args([
+            "--jobs",
+            jobs,
+            "--step",
+            "10s",
+            "--block",
+            "1m",
+            "--openmetrics",
+        ])
+        .arg(&out_dir);
+        let text = summary(&mut cmd, None).0;
+        let written = dir_files(&out_dir);
         assert!(written.len() > 1, "several windows: {written:?}");
-        outputs.push((summary, written));
+        outputs.push((text, written));
     }
     assert_eq!(outputs[0], outputs[1]);
 }
@@ -1403,17 +1165,8 @@ fn a_broken_file_fails_the_same_way_with_any_jobs() {
                     }
                 })
                 .collect();
-            let out = bin()
-                .args(["replay", "--summary", "json", "--jobs", jobs])
-                .args(&args)
-                .args(&files)
-                .output()
-                .unwrap();
-            results.push((
-                out.status.code(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-                out.stdout,
-            ));
+            let out = run(replay_cmd(&files).args(["--jobs", jobs]).args(&args));
+            results.push((out.code, out.stderr, out.stdout));
         }
         assert_eq!(results[0], results[1], "{extra:?}");
         assert_eq!(results[0].0, Some(1), "{:?}", results[0]);
@@ -1432,7 +1185,7 @@ fn a_broken_file_fails_the_same_way_with_any_jobs() {
 #[test]
 fn a_replay_failing_while_a_window_is_written_finishes_that_window_and_leaves_no_temp_file() {
     let dir = tempfile::tempdir().unwrap();
-    let line = std::fs::read_to_string(root().join("tests/fixtures/envoy-ai-access.jsonl"))
+    let line = std::fs::read_to_string(fixture("envoy-ai-access.jsonl"))
         .unwrap()
         .lines()
         .next()
@@ -1459,33 +1212,13 @@ fn a_replay_failing_while_a_window_is_written_finishes_that_window_and_leaves_no
     let mut listings = Vec::new();
     for jobs in ["1", "2"] {
         let out_dir = dir.path().join(format!("om-{jobs}"));
-        let out = bin()
-            .env("TOKENMETER_FAULT_WINDOW_WRITER", "hold-first")
-            .args([
-                "replay",
-                "--summary",
-                "json",
-                "--jobs",
-                jobs,
-                "--openmetrics",
-            ])
-            .arg(format!("{}/", out_dir.display()))
-            .arg(&plain)
-            .arg(&gz)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "jobs {jobs}: {out:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("cut.gz"));
-        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&out_dir)
-            .unwrap()
-            .map(|e| {
-                let p = e.unwrap().path();
-                let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                (name, std::fs::read(&p).unwrap())
-            })
-            .collect();
-        files.sort();
-        listings.push(files);
+        let mut cmd = replay_cmd([&plain, &gz]);
+        cmd.env("TOKENMETER_FAULT_WINDOW_WRITER", "hold-first")
+            .args(["--jobs", jobs, "--openmetrics"])
+            .arg(format!("{}/", out_dir.display()));
+        let err = run(&mut cmd).exits(1).stderr;
+        assert!(err.contains("cut.gz"), "jobs {jobs}: {err}");
+        listings.push(dir_files(&out_dir));
     }
     let names = |l: &[(String, Vec<u8>)]| l.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     assert_eq!(

@@ -4,14 +4,11 @@
 //! currency from the lines the test wrote and the rates it configured, never by the code under
 //! test.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -272,19 +269,12 @@ fn cost_is_exact_across_kill9_over_metrics_otlp_and_replay() {
     });
 
     // replay prices the same lines at the same event times: exact decimals.
-    let out = Command::new(bin())
-        .args(["replay", "--summary", "json", "--config"])
-        .arg(tmp.path().join("spend.toml"))
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (text, v) = summary(
+        replay_cmd([&log])
+            .arg("--config")
+            .arg(tmp.path().join("spend.toml")),
+        None,
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["currency"], "EUR");
     let total: u128 = want.cost.values().sum();
     // Every `"cost":<number>` as written (series in order, then the total): exact decimals.

@@ -7,17 +7,13 @@
 //! grace period, and continue exactly after a restart. Fails (never skips) without Podman:
 //! `scripts/install-podman.sh` installs it.
 
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{append, cri, free_port, get, pod_dir, record_line, wait_until, Expected, Metrics};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::{
+    append, cri, free_port, get, pod_dir, record_line, root as repo, wait_until, Expected, Metrics,
+};
 
 /// `podman ARGS`, with the repository's containers.conf unless `CONTAINERS_CONF` is set.
 fn podman(args: &[&str]) -> Output {

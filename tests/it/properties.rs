@@ -17,7 +17,7 @@ use tokenmeter::parse::format::Format;
 use tokenmeter::parse::{Parsed, Parser};
 
 fn fixture_lines() -> Vec<String> {
-    let text = include_str!("fixtures/envoy-ai-access.jsonl");
+    let text = include_str!("../fixtures/envoy-ai-access.jsonl");
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     // A few of our own: escapes, nesting, non-ASCII, numbers in every form.
     lines.extend(

@@ -3,12 +3,10 @@
 //! see its README) against the summaries `tests/expected/expected_summary.py` computes
 //! independently; a file mixing every format line by line; standard input and a FIFO.
 
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::bin;
+use crate::common::{self, replay_cmd, replay_json, run, summary};
 use serde_json::Value;
 
 /// One fixture per format, named after it.
@@ -29,67 +27,28 @@ fn format_fixtures() -> impl Iterator<Item = &'static str> {
         .chain(["cri.log", "docker.log", "mixed.log"])
 }
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/formats")
-        .join(name)
+/// `tests/fixtures/formats/<name>`.
+fn format_fixture(name: &str) -> PathBuf {
+    common::fixture(&format!("formats/{name}"))
 }
 
-fn expected(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/expected/formats")
-        .join(format!("{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// `tokenmeter replay --summary json` of `args` with no config at all, `stdin` fed to it.
-fn replay_json(args: &[&Path], stdin: Option<&[u8]>) -> Value {
-    let input = if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    };
-    replay_json_in(Path::new("."), args, input, stdin)
-}
-
-/// [`replay_json`] run in directory `dir`, with standard input `input` (`bytes` written to it
-/// when it is a pipe).
-fn replay_json_in(dir: &Path, args: &[&Path], input: Stdio, bytes: Option<&[u8]>) -> Value {
-    let mut child = Command::new(bin())
-        .env_remove("TOKENMETER_CONFIG")
-        .current_dir(dir)
-        .args(["replay", "--summary", "json"])
-        .args(args)
-        .stdin(input)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(bytes) = bytes {
-        let mut pipe = child.stdin.take().unwrap();
-        std::io::Write::write_all(&mut pipe, bytes).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "replay {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+/// The summary of `tests/fixtures/formats/<name>`, by the independent reference.
+fn format_expected(name: &str) -> Value {
+    common::expected(&format!("formats/{name}"))
 }
 
 #[test]
 fn every_format_fixture_matches_the_independent_reference_with_no_config() {
     for name in format_fixtures() {
-        let got = replay_json(&[&fixture(name)], None);
-        assert_eq!(got, expected(name), "{name}");
+        let got = replay_json([format_fixture(name)]);
+        assert_eq!(got, format_expected(name), "{name}");
     }
 }
 
 #[test]
 fn each_single_format_fixture_is_read_in_its_own_format_only() {
     for name in SINGLE_FORMAT {
-        let got = replay_json(&[&fixture(name)], None);
+        let got = replay_json([format_fixture(name)]);
         let formats = got["formats"].as_object().unwrap();
         let format = name.split('.').next().unwrap();
         assert_eq!(
@@ -103,10 +62,10 @@ fn each_single_format_fixture_is_read_in_its_own_format_only() {
 
 #[test]
 fn a_file_mixing_every_format_line_by_line_sums_to_the_single_format_files() {
-    let singles: Vec<PathBuf> = SINGLE_FORMAT.iter().map(|n| fixture(n)).collect();
+    let singles: Vec<PathBuf> = SINGLE_FORMAT.iter().map(|n| format_fixture(n)).collect();
     let refs: Vec<&Path> = singles.iter().map(PathBuf::as_path).collect();
-    let together = replay_json(&refs, None);
-    let mixed = replay_json(&[&fixture("mixed.log")], None);
+    let together = replay_json(&refs);
+    let mixed = replay_json([format_fixture("mixed.log")]);
     assert_eq!(mixed, together);
     // And the mixed file holds records of every format.
     assert_eq!(
@@ -117,19 +76,16 @@ fn a_file_mixing_every_format_line_by_line_sums_to_the_single_format_files() {
 
 #[test]
 fn standard_input_and_a_fifo_give_the_summary_of_the_file() {
-    let path = fixture("mixed.log");
+    let path = format_fixture("mixed.log");
     let bytes = std::fs::read(&path).unwrap();
-    let want = replay_json(&[&path], None);
-    assert_eq!(replay_json(&[Path::new("-")], Some(&bytes)), want, "stdin");
+    let want = replay_json([&path]);
+    let stdin = |bytes: &[u8]| summary(&mut replay_cmd(["-"]), Some(bytes)).1;
+    assert_eq!(stdin(&bytes), want, "stdin");
     // gzip through a pipe is recognised by its magic bytes, as a file is.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &bytes).unwrap();
     let gz = gz.finish().unwrap();
-    assert_eq!(
-        replay_json(&[Path::new("-")], Some(&gz)),
-        want,
-        "gzip on stdin"
-    );
+    assert_eq!(stdin(&gz), want, "gzip on stdin");
 
     // Standard input redirected from a file (`< file`) is read from it, not from a file named
     // `-` in the working directory.
@@ -139,12 +95,10 @@ fn standard_input_and_a_fifo_give_the_summary_of_the_file() {
         "{\"model\":\"decoy\",\"llm_input_token\":1}\n",
     )
     .unwrap();
-    let got = replay_json_in(
-        tmp.path(),
-        &[Path::new("-")],
-        std::fs::File::open(&path).unwrap().into(),
-        None,
-    );
+    let mut cmd = replay_cmd(["-"]);
+    cmd.current_dir(tmp.path())
+        .stdin(std::fs::File::open(&path).unwrap());
+    let (_, got) = summary(&mut cmd, None);
     assert_eq!(got, want, "stdin redirected from a file");
 
     let fifo = tmp.path().join("access.fifo");
@@ -156,7 +110,7 @@ fn standard_input_and_a_fifo_give_the_summary_of_the_file() {
         // Opening a FIFO for writing waits for its reader: the replay.
         std::thread::spawn(move || std::fs::write(fifo, bytes).unwrap())
     };
-    assert_eq!(replay_json(&[&fifo], None), want, "fifo");
+    assert_eq!(replay_json([&fifo]), want, "fifo");
     writer.join().unwrap();
 
     // One FIFO under two names, `-` twice, or `-` and the pipe it is under another name, is
@@ -167,22 +121,19 @@ fn standard_input_and_a_fifo_give_the_summary_of_the_file() {
         [Path::new("-"), Path::new("-")],
         [Path::new("-"), Path::new("/dev/stdin")],
     ] {
-        let out = Command::new(bin())
-            .env_remove("TOKENMETER_CONFIG")
-            .arg("replay")
-            .args(args)
-            .stdin(Stdio::piped())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?}");
-        assert!(stderr.contains("name it once"), "{args:?}: {stderr}");
+        let out = run(replay_cmd(args).stdin(std::process::Stdio::piped()));
+        assert_ne!(out.code, Some(0), "{args:?}");
+        assert!(
+            out.stderr.contains("name it once"),
+            "{args:?}: {}",
+            out.stderr
+        );
     }
 }
 
 #[test]
 fn the_daemon_counts_every_format_and_status_names_the_formats_of_each_file() {
-    use common::{append, config, pod_dir, wait_until, Daemon};
+    use crate::common::{append, config, pod_dir, wait_until, Daemon};
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("pods");
     let mixed = pod_dir(&root, "gw-mixed").join("0.log");
@@ -191,15 +142,15 @@ fn the_daemon_counts_every_format_and_status_names_the_formats_of_each_file() {
     let d = Daemon::start(tmp.path(), "formats", &cfg);
     append(
         &mixed,
-        &std::fs::read_to_string(fixture("mixed.log")).unwrap(),
+        &std::fs::read_to_string(format_fixture("mixed.log")).unwrap(),
     );
     append(
         &kong,
-        &std::fs::read_to_string(fixture("kong.jsonl")).unwrap(),
+        &std::fs::read_to_string(format_fixture("kong.jsonl")).unwrap(),
     );
     // The counters: the reference's records per format of the two files together.
-    let want_mixed = expected("mixed.log");
-    let want_kong = expected("kong.jsonl");
+    let want_mixed = format_expected("mixed.log");
+    let want_kong = format_expected("kong.jsonl");
     let want = |format: &str| {
         want_mixed["formats"][format].as_u64().unwrap_or(0)
             + want_kong["formats"][format].as_u64().unwrap_or(0)
@@ -235,7 +186,7 @@ fn the_daemon_counts_every_format_and_status_names_the_formats_of_each_file() {
         "both files' formats in /status",
         std::time::Duration::from_secs(30),
         || {
-            let (_, body) = common::get(&d.addr, "/status").ok()?;
+            let (_, body) = crate::common::get(&d.addr, "/status").ok()?;
             let v: Value = serde_json::from_str(&body).ok()?;
             let files = v["files"].as_array()?.clone();
             (files.len() == 2
@@ -272,16 +223,12 @@ fn a_summary_reader_that_went_away_ends_the_replay_quietly_with_its_exit_code() 
     for summary in ["json", "text"] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let out = Command::new(bin())
-            .env_remove("TOKENMETER_CONFIG")
+        let stderr = run(common::tokenmeter()
             .args(["replay", "--summary", summary])
-            .arg(fixture("mixed.log"))
-            .stdout(writer)
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{summary}: {:?} {stderr}", out.status);
+            .arg(format_fixture("mixed.log"))
+            .stdout(writer))
+        .ok()
+        .stderr;
         assert!(!stderr.contains("panicked"), "{summary}: {stderr}");
     }
 }
