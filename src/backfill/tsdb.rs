@@ -149,6 +149,13 @@ impl TsdbSink {
     }
 }
 
+/// A count as f64 (hardware conversion); not inlined so that the caller's u128 branch is not
+/// merged with it into one software u128 conversion (`__floatuntidf`, ~36 instructions).
+#[inline(never)]
+fn u64_to_f64(v: u64) -> f64 {
+    v as f64
+}
+
 /// Where a label's value comes from, for every label set of a window but the family's name
 /// and own label.
 #[derive(Clone, Copy)]
@@ -251,8 +258,9 @@ fn add_window<'s>(
                 // As promtool reads the decimal text (correctly rounded).
                 crate::pricing::format_units(v).parse().unwrap_or(f64::NAN)
             } else if let Ok(v) = u64::try_from(v) {
-                // The same rounding, without the software u128 conversion.
-                v as f64
+                // The same rounding, without the software u128 conversion (kept apart, or
+                // LLVM folds both branches back into the u128 conversion).
+                u64_to_f64(v)
             } else {
                 v as f64
             }
