@@ -94,8 +94,16 @@ impl LabelSet<'_> {
 /// Whether two own labels are the same: by address first (the schema hands out the same
 /// `&'static str` or currency string every step), then by text.
 fn same_label(a: Option<(&str, &str)>, b: Option<(&str, &str)>) -> bool {
-    let addr = |l: Option<(&str, &str)>| l.map(|(k, v)| (k.as_ptr(), k.len(), v.as_ptr(), v.len()));
-    addr(a) == addr(b) || a == b
+    // Short texts (a status class, a currency) compared inline: no `memcmp` call per sample.
+    let same = |a: &str, b: &str| {
+        a.len() == b.len()
+            && (a.as_ptr() == b.as_ptr() || a.bytes().zip(b.bytes()).all(|(x, y)| x == y))
+    };
+    match (a, b) {
+        (None, None) => true,
+        (Some((ak, av)), Some((bk, bv))) => same(av, bv) && same(ak, bk),
+        _ => false,
+    }
 }
 
 /// The samples of one per-series family for one series, read step by step through the

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::samples::{backfill_families, is_money, FamilySeries, SeriesSamples};
-use crate::tsdb::{Block, BlockWriter};
+use crate::tsdb::{Block, BlockWriter, LabelRef};
 
 /// One series of a block: labels sorted by name, samples `(t_ms, value)` in time order.
 type BlockSeries = (Vec<(String, String)>, Vec<(i64, f64)>);
@@ -76,6 +76,9 @@ impl TsdbSink {
     ) -> anyhow::Result<usize> {
         let (start_ms, end_ms) = (sample_ms(start_ns), sample_ms(end_ns));
         let mut block = Block::new(start_ms, end_ms).map_err(|e| self.err(e))?;
+        if let Some(p) = &self.pending {
+            block.reserve_like(p);
+        }
         let mut earlier: Vec<BlockSeries> = Vec::new();
         let samples =
             add_window(&mut block, &mut earlier, series, with).map_err(|e| self.err(e))?;
@@ -146,6 +149,13 @@ impl TsdbSink {
     }
 }
 
+/// A count as f64 (hardware conversion); not inlined so that the caller's u128 branch is not
+/// merged with it into one software u128 conversion (`__floatuntidf`, ~36 instructions).
+#[inline(never)]
+fn u64_to_f64(v: u64) -> f64 {
+    v as f64
+}
+
 /// Where a label's value comes from, for every label set of a window but the family's name
 /// and own label.
 #[derive(Clone, Copy)]
@@ -158,7 +168,9 @@ enum Source<'a> {
 /// (the first 0 included) as the OpenMetrics text of the same window has them; samples before
 /// the block's start (a first 0) go to `earlier`. Returns the samples. Label sets are added
 /// in the block's own order (label pairs sorted by name, compared in turn) as far as the
-/// labels allow, so the block's sort finds them in order; one allocation per label set.
+/// labels allow, so the block's sort finds them in order; each label pair is interned in the
+/// block once a window (a series' own labels once for all families), and a label set is
+/// added as their numbers, with no allocation.
 fn add_window<'s>(
     block: &mut Block,
     earlier: &mut Vec<BlockSeries>,
@@ -202,6 +214,34 @@ fn add_window<'s>(
     let key = |i: usize| &keys[i * width..(i + 1) * width];
     let mut order: Vec<usize> = (0..series.len()).collect();
     order.sort_by(|&a, &b| key(a).cmp(key(b)));
+    // The same pairs interned in the block, for all families; a fixed value once.
+    let mut fixed: Vec<Option<LabelRef>> = Vec::with_capacity(width);
+    for &(n, src) in &common {
+        fixed.push(match src {
+            Source::Fixed(v) => Some(block.label(n, v)?),
+            Source::Series(_) => None,
+        });
+    }
+    // Series in order: a value equal to the previous series' at its position (as sorted
+    // neighbours' mostly are) takes its pair without a look-up.
+    let mut refs: Vec<LabelRef> = vec![LabelRef::default(); keys.len()];
+    let mut prev: Option<usize> = None;
+    for &i in &order {
+        for (k, (&(n, _), f)) in common.iter().zip(&fixed).enumerate() {
+            let v = keys[i * width + k];
+            refs[i * width + k] = match (f, prev) {
+                (Some(r), _) => *r,
+                (None, Some(p)) if keys[p * width + k] == v => refs[p * width + k],
+                (None, _) => block.label(n, v)?,
+            };
+        }
+        prev = Some(i);
+    }
+    let refs_of = |i: usize| &refs[i * width..(i + 1) * width];
+    // Own labels seen, by address (the schema hands out the same strings every time).
+    type Address = (usize, usize, usize, usize);
+    let mut own_refs: Vec<(Address, LabelRef)> = Vec::new();
+    let mut set_refs: Vec<LabelRef> = Vec::with_capacity(width + 2);
     let mut families = backfill_families(with.prefix, with.extra_names, with.currency);
     families.sort_by_key(|f| f.full_name());
     let mut reader = FamilySeries::new();
@@ -217,21 +257,36 @@ fn add_window<'s>(
             if money {
                 // As promtool reads the decimal text (correctly rounded).
                 crate::pricing::format_units(v).parse().unwrap_or(f64::NAN)
+            } else if let Ok(v) = u64::try_from(v) {
+                // The same rounding, without the software u128 conversion (kept apart, or
+                // LLVM folds both branches back into the u128 conversion).
+                u64_to_f64(v)
             } else {
                 v as f64
             }
         };
+        let name_ref = block.label("__name__", &name)?;
         let mut labels: Vec<(&str, &str)> = Vec::with_capacity(width + 2);
         for &i in &order {
             let s = &series[i];
             reader.read(read, s, with.currency);
             for (set, set_samples) in reader.each() {
-                labels.clear();
-                labels.push(("__name__", &name));
-                labels.extend(common.iter().zip(key(i)).map(|(&(n, _), &v)| (n, v)));
-                labels.extend(set.own);
-                // Nearly sorted already (a static label may sort before `__name__`).
-                labels.sort_unstable_by_key(|&(n, _)| n);
+                set_refs.clear();
+                set_refs.push(name_ref);
+                set_refs.extend_from_slice(refs_of(i));
+                if let Some((n, v)) = set.own {
+                    let at = (n.as_ptr() as usize, n.len(), v.as_ptr() as usize, v.len());
+                    let found = own_refs.iter().find(|(a, _)| *a == at).map(|r| r.1);
+                    let r = match found {
+                        Some(r) => r,
+                        None => {
+                            let r = block.label(n, v)?;
+                            own_refs.push((at, r));
+                            r
+                        }
+                    };
+                    set_refs.push(r);
+                }
                 points.clear();
                 points.extend(
                     set.first_zero(with.step_ns)
@@ -243,13 +298,18 @@ fn add_window<'s>(
                 // Only a first 0 can come before the window (a step before its first value).
                 let cut = points.partition_point(|&(t, _)| t < start_ms);
                 if cut > 0 {
+                    labels.clear();
+                    labels.push(("__name__", &name));
+                    labels.extend(common.iter().zip(key(i)).map(|(&(n, _), &v)| (n, v)));
+                    labels.extend(set.own);
+                    labels.sort_unstable_by_key(|&(n, _)| n);
                     let owned = labels
                         .iter()
                         .map(|&(k, v)| (k.to_string(), v.to_string()))
                         .collect();
                     earlier.push((owned, points[..cut].to_vec()));
                 }
-                block.add_series(labels.iter().copied(), points[cut..].iter().copied())?;
+                block.add_series_refs(&set_refs, points[cut..].iter().copied())?;
             }
         }
     }

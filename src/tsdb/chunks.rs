@@ -147,15 +147,16 @@ impl SegmentWriter {
         let Some((w, _)) = self.current.as_mut() else {
             return Err(io::Error::other("no open chunk segment"));
         };
+        // The record whole, then one write: length, encoding, data, CRC of encoding and data.
         self.scratch.clear();
         put_uvarint(&mut self.scratch, data.len() as u64);
+        let encoding_at = self.scratch.len();
         self.scratch.push(ENCODING_XOR);
-        w.write_all(&self.scratch)?;
-        w.write_all(data)?;
+        self.scratch.extend_from_slice(data);
         let mut crc = Crc32c::new();
-        crc.update(&[ENCODING_XOR]);
-        crc.update(data);
-        w.write_all(&crc.finish().to_be_bytes())?;
+        crc.update(&self.scratch[encoding_at..]);
+        self.scratch.extend_from_slice(&crc.finish().to_be_bytes());
+        w.write_all(&self.scratch)?;
         self.bytes = self.bytes.saturating_add(record_len(data.len()));
         Ok(r)
     }

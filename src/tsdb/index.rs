@@ -17,7 +17,6 @@
 use super::encoding::{
     crc32c, pad_to, put_be32, put_be64, put_uvarint, put_uvarint_str, put_varint,
 };
-use rustc_hash::FxHashMap;
 use std::io;
 
 /// `MagicIndex`.
@@ -33,11 +32,12 @@ pub struct ChunkMeta {
     pub reference: u64,
 }
 
-/// One series for the index: its labels (names strictly increasing, values non-empty) and its
-/// chunks in time order. Series must come sorted by label set, with no two equal.
+/// One series for the index: its labels as numbers of the block's label pairs, increasing
+/// (names strictly increasing), and its chunks in time order. Series must come sorted by label
+/// set (their pair numbers compared in turn), with no two equal.
 pub struct IndexSeries<'a> {
-    pub labels: Vec<(&'a str, &'a str)>,
-    pub chunks: Vec<ChunkMeta>,
+    pub labels: &'a [u32],
+    pub chunks: &'a [ChunkMeta],
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -55,51 +55,47 @@ fn close_section(out: &mut Vec<u8>, start: usize, what: &str) -> io::Result<()> 
     Ok(())
 }
 
-/// The index file's bytes.
-pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
+/// The index file's bytes, from the block's symbols (every label name and value the series
+/// use, sorted and unique, and the empty string, as in every block Prometheus writes: its
+/// head's symbols come from its postings, whose all-series list is keyed `""=""`), its label
+/// pairs (name, value) as symbol numbers, sorted and unique, each used by a series, and its
+/// series.
+pub fn build(
+    symbols: &[&str],
+    pairs: &[(u32, u32)],
+    series: &[IndexSeries<'_>],
+) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(series.len().saturating_mul(128).saturating_add(1024));
     put_be32(&mut out, MAGIC);
     out.push(FORMAT_V2);
 
-    // Symbols: every label name and value, sorted, once; and the empty string, as in every
-    // block Prometheus writes (its head's symbols come from its postings, whose all-series
-    // list is keyed `""=""`), so that the whole file is byte-identical to Prometheus's.
-    let mut ids: FxHashMap<&str, u32> = FxHashMap::default();
-    ids.insert("", 0);
-    for s in series {
-        for &(n, v) in &s.labels {
-            ids.entry(n).or_insert(0);
-            ids.entry(v).or_insert(0);
-        }
-    }
-    let mut symbols: Vec<&str> = ids.keys().copied().collect();
-    symbols.sort_unstable();
     let num_symbols = u32::try_from(symbols.len())
         .map_err(|_| invalid("more than 2^32 symbols in one block".into()))?;
-    for (i, s) in symbols.iter().enumerate() {
-        ids.insert(s, i as u32);
-    }
-    let sym = |s: &str| -> io::Result<u32> {
-        ids.get(s)
-            .copied()
-            .ok_or_else(|| io::Error::other(format!("symbol {s:?} missing from the table")))
-    };
-
     let toc_symbols = out.len() as u64;
     let start = out.len();
     put_be32(&mut out, 0);
     put_be32(&mut out, num_symbols);
-    for s in &symbols {
+    for s in symbols {
         put_uvarint_str(&mut out, s);
     }
     close_section(&mut out, start, "symbol table")?;
 
+    // Postings by counting: where each pair's list starts in `lists`; the series come in
+    // order, so each list fills in increasing order.
+    let mut next = vec![0usize; pairs.len() + 1];
+    for s in series {
+        for &p in s.labels {
+            next[p as usize + 1] += 1;
+        }
+    }
+    for p in 0..pairs.len() {
+        next[p + 1] += next[p];
+    }
+    let bounds = next.clone();
+    let mut lists = vec![0u32; next[pairs.len()]];
+
     // Series, each at a multiple of 16; its reference is offset / 16.
     let toc_series = out.len() as u64;
-    let mut postings: FxHashMap<(u32, u32), Vec<u32>> = FxHashMap::default();
-    // The previous series' label ids by position: sorted neighbours share most of them, so
-    // most lookups are a string comparison (as Go's writer caches the last value per name).
-    let mut prev: Vec<(&str, u32, &str, u32)> = Vec::new();
     let mut all = Vec::with_capacity(series.len());
     let mut entry = Vec::with_capacity(256);
     for s in series {
@@ -108,26 +104,12 @@ pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
             .map_err(|_| invalid("index series section exceeds 64 GiB".into()))?;
         entry.clear();
         put_uvarint(&mut entry, s.labels.len() as u64);
-        for (k, &(n, v)) in s.labels.iter().enumerate() {
-            let (n, v) = match prev.get(k) {
-                Some(&(pn, pni, pv, pvi)) if pn == n => {
-                    let vi = if pv == v { pvi } else { sym(v)? };
-                    prev[k] = (n, pni, v, vi);
-                    (pni, vi)
-                }
-                _ => {
-                    let (ni, vi) = (sym(n)?, sym(v)?);
-                    if k < prev.len() {
-                        prev[k] = (n, ni, v, vi);
-                    } else {
-                        prev.push((n, ni, v, vi));
-                    }
-                    (ni, vi)
-                }
-            };
+        for &p in s.labels {
+            let (n, v) = pairs[p as usize];
             put_uvarint(&mut entry, u64::from(n));
             put_uvarint(&mut entry, u64::from(v));
-            postings.entry((n, v)).or_default().push(id);
+            lists[next[p as usize]] = id;
+            next[p as usize] += 1;
         }
         put_uvarint(&mut entry, s.chunks.len() as u64);
         if let Some((first, rest)) = s.chunks.split_first() {
@@ -151,29 +133,26 @@ pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
         put_be32(&mut out, crc32c(&entry));
         all.push(id);
     }
+    let postings = pairs
+        .iter()
+        .enumerate()
+        .map(|(p, &pair)| (pair, &lists[bounds[p]..bounds[p + 1]]));
 
     // Label indices: for each name, its values' symbol references (no longer read for
     // lookups, but written by Prometheus 2.53 and listed by the TOC).
-    let mut postings: Vec<((u32, u32), Vec<u32>)> = postings.into_iter().collect();
-    postings.sort_unstable_by_key(|p| p.0);
     let toc_label_indices = out.len() as u64;
     let mut label_index_offsets: Vec<(u32, u64)> = Vec::new();
-    let mut pairs = postings.iter().map(|p| &p.0).peekable();
-    while let Some(&&(name, _)) = pairs.peek() {
-        let mut values = Vec::new();
-        while let Some(&&(n, v)) = pairs.peek() {
-            if n != name {
-                break;
-            }
-            values.push(v);
-            pairs.next();
-        }
+    let mut rest = pairs;
+    while let Some(&(name, _)) = rest.first() {
+        let n = rest.iter().take_while(|p| p.0 == name).count();
+        let values = rest[..n].iter().map(|p| p.1);
+        rest = &rest[n..];
         pad_to(&mut out, 4);
         label_index_offsets.push((name, out.len() as u64));
         let start = out.len();
         put_be32(&mut out, 0);
         put_be32(&mut out, 1);
-        put_be32(&mut out, values.len() as u32);
+        put_be32(&mut out, n as u32);
         for v in values {
             put_be32(&mut out, v);
         }
@@ -182,7 +161,7 @@ pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
 
     // Postings: the all-series list first, then one per label pair in (name, value) order.
     let toc_postings = out.len() as u64;
-    let mut posting_offsets: Vec<(&str, &str, u64)> = Vec::with_capacity(postings.len() + 1);
+    let mut posting_offsets: Vec<(&str, &str, u64)> = Vec::with_capacity(pairs.len() + 1);
     let write_posting = |out: &mut Vec<u8>, ids: &[u32]| {
         pad_to(out, 4);
         let offset = out.len() as u64;
@@ -198,8 +177,8 @@ pub fn build(series: &[IndexSeries<'_>]) -> io::Result<Vec<u8>> {
     pad_to(&mut out, 4);
     let off = write_posting(&mut out, &all)?;
     posting_offsets.push(("", "", off));
-    for ((n, v), ids) in &postings {
-        let (name, value) = (symbols[*n as usize], symbols[*v as usize]);
+    for ((n, v), ids) in postings {
+        let (name, value) = (symbols[n as usize], symbols[v as usize]);
         let off = write_posting(&mut out, ids)?;
         posting_offsets.push((name, value, off));
     }
@@ -256,6 +235,41 @@ mod tests {
         pairs.to_vec()
     }
 
+    /// A series by text: labels, chunks.
+    type TextSeries<'a> = (Vec<(&'a str, &'a str)>, Vec<ChunkMeta>);
+
+    /// `build` of series given by text, sorted, as `Block` numbers them.
+    fn build_text(series: &[TextSeries<'_>]) -> Vec<u8> {
+        use std::collections::BTreeSet;
+        let mut symbols: BTreeSet<&str> = BTreeSet::from([""]);
+        let mut pairs: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for (labels, _) in series {
+            for &(n, v) in labels {
+                symbols.extend([n, v]);
+                pairs.insert((n, v));
+            }
+        }
+        let symbols: Vec<&str> = symbols.into_iter().collect();
+        let pairs: Vec<(&str, &str)> = pairs.into_iter().collect();
+        let sym = |s: &str| symbols.binary_search(&s).unwrap() as u32;
+        let numbered: Vec<(u32, u32)> = pairs.iter().map(|&(n, v)| (sym(n), sym(v))).collect();
+        let keys: Vec<Vec<u32>> = series
+            .iter()
+            .map(|(labels, _)| {
+                labels
+                    .iter()
+                    .map(|p| pairs.binary_search(p).unwrap() as u32)
+                    .collect()
+            })
+            .collect();
+        let input: Vec<IndexSeries<'_>> = series
+            .iter()
+            .zip(&keys)
+            .map(|((_, chunks), k)| IndexSeries { labels: k, chunks })
+            .collect();
+        build(&symbols, &numbered, &input).unwrap()
+    }
+
     fn be32(b: &[u8], at: usize) -> u32 {
         u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
     }
@@ -276,15 +290,14 @@ mod tests {
     #[test]
     fn a_one_series_index_has_every_section_where_the_go_writer_puts_it() {
         let l = labels(&[("__name__", "up"), ("job", "a")]);
-        let idx = build(&[IndexSeries {
-            labels: l.clone(),
-            chunks: vec![ChunkMeta {
+        let idx = build_text(&[(
+            l.clone(),
+            vec![ChunkMeta {
                 min_time: 1000,
                 max_time: 2000,
                 reference: 8,
             }],
-        }])
-        .unwrap();
+        )]);
         assert_eq!(&idx[..5], &[0xBA, 0xAA, 0xD7, 0x00, 2]);
         let [sym, ser, li, lt, po, pt] = toc(&idx);
         // Symbols at 5: "", "__name__", "a", "job", "up".
@@ -338,9 +351,9 @@ mod tests {
     #[test]
     fn later_chunk_metas_are_deltas_to_the_previous_chunk() {
         let l = labels(&[("__name__", "x")]);
-        let idx = build(&[IndexSeries {
-            labels: l.clone(),
-            chunks: vec![
+        let idx = build_text(&[(
+            l.clone(),
+            vec![
                 ChunkMeta {
                     min_time: 0,
                     max_time: 100,
@@ -357,8 +370,7 @@ mod tests {
                     reference: (1 << 32) | 8,
                 },
             ],
-        }])
-        .unwrap();
+        )]);
         let ser = toc(&idx)[1] as usize;
         let at = ser.div_ceil(16) * 16;
         let len = idx[at] as usize;
@@ -381,21 +393,11 @@ mod tests {
                 reference: r,
             }]
         };
-        let idx = build(&[
-            IndexSeries {
-                labels: a.clone(),
-                chunks: chunk(8),
-            },
-            IndexSeries {
-                labels: b.clone(),
-                chunks: chunk(30),
-            },
-            IndexSeries {
-                labels: c.clone(),
-                chunks: chunk(60),
-            },
-        ])
-        .unwrap();
+        let idx = build_text(&[
+            (a.clone(), chunk(8)),
+            (b.clone(), chunk(30)),
+            (c.clone(), chunk(60)),
+        ]);
         let po = toc(&idx)[4] as usize;
         let p0 = po.div_ceil(4) * 4;
         assert_eq!(be32(&idx, p0 + 4), 3);

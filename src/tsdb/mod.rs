@@ -50,9 +50,11 @@ pub mod ulid;
 pub mod xor;
 
 use encoding::ContentHash;
+use rustc_hash::FxHashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use xor::{XorChunk, MAX_SAMPLES_PER_CHUNK};
 
 /// The suffix of a block directory being written (Prometheus's `tmpForCreationBlockDirSuffix`).
@@ -119,23 +121,39 @@ struct Series {
     chunks: (usize, usize),
 }
 
-/// One label: `text[name.0..name.1]`, `text[value.0..value.1]`.
-#[derive(Clone, Copy, Debug)]
-struct Label {
-    name: (usize, usize),
-    value: (usize, usize),
+/// A label pair interned in one [`Block`] by [`Block::label`], for
+/// [`Block::add_series_refs`]: valid for that block only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LabelRef(u32);
+
+/// No label (as for an empty value).
+impl Default for LabelRef {
+    fn default() -> Self {
+        LabelRef::ABSENT
+    }
+}
+
+impl LabelRef {
+    /// A pair with an empty value: left out of the series, as Prometheus treats it as absent.
+    const ABSENT: LabelRef = LabelRef(u32::MAX);
 }
 
 /// One block's contents: the series of one time window `[min_time, max_time)`, each added
-/// once, in any order. Labels and chunk bytes are kept in a few growing buffers, not one
-/// allocation per series.
+/// once, in any order. Label names and values are interned once a block (each distinct
+/// string and each distinct pair once), series hold their pairs' numbers, and chunk bytes are
+/// kept in one growing buffer: no allocation per series.
 #[derive(Debug)]
 pub struct Block {
     min_time: i64,
     max_time: i64,
-    /// Every label name and value, back to back.
-    text: String,
-    labels: Vec<Label>,
+    /// Distinct label names and values, by number.
+    symbols: Vec<Arc<str>>,
+    symbol_ids: FxHashMap<Arc<str>, u32>,
+    /// Distinct label pairs (name, value) as symbol numbers, by number.
+    pairs: Vec<(u32, u32)>,
+    pair_ids: FxHashMap<(u32, u32), u32>,
+    /// Every series' pairs, back to back.
+    labels: Vec<u32>,
     /// Every chunk's bytes, back to back.
     data: Vec<u8>,
     chunks: Vec<Chunk>,
@@ -145,6 +163,8 @@ pub struct Block {
     sample_range: Option<(i64, i64)>,
     /// The chunk being appended to, reused.
     scratch: XorChunk,
+    /// The pairs of a series being added by name, reused.
+    scratch_refs: Vec<LabelRef>,
 }
 
 impl Block {
@@ -164,7 +184,10 @@ impl Block {
         Ok(Block {
             min_time,
             max_time,
-            text: String::new(),
+            symbols: Vec::new(),
+            symbol_ids: FxHashMap::default(),
+            pairs: Vec::new(),
+            pair_ids: FxHashMap::default(),
             labels: Vec::new(),
             data: Vec::new(),
             chunks: Vec::new(),
@@ -172,11 +195,25 @@ impl Block {
             num_samples: 0,
             sample_range: None,
             scratch: XorChunk::new(),
+            scratch_refs: Vec::new(),
         })
     }
 
     pub fn min_time(&self) -> i64 {
         self.min_time
+    }
+
+    /// Makes room for as many symbols, label pairs, series, labels and chunk bytes as `other` holds (a block of
+    /// the window before is a good guess), so that adding them grows no buffer.
+    pub fn reserve_like(&mut self, other: &Block) {
+        self.symbols.reserve(other.symbols.len());
+        self.symbol_ids.reserve(other.symbols.len());
+        self.pairs.reserve(other.pairs.len());
+        self.pair_ids.reserve(other.pairs.len());
+        self.labels.reserve(other.labels.len());
+        self.data.reserve(other.data.len());
+        self.chunks.reserve(other.chunks.len());
+        self.series.reserve(other.series.len());
     }
 
     pub fn max_time(&self) -> i64 {
@@ -212,17 +249,67 @@ impl Block {
         Ok(())
     }
 
-    /// The label pairs of series `i`.
+    /// The text of label pair `p`.
+    fn pair_text(&self, p: u32) -> (&str, &str) {
+        let (n, v) = self.pairs[p as usize];
+        (&self.symbols[n as usize], &self.symbols[v as usize])
+    }
+
+    /// The label pairs of series `s`, as added.
+    #[cfg(test)]
     fn series_labels(&self, s: &Series) -> Vec<(&str, &str)> {
         self.labels[s.labels.0..s.labels.1]
             .iter()
-            .map(|l| {
-                (
-                    &self.text[l.name.0..l.name.1],
-                    &self.text[l.value.0..l.value.1],
-                )
-            })
+            .map(|&p| self.pair_text(p))
             .collect()
+    }
+
+    fn symbol(&mut self, s: &str) -> io::Result<u32> {
+        if let Some(&id) = self.symbol_ids.get(s) {
+            return Ok(id);
+        }
+        let id = u32::try_from(self.symbols.len())
+            .ok()
+            .filter(|&id| id < u32::MAX)
+            .ok_or_else(|| invalid("more than 2^32 label names and values in one block".into()))?;
+        let s: Arc<str> = s.into();
+        self.symbols.push(Arc::clone(&s));
+        self.symbol_ids.insert(s, id);
+        Ok(id)
+    }
+
+    /// Interns the label pair `name="value"` for [`Block::add_series_refs`]. A pair with an
+    /// empty value stands for no label at all (as Prometheus treats it); an empty name is
+    /// refused.
+    pub fn label(&mut self, name: &str, value: &str) -> io::Result<LabelRef> {
+        if name.is_empty() {
+            return Err(invalid("a label name is empty".into()));
+        }
+        if value.is_empty() {
+            return Ok(LabelRef::ABSENT);
+        }
+        let pair = (self.symbol(name)?, self.symbol(value)?);
+        if let Some(&id) = self.pair_ids.get(&pair) {
+            return Ok(LabelRef(id));
+        }
+        let id = u32::try_from(self.pairs.len())
+            .ok()
+            .filter(|&id| id < u32::MAX)
+            .ok_or_else(|| invalid("more than 2^32 label pairs in one block".into()))?;
+        self.pairs.push(pair);
+        self.pair_ids.insert(pair, id);
+        Ok(LabelRef(id))
+    }
+
+    /// Adds one series by its label pairs from [`Block::label`] of this block, in any order
+    /// (absent pairs are left out), and its samples as [`Block::add_series`] takes them. A
+    /// name given twice is reported by [`BlockWriter::write`], as a label set added twice.
+    pub fn add_series_refs(
+        &mut self,
+        labels: &[LabelRef],
+        samples: impl IntoIterator<Item = (i64, f64)>,
+    ) -> io::Result<()> {
+        self.add_refs(labels, samples)
     }
 
     /// Adds one series: its labels as `(name, value)` pairs sorted by name, `__name__`
@@ -241,63 +328,73 @@ impl Block {
         N: AsRef<str>,
         V: AsRef<str>,
     {
-        let marks = (
-            self.text.len(),
-            self.labels.len(),
-            self.data.len(),
-            self.chunks.len(),
-        );
-        let res = self.add_series_inner(labels, samples);
-        if res.is_err() || self.chunks.len() == marks.3 {
-            self.text.truncate(marks.0);
-            self.labels.truncate(marks.1);
-            self.data.truncate(marks.2);
-            self.chunks.truncate(marks.3);
-        }
+        let mut refs = std::mem::take(&mut self.scratch_refs);
+        refs.clear();
+        let res = self.intern_sorted(labels, &mut refs);
+        let res = res.and_then(|()| self.add_refs(&refs, samples));
+        self.scratch_refs = refs;
         res
     }
 
-    fn add_series_inner<N, V>(
+    /// Interns labels given by name, checking that names are non-empty and strictly
+    /// increasing.
+    fn intern_sorted<N, V>(
         &mut self,
         labels: impl IntoIterator<Item = (N, V)>,
-        samples: impl IntoIterator<Item = (i64, f64)>,
+        refs: &mut Vec<LabelRef>,
     ) -> io::Result<()>
     where
         N: AsRef<str>,
         V: AsRef<str>,
     {
-        let first_label = self.labels.len();
-        let mut prev_name = (0, 0);
-        let mut any = false;
+        let mut prev: Option<String> = None;
         for (n, v) in labels {
             let (n, v) = (n.as_ref(), v.as_ref());
             if n.is_empty() {
                 return Err(invalid("a label name is empty".into()));
             }
-            if any {
-                let prev = &self.text[prev_name.0..prev_name.1];
-                if prev >= n {
+            if let Some(prev) = &prev {
+                if prev.as_str() >= n {
                     return Err(invalid(format!(
                         "label names not strictly increasing: {prev:?} then {n:?}"
                     )));
                 }
             }
-            let start = self.text.len();
-            self.text.push_str(n);
-            let mid = self.text.len();
-            self.text.push_str(v);
-            let end = self.text.len();
-            prev_name = (start, mid);
-            any = true;
-            if v.is_empty() {
-                // Kept in `text` only for the order check above.
-                continue;
-            }
-            self.labels.push(Label {
-                name: (start, mid),
-                value: (mid, end),
-            });
+            prev = Some(n.to_owned());
+            refs.push(self.label(n, v)?);
         }
+        Ok(())
+    }
+
+    /// Adds a series of checked label pairs; on an error (or without samples) nothing of it
+    /// is kept.
+    fn add_refs(
+        &mut self,
+        labels: &[LabelRef],
+        samples: impl IntoIterator<Item = (i64, f64)>,
+    ) -> io::Result<()> {
+        let marks = (self.labels.len(), self.data.len(), self.chunks.len());
+        let res = self.add_refs_inner(labels, samples);
+        if res.is_err() || self.chunks.len() == marks.2 {
+            self.labels.truncate(marks.0);
+            self.data.truncate(marks.1);
+            self.chunks.truncate(marks.2);
+        }
+        res
+    }
+
+    fn add_refs_inner(
+        &mut self,
+        labels: &[LabelRef],
+        samples: impl IntoIterator<Item = (i64, f64)>,
+    ) -> io::Result<()> {
+        let first_label = self.labels.len();
+        self.labels.extend(
+            labels
+                .iter()
+                .filter(|l| **l != LabelRef::ABSENT)
+                .map(|l| l.0),
+        );
         let label_range = (first_label, self.labels.len());
         if label_range.0 == label_range.1 {
             return Err(invalid("a series has no label with a value".into()));
@@ -365,11 +462,11 @@ impl Block {
 
     /// `{a="b", …}` of a label range, for error messages.
     fn describe(&self, range: (usize, usize)) -> String {
-        let s = Series {
-            labels: range,
-            chunks: (0, 0),
-        };
-        describe(&self.series_labels(&s))
+        let labels: Vec<(&str, &str)> = self.labels[range.0..range.1]
+            .iter()
+            .map(|&p| self.pair_text(p))
+            .collect();
+        describe(&labels)
     }
 }
 
@@ -460,49 +557,123 @@ impl BlockWriter {
             return Ok(None);
         }
         let (min_time, max_time, num_samples) = (block.min_time, block.max_time, block.num_samples);
-        let mut order: Vec<(Vec<(&str, &str)>, Series)> = block
-            .series
-            .iter()
-            .map(|s| (block.series_labels(s), *s))
+        let Block {
+            symbols,
+            pairs,
+            labels,
+            data,
+            chunks,
+            series,
+            ..
+        } = &block;
+
+        // The symbols and pairs the series use (interned ones may belong to series left out),
+        // sorted: their ranks order label sets as their text does.
+        let mut pair_used = vec![false; pairs.len()];
+        for &p in labels.iter() {
+            pair_used[p as usize] = true;
+        }
+        let mut sym_used = vec![false; symbols.len()];
+        for (p, _) in pair_used.iter().enumerate().filter(|u| *u.1) {
+            let (n, v) = pairs[p];
+            sym_used[n as usize] = true;
+            sym_used[v as usize] = true;
+        }
+        let mut sym_order: Vec<u32> = (0..symbols.len() as u32)
+            .filter(|&i| sym_used[i as usize])
             .collect();
+        sym_order.sort_unstable_by(|&a, &b| symbols[a as usize].cmp(&symbols[b as usize]));
+        // The empty string first, as in every block Prometheus writes (see `index`).
+        let mut sorted_symbols: Vec<&str> = Vec::with_capacity(sym_order.len() + 1);
+        sorted_symbols.push("");
+        let mut sym_rank = vec![0u32; symbols.len()];
+        for (r, &i) in sym_order.iter().enumerate() {
+            sym_rank[i as usize] = r as u32 + 1;
+            sorted_symbols.push(&symbols[i as usize]);
+        }
+        let mut pair_order: Vec<u32> = (0..pairs.len() as u32)
+            .filter(|&p| pair_used[p as usize])
+            .collect();
+        let ranked = |p: u32| {
+            let (n, v) = pairs[p as usize];
+            (sym_rank[n as usize], sym_rank[v as usize])
+        };
+        pair_order.sort_unstable_by_key(|&p| ranked(p));
+        let mut pair_rank = vec![0u32; pairs.len()];
+        let sorted_pairs: Vec<(u32, u32)> = pair_order
+            .iter()
+            .enumerate()
+            .map(|(r, &p)| {
+                pair_rank[p as usize] = r as u32;
+                ranked(p)
+            })
+            .collect();
+        // Every series' pairs as ranks, sorted by name (ranks sort pairs by name first).
+        let mut keys: Vec<u32> = labels.iter().map(|&p| pair_rank[p as usize]).collect();
+        for s in series.iter() {
+            let k = &mut keys[s.labels.0..s.labels.1];
+            if !k.is_sorted() {
+                k.sort_unstable();
+            }
+            if let Some(w) = k
+                .windows(2)
+                .find(|w| sorted_pairs[w[0] as usize].0 == sorted_pairs[w[1] as usize].0)
+            {
+                return Err(invalid(format!(
+                    "label name {:?} twice in series {}",
+                    sorted_symbols[sorted_pairs[w[0] as usize].0 as usize],
+                    block.describe(s.labels)
+                )));
+            }
+        }
+        let key = |s: &Series| &keys[s.labels.0..s.labels.1];
+        let mut order: Vec<&Series> = series.iter().collect();
         // Stable and adaptive (runs are found and merged): a caller that adds series in order
         // but for a few at the end pays next to nothing for the sort.
-        order.sort_by(|a, b| a.0.cmp(&b.0));
-        if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+        order.sort_by(|a, b| key(a).cmp(key(b)));
+        if let Some(w) = order.windows(2).find(|w| key(w[0]) == key(w[1])) {
             return Err(invalid(format!(
                 "series {} added twice to the block",
-                describe(&w[0].0)
+                block.describe(w[0].labels)
             )));
         }
 
         // Plan where every chunk goes, then build the index on those references.
         let mut layout = chunks::Layout::new(self.segment_size)?;
-        let mut index_series = Vec::with_capacity(order.len());
-        let mut ranges = Vec::with_capacity(order.len());
+        let mut metas = Vec::with_capacity(chunks.len());
         let mut hash = ContentHash::new();
         hash.update(&min_time.to_be_bytes());
         hash.update(&max_time.to_be_bytes());
-        let mut num_chunks = 0u64;
-        for (labels, s) in order {
-            let chunks = &block.chunks[s.chunks.0..s.chunks.1];
-            let mut metas = Vec::with_capacity(chunks.len());
-            for c in chunks {
+        // Chunks that lie back to back in `data` are hashed at once (series added in order).
+        let mut run = (0, 0);
+        for s in &order {
+            for c in &chunks[s.chunks.0..s.chunks.1] {
                 let (reference, _) = layout.place(c.len)?;
                 metas.push(index::ChunkMeta {
                     min_time: c.min_time,
                     max_time: c.max_time,
                     reference,
                 });
-                hash.update(&block.data[c.start..c.start + c.len]);
+                if c.start != run.1 {
+                    hash.update(&data[run.0..run.1]);
+                    run.0 = c.start;
+                }
+                run.1 = c.start + c.len;
             }
-            num_chunks = num_chunks.saturating_add(metas.len() as u64);
-            index_series.push(index::IndexSeries {
-                labels,
-                chunks: metas,
-            });
-            ranges.push(s.chunks);
         }
-        let index_bytes = index::build(&index_series)?;
+        hash.update(&data[run.0..run.1]);
+        let num_chunks = metas.len() as u64;
+        let mut index_series = Vec::with_capacity(order.len());
+        let mut at = 0;
+        for s in &order {
+            let n = s.chunks.1 - s.chunks.0;
+            index_series.push(index::IndexSeries {
+                labels: key(s),
+                chunks: &metas[at..at + n],
+            });
+            at += n;
+        }
+        let index_bytes = index::build(&sorted_symbols, &sorted_pairs, &index_series)?;
         hash.update(&index_bytes);
         let (hi, lo) = hash.finish();
         let entropy = (u128::from(hi) << 16) | u128::from(lo & 0xffff);
@@ -518,16 +689,15 @@ impl BlockWriter {
         fs::create_dir(&chunks_dir)?;
         fail_point("chunks")?;
         let mut seg = chunks::SegmentWriter::new(&chunks_dir, self.segment_size, self.fsync)?;
-        for (is, r) in index_series.iter().zip(&ranges) {
-            let chunks = &block.chunks[r.0..r.1];
-            for (c, m) in chunks.iter().zip(&is.chunks) {
-                seg.write(&block.data[c.start..c.start + c.len], m.reference)?;
-            }
+        let placed = order.iter().flat_map(|s| &chunks[s.chunks.0..s.chunks.1]);
+        for (c, m) in placed.zip(&metas) {
+            seg.write(&data[c.start..c.start + c.len], m.reference)?;
         }
         let (_, chunk_bytes) = seg.finish()?;
         self.sync_dir(&chunks_dir)?;
         let num_series = index_series.len() as u64;
         drop(index_series);
+        drop(order);
         drop(block);
 
         fail_point("index")?;

@@ -174,7 +174,7 @@ fn bad_series_are_refused_without_keeping_any_of_them() {
         .add_series([("a", "1")], [(T0 + 5, 1.0), (T0 + 4, 2.0)])
         .is_err());
     assert_eq!((b.num_series(), b.num_samples()), (0, 0));
-    assert!(b.text.is_empty() && b.labels.is_empty() && b.data.is_empty() && b.chunks.is_empty());
+    assert!(b.labels.is_empty() && b.data.is_empty() && b.chunks.is_empty());
     // A good series after the refused ones is whole.
     b.add_series([("a", "1"), ("b", "")], [(T0, 1.0), (T0 + 1, 2.0)])
         .unwrap();
@@ -399,4 +399,52 @@ fn without_fsync_the_bytes_are_the_same_and_sync_makes_them_durable_at_once() {
     w.write(sample_block()).unwrap();
     w.sync().unwrap();
     assert!(tree(a.path()) == tree(b.path()));
+}
+
+#[test]
+fn series_added_by_interned_pairs_write_the_same_block_as_by_name() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let by_name = BlockWriter::new(a.path())
+        .unwrap()
+        .write(sample_block())
+        .unwrap()
+        .unwrap();
+    let mut blk = Block::new(T0, T0 + 2 * H).unwrap();
+    let name = blk.label("__name__", "tokens_total").unwrap();
+    let job = blk.label("job", "tm").unwrap();
+    let empty = blk.label("x", "").unwrap();
+    let up = blk.label("__name__", "up").unwrap();
+    let (ma, mb) = (
+        blk.label("model", "a").unwrap(),
+        blk.label("model", "b").unwrap(),
+    );
+    // Any order of pairs; an empty value is no label; a pair interned but unused is no symbol.
+    blk.label("unused", "nowhere").unwrap();
+    blk.add_series_refs(&[up], [(T0 + 2 * H - 1, 1.0)]).unwrap();
+    blk.add_series_refs(&[mb, job, name, empty], counter(T0, 15_000, 300))
+        .unwrap();
+    blk.add_series_refs(&[job, ma, name], counter(T0 + 5, 60_000, 100))
+        .unwrap();
+    let by_ref = BlockWriter::new(b.path())
+        .unwrap()
+        .write(blk)
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_name.ulid, by_ref.ulid);
+    assert_eq!(tree(a.path()), tree(b.path()));
+}
+
+#[test]
+fn a_label_name_twice_is_refused_by_the_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut blk = Block::new(T0, T0 + H).unwrap();
+    let (a1, a2) = (blk.label("a", "1").unwrap(), blk.label("a", "2").unwrap());
+    assert!(blk.label("", "1").is_err());
+    blk.add_series_refs(&[a1, a2], [(T0, 1.0)]).unwrap();
+    let err = BlockWriter::new(dir.path())
+        .unwrap()
+        .write(blk)
+        .unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -22,89 +22,94 @@
 pub const MAX_SAMPLES_PER_CHUNK: usize = 120;
 
 /// A stream of bits, most significant first, in bytes.
-#[derive(Debug, Default)]
-struct BitWriter {
-    bytes: Vec<u8>,
-    /// Free bits in the last byte (0: a new byte is needed).
-    free: u8,
-}
-
+///
 /// Go's `bstream` writer, operation for operation: besides the bits, its byte count is part
 /// of the format as written, because `writeByte` always appends the next byte at once — a
 /// stream whose last write was a byte on a byte boundary ends with an empty byte (a chunk of
-/// one sample is 17 bytes, not 16), and Prometheus's blocks carry it.
+/// one sample is 17 bytes, not 16), and Prometheus's blocks carry it. So the stream is its
+/// bit count and whether it ends so; the bytes are those bits, then zeros.
+#[derive(Debug)]
+struct BitWriter {
+    /// The stream's bytes, then at least [`SLACK`] zero bytes (so that up to 57 bits are
+    /// OR'd in with one 8-byte read and write).
+    buf: Vec<u8>,
+    /// Bits written.
+    bits: usize,
+    /// Whether the last write was `writeByte` ending on a byte boundary: an empty byte
+    /// follows.
+    empty_last: bool,
+}
+
+/// Zero bytes kept past the stream's last byte.
+const SLACK: usize = 16;
+
 impl BitWriter {
+    /// A stream of `prefix_bytes` zero bytes (the chunk's sample count).
+    fn new(prefix_bytes: usize) -> Self {
+        BitWriter {
+            buf: vec![0; prefix_bytes + 4 * SLACK],
+            bits: 8 * prefix_bytes,
+            empty_last: false,
+        }
+    }
+
+    /// Back to `prefix_bytes` zero bytes, keeping the buffer.
+    fn reset(&mut self, prefix_bytes: usize) {
+        let used = self.len();
+        self.buf[..used].fill(0);
+        self.bits = 8 * prefix_bytes;
+        self.empty_last = false;
+    }
+
+    /// Bytes of the stream as Go's writer leaves it.
+    fn len(&self) -> usize {
+        self.bits.div_ceil(8) + usize::from(self.empty_last)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len()]
+    }
+
+    /// Appends the low `n` (at most 57) bits of `u`; the byte count is the caller's.
+    fn put(&mut self, u: u64, n: u32) {
+        debug_assert!((1..=57).contains(&n));
+        let (at, shift) = (self.bits / 8, self.bits % 8);
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&self.buf[at..at + 8]);
+        let word = u64::from_be_bytes(word) | ((u << (64 - n)) >> shift);
+        self.buf[at..at + 8].copy_from_slice(&word.to_be_bytes());
+        self.bits += n as usize;
+        if self.buf.len() < self.bits / 8 + SLACK {
+            self.buf.resize(2 * self.buf.len(), 0);
+        }
+    }
+
+    /// `writeBit`.
     fn write_bit(&mut self, bit: bool) {
-        if self.free == 0 {
-            self.bytes.push(0);
-            self.free = 8;
-        }
-        if bit {
-            if let Some(last) = self.bytes.last_mut() {
-                *last |= 1 << (self.free - 1);
-            }
-        }
-        self.free -= 1;
+        self.put(u64::from(bit), 1);
+        self.empty_last = false;
     }
 
-    /// `writeByte`: the top `free` bits of `byte` complete the last byte, the rest start a
-    /// new one, which keeps `free` free bits.
-    fn write_byte(&mut self, byte: u8) {
-        if self.free == 0 {
-            self.bytes.push(0);
-            self.free = 8;
-        }
-        let free = u32::from(self.free);
-        if let Some(last) = self.bytes.last_mut() {
-            *last |= byte.checked_shr(8 - free).unwrap_or(0);
-        }
-        self.bytes.push(byte.checked_shl(free).unwrap_or(0));
-    }
-
-    /// `writeBits`: the `nbits` right-most bits of `u`, left to right, whole bytes first.
+    /// `writeBits`: the `nbits` (at most 64) right-most bits of `u`, left to right, whole
+    /// bytes first (`writeByte`), then the rest (`writeBit`).
     fn write_bits(&mut self, u: u64, nbits: u32) {
         if nbits == 0 {
             return;
         }
-        let mut u = u << (64 - nbits.min(64));
-        let mut left = nbits;
-        while left >= 8 {
-            self.write_byte((u >> 56) as u8);
-            u <<= 8;
-            left -= 8;
-        }
-        if left > 0 {
-            self.write_few((u >> (64 - left)) as u8, left);
-        }
-    }
-
-    /// The low `n` (1 to 7) bits of `bits`, most significant first: what `n` calls of
-    /// [`BitWriter::write_bit`] write, in at most two steps.
-    fn write_few(&mut self, bits: u8, n: u32) {
-        if self.free == 0 {
-            self.bytes.push(0);
-            self.free = 8;
-        }
-        let free = u32::from(self.free);
-        if n <= free {
-            if let Some(last) = self.bytes.last_mut() {
-                *last |= bits << (free - n);
-            }
-            self.free -= n as u8;
+        if nbits > 57 {
+            self.put(u >> 32, nbits - 32);
+            self.put(u & 0xffff_ffff, 32);
         } else {
-            // The last byte's free bits, then the rest at the top of a new byte.
-            let rest = n - free;
-            if let Some(last) = self.bytes.last_mut() {
-                *last |= bits >> rest;
-            }
-            self.bytes.push(bits << (8 - rest));
-            self.free = (8 - rest) as u8;
+            self.put(u, nbits);
         }
+        self.empty_last = nbits.is_multiple_of(8) && self.bits.is_multiple_of(8);
     }
 
+    /// Whole bytes, as as many `writeByte`s: up to 7 at a time.
     fn write_bytes(&mut self, b: &[u8]) {
-        for &x in b {
-            self.write_byte(x);
+        for group in b.chunks(7) {
+            let word = group.iter().fold(0u64, |w, &x| (w << 8) | u64::from(x));
+            self.write_bits(word, 8 * group.len() as u32);
         }
     }
 }
@@ -146,10 +151,7 @@ impl Default for XorChunk {
 impl XorChunk {
     pub fn new() -> Self {
         XorChunk {
-            bits: BitWriter {
-                bytes: vec![0, 0],
-                free: 0,
-            },
+            bits: BitWriter::new(2),
             num: 0,
             t: 0,
             v: 0.0,
@@ -163,9 +165,7 @@ impl XorChunk {
 
     /// Empties the chunk, keeping its buffer.
     pub fn reset(&mut self) {
-        self.bits.bytes.clear();
-        self.bits.bytes.extend_from_slice(&[0, 0]);
-        self.bits.free = 0;
+        self.bits.reset(2);
         self.num = 0;
         self.t = 0;
         self.v = 0.0;
@@ -232,7 +232,7 @@ impl XorChunk {
         self.v = v;
         self.t_delta = t_delta;
         self.num = self.num.saturating_add(1);
-        self.bits.bytes[..2].copy_from_slice(&self.num.to_be_bytes());
+        self.bits.buf[..2].copy_from_slice(&self.num.to_be_bytes());
     }
 
     fn write_value(&mut self, v: f64) {
@@ -262,11 +262,14 @@ impl XorChunk {
 
     /// The chunk's bytes as they go to disk (after the length and encoding byte).
     pub fn bytes(&self) -> &[u8] {
-        &self.bits.bytes
+        self.bits.bytes()
     }
 
     pub fn into_bytes(self) -> Vec<u8> {
-        self.bits.bytes
+        let len = self.bits.len();
+        let mut b = self.bits.buf;
+        b.truncate(len);
+        b
     }
 }
 
