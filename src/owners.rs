@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pricing::{parse_toml_file, validate_budgets, Budget, Groups, PricingError};
+use crate::pricing::{
+    budget_owner, parse_toml_file, validate_budgets, Budget, Groups, PricingError,
+};
 
 /// One `[[owners]]` entry of the owners file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +150,28 @@ impl OwnerTable {
     /// The owners file's `[[budgets]]`.
     pub fn budgets(&self) -> &[Budget] {
         &self.budgets
+    }
+
+    /// Refuses a budget of the owners file whose (api_key_id or team, window) the main
+    /// config's `budgets` also has: both would be exported, as two series of one gauge.
+    pub fn check_budgets_beside(&self, main: &[Budget]) -> Result<(), PricingError> {
+        for (i, budget) in self.budgets.iter().enumerate() {
+            let same = |b: &Budget| {
+                b.api_key_id == budget.api_key_id
+                    && b.team == budget.team
+                    && b.window == budget.window
+            };
+            if let Some(n) = main.iter().position(same) {
+                let (whose, name) = budget_owner(budget);
+                return Err(PricingError {
+                    key: format!("budgets[{i}]"),
+                    message: format!(
+                        "({whose} {name:?}): also defined in the main config's budgets[{n}]; define each budget once"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

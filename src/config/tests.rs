@@ -440,3 +440,50 @@ fn budgets_no_shipped_rule_evaluates_are_refused_in_the_main_config_and_in_the_o
     assert_eq!(e.key.as_deref(), Some("budgets[0].window"), "{e}");
     assert!(e.message.contains("per team"), "{e}");
 }
+
+#[test]
+fn a_budget_in_both_the_main_config_and_the_owners_file_is_an_error_in_the_owners_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("owners.toml");
+    let main = "[[budgets]]\napi_key_id = \"k\"\nwindow = \"1d\"\ntokens = 1\n\
+                [[budgets]]\nteam = \"search\"\nwindow = \"month\"\ncost = 7\n";
+    std::fs::write(
+        &file,
+        "[[owners]]\napi_key_id = \"k*\"\nteam = \"search\"\n\
+         [[budgets]]\nteam = \"other\"\nwindow = \"month\"\ncost = 1\n\
+         [[budgets]]\nteam = \"search\"\nwindow = \"month\"\ncost = 5000\n",
+    )
+    .unwrap();
+    let e = with_owners_file(main, &file).owner_table().unwrap_err();
+    assert_eq!(e.file.as_deref(), Some(file.as_path()), "{e}");
+    assert_eq!(e.key.as_deref(), Some("budgets[1]"), "{e}");
+    assert_eq!(
+        e.message,
+        "(team \"search\"): also defined in the main config's budgets[1]; define each budget once"
+    );
+    // The same owner over another window, or another owner, is a budget of its own.
+    std::fs::write(
+        &file,
+        "[[budgets]]\napi_key_id = \"k\"\nwindow = \"7d\"\ntokens = 1\n\
+         [[budgets]]\nteam = \"other\"\nwindow = \"month\"\ncost = 1\n",
+    )
+    .unwrap();
+    let table = with_owners_file(main, &file)
+        .owner_table()
+        .unwrap()
+        .unwrap();
+    assert_eq!(table.budgets().len(), 2);
+    // A key budget the main config has too.
+    std::fs::write(
+        &file,
+        "[[budgets]]\napi_key_id = \"k\"\nwindow = \"1d\"\ncost = 2\n",
+    )
+    .unwrap();
+    let e = with_owners_file(main, &file).owner_table().unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("budgets[0]"), "{e}");
+    assert!(
+        e.message
+            .starts_with("(api_key_id \"k\"): also defined in the main config's budgets[0]"),
+        "{e}"
+    );
+}
