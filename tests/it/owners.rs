@@ -513,3 +513,111 @@ fn tsdb_blocks_carry_the_team_label_and_end_at_the_reference_totals() {
     let got: BTreeMap<_, _> = last.into_iter().map(|(k, (_, v))| (k, v)).collect();
     assert_eq!(got, summary_by_team(&reference(&config, &[&file])));
 }
+
+/// A main config budget `team = "search"` over the month, beside an owners file (and a price
+/// file) in `dir`: (config text, owners path, root of the pods).
+fn budget_in_main_config(dir: &Path) -> (String, PathBuf, PathBuf) {
+    let root_dir = dir.join("pods");
+    let owners = dir.join("owners.toml");
+    let prices = dir.join("prices.toml");
+    std::fs::write(
+        &prices,
+        "[[prices]]\nmodel = \"m\"\nper_million = { input = 1 }\n",
+    )
+    .unwrap();
+    let sections = format!(
+        "[[budgets]]\nteam = \"search\"\nwindow = \"month\"\ntokens = 7\n\
+         [pricing]\nfile = \"{}\"\n[owners]\nfile = \"{}\"\n",
+        prices.display(),
+        owners.display()
+    );
+    let cfg = config(&root_dir, &dir.join("state"), "", &sections);
+    (cfg, owners, root_dir)
+}
+
+/// The owners file of [`budget_in_main_config`]'s tests, `budget` after its one mapping.
+fn search_owns_k(budget: &str) -> String {
+    format!("[[owners]]\napi_key_id = \"k*\"\nteam = \"search\"\n{budget}")
+}
+
+const SEARCH_MONTH_BUDGET_AGAIN: &str =
+    "[[budgets]]\nteam = \"search\"\nwindow = \"month\"\ntokens = 5000\n";
+
+#[test]
+fn a_budget_also_in_the_main_config_makes_the_owners_file_invalid_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, owners, _) = budget_in_main_config(tmp.path());
+    write_owners(&owners, &search_owns_k(SEARCH_MONTH_BUDGET_AGAIN));
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, &cfg).unwrap();
+    for ran in [
+        run(&mut check_config(&config)),
+        run(tokenmeter().args(["run", "--config"]).arg(&config)),
+    ] {
+        let ran = ran.exits(2);
+        let want = format!(
+            "config {}: key `budgets[0]`: (team \"search\"): also defined in the main config's budgets[0]; define each budget once",
+            owners.display()
+        );
+        assert!(ran.stderr.contains(&want), "{}", ran.stderr);
+    }
+}
+
+#[test]
+fn reload_counters_start_at_0_and_a_budget_also_in_the_main_config_is_a_refused_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, owners, root_dir) = budget_in_main_config(tmp.path());
+    let log = pod_dir(&root_dir, "gw-owners-dup").join("0.log");
+    write_owners(&owners, &search_owns_k(""));
+    let d = Daemon::start(tmp.path(), "owners-dup", &cfg);
+    let reloads = |m: &Metrics, family: &str| -> BTreeMap<String, f64> {
+        m.samples
+            .iter()
+            .filter(|(n, _, _)| n == family)
+            .map(|(_, l, v)| (l["outcome"].clone(), *v))
+            .collect()
+    };
+    let zero: BTreeMap<String, f64> =
+        [("failure".to_string(), 0.0), ("success".into(), 0.0)].into();
+    // Before any reload: both outcomes of both files at 0, so a first refusal is an increase.
+    let m = d.metrics().unwrap();
+    assert_eq!(reloads(&m, "tokenmeter_owners_reloads_total"), zero);
+    assert_eq!(reloads(&m, "tokenmeter_pricing_reloads_total"), zero);
+    // The same budget in the owners file: refused, counted; the owners in force stay.
+    write_owners(
+        &owners,
+        &format!("[[owners]]\napi_key_id = \"k*\"\nteam = \"other\"\n{SEARCH_MONTH_BUDGET_AGAIN}"),
+    );
+    cond_wait(&d, "the owners file refused", WAIT, || {
+        let m = d.metrics()?;
+        (m.sum("tokenmeter_owners_reloads_total", &[("outcome", "failure")]) == 1.0).then_some(())
+    });
+    let one = r#"2026-11-26T10:00:00.000000000Z stdout F {"model":"m","api_key_id":"k","aim_service_id":"s","llm_input_token":10,"llm_output_token":0,"response_code":200}"#;
+    append(&log, &format!("{one}\n"));
+    cond_wait(&d, "the line counted for team search", WAIT, || {
+        let m = d.metrics()?;
+        (m.sum("llm_tokens_total", &[("team", "search")]) == 10.0).then_some(())
+    });
+    let m = d.metrics().unwrap();
+    assert_eq!(m.sum("llm_tokens_total", &[("team", "other")]), 0.0);
+    assert_eq!(
+        reloads(&m, "tokenmeter_owners_reloads_total"),
+        [("failure".to_string(), 1.0), ("success".into(), 0.0)].into()
+    );
+    // One budget series: the main config's.
+    let budgets: Vec<f64> = m
+        .samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "llm_budget_tokens" && l.get("team").map(String::as_str) == Some("search")
+        })
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert_eq!(budgets, [7.0]);
+    assert!(
+        d.log_text()
+            .contains("also defined in the main config's budgets[0]"),
+        "{}",
+        d.log_text()
+    );
+}
