@@ -486,7 +486,8 @@ impl Config {
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let path = e.path().to_string();
-                let message = e.inner().to_string();
+                // The message alone, on one line: the key is `path`, not a trailing "in `x`".
+                let message = e.inner().message().trim().to_string();
                 ConfigError {
                     file: None,
                     key: (path != ".").then_some(path),

@@ -487,3 +487,15 @@ fn a_budget_in_both_the_main_config_and_the_owners_file_is_an_error_in_the_owner
         "{e}"
     );
 }
+
+#[test]
+fn unknown_keys_are_reported_on_one_line_with_the_key() {
+    let e = Config::from_toml("[source]\nincluded = []\n", &no_env).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("source.included"));
+    assert!(
+        e.message
+            .starts_with("unknown field `included`, expected one of `include`"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains('\n'), "{e:?}");
+}

@@ -621,3 +621,31 @@ fn reload_counters_start_at_0_and_a_budget_also_in_the_main_config_is_a_refused_
         d.log_text()
     );
 }
+
+#[test]
+fn check_config_says_how_many_entries_teams_and_budgets_the_owners_file_holds() {
+    let file = std::fs::read_to_string(root().join("tests/fixtures/owners-file.toml")).unwrap();
+    // Counted from the file's text, not by the code under test.
+    let parsed: toml::Table = toml::from_str(&file).unwrap();
+    let entries = parsed["owners"].as_array().unwrap();
+    let teams: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .map(|e| e["team"].as_str().unwrap())
+        .collect();
+    let budgets = parsed
+        .get("budgets")
+        .and_then(|b| b.as_array())
+        .map_or(0, Vec::len);
+    let out = run(check_config(&root().join("tests/fixtures/owners.toml")).current_dir(root()))
+        .ok()
+        .stdout;
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let want = format!(
+        "# owners.file tests/fixtures/owners-file.toml: {}, {}, {}\n",
+        plural(entries.len(), "owners entry", "owners entries"),
+        plural(teams.len(), "team", "distinct teams"),
+        plural(budgets, "budget", "budgets")
+    );
+    assert!(out.contains(&want), "{want:?} in\n{out}");
+}
