@@ -649,3 +649,71 @@ fn check_config_says_how_many_entries_teams_and_budgets_the_owners_file_holds() 
     );
     assert!(out.contains(&want), "{want:?} in\n{out}");
 }
+
+#[test]
+fn the_text_summary_names_the_team_of_each_unpriced_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 60 records of model "u" (no price) and 30 of "p" (priced), keys k-0..k-2, half before
+    // and half after noon: k-1 moves from "before" to "after" at noon, the others are "rest".
+    let mut log = String::new();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..90u64 {
+        let (hour, key) = (11 + i % 2, format!("k-{}", i % 3));
+        let model = if i % 3 == 2 && i % 2 == 0 { "p" } else { "u" };
+        log.push_str(&format!(
+            "{{\"start_time\":\"2026-11-30T{hour}:{:02}:00.000Z\",\"model\":\"{model}\",\"api_key_id\":\"{key}\",\"aim_service_id\":\"s\",\"llm_input_token\":{},\"llm_output_token\":1,\"response_code\":200}}\n",
+            i % 60,
+            i + 1
+        ));
+        if model == "u" {
+            let team = match (key.as_str(), hour) {
+                ("k-1", 11) => "before",
+                ("k-1", _) => "after",
+                _ => "rest",
+            };
+            *want.entry(team.to_string()).or_default() += 1;
+        }
+    }
+    let file = tmp.path().join("u.log");
+    std::fs::write(&file, log).unwrap();
+    let owners = tmp.path().join("owners.toml");
+    write_owners(&owners, &owners_k1_moving_at(CHANGE_AT));
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[owners]\nfile = \"{}\"\n\
+             [[pricing.prices]]\nmodel = \"p\"\nper_million = {{ input = 1, output = 1 }}\n",
+            tmp.path().join("state").display(),
+            owners.display()
+        ),
+    )
+    .unwrap();
+    let text = run(tokenmeter()
+        .args(["replay", "--summary", "text", "--config"])
+        .arg(&config)
+        .arg(&file))
+    .ok()
+    .stdout;
+    let section = text
+        .split("\nunpriced and unmetered requests by model, service_id and team:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("an unpriced section with teams in\n{text}"));
+    let got: BTreeMap<String, u64> = section
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            let (pair, counts) = l.trim().split_once(": ").unwrap();
+            let team = pair
+                .strip_prefix("u / s / ")
+                .unwrap_or_else(|| panic!("{l:?} is a line of model u, service s"));
+            assert!(counts.ends_with(" unpriced, 0 unmetered"), "{l:?}");
+            (
+                team.to_string(),
+                counts.split(' ').next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "{text}");
+    assert_eq!(want.len(), 3, "every team has unpriced records");
+}
