@@ -204,7 +204,16 @@ fn run(cli: Cli) -> ExitCode {
         } => match load(&config) {
             Ok(c) => {
                 let shown = if show_secrets { c.clone() } else { c.masked() };
-                let text = shown.to_toml() + &crate::parse::format::describe_mappings(&c.fields);
+                let mut text = shown.to_toml();
+                // docs/owners.md: what the owners file holds (it was read and checked by load).
+                if let Ok(Some(owners)) = c.owner_table() {
+                    text.push_str(&format!(
+                        "# owners.file {}: {}\n",
+                        c.owners.file,
+                        owners.describe()
+                    ));
+                }
+                text.push_str(&crate::parse::format::describe_mappings(&c.fields));
                 if let Err(code) = print_out(&text) {
                     return code;
                 }

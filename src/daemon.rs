@@ -163,7 +163,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let descriptors = (registry.descriptors(), max_open_files);
     let meter = MeterHandle::new(meter);
-    let status = Arc::new(AgentStatus::new(node.clone(), start_time_ns));
+    let status = Arc::new(AgentStatus::new(node.clone(), start_time_ns).watching(
+        !config.pricing.file.is_empty(),
+        !config.owners.file.is_empty(),
+    ));
     let shutdown = Arc::new(Shutdown::default());
     let loki_status = loki_enabled.then(|| Arc::new(ForwarderStatus::default()));
 

@@ -238,8 +238,12 @@ pub struct AgentStatus {
     pub otlp_last_success_ns: AtomicU64,
     /// `pricing.file` reloads: applied, refused (the prices in force stayed).
     pub pricing_reloads: [AtomicU64; 2],
+    /// Whether `pricing.file` is set: only then are its reloads exported (from 0).
+    pub pricing_file: bool,
     /// `owners.file` reloads: applied, refused (the owners in force stayed).
     pub owners_reloads: [AtomicU64; 2],
+    /// Whether `owners.file` is set: only then are its reloads exported (from 0).
+    pub owners_file: bool,
     /// Beaten by the metering loop once per poll.
     pub heartbeat: Heartbeat,
 }
@@ -257,9 +261,19 @@ impl AgentStatus {
             otlp: ExportStats::default(),
             otlp_last_success_ns: AtomicU64::new(0),
             pricing_reloads: Default::default(),
+            pricing_file: false,
             owners_reloads: Default::default(),
+            owners_file: false,
             heartbeat: Heartbeat::new(),
         }
+    }
+
+    /// This status with `pricing.file` and `owners.file` set or not: their reload counters are
+    /// exported, from 0, only while they are.
+    pub fn watching(mut self, pricing_file: bool, owners_file: bool) -> Self {
+        self.pricing_file = pricing_file;
+        self.owners_file = owners_file;
+        self
     }
 
     pub fn is_ready(&self) -> bool {
@@ -307,14 +321,18 @@ pub fn agent_view(
             load(&status.checkpoints_ok),
             load(&status.checkpoints_failed),
         ],
-        owners_reloads: [
-            load(&status.owners_reloads[0]),
-            load(&status.owners_reloads[1]),
-        ],
-        pricing_reloads: [
-            load(&status.pricing_reloads[0]),
-            load(&status.pricing_reloads[1]),
-        ],
+        owners_reloads: status.owners_file.then(|| {
+            [
+                load(&status.owners_reloads[0]),
+                load(&status.owners_reloads[1]),
+            ]
+        }),
+        pricing_reloads: status.pricing_file.then(|| {
+            [
+                load(&status.pricing_reloads[0]),
+                load(&status.pricing_reloads[1]),
+            ]
+        }),
         loki: loki.map(|l| {
             let s = &l.stats;
             let mut lag = std::collections::BTreeMap::new();

@@ -12,7 +12,11 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pricing::{parse_toml_file, validate_budgets, Budget, Groups, PricingError};
+use crate::aggregate::OVERFLOW;
+
+use crate::pricing::{
+    budget_owner, parse_toml_file, validate_budgets, Budget, Groups, PricingError,
+};
 
 /// One `[[owners]]` entry of the owners file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +58,10 @@ pub struct OwnerTable {
     teams: Vec<String>,
     default: TeamId,
     budgets: Vec<Budget>,
+    /// The number of `[[owners]]` entries.
+    entries: usize,
+    /// The number of distinct teams the entries name (the default team not counted).
+    named_teams: usize,
 }
 
 impl OwnerTable {
@@ -87,6 +95,12 @@ impl OwnerTable {
             if entry.team.is_empty() {
                 return Err(error(format!("{key}.team"), "the team is empty"));
             }
+            if entry.team == OVERFLOW {
+                return Err(error(
+                    format!("{key}.team"),
+                    &format!("{OVERFLOW:?} is the value teams past limits.max_values.team fold into, not a team"),
+                ));
+            }
             let from = match &entry.from {
                 None => None,
                 Some(text) => Some(crate::timefmt::parse_rfc3339_nanos(text).ok_or_else(|| {
@@ -109,6 +123,8 @@ impl OwnerTable {
             let team = team_id(&mut table.teams, &entry.team);
             table.groups.push([entry.api_key_id.as_str()], from, team);
         }
+        table.entries = file.owners.len();
+        table.named_teams = table.teams.len();
         table.default = team_id(&mut table.teams, default);
         validate_budgets(&file.budgets)?;
         table.budgets = file.budgets.clone();
@@ -148,6 +164,42 @@ impl OwnerTable {
     /// The owners file's `[[budgets]]`.
     pub fn budgets(&self) -> &[Budget] {
         &self.budgets
+    }
+
+    /// What the file holds, as `check-config` says it: entries, the distinct teams they name,
+    /// budgets.
+    pub fn describe(&self) -> String {
+        let n = |count: usize, one: &str, many: &str| {
+            format!("{count} {}", if count == 1 { one } else { many })
+        };
+        format!(
+            "{}, {}, {}",
+            n(self.entries, "owners entry", "owners entries"),
+            n(self.named_teams, "team", "distinct teams"),
+            n(self.budgets.len(), "budget", "budgets")
+        )
+    }
+
+    /// Refuses a budget of the owners file whose (api_key_id or team, window) the main
+    /// config's `budgets` also has: both would be exported, as two series of one gauge.
+    pub fn check_budgets_beside(&self, main: &[Budget]) -> Result<(), PricingError> {
+        for (i, budget) in self.budgets.iter().enumerate() {
+            let same = |b: &Budget| {
+                b.api_key_id == budget.api_key_id
+                    && b.team == budget.team
+                    && b.window == budget.window
+            };
+            if let Some(n) = main.iter().position(same) {
+                let (whose, name) = budget_owner(budget);
+                return Err(PricingError {
+                    key: format!("budgets[{i}]"),
+                    message: format!(
+                        "({whose} {name:?}): also defined in the main config's budgets[{n}]; define each budget once"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -266,6 +318,11 @@ mod tests {
         let e = parse_owners_file("[[owners]]\napi_key_id = \"k\"\nteem = \"t\"\n")
             .expect_err("unknown key");
         assert_eq!(e.key, "owners[0].teem", "{e}");
+        // One line, as the main config's: the key says where, no trailing "in `owners`".
+        assert_eq!(
+            e.message,
+            "unknown field `teem`, expected one of `api_key_id`, `team`, `from`"
+        );
         let e = parse_owners_file("[[owners]\n").expect_err("syntax");
         assert!(e.message.starts_with("invalid TOML at line 1"), "{e}");
         let e = rejected("[[budgets]]\nteam = \"t\"\nwindow = \"week\"\ntokens = 1\n");
@@ -283,5 +340,33 @@ mod tests {
         assert_eq!(t.teams(), 2);
         assert_eq!(t.team(0), "t");
         assert_eq!(t.team(1), "unassigned");
+    }
+
+    #[test]
+    fn the_overflow_fold_value_is_not_a_team() {
+        let e = rejected("[[owners]]\napi_key_id = \"k\"\nteam = \"__overflow__\"\n");
+        assert_eq!(e.key, "owners[0].team", "{e}");
+        assert_eq!(
+            e.message,
+            "(api_key_id \"k\"): \"__overflow__\" is the value teams past limits.max_values.team fold into, not a team"
+        );
+    }
+
+    #[test]
+    fn describe_counts_entries_distinct_teams_and_budgets() {
+        assert_eq!(
+            table(EXAMPLE).describe(),
+            "4 owners entries, 4 distinct teams, 0 budgets"
+        );
+        let t = table(
+            "[[owners]]\napi_key_id = \"a\"\nteam = \"t\"\n[[owners]]\napi_key_id = \"b\"\nteam = \"t\"\n\
+             [[budgets]]\nteam = \"t\"\nwindow = \"month\"\ntokens = 1\n",
+        );
+        assert_eq!(t.describe(), "2 owners entries, 1 team, 1 budget");
+        // The default team is not one the file names.
+        assert_eq!(
+            table("").describe(),
+            "0 owners entries, 0 distinct teams, 0 budgets"
+        );
     }
 }

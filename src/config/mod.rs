@@ -486,7 +486,8 @@ impl Config {
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let path = e.path().to_string();
-                let message = e.inner().to_string();
+                // The message alone, on one line: the key is `path`, not a trailing "in `x`".
+                let message = e.inner().message().trim().to_string();
                 ConfigError {
                     file: None,
                     key: (path != ".").then_some(path),
@@ -906,7 +907,8 @@ impl Config {
     }
 
     /// The owners table of `owners.file` (read now; `None` while the key is empty). Errors
-    /// name the file, and keys relative to it (`owners[2].from`).
+    /// name the file, and keys relative to it (`owners[2].from`); a budget the main config
+    /// also defines is one of them.
     pub fn owner_table(&self) -> Result<Option<Arc<crate::owners::OwnerTable>>, ConfigError> {
         if self.owners.file.is_empty() {
             return Ok(None);
@@ -925,6 +927,7 @@ impl Config {
         let file = crate::owners::parse_owners_file(&text).map_err(in_file)?;
         let table =
             crate::owners::OwnerTable::compile(&file, &self.owners.default).map_err(in_file)?;
+        table.check_budgets_beside(&self.budgets).map_err(in_file)?;
         Ok(Some(Arc::new(table)))
     }
 

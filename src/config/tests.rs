@@ -382,3 +382,120 @@ fn owners_keys_are_checked_and_the_owners_file_read_with_errors_naming_it() {
     assert_eq!(table.select("k1", 0).0, "t");
     assert_eq!(table.select("x", 0).0, "nobody");
 }
+
+/// A config whose `owners.file` is `file`, with `top` (main-config budgets) before `[owners]`.
+fn with_owners_file(top: &str, file: &std::path::Path) -> Config {
+    Config::from_toml(
+        &format!("{top}[owners]\nfile = \"{}\"\n", file.display()),
+        &no_env,
+    )
+    .unwrap()
+}
+
+#[test]
+fn budgets_no_shipped_rule_evaluates_are_refused_in_the_main_config_and_in_the_owners_file() {
+    let e = Config::from_toml(
+        "[owners]\nfile = \"o.toml\"\n[[budgets]]\nteam = \"x\"\nwindow = \"30d\"\ncost = 1\n",
+        &no_env,
+    )
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("budgets[0].window"), "{e}");
+    assert!(
+        e.message
+            .contains("a team budget's window must be \"month\""),
+        "{e}"
+    );
+    let e = Config::from_toml(
+        "[[budgets]]\napi_key_id = \"a\"\nwindow = \"month\"\ntokens = 1\n",
+        &no_env,
+    )
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("budgets[0].window"), "{e}");
+    assert!(
+        e.message
+            .contains("a key budget's window must be \"1d\", \"7d\" or \"30d\""),
+        "{e}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("owners.toml");
+    std::fs::write(
+        &file,
+        "[[budgets]]\nteam = \"x\"\nwindow = \"month\"\ncost = 1\n\
+         [[budgets]]\nteam = \"x\"\nwindow = \"30d\"\ncost = 1\n",
+    )
+    .unwrap();
+    let e = with_owners_file("", &file).owner_table().unwrap_err();
+    assert_eq!(e.file.as_deref(), Some(file.as_path()), "{e}");
+    assert_eq!(e.key.as_deref(), Some("budgets[1].window"), "{e}");
+    assert!(e.message.contains("(team \"x\")"), "{e}");
+    assert!(e.message.contains("calendar months"), "{e}");
+    std::fs::write(
+        &file,
+        "[[budgets]]\napi_key_id = \"a\"\nwindow = \"month\"\ntokens = 1\n",
+    )
+    .unwrap();
+    let e = with_owners_file("", &file).owner_table().unwrap_err();
+    assert_eq!(e.file.as_deref(), Some(file.as_path()), "{e}");
+    assert_eq!(e.key.as_deref(), Some("budgets[0].window"), "{e}");
+    assert!(e.message.contains("per team"), "{e}");
+}
+
+#[test]
+fn a_budget_in_both_the_main_config_and_the_owners_file_is_an_error_in_the_owners_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("owners.toml");
+    let main = "[[budgets]]\napi_key_id = \"k\"\nwindow = \"1d\"\ntokens = 1\n\
+                [[budgets]]\nteam = \"search\"\nwindow = \"month\"\ncost = 7\n";
+    std::fs::write(
+        &file,
+        "[[owners]]\napi_key_id = \"k*\"\nteam = \"search\"\n\
+         [[budgets]]\nteam = \"other\"\nwindow = \"month\"\ncost = 1\n\
+         [[budgets]]\nteam = \"search\"\nwindow = \"month\"\ncost = 5000\n",
+    )
+    .unwrap();
+    let e = with_owners_file(main, &file).owner_table().unwrap_err();
+    assert_eq!(e.file.as_deref(), Some(file.as_path()), "{e}");
+    assert_eq!(e.key.as_deref(), Some("budgets[1]"), "{e}");
+    assert_eq!(
+        e.message,
+        "(team \"search\"): also defined in the main config's budgets[1]; define each budget once"
+    );
+    // The same owner over another window, or another owner, is a budget of its own.
+    std::fs::write(
+        &file,
+        "[[budgets]]\napi_key_id = \"k\"\nwindow = \"7d\"\ntokens = 1\n\
+         [[budgets]]\nteam = \"other\"\nwindow = \"month\"\ncost = 1\n",
+    )
+    .unwrap();
+    let table = with_owners_file(main, &file)
+        .owner_table()
+        .unwrap()
+        .unwrap();
+    assert_eq!(table.budgets().len(), 2);
+    // A key budget the main config has too.
+    std::fs::write(
+        &file,
+        "[[budgets]]\napi_key_id = \"k\"\nwindow = \"1d\"\ncost = 2\n",
+    )
+    .unwrap();
+    let e = with_owners_file(main, &file).owner_table().unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("budgets[0]"), "{e}");
+    assert!(
+        e.message
+            .starts_with("(api_key_id \"k\"): also defined in the main config's budgets[0]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_reported_on_one_line_with_the_key() {
+    let e = Config::from_toml("[source]\nincluded = []\n", &no_env).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("source.included"));
+    assert!(
+        e.message
+            .starts_with("unknown field `included`, expected one of `include`"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains('\n'), "{e:?}");
+}

@@ -28,7 +28,8 @@ pub fn budget_cost_units(budget: &Budget) -> Option<u128> {
 }
 
 /// Checks `[[budgets]]` (keys `budgets[i]...`, messages naming the api_key_id or team): neither
-/// or both of api_key_id and team, a window other than 1d/7d/30d/month, neither tokens nor
+/// or both of api_key_id and team, a window other than 1d/7d/30d/month, a team budget over a
+/// rolling window or a key budget over `month` (no shipped rule evaluates them), neither tokens nor
 /// cost, a negative or unreadable cost, a duplicate (api_key_id or team, window). Warns about a
 /// cost rounding changed and a key or team too long to ever match.
 pub fn validate_budgets(budgets: &[Budget]) -> Result<Vec<PricingWarning>, PricingError> {
@@ -61,6 +62,22 @@ pub fn validate_budgets(budgets: &[Budget]) -> Result<Vec<PricingWarning>, Prici
                     "window {:?} is not one of \"1d\", \"7d\", \"30d\", \"month\"",
                     budget.window
                 ),
+            ));
+        }
+        // The shipped rules (docs/dashboards-and-rules.md) evaluate key budgets over the rolling
+        // windows and team budgets over the calendar month only: any other pairing would be
+        // exported and never alert.
+        let is_team = budget.api_key_id.is_empty();
+        if is_team && budget.window != MONTH_WINDOW {
+            return Err(error(
+                format!("{key}.window"),
+                "a team budget's window must be \"month\" (team budgets are calendar months; rolling windows are per API key)".into(),
+            ));
+        }
+        if !is_team && budget.window == MONTH_WINDOW {
+            return Err(error(
+                format!("{key}.window"),
+                "a key budget's window must be \"1d\", \"7d\" or \"30d\" (calendar-month budgets are per team)".into(),
             ));
         }
         if budget.tokens.is_none() && budget.cost.is_none() {
@@ -170,7 +187,7 @@ mod tests {
             cost = 1000
             [[budgets]]
             api_key_id = "search"
-            window = "month"
+            window = "30d"
             tokens = 5
             [[budgets]]
             team = "*"
@@ -250,6 +267,36 @@ mod tests {
         assert_eq!(
             validate_budgets(&[long]).unwrap()[0].key,
             "budgets[0].api_key_id"
+        );
+    }
+
+    #[test]
+    fn budgets_no_shipped_rule_evaluates_are_refused_naming_the_entry_and_why() {
+        let team_30d = budgets("[[budgets]]\nteam = \"x\"\nwindow = \"30d\"\ncost = 1\n");
+        let e = validate_budgets(&team_30d).expect_err("a team budget over a rolling window");
+        assert_eq!(e.key, "budgets[0].window");
+        assert_eq!(
+            e.message,
+            "(team \"x\"): a team budget's window must be \"month\" (team budgets are calendar months; rolling windows are per API key)"
+        );
+        for window in ["1d", "7d"] {
+            let list = budgets(&format!(
+                "[[budgets]]\nteam = \"*\"\nwindow = \"{window}\"\ntokens = 1\n"
+            ));
+            assert_eq!(
+                validate_budgets(&list).expect_err(window).key,
+                "budgets[0].window"
+            );
+        }
+        let key_month = budgets(
+            "[[budgets]]\napi_key_id = \"k\"\nwindow = \"1d\"\ntokens = 1\n\
+             [[budgets]]\napi_key_id = \"a\"\nwindow = \"month\"\ntokens = 1\n",
+        );
+        let e = validate_budgets(&key_month).expect_err("a key budget over a calendar month");
+        assert_eq!(e.key, "budgets[1].window");
+        assert_eq!(
+            e.message,
+            "(api_key_id \"a\"): a key budget's window must be \"1d\", \"7d\" or \"30d\" (calendar-month budgets are per team)"
         );
     }
 }

@@ -247,7 +247,7 @@ pub fn parse_toml_file<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, 
         let path = e.path().to_string();
         PricingError {
             key: if path == "." { String::new() } else { path },
-            message: e.inner().to_string(),
+            message: e.inner().message().trim().to_string(),
         }
     })
 }

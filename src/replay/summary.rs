@@ -351,14 +351,30 @@ fn spend_tables(out: &mut String, s: &Snapshot, currency: &str) {
         .filter(|p| p.unpriced > 0 || p.unmetered > 0)
         .collect();
     if !flagged.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nunpriced and unmetered requests by model and service_id:"
-        );
+        // docs/owners.md: the counters are per (model, service_id, team) with owners, so the
+        // team is on each line (else two teams' lines would read as one pair counted twice).
+        match s.team_label.as_deref() {
+            Some(team) => {
+                let _ = writeln!(
+                    out,
+                    "\nunpriced and unmetered requests by model, service_id and {team}:"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "\nunpriced and unmetered requests by model and service_id:"
+                );
+            }
+        }
         for p in flagged {
+            let team = match s.team_label {
+                Some(_) => format!(" / {}", p.team),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  {} / {}: {} unpriced, {} unmetered",
+                "  {} / {}{team}: {} unpriced, {} unmetered",
                 p.model, p.service_id, p.unpriced, p.unmetered
             );
         }

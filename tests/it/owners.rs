@@ -513,3 +513,207 @@ fn tsdb_blocks_carry_the_team_label_and_end_at_the_reference_totals() {
     let got: BTreeMap<_, _> = last.into_iter().map(|(k, (_, v))| (k, v)).collect();
     assert_eq!(got, summary_by_team(&reference(&config, &[&file])));
 }
+
+/// A main config budget `team = "search"` over the month, beside an owners file (and a price
+/// file) in `dir`: (config text, owners path, root of the pods).
+fn budget_in_main_config(dir: &Path) -> (String, PathBuf, PathBuf) {
+    let root_dir = dir.join("pods");
+    let owners = dir.join("owners.toml");
+    let prices = dir.join("prices.toml");
+    std::fs::write(
+        &prices,
+        "[[prices]]\nmodel = \"m\"\nper_million = { input = 1 }\n",
+    )
+    .unwrap();
+    let sections = format!(
+        "[[budgets]]\nteam = \"search\"\nwindow = \"month\"\ntokens = 7\n\
+         [pricing]\nfile = \"{}\"\n[owners]\nfile = \"{}\"\n",
+        prices.display(),
+        owners.display()
+    );
+    let cfg = config(&root_dir, &dir.join("state"), "", &sections);
+    (cfg, owners, root_dir)
+}
+
+/// The owners file of [`budget_in_main_config`]'s tests, `budget` after its one mapping.
+fn search_owns_k(budget: &str) -> String {
+    format!("[[owners]]\napi_key_id = \"k*\"\nteam = \"search\"\n{budget}")
+}
+
+const SEARCH_MONTH_BUDGET_AGAIN: &str =
+    "[[budgets]]\nteam = \"search\"\nwindow = \"month\"\ntokens = 5000\n";
+
+#[test]
+fn a_budget_also_in_the_main_config_makes_the_owners_file_invalid_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, owners, _) = budget_in_main_config(tmp.path());
+    write_owners(&owners, &search_owns_k(SEARCH_MONTH_BUDGET_AGAIN));
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, &cfg).unwrap();
+    for ran in [
+        run(&mut check_config(&config)),
+        run(tokenmeter().args(["run", "--config"]).arg(&config)),
+    ] {
+        let ran = ran.exits(2);
+        let want = format!(
+            "config {}: key `budgets[0]`: (team \"search\"): also defined in the main config's budgets[0]; define each budget once",
+            owners.display()
+        );
+        assert!(ran.stderr.contains(&want), "{}", ran.stderr);
+    }
+}
+
+#[test]
+fn reload_counters_start_at_0_and_a_budget_also_in_the_main_config_is_a_refused_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, owners, root_dir) = budget_in_main_config(tmp.path());
+    let log = pod_dir(&root_dir, "gw-owners-dup").join("0.log");
+    write_owners(&owners, &search_owns_k(""));
+    let d = Daemon::start(tmp.path(), "owners-dup", &cfg);
+    let reloads = |m: &Metrics, family: &str| -> BTreeMap<String, f64> {
+        m.samples
+            .iter()
+            .filter(|(n, _, _)| n == family)
+            .map(|(_, l, v)| (l["outcome"].clone(), *v))
+            .collect()
+    };
+    let zero: BTreeMap<String, f64> =
+        [("failure".to_string(), 0.0), ("success".into(), 0.0)].into();
+    // Before any reload: both outcomes of both files at 0, so a first refusal is an increase.
+    let m = d.metrics().unwrap();
+    assert_eq!(reloads(&m, "tokenmeter_owners_reloads_total"), zero);
+    assert_eq!(reloads(&m, "tokenmeter_pricing_reloads_total"), zero);
+    // The same budget in the owners file: refused, counted; the owners in force stay.
+    write_owners(
+        &owners,
+        &format!("[[owners]]\napi_key_id = \"k*\"\nteam = \"other\"\n{SEARCH_MONTH_BUDGET_AGAIN}"),
+    );
+    cond_wait(&d, "the owners file refused", WAIT, || {
+        let m = d.metrics()?;
+        (m.sum("tokenmeter_owners_reloads_total", &[("outcome", "failure")]) == 1.0).then_some(())
+    });
+    let one = r#"2026-11-26T10:00:00.000000000Z stdout F {"model":"m","api_key_id":"k","aim_service_id":"s","llm_input_token":10,"llm_output_token":0,"response_code":200}"#;
+    append(&log, &format!("{one}\n"));
+    cond_wait(&d, "the line counted for team search", WAIT, || {
+        let m = d.metrics()?;
+        (m.sum("llm_tokens_total", &[("team", "search")]) == 10.0).then_some(())
+    });
+    let m = d.metrics().unwrap();
+    assert_eq!(m.sum("llm_tokens_total", &[("team", "other")]), 0.0);
+    assert_eq!(
+        reloads(&m, "tokenmeter_owners_reloads_total"),
+        [("failure".to_string(), 1.0), ("success".into(), 0.0)].into()
+    );
+    // One budget series: the main config's.
+    let budgets: Vec<f64> = m
+        .samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "llm_budget_tokens" && l.get("team").map(String::as_str) == Some("search")
+        })
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert_eq!(budgets, [7.0]);
+    assert!(
+        d.log_text()
+            .contains("also defined in the main config's budgets[0]"),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn check_config_says_how_many_entries_teams_and_budgets_the_owners_file_holds() {
+    let file = std::fs::read_to_string(root().join("tests/fixtures/owners-file.toml")).unwrap();
+    // Counted from the file's text, not by the code under test.
+    let parsed: toml::Table = toml::from_str(&file).unwrap();
+    let entries = parsed["owners"].as_array().unwrap();
+    let teams: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .map(|e| e["team"].as_str().unwrap())
+        .collect();
+    let budgets = parsed
+        .get("budgets")
+        .and_then(|b| b.as_array())
+        .map_or(0, Vec::len);
+    let out = run(check_config(&root().join("tests/fixtures/owners.toml")).current_dir(root()))
+        .ok()
+        .stdout;
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let want = format!(
+        "# owners.file tests/fixtures/owners-file.toml: {}, {}, {}\n",
+        plural(entries.len(), "owners entry", "owners entries"),
+        plural(teams.len(), "team", "distinct teams"),
+        plural(budgets, "budget", "budgets")
+    );
+    assert!(out.contains(&want), "{want:?} in\n{out}");
+}
+
+#[test]
+fn the_text_summary_names_the_team_of_each_unpriced_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 60 records of model "u" (no price) and 30 of "p" (priced), keys k-0..k-2, half before
+    // and half after noon: k-1 moves from "before" to "after" at noon, the others are "rest".
+    let mut log = String::new();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..90u64 {
+        let (hour, key) = (11 + i % 2, format!("k-{}", i % 3));
+        let model = if i % 3 == 2 && i % 2 == 0 { "p" } else { "u" };
+        log.push_str(&format!(
+            "{{\"start_time\":\"2026-11-30T{hour}:{:02}:00.000Z\",\"model\":\"{model}\",\"api_key_id\":\"{key}\",\"aim_service_id\":\"s\",\"llm_input_token\":{},\"llm_output_token\":1,\"response_code\":200}}\n",
+            i % 60,
+            i + 1
+        ));
+        if model == "u" {
+            let team = match (key.as_str(), hour) {
+                ("k-1", 11) => "before",
+                ("k-1", _) => "after",
+                _ => "rest",
+            };
+            *want.entry(team.to_string()).or_default() += 1;
+        }
+    }
+    let file = tmp.path().join("u.log");
+    std::fs::write(&file, log).unwrap();
+    let owners = tmp.path().join("owners.toml");
+    write_owners(&owners, &owners_k1_moving_at(CHANGE_AT));
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[owners]\nfile = \"{}\"\n\
+             [[pricing.prices]]\nmodel = \"p\"\nper_million = {{ input = 1, output = 1 }}\n",
+            tmp.path().join("state").display(),
+            owners.display()
+        ),
+    )
+    .unwrap();
+    let text = run(tokenmeter()
+        .args(["replay", "--summary", "text", "--config"])
+        .arg(&config)
+        .arg(&file))
+    .ok()
+    .stdout;
+    let section = text
+        .split("\nunpriced and unmetered requests by model, service_id and team:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("an unpriced section with teams in\n{text}"));
+    let got: BTreeMap<String, u64> = section
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            let (pair, counts) = l.trim().split_once(": ").unwrap();
+            let team = pair
+                .strip_prefix("u / s / ")
+                .unwrap_or_else(|| panic!("{l:?} is a line of model u, service s"));
+            assert!(counts.ends_with(" unpriced, 0 unmetered"), "{l:?}");
+            (
+                team.to_string(),
+                counts.split(' ').next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "{text}");
+    assert_eq!(want.len(), 3, "every team has unpriced records");
+}
