@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::OVERFLOW;
+use crate::parse::OVERFLOW;
 
 use crate::pricing::{
     budget_owner, parse_toml_file, validate_budgets, Budget, Groups, PricingError,

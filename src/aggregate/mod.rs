@@ -41,7 +41,7 @@ use spend::{Counted, Spend};
 
 pub use snapshot::{HistogramSnapshot, PairSnapshot, SeriesSnapshot, Snapshot};
 
-pub const OVERFLOW: &str = "__overflow__";
+pub use crate::parse::OVERFLOW;
 
 /// Upper bounds (seconds) of the `request_duration_seconds` buckets; `+Inf` is implied.
 /// Chosen for LLM calls: embeddings take tens of milliseconds, long generations minutes.

@@ -19,6 +19,11 @@
 //!   without a leading zero); a step into a string that does not hold a JSON object, or past
 //!   an array's end, finds nothing.
 
+/// The label value a record's label past its limit (`limits.max_values`) is folded into by
+/// the store; defined here, with the record's fields, so that the owners file can refuse it as
+/// a team name.
+pub const OVERFLOW: &str = "__overflow__";
+
 pub mod fields;
 pub mod format;
 mod keys;
