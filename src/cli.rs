@@ -342,6 +342,13 @@ fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // A series' first 0 lies one step before its first value: with a step that does not
+            // divide the block, its block would not be a --block window (it could overlap the
+            // others, cross a UTC midnight or outlast 24h, all refused by Mimir).
+            if tsdb.is_some() && block_ns % step_ns != 0 {
+                eprintln!("error: --step {:?} must divide --block {block:?} with --tsdb (every block is one --block window); for a daily step use --block 24h", step.unwrap_or_default());
+                return ExitCode::from(2);
+            }
             let config_path = config.config.clone();
             let config = match load(&config) {
                 Ok(c) => c,

@@ -92,7 +92,7 @@ impl TsdbSink {
                 .as_ref()
                 .is_some_and(|p| p.max_time() == start_ms && p.min_time() <= first);
             if !adjacent {
-                self.flush()?;
+                self.flush(false)?;
                 let block_ms = (end_ms - start_ms).max(step_ms);
                 let from = first.div_euclid(block_ms).saturating_mul(block_ms);
                 self.pending = Some(
@@ -108,24 +108,24 @@ impl TsdbSink {
                 }
             }
         }
-        self.flush()?;
+        self.flush(false)?;
         self.pending = Some(block);
         Ok(samples)
     }
 
     /// Writes the block held back, if any.
-    fn flush(&mut self) -> anyhow::Result<()> {
+    /// Writes the pending block. The last block of the replay (`last`) ends just after its
+    /// last sample, as promtool ends its blocks, so that the same input gives the same bytes
+    /// whenever it is replayed; an earlier block whose window is not over yet (a record dated
+    /// in the future closed it) ends there too: Mimir refuses a block that ends in the future.
+    fn flush(&mut self, last: bool) -> anyhow::Result<()> {
         if let Some(mut block) = self.pending.take() {
-            // A window not over yet (records of the last minutes, `--to live`) ends just after
-            // its last sample: Mimir refuses a block that ends in the future. (A sample at the
-            // end of a step that is not over is itself in the future: such a block is
-            // accepted once that time has passed.)
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            if let Some((_, last)) = block.sample_range() {
-                let end = last.saturating_add(1);
-                if block.max_time() > now_ms && end < block.max_time() {
+            if let Some((_, last_sample)) = block.sample_range() {
+                let end = last_sample.saturating_add(1);
+                if (last || block.max_time() > now_ms) && end < block.max_time() {
                     block.shrink_max_time(end).map_err(|e| self.err(e))?;
                 }
             }
@@ -138,7 +138,7 @@ impl TsdbSink {
 
     /// Writes the last block and makes every block durable.
     pub fn finish(&mut self) -> anyhow::Result<()> {
-        self.flush()?;
+        self.flush(true)?;
         self.writer
             .sync()
             .map_err(|e| io("syncing", self.writer.dir(), e))

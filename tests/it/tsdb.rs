@@ -947,3 +947,90 @@ fn a_replay_cut_by_an_input_error_leaves_only_complete_blocks() {
         .args(["tsdb", "analyze"])
         .arg(&blocks));
 }
+
+/// The last block ends just after its last sample, as promtool ends its blocks, whether or
+/// not its window is over when the replay runs: the same input gives the same bytes at any
+/// time (here the window ended yesterday; before, such a block ran to its window's end and one
+/// replayed within its window ended after its last sample). The last sample is read back by
+/// promtool, not by this writer.
+#[test]
+fn the_last_block_ends_just_after_its_last_sample_whenever_the_replay_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, config, _) = replay_workload(tmp.path());
+    let blocks = tmp.path().join("blocks");
+    replay(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--tsdb".as_ref(),
+        blocks.as_os_str(),
+        log.as_os_str(),
+    ]);
+    let metas: Vec<serde_json::Value> = std::fs::read_dir(&blocks)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("meta.json"))
+        .filter(|p| p.is_file())
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    let last = metas
+        .iter()
+        .max_by_key(|m| m["minTime"].as_i64().unwrap())
+        .unwrap();
+    let (mint, maxt) = (
+        last["minTime"].as_i64().unwrap(),
+        last["maxTime"].as_i64().unwrap(),
+    );
+    let sandbox = tmp.path().join("sandbox");
+    std::fs::create_dir_all(&sandbox).unwrap();
+    let dumped = parse_dump(&dump(&blocks, &sandbox, mint, i64::MAX / 2));
+    let last_sample = dumped
+        .values()
+        .flat_map(|s| s.iter().map(|(t, _)| *t))
+        .max()
+        .unwrap();
+    assert_eq!(maxt, last_sample + 1, "{last}");
+    // Every other block is a whole --block window (2h).
+    for m in metas.iter().filter(|m| m["minTime"] != last["minTime"]) {
+        let (a, b) = (m["minTime"].as_i64().unwrap(), m["maxTime"].as_i64().unwrap());
+        assert_eq!((a % 7_200_000, b - a), (0, 7_200_000), "{m}");
+    }
+}
+
+/// A series' first 0 lies a step before its first value: a step that does not divide the
+/// block would put it in a block that is not a --block window (overlapping the others,
+/// crossing a UTC midnight, longer than 24h: what Mimir refuses). Such a step is refused
+/// before anything is read, naming both flags.
+#[test]
+fn a_step_that_does_not_divide_the_block_is_refused_with_tsdb() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, config, _) = replay_workload(tmp.path());
+    for (step, block) in [("5h", "2h"), ("7h", "24h"), ("1d", "2h"), ("45m", "2h")] {
+        let ran = common::run(
+            common::tokenmeter()
+                .arg("replay")
+                .arg("--config")
+                .arg(&config)
+                .args(["--step", step, "--block", block, "--tsdb"])
+                .arg(tmp.path().join(format!("b-{step}")))
+                .arg(&log),
+        )
+        .exits(2);
+        assert!(
+            ran.stderr.contains("--step") && ran.stderr.contains("must divide --block"),
+            "{step} {block}: {}",
+            ran.stderr
+        );
+        assert!(!tmp.path().join(format!("b-{step}")).exists());
+    }
+    // A daily step with daily blocks is fine.
+    replay(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--step".as_ref(),
+        "1d".as_ref(),
+        "--block".as_ref(),
+        "24h".as_ref(),
+        "--tsdb".as_ref(),
+        tmp.path().join("daily").as_os_str(),
+        log.as_os_str(),
+    ]);
+}
