@@ -56,7 +56,9 @@ pub enum Command {
         /// config's `state_dir`, so backfilled and live series never count a request twice.
         #[arg(long, value_name = "RFC3339|live")]
         to: Option<String>,
-        /// Resolution of emitted samples (default 60s).
+        /// Resolution of emitted samples (default 60s). With `--tsdb` it must divide `--block`
+        /// (for `--step 1d`, `--block 24h`; with `--dense --step 1h`, `--block 24h` keeps the
+        /// blocks small).
         #[arg(long, value_name = "DURATION")]
         step: Option<String>,
         /// Write OpenMetrics backfill for `promtool tsdb create-blocks-from openmetrics` or
