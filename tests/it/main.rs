@@ -19,3 +19,4 @@ mod properties;
 mod replay_cli;
 mod spend;
 mod tsdb;
+mod tsdb_replay;
