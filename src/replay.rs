@@ -759,6 +759,10 @@ pub fn replay(
         dense: opts.dense,
         from_ns: opts.from_ns,
         to_ns: opts.to_ns,
+        earliest_ns: match opts.tsdb {
+            Some(_) => opts.step_ns,
+            None => i64::MIN,
+        },
     };
     if wants_backfill {
         // Each record's cost goes into its step.

@@ -69,6 +69,11 @@ pub struct Shape {
     pub dense: bool,
     pub from_ns: Option<i64>,
     pub to_ns: Option<i64>,
+    /// The earliest event time counted (`i64::MIN`: any). TSDB blocks hold no time before
+    /// 1970-01-01 (Prometheus' times are milliseconds from it, never negative), and a series'
+    /// 0 lies a step before its first value: `--tsdb` counts records from one step after it,
+    /// the others as outside the range.
+    pub earliest_ns: i64,
 }
 
 /// One block window's samples: each series' in time order. A series whose first sample is in
@@ -466,8 +471,9 @@ impl LineSink for StepStream {
         let Some(t) = event_ns else {
             return self.shape.from_ns.is_none() && self.shape.to_ns.is_none();
         };
-        let inside =
-            self.shape.from_ns.is_none_or(|f| t >= f) && self.shape.to_ns.is_none_or(|e| t < e);
+        let inside = t >= self.shape.earliest_ns
+            && self.shape.from_ns.is_none_or(|f| t >= f)
+            && self.shape.to_ns.is_none_or(|e| t < e);
         if !inside {
             self.outside += 1;
         }
@@ -504,6 +510,7 @@ mod tests {
             dense: false,
             from_ns: None,
             to_ns: None,
+            earliest_ns: i64::MIN,
         }
     }
 

@@ -321,3 +321,45 @@ fn a_step_that_does_not_divide_the_block_is_refused_with_tsdb() {
         log.as_os_str(),
     ]);
 }
+
+/// Prometheus' times are milliseconds from 1970-01-01, never negative, so a record dated
+/// before 1970 cannot be in a block: with `--tsdb` it is outside the range, counted as such
+/// (as a record before `--from`), and the rest of the replay is written (it used to stop the
+/// replay with an error naming no line).
+#[test]
+fn a_record_dated_before_1970_is_outside_the_range_of_tsdb_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, config, expected) = replay_workload(tmp.path());
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(
+        &log,
+        format!(
+            "{{\"start_time\":\"1969-12-31T23:00:00Z\",\"model\":\"pre-epoch\",\"api_key_id\":\"k\",\"aim_service_id\":\"s\",\"llm_input_token\":5,\"llm_output_token\":2,\"response_code\":200}}\n{text}"
+        ),
+    )
+    .unwrap();
+    let blocks = tmp.path().join("blocks");
+    let summary = replay(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--tsdb".as_ref(),
+        blocks.as_os_str(),
+        log.as_os_str(),
+    ]);
+    assert_eq!(summary["outside_range"], 1, "{summary}");
+    let models: Vec<&str> = summary["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["model"].as_str().unwrap())
+        .collect();
+    assert!(!models.contains(&"pre-epoch"), "{models:?}");
+    assert_eq!(
+        summary["series"].as_array().unwrap().len(),
+        expected.series.len(),
+        "{summary}"
+    );
+    run(Command::new(promtool())
+        .args(["tsdb", "analyze"])
+        .arg(&blocks));
+}
