@@ -304,6 +304,13 @@ fn run(cli: Cli) -> ExitCode {
                 eprintln!("error: --block {block:?} must divide 24h with --tsdb: Mimir refuses a block that crosses a UTC midnight (e.g. 1h, 2h, 6h, 24h)");
                 return ExitCode::from(2);
             }
+            if let Some(dir) = tsdb.as_ref().filter(|d| d.exists() && !d.is_dir()) {
+                eprintln!(
+                    "error: --tsdb {}: is not a directory (the blocks are directories inside it)",
+                    dir.display()
+                );
+                return ExitCode::from(2);
+            }
             if tsdb.is_some() && openmetrics.is_some() && !openmetrics_dir {
                 eprintln!("error: --tsdb writes one block per --block window; --openmetrics FILE holds everything in one file: give --openmetrics a directory (ending in /) to write both");
                 return ExitCode::from(2);

@@ -363,3 +363,29 @@ fn a_record_dated_before_1970_is_outside_the_range_of_tsdb_blocks() {
         .args(["tsdb", "analyze"])
         .arg(&blocks));
 }
+
+/// `--tsdb` names a directory: a regular file there is a usage error (exit 2) naming it,
+/// before anything is read, and the file is left as it was.
+#[test]
+fn tsdb_at_a_regular_file_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, config, _) = replay_workload(tmp.path());
+    let file = tmp.path().join("not-a-dir");
+    std::fs::write(&file, "keep me").unwrap();
+    let ran = common::run(
+        common::tokenmeter()
+            .arg("replay")
+            .arg("--config")
+            .arg(&config)
+            .arg("--tsdb")
+            .arg(&file)
+            .arg(&log),
+    )
+    .exits(2);
+    assert!(
+        ran.stderr.contains("not-a-dir") && ran.stderr.contains("is not a directory"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
