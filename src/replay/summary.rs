@@ -42,6 +42,9 @@ struct JsonSummary<'a> {
     cost: Option<Money>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unpriced_requests: Option<u64>,
+    /// The tokens (their total) of the unpriced records, as `llm_unpriced_tokens_total`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unpriced_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unmetered_requests: Option<u64>,
 }
@@ -92,6 +95,11 @@ pub fn summary_json(r: &ReplayReport) -> String {
         currency: s.currency.as_deref(),
         cost: priced.then(|| Money(total_cost(s))),
         unpriced_requests: priced.then(|| s.pairs.iter().map(|p| p.unpriced).sum()),
+        unpriced_tokens: priced.then(|| {
+            s.pairs
+                .iter()
+                .fold(0u64, |n, p| n.wrapping_add(p.unpriced_tokens))
+        }),
         unmetered_requests: priced.then(|| s.pairs.iter().map(|p| p.unmetered).sum()),
         lines: s.stats.lines(),
         records: s.stats.records,

@@ -10,7 +10,7 @@ implementation, so the integration tests compare two independent readings of the
 
 With --config, `[fields]` (incl. `[fields.extra_tokens]`), `source.max_line_bytes` and `[pricing]`
 (SPEC §10) apply; when the config has at least one price the summary gets "currency", "cost",
-"unpriced_requests", "unmetered_requests" and a "cost" per series, and --write/--check use
+"unpriced_requests", "unpriced_tokens", "unmetered_requests" and a "cost" per series, and --write/--check use
 DIR/<basename>.priced.json. Cost is exact integer arithmetic in units of 10^-12 (never a float).
 With `[owners] file` (docs/owners.md) each series also has its "team" (the key is part of the
 series: model, api_key_id, service_id, team, sorted in that order), and --write/--check use
@@ -831,7 +831,7 @@ def summarize(paths, config=None):
     pricing = config.pricing
     owners = config.owners
     lines = records = 0
-    unpriced = unmetered = 0
+    unpriced = unmetered = unpriced_tokens = 0
     skipped = dict.fromkeys(REASONS, 0)
     formats = {}  # format -> record lines it read
     series = {}
@@ -859,13 +859,15 @@ def summarize(paths, config=None):
             previous = t_ns
             for r in calls:
                 key = r.key if owners is None else r.key + (owners.team(r.key[1], t_ns),)
-                _, part, unmet = account(series.setdefault(key, Series()), r, t_ns, pricing)
+                _, part, unmet, tokens = account(series.setdefault(key, Series()), r, t_ns, pricing)
                 unpriced += part
                 unmetered += unmet
+                unpriced_tokens += tokens
     out = {"lines": lines, "records": records, "skipped": skipped, "formats": dict(sorted(formats.items()))}
     if pricing is not None:
         out.update({"currency": pricing.currency, "cost": CostNumber(sum(v.cost for v in series.values())),
-                    "unpriced_requests": unpriced, "unmetered_requests": unmetered})
+                    "unpriced_requests": unpriced, "unpriced_tokens": unpriced_tokens,
+                    "unmetered_requests": unmetered})
     rows = []
     for k, v in sorted(series.items(), key=lambda kv: tuple(x.encode() for x in kv[0])):
         row = {"model": k[0], "api_key_id": k[1], "service_id": k[2]}
@@ -883,7 +885,8 @@ def summarize(paths, config=None):
 
 
 def account(s, r, t_ns, pricing):
-    """Adds one call to its series; (cost, unpriced 0/1, unmetered 0/1)."""
+    """Adds one call to its series; (cost, unpriced 0/1, unmetered 0/1, unpriced tokens: the
+    call's total when it is unpriced, as llm_unpriced_tokens_total counts)."""
     i, o, t = r.toks["input_tokens"], r.toks["output_tokens"], r.toks["total_tokens"]
     total = t[1] if t[0] == "valid" else i[1] + o[1]
     s.requests += 1
@@ -894,7 +897,7 @@ def account(s, r, t_ns, pricing):
         if n > 0:  # zero never makes a series of its own (SPEC §3)
             s.extra[name] = s.extra.get(name, 0) + n
     if pricing is None:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     counts = dict.fromkeys(pricing.types, 0)
     counts.update({"input": i[1], "output": o[1], "total": total})
     counts.update({name: n for name, (_, n) in r.extra.items()})
@@ -903,10 +906,11 @@ def account(s, r, t_ns, pricing):
     unmet = int(is_2xx and not any(st == "valid" for st, _ in list(r.toks.values()) + list(r.extra.values())))
     entry = pricing.select(r.key[0], r.key[2], t_ns)
     if entry is None:
-        return 0, int(any(c > 0 for c in counts.values())), unmet
+        part = any(c > 0 for c in counts.values())
+        return 0, int(part), unmet, total if part else 0
     cost, part = pricing.price(entry, counts, valid, is_2xx)
     s.cost += cost
-    return cost, int(part), unmet
+    return cost, int(part), unmet, total if part else 0
 
 
 class CostNumber:
@@ -1128,11 +1132,13 @@ def self_test():
         check("summary", dumps(summarize([f.name])), json.dumps(want, ensure_ascii=False))
         # input 1/M: 10^6 units a token. Line 1: input 10 - cached 6 = 4, cached 6 -> 10 x 10^6;
         # line 2: input 1 -> 10^6; g costs 11 x 10^6 units = 0.000011. Unpriced: line 1 (output 4
-        # has no rate) and h, ka, kb, lm, t, v (no entry; ke counts nothing) = 7. Unmetered: ke (2xx).
+        # has no rate) and h, ka, kb, lm, t, v (no entry; ke counts nothing) = 7, their totals
+        # 14 + 7 + 15 + 23 + 21 + 3 + 5 = 88 unpriced tokens. Unmetered: ke (2xx).
         priced = Config(table={"pricing": {"prices": [{"model": "g", "per_million": {"input": 1, "cached_input": 1}}]}})
         got = dumps(summarize([f.name], priced))
         want_priced = dict(list(want.items())[:4])
-        want_priced.update({"currency": "USD", "cost": "0.000011", "unpriced_requests": 7, "unmetered_requests": 1,
+        want_priced.update({"currency": "USD", "cost": "0.000011", "unpriced_requests": 7, "unpriced_tokens": 88,
+                            "unmetered_requests": 1,
                             "series": [dict(r, cost="0.000011" if r["model"] == "g" else 0) for r in want["series"]]})
         check("priced summary", json.loads(got, parse_float=str, object_pairs_hook=list),
               json.loads(json.dumps(want_priced), object_pairs_hook=list))

@@ -193,6 +193,8 @@ per_request = 0.002
     let (text, s) = replay_priced(&config, &[&log]);
     assert_eq!(s["currency"], "USD", "{text}");
     assert_eq!(s["unpriced_requests"], 1, "{text}");
+    // Record 5's tokens: input 7, no output, so a total of 7.
+    assert_eq!(s["unpriced_tokens"], 7, "{text}");
     assert_eq!(s["unmetered_requests"], 1, "{text}");
     let (total, series) = cost_texts(&text);
     assert_eq!(total.as_deref(), Some("0.0150475"), "{text}");
