@@ -295,6 +295,17 @@ async fn status(State(s): State<AppState>) -> Response {
             "ok": load(&st.checkpoints_ok),
             "failed": load(&st.checkpoints_failed),
         },
+        // The live-reloaded files (docs/owners.md "Reloading", docs/spend.md): null while unset.
+        "reloads": {
+            "pricing_file": st.pricing_file.then(|| json!({
+                "success": load(&st.pricing_reloads[0]),
+                "failure": load(&st.pricing_reloads[1]),
+            })),
+            "owners_file": st.owners_file.then(|| json!({
+                "success": load(&st.owners_reloads[0]),
+                "failure": load(&st.owners_reloads[1]),
+            })),
+        },
     });
     match serde_json::to_string(&StatusJson { head, files }) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),

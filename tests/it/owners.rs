@@ -604,6 +604,18 @@ fn reload_counters_start_at_0_and_a_budget_also_in_the_main_config_is_a_refused_
         reloads(&m, "tokenmeter_owners_reloads_total"),
         [("failure".to_string(), 1.0), ("success".into(), 0.0)].into()
     );
+    // /status says the same, for both files.
+    let (code, body) = get(&d.addr, "/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["reloads"],
+        serde_json::json!({
+            "owners_file": {"success": 0, "failure": 1},
+            "pricing_file": {"success": 0, "failure": 0},
+        }),
+        "{body}"
+    );
     // One budget series: the main config's.
     let budgets: Vec<f64> = m
         .samples
