@@ -137,10 +137,7 @@ impl<'c> FamilySeries<'c> {
         x.input_tokens = c.input;
         x.output_tokens = c.output;
         x.total_tokens = c.total;
-        // Most replays count no extra tokens: no `clone_from` (a `memcpy` call) per step then.
-        if !(c.extra.is_empty() && x.extra_tokens.is_empty()) {
-            x.extra_tokens.clone_from(&c.extra);
-        }
+        x.extra_tokens.clone_from(&c.extra);
         x.cost_units = c.cost;
     }
 
