@@ -212,8 +212,19 @@ fn add_window<'s>(
         .flat_map(|s| common.iter().map(move |&(_, src)| value(s, src)))
         .collect();
     let key = |i: usize| &keys[i * width..(i + 1) * width];
+    // Sorted by the values that differ between series alone: a fixed value is the same for
+    // all, and comparing it was a `memcmp` call in most comparisons.
+    let varying: Vec<usize> = (0..width)
+        .filter(|&k| matches!(common[k].1, Source::Series(_)))
+        .collect();
+    let n_varying = varying.len();
+    let sort_keys: Vec<&str> = keys
+        .chunks_exact(width.max(1))
+        .flat_map(|row| varying.iter().map(move |&k| row[k]))
+        .collect();
+    let sort_key = |i: usize| &sort_keys[i * n_varying..(i + 1) * n_varying];
     let mut order: Vec<usize> = (0..series.len()).collect();
-    order.sort_by(|&a, &b| key(a).cmp(key(b)));
+    order.sort_by(|&a, &b| sort_key(a).cmp(sort_key(b)));
     // The same pairs interned in the block, for all families; a fixed value once.
     let mut fixed: Vec<Option<LabelRef>> = Vec::with_capacity(width);
     for &(n, src) in &common {
@@ -224,15 +235,20 @@ fn add_window<'s>(
     }
     // Series in order: a value equal to the previous series' at its position (as sorted
     // neighbours' mostly are) takes its pair without a look-up.
+    // The names interned once, not looked up again with every value.
+    let names = common
+        .iter()
+        .map(|&(n, _)| block.name(n))
+        .collect::<std::io::Result<Vec<_>>>()?;
     let mut refs: Vec<LabelRef> = vec![LabelRef::default(); keys.len()];
     let mut prev: Option<usize> = None;
     for &i in &order {
-        for (k, (&(n, _), f)) in common.iter().zip(&fixed).enumerate() {
+        for (k, (&n, f)) in names.iter().zip(&fixed).enumerate() {
             let v = keys[i * width + k];
             refs[i * width + k] = match (f, prev) {
                 (Some(r), _) => *r,
                 (None, Some(p)) if keys[p * width + k] == v => refs[p * width + k],
-                (None, _) => block.label(n, v)?,
+                (None, _) => block.label_named(n, v)?,
             };
         }
         prev = Some(i);

@@ -94,43 +94,82 @@ pub fn build(
     let bounds = next.clone();
     let mut lists = vec![0u32; next[pairs.len()]];
 
+    // Each pair's two varints (name, value) packed once a block, when they fit 8 bytes: a
+    // series' label is then one 8-byte store and a shorter length, not two varint loops
+    // (tens of millions of labels over a month of sparse windows). Length 0: not packed.
+    let mut varints = Vec::with_capacity(20);
+    let packed: Vec<([u8; 8], usize)> = pairs
+        .iter()
+        .map(|&(n, v)| {
+            varints.clear();
+            put_uvarint(&mut varints, u64::from(n));
+            put_uvarint(&mut varints, u64::from(v));
+            let mut w = [0u8; 8];
+            match w.get_mut(..varints.len()) {
+                Some(head) => {
+                    head.copy_from_slice(&varints);
+                    (w, varints.len())
+                }
+                None => (w, 0),
+            }
+        })
+        .collect();
+
     // Series, each at a multiple of 16; its reference is offset / 16.
     let toc_series = out.len() as u64;
     let mut all = Vec::with_capacity(series.len());
-    let mut entry = Vec::with_capacity(256);
     for s in series {
         pad_to(&mut out, 16);
         let id = u32::try_from(out.len() / 16)
             .map_err(|_| invalid("index series section exceeds 64 GiB".into()))?;
-        entry.clear();
-        put_uvarint(&mut entry, s.labels.len() as u64);
+        // The entry is written in place after a one-byte length (entries are almost always
+        // shorter than 128 bytes), not into a buffer of its own and copied: one pass, and
+        // room for it reserved once so that no push of a varint grows `out`.
+        out.reserve(1 + 10 * (2 * s.labels.len() + 3 * s.chunks.len() + 2) + 4 + 15);
+        let len_at = out.len();
+        out.push(0);
+        put_uvarint(&mut out, s.labels.len() as u64);
         for &p in s.labels {
-            let (n, v) = pairs[p as usize];
-            put_uvarint(&mut entry, u64::from(n));
-            put_uvarint(&mut entry, u64::from(v));
+            match packed[p as usize] {
+                // All 8 bytes stored (room is reserved), the unused ones cut off again.
+                (w, len) if len > 0 => {
+                    out.extend_from_slice(&w);
+                    out.truncate(out.len() - (8 - len));
+                }
+                _ => {
+                    let (n, v) = pairs[p as usize];
+                    put_uvarint(&mut out, u64::from(n));
+                    put_uvarint(&mut out, u64::from(v));
+                }
+            }
             lists[next[p as usize]] = id;
             next[p as usize] += 1;
         }
-        put_uvarint(&mut entry, s.chunks.len() as u64);
+        put_uvarint(&mut out, s.chunks.len() as u64);
         if let Some((first, rest)) = s.chunks.split_first() {
-            put_varint(&mut entry, first.min_time);
-            put_uvarint(
-                &mut entry,
-                first.max_time.wrapping_sub(first.min_time) as u64,
-            );
-            put_uvarint(&mut entry, first.reference);
+            put_varint(&mut out, first.min_time);
+            put_uvarint(&mut out, first.max_time.wrapping_sub(first.min_time) as u64);
+            put_uvarint(&mut out, first.reference);
             let (mut t0, mut ref0) = (first.max_time, first.reference as i64);
             for c in rest {
-                put_uvarint(&mut entry, c.min_time.wrapping_sub(t0) as u64);
-                put_uvarint(&mut entry, c.max_time.wrapping_sub(c.min_time) as u64);
-                put_varint(&mut entry, (c.reference as i64).wrapping_sub(ref0));
+                put_uvarint(&mut out, c.min_time.wrapping_sub(t0) as u64);
+                put_uvarint(&mut out, c.max_time.wrapping_sub(c.min_time) as u64);
+                put_varint(&mut out, (c.reference as i64).wrapping_sub(ref0));
                 t0 = c.max_time;
                 ref0 = c.reference as i64;
             }
         }
-        put_uvarint(&mut out, entry.len() as u64);
-        out.extend_from_slice(&entry);
-        put_be32(&mut out, crc32c(&entry));
+        let len = out.len() - len_at - 1;
+        if len < 0x80 {
+            out[len_at] = len as u8;
+        } else {
+            // A longer entry's length takes more than the byte left for it.
+            let mut prefix = Vec::with_capacity(10);
+            put_uvarint(&mut prefix, len as u64);
+            out.splice(len_at..len_at + 1, prefix);
+        }
+        let crc = crc32c(&out[out.len() - len..]);
+        put_be32(&mut out, crc);
         all.push(id);
     }
     let postings = pairs
@@ -168,8 +207,11 @@ pub fn build(
         let start = out.len();
         put_be32(out, 0);
         put_be32(out, ids.len() as u32);
-        for &id in ids {
-            put_be32(out, id);
+        // All the references at once into zeroed room: a tight loop, no capacity check each.
+        let at = out.len();
+        out.resize(at + 4 * ids.len(), 0);
+        for (b, &id) in out[at..].chunks_exact_mut(4).zip(ids) {
+            b.copy_from_slice(&id.to_be_bytes());
         }
         close_section(out, start, "postings list")?;
         Ok::<u64, io::Error>(offset)

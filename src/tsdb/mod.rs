@@ -126,6 +126,10 @@ struct Series {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LabelRef(u32);
 
+/// A label name interned in one [`Block`] by [`Block::name`], for [`Block::label_named`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LabelName(u32);
+
 /// No label (as for an empty value).
 impl Default for LabelRef {
     fn default() -> Self {
@@ -289,6 +293,28 @@ impl Block {
             return Ok(LabelRef::ABSENT);
         }
         let pair = (self.symbol(name)?, self.symbol(value)?);
+        self.pair(pair)
+    }
+
+    /// Interns a label name once, for [`Block::label_named`] (a caller that interns many
+    /// values of the same names saves a look-up of the name each time).
+    pub fn name(&mut self, name: &str) -> io::Result<LabelName> {
+        if name.is_empty() {
+            return Err(invalid("a label name is empty".into()));
+        }
+        Ok(LabelName(self.symbol(name)?))
+    }
+
+    /// [`Block::label`] with a name from [`Block::name`] of this block.
+    pub fn label_named(&mut self, name: LabelName, value: &str) -> io::Result<LabelRef> {
+        if value.is_empty() {
+            return Ok(LabelRef::ABSENT);
+        }
+        let pair = (name.0, self.symbol(value)?);
+        self.pair(pair)
+    }
+
+    fn pair(&mut self, pair: (u32, u32)) -> io::Result<LabelRef> {
         if let Some(&id) = self.pair_ids.get(&pair) {
             return Ok(LabelRef(id));
         }

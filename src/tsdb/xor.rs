@@ -105,12 +105,18 @@ impl BitWriter {
         self.empty_last = nbits.is_multiple_of(8) && self.bits.is_multiple_of(8);
     }
 
-    /// Whole bytes, as as many `writeByte`s: up to 7 at a time.
-    fn write_bytes(&mut self, b: &[u8]) {
-        for group in b.chunks(7) {
-            let word = group.iter().fold(0u64, |w, &x| (w << 8) | u64::from(x));
-            self.write_bits(word, 8 * group.len() as u32);
+    /// The first `len` of `b`'s bytes on a byte boundary, as as many `writeByte`s: copied,
+    /// not shifted in. `b` past `len` must be zero (the stream is zero past its end); a copy
+    /// of a fixed size stays inline (a `memcpy` call each would cost more than it saves).
+    fn write_aligned<const N: usize>(&mut self, b: &[u8; N], len: usize) {
+        debug_assert!(self.bits.is_multiple_of(8) && len <= N && b[len..].iter().all(|&x| x == 0));
+        let at = self.bits / 8;
+        if self.buf.len() < at + N + SLACK {
+            self.buf.resize(2 * (at + N + SLACK), 0);
         }
+        self.buf[at..at + N].copy_from_slice(b);
+        self.bits += 8 * len;
+        self.empty_last = len > 0;
     }
 }
 
@@ -195,16 +201,21 @@ impl XorChunk {
     pub fn append(&mut self, t: i64, v: f64) {
         let mut t_delta = 0u64;
         match self.num {
+            // The first two samples start on a byte boundary (after the count, after the
+            // first sample's whole bytes): their bytes are copied in, not shifted. Most
+            // chunks of a sparse window hold one or two samples.
             0 => {
-                let (buf, n) = varint_bytes(((t << 1) ^ (t >> 63)) as u64);
-                self.bits.write_bytes(&buf[..n]);
-                self.bits.write_bits(v.to_bits(), 64);
+                let (varint, n) = varint_bytes(((t << 1) ^ (t >> 63)) as u64);
+                let mut b = [0u8; 18];
+                b[..10].copy_from_slice(&varint);
+                b[n..n + 8].copy_from_slice(&v.to_bits().to_be_bytes());
+                self.bits.write_aligned(&b, n + 8);
                 self.min_t = t;
             }
             1 => {
                 t_delta = t.wrapping_sub(self.t) as u64;
-                let (buf, n) = varint_bytes(t_delta);
-                self.bits.write_bytes(&buf[..n]);
+                let (varint, n) = varint_bytes(t_delta);
+                self.bits.write_aligned(&varint, n);
                 self.write_value(v);
             }
             _ => {
