@@ -82,7 +82,7 @@ class Panels:
         self.row_h = 0
 
     def add(self, kind, title, targets, w=12, h=8, unit=None, description="", ds=PROM, options=None, field=None,
-            overrides=None, transformations=None):
+            overrides=None, transformations=None, time_from=None):
         if self.x + w > 24:
             self.x = 0
             self.y += self.row_h
@@ -96,6 +96,8 @@ class Panels:
         }
         if transformations:
             panel["transformations"] = transformations
+        if time_from:  # the panel's own time range, whatever the dashboard's
+            panel["timeFrom"] = time_from
         self.items.append(panel)
         self.x += w
         self.row_h = max(self.row_h, h)
@@ -375,7 +377,11 @@ def invoice():
     p.add("table", "Tokens by type: team × model (selected month)", [q(
         f'sum by (team, model, family) ({typed} - ({typed_at_start} or {typed} * 0))', instant=True, fmt="table")],
           w=12, h=10, description="Every token family (input, output, total and the extra types such as cached_input and "
-                                  "reasoning, which are part of input or output), one row per team, model and family.",
+                                  "reasoning, which are part of input or output), one row per team, model and family. "
+                                  "Each value is the series' sample at the range's end and start (instant, within the "
+                                  "5-minute lookback, since last_over_time would drop the metric name the family is read "
+                                  "from): a series whose agent stopped pushing before the range's end is missing here, "
+                                  "not from the Invoice table above, which is the bill.",
           options={"showHeader": True}, overrides=column_units(["Tokens"]),
           transformations=table(["Tokens"], ("team", "model", "family")))
     p.add("table", "Drill-down: team × API key × model (selected month)", [
@@ -389,19 +395,23 @@ def invoice():
     p.add("bargauge", "Cost per team (selected month)", [q(
         f'sort_desc(sum by (team, currency) ({grown("llm_cost_total")}))', "{{team}} ({{currency}})", instant=True)],
           w=8, unit=MONEY, options=bar)
+    linear = f'sum by (team, currency) ({grown("llm_cost_total")}) * scalar(days_in_month(vector(time()))) * 86400 / $__range_s'
+    remaining = 'scalar(days_in_month(vector(time()))) * 86400 - $__range_s'
     p.add("bargauge", "Month-end forecast per team (this month)", [q(
-        f'sort_desc(sum by (team, currency) ({grown("llm_cost_total")}) * scalar(days_in_month(vector(time()))) * 86400 / $__range_s)',
-        "{{team}} ({{currency}})", instant=True)], w=8, unit=MONEY, options=bar,
-          description="With \"This month so far\": the month to date extrapolated linearly to the month's end "
-                      "(cost so far × the month's length / the time elapsed).")
+        f'sort_desc(predict_linear(team:llm_cost:month_to_date{{team=~"$team"}}[$__range], {remaining}) or {linear})',
+        "{{team}} ({{currency}})", instant=True)], w=8, unit=MONEY, options=bar, time_from="now/M",
+          description="This calendar month so far (the panel's own time range, whatever the dashboard's): predict_linear "
+                      "over the hourly month-to-date rule team:llm_cost:month_to_date, to the month's last instant; "
+                      "without the invoice rules (or in the month's first hours), the month to date from the counters "
+                      "scaled linearly to the month's length.")
     p.add("bargauge", "Team budget used this month", [q(
         'last_over_time(team_window:llm_cost:budget_ratio{team=~"$team"}[2h]) or label_replace(sum by (team, currency) '
         f'({grown("llm_cost_total")}) / on (team, currency) max by (team, currency) '
         '(llm_budget_cost{team=~"$team", window="month"}), "window", "month", "", "")', "{{team}} ({{currency}})", instant=True)],
-          w=8, unit="percentunit", options=bar, field=BUDGET_FIELD,
+          w=8, unit="percentunit", options=bar, field=BUDGET_FIELD, time_from="now/M",
           description="Cost this calendar month as a share of the team's month budget (docs/owners.md \"Budgets\"), from the "
                       "rule team_window:llm_cost:budget_ratio (TeamNearBudget at 80 %, TeamOverBudget at 100 %), else from the "
-                      "counters over the selected range (pick \"This month so far\").")
+                      "counters; always this calendar month so far (the panel's own time range).")
     share = {"reduceOptions": {"calcs": ["lastNotNull"]}}
     p.add("stat", "Tokens without an owner (selected month)", [q(
         f'(sum({grown("llm_tokens_total", UNOWNED)}) or vector(0)) / sum({grown("llm_tokens_total")})',
