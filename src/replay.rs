@@ -760,7 +760,7 @@ pub fn replay(
         from_ns: opts.from_ns,
         to_ns: opts.to_ns,
         earliest_ns: match opts.tsdb {
-            Some(_) => opts.step_ns,
+            Some(_) => 0,
             None => i64::MIN,
         },
     };

@@ -71,8 +71,9 @@ pub struct Shape {
     pub to_ns: Option<i64>,
     /// The earliest event time counted (`i64::MIN`: any). TSDB blocks hold no time before
     /// 1970-01-01 (Prometheus' times are milliseconds from it, never negative), and a series'
-    /// 0 lies a step before its first value: `--tsdb` counts records from one step after it,
-    /// the others as outside the range.
+    /// 0 lies at the start of its first value's step: `--tsdb` counts records from
+    /// 1970-01-01T00:00:00Z on (their step starts there or later), the others as outside the
+    /// range.
     pub earliest_ns: i64,
 }
 

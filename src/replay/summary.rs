@@ -247,7 +247,7 @@ pub fn summary_text(r: &ReplayReport) -> String {
     if let Some(e) = &r.emitted {
         let _ = writeln!(
             out,
-            "backfill: {} series, {} samples in {} window(s), {} .. {} ({} records outside --from/--to or before 1970 with --tsdb, {} late)",
+            "backfill: {} series, {} samples in {} window(s), {} .. {} ({} records outside --from/--to, or before 1970 with --tsdb, {} late)",
             e.series,
             e.samples,
             e.windows,

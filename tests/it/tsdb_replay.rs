@@ -389,3 +389,38 @@ fn tsdb_at_a_regular_file_is_refused_naming_it() {
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 }
+
+/// The first instants of 1970 fit in a block (a record's step starts at or after it, and a
+/// series' 0 is at the start of its first step, 0 ms): a record at 1970-01-01T00:00:00Z is
+/// counted and written; one a second before is outside the range.
+#[test]
+fn a_record_at_the_epoch_is_written_and_one_a_second_before_is_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("epoch.jsonl");
+    std::fs::write(
+        &log,
+        concat!(
+            r#"{"start_time":"1969-12-31T23:59:59Z","model":"m","api_key_id":"k","aim_service_id":"s","llm_input_token":5,"llm_output_token":2,"response_code":200}"#,
+            "\n",
+            r#"{"start_time":"1970-01-01T00:00:00Z","model":"m","api_key_id":"k","aim_service_id":"s","llm_input_token":3,"llm_output_token":1,"response_code":200}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let blocks = tmp.path().join("blocks");
+    let summary = replay(&["--tsdb".as_ref(), blocks.as_os_str(), log.as_os_str()]);
+    assert_eq!(summary["outside_range"], 1, "{summary}");
+    assert_eq!(summary["series"][0]["input_tokens"], 3, "{summary}");
+    let sandbox = tmp.path().join("sandbox");
+    std::fs::create_dir_all(&sandbox).unwrap();
+    let dumped = parse_dump(&dump(&blocks, &sandbox, 0, i64::MAX / 2));
+    let input: Vec<&(i64, f64)> = dumped
+        .iter()
+        .filter(|(l, _)| {
+            l.iter()
+                .any(|(k, v)| k == "__name__" && v == "llm_input_tokens_total")
+        })
+        .flat_map(|(_, s)| s.iter())
+        .collect();
+    assert_eq!(input, [&(0, 0.0), &(60_000, 3.0)], "{dumped:?}");
+}
