@@ -207,10 +207,13 @@ fn add_window<'s>(
     // Every series' values in name order, back to back (`width` a series), and the series in
     // the order of those values.
     let width = common.len();
-    let keys: Vec<&str> = series
-        .iter()
-        .flat_map(|s| common.iter().map(move |&(_, src)| value(s, src)))
-        .collect();
+    // Sized up front: collected from a `flat_map`, they grew by doubling, copied each time.
+    let mut keys: Vec<&str> = Vec::with_capacity(series.len() * width);
+    keys.extend(
+        series
+            .iter()
+            .flat_map(|s| common.iter().map(move |&(_, src)| value(s, src))),
+    );
     let key = |i: usize| &keys[i * width..(i + 1) * width];
     // Sorted by the values that differ between series alone: a fixed value is the same for
     // all, and comparing it was a `memcmp` call in most comparisons.
@@ -218,10 +221,11 @@ fn add_window<'s>(
         .filter(|&k| matches!(common[k].1, Source::Series(_)))
         .collect();
     let n_varying = varying.len();
-    let sort_keys: Vec<&str> = keys
-        .chunks_exact(width.max(1))
-        .flat_map(|row| varying.iter().map(move |&k| row[k]))
-        .collect();
+    let mut sort_keys: Vec<&str> = Vec::with_capacity(series.len() * n_varying);
+    sort_keys.extend(
+        keys.chunks_exact(width.max(1))
+            .flat_map(|row| varying.iter().map(move |&k| row[k])),
+    );
     let sort_key = |i: usize| &sort_keys[i * n_varying..(i + 1) * n_varying];
     let mut order: Vec<usize> = (0..series.len()).collect();
     order.sort_by(|&a, &b| sort_key(a).cmp(sort_key(b)));

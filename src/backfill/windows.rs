@@ -452,8 +452,11 @@ impl StepStream {
         let Some(w) = self.window.take() else {
             return;
         };
-        // The next window starts with room for as many series (no growing entry by entry).
-        let room = (self.filling.len(), self.filling_points.len());
+        // The next window starts with room for as many series and a quarter more (no growing
+        // entry by entry, nor by doubling, each a copy of the whole, for a window a little
+        // larger).
+        let more = |n: usize| n.saturating_add(n / 4);
+        let room = (more(self.filling.len()), more(self.filling_points.len()));
         let series = std::mem::replace(&mut self.filling, Vec::with_capacity(room.0));
         let points = std::mem::replace(&mut self.filling_points, Vec::with_capacity(room.1));
         let block = self.shape.block_ns;

@@ -208,16 +208,18 @@ impl Block {
     }
 
     /// Makes room for as many symbols, label pairs, series, labels and chunk bytes as `other` holds (a block of
-    /// the window before is a good guess), so that adding them grows no buffer.
+    /// the window before is a good guess) and a quarter more, so that adding them grows no
+    /// buffer, nor doubles one (a copy of the whole) for a block a little larger.
     pub fn reserve_like(&mut self, other: &Block) {
-        self.symbols.reserve(other.symbols.len());
-        self.symbol_ids.reserve(other.symbols.len());
-        self.pairs.reserve(other.pairs.len());
-        self.pair_ids.reserve(other.pairs.len());
-        self.labels.reserve(other.labels.len());
-        self.data.reserve(other.data.len());
-        self.chunks.reserve(other.chunks.len());
-        self.series.reserve(other.series.len());
+        let more = |n: usize| n.saturating_add(n / 4);
+        self.symbols.reserve(more(other.symbols.len()));
+        self.symbol_ids.reserve(more(other.symbols.len()));
+        self.pairs.reserve(more(other.pairs.len()));
+        self.pair_ids.reserve(more(other.pairs.len()));
+        self.labels.reserve(more(other.labels.len()));
+        self.data.reserve(more(other.data.len()));
+        self.chunks.reserve(more(other.chunks.len()));
+        self.series.reserve(more(other.series.len()));
     }
 
     pub fn max_time(&self) -> i64 {
