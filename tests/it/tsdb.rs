@@ -15,8 +15,8 @@ const H: i64 = 3_600_000;
 /// 2026-11-20T00:00:00Z in ms: a multiple of 2 h, as Prometheus aligns blocks.
 const T0: i64 = 1_795_651_200_000;
 
-type Labels = Vec<(String, String)>;
-type Samples = Vec<(i64, f64)>;
+pub(crate) type Labels = Vec<(String, String)>;
+pub(crate) type Samples = Vec<(i64, f64)>;
 
 pub(crate) fn promtool() -> PathBuf {
     backend("promtool")

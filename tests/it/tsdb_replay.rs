@@ -5,7 +5,7 @@
 
 use crate::common;
 use crate::common::Prometheus;
-use crate::tsdb::{assert_same, dump, parse_dump, promtool, run};
+use crate::tsdb::{assert_same, dump, parse_dump, promtool, run, Labels, Samples};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,6 +48,24 @@ fn replay_workload(dir: &Path) -> (PathBuf, PathBuf, common::Expected) {
 
 fn replay(args: &[&std::ffi::OsStr]) -> serde_json::Value {
     common::replay_json(args)
+}
+
+/// `replay --config <config> --tsdb <blocks> <log>`: its JSON summary.
+fn replay_tsdb(config: &Path, blocks: &Path, log: &Path) -> serde_json::Value {
+    replay(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--tsdb".as_ref(),
+        blocks.as_os_str(),
+        log.as_os_str(),
+    ])
+}
+
+/// Every sample of `blocks` from `mint` (ms) on, as promtool's dump reads them back.
+fn dumped_from(tmp: &Path, blocks: &Path, mint: i64) -> BTreeMap<Labels, Samples> {
+    let sandbox = tmp.join("sandbox");
+    std::fs::create_dir_all(&sandbox).unwrap();
+    parse_dump(&dump(blocks, &sandbox, mint, i64::MAX / 2))
 }
 
 /// Every file under `dir` (but promtool's `wal/`) with its bytes, by relative path.
@@ -158,13 +176,7 @@ fn prometheus_serves_a_replays_blocks_with_the_summarys_totals() {
     let tmp = tempfile::tempdir().unwrap();
     let (log, config, expected) = replay_workload(tmp.path());
     let blocks = tmp.path().join("blocks");
-    let summary = replay(&[
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--tsdb".as_ref(),
-        blocks.as_os_str(),
-        log.as_os_str(),
-    ]);
+    let summary = replay_tsdb(&config, &blocks, &log);
     // An hour after the test's start: every sample is older, and within the 1 d looked back.
     let t = common::test_start() + 3600;
     let prom = Prometheus::start_on_blocks(&blocks);
@@ -242,13 +254,7 @@ fn the_last_block_ends_just_after_its_last_sample_whenever_the_replay_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let (log, config, _) = replay_workload(tmp.path());
     let blocks = tmp.path().join("blocks");
-    replay(&[
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--tsdb".as_ref(),
-        blocks.as_os_str(),
-        log.as_os_str(),
-    ]);
+    replay_tsdb(&config, &blocks, &log);
     let metas: Vec<serde_json::Value> = std::fs::read_dir(&blocks)
         .unwrap()
         .map(|e| e.unwrap().path().join("meta.json"))
@@ -263,9 +269,7 @@ fn the_last_block_ends_just_after_its_last_sample_whenever_the_replay_runs() {
         last["minTime"].as_i64().unwrap(),
         last["maxTime"].as_i64().unwrap(),
     );
-    let sandbox = tmp.path().join("sandbox");
-    std::fs::create_dir_all(&sandbox).unwrap();
-    let dumped = parse_dump(&dump(&blocks, &sandbox, mint, i64::MAX / 2));
+    let dumped = dumped_from(tmp.path(), &blocks, mint);
     let last_sample = dumped
         .values()
         .flat_map(|s| s.iter().map(|(t, _)| *t))
@@ -339,13 +343,7 @@ fn a_record_dated_before_1970_is_outside_the_range_of_tsdb_blocks() {
     )
     .unwrap();
     let blocks = tmp.path().join("blocks");
-    let summary = replay(&[
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--tsdb".as_ref(),
-        blocks.as_os_str(),
-        log.as_os_str(),
-    ]);
+    let summary = replay_tsdb(&config, &blocks, &log);
     assert_eq!(summary["outside_range"], 1, "{summary}");
     let models: Vec<&str> = summary["series"]
         .as_array()
@@ -411,9 +409,7 @@ fn a_record_at_the_epoch_is_written_and_one_a_second_before_is_outside() {
     let summary = replay(&["--tsdb".as_ref(), blocks.as_os_str(), log.as_os_str()]);
     assert_eq!(summary["outside_range"], 1, "{summary}");
     assert_eq!(summary["series"][0]["input_tokens"], 3, "{summary}");
-    let sandbox = tmp.path().join("sandbox");
-    std::fs::create_dir_all(&sandbox).unwrap();
-    let dumped = parse_dump(&dump(&blocks, &sandbox, 0, i64::MAX / 2));
+    let dumped = dumped_from(tmp.path(), &blocks, 0);
     let input: Vec<&(i64, f64)> = dumped
         .iter()
         .filter(|(l, _)| {
