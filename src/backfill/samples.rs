@@ -58,6 +58,12 @@ impl SeriesLabels {
     }
 }
 
+/// The extra token counts of one sample, by the meter's extra names: inline for up to four
+/// (the usual cached / reasoning / cache-write counts), so that taking a sample allocates
+/// nothing (a window holds one per series and step; their allocations and frees, on two
+/// threads, were 4 % of a `--tsdb` month).
+pub type ExtraCounts = smallvec::SmallVec<[u64; 4]>;
+
 /// Cumulative values at one step end.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cumulative {
@@ -65,7 +71,7 @@ pub struct Cumulative {
     pub input: u64,
     pub output: u64,
     pub total: u64,
-    pub extra: Vec<u64>,
+    pub extra: ExtraCounts,
     /// Units of 10^-12 currency.
     pub cost: u128,
 }
@@ -137,7 +143,8 @@ impl<'c> FamilySeries<'c> {
         x.input_tokens = c.input;
         x.output_tokens = c.output;
         x.total_tokens = c.total;
-        x.extra_tokens.clone_from(&c.extra);
+        x.extra_tokens.clear();
+        x.extra_tokens.extend_from_slice(&c.extra);
         x.cost_units = c.cost;
     }
 
@@ -243,7 +250,7 @@ pub(super) fn one_series(points: usize) -> SeriesSamples {
                         input: 10 * i as u64,
                         output: i as u64,
                         total: 11 * i as u64,
-                        extra: vec![],
+                        extra: ExtraCounts::new(),
                         cost: 0,
                     },
                 )

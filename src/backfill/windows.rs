@@ -259,7 +259,7 @@ impl StepStream {
             self.tracks[series] = Some(Track {
                 labels,
                 cum: Cumulative {
-                    extra: vec![0; self.n_extra],
+                    extra: smallvec::smallvec![0; self.n_extra],
                     ..Default::default()
                 },
                 start_ns: i64::MIN,

@@ -33,6 +33,53 @@ pub fn uvarint_len(x: u64) -> usize {
     bits.div_ceil(7)
 }
 
+/// The most bytes one varint takes.
+pub const MAX_VARINT_LEN: usize = 10;
+
+/// Writes varints and bytes into a slice the caller has made room in (at most
+/// [`MAX_VARINT_LEN`] a varint), with a cursor: no capacity check and length update per byte
+/// as `Vec::push` makes, for encoders of many small fields (an index has a dozen varints a
+/// series, tens of millions over a month). Writing past the room is a bug of the caller's
+/// bound, and panics.
+pub struct SliceWriter<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> SliceWriter<'a> {
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        SliceWriter { buf, pos: 0 }
+    }
+
+    /// The bytes written.
+    pub fn written(&self) -> &[u8] {
+        &self.buf[..self.pos]
+    }
+
+    /// As [`put_uvarint`].
+    pub fn uvarint(&mut self, mut x: u64) {
+        while x >= 0x80 {
+            self.buf[self.pos] = (x as u8) | 0x80;
+            self.pos += 1;
+            x >>= 7;
+        }
+        self.buf[self.pos] = x as u8;
+        self.pos += 1;
+    }
+
+    /// As [`put_varint`].
+    pub fn varint(&mut self, x: i64) {
+        self.uvarint(zigzag(x));
+    }
+
+    /// The first `len` bytes of `word` (a caller's pre-encoded fields): all 8 are stored, so
+    /// 8 bytes of room are needed.
+    pub fn word_prefix(&mut self, word: &[u8; 8], len: usize) {
+        self.buf[self.pos..self.pos + 8].copy_from_slice(word);
+        self.pos += len.min(8);
+    }
+}
+
 /// Appends a string as the index writes one (`PutUvarintStr`): its byte length, then the bytes.
 pub fn put_uvarint_str(out: &mut Vec<u8>, s: &str) {
     put_uvarint(out, s.len() as u64);
@@ -307,6 +354,23 @@ mod tests {
         ] {
             assert_eq!(uvarint_len(x), uvarint(x).len(), "{x}");
         }
+    }
+
+    /// The slice writer's fields are the `put_*` functions' bytes, back to back, and a word
+    /// prefix stores only its length.
+    #[test]
+    fn the_slice_writer_writes_what_the_vec_encoders_append() {
+        let mut room = [0xAAu8; 64];
+        let mut w = SliceWriter::new(&mut room);
+        w.uvarint(300);
+        w.varint(-64);
+        w.word_prefix(&[1, 2, 3, 4, 5, 6, 7, 8], 3);
+        w.uvarint(u64::MAX);
+        let mut want = uvarint(300);
+        want.extend(varint(-64));
+        want.extend([1, 2, 3]);
+        want.extend(uvarint(u64::MAX));
+        assert_eq!(w.written(), &want[..]);
     }
 
     #[test]

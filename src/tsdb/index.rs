@@ -15,7 +15,7 @@
 //! writer differ (the doc's header still says version 1) the writer wins.
 
 use super::encoding::{
-    crc32c, pad_to, put_be32, put_be64, put_uvarint, put_uvarint_str, put_varint,
+    crc32c, pad_to, put_be32, put_be64, put_uvarint, put_uvarint_str, SliceWriter, MAX_VARINT_LEN,
 };
 use std::io;
 
@@ -115,61 +115,52 @@ pub fn build(
         })
         .collect();
 
-    // Series, each at a multiple of 16; its reference is offset / 16.
+    // Series, each at a multiple of 16; its reference is offset / 16. An entry is encoded
+    // into `entry` (room for its most bytes made once, grown only for a longer series), then
+    // appended after its length: no capacity check per varint.
     let toc_series = out.len() as u64;
     let mut all = Vec::with_capacity(series.len());
+    let mut entry: Vec<u8> = Vec::new();
     for s in series {
         pad_to(&mut out, 16);
         let id = u32::try_from(out.len() / 16)
             .map_err(|_| invalid("index series section exceeds 64 GiB".into()))?;
-        // The entry is written in place after a one-byte length (entries are almost always
-        // shorter than 128 bytes), not into a buffer of its own and copied: one pass, and
-        // room for it reserved once so that no push of a varint grows `out`.
-        out.reserve(1 + 10 * (2 * s.labels.len() + 3 * s.chunks.len() + 2) + 4 + 15);
-        let len_at = out.len();
-        out.push(0);
-        put_uvarint(&mut out, s.labels.len() as u64);
+        let room = MAX_VARINT_LEN * (2 + 2 * s.labels.len() + 3 * s.chunks.len());
+        if entry.len() < room {
+            entry.resize(room, 0);
+        }
+        let mut w = SliceWriter::new(&mut entry);
+        w.uvarint(s.labels.len() as u64);
         for &p in s.labels {
             match packed[p as usize] {
-                // All 8 bytes stored (room is reserved), the unused ones cut off again.
-                (w, len) if len > 0 => {
-                    out.extend_from_slice(&w);
-                    out.truncate(out.len() - (8 - len));
-                }
+                (word, len) if len > 0 => w.word_prefix(&word, len),
                 _ => {
                     let (n, v) = pairs[p as usize];
-                    put_uvarint(&mut out, u64::from(n));
-                    put_uvarint(&mut out, u64::from(v));
+                    w.uvarint(u64::from(n));
+                    w.uvarint(u64::from(v));
                 }
             }
             lists[next[p as usize]] = id;
             next[p as usize] += 1;
         }
-        put_uvarint(&mut out, s.chunks.len() as u64);
+        w.uvarint(s.chunks.len() as u64);
         if let Some((first, rest)) = s.chunks.split_first() {
-            put_varint(&mut out, first.min_time);
-            put_uvarint(&mut out, first.max_time.wrapping_sub(first.min_time) as u64);
-            put_uvarint(&mut out, first.reference);
+            w.varint(first.min_time);
+            w.uvarint(first.max_time.wrapping_sub(first.min_time) as u64);
+            w.uvarint(first.reference);
             let (mut t0, mut ref0) = (first.max_time, first.reference as i64);
             for c in rest {
-                put_uvarint(&mut out, c.min_time.wrapping_sub(t0) as u64);
-                put_uvarint(&mut out, c.max_time.wrapping_sub(c.min_time) as u64);
-                put_varint(&mut out, (c.reference as i64).wrapping_sub(ref0));
+                w.uvarint(c.min_time.wrapping_sub(t0) as u64);
+                w.uvarint(c.max_time.wrapping_sub(c.min_time) as u64);
+                w.varint((c.reference as i64).wrapping_sub(ref0));
                 t0 = c.max_time;
                 ref0 = c.reference as i64;
             }
         }
-        let len = out.len() - len_at - 1;
-        if len < 0x80 {
-            out[len_at] = len as u8;
-        } else {
-            // A longer entry's length takes more than the byte left for it.
-            let mut prefix = Vec::with_capacity(10);
-            put_uvarint(&mut prefix, len as u64);
-            out.splice(len_at..len_at + 1, prefix);
-        }
-        let crc = crc32c(&out[out.len() - len..]);
-        put_be32(&mut out, crc);
+        let bytes = w.written();
+        put_uvarint(&mut out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+        put_be32(&mut out, crc32c(bytes));
         all.push(id);
     }
     let postings = pairs
@@ -272,6 +263,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tsdb::encoding::put_varint;
 
     fn labels<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         pairs.to_vec()
@@ -421,6 +413,40 @@ mod tests {
         want.extend_from_slice(&[1, 0]);
         put_varint(&mut want, ((1i64 << 32) | 8) - 60);
         assert_eq!(&idx[at + 1..at + 1 + len], &want[..]);
+    }
+
+    /// An entry of 200 chunks is longer than 127 bytes: its length takes two varint bytes,
+    /// and its CRC covers the entry alone (not the length).
+    #[test]
+    fn an_entry_longer_than_127_bytes_has_a_two_byte_length_before_it() {
+        let l = labels(&[("__name__", "x")]);
+        let chunks: Vec<ChunkMeta> = (0..200)
+            .map(|i| ChunkMeta {
+                min_time: 1000 * i,
+                max_time: 1000 * i + 500,
+                reference: 8 + 40 * i as u64,
+            })
+            .collect();
+        let idx = build_text(&[(l, chunks.clone())]);
+        let at = (toc(&idx)[1] as usize).div_ceil(16) * 16;
+        // Labels (1 pair), then 200 chunk metas as deltas.
+        let mut want = vec![1, 1, 2];
+        put_uvarint(&mut want, 200);
+        put_varint(&mut want, 0);
+        put_uvarint(&mut want, 500);
+        put_uvarint(&mut want, 8);
+        for w in chunks.windows(2) {
+            put_uvarint(&mut want, (w[1].min_time - w[0].max_time) as u64);
+            put_uvarint(&mut want, 500);
+            put_varint(&mut want, 40);
+        }
+        assert!(want.len() > 127);
+        let mut len = Vec::new();
+        put_uvarint(&mut len, want.len() as u64);
+        assert_eq!(len.len(), 2);
+        assert_eq!(&idx[at..at + 2], &len[..]);
+        assert_eq!(&idx[at + 2..at + 2 + want.len()], &want[..]);
+        assert_eq!(be32(&idx, at + 2 + want.len()), crc32c(&want));
     }
 
     #[test]
