@@ -17,7 +17,7 @@ pub struct SeriesSamples {
     pub labels: Arc<SeriesLabels>,
     /// First event step start: the OTLP start time of the series.
     pub start_ns: i64,
-    pub points: Vec<(i64, Cumulative)>,
+    pub points: SeriesPoints,
     /// The values at the end of the previous block window, for a series that continues from
     /// one: its label sets that had a sample there do not start again with a 0.
     pub before: Option<Cumulative>,
@@ -63,6 +63,10 @@ impl SeriesLabels {
 /// nothing (a window holds one per series and step; their allocations and frees, on two
 /// threads, were 4 % of a `--tsdb` month).
 pub type ExtraCounts = smallvec::SmallVec<[u64; 4]>;
+
+/// One series' samples in a window: inline for up to two (most series have one or two
+/// samples a window; a vector each was an allocation and a free per series and window).
+pub type SeriesPoints = smallvec::SmallVec<[(i64, Cumulative); 2]>;
 
 /// Cumulative values at one step end.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
