@@ -50,11 +50,12 @@ pub mod ulid;
 pub mod xor;
 
 use encoding::ContentHash;
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use std::fs::{self, File};
+use std::hash::BuildHasher;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use xor::{XorChunk, MAX_SAMPLES_PER_CHUNK};
 
 /// The suffix of a block directory being written (Prometheus's `tmpForCreationBlockDirSuffix`).
@@ -150,9 +151,11 @@ impl LabelRef {
 pub struct Block {
     min_time: i64,
     max_time: i64,
-    /// Distinct label names and values, by number.
-    symbols: Vec<Arc<str>>,
-    symbol_ids: FxHashMap<Arc<str>, u32>,
+    /// Distinct label names and values: their text back to back (one buffer, not an
+    /// allocation each), each symbol's range in it by number, and the numbers by text.
+    symbol_text: String,
+    symbols: Vec<(usize, usize)>,
+    symbol_ids: HashTable<u32>,
     /// Distinct label pairs (name, value) as symbol numbers, by number.
     pairs: Vec<(u32, u32)>,
     pair_ids: FxHashMap<(u32, u32), u32>,
@@ -188,8 +191,9 @@ impl Block {
         Ok(Block {
             min_time,
             max_time,
+            symbol_text: String::new(),
             symbols: Vec::new(),
-            symbol_ids: FxHashMap::default(),
+            symbol_ids: HashTable::new(),
             pairs: Vec::new(),
             pair_ids: FxHashMap::default(),
             labels: Vec::new(),
@@ -212,8 +216,12 @@ impl Block {
     /// buffer, nor doubles one (a copy of the whole) for a block a little larger.
     pub fn reserve_like(&mut self, other: &Block) {
         let more = |n: usize| n.saturating_add(n / 4);
+        self.symbol_text.reserve(more(other.symbol_text.len()));
         self.symbols.reserve(more(other.symbols.len()));
-        self.symbol_ids.reserve(more(other.symbols.len()));
+        let (text, spans) = (&self.symbol_text, &self.symbols);
+        self.symbol_ids.reserve(more(other.symbols.len()), |&id| {
+            symbol_hash(text, spans, id)
+        });
         self.pairs.reserve(more(other.pairs.len()));
         self.pair_ids.reserve(more(other.pairs.len()));
         self.labels.reserve(more(other.labels.len()));
@@ -258,7 +266,7 @@ impl Block {
     /// The text of label pair `p`.
     fn pair_text(&self, p: u32) -> (&str, &str) {
         let (n, v) = self.pairs[p as usize];
-        (&self.symbols[n as usize], &self.symbols[v as usize])
+        (self.symbol_str(n), self.symbol_str(v))
     }
 
     /// The label pairs of series `s`, as added.
@@ -270,17 +278,30 @@ impl Block {
             .collect()
     }
 
+    /// The text of symbol `id`.
+    fn symbol_str(&self, id: u32) -> &str {
+        symbol_at(&self.symbol_text, &self.symbols, id)
+    }
+
     fn symbol(&mut self, s: &str) -> io::Result<u32> {
-        if let Some(&id) = self.symbol_ids.get(s) {
+        let hash = FxBuildHasher.hash_one(s);
+        let (text, spans) = (&self.symbol_text, &self.symbols);
+        if let Some(&id) = self
+            .symbol_ids
+            .find(hash, |&id| symbol_at(text, spans, id) == s)
+        {
             return Ok(id);
         }
         let id = u32::try_from(self.symbols.len())
             .ok()
             .filter(|&id| id < u32::MAX)
             .ok_or_else(|| invalid("more than 2^32 label names and values in one block".into()))?;
-        let s: Arc<str> = s.into();
-        self.symbols.push(Arc::clone(&s));
-        self.symbol_ids.insert(s, id);
+        let start = self.symbol_text.len();
+        self.symbol_text.push_str(s);
+        self.symbols.push((start, self.symbol_text.len()));
+        let (text, spans) = (&self.symbol_text, &self.symbols);
+        self.symbol_ids
+            .insert_unique(hash, id, |&id| symbol_hash(text, spans, id));
         Ok(id)
     }
 
@@ -498,6 +519,17 @@ impl Block {
     }
 }
 
+/// Symbol `id`'s text in a block's symbol buffer.
+fn symbol_at<'t>(text: &'t str, spans: &[(usize, usize)], id: u32) -> &'t str {
+    let (a, b) = spans[id as usize];
+    &text[a..b]
+}
+
+/// The hash a symbol is found by (of its text, as [`Block::symbol`] hashes a look-up).
+fn symbol_hash(text: &str, spans: &[(usize, usize)], id: u32) -> u64 {
+    FxBuildHasher.hash_one(symbol_at(text, spans, id))
+}
+
 /// `{a="b", …}` for error messages.
 fn describe(labels: &[(&str, &str)]) -> String {
     let inner: Vec<String> = labels.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
@@ -586,6 +618,7 @@ impl BlockWriter {
         }
         let (min_time, max_time, num_samples) = (block.min_time, block.max_time, block.num_samples);
         let Block {
+            symbol_text,
             symbols,
             pairs,
             labels,
@@ -610,14 +643,15 @@ impl BlockWriter {
         let mut sym_order: Vec<u32> = (0..symbols.len() as u32)
             .filter(|&i| sym_used[i as usize])
             .collect();
-        sym_order.sort_unstable_by(|&a, &b| symbols[a as usize].cmp(&symbols[b as usize]));
+        let text = |i: u32| symbol_at(symbol_text, symbols, i);
+        sym_order.sort_unstable_by(|&a, &b| text(a).cmp(text(b)));
         // The empty string first, as in every block Prometheus writes (see `index`).
         let mut sorted_symbols: Vec<&str> = Vec::with_capacity(sym_order.len() + 1);
         sorted_symbols.push("");
         let mut sym_rank = vec![0u32; symbols.len()];
         for (r, &i) in sym_order.iter().enumerate() {
             sym_rank[i as usize] = r as u32 + 1;
-            sorted_symbols.push(&symbols[i as usize]);
+            sorted_symbols.push(text(i));
         }
         let mut pair_order: Vec<u32> = (0..pairs.len() as u32)
             .filter(|&p| pair_used[p as usize])
