@@ -81,6 +81,10 @@ pub struct Family {
     /// `service_id`, `metrics.labels`, then their own): how they read a series. Their
     /// `points` are made from it.
     pub series: Option<SeriesRead>,
+    /// For an extra token family, the index of its type in the extra names: its `series`
+    /// reads nothing while a series' count of that type is 0, so a reader holding series
+    /// whose counts of it are all 0 may skip the family (backfill does, per window).
+    pub extra_index: Option<usize>,
     points: Points,
 }
 
@@ -259,6 +263,7 @@ fn token(
         labels,
         token: true,
         series: Some(read),
+        extra_index: None,
         points: Box::new(move |v, f| {
             let currency = v.snap.currency.as_deref();
             for x in &v.snap.series {
@@ -321,6 +326,7 @@ fn agent_metric(
         labels,
         token: false,
         series: None,
+        extra_index: None,
         points: Box::new(move |v, f| {
             points(v, &mut |labels, value| {
                 f(Point {
@@ -363,7 +369,7 @@ pub fn families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
         per_series(format!("{p}_tokens"), "Total tokens.", |x| x.total_tokens),
     ];
     for (i, name) in extra_names.iter().enumerate() {
-        out.push(token(
+        let mut family = token(
             format!("{p}_{name}_tokens"),
             "Extra token field.",
             "{token}",
@@ -376,7 +382,9 @@ pub fn families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
                     f(None, Value::Int(n));
                 }
             }),
-        ));
+        );
+        family.extra_index = Some(i);
+        out.push(family);
     }
     out.extend(spend_families(p));
     out.push(Family {
@@ -387,6 +395,7 @@ pub fn families(prefix: &str, extra_names: &[String]) -> Vec<Family> {
         labels: &["model", "service_id", "status_class"],
         token: true,
         series: None,
+        extra_index: None,
         points: Box::new(|v, f| {
             for h in &v.snap.durations {
                 let mut l = vec![
@@ -443,6 +452,7 @@ fn spend_families(p: &str) -> Vec<Family> {
             labels: &["model", "service_id"],
             token: true,
             series: None,
+            extra_index: None,
             points: per_pair(read),
         };
     vec![
@@ -484,6 +494,7 @@ fn spend_families(p: &str) -> Vec<Family> {
             labels: &["api_key_id", "window"],
             token: true,
             series: None,
+            extra_index: None,
             points: Box::new(|v, f| {
                 for b in v.all_budgets() {
                     if let Some(t) = b.tokens {
@@ -506,6 +517,7 @@ fn spend_families(p: &str) -> Vec<Family> {
             labels: &["api_key_id", "window", "currency"],
             token: true,
             series: None,
+            extra_index: None,
             points: Box::new(|v, f| {
                 let Some(currency) = v.snap.currency.as_deref() else {
                     return;

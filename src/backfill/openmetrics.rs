@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use super::samples::{backfill_families, is_money, Cumulative, FamilySeries, SeriesSamples};
+use super::samples::{
+    backfill_families, is_money, may_have_samples, Cumulative, FamilySeries, SeriesSamples,
+};
 use super::Emitted;
 
 /// Appends `v` as an OpenMetrics label value (without quotes).
@@ -83,6 +85,9 @@ pub fn write_openmetrics(
         };
         writeln!(buf, "# TYPE {} counter", family.name)?;
         writeln!(buf, "# HELP {} {}", family.name, family.help)?;
+        if !may_have_samples(&family, series) {
+            continue;
+        }
         let name = family.full_name();
         let money = is_money(&family);
         for (i, (s, labels)) in series.iter().zip(&series_labels).enumerate() {

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::samples::{backfill_families, is_money, FamilySeries, SeriesSamples};
+use super::samples::{backfill_families, is_money, may_have_samples, FamilySeries, SeriesSamples};
 use crate::tsdb::{Block, BlockWriter, LabelRef};
 
 /// One series of a block: labels sorted by name, samples `(t_ms, value)` in time order.
@@ -271,6 +271,9 @@ fn add_window<'s>(
         let Some(read) = family.series.as_ref() else {
             continue;
         };
+        if !may_have_samples(family, series) {
+            continue;
+        }
         let name = family.full_name();
         let money = is_money(family);
         let as_f64 = |v: u128| -> f64 {

@@ -56,7 +56,13 @@ impl BitWriter {
     /// Back to `prefix_bytes` zero bytes, keeping the buffer.
     fn reset(&mut self, prefix_bytes: usize) {
         let used = self.len();
-        self.buf[..used].fill(0);
+        // Most chunks of a backfill are a few bytes: a fixed 32 bytes are zeroed with a few
+        // stores, where a length known only at run time is a `memset` call (one per chunk,
+        // millions a month). The bytes past `used` are zero already.
+        match self.buf.get_mut(..32) {
+            Some(head) if used <= 32 => head.fill(0),
+            _ => self.buf[..used].fill(0),
+        }
         self.bits = 8 * prefix_bytes;
         self.empty_last = false;
     }
