@@ -148,11 +148,7 @@ impl<'c> FamilySeries<'c> {
         x.output_tokens = c.output;
         x.total_tokens = c.total;
         x.extra_tokens.clear();
-        // Most series have no extra token counts: without the test, an empty copy is still a
-        // `memcpy` call, one per step and family (21 M a month).
-        if !c.extra.is_empty() {
-            x.extra_tokens.extend_from_slice(&c.extra);
-        }
+        x.extra_tokens.extend_from_slice(&c.extra);
         x.cost_units = c.cost;
     }
 
