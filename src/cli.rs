@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
-use crate::replay::{replay, summary_json, summary_text, ReplayError, ReplayOptions};
+use crate::replay::{replay, summary_json, summary_text, ReplayOptions};
 
 const ABOUT: &str = "Meters LLM token usage and spend from AI gateway access logs.
 
@@ -409,6 +409,10 @@ fn run(cli: Cli) -> ExitCode {
                 ),
                 retry_for,
             };
+            if let Err(e) = crate::replay::stop_on_signals() {
+                eprintln!("error: installing the SIGINT/SIGTERM handlers: {e}");
+                return ExitCode::from(1);
+            }
             match replay(&config, &files, &opts) {
                 Ok(report) => {
                     let out = match summary {
@@ -438,9 +442,9 @@ fn run(cli: Cli) -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e @ (ReplayError::Open(_) | ReplayError::Read(_))) => {
+                Err(e) => {
                     eprintln!("error: {e}");
-                    ExitCode::from(1)
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

@@ -114,6 +114,48 @@ pub enum ReplayError {
     Open(InputError),
     /// Reading failed part-way (I/O error, corrupt gzip), or an output could not be written.
     Read(anyhow::Error),
+    /// SIGINT or SIGTERM (the signal's number) stopped the reading between two lines; the
+    /// writer finished what it had been handed.
+    Interrupted(i32),
+}
+
+/// The signal that asked the replay to stop (0: none). Set by the handlers
+/// [`stop_on_signals`] installs; the reading loop checks it at every line.
+static INTERRUPTED: std::sync::LazyLock<Arc<std::sync::atomic::AtomicUsize>> =
+    std::sync::LazyLock::new(|| Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+
+/// Makes SIGINT and SIGTERM stop a replay between two lines instead of killing it: the
+/// windows and blocks handed to the writer are finished and renamed, so no temporary file
+/// or block directory is left (docs/backfill.md). A second signal exits at once, with
+/// 128 + its number, as the default action would.
+pub fn stop_on_signals() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let asked = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // Registered first, so it runs before `asked` is set: the first signal only asks.
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, asked.clone())?;
+        signal_hook::flag::register_usize(signal, INTERRUPTED.clone(), signal as usize)?;
+        signal_hook::flag::register(signal, asked.clone())?;
+    }
+    Ok(())
+}
+
+/// The signal that asked the replay to stop, if one did.
+fn interrupted() -> Option<i32> {
+    match INTERRUPTED.load(Ordering::Relaxed) {
+        0 => None,
+        signal => Some(i32::try_from(signal).unwrap_or(i32::MAX)),
+    }
+}
+
+impl ReplayError {
+    /// The process's exit code for this error: 1, or 128 + the signal for an interruption.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ReplayError::Interrupted(signal) => u8::try_from(128 + signal).unwrap_or(1),
+            ReplayError::Open(_) | ReplayError::Read(_) => 1,
+        }
+    }
 }
 
 impl std::fmt::Display for ReplayError {
@@ -121,6 +163,19 @@ impl std::fmt::Display for ReplayError {
         match self {
             ReplayError::Open(e) => write!(f, "cannot replay {e}"),
             ReplayError::Read(e) => write!(f, "{e:#}"),
+            ReplayError::Interrupted(signal) => {
+                let name = match *signal {
+                    signal_hook::consts::SIGINT => "SIGINT",
+                    signal_hook::consts::SIGTERM => "SIGTERM",
+                    _ => "a signal",
+                };
+                write!(
+                    f,
+                    "interrupted by {name}: stopped reading; every window file and block written \
+                     is complete and no temporary one is left; the window being counted was not \
+                     written: replay the same input again to finish (it writes the same files)"
+                )
+            }
         }
     }
 }
@@ -319,6 +374,9 @@ fn read_bytes(
             .with_context(|| format!("reading {} (after line {})", path.display(), cursor.line_no))
             .map_err(ReplayError::Read)?;
         let Some(line) = line else { break };
+        if let Some(signal) = interrupted() {
+            return Err(ReplayError::Interrupted(signal));
+        }
         match ordered.as_mut() {
             Some(o) => {
                 let mut sinks = Sinks {
