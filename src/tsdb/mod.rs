@@ -102,6 +102,12 @@ pub fn remove_stale_temporaries(dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
+/// An I/O error of `path`, its kind kept and the path in its message: a full disk names the
+/// file it stopped (`…/01J….tmp-for-creation/index: No space left on device`).
+fn of_path(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
@@ -746,16 +752,18 @@ impl BlockWriter {
         remove_if_present(&tmp)?;
         let guard = RemoveOnDrop(Some(tmp.clone()));
 
-        fs::create_dir(&tmp)?;
+        fs::create_dir(&tmp).map_err(of_path(&tmp))?;
         let chunks_dir = tmp.join("chunks");
-        fs::create_dir(&chunks_dir)?;
+        fs::create_dir(&chunks_dir).map_err(of_path(&chunks_dir))?;
         fail_point("chunks")?;
-        let mut seg = chunks::SegmentWriter::new(&chunks_dir, self.segment_size, self.fsync)?;
+        let mut seg = chunks::SegmentWriter::new(&chunks_dir, self.segment_size, self.fsync)
+            .map_err(of_path(&chunks_dir))?;
         let placed = order.iter().flat_map(|s| &chunks[s.chunks.0..s.chunks.1]);
         for (c, m) in placed.zip(&metas) {
-            seg.write(&data[c.start..c.start + c.len], m.reference)?;
+            seg.write(&data[c.start..c.start + c.len], m.reference)
+                .map_err(of_path(&chunks_dir))?;
         }
-        let (_, chunk_bytes) = seg.finish()?;
+        let (_, chunk_bytes) = seg.finish().map_err(of_path(&chunks_dir))?;
         self.sync_dir(&chunks_dir)?;
         let num_series = index_series.len() as u64;
         drop(index_series);
@@ -797,7 +805,7 @@ impl BlockWriter {
             // old copy is still reported, and Prometheus removes `*.tmp-for-deletion` itself.
             fs::remove_dir_all(&aside)?;
         } else {
-            fs::rename(&tmp, &final_dir)?;
+            fs::rename(&tmp, &final_dir).map_err(of_path(&final_dir))?;
         }
         guard.disarm();
         self.sync_dir(&self.dir)?;
@@ -836,17 +844,22 @@ fn empty_tombstones() -> Vec<u8> {
 
 impl BlockWriter {
     fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let mut f = File::create(path)?;
-        f.write_all(bytes)?;
-        if self.fsync {
-            f.sync_all()?;
-        }
-        Ok(())
+        let write = || -> io::Result<()> {
+            let mut f = File::create(path)?;
+            f.write_all(bytes)?;
+            if self.fsync {
+                f.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(of_path(path))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         if self.fsync {
-            File::open(dir)?.sync_all()?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(of_path(dir))?;
         }
         Ok(())
     }

@@ -448,3 +448,15 @@ fn a_label_name_twice_is_refused_by_the_write() {
     assert!(err.to_string().contains("twice"), "{err}");
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_write_error_names_the_file_and_keeps_its_kind() {
+    let path = std::path::Path::new("/blocks/01JABC.tmp-for-creation/index");
+    let e = of_path(path)(io::Error::from(io::ErrorKind::StorageFull));
+    assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+    assert!(
+        e.to_string()
+            .starts_with("/blocks/01JABC.tmp-for-creation/index: "),
+        "{e}"
+    );
+}
