@@ -444,7 +444,7 @@ fn run(cli: Cli) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
-                    ExitCode::from(e.exit_code())
+                    e.exit()
                 }
             }
         }

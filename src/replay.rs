@@ -126,14 +126,14 @@ static INTERRUPTED: std::sync::LazyLock<Arc<std::sync::atomic::AtomicUsize>> =
 
 /// Makes SIGINT and SIGTERM stop a replay between two lines instead of killing it: the
 /// windows and blocks handed to the writer are finished and renamed, so no temporary file
-/// or block directory is left (docs/backfill.md). A second signal exits at once, with
-/// 128 + its number, as the default action would.
+/// or block directory is left (docs/backfill.md). A second signal takes its default action
+/// at once.
 pub fn stop_on_signals() -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let asked = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
         // Registered first, so it runs before `asked` is set: the first signal only asks.
-        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, asked.clone())?;
+        signal_hook::flag::register_conditional_default(signal, asked.clone())?;
         signal_hook::flag::register_usize(signal, INTERRUPTED.clone(), signal as usize)?;
         signal_hook::flag::register(signal, asked.clone())?;
     }
@@ -149,12 +149,15 @@ fn interrupted() -> Option<i32> {
 }
 
 impl ReplayError {
-    /// The process's exit code for this error: 1, or 128 + the signal for an interruption.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            ReplayError::Interrupted(signal) => u8::try_from(128 + signal).unwrap_or(1),
-            ReplayError::Open(_) | ReplayError::Read(_) => 1,
+    /// Ends the process for this error: exit 1, or, for an interruption, death by the same
+    /// signal (its default action), so that a shell loop or a supervisor sees the signal and
+    /// stops too, as it would for a command without handlers.
+    pub fn exit(&self) -> std::process::ExitCode {
+        if let ReplayError::Interrupted(signal) = self {
+            // Returns only if the signal's default action does not end the process.
+            let _ = signal_hook::low_level::emulate_default_handler(*signal);
         }
+        std::process::ExitCode::from(1)
     }
 }
 
@@ -171,9 +174,9 @@ impl std::fmt::Display for ReplayError {
                 };
                 write!(
                     f,
-                    "interrupted by {name}: stopped reading; every window file and block written \
-                     is complete and no temporary one is left; the window being counted was not \
-                     written: replay the same input again to finish (it writes the same files)"
+                    "interrupted by {name}: stopped before the end of the input; the window files \
+                     and blocks written are whole, none is left temporary, and the windows not \
+                     yet written were not: replay the same input again to finish"
                 )
             }
         }
@@ -406,6 +409,11 @@ fn read_bytes(
             tick(meter);
         }
     }
+    // An input that ended because its writer was stopped by the same Ctrl-C (`kubectl logs
+    // … | tokenmeter replay -`) is not a complete input.
+    if let Some(signal) = interrupted() {
+        return Err(ReplayError::Interrupted(signal));
+    }
     let mut sinks = match ordered.as_mut() {
         Some(o) => Sinks {
             backfill: o.backfill.as_mut(),
@@ -487,6 +495,9 @@ fn count_in_order_reading_ahead(
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
+                if interrupted().is_some() {
+                    return;
+                }
                 // Files are taken in order, so the one counted next is always being read.
                 let next = work.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                 let Some((input, chunks)) = next else { return };
@@ -510,8 +521,12 @@ fn count_in_order_reading_ahead(
                         Ok(()) if filled > 0 => chunks.send(Ok(chunk)),
                         Ok(()) => Ok(()),
                     };
-                    // A closed channel: the replay stopped (an error in an earlier file).
-                    if end || sent.is_err() {
+                    // A closed channel: the replay stopped (an error, a signal), and reading
+                    // the files after this one would be for nothing.
+                    if sent.is_err() {
+                        return;
+                    }
+                    if end {
                         break;
                     }
                 }
@@ -853,7 +868,7 @@ pub fn replay(
     // A stream (standard input, a FIFO) is read once, in order: a file counted on a thread
     // may have to be read again.
     let streams = inputs.iter().any(|i| !i.seekable);
-    if opts.jobs > 1 && files > 1 && event_times != EventTimes::Every && !streams {
+    let reading = if opts.jobs > 1 && files > 1 && event_times != EventTimes::Every && !streams {
         count_in_parallel(
             config,
             inputs,
@@ -862,7 +877,7 @@ pub fn replay(
             event_times,
             &read,
             &mut tick,
-        )?;
+        )
     } else if opts.jobs > 1 && inputs.iter().any(|i| i.gzip) {
         // Reading ahead pays for inflating; a plain file is read as fast here as a thread
         // could copy it over (the kernel reads ahead on its own).
@@ -874,9 +889,9 @@ pub fn replay(
         let threads = (opts.jobs - 1).min(files);
         count_in_order_reading_ahead(
             config, inputs, threads, &mut meter, &read, ordered, &mut tick,
-        )?;
+        )
     } else {
-        for input in inputs {
+        inputs.into_iter().try_for_each(|input| {
             let ordered = Ordered {
                 backfill: &mut backfill,
                 loki: &mut loki,
@@ -890,8 +905,21 @@ pub fn replay(
                 Some(ordered),
                 &mut tick,
                 None,
-            )?;
+            )
+        })
+    };
+    // A signal that came after the last line still stops the replay before its last windows:
+    // it exits as interrupted, never as a success with part of what the input holds.
+    let reading =
+        reading.and_then(|()| interrupted().map_or(Ok(()), |s| Err(ReplayError::Interrupted(s))));
+    if let Err(e) = reading {
+        bar.finish_and_clear();
+        if matches!(e, ReplayError::Interrupted(_)) {
+            // The writer finishes what it was handed; if that failed, its error is the one
+            // to report (a full disk), not the interruption.
+            emitter.stop().map_err(ReplayError::Read)?;
         }
+        return Err(e);
     }
     update_bar(
         &bar,

@@ -211,6 +211,12 @@ impl Emitter {
         Ok(())
     }
 
+    /// Stops taking windows (a replay interrupted): waits for the writer to finish the one
+    /// it has; its error, if it failed.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        self.join()
+    }
+
     /// Writes what is left and makes the window files durable; returns what was written.
     pub fn finish(&mut self) -> anyhow::Result<Written> {
         self.join()?;

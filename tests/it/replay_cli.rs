@@ -1181,12 +1181,14 @@ fn a_broken_file_fails_the_same_way_with_any_jobs() {
 }
 
 /// SIGTERM while the writer thread is in the middle of a window file (held there by a
-/// debug-only fault) and the reader waits on its input: the replay stops at the next line,
-/// the writer finishes and renames that file, and the process exits 143 saying so. No
-/// temporary file or block directory is left, and what was written is what an uninterrupted
-/// replay writes.
+/// debug-only fault) and the reader waits on its input, which then goes on or ends (its
+/// writer stopped by the same Ctrl-C): the replay stops, the writer finishes and renames that
+/// file, and the process says so and dies by the signal (a shell loop sees it). No temporary
+/// file or block directory is left, what was written is what an uninterrupted replay writes,
+/// and nothing after the held window is written (an input cut short is not a whole one).
 #[test]
 fn sigterm_during_a_window_write_finishes_that_window_and_leaves_no_temporary_file_or_block() {
+    use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
     let line = std::fs::read_to_string(fixture("envoy-ai-access.jsonl"))
         .unwrap()
@@ -1216,68 +1218,7 @@ fn sigterm_during_a_window_write_finishes_that_window_and_leaves_no_temporary_fi
         .arg("--tsdb")
         .arg(&full_tsdb);
     run(&mut cmd).exits(0);
-
-    let (om, tsdb) = (dir.path().join("om"), dir.path().join("tsdb"));
-    let mut child = replay_cmd(["-"])
-        .env("TOKENMETER_FAULT_WINDOW_WRITER", "hold-first")
-        .arg("--openmetrics")
-        .arg(format!("{}/", om.display()))
-        .arg("--tsdb")
-        .arg(&tsdb)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(lines.as_bytes()).unwrap();
-    stdin.flush().unwrap();
-    // The writer holds the first window's temporary file until the replay stops.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let held = || {
-        std::fs::read_dir(&om).is_ok_and(|mut d| {
-            d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tmp-tokenmeter")))
-        })
-    };
-    while !held() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no window file was started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: a signal to our own child, which has not been waited for (its pid is its own).
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    // The reader is blocked on its input: lines let it reach the check, until it exits.
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replay did not stop"
-        );
-        let _ = stdin.write_all(at("2026-03-17T13:00:01.000Z").as_bytes());
-        let _ = stdin.flush();
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    drop(stdin);
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(143), "{err}");
-    assert!(err.contains("interrupted by SIGTERM"), "{err}");
-    // The held window was finished, byte for byte as the uninterrupted replay wrote it.
-    let written = dir_files(&om);
-    let names: Vec<&str> = written.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["20260317T080000Z-20260317T100000Z.om"]);
     let full = dir_files(&full_om);
-    assert!(
-        full.contains(&written[0]),
-        "the window file differs from the full replay's"
-    );
-    // Blocks: complete ones only, each one of the uninterrupted replay's (a ULID is a hash of
-    // the content), and no temporary directory.
     let listing = |d: &Path| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(d)
             .unwrap()
@@ -1288,11 +1229,95 @@ fn sigterm_during_a_window_write_finishes_that_window_and_leaves_no_temporary_fi
     };
     let full_blocks = listing(&full_tsdb);
     assert_eq!(full_blocks.len(), 3, "{full_blocks:?}");
-    for b in listing(&tsdb) {
-        assert!(
-            full_blocks.contains(&b),
-            "{b} is not one of {full_blocks:?}"
+
+    for input_ends in [false, true] {
+        let case = if input_ends {
+            "input ends"
+        } else {
+            "input goes on"
+        };
+        let (om, tsdb) = (
+            dir.path().join(format!("om-{input_ends}")),
+            dir.path().join(format!("tsdb-{input_ends}")),
         );
+        let mut child = replay_cmd(["-"])
+            .env("TOKENMETER_FAULT_WINDOW_WRITER", "hold-first")
+            .arg("--openmetrics")
+            .arg(format!("{}/", om.display()))
+            .arg("--tsdb")
+            .arg(&tsdb)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(lines.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        // The writer holds the first window's temporary file until the replay stops.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let held = || {
+            std::fs::read_dir(&om).is_ok_and(|mut d| {
+                d.any(|e| {
+                    e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tmp-tokenmeter"))
+                })
+            })
+        };
+        while !held() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{case}: no window file was started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: a signal to our own child, which has not been waited for (its pid is its own).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = if input_ends {
+            drop(stdin);
+            child.wait().unwrap()
+        } else {
+            // The reader is blocked on its input: lines let it reach the check, until it exits.
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{case}: the replay did not stop"
+                );
+                let _ = stdin.write_all(at("2026-03-17T13:00:01.000Z").as_bytes());
+                let _ = stdin.flush();
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGTERM),
+            "{case}: {status:?} {err}"
+        );
+        assert!(err.contains("interrupted by SIGTERM"), "{case}: {err}");
+        assert_eq!(out, "", "{case}: no summary of an interrupted replay");
+        // The held window was finished, byte for byte as the uninterrupted replay wrote it.
+        let written = dir_files(&om);
+        let names: Vec<&str> = written.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["20260317T080000Z-20260317T100000Z.om"], "{case}");
+        assert!(
+            full.contains(&written[0]),
+            "{case}: the window file differs from the full replay's"
+        );
+        // Blocks: complete ones only, each one of the uninterrupted replay's (a ULID is a hash
+        // of the content), and no temporary directory.
+        for b in listing(&tsdb) {
+            assert!(
+                full_blocks.contains(&b),
+                "{case}: {b} is not one of {full_blocks:?}"
+            );
+        }
     }
 }
 
