@@ -126,6 +126,33 @@ struct Files {
     status: Arc<ForwarderStatus>,
 }
 
+/// A file the forwarder reads alone (no registry descriptor) found truncated or rewritten:
+/// what Loki did not have of it is gone (returned as (path, bytes) to count lost), its
+/// descriptor is let go, and never is a byte of the new content read at the old offset. If
+/// the registry reads it again, its `Opened` brings the new content from where metering
+/// starts, so the new content goes through the registry's one decision.
+fn park_truncated(f: &mut FileFwd, why: Truncation, when: &str) -> (String, u64) {
+    let read_to = match &f.state {
+        Forwarding::Open { cursor, .. } => cursor.read_to(),
+        Forwarding::Parked | Forwarding::Behind { .. } => f.size,
+    };
+    let bytes = read_to.max(f.size).saturating_sub(f.acked);
+    tracing::info!(
+        "{}: {} {when}; {bytes} bytes not forwarded",
+        f.path.display(),
+        match why {
+            Truncation::Shrunk { .. } => "truncated",
+            Truncation::Rewritten => "rewritten",
+        },
+    );
+    f.acked = 0;
+    f.batched = 0;
+    f.size = 0;
+    f.generation = f.generation.wrapping_add(1);
+    f.state = Forwarding::Parked;
+    (f.path.display().to_string(), bytes)
+}
+
 impl Files {
     fn new(
         config: &Config,
@@ -479,23 +506,8 @@ impl Files {
                 }
                 Reopened::Restart { why, .. } => {
                     // Truncated or rewritten while no one held it: what Loki did not have is
-                    // gone, and never is a byte of another content read at this offset. If
-                    // the registry reads it again, its `Opened` brings the new content.
-                    tracing::info!(
-                        "{}: {} while closed; {} bytes not forwarded",
-                        f.path.display(),
-                        match why {
-                            Truncation::Shrunk { .. } => "truncated",
-                            Truncation::Rewritten => "rewritten",
-                        },
-                        f.size.saturating_sub(f.acked)
-                    );
-                    lost.push((f.path.display().to_string(), f.size.saturating_sub(f.acked)));
-                    f.acked = 0;
-                    f.batched = 0;
-                    f.size = 0;
-                    f.generation = f.generation.wrapping_add(1);
-                    f.state = Forwarding::Parked;
+                    // gone, and never is a byte of another content read at this offset.
+                    lost.push(park_truncated(f, why, "while closed"));
                 }
                 // Cannot tell now, or not found for now: its place is kept, and it is tried
                 // again later, less often while it keeps failing. Whether it is gone is the
@@ -517,6 +529,27 @@ impl Files {
     /// any line was read.
     fn read(&mut self, sink: &mut dyn Sink) -> bool {
         self.reopen_behind();
+        // A file read through the forwarder's own descriptor (the registry let it go) has no
+        // registry watching it: the one truncation rule is checked before reading on, or a
+        // file truncated and grown past the offset again would be read from the middle of its
+        // new content (found by the model test).
+        let mut lost = Vec::new();
+        for f in self.files.values_mut() {
+            let Forwarding::Open {
+                cursor,
+                release: true,
+                ..
+            } = &f.state
+            else {
+                continue;
+            };
+            if let Ok(Some(why)) = cursor.truncation(&f.identity) {
+                lost.push(park_truncated(f, why, "after the registry let it go"));
+            }
+        }
+        for (path, bytes) in lost {
+            self.lost(&path, bytes);
+        }
         let mut any = false;
         for (id, f) in self.files.iter_mut() {
             if sink.full() {

@@ -382,3 +382,21 @@ fn a_file_saved_while_it_waited_with_unread_bytes_is_read_after_a_restart() {
         assert!(lost.is_empty(), "seen, on disk, never read: {lost:?}");
     }
 }
+
+/// Found by the generated test (CI, 2026-12-06): a line appended, Loki down, another file
+/// appended, a restart, then a copy-truncate of the first file and two more lines in it.
+#[test]
+fn a_copy_truncate_after_a_restart_with_loki_down_delivers_each_line_once_in_order() {
+    use Action::*;
+    run(
+        &[
+            Step::File(Append(2, 1)),
+            Step::LokiDown(true),
+            Step::File(Append(0, 1)),
+            Step::File(Restart),
+            Step::File(CopyTruncate(2)),
+            Step::File(Append(2, 2)),
+        ],
+        1,
+    );
+}
