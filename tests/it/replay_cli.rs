@@ -1180,6 +1180,16 @@ fn a_broken_file_fails_the_same_way_with_any_jobs() {
     }
 }
 
+/// The first record of `envoy-ai-access.jsonl` with its `start_time` set to `t`, one line
+/// without its newline.
+fn envoy_record_at(t: &str) -> String {
+    let line = std::fs::read_to_string(fixture("envoy-ai-access.jsonl")).unwrap();
+    let v: Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let mut v = v.as_object().unwrap().clone();
+    v.insert("start_time".into(), Value::String(t.into()));
+    serde_json::to_string(&v).unwrap()
+}
+
 /// SIGTERM while the writer thread is in the middle of a window file (held there by a
 /// debug-only fault) and the reader waits on its input, which then goes on or ends (its
 /// writer stopped by the same Ctrl-C): the replay stops, the writer finishes and renames that
@@ -1190,18 +1200,7 @@ fn a_broken_file_fails_the_same_way_with_any_jobs() {
 fn sigterm_during_a_window_write_finishes_that_window_and_leaves_no_temporary_file_or_block() {
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
-    let line = std::fs::read_to_string(fixture("envoy-ai-access.jsonl"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
-    let at = |t: &str| {
-        let v: Value = serde_json::from_str(&line).unwrap();
-        let mut v = v.as_object().unwrap().clone();
-        v.insert("start_time".into(), Value::String(t.into()));
-        serde_json::to_string(&v).unwrap() + "\n"
-    };
+    let at = |t: &str| envoy_record_at(t) + "\n";
     // 08–10 h is complete once a step of the 10–12 h window closes (the 13:00 record).
     let lines = [
         at("2026-03-17T09:14:02.113Z"),
@@ -1328,18 +1327,7 @@ fn sigterm_during_a_window_write_finishes_that_window_and_leaves_no_temporary_fi
 #[test]
 fn a_replay_failing_while_a_window_is_written_finishes_that_window_and_leaves_no_temp_file() {
     let dir = tempfile::tempdir().unwrap();
-    let line = std::fs::read_to_string(fixture("envoy-ai-access.jsonl"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
-    let at = |t: &str| {
-        let v: Value = serde_json::from_str(&line).unwrap();
-        let mut v = v.as_object().unwrap().clone();
-        v.insert("start_time".into(), Value::String(t.into()));
-        serde_json::to_string(&v).unwrap()
-    };
+    let at = envoy_record_at;
     // 08–10 h is complete once a step of the 10–12 h window closes (the 13:00 record).
     let plain = dir.path().join("a.log");
     let lines = [
